@@ -1,0 +1,180 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The public op: validate, compute the geometry, launch the OpenCL kernel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+
+from atrous_cl import runtime
+from atrous_cl.errors import DeviceError
+from atrous_cl.validation import TransposeArgs, check_dtypes, check_transpose_args
+
+_KERNEL_FILE = "atrous_conv2d_transpose.cl"
+
+#: Register tile of one work-item: output pixels along W x output channels.
+TILE_PIXELS = 8
+TILE_CHANNELS = 8
+
+_INT32_MAX = 2**31 - 1
+
+
+def build_options(dtype: np.dtype, tile_pixels: int = TILE_PIXELS,
+                  tile_channels: int = TILE_CHANNELS) -> tuple[str, ...]:
+    """``-D`` options specialising the kernel for a dtype and a tile size."""
+    dtype = np.dtype(dtype)
+    opts = {np.float16: ("-DT=half", "-DACC=float", "-DUSE_HALF"),
+            np.float32: ("-DT=float", "-DACC=float"),
+            np.float64: ("-DT=double", "-DACC=double", "-DUSE_FP64")}[dtype.type]
+    return opts + (f"-DBW={tile_pixels}", f"-DBC={tile_channels}")
+
+
+def launch_geometry(output_shape: tuple[int, int, int, int], tile_pixels: int = TILE_PIXELS,
+                    tile_channels: int = TILE_CHANNELS) -> tuple[tuple[int, int, int], None]:
+    """``(global_size, local_size)``: one work-item per register tile.
+
+    Axis 0 covers output channels in tiles, axis 1 output columns in tiles,
+    axis 2 the ``N * OH`` output rows. The local size is left to the driver.
+    """
+    n, oh, ow, cout = output_shape
+    return (-(-cout // tile_channels), -(-ow // tile_pixels), n * oh), None
+
+
+def _check_limits(args: TransposeArgs) -> None:
+    """Dimensions travel to the kernel as 32-bit ints; offsets are 64-bit."""
+    for what, shape in (("value", args.value_shape), ("filters", args.filters_shape),
+                        ("output_shape", args.output_shape)):
+        if max(shape) > _INT32_MAX:
+            raise ValueError(f"{what} dimensions must be below 2**31, got {list(shape)}")
+    if args.output_shape[0] * args.output_shape[1] > 2**63 - 1:
+        raise ValueError(f"output_shape batch * height is too large: {list(args.output_shape)}")
+
+
+def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype) -> cl_array.Array:
+    """``x`` as a C-contiguous device array in ``queue``'s context."""
+    if isinstance(x, cl_array.Array):
+        if x.context != queue.context:
+            raise ValueError(f"{what} lives in another OpenCL context than the queue it runs on "
+                             f"({runtime.describe(x.context.devices[0])} vs "
+                             f"{runtime.describe(queue.device)})")
+        if not x.flags.c_contiguous:
+            raise ValueError(f"{what} must be C-contiguous on the device, got strides {x.strides} "
+                             f"for shape {x.shape}")
+        return x
+    runtime.check_allocation(queue.device, what, x.nbytes)
+    return cl_array.to_device(queue, np.ascontiguousarray(x, dtype=dtype))
+
+
+def _element_offset(x: cl_array.Array) -> int:
+    return x.offset // x.dtype.itemsize
+
+
+def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
+            out: cl_array.Array, args: TransposeArgs) -> None:
+    n, oh, ow, cout = args.output_shape
+    if out.size == 0:
+        return
+    if value.size == 0 or filters.size == 0:  # an empty sum: no input or no input channels
+        runtime.fill(out, 0)
+        return
+    kernel, lock = runtime.get_kernel(queue.context, _KERNEL_FILE, "atrous_conv2d_transpose",
+                                      build_options(out.dtype))
+    global_size, local_size = launch_geometry(args.output_shape)
+    _, h, w, cin = args.value_shape
+    kh, kw = args.filters_shape[:2]
+    i32, i64 = np.int32, np.int64
+    try:
+        with lock:
+            kernel(queue, global_size, local_size,
+                   value.base_data, i64(_element_offset(value)),
+                   filters.base_data, i64(_element_offset(filters)),
+                   out.base_data, i64(_element_offset(out)),
+                   i32(h), i32(w), i32(cin), i32(cout), i32(kh), i32(kw), i32(args.rate),
+                   i32(args.pads.top), i32(args.pads.left), i32(oh), i32(ow))
+    except cl.Error as e:
+        raise DeviceError(f"launching atrous_conv2d_transpose on {runtime.describe(queue.device)} "
+                          f"failed: {e}", status=runtime.status_name(e), source=_KERNEL_FILE,
+                          options=build_options(out.dtype)) from e
+
+
+def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=None, *,
+                            queue: cl.CommandQueue | None = None, context: cl.Context | None = None,
+                            device: cl.Device | str | None = None, out: cl_array.Array | None = None):
+    """Transposed atrous 2-D convolution, exactly ``tf.nn.atrous_conv2d_transpose``.
+
+    Stride 1, dilation ``rate``. Each input pixel ``value[n, i, j, :]`` adds
+    ``filters[a, b] @ value[n, i, j, :]`` at ``(i + a * rate, j + b * rate)`` of
+    a full result ``(k - 1) * rate`` larger than the input per axis; the output
+    is that result cropped by the pads of :func:`atrous_cl.geometry.pads`.
+
+    Args:
+        value: NHWC input, a NumPy array (or array-like) or a ``pyopencl.array.Array``.
+        filters: ``[kh, kw, out_channels, in_channels]``, same dtype as ``value``.
+        output_shape: 4 ints, NHWC: ``value``'s batch, ``out_channels`` and for
+            SAME ``value``'s height and width, for VALID those plus ``(k - 1) * rate``.
+        rate: dilation, a positive integer.
+        padding: ``'SAME'`` or ``'VALID'``.
+        name: ignored; accepted for TF compatibility.
+        queue: run on this command queue. Without ``queue``, ``context`` or
+            ``device``, a device array's own queue is used, else the default
+            device (``PYOPENCL_CTX`` or the first GPU, else the first CPU).
+        context: run on a queue of this context.
+        device: run on this device (a ``pyopencl.Device`` or a ``'P:D'`` selector).
+        out: device output array to write into (device path only; C-contiguous,
+            right shape and dtype).
+
+    Returns:
+        A NumPy array when ``value`` and ``filters`` are host arrays; a
+        ``pyopencl.array.Array`` on the same queue when either is a device
+        array (the other is uploaded). The dtype is the inputs'.
+
+    Raises:
+        ValueError: inconsistent shapes, a bad rate or padding, or arrays in
+            another context than the queue. A
+            :class:`~atrous_cl.errors.DeviceCapabilityError` (a ``ValueError``)
+            when the device lacks ``cl_khr_fp64`` for float64 or cannot
+            allocate a tensor this large.
+        TypeError: a wrong type or dtype, or mixed dtypes.
+        DeviceError: the OpenCL driver failed.
+
+    Differences from TF: every check also runs for ``rate == 1``, spatial sizes
+    are checked, and float16 is summed in float32.
+    """
+    del name
+    on_device = isinstance(value, cl_array.Array) or isinstance(filters, cl_array.Array)
+    if not isinstance(value, cl_array.Array):
+        value = np.asarray(value)
+    if not isinstance(filters, cl_array.Array):
+        filters = np.asarray(filters)
+    dtype = check_dtypes(value.dtype, filters.dtype)
+    args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
+    _check_limits(args)
+    if on_device and queue is None and context is None and device is None:
+        queue = (value if isinstance(value, cl_array.Array) else filters).queue
+    queue = runtime.get_queue(queue, context, device)
+    runtime.check_dtype_support(queue.device, dtype)
+    out_nbytes = int(np.prod(args.output_shape)) * dtype.itemsize
+    runtime.check_allocation(queue.device, "the output", out_nbytes)
+    if out is not None:
+        if not on_device:
+            raise TypeError("out is for device arrays; the host path returns a new NumPy array")
+        _check_out(out, args.output_shape, dtype, queue)
+    value_d = _device_array(queue, "value", value, dtype)
+    filters_d = _device_array(queue, "filters", filters, dtype)
+    if out is None:
+        out = cl_array.empty(queue, args.output_shape, dtype)
+    _launch(queue, value_d, filters_d, out, args)
+    return out if on_device else out.get(queue)
+
+
+def _check_out(out, output_shape, dtype, queue) -> None:
+    if not isinstance(out, cl_array.Array):
+        raise TypeError(f"out must be a pyopencl.array.Array, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(output_shape) or out.dtype != dtype:
+        raise ValueError(f"out must have shape {tuple(output_shape)} and dtype {dtype.name}, "
+                         f"got shape {tuple(out.shape)} and dtype {out.dtype.name}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous, got strides {out.strides}")
+    if out.context != queue.context:
+        raise ValueError("out lives in another OpenCL context than the queue the op runs on")

@@ -1,0 +1,253 @@
+# SPDX-License-Identifier: Apache-2.0
+"""OpenCL plumbing: device discovery and choice, queues, kernel sources, programs.
+
+Programs are built once per (context, kernel file, build options) and their
+kernels fetched once; both are cached for the life of the context. Build and
+driver failures are re-raised as :class:`atrous_cl.errors.DeviceError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import os
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pyopencl as cl
+from pyopencl.tools import context_dependent_memoize
+
+from atrous_cl.errors import DeviceCapabilityError, DeviceError
+
+#: Platforms never picked by default: simulators are for checking, not speed.
+_SIMULATORS = ("oclgrind",)
+
+
+class DeviceInfo(NamedTuple):
+    """One OpenCL device as ``atrous-cl devices`` lists it."""
+
+    selector: str  # "platform:device", PYOPENCL_CTX's syntax
+    platform: str
+    name: str
+    kind: str  # "GPU", "CPU", "ACCELERATOR", ...
+    fp16: bool
+    fp64: bool
+    device: cl.Device
+
+
+def _kind(device: cl.Device) -> str:
+    for flag, name in ((cl.device_type.GPU, "GPU"), (cl.device_type.CPU, "CPU"),
+                       (cl.device_type.ACCELERATOR, "ACCELERATOR")):
+        if device.type & flag:
+            return name
+    return "OTHER"
+
+
+def devices() -> list[DeviceInfo]:
+    """Every OpenCL device visible to pyopencl, in platform order."""
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error:  # the ICD loader reports "no platforms" as an error
+        return []
+    found = []
+    for p_idx, platform in enumerate(platforms):
+        try:
+            devs = platform.get_devices()
+        except cl.Error:
+            continue
+        for d_idx, dev in enumerate(devs):
+            ext = dev.extensions.split()
+            found.append(DeviceInfo(f"{p_idx}:{d_idx}", platform.name.strip(), dev.name.strip(),
+                                    _kind(dev), "cl_khr_fp16" in ext, "cl_khr_fp64" in ext, dev))
+    return found
+
+
+def _rank(info: DeviceInfo) -> tuple[int, int]:
+    """Lower is better: GPUs, then other devices, then simulators; platform order breaks ties."""
+    if any(s in info.platform.lower() for s in _SIMULATORS):
+        return (3, 0)
+    return (0 if info.kind == "GPU" else 1 if info.kind == "ACCELERATOR" else 2, 0)
+
+
+def default_device() -> tuple[cl.Device, str]:
+    """The device used when the caller names none, and why it was chosen.
+
+    ``PYOPENCL_CTX`` (pyopencl's ``platform:device`` syntax) wins when set;
+    otherwise the first GPU, else the first CPU device, never a simulator
+    unless nothing else exists.
+
+    Raises:
+        DeviceError: no OpenCL device is available.
+    """
+    selector = os.environ.get("PYOPENCL_CTX")
+    if selector:
+        return select_device(selector), f"PYOPENCL_CTX={selector}"
+    found = devices()
+    if not found:
+        raise DeviceError("no OpenCL device found; install one, e.g. `pip install "
+                          "pocl-binary-distribution` (the `pocl` extra) for a CPU device",
+                          status="CL_PLATFORM_NOT_FOUND_KHR")
+    best = min(found, key=_rank)
+    reason = {0: "first GPU", 1: "first accelerator", 2: "no GPU; first CPU device",
+              3: "only a simulator is present"}[_rank(best)[0]]
+    return best.device, reason
+
+
+def select_device(selector: str) -> cl.Device:
+    """The device named by ``"P"`` or ``"P:D"`` (platform and device indices).
+
+    Raises:
+        ValueError: the selector is malformed or names no device.
+    """
+    parts = str(selector).split(":")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"device selector must look like 'P' or 'P:D' (platform and device "
+                         f"indices, as in PYOPENCL_CTX), got {selector!r}")
+    p_idx, d_idx = int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
+    platforms = cl.get_platforms()
+    if p_idx >= len(platforms):
+        raise ValueError(f"device selector {selector!r}: platform index must be below "
+                         f"{len(platforms)}, got {p_idx}")
+    devs = platforms[p_idx].get_devices()
+    if d_idx >= len(devs):
+        raise ValueError(f"device selector {selector!r}: platform {p_idx} has {len(devs)} "
+                         f"device(s), got index {d_idx}")
+    return devs[d_idx]
+
+
+_queues: dict[int, cl.CommandQueue] = {}
+_queues_lock = threading.Lock()
+
+
+def _queue_for_device(device: cl.Device) -> cl.CommandQueue:
+    with _queues_lock:
+        key = device.int_ptr
+        if key not in _queues:
+            _queues[key] = cl.CommandQueue(cl.Context([device]))
+        return _queues[key]
+
+
+@functools.lru_cache(maxsize=None)
+def _queue_for_default() -> cl.CommandQueue:
+    return _queue_for_device(default_device()[0])
+
+
+def get_queue(queue: cl.CommandQueue | None = None, context: cl.Context | None = None,
+              device: cl.Device | str | None = None) -> cl.CommandQueue:
+    """The queue to run on: the given one, one on a given context or device, or the default.
+
+    A context or device gets one cached in-order queue, so repeated calls reuse
+    its compiled programs.
+    """
+    if sum(x is not None for x in (queue, context, device)) > 1:
+        raise ValueError("pass at most one of queue, context and device, got "
+                         + ", ".join(n for n, x in (("queue", queue), ("context", context),
+                                                    ("device", device)) if x is not None))
+    if queue is not None:
+        if not isinstance(queue, cl.CommandQueue):
+            raise TypeError(f"queue must be a pyopencl.CommandQueue, got {type(queue).__name__}")
+        return queue
+    if context is not None:
+        if not isinstance(context, cl.Context):
+            raise TypeError(f"context must be a pyopencl.Context, got {type(context).__name__}")
+        return _context_queue(context)
+    if device is not None:
+        if isinstance(device, str):
+            device = select_device(device)
+        if not isinstance(device, cl.Device):
+            raise TypeError(f"device must be a pyopencl.Device or a 'P:D' selector string, "
+                            f"got {type(device).__name__}")
+        return _queue_for_device(device)
+    return _queue_for_default()
+
+
+@context_dependent_memoize
+def _context_queue(context: cl.Context) -> cl.CommandQueue:
+    return cl.CommandQueue(context, context.devices[0])
+
+
+def describe(device: cl.Device) -> str:
+    """``'name (platform, driver version)'`` for messages."""
+    return f"{device.name.strip()} ({device.platform.name.strip()}, driver {device.driver_version})"
+
+
+def check_dtype_support(device: cl.Device, dtype: np.dtype) -> None:
+    """Refuse float64 on devices without ``cl_khr_fp64``.
+
+    float16 is stored and loaded with ``vload_half``/``vstore_half`` and summed
+    in float32, which core OpenCL supports without ``cl_khr_fp16``.
+
+    Raises:
+        DeviceCapabilityError: the device lacks the extension the dtype needs.
+    """
+    if np.dtype(dtype) == np.float64 and "cl_khr_fp64" not in device.extensions.split():
+        raise DeviceCapabilityError(f"float64 needs the OpenCL extension cl_khr_fp64, which device "
+                                    f"{describe(device)} lacks; use float32 or another device")
+
+
+def check_allocation(device: cl.Device, what: str, nbytes: int) -> None:
+    """Refuse a buffer larger than the device can allocate, before trying.
+
+    Raises:
+        DeviceCapabilityError: ``nbytes`` exceeds the device's limits.
+    """
+    if nbytes > device.max_mem_alloc_size:
+        raise DeviceCapabilityError(f"{what} needs {nbytes} bytes, more than the largest buffer "
+                                    f"device {describe(device)} can allocate "
+                                    f"({device.max_mem_alloc_size} bytes)")
+
+
+def status_name(error: cl.Error) -> str | None:
+    """The OpenCL status name of a pyopencl error, e.g. ``'CL_OUT_OF_RESOURCES'``."""
+    try:
+        return "CL_" + cl.status_code.to_string(error.code)
+    except (AttributeError, ValueError, TypeError):
+        return None
+
+
+def kernel_source(filename: str) -> str:
+    """The text of a ``.cl`` file shipped with the package.
+
+    An installed wheel carries ``kernels/`` as the package ``atrous_cl.kernels``;
+    a source checkout has it at the repository root.
+    """
+    try:
+        return importlib.resources.files("atrous_cl.kernels").joinpath(filename).read_text()
+    except (ModuleNotFoundError, FileNotFoundError):
+        return (Path(__file__).resolve().parent.parent / "kernels" / filename).read_text()
+
+
+@context_dependent_memoize
+def get_kernel(context: cl.Context, filename: str, name: str,
+               options: tuple[str, ...]) -> tuple[cl.Kernel, threading.Lock]:
+    """Kernel ``name`` of ``filename`` built with ``options``, built once per context.
+
+    Returns the kernel with a lock: setting a kernel's arguments and enqueueing
+    it must not interleave between threads.
+
+    Raises:
+        DeviceError: the build failed; the message holds the build log.
+    """
+    program = cl.Program(context, kernel_source(filename))
+    try:
+        program.build(options=list(options))
+    except cl.Error as e:
+        raise DeviceError(f"building {filename} failed on "
+                          f"{', '.join(describe(d) for d in context.devices)}: {e}",
+                          status=status_name(e), source=filename, options=options) from e
+    return getattr(program, name), threading.Lock()
+
+
+def fill(array, value) -> None:
+    """Set every element of a C-contiguous device array to ``value``.
+
+    Uses ``clEnqueueFillBuffer`` with a one-element pattern, so it works for
+    every dtype (pyopencl's own ``fill`` compiles a kernel, which float16 cannot
+    have without ``cl_khr_fp16``).
+    """
+    if array.size == 0:
+        return
+    pattern = np.array(value, dtype=array.dtype)
+    cl.enqueue_fill_buffer(array.queue, array.base_data, pattern, array.offset, array.nbytes)

@@ -1,0 +1,115 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Shared fixtures: the OpenCL devices under test and one comparison helper.
+
+``queue`` runs a test once per selected device. By default that is the device
+the op would pick itself (``PYOPENCL_CTX`` or the best one found). Set
+``ATROUS_CL_TEST`` to widen it, in the spirit of pyopencl's ``PYOPENCL_TEST``:
+``all`` for every device, or comma-separated ``P:D`` selectors or
+case-insensitive substrings of platform or device names (``portable,intel``).
+Without any OpenCL device the device tests skip, and say why.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyopencl as cl
+import pytest
+
+import atrous_cl
+from atrous_cl import runtime
+
+#: Max |got - want| / max |want| per dtype. float16 is the rounding of one
+#: half-precision store (2**-11) with margin; float32/64 leave room for sums of
+#: a few thousand terms.
+RTOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+def assert_close(got, want, dtype=None, context=""):
+    """Assert ``got`` matches ``want`` to the relative bound of ``dtype``.
+
+    NaN where ``want`` is finite fails (so poisoned, unwritten elements show);
+    NaN and Inf must sit exactly where ``want`` has them.
+    """
+    got = np.asarray(got)
+    want = np.asarray(want)
+    dtype = np.dtype(dtype or want.dtype)
+    assert got.shape == want.shape, f"{context}: shape {got.shape} != {want.shape}"
+    assert got.dtype == dtype, f"{context}: dtype {got.dtype} != {dtype}"
+    got64, want64 = got.astype(np.float64), want.astype(np.float64)
+    finite = np.isfinite(want64)
+    np.testing.assert_array_equal(np.isnan(got64), np.isnan(want64), err_msg=f"{context}: NaN placement")
+    np.testing.assert_array_equal(np.where(np.isinf(want64), want64, 0),
+                                  np.where(np.isinf(want64), got64, 0), err_msg=f"{context}: Inf placement")
+    if not finite.any():
+        return
+    scale = max(np.max(np.abs(want64[finite])), np.finfo(np.float64).tiny)
+    err = np.max(np.abs(got64[finite] - want64[finite])) / scale
+    assert err <= RTOL[dtype], f"{context}: relative error {err:.3g} > {RTOL[dtype]:.0e} ({dtype.name})"
+
+
+def _selected_devices() -> list[runtime.DeviceInfo]:
+    found = runtime.devices()
+    wanted = os.environ.get("ATROUS_CL_TEST", "").strip()
+    if not found:
+        return []
+    if not wanted:
+        chosen, _ = runtime.default_device()
+        return [d for d in found if d.device == chosen]
+    if wanted.lower() == "all":
+        return found
+    keys = [k.strip().lower() for k in wanted.split(",") if k.strip()]
+    return [d for d in found
+            if any(k == d.selector or k in d.platform.lower() or k in d.name.lower() for k in keys)]
+
+
+def _device_id(info: runtime.DeviceInfo) -> str:
+    platform = info.platform.split()[0].lower()
+    return f"{platform}-{info.kind.lower()}-{info.selector.replace(':', '.')}"
+
+
+_DEVICES = _selected_devices()
+
+
+def pytest_report_header(config):
+    names = ", ".join(f"{d.selector} {d.name} ({d.platform})" for d in _DEVICES) or "none"
+    return f"atrous-cl OpenCL devices under test: {names}"
+
+
+def pytest_generate_tests(metafunc):
+    if "device_info" in metafunc.fixturenames:
+        if _DEVICES:
+            metafunc.parametrize("device_info", _DEVICES, ids=_device_id, scope="session")
+        else:
+            metafunc.parametrize("device_info", [None], ids=["no-device"], scope="session")
+
+
+@pytest.fixture(scope="session")
+def device_info(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def queue(device_info) -> cl.CommandQueue:
+    """An in-order queue on each device under test; skips when none is available."""
+    if device_info is None:
+        reason = ("no OpenCL device found (install the 'pocl' extra)" if not runtime.devices()
+                  else f"ATROUS_CL_TEST={os.environ.get('ATROUS_CL_TEST')!r} matches no device")
+        pytest.skip(reason)
+    return atrous_cl.get_queue(device=device_info.device)
+
+
+def skip_unsupported(queue: cl.CommandQueue, dtype) -> None:
+    """Skip float64 on devices without cl_khr_fp64 (their error has its own test)."""
+    if np.dtype(dtype) == np.float64 and "cl_khr_fp64" not in queue.device.extensions.split():
+        pytest.skip(f"{queue.device.name} lacks cl_khr_fp64")
+
+
+def poisoned(queue: cl.CommandQueue, shape, dtype):
+    """A device array filled with NaN, so elements the kernel misses show up."""
+    import pyopencl.array as cl_array
+
+    out = cl_array.empty(queue, tuple(shape), dtype)
+    runtime.fill(out, np.nan)
+    return out

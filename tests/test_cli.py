@@ -1,0 +1,59 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``atrous-cl`` command and the packaging it relies on."""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import shutil
+import subprocess
+
+import pytest
+
+from atrous_cl import cli, runtime
+
+
+def test_devices_lists_the_default(queue, capsys):
+    assert cli.main(["devices"]) == 0
+    out = capsys.readouterr().out
+    assert "*" in out and "default (*):" in out
+    assert queue.device.name.strip() in out
+
+
+def test_demo_checks_against_the_reference(queue, capsys, monkeypatch):
+    monkeypatch.setenv("PYOPENCL_CTX", next(d.selector for d in runtime.devices()
+                                            if d.device == queue.device))
+    code = cli.main(["demo", "--size", "12", "--channels", "8", "--rate", "3", "--repeat", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "result:  OK" in out and "error:" in out and "GFLOP/s" in out
+
+
+def test_demo_fails_when_the_device_disagrees(queue, capsys, monkeypatch):
+    """The demo's exit code means something: a wrong result makes it non-zero."""
+    import atrous_cl
+
+    real = atrous_cl.atrous_conv2d_transpose
+    monkeypatch.setattr(atrous_cl, "atrous_conv2d_transpose", lambda *a, **k: real(*a, **k) * 1.01)
+    assert cli.main(["demo", "--size", "8", "--channels", "4", "--repeat", "1"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_bad_device_selector_is_a_clean_error(capsys):
+    assert cli.main(["demo", "--device", "nonsense"]) == 2
+    assert "device selector must look like" in capsys.readouterr().err
+
+
+def test_kernels_ship_inside_the_package():
+    """An installed wheel finds its .cl files through importlib.resources."""
+    if importlib.util.find_spec("atrous_cl.kernels") is None:
+        pytest.skip("running from a source tree: atrous_cl.kernels exists only once installed")
+    assert importlib.resources.files("atrous_cl.kernels").joinpath("atrous_conv2d_transpose.cl").is_file()
+    assert "__kernel" in runtime.kernel_source("atrous_conv2d_transpose.cl")
+
+
+@pytest.mark.skipif(shutil.which("atrous-cl") is None, reason="console script not installed")
+def test_console_script_runs():
+    proc = subprocess.run(["atrous-cl", "devices"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "default (*):" in proc.stdout

@@ -1,0 +1,174 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The OpenCL op against the NumPy reference, over a table of shapes and dtypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cl_array
+import pytest
+from conftest import assert_close, poisoned, skip_unsupported
+
+import atrous_cl
+from atrous_cl import geometry, reference
+
+# (batch, height, width, in_channels, out_channels, kh, kw, rate)
+SHAPES = [
+    (1, 5, 5, 1, 1, 1, 1, 1),       # 1x1 kernel: a per-pixel matmul
+    (2, 6, 7, 3, 4, 3, 3, 1),       # rate 1
+    (1, 9, 8, 5, 3, 3, 3, 2),
+    (3, 7, 11, 4, 6, 2, 2, 3),      # even kernel, odd rate: asymmetric pads
+    (1, 8, 6, 2, 5, 4, 4, 1),       # even kernel, rate 1
+    (2, 10, 9, 3, 3, 2, 5, 5),      # kh != kw, odd rate
+    (1, 12, 7, 6, 2, 5, 3, 4),
+    (1, 16, 16, 8, 8, 7, 7, 2),     # largest kernel
+    (4, 4, 6, 2, 3, 3, 2, 6),       # batch 4
+    (1, 1, 1, 3, 2, 3, 3, 2),       # 1x1 spatial
+    (2, 1, 5, 2, 2, 3, 4, 3),       # 1 x W
+    (1, 3, 4, 2, 3, 3, 3, 8),       # rate 8: dilated kernel far larger than the input
+    (1, 5, 5, 4, 4, 6, 7, 7),       # dilated kernel larger than the input, rate 7
+    (1, 6, 5, 64, 64, 3, 3, 2),     # 64 channels
+    (2, 5, 9, 17, 33, 3, 3, 3),     # channel counts that are not tile multiples
+    (1, 7, 19, 1, 9, 2, 3, 2),      # single input channel, width not a tile multiple
+    (1, 4, 4, 10, 1, 5, 5, 1),      # single output channel
+    (0, 5, 5, 3, 4, 3, 3, 2),       # empty batch
+]
+DTYPES = [np.float32, np.float64, np.float16]
+
+
+def _case_id(shape):
+    n, h, w, cin, cout, kh, kw, r = shape
+    return f"n{n}-{h}x{w}-c{cin}to{cout}-k{kh}x{kw}-r{r}"
+
+
+def _inputs(shape, padding, dtype, rng):
+    n, h, w, cin, cout, kh, kw, r = shape
+    value = rng.standard_normal((n, h, w, cin)).astype(dtype)
+    filters = rng.standard_normal((kh, kw, cout, cin)).astype(dtype)
+    output_shape = (n, *geometry.transpose_output_hw((h, w), (kh, kw), r, padding), cout)
+    return value, filters, output_shape, r
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_case_id)
+def test_matches_reference(queue, shape, padding, dtype):
+    skip_unsupported(queue, dtype)
+    value, filters, output_shape, rate = _inputs(shape, padding, dtype, np.random.default_rng())
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+
+    out = poisoned(queue, output_shape, dtype)
+    got = atrous_cl.atrous_conv2d_transpose(cl_array.to_device(queue, value),
+                                            cl_array.to_device(queue, filters),
+                                            output_shape, rate, padding, out=out)
+    assert got is out
+    assert_close(got.get(), want, dtype, context=f"device path {shape} {padding}")
+
+    host = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=queue)
+    assert isinstance(host, np.ndarray)
+    np.testing.assert_array_equal(host, got.get())  # the same kernel: bit-identical
+
+
+def test_device_arrays_chain_without_host(queue):
+    """A device result feeds the next call and stays a device array on the same queue."""
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 8, 9, 4)).astype(np.float32)
+    f1 = rng.standard_normal((3, 3, 6, 4)).astype(np.float32)
+    f2 = rng.standard_normal((2, 2, 3, 6)).astype(np.float32)
+    d_value = cl_array.to_device(queue, value)
+    mid = atrous_cl.atrous_conv2d_transpose(d_value, cl_array.to_device(queue, f1),
+                                            [2, 8, 9, 6], 2, "SAME")
+    assert isinstance(mid, cl_array.Array) and mid.queue is queue
+    end = atrous_cl.atrous_conv2d_transpose(mid, f2, [2, 11, 12, 3], 3, "VALID")  # host filters
+    assert isinstance(end, cl_array.Array) and end.queue is queue
+    want = reference.atrous_conv2d_transpose(
+        reference.atrous_conv2d_transpose(value, f1, [2, 8, 9, 6], 2, "SAME"),
+        f2, [2, 11, 12, 3], 3, "VALID")
+    assert_close(end.get(), want)
+
+
+def test_device_arrays_with_offsets(queue):
+    """Views that start inside a buffer (here value[1:], filters[1:]) are read from their offset."""
+    rng = np.random.default_rng()
+    value = rng.standard_normal((3, 6, 5, 3)).astype(np.float32)
+    filters = rng.standard_normal((4, 3, 2, 3)).astype(np.float32)
+    d_value, d_filters = cl_array.to_device(queue, value), cl_array.to_device(queue, filters)
+    got = atrous_cl.atrous_conv2d_transpose(d_value[1:], d_filters[1:], [2, 6, 5, 2], 2, "SAME")
+    want = reference.atrous_conv2d_transpose(value[1:], filters[1:], [2, 6, 5, 2], 2, "SAME")
+    assert_close(got.get(), want)
+
+    out_base = poisoned(queue, (3, 6, 5, 2), np.float32)
+    atrous_cl.atrous_conv2d_transpose(d_value[1:], d_filters[1:], [2, 6, 5, 2], 2, "SAME",
+                                      out=out_base[1:])
+    assert np.isnan(out_base.get()[0]).all(), "wrote outside its output view"
+    assert_close(out_base.get()[1:], want)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "negative-strides", "sliced", "read-only"])
+def test_host_inputs_of_any_layout(queue, layout):
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 7, 6, 5)).astype(np.float32)
+    filters = rng.standard_normal((3, 2, 4, 5)).astype(np.float32)
+    if layout == "fortran":
+        value, filters = np.asfortranarray(value), np.asfortranarray(filters)
+    elif layout == "negative-strides":
+        value, filters = value[:, ::-1, ::-1], filters[::-1, :, ::-1]
+    elif layout == "sliced":
+        value = np.repeat(value, 2, axis=3)[..., ::2]
+    else:
+        value.flags.writeable = filters.flags.writeable = False
+    got = atrous_cl.atrous_conv2d_transpose(value, filters, [2, 7, 6, 4], 3, "SAME", queue=queue)
+    assert_close(got, reference.atrous_conv2d_transpose(value, filters, [2, 7, 6, 4], 3, "SAME"))
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_empty_batch_gives_empty_result(queue, padding):
+    value = np.zeros((0, 4, 5, 3), np.float32)
+    filters = np.ones((3, 3, 2, 3), np.float32)
+    out_hw = geometry.transpose_output_hw((4, 5), (3, 3), 2, padding)
+    host = atrous_cl.atrous_conv2d_transpose(value, filters, [0, *out_hw, 2], 2, padding, queue=queue)
+    assert host.shape == (0, *out_hw, 2) and host.dtype == np.float32
+    dev = atrous_cl.atrous_conv2d_transpose(cl_array.to_device(queue, value), filters,
+                                            [0, *out_hw, 2], 2, padding)
+    assert isinstance(dev, cl_array.Array) and dev.shape == (0, *out_hw, 2)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 5, 0), (2, 0, 0, 3)], ids=["no-in-channels", "empty-spatial"])
+def test_empty_sum_gives_zeros(queue, shape):
+    """No input channels, or VALID on an empty image: every output is an empty sum."""
+    value = np.zeros(shape, np.float32)
+    filters = np.ones((2, 3, 4, shape[3]), np.float32)
+    output_shape = (shape[0], *geometry.transpose_output_hw(shape[1:3], (2, 3), 2, "VALID"), 4)
+    out = poisoned(queue, output_shape, np.float32)
+    atrous_cl.atrous_conv2d_transpose(cl_array.to_device(queue, value), filters, output_shape,
+                                      2, "VALID", out=out)
+    np.testing.assert_array_equal(out.get(), np.zeros(output_shape, np.float32))
+
+
+def test_results_identical_run_to_run(queue):
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 12, 13, 16)).astype(np.float32)
+    filters = rng.standard_normal((3, 3, 8, 16)).astype(np.float32)
+    first = atrous_cl.atrous_conv2d_transpose(value, filters, [2, 12, 13, 8], 2, "SAME", queue=queue)
+    for _ in range(3):
+        again = atrous_cl.atrous_conv2d_transpose(value, filters, [2, 12, 13, 8], 2, "SAME", queue=queue)
+        np.testing.assert_array_equal(again, first)
+
+
+def test_nan_and_inf_go_only_where_the_math_sends_them(queue):
+    """A NaN input pixel reaches only the outputs its taps touch; an Inf weight only its tap's."""
+    value = np.ones((1, 9, 9, 2), np.float32)
+    value[0, 4, 4, 0] = np.nan
+    filters = np.ones((3, 3, 2, 2), np.float32)
+    filters[0, 0, 1, 1] = np.inf  # reaches output channel 1 only, from in-channel 1
+    want = reference.atrous_conv2d_transpose(value, filters, [1, 9, 9, 2], 2, "SAME")
+    got = atrous_cl.atrous_conv2d_transpose(value, filters, [1, 9, 9, 2], 2, "SAME", queue=queue)
+    assert np.isnan(want).sum() == 18 and np.isinf(want).any()  # 9 taps x 2 channels
+    assert_close(got, want)
+
+
+def test_float16_is_summed_in_float32(queue):
+    """2048 + 1 + 1 = 2050 is a float16; a float16 running sum would end at 2048."""
+    value = np.array([2048, 1, 1, 0], np.float16).reshape(1, 1, 1, 4)
+    filters = np.ones((1, 1, 1, 4), np.float16)
+    got = atrous_cl.atrous_conv2d_transpose(value, filters, [1, 1, 1, 1], 1, "SAME", queue=queue)
+    assert got.dtype == np.float16 and got[0, 0, 0, 0] == 2050

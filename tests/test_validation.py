@@ -1,0 +1,136 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Every bad input gets a clear error before any device work, from the op and the reference."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+import atrous_cl
+from atrous_cl import ops, reference, runtime
+from atrous_cl.errors import DeviceCapabilityError, DeviceError
+
+V = np.zeros((2, 5, 6, 3), np.float32)      # NHWC
+F = np.zeros((3, 2, 4, 3), np.float32)      # kh=3, kw=2, out 4, in 3
+GOOD = dict(value=V, filters=F, output_shape=[2, 5, 6, 4], rate=2, padding="SAME")
+
+# (id, overrides, exception, regex the message must match)
+CASES = [
+    ("value-3d", dict(value=V[0]), ValueError, r"value must be 4-D.*got 3-D"),
+    ("filters-2d", dict(filters=F[0, 0]), ValueError, r"filters must be 4-D.*got 2-D"),
+    ("channel-mismatch", dict(value=np.zeros((2, 5, 6, 7), np.float32)), ValueError,
+     r"value's channels \(value.shape\[3\] = 7\) must equal filters' in_channels \(filters.shape\[3\] = 3\)"),
+    ("rate-0", dict(rate=0), ValueError, r"rate must be a positive integer.*got 0"),
+    ("rate-negative", dict(rate=-2), ValueError, r"rate must be a positive integer.*got -2"),
+    ("rate-float", dict(rate=2.0), TypeError, r"rate must be an integer, got 2.0 of type float"),
+    ("rate-bool", dict(rate=True), TypeError, r"rate must be an integer, got True"),
+    ("padding-lower", dict(padding="same"), ValueError, r"padding must be 'SAME' or 'VALID', got 'same' .*upper case"),
+    ("padding-other", dict(padding="FULL"), ValueError, r"padding must be 'SAME' or 'VALID', got 'FULL'"),
+    ("padding-type", dict(padding=None), TypeError, r"padding must be the string .* got None"),
+    ("output-shape-3", dict(output_shape=[2, 5, 6]), ValueError, r"output_shape must have 4 entries.*got 3"),
+    ("output-shape-negative", dict(output_shape=[2, -5, 6, 4]), ValueError,
+     r"output_shape must be non-negative.*\[2, -5, 6, 4\]"),
+    ("output-shape-float", dict(output_shape=[2, 5.0, 6, 4]), TypeError, r"output_shape\[1\] must be an integer"),
+    ("output-shape-2d-array", dict(output_shape=np.array([[2, 5], [6, 4]])), ValueError,
+     r"output_shape must be a 1-D sequence.*shape \(2, 2\)"),
+    ("output-shape-scalar", dict(output_shape=7), TypeError, r"output_shape must be a list, tuple or 1-D array"),
+    ("out-channels-mismatch", dict(output_shape=[2, 5, 6, 5]), ValueError,
+     r"output_shape\[3\] \(channels\) must equal filters' out_channels \(filters.shape\[2\] = 4\), got 5"),
+    ("batch-mismatch", dict(output_shape=[3, 5, 6, 4]), ValueError,
+     r"output_shape\[0\] \(batch\) must equal value's batch \(2\), got 3"),
+    ("same-spatial", dict(output_shape=[2, 9, 8, 4]), ValueError,
+     r"output_shape\[1:3\].*SAME.*expected \[5, 6\], got \[9, 8\]"),
+    ("valid-spatial", dict(padding="VALID"), ValueError,
+     r"output_shape\[1:3\].*VALID.*expected \[9, 8\], got \[5, 6\]"),
+    ("rate-1-spatial", dict(rate=1, output_shape=[2, 4, 6, 4]), ValueError,  # TF skips this check
+     r"expected \[5, 6\], got \[4, 6\]"),
+    ("empty-kernel", dict(filters=np.zeros((0, 2, 4, 3), np.float32)), ValueError,
+     r"filters must have a spatial size of at least 1x1, got 0x2"),
+    ("int-dtype", dict(value=V.astype(np.int32)), TypeError, r"value must have dtype .*got int32"),
+    ("mixed-dtypes", dict(filters=F.astype(np.float64)), TypeError,
+     r"same dtype, got value float32 and filters float64"),
+]
+
+
+@pytest.mark.parametrize("fn", [atrous_cl.atrous_conv2d_transpose, reference.atrous_conv2d_transpose],
+                         ids=["opencl", "reference"])
+@pytest.mark.parametrize("overrides, exc, pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_argument(fn, overrides, exc, pattern, monkeypatch):
+    def no_device_work(*args, **kwargs):
+        raise AssertionError("device work started before the arguments were checked")
+
+    monkeypatch.setattr(ops.runtime, "get_queue", no_device_work)
+    monkeypatch.setattr(ops.runtime, "get_kernel", no_device_work)
+    with pytest.raises(exc, match=pattern):
+        fn(**{**GOOD, **overrides})
+
+
+def test_good_arguments_pass_validation():
+    """The baseline the table varies is itself valid (so each case fails for its own reason)."""
+    assert reference.atrous_conv2d_transpose(**GOOD).shape == (2, 5, 6, 4)
+
+
+def test_float64_on_device_without_fp64():
+    stub = types.SimpleNamespace(extensions="cl_khr_fp16", name="NoFP64 GPU", driver_version="1.0",
+                                 platform=types.SimpleNamespace(name="Stub"))
+    with pytest.raises(DeviceCapabilityError, match=r"float64 needs the OpenCL extension cl_khr_fp64, "
+                                                    r"which device NoFP64 GPU \(Stub, driver 1.0\) lacks"):
+        runtime.check_dtype_support(stub, np.float64)
+    runtime.check_dtype_support(stub, np.float16)  # half is storage-only: no extension needed
+
+
+def test_allocation_larger_than_device_limit():
+    stub = types.SimpleNamespace(max_mem_alloc_size=1024, name="Tiny", driver_version="1",
+                                 platform=types.SimpleNamespace(name="Stub"))
+    with pytest.raises(DeviceCapabilityError, match=r"the output needs 4096 bytes, more than the largest "
+                                                    r"buffer .* \(1024 bytes\)"):
+        runtime.check_allocation(stub, "the output", 4096)
+
+
+def test_output_larger_than_device_allows_raises_before_launch(queue):
+    """A request past max_mem_alloc_size is refused by name, not by a driver crash."""
+    limit = queue.device.max_mem_alloc_size
+    h = int(np.sqrt(limit // 4)) + 2  # one channel of float32: > limit bytes
+    with pytest.raises(DeviceCapabilityError, match="the output needs"):
+        atrous_cl.atrous_conv2d_transpose(np.zeros((1, h, h, 0), np.float32),
+                                          np.zeros((1, 1, 1, 0), np.float32), [1, h, h, 1], 1,
+                                          "SAME", queue=queue)
+
+
+@pytest.mark.parametrize("kwargs, exc, pattern", [
+    (dict(device="0:99"), ValueError, r"platform 0 has \d+ device\(s\), got index 99"),
+    (dict(device="gpu"), ValueError, r"device selector must look like 'P' or 'P:D'"),
+    (dict(device=3), TypeError, r"device must be a pyopencl.Device"),
+    (dict(queue="q"), TypeError, r"queue must be a pyopencl.CommandQueue"),
+    (dict(context=object()), TypeError, r"context must be a pyopencl.Context"),
+], ids=["device-index", "device-selector", "device-type", "queue-type", "context-type"])
+def test_bad_device_arguments(queue, kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        atrous_cl.atrous_conv2d_transpose(**GOOD, **kwargs)
+
+
+def test_queue_and_device_together(queue):
+    with pytest.raises(ValueError, match="pass at most one of queue, context and device, got queue, device"):
+        atrous_cl.atrous_conv2d_transpose(**GOOD, queue=queue, device=queue.device)
+
+
+def test_out_must_match(queue):
+    import pyopencl.array as cl_array
+
+    d_value = cl_array.to_device(queue, V)
+    with pytest.raises(ValueError, match=r"out must have shape \(2, 5, 6, 4\) and dtype float32, got shape \(2, 5, 6, 3\)"):
+        atrous_cl.atrous_conv2d_transpose(d_value, F, [2, 5, 6, 4], 2, "SAME",
+                                          out=cl_array.empty(queue, (2, 5, 6, 3), np.float32))
+    with pytest.raises(TypeError, match="out is for device arrays"):
+        atrous_cl.atrous_conv2d_transpose(**GOOD, queue=queue, out=cl_array.empty(queue, (2, 5, 6, 4), np.float32))
+
+
+def test_build_failure_is_a_device_error(queue):
+    with pytest.raises(DeviceError, match=r"(?s)building atrous_conv2d_transpose.cl failed.*"
+                                          r"status CL_BUILD_PROGRAM_FAILURE.*options -DT=no_such_type") as info:
+        runtime.get_kernel(queue.context, "atrous_conv2d_transpose.cl", "atrous_conv2d_transpose",
+                           ("-DT=no_such_type", "-DACC=float", "-DBW=1", "-DBC=1"))
+    assert info.value.status == "CL_BUILD_PROGRAM_FAILURE"
+    assert info.value.options == ("-DT=no_such_type", "-DACC=float", "-DBW=1", "-DBC=1")
