@@ -12,6 +12,7 @@ import functools
 import importlib.resources
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -117,7 +118,7 @@ def select_device(selector: str) -> cl.Device:
     return devs[d_idx]
 
 
-_queues: dict[int, cl.CommandQueue] = {}
+_queues: dict[int, tuple[cl.Context, cl.CommandQueue]] = {}
 _queues_lock = threading.Lock()
 
 
@@ -125,8 +126,12 @@ def _queue_for_device(device: cl.Device) -> cl.CommandQueue:
     with _queues_lock:
         key = device.int_ptr
         if key not in _queues:
-            _queues[key] = cl.CommandQueue(cl.Context([device]))
-        return _queues[key]
+            # Keep the Context object alive beside its queue: Intel's CPU
+            # runtime invalidates a context whose last Python handle is
+            # collected even while a queue still uses it.
+            context = cl.Context([device])
+            _queues[key] = (context, cl.CommandQueue(context, device))
+        return _queues[key][1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -232,7 +237,11 @@ def get_kernel(context: cl.Context, filename: str, name: str,
     """
     program = cl.Program(context, kernel_source(filename))
     try:
-        program.build(options=list(options))
+        with warnings.catch_warnings():
+            # Some drivers (Intel's) return a build log even on success, which
+            # pyopencl turns into a warning on every first call.
+            warnings.simplefilter("ignore", cl.CompilerWarning)
+            program.build(options=list(options))
     except cl.Error as e:
         raise DeviceError(f"building {filename} failed on "
                           f"{', '.join(describe(d) for d in context.devices)}: {e}",
