@@ -1,10 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
 """atrous-cl: TensorFlow-exact transposed atrous convolution on any OpenCL device."""
 
-from atrous_cl import geometry, reference
-from atrous_cl.errors import AtrousCLError, DeviceCapabilityError, DeviceError
-from atrous_cl.ops import atrous_conv2d_transpose
-from atrous_cl.runtime import DeviceInfo, default_device, devices, get_queue
+from atrous_cl import runtime as _runtime
+
+# Before anything asks the ICD loader for platforms (see register_pip_icds).
+_runtime.register_pip_icds()
+
+from atrous_cl import geometry, reference  # noqa: E402
+from atrous_cl.errors import AtrousCLError, DeviceCapabilityError, DeviceError  # noqa: E402
+from atrous_cl.ops import atrous_conv2d_transpose  # noqa: E402
+from atrous_cl.runtime import DeviceInfo, default_device, devices, get_queue  # noqa: E402
 
 __version__ = "0.1.0"
 

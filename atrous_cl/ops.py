@@ -7,38 +7,49 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 
-from atrous_cl import runtime
+from atrous_cl import runtime, tuning
 from atrous_cl.errors import DeviceError
 from atrous_cl.validation import TransposeArgs, check_dtypes, check_transpose_args
 
 _KERNEL_FILE = "atrous_conv2d_transpose.cl"
 
-#: Register tile of one work-item: output pixels along W x output channels.
-TILE_PIXELS = 8
-TILE_CHANNELS = 8
-
 _INT32_MAX = 2**31 - 1
 
 
-def build_options(dtype: np.dtype, tile_pixels: int = TILE_PIXELS,
-                  tile_channels: int = TILE_CHANNELS) -> tuple[str, ...]:
-    """``-D`` options specialising the kernel for a dtype and a tile size."""
+def build_options(dtype: np.dtype, args: TransposeArgs, tile: tuning.Tile) -> tuple[str, ...]:
+    """``-D`` options specialising the kernel for a dtype, a problem and a tile.
+
+    Channel counts, kernel size, rate and pads are baked in so the compiler can
+    unroll; spatial sizes stay run-time arguments, so one build serves every
+    image size.
+    """
     dtype = np.dtype(dtype)
-    opts = {np.float16: ("-DT=half", "-DACC=float", "-DUSE_HALF"),
-            np.float32: ("-DT=float", "-DACC=float"),
-            np.float64: ("-DT=double", "-DACC=double", "-DUSE_FP64")}[dtype.type]
-    return opts + (f"-DBW={tile_pixels}", f"-DBC={tile_channels}")
+    kh, kw, cout, cin = args.filters_shape
+    types = {np.float16: ("-DT=half", "-DACC=float", "-DUSE_HALF"),
+             np.float32: ("-DT=float", "-DACC=float"),
+             np.float64: ("-DT=double", "-DACC=double", "-DUSE_FP64")}[dtype.type]
+    return types + (f"-DBW={tile.pixels}", f"-DBC={tile.channels}",
+                    f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
+                    f"-DKH={kh}", f"-DKW={kw}", f"-DRATE={args.rate}",
+                    f"-DPAD_TOP={args.pads.top}", f"-DPAD_LEFT={args.pads.left}")
 
 
-def launch_geometry(output_shape: tuple[int, int, int, int], tile_pixels: int = TILE_PIXELS,
-                    tile_channels: int = TILE_CHANNELS) -> tuple[tuple[int, int, int], None]:
-    """``(global_size, local_size)``: one work-item per register tile.
+def launch_geometry(output_shape: tuple[int, int, int, int],
+                    tile: tuning.Tile) -> tuple[tuple[int, int, int], None]:
+    """``(global_size, local_size)`` of the main kernel: one work-item per register tile.
 
     Axis 0 covers output channels in tiles, axis 1 output columns in tiles,
     axis 2 the ``N * OH`` output rows. The local size is left to the driver.
     """
     n, oh, ow, cout = output_shape
-    return (-(-cout // tile_channels), -(-ow // tile_pixels), n * oh), None
+    return (tile.padded_channels(cout) // tile.channels, -(-ow // tile.pixels), n * oh), None
+
+
+def repack_geometry(filters_shape: tuple[int, int, int, int],
+                    tile: tuning.Tile) -> tuple[tuple[int, int, int], None]:
+    """``(global_size, local_size)`` of ``repack_filters``: one work-item per packed weight."""
+    kh, kw, cout, cin = filters_shape
+    return (tile.padded_channels(cout), cin, kh * kw), None
 
 
 def _check_limits(args: TransposeArgs) -> None:
@@ -71,31 +82,34 @@ def _element_offset(x: cl_array.Array) -> int:
 
 
 def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
-            out: cl_array.Array, args: TransposeArgs) -> None:
+            out: cl_array.Array, args: TransposeArgs, tile: tuning.Tile | None = None) -> None:
+    """Run the op on device arrays; ``tile`` overrides the tuned or default tile."""
     n, oh, ow, cout = args.output_shape
     if out.size == 0:
         return
     if value.size == 0 or filters.size == 0:  # an empty sum: no input or no input channels
         runtime.fill(out, 0)
         return
-    kernel, lock = runtime.get_kernel(queue.context, _KERNEL_FILE, "atrous_conv2d_transpose",
-                                      build_options(out.dtype))
-    global_size, local_size = launch_geometry(args.output_shape)
-    _, h, w, cin = args.value_shape
-    kh, kw = args.filters_shape[:2]
-    i32, i64 = np.int32, np.int64
+    tile = tile or tuning.tile_for(queue.device, out.dtype, args)
+    options = build_options(out.dtype, args, tile)
+    kernels, lock = runtime.get_kernels(queue.context, _KERNEL_FILE, options)
+    kh, kw, _, cin = args.filters_shape
+    packed = cl_array.empty(queue, kh * kw * cin * tile.padded_channels(cout), out.dtype)
     try:
-        with lock:
-            kernel(queue, global_size, local_size,
-                   value.base_data, i64(_element_offset(value)),
-                   filters.base_data, i64(_element_offset(filters)),
-                   out.base_data, i64(_element_offset(out)),
-                   i32(h), i32(w), i32(cin), i32(cout), i32(kh), i32(kw), i32(args.rate),
-                   i32(args.pads.top), i32(args.pads.left), i32(oh), i32(ow))
+        with lock:  # setting a kernel's arguments and enqueueing it must not interleave
+            kernels["repack_filters"](queue, *repack_geometry(args.filters_shape, tile),
+                                   filters.base_data, np.int64(_element_offset(filters)),
+                                   packed.data)
+            kernels["atrous_conv2d_transpose"](
+                queue, *launch_geometry(args.output_shape, tile),
+                value.base_data, np.int64(_element_offset(value)), packed.data,
+                out.base_data, np.int64(_element_offset(out)),
+                np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
+                np.int32(oh), np.int32(ow))
     except cl.Error as e:
         raise DeviceError(f"launching atrous_conv2d_transpose on {runtime.describe(queue.device)} "
                           f"failed: {e}", status=runtime.status_name(e), source=_KERNEL_FILE,
-                          options=build_options(out.dtype)) from e
+                          options=options) from e
 
 
 def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=None, *,

@@ -5,110 +5,128 @@
 //   out[n, p, q, c] = sum_{a, b, o} value[n, p + PAD_TOP - a*RATE, q + PAD_LEFT - b*RATE, o]
 //                                   * filters[a, b, c, o]
 //
-// over the taps whose input pixel lies inside value. value and out are NHWC,
-// filters [KH, KW, COUT, CIN], all C-contiguous from the given element offset.
-// This is the gather form of the scatter in atrous_cl/reference.py.
+// over the taps whose input pixel lies inside value: the gather form of the
+// scatter in atrous_cl/reference.py. value and out are NHWC, filters
+// [KH, KW, COUT, CIN], each C-contiguous from an element offset.
 //
-// Each work-item computes a register tile of BW consecutive output pixels of
-// one row times BC consecutive output channels, so every value load feeds BC
-// multiply-adds and every filter load BW.
+// repack_filters first copies the filters to wt [KH, KW, CIN, COUTP], output
+// channels innermost and zero-padded to COUTP (a multiple of BC), so one
+// vector load fetches BC output channels of a tap. Each work-item of the main
+// kernel then accumulates a register tile of BW consecutive output pixels of
+// one row times BC output channels: one value load feeds BC multiply-adds,
+// one weight vector BW of them.
 //
 // Build options (-D):
-//   T      storage type: float, double or half (half is storage only, read and
-//          written with vload_half/vstore_half, so it needs no cl_khr_fp16)
-//   ACC    accumulation type (float for half storage)
-//   BW, BC tile size in output pixels and output channels
-//   USE_FP64  defined when T or ACC is double
+//   T, ACC     storage and accumulation types: float/float, double/double or
+//              half/float (half is storage only, via vload_half/vstore_half,
+//              so it needs no cl_khr_fp16); USE_HALF / USE_FP64 accordingly
+//   BW, BC     the tile: output pixels x output channels; BC in 1, 2, 4, 8, 16
+//   CIN, COUT, COUTP, KH, KW, RATE, PAD_TOP, PAD_LEFT
+//              the problem's channel counts, kernel, rate and pads, so the
+//              compiler can unroll the tap and channel loops
+// Spatial sizes stay run-time arguments: one build serves every image size.
 // Offsets are 64-bit, so tensors past 2^31 elements index correctly.
 
 #ifdef USE_FP64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
 #endif
 
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+
 #ifdef USE_HALF
 #define LOAD(p, i) vload_half((i), (p))
 #define STORE(p, i, v) vstore_half((v), (i), (p))
 #else
-#define LOAD(p, i) ((ACC)(p)[i])
-#define STORE(p, i, v) ((p)[i] = (T)(v))
+#define LOAD(p, i) ((p)[i])
+#define STORE(p, i, v) ((p)[i] = (v))
 #endif
 
-// acc[px][:] += value[pixel px, :] . filters[tap, chan, :] for the pixels
-// where PIXEL_OK holds; the body of the tap loop, written once for the
-// interior tiles (PIXEL_OK = true, no per-pixel test) and the border ones.
+#if BC == 1
+#define VACC ACC
+#define LOADV(p, i) LOAD(p, i)
+#define STOREV(p, i, v) STORE(p, i, v)
+#else
+#define VACC CAT(ACC, BC)
+#ifdef USE_HALF
+#define LOADV(p, i) CAT(vload_half, BC)(0, (p) + (i))
+#define STOREV(p, i, v) CAT(vstore_half, BC)((v), 0, (p) + (i))
+#else
+#define LOADV(p, i) CAT(vload, BC)(0, (p) + (i))
+#define STOREV(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
+#endif
+#endif
+
+// wt[tap, o, c] = filters[tap, c, o] for c < COUT, 0 for COUT <= c < COUTP.
+// Global size (COUTP, CIN, KH * KW).
+__kernel void repack_filters(__global const T *restrict filters, const long filters_off,
+                             __global T *restrict wt)
+{
+    const int c = (int)get_global_id(0);
+    const int o = (int)get_global_id(1);
+    const long tap = get_global_id(2);
+    const ACC w = c < COUT ? (ACC)LOAD(filters, filters_off + (tap * COUT + c) * CIN + o) : (ACC)0;
+    STORE(wt, (tap * CIN + o) * COUTP + c, w);
+}
+
+// acc[px] += value[pixel px, o] * wt[tap, o, c0:c0+BC] for every input channel
+// o and every pixel where PIXEL_OK holds. Written once for interior tiles
+// (PIXEL_OK = true: no test per pixel) and once for border tiles, where a
+// pixel whose input column lies outside value gets no term at all (not
+// 0 * w, which is NaN for an Inf or NaN weight).
 #define ACCUMULATE_TAP(PIXEL_OK)                                              \
     for (int o = 0; o < CIN; ++o) {                                          \
-        ACC w[BC];                                                           \
-        for (int cc = 0; cc < BC; ++cc)                                      \
-            w[cc] = LOAD(filters, tap + chan[cc] + o);                       \
-        for (int px = 0; px < BW; ++px) {                                    \
-            if (PIXEL_OK) {                                                  \
-                const ACC v = LOAD(value, col[px] + o);                      \
-                for (int cc = 0; cc < BC; ++cc)                              \
-                    acc[px][cc] += v * w[cc];                                \
-            }                                                                \
-        }                                                                    \
+        const VACC w = LOADV(wt, tap + o * COUTP);                           \
+        for (int px = 0; px < BW; ++px)                                      \
+            if (PIXEL_OK)                                                    \
+                acc[px] += (ACC)LOAD(value, col[px] + o) * w;                \
     }
 
+// Global size (COUTP / BC, ceil(OW / BW), N * OH): one work-item per tile.
 __kernel void atrous_conv2d_transpose(
     __global const T *restrict value, const long value_off,
-    __global const T *restrict filters, const long filters_off,
+    __global const T *restrict wt,
     __global T *restrict out, const long out_off,
-    const int H, const int W, const int CIN, const int COUT,
-    const int KH, const int KW, const int RATE,
-    const int PAD_TOP, const int PAD_LEFT, const int OH, const int OW)
+    const int H, const int W, const int OH, const int OW)
 {
     const int c0 = (int)get_global_id(0) * BC;
     const int q0 = (int)get_global_id(1) * BW;
     const long row_id = get_global_id(2);  // n * OH + p
-    // The global size is rounded up to whole tiles.
-    if (c0 >= COUT || q0 >= OW) return;
     const long n = row_id / OH;
     const int p = (int)(row_id - n * OH);
 
-    ACC acc[BW][BC];
+    VACC acc[BW];
     for (int px = 0; px < BW; ++px)
-        for (int cc = 0; cc < BC; ++cc)
-            acc[px][cc] = (ACC)0;
-
-    // Channels past COUT in the last tile read channel COUT-1; their sums are
-    // never stored. Clamping keeps every load in bounds without branches.
-    long chan[BC];
-    for (int cc = 0; cc < BC; ++cc)
-        chan[cc] = (long)min(c0 + cc, COUT - 1) * CIN;
+        acc[px] = (VACC)0;
 
     for (int a = 0; a < KH; ++a) {
         const int i = p + PAD_TOP - a * RATE;
-        if (i < 0 || i >= H) continue;
+        if (i < 0 || i >= H)
+            continue;
         const long row = value_off + (n * H + i) * (long)W * CIN;
         for (int b = 0; b < KW; ++b) {
-            const int j0 = q0 + PAD_LEFT - b * RATE;
-            // Pixels whose input column falls outside value get no term at
-            // all from this tap (not 0 * w, which is NaN for an Inf or NaN
-            // weight). Their loads use a clamped, valid address.
+            const int j0 = q0 + PAD_LEFT - b * RATE;  // input column of pixel 0
+            // Clamped, so a border pixel's (unused) address is still valid.
             long col[BW];
-            bool inside[BW];
-            bool all_inside = true;
-            for (int px = 0; px < BW; ++px) {
-                const int j = j0 + px;
-                inside[px] = j >= 0 && j < W;
-                all_inside = all_inside && inside[px];
-                col[px] = row + (long)clamp(j, 0, W - 1) * CIN;
-            }
-            const long tap = filters_off + (long)(a * KW + b) * COUT * CIN;
-            if (all_inside) {
+            for (int px = 0; px < BW; ++px)
+                col[px] = row + (long)clamp(j0 + px, 0, W - 1) * CIN;
+            const long tap = (long)(a * KW + b) * CIN * COUTP + c0;
+            if (j0 >= 0 && j0 + BW <= W) {
                 ACCUMULATE_TAP(true)
             } else {
-                ACCUMULATE_TAP(inside[px])
+                ACCUMULATE_TAP(j0 + px >= 0 && j0 + px < W)
             }
         }
     }
 
     const long base = out_off + (row_id * OW + q0) * (long)COUT + c0;
-    for (int px = 0; px < BW; ++px) {
-        if (q0 + px >= OW) break;
-        for (int cc = 0; cc < BC; ++cc)
-            if (c0 + cc < COUT)
-                STORE(out, base + (long)px * COUT + cc, acc[px][cc]);
+    for (int px = 0; px < BW && q0 + px < OW; ++px) {
+        if (c0 + BC <= COUT) {
+            STOREV(out, base + (long)px * COUT, acc[px]);
+        } else {  // the last channel tile of a COUT that BC does not divide
+            const ACC *lane = (const ACC *)&acc[px];
+            for (int cc = 0; c0 + cc < COUT; ++cc)
+                STORE(out, base + (long)px * COUT + cc, lane[cc]);
+        }
     }
 }

@@ -62,7 +62,7 @@ def test_bad_argument(fn, overrides, exc, pattern, monkeypatch):
         raise AssertionError("device work started before the arguments were checked")
 
     monkeypatch.setattr(ops.runtime, "get_queue", no_device_work)
-    monkeypatch.setattr(ops.runtime, "get_kernel", no_device_work)
+    monkeypatch.setattr(ops.runtime, "get_kernels", no_device_work)
     with pytest.raises(exc, match=pattern):
         fn(**{**GOOD, **overrides})
 
@@ -130,7 +130,7 @@ def test_out_must_match(queue):
 def test_build_failure_is_a_device_error(queue):
     with pytest.raises(DeviceError, match=r"(?s)building atrous_conv2d_transpose.cl failed.*"
                                           r"status CL_BUILD_PROGRAM_FAILURE.*options -DT=no_such_type") as info:
-        runtime.get_kernel(queue.context, "atrous_conv2d_transpose.cl", "atrous_conv2d_transpose",
-                           ("-DT=no_such_type", "-DACC=float", "-DBW=1", "-DBC=1"))
+        runtime.get_kernels(queue.context, "atrous_conv2d_transpose.cl",
+                            ("-DT=no_such_type", "-DACC=float", "-DBW=1", "-DBC=1"))
     assert info.value.status == "CL_BUILD_PROGRAM_FAILURE"
     assert info.value.options == ("-DT=no_such_type", "-DACC=float", "-DBW=1", "-DBC=1")
