@@ -1,0 +1,92 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Tile tuning: every candidate is correct, winners are cached on disk and used."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyopencl.array as cl_array
+import pytest
+from conftest import assert_close, poisoned, skip_unsupported
+
+from atrous_cl import geometry, ops, reference, runtime, tuning
+from atrous_cl.validation import check_transpose_args
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(tuning, "_loaded", None)
+    yield tmp_path / "atrous-cl" / "tuning.json"
+    tuning._loaded = None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(2, 5, 9, 3, 5, 3, 2, 2, "SAME"), (1, 4, 3, 6, 17, 2, 3, 3, "VALID")],
+                         ids=["small", "cout17"])
+def test_every_candidate_tile_is_correct(queue, shape, dtype):
+    """The tuner may pick any candidate, so each must match the reference exactly like the default."""
+    skip_unsupported(queue, dtype)
+    n, h, w, cin, cout, kh, kw, rate, padding = shape
+    rng = np.random.default_rng()
+    value = rng.standard_normal((n, h, w, cin)).astype(dtype)
+    filters = rng.standard_normal((kh, kw, cout, cin)).astype(dtype)
+    output_shape = (n, *geometry.transpose_output_hw((h, w), (kh, kw), rate, padding), cout)
+    args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    d_value, d_filters = cl_array.to_device(queue, value), cl_array.to_device(queue, filters)
+    tiles = tuning.candidates(queue.device, dtype, cout)
+    assert tuning.default_tile(queue.device, dtype, cout) in tiles
+    for tile in tiles:
+        out = poisoned(queue, output_shape, dtype)
+        ops._launch(queue, d_value, d_filters, out, args, tile)
+        assert_close(out.get(), want, dtype, context=f"tile {tile}")
+
+
+def test_tune_caches_the_winner_and_the_op_uses_it(queue, fresh_cache):
+    best, timings = tuning.tune(queue, (1, 6, 10, 4), (3, 3, 5, 4), 2, "SAME", repeats=1)
+    assert str(best) in timings and timings[str(best)] == min(timings.values())
+    saved = json.loads(fresh_cache.read_text())
+    entry = saved["devices"][tuning.device_key(queue.device)]["float32 cin4 cout5 k3x3 r2 w16"]
+    assert entry["tile"] == list(best)
+    args = check_transpose_args((3, 7, 12, 4), (3, 3, 5, 4), (3, 7, 12, 5), 2, "SAME")
+    tuning._loaded = None  # a new process reads it back from disk
+    assert tuning.tile_for(queue.device, np.float32, args) == best
+
+
+def test_untuned_problem_uses_the_default(queue, fresh_cache):
+    args = check_transpose_args((1, 5, 5, 3), (3, 3, 2, 3), (1, 5, 5, 2), 1, "SAME")
+    assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 2)
+    assert not fresh_cache.exists()
+
+
+def test_corrupt_cache_falls_back_to_defaults(queue, fresh_cache):
+    fresh_cache.parent.mkdir(parents=True)
+    fresh_cache.write_text("{not json")
+    args = check_transpose_args((1, 5, 5, 3), (3, 3, 2, 3), (1, 5, 5, 2), 1, "SAME")
+    assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 2)
+
+
+def test_pip_intel_runtime_is_registered_without_hiding_system_drivers(tmp_path, monkeypatch):
+    lib = tmp_path / "prefix" / "lib" / "libintelocl.so"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"")
+    system = tmp_path / "vendors"
+    system.mkdir()
+    (system / "gpu.icd").write_text("/opt/vendor/libgpu.so\n")
+    monkeypatch.setattr(runtime, "_pip_intel_runtime", lambda: lib)
+    monkeypatch.setattr(runtime, "_SYSTEM_VENDORS", system)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("OCL_ICD_VENDORS", "")  # recorded, so the test's own setting is undone
+    monkeypatch.delenv("OCL_ICD_VENDORS")
+    folder = runtime.register_pip_icds()
+    assert folder is not None and runtime.os.environ["OCL_ICD_VENDORS"] == folder
+    files = {p.name: p.read_text() for p in (tmp_path / "cache" / "atrous-cl" / "icd").glob("*/*.icd")}
+    assert files == {"atrous-cl-intel-cpu.icd": f"{lib}\n", "gpu.icd": "/opt/vendor/libgpu.so\n"}
+
+
+def test_users_own_icd_setting_wins(monkeypatch):
+    monkeypatch.setenv("OCL_ICD_VENDORS", "/somewhere/mine")
+    assert runtime.register_pip_icds() is None
+    assert runtime.os.environ["OCL_ICD_VENDORS"] == "/somewhere/mine"
