@@ -70,6 +70,39 @@ def _demo(args) -> int:
     return 0 if ok else 1
 
 
+def _tune(args) -> int:
+    from atrous_cl import bench, runtime, tuning
+
+    queue = runtime.get_queue(device=args.device)
+    if args.shape:
+        n, h, w, cin, cout, k, rate = args.shape
+        workloads = [bench.Workload("custom", n, h, w, cin, cout, k, rate, args.padding)]
+    else:
+        workloads = bench.WORKLOADS
+    print(f"tuning on {runtime.describe(queue.device)}, {args.dtype}; cache {tuning.cache_path()}")
+    for wl in workloads:
+        best, timings = tuning.tune(queue, (wl.n, wl.h, wl.w, wl.cin), (wl.k, wl.k, wl.cout, wl.cin),
+                                    wl.rate, wl.padding, args.dtype, repeats=args.repeat)
+        default = tuning.default_tile(queue.device, args.dtype, wl.cout)
+        t_best, t_default = timings[str(best)], timings.get(str(default))
+        gain = f", {t_default / t_best:.2f}x the default {default}" if t_default else ""
+        print(f"{wl.name}: {wl.describe()}: best tile {best} {t_best * 1e3:.2f} ms{gain} "
+              f"({len(timings)} tried)")
+    return 0
+
+
+def _bench(args) -> int:
+    from atrous_cl import bench
+
+    workloads = [wl for wl in bench.WORKLOADS if not args.workloads or wl.name in args.workloads]
+    times, ceiling = bench.run(workloads, rounds=args.rounds)
+    print(bench.table(times, ceiling, workloads))
+    if args.plot:
+        bench.plot(times, args.plot, workloads)
+        print(f"plot: {args.plot}")
+    return 0
+
+
 def _export(args) -> int:
     from onnx_export import cli as export_cli
 
@@ -94,6 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--padding", default="SAME", choices=["SAME", "VALID"])
     demo.add_argument("--repeat", type=int, default=5)
     demo.set_defaults(func=_demo)
+    tune = sub.add_parser("tune", help="search the kernel tile for some shapes on a device and "
+                                       "cache the winners")
+    tune.add_argument("--device", help="'P:D' platform:device indices (default: the default device)")
+    tune.add_argument("--dtype", default="float32", choices=sorted(DEMO_TOLERANCE))
+    tune.add_argument("--shape", type=int, nargs=7, metavar=("N", "H", "W", "CIN", "COUT", "K", "RATE"),
+                      help="one problem to tune (default: the benchmark workloads)")
+    tune.add_argument("--padding", default="SAME", choices=["SAME", "VALID"])
+    tune.add_argument("--repeat", type=int, default=5, help="timed runs per candidate (median)")
+    tune.set_defaults(func=_tune)
+    bench = sub.add_parser("bench", help="time the op on every device against onnxruntime, "
+                                         "PyTorch and TensorFlow where installed")
+    bench.add_argument("--rounds", type=int, default=7, help="timed rounds (median) after 2 warm-ups")
+    bench.add_argument("--workloads", nargs="*", metavar="NAME", help="subset, e.g. A B (default: all)")
+    bench.add_argument("--plot", metavar="PNG", help="also draw the table (needs matplotlib)")
+    bench.set_defaults(func=_bench)
     try:
         from onnx_export import cli as export_cli
     except ImportError:  # onnx is an optional extra

@@ -8,6 +8,7 @@ import importlib.util
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from atrous_cl import cli, runtime
@@ -57,3 +58,37 @@ def test_console_script_runs():
     proc = subprocess.run(["atrous-cl", "devices"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "default (*):" in proc.stdout
+
+
+def test_tune_command_caches_a_winner(queue, capsys, monkeypatch, tmp_path):
+    from atrous_cl import tuning
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(tuning, "_loaded", None)
+    selector = next(d.selector for d in runtime.devices() if d.device == queue.device)
+    code = cli.main(["tune", "--device", selector, "--shape", "1", "6", "9", "3", "4", "3", "2",
+                     "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "best tile" in out and (tmp_path / "atrous-cl" / "tuning.json").is_file()
+    tuning._loaded = None
+
+
+def test_bench_prints_a_checked_table(queue, capsys, monkeypatch):
+    from atrous_cl import bench
+
+    tiny = bench.Workload("T", 2, 6, 7, 3, 4, 3, 2, "SAME")
+    monkeypatch.setattr(bench, "WORKLOADS", [tiny])
+    monkeypatch.setattr(bench, "sgemm_gflops", lambda: 100.0)
+    assert cli.main(["bench", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| T: 2x6x7x3->4 k3 r2 SAME | atrous-cl" in out and "% ceiling" in out
+
+
+def test_bench_rejects_a_peer_that_computes_something_else():
+    from atrous_cl import bench
+
+    wl = bench.Workload("T", 1, 4, 4, 2, 2, 3, 1, "SAME")
+    wrong = {"wrong": lambda wl, value, filters: (lambda: np.zeros(wl.output_shape, np.float32))}
+    with pytest.raises(RuntimeError, match="wrong disagrees with the reference on T"):
+        bench.run([wl], rounds=1, warmup=0, impls=wrong)

@@ -1,0 +1,255 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Benchmark: our op on each OpenCL device against onnxruntime, PyTorch and TensorFlow.
+
+Every implementation runs the same inputs in one process, interleaved round by
+round so that machine noise hits them alike; each figure is the median of the
+rounds after a warm-up. Our op is timed through the public host API (NumPy in,
+NumPy out, transfers included). The ceiling is NumPy's sgemm measured in the
+same run. FLOPs = 2 * N * H * W * Cin * Cout * kh * kw (value's H, W).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from atrous_cl import geometry
+
+
+class Workload(NamedTuple):
+    name: str
+    n: int
+    h: int
+    w: int
+    cin: int
+    cout: int
+    k: int
+    rate: int
+    padding: str
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.n * self.h * self.w * self.cin * self.cout * self.k * self.k
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        hw = geometry.transpose_output_hw((self.h, self.w), (self.k, self.k), self.rate, self.padding)
+        return (self.n, *hw, self.cout)
+
+    def describe(self) -> str:
+        return (f"{self.n}x{self.h}x{self.w}x{self.cin}->{self.cout} k{self.k} r{self.rate} "
+                f"{self.padding}")
+
+
+WORKLOADS = [
+    Workload("A", 1, 64, 64, 64, 64, 3, 2, "SAME"),
+    Workload("B", 8, 32, 32, 128, 128, 3, 2, "SAME"),
+    Workload("C", 1, 128, 128, 32, 16, 3, 4, "SAME"),
+    Workload("D", 1, 256, 256, 16, 16, 5, 2, "VALID"),
+    Workload("E", 32, 8, 8, 16, 16, 3, 2, "SAME"),      # many tiny images
+    Workload("F", 1, 128, 128, 1, 1, 3, 2, "SAME"),     # one channel
+]
+
+
+def _ours(device_info) -> Callable:
+    import atrous_cl
+
+    queue = atrous_cl.get_queue(device=device_info.device)
+
+    def prepare(wl: Workload, value, filters):
+        return lambda: atrous_cl.atrous_conv2d_transpose(value, filters, wl.output_shape, wl.rate,
+                                                         wl.padding, queue=queue)
+    return prepare
+
+
+def _onnxruntime(layout: str) -> Callable | None:
+    try:
+        import onnxruntime as ort
+
+        from onnx_export import export_atrous_conv2d_transpose
+    except ImportError:
+        return None
+
+    def prepare(wl: Workload, value, filters):
+        model = export_atrous_conv2d_transpose(filters, value.shape, wl.output_shape, wl.rate,
+                                               wl.padding, layout=layout)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        # Spinning worker threads would steal the cores from whatever runs
+        # next in the interleaved rounds.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(model.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        x = value if layout == "NHWC" else np.ascontiguousarray(value.transpose(0, 3, 1, 2))
+        name = session.get_inputs()[0].name
+        return lambda: session.run(None, {name: x})[0]
+    return prepare
+
+
+def _torch() -> Callable | None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as for onnxruntime: no spinning threads
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    def prepare(wl: Workload, value, filters):
+        pads = geometry.pads((wl.k, wl.k), wl.rate, wl.padding)
+        x = torch.from_numpy(np.ascontiguousarray(value.transpose(0, 3, 1, 2)))
+        weight = torch.from_numpy(np.ascontiguousarray(filters.transpose(3, 2, 0, 1)))
+        ph, pw = min(pads.top, pads.bottom), min(pads.left, pads.right)
+        oh, ow = wl.output_shape[1:3]
+        top, left = pads.top - ph, pads.left - pw  # an asymmetric remainder is cropped
+
+        def call():
+            with torch.no_grad():
+                y = torch.nn.functional.conv_transpose2d(x, weight, padding=(ph, pw), dilation=wl.rate)
+            return y[:, :, top:top + oh, left:left + ow]
+        return call
+    return prepare
+
+
+def _tensorflow() -> Callable | None:
+    try:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+    except ImportError:
+        return None
+
+    def prepare(wl: Workload, value, filters):
+        x, f = tf.constant(value), tf.constant(filters)
+        fn = tf.function(lambda: tf.nn.atrous_conv2d_transpose(x, f, wl.output_shape, wl.rate, wl.padding))
+        return lambda: fn().numpy()
+    return prepare
+
+
+def sgemm_gflops(size: int = 2048, rounds: int = 5) -> float:
+    """NumPy's float32 matmul rate: the ceiling the table reports percentages of."""
+    a = np.random.default_rng().standard_normal((size, size)).astype(np.float32)
+    a @ a
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        a @ a
+        samples.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(samples) / 1e9
+
+
+def implementations(include_simulators: bool = False) -> dict[str, Callable]:
+    """Name -> preparer, for everything installed; ours once per OpenCL device."""
+    from atrous_cl import runtime
+
+    impls: dict[str, Callable] = {}
+    for info in runtime.devices():
+        if include_simulators or runtime._rank(info)[0] < 4:
+            impls[f"atrous-cl {info.selector} {info.platform.split()[0]}"] = _ours(info)
+    for name, prep in (("onnxruntime NHWC", _onnxruntime("NHWC")),
+                       ("onnxruntime NCHW", _onnxruntime("NCHW")),
+                       ("torch NCHW", _torch()), ("tensorflow", _tensorflow())):
+        if prep is not None:
+            impls[name] = prep
+    return impls
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    """A bar on a terminal; on a pipe, a line at each quarter so logs stay short."""
+    if sys.stderr.isatty():
+        filled = 30 * done // total
+        end = "\n" if done == total else ""
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {label[:40]:<40}{end}")
+    elif done * 4 // total != (done - 1) * 4 // total:
+        sys.stderr.write(f"{done}/{total} timed\n")
+    sys.stderr.flush()
+
+
+def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
+        check: bool = True) -> tuple[dict, float]:
+    """Time every implementation on every workload; returns ({(workload, impl): seconds}, ceiling)."""
+    impls = impls if impls is not None else implementations()
+    rng = np.random.default_rng(0)
+    calls, inputs = {}, {}
+    for wl in workloads:
+        value = rng.standard_normal((wl.n, wl.h, wl.w, wl.cin)).astype(np.float32)
+        filters = rng.standard_normal((wl.k, wl.k, wl.cout, wl.cin)).astype(np.float32)
+        for name, prepare in impls.items():
+            calls[wl, name] = prepare(wl, value, filters)
+        inputs[wl] = (value, filters)
+    total = len(calls) * (warmup + rounds)
+    done = 0
+    samples: dict = {key: [] for key in calls}
+    for r in range(warmup + rounds):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            result = call()
+            elapsed = time.perf_counter() - start
+            if r == 0 and check:
+                _check(key, result, inputs[key[0]])
+            if r >= warmup:
+                samples[key].append(elapsed)
+            done += 1
+            _progress(done, total, f"{key[0].name} {key[1]}")
+    ceiling = sgemm_gflops()
+    return {key: statistics.median(s) for key, s in samples.items()}, ceiling
+
+
+def _check(key, result, inputs) -> None:
+    """Every implementation must compute the same thing before its time counts."""
+    from atrous_cl import reference
+
+    wl, name = key
+    got = np.asarray(result)
+    if got.shape != wl.output_shape:  # NCHW peers
+        got = got.transpose(0, 2, 3, 1)
+    want = reference.atrous_conv2d_transpose(*inputs, wl.output_shape, wl.rate, wl.padding)
+    err = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)
+    if not err < 1e-4:
+        raise RuntimeError(f"{name} disagrees with the reference on {wl.name}: relative error {err:.2e}")
+
+
+def table(times: dict, ceiling: float, workloads=WORKLOADS) -> str:
+    """Markdown: per workload and implementation ms, GFLOP/s, % of the sgemm ceiling and
+    how many times faster the fastest atrous-cl device is than each peer (>1: we are faster)."""
+    names = list(dict.fromkeys(name for _, name in times))
+    ours = [n for n in names if n.startswith("atrous-cl")]
+    lines = [f"sgemm ceiling (NumPy float32 2048^3, same run): {ceiling:.0f} GFLOP/s", "",
+             "| workload | implementation | ms | GFLOP/s | % ceiling | ours faster by |",
+             "|---|---|---:|---:|---:|---:|"]
+    for wl in workloads:
+        best_ours = min((times[wl, n] for n in ours if (wl, n) in times), default=None)
+        for name in names:
+            if (wl, name) not in times:
+                continue
+            t = times[wl, name]
+            gflops = wl.flops / t / 1e9
+            ratio = "" if name in ours or best_ours is None else f"{t / best_ours:.2f}x"
+            lines.append(f"| {wl.name}: {wl.describe()} | {name} | {t * 1e3:.2f} | {gflops:.1f} | "
+                         f"{100 * gflops / ceiling:.0f}% | {ratio} |")
+    return "\n".join(lines)
+
+
+def plot(times: dict, path: str, workloads=WORKLOADS) -> None:
+    """A grouped bar chart of GFLOP/s per workload and implementation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(name for _, name in times))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        xs = [j + i * width for j, wl in enumerate(workloads) if (wl, name) in times]
+        ys = [wl.flops / times[wl, name] / 1e9 for wl in workloads if (wl, name) in times]
+        ax.bar(xs, ys, width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(workloads))], [wl.name for wl in workloads])
+    ax.set_ylabel("GFLOP/s (median)")
+    ax.set_title("atrous_conv2d_transpose, float32")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
