@@ -1,0 +1,23 @@
+# SPDX-License-Identifier: Apache-2.0
+"""ONNX export of ``atrous_conv2d_transpose``: one ConvTranspose node.
+
+Example::
+
+    from onnx_export import export_atrous_conv2d_transpose, save_model
+    model = export_atrous_conv2d_transpose(filters, (1, 64, 64, 32), None, rate=2,
+                                           padding="SAME", dynamic_batch=True)
+    save_model(model, "atrous.onnx")
+"""
+
+from onnx_export.exporter import (BATCH_DIM, DEFAULT_INPUT_NAME, DEFAULT_OPSET, DEFAULT_OUTPUT_NAME,
+                                  EXPORT_DTYPES, LAYOUTS, MAX_OPSET, MIN_OPSET, TESTED_OPSETS,
+                                  ExportPlan, conv_pads, emit_model,
+                                  export_atrous_conv2d_transpose, save_model, symmetric_split,
+                                  tf_filters_to_onnx, tf_filters_to_onnx_conv)
+
+__all__ = [
+    "BATCH_DIM", "DEFAULT_INPUT_NAME", "DEFAULT_OPSET", "DEFAULT_OUTPUT_NAME", "EXPORT_DTYPES",
+    "LAYOUTS", "MAX_OPSET", "MIN_OPSET", "TESTED_OPSETS", "ExportPlan", "conv_pads", "emit_model",
+    "export_atrous_conv2d_transpose", "save_model", "symmetric_split", "tf_filters_to_onnx",
+    "tf_filters_to_onnx_conv",
+]

@@ -1,0 +1,113 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``export`` command: filters from a ``.npy`` file to a checked ONNX model.
+
+:func:`add_arguments` and :func:`run` are what ``atrous-cl export`` wires in;
+``python -m onnx_export`` runs the same command on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import onnx
+
+from onnx_export.exporter import (DEFAULT_INPUT_NAME, DEFAULT_OPSET, DEFAULT_OUTPUT_NAME,
+                                  EXPORT_DTYPES, LAYOUTS, MAX_OPSET, MIN_OPSET,
+                                  export_atrous_conv2d_transpose, save_model)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the export options to ``parser`` and return it."""
+    parser.add_argument("filters", help="filters as a .npy file, shape [kh, kw, out_channels, "
+                                        "in_channels] (TF's layout), float32 or float16")
+    parser.add_argument("--value-shape", nargs=4, type=int, required=True,
+                        metavar=("N", "H", "W", "C"),
+                        help="shape of the value (NHWC); N is not used with --dynamic-batch")
+    parser.add_argument("--output-shape", nargs=4, type=int, metavar=("N", "H", "W", "C"),
+                        help="TF's output_shape (NHWC); computed from the geometry when "
+                             "omitted, checked when given")
+    parser.add_argument("--rate", type=int, required=True, help="dilation rate (>= 1)")
+    parser.add_argument("--padding", choices=("SAME", "VALID"), default="SAME",
+                        help="TF's padding mode (default: %(default)s)")
+    parser.add_argument("-o", "--output", required=True, help="path of the .onnx file to write")
+    parser.add_argument("--layout", choices=LAYOUTS, default="NHWC",
+                        help="model input/output layout; NHWC wraps the node in two "
+                             "Transposes (default: %(default)s)")
+    parser.add_argument("--dynamic-batch", action="store_true",
+                        help="symbolic batch dimension: the model runs with any batch size")
+    parser.add_argument("--opset", type=int, default=None,
+                        help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: {DEFAULT_OPSET})")
+    parser.add_argument("--symmetric-pads", action="store_true",
+                        help="symmetric node pads plus a Slice, for runtimes that mishandle "
+                             "asymmetric pads (e.g. onnxruntime's CUDA provider)")
+    parser.add_argument("--conv-form", action="store_true",
+                        help="emit the equivalent forward Conv with flipped weights")
+    parser.add_argument("--dtype", choices=[d.name for d in EXPORT_DTYPES], default=None,
+                        help="cast the filters to this dtype first (default: the file's dtype)")
+    parser.add_argument("--input-name", default=DEFAULT_INPUT_NAME,
+                        help="graph input name (default: %(default)s)")
+    parser.add_argument("--output-name", default=DEFAULT_OUTPUT_NAME,
+                        help="graph output name (default: %(default)s)")
+    return parser
+
+
+def _shape_str(value_info: onnx.ValueInfoProto) -> str:
+    t = value_info.type.tensor_type
+    dims = ",".join(d.dim_param or str(d.dim_value) for d in t.shape.dim)
+    return f"{value_info.name} {onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}[{dims}]"
+
+
+def summary(model: onnx.ModelProto, path: str) -> str:
+    """One line: path, opset, nodes, input and output shapes with dtype."""
+    ops = ", ".join(n.op_type for n in model.graph.node)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return (f"{path}: opset {opset}, {len(model.graph.node)} node(s) ({ops}), "
+            f"{_shape_str(model.graph.input[0])} -> {_shape_str(model.graph.output[0])}")
+
+
+def _error(msg: str) -> int:
+    print(f"atrous-cl export: error: {msg}", file=sys.stderr)
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, check (``full_check=True``), save atomically, print a summary.
+
+    Returns:
+        0 on success, 1 on an error, which is printed to stderr without a
+        traceback.
+    """
+    try:
+        filters = np.load(args.filters, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        return _error(f"cannot read filters from {args.filters!r}: {e}")
+    if args.dtype is not None:
+        filters = filters.astype(args.dtype)
+    try:
+        model = export_atrous_conv2d_transpose(
+            filters, args.value_shape, args.output_shape, args.rate, args.padding,
+            layout=args.layout, dynamic_batch=args.dynamic_batch, opset=args.opset,
+            symmetric_pads=args.symmetric_pads, conv_form=args.conv_form,
+            input_name=args.input_name, output_name=args.output_name)
+    except (ValueError, TypeError) as e:
+        return _error(str(e))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        return _error(f"the exported model fails onnx.checker (a bug, please report it): {e}")
+    try:
+        path = save_model(model, args.output)
+    except (OSError, ValueError) as e:
+        return _error(f"cannot write {args.output!r}: {e}")
+    print(summary(model, path))
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m onnx_export``: parse ``argv`` and :func:`run`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m onnx_export",
+        description="Export atrous_conv2d_transpose with fixed filters as an ONNX model.")
+    return run(add_arguments(parser).parse_args(argv))

@@ -1,0 +1,397 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Export ``atrous_conv2d_transpose`` with fixed filters as an ONNX model.
+
+The public function reads as: validate -> geometry -> plan -> emit. Validation
+and pad arithmetic come from :mod:`atrous_cl.validation` and
+:mod:`atrous_cl.geometry`; this module only converts their canonical crop pads
+into the two other forms a node may need (symmetric pads plus a crop, or the
+pads of the equivalent forward ``Conv``), each in one named function, and
+:func:`emit_model` is the only place that writes nodes.
+
+Differences from the peers:
+    * tf2onnx converts TF's op (SpaceToBatchND -> Conv2DBackpropInput ->
+      BatchToSpaceND) into a 9- to 11-node chain; here it is one
+      ``ConvTranspose`` with ``dilations=[rate, rate]``.
+    * ONNX's ``output_shape`` attribute and ``auto_pad=SAME_*`` put the odd pad
+      at the start for ``ConvTranspose``; TF puts it at the end. The exporter
+      therefore always writes explicit ``pads`` and never ``output_shape``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from typing import NamedTuple
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from atrous_cl import geometry
+from atrous_cl.validation import (_int, check_array_shape, check_padding, check_rate,
+                                  check_shape4, check_transpose_args)
+
+#: Opset written when none is asked for. ConvTranspose, Conv, Transpose and
+#: Slice have had the semantics used here since opset 11 (ConvTranspose-22
+#: only adds bfloat16); 17 (ONNX 1.12, 2022) is old enough for the deployment
+#: runtimes in common use and is the opset most exporters write by default.
+DEFAULT_OPSET = 17
+#: Oldest opset accepted: ConvTranspose-11 fixed the pad semantics, and Slice
+#: takes its starts/ends as inputs (so they can be initializers) since 10.
+MIN_OPSET = 11
+#: Newest opset accepted: the newest tested (onnx 1.23, onnxruntime 1.32).
+MAX_OPSET = 28
+#: The opsets the test suite runs through onnxruntime and onnx's reference.
+TESTED_OPSETS = range(MIN_OPSET, MAX_OPSET + 1)
+
+LAYOUTS = ("NHWC", "NCHW")
+#: dtypes onnxruntime's CPU provider has ConvTranspose and Conv kernels for.
+#: float64 has neither at any opset (checked up to onnxruntime 1.32), so a
+#: float64 model would only run in onnx's Python ReferenceEvaluator.
+EXPORT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+DEFAULT_INPUT_NAME = "value"
+DEFAULT_OUTPUT_NAME = "output"
+#: Name of the symbolic batch dimension written when ``dynamic_batch=True``.
+BATCH_DIM = "N"
+
+_NHWC_TO_NCHW = (0, 3, 1, 2)
+_NCHW_TO_NHWC = (0, 2, 3, 1)
+
+
+class ExportPlan(NamedTuple):
+    """Everything :func:`emit_model` writes, already computed.
+
+    Attributes:
+        op_type: ``'ConvTranspose'`` or ``'Conv'``.
+        weight: the node's weight in ONNX layout (``[Cin, Cout, kh, kw]`` for
+            ConvTranspose, ``[Cout, Cin, kh, kw]`` for Conv).
+        rate: the dilation of both spatial axes.
+        pads: the node's ``pads`` attribute, ``(top, left, bottom, right)``.
+        crop: ``None``, or ``(starts, ends)`` over axes (H, W) of the node's
+            NCHW output, written as a Slice.
+        layout: ``'NHWC'`` (Transposes around the node) or ``'NCHW'``.
+        input_shape: the model input's shape in ``layout``; the batch entry is
+            an int, or a str naming a symbolic dimension.
+        output_shape: the model output's shape in ``layout``, likewise.
+        input_name: name of the graph input.
+        output_name: name of the graph output.
+        opset: the default-domain opset imported.
+    """
+
+    op_type: str
+    weight: np.ndarray
+    rate: int
+    pads: tuple[int, int, int, int]
+    crop: tuple[tuple[int, int], tuple[int, int]] | None
+    layout: str
+    input_shape: tuple
+    output_shape: tuple
+    input_name: str
+    output_name: str
+    opset: int
+
+
+def tf_filters_to_onnx(filters: np.ndarray) -> np.ndarray:
+    """TF's ``[kh, kw, out, in]`` filters as ONNX ConvTranspose's ``[in, out, kh, kw]``."""
+    return np.ascontiguousarray(filters.transpose(3, 2, 0, 1))
+
+
+def tf_filters_to_onnx_conv(filters: np.ndarray) -> np.ndarray:
+    """TF's ``[kh, kw, out, in]`` filters as the equivalent Conv's ``[out, in, kh, kw]``.
+
+    A stride-1 transposed convolution is the forward convolution with the
+    kernel flipped in both spatial axes and its in/out channels swapped:
+    ``W_conv[o, i, a, b] = filters[kh - 1 - a, kw - 1 - b, o, i]``.
+    """
+    return np.ascontiguousarray(filters.transpose(2, 3, 0, 1)[:, :, ::-1, ::-1])
+
+
+def symmetric_split(pads: geometry.Pads) -> tuple[geometry.Pads, tuple[int, int, int, int]]:
+    """Split crop pads into symmetric node pads and the remainder to Slice off.
+
+    Node pads are ``m_h = min(top, bottom)`` and ``m_w = min(left, right)`` on
+    both sides; the remainder is ``(top - m_h, left - m_w, bottom - m_h,
+    right - m_w)``. For TF's geometry only bottom/right are ever non-zero
+    (the odd remainder of SAME).
+    """
+    mh, mw = min(pads.top, pads.bottom), min(pads.left, pads.right)
+    rest = (pads.top - mh, pads.left - mw, pads.bottom - mh, pads.right - mw)
+    return geometry.Pads(mh, mw, mh, mw), rest
+
+
+def conv_pads(pads: geometry.Pads, kernel_hw: tuple[int, int], rate: int) -> geometry.Pads:
+    """Crop pads of the transposed conv as zero pads of the equivalent forward Conv.
+
+    The full transposed result equals a Conv with the flipped kernel over the
+    input zero-padded by ``k_eff - 1`` on every side, ``k_eff = (k - 1) * rate
+    + 1``. Cropping ``p`` from a side is padding ``k_eff - 1 - p`` instead, so
+    ``conv_pad = k_eff - 1 - crop_pad`` per side (never negative, since a
+    side's crop is at most ``k_eff - 1``). TF's odd SAME remainder thus moves
+    to the start (top/left) in the Conv form.
+    """
+    eh = geometry.effective_kernel_size(kernel_hw[0], rate) - 1
+    ew = geometry.effective_kernel_size(kernel_hw[1], rate) - 1
+    return geometry.Pads(eh - pads.top, ew - pads.left, eh - pads.bottom, ew - pads.right)
+
+
+def _check_export_dtype(filters: np.ndarray) -> np.dtype:
+    """The model's dtype: the filters', which must be one :data:`EXPORT_DTYPES` holds."""
+    dtype = filters.dtype
+    if dtype == np.float64:
+        raise TypeError(
+            "filters of dtype float64 cannot be exported: onnxruntime has no float64 kernel for "
+            "ConvTranspose or Conv at any opset, so the model would run nowhere but onnx's "
+            "Python reference; cast with filters.astype(np.float32) (or np.float16)")
+    if dtype not in EXPORT_DTYPES:
+        raise TypeError(f"filters must have dtype {' or '.join(d.name for d in EXPORT_DTYPES)} "
+                        f"to be exported; got {dtype.name}")
+    return dtype
+
+
+def _check_opset(opset) -> int:
+    if opset is None:
+        return DEFAULT_OPSET
+    opset = _int(opset, "opset")
+    newest = min(MAX_OPSET, onnx.defs.onnx_opset_version())
+    if not MIN_OPSET <= opset <= newest:
+        raise ValueError(f"opset must be between {MIN_OPSET} and {newest} (the tested range with "
+                         f"the installed onnx {onnx.__version__}), got {opset}")
+    return opset
+
+
+def _check_choice(x, what: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(x, str):
+        raise TypeError(f"{what} must be one of {choices}, got {x!r} of type {type(x).__name__}")
+    if x not in choices:
+        raise ValueError(f"{what} must be one of {choices}, got {x!r}")
+    return x
+
+
+def _check_name(x, what: str) -> str:
+    if not isinstance(x, str):
+        raise TypeError(f"{what} must be a str, got {x!r} of type {type(x).__name__}")
+    if not x:
+        raise ValueError(f"{what} must be a non-empty string")
+    return x
+
+
+def _check_flag(x, what: str) -> bool:
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{what} must be True or False, got {x!r} of type {type(x).__name__}")
+    return bool(x)
+
+
+def _batch_free_shape(shape, what: str):
+    """``shape`` with its batch entry checked apart: ``(batch or None, rest)``.
+
+    With a symbolic batch the entry is not used, so ``None`` is accepted there
+    besides a non-negative int.
+    """
+    if shape is not None and not isinstance(shape, (str, bytes)) and hasattr(shape, "__len__") \
+            and len(shape) == 4 and shape[0] is None:
+        return None, check_shape4([0, *list(shape)[1:]], what, "NHWC")[1:]
+    dims = check_shape4(shape, what, "NHWC")
+    return dims[0], dims[1:]
+
+
+def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, padding,
+                                   *, layout: str = "NHWC", dynamic_batch: bool = False,
+                                   opset: int | None = None, symmetric_pads: bool = False,
+                                   conv_form: bool = False, input_name: str = DEFAULT_INPUT_NAME,
+                                   output_name: str = DEFAULT_OUTPUT_NAME) -> onnx.ModelProto:
+    """An ONNX model computing ``atrous_conv2d_transpose(value, filters, ...)``.
+
+    The model has one input (the value) and one output; the filters are an
+    initializer and the model's dtype is theirs. The node is a
+    ``ConvTranspose`` with ``dilations=[rate, rate]``, ``strides=[1, 1]``, the
+    explicit crop pads of :func:`atrous_cl.geometry.pads` and weight
+    ``filters.transpose(3, 2, 0, 1)``; never the ``output_shape`` attribute,
+    whose odd-pad placement is the opposite of TF's.
+
+    Args:
+        filters: array ``[kh, kw, out_channels, in_channels]`` (TF's layout),
+            float32 or float16.
+        value_shape: the value's shape, 4 ints NHWC. With
+            ``dynamic_batch=True`` the batch entry is not used and may be
+            ``None``.
+        output_shape: TF's ``output_shape`` (NHWC), or ``None`` to compute it
+            from the geometry; given, it is checked as the op checks it (with
+            ``dynamic_batch=True`` its batch may be ``None``).
+        rate: dilation rate, a positive int.
+        padding: ``'SAME'`` or ``'VALID'``.
+        layout: ``'NHWC'`` (TF's; the node is wrapped in two Transposes) or
+            ``'NCHW'`` (the input is ``[N, Cin, H, W]``, the output
+            ``[N, Cout, OH, OW]``, and the graph is the node alone).
+        dynamic_batch: write the batch dimension as the symbolic ``'N'``; the
+            model then runs with any batch size.
+        opset: the default-domain opset, ``MIN_OPSET..MAX_OPSET``; ``None``
+            means :data:`DEFAULT_OPSET`.
+        symmetric_pads: give the node symmetric pads (the smaller of each
+            pair) and crop the rest with a Slice. For runtimes that mishandle
+            asymmetric pads (onnxruntime's CUDA provider runs an asymmetric
+            ConvTranspose on the CPU); a no-op where the pads are symmetric.
+        conv_form: emit the equivalent forward ``Conv`` (kernel flipped,
+            channels swapped, pads ``k_eff - 1 - crop``) instead of
+            ``ConvTranspose``. onnxruntime's CPU provider runs it in
+            0.3-0.9x the time of ConvTranspose (its NCHWc Conv kernels, see
+            ``benchmarks/bench_onnx.py``); other runtimes may differ.
+        input_name: name of the graph input.
+        output_name: name of the graph output.
+
+    Returns:
+        The model, not yet checked or saved (see :func:`save_model`).
+
+    Raises:
+        ValueError: a shape, value or option is inconsistent (the op's errors).
+        TypeError: an argument has the wrong type, or the filters a dtype no
+            runtime runs (float64).
+    """
+    filters = np.asarray(filters)
+    _check_export_dtype(filters)
+    layout = _check_choice(layout, "layout", LAYOUTS)
+    dynamic_batch = _check_flag(dynamic_batch, "dynamic_batch")
+    symmetric_pads = _check_flag(symmetric_pads, "symmetric_pads")
+    conv_form = _check_flag(conv_form, "conv_form")
+    opset = _check_opset(opset)
+    input_name = _check_name(input_name, "input_name")
+    output_name = _check_name(output_name, "output_name")
+    if input_name == output_name:
+        raise ValueError(f"input_name and output_name must differ, both are {input_name!r}")
+
+    if dynamic_batch:
+        vbatch, vrest = _batch_free_shape(value_shape, "value_shape")
+        value_shape = (1 if vbatch is None else vbatch, *vrest)
+    else:
+        value_shape = check_shape4(value_shape, "value_shape", "NHWC")
+    if output_shape is None:
+        output_shape = _geometry_output_shape(value_shape, filters.shape, rate, padding)
+    elif dynamic_batch:
+        obatch, orest = _batch_free_shape(output_shape, "output_shape")
+        output_shape = (value_shape[0] if obatch is None else obatch, *orest)
+    args = check_transpose_args(value_shape, filters.shape, output_shape, rate, padding)
+    kh, kw = args.filters_shape[:2]
+
+    node_pads, crop = args.pads, None
+    if symmetric_pads:
+        node_pads, rest = symmetric_split(args.pads)
+        if any(rest):
+            # Slice over (H, W) of the node's NCHW output, whose size is the full
+            # result minus the symmetric pads.
+            starts = (rest[0], rest[1])
+            crop = (starts, (starts[0] + args.output_shape[1], starts[1] + args.output_shape[2]))
+    if conv_form:
+        op_type, weight = "Conv", tf_filters_to_onnx_conv(filters)
+        node_pads = conv_pads(node_pads, (kh, kw), args.rate)
+    else:
+        op_type, weight = "ConvTranspose", tf_filters_to_onnx(filters)
+
+    batch = BATCH_DIM if dynamic_batch else args.value_shape[0]
+    in_shape, out_shape = (batch, *args.value_shape[1:]), (batch, *args.output_shape[1:])
+    if layout == "NCHW":
+        in_shape = tuple(in_shape[i] for i in _NHWC_TO_NCHW)
+        out_shape = tuple(out_shape[i] for i in _NHWC_TO_NCHW)
+    return emit_model(ExportPlan(op_type, weight, args.rate,
+                                 tuple(node_pads), crop, layout, in_shape, out_shape,
+                                 input_name, output_name, opset))
+
+
+def _geometry_output_shape(value_shape, filters_shape, rate, padding) -> tuple:
+    """TF's ``output_shape`` for these arguments, from the geometry.
+
+    Arguments too bad for the geometry get a shape that
+    ``check_transpose_args`` then rejects with the op's own message.
+    """
+    fshape = check_array_shape(filters_shape, "filters", "[kh, kw, out_channels, in_channels]")
+    rate, padding = check_rate(rate), check_padding(padding)
+    if fshape[0] < 1 or fshape[1] < 1:
+        return (value_shape[0], 0, 0, fshape[2])
+    oh, ow = geometry.transpose_output_hw(value_shape[1:3], fshape[:2], rate, padding)
+    return (value_shape[0], oh, ow, fshape[2])
+
+
+def emit_model(plan: ExportPlan) -> onnx.ModelProto:
+    """Write the graph of ``plan``; the only function here that makes nodes.
+
+    Args:
+        plan: attributes already computed by
+            :func:`export_atrous_conv2d_transpose`.
+
+    Returns:
+        The model, with the lowest IR version the opset allows so that older
+        runtimes load it.
+    """
+    elem = helper.np_dtype_to_tensor_dtype(plan.weight.dtype)
+    kh, kw = plan.weight.shape[2:]
+    nodes, inits = [], [numpy_helper.from_array(plan.weight, "filters")]
+    x = plan.input_name
+    if plan.layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", [x], ["value_nchw"], name="to_nchw",
+                                      perm=list(_NHWC_TO_NCHW)))
+        x = "value_nchw"
+    last = plan.output_name if plan.layout == "NCHW" and plan.crop is None else "conv_out"
+    nodes.append(helper.make_node(plan.op_type, [x, "filters"], [last], name=plan.op_type.lower(),
+                                  dilations=[plan.rate, plan.rate], strides=[1, 1],
+                                  kernel_shape=[kh, kw], pads=list(plan.pads), group=1))
+    if plan.crop is not None:
+        (sh, sw), (eh, ew) = plan.crop
+        for name, vals in (("crop_starts", [sh, sw]), ("crop_ends", [eh, ew]),
+                           ("crop_axes", [2, 3])):
+            inits.append(numpy_helper.from_array(np.array(vals, np.int64), name))
+        out = plan.output_name if plan.layout == "NCHW" else "cropped"
+        nodes.append(helper.make_node("Slice", [last, "crop_starts", "crop_ends", "crop_axes"],
+                                      [out], name="crop"))
+        last = out
+    if plan.layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", [last], [plan.output_name], name="to_nhwc",
+                                      perm=list(_NCHW_TO_NHWC)))
+    graph = helper.make_graph(
+        nodes, "atrous_conv2d_transpose",
+        [helper.make_tensor_value_info(plan.input_name, elem, list(plan.input_shape))],
+        [helper.make_tensor_value_info(plan.output_name, elem, list(plan.output_shape))],
+        inits)
+    opsets = [helper.make_opsetid("", plan.opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="atrous-cl",
+                              doc_string="tf.nn.atrous_conv2d_transpose with fixed filters")
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    return model
+
+
+def save_model(model: onnx.ModelProto, path) -> str:
+    """Write ``model`` to ``path`` atomically; return the path written.
+
+    The bytes go to a temporary file in the same directory, which is then
+    renamed over ``path`` with :func:`os.replace`. On any failure the temporary
+    file is removed and ``path`` is left as it was, so no half-written model is
+    ever seen there.
+
+    Raises:
+        OSError: the directory is missing or not writable, or the write failed.
+        ValueError: ``model`` cannot be serialised (e.g. over protobuf's 2 GiB).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a model file path", path)
+    directory = os.path.dirname(os.path.abspath(path))
+    data = model.SerializeToString()
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL: never write through someone else's file; 0o666 lets the umask set
+    # the final file's mode as for any other new file.
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot create a file in {directory!r}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path

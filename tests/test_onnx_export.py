@@ -1,0 +1,560 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ONNX exporter against the NumPy reference, in onnxruntime and onnx's reference.
+
+Inputs are random with a fixed seed per case, derived from the case's id: a
+failure reproduces exactly from its test id, and the seed is in every failure
+message. Coverage of the geometry comes from the parameter table (and the
+hypothesis test), not from re-rolling the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx.reference import ReferenceEvaluator
+
+import onnx_export
+from atrous_cl import geometry
+from atrous_cl.reference import atrous_conv2d_transpose as reference
+from onnx_export import cli
+
+# Max |error| over max |reference|. float16: onnx's ReferenceEvaluator sums in
+# float16 (measured up to ~2.3e-3 for 64 channels x 7x7 taps); onnxruntime
+# stays near 3e-4. A wrong pad, flip or layout gives errors of order 1.
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float16): 1e-2}
+
+# (N, H, W, Cin, Cout, kh, kw, rate, padding): the core op's geometry table.
+CASES = [
+    (1, 5, 7, 3, 2, 3, 3, 2, "SAME"),
+    (2, 6, 5, 4, 3, 2, 2, 3, "SAME"),      # even kernel, odd rate: odd pad remainder
+    (3, 4, 9, 2, 5, 4, 3, 1, "SAME"),      # rate 1, even kh
+    (1, 1, 1, 1, 1, 1, 1, 1, "VALID"),     # the smallest op
+    (2, 1, 1, 3, 4, 7, 7, 8, "SAME"),      # 1x1 input, dilated kernel 49x49
+    (4, 3, 2, 2, 2, 5, 2, 5, "VALID"),     # dilated kernel larger than the input, kh != kw
+    (1, 8, 8, 64, 64, 3, 3, 2, "SAME"),    # many channels
+    (2, 7, 3, 16, 1, 6, 1, 7, "SAME"),     # even kh, odd rate, one output channel
+    (1, 4, 4, 1, 64, 2, 7, 4, "VALID"),
+    (1, 12, 10, 8, 8, 7, 7, 6, "SAME"),
+    (2, 9, 6, 5, 7, 1, 4, 8, "SAME"),      # 1-tap height, even width kernel
+    (3, 5, 5, 4, 4, 3, 5, 3, "VALID"),
+]
+ZERO_BATCH = (0, 5, 6, 2, 3, 3, 3, 2, "SAME")
+
+DTYPES = [np.float32, np.float16]
+
+#: Export options beyond the default NHWC ConvTranspose.
+VARIANTS = {
+    "nchw": dict(layout="NCHW"),
+    "symmetric": dict(symmetric_pads=True),
+    "conv": dict(conv_form=True),
+    "conv-symmetric-nchw": dict(conv_form=True, symmetric_pads=True, layout="NCHW"),
+}
+
+
+def case_id(case) -> str:
+    n, h, w, cin, cout, kh, kw, rate, padding = case
+    return f"n{n}-{h}x{w}-{cin}to{cout}-k{kh}x{kw}-r{rate}-{padding}"
+
+
+def seed_of(*parts) -> int:
+    return zlib.crc32("|".join(map(str, parts)).encode())
+
+
+def make_inputs(case, dtype, seed):
+    n, h, w, cin, cout, kh, kw, rate, padding = case
+    rng = np.random.default_rng(seed)
+    value = rng.standard_normal((n, h, w, cin)).astype(dtype)
+    filters = rng.standard_normal((kh, kw, cout, cin)).astype(dtype)
+    out_hw = geometry.transpose_output_hw((h, w), (kh, kw), rate, padding)
+    return value, filters, (n, *out_hw, cout)
+
+
+def run_onnxruntime(model, x):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, {model.graph.input[0].name: x})[0]
+
+
+def run_onnx_reference(model, x):
+    return ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x})[0]
+
+
+RUNNERS = {"onnxruntime": run_onnxruntime, "onnx-reference": run_onnx_reference}
+
+
+def to_model_layout(x, layout):
+    return x if layout == "NHWC" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def from_model_layout(y, layout):
+    return y if layout == "NHWC" else y.transpose(0, 2, 3, 1)
+
+
+def assert_close(got, want, what):
+    """The one comparison: dtype, shape, then max error relative to max |want|."""
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype}, expected {want.dtype}"
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64)).max(initial=0.0)
+    scale = max(np.abs(want.astype(np.float64)).max(initial=0.0), np.finfo(np.float64).tiny)
+    assert diff / scale <= TOL[want.dtype], (
+        f"{what}: max |error| {diff:.3g} is {diff / scale:.3g} of max |reference| {scale:.3g}, "
+        f"bound {TOL[want.dtype]:g}")
+
+
+def check_model_and_shapes(model, out_shape):
+    """``check_model(full_check=True)``, and inference alone finds ``out_shape``."""
+    onnx.checker.check_model(model, full_check=True)
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    bare.graph.output[0].type.tensor_type.ClearField("shape")
+    inferred = onnx.shape_inference.infer_shapes(bare, strict_mode=True).graph.output[0]
+    dims = tuple(d.dim_param or d.dim_value for d in inferred.type.tensor_type.shape.dim)
+    assert dims == tuple(out_shape)
+
+
+def export_and_compare(case, dtype, runner, seed_parts, batches=None, **options):
+    """Export ``case`` with ``options``, run it on every batch size, compare."""
+    seed = seed_of(case_id(case), np.dtype(dtype).name, *seed_parts)
+    n, h, w, cin, cout, kh, kw, rate, padding = case
+    layout = options.get("layout", "NHWC")
+    value, filters, out_shape = make_inputs(case, dtype, seed)
+    model = onnx_export.export_atrous_conv2d_transpose(filters, value.shape, out_shape, rate,
+                                                       padding, **options)
+    dyn_out = ("N", *out_shape[1:]) if options.get("dynamic_batch") else out_shape
+    check_model_and_shapes(model, dyn_out if layout == "NHWC"
+                           else tuple(dyn_out[i] for i in (0, 3, 1, 2)))
+    rng = np.random.default_rng(seed + 1)
+    for batch in batches or [n]:
+        x = value if batch == n else rng.standard_normal((batch, h, w, cin)).astype(dtype)
+        want = reference(x, filters, (batch, *out_shape[1:]), rate, padding)
+        got = from_model_layout(RUNNERS[runner](model, to_model_layout(x, layout)), layout)
+        assert_close(got, want, f"{runner} {case_id(case)} {np.dtype(dtype).name} {options} "
+                                f"batch {batch} seed {seed}")
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_reference(case, dtype, runner):
+    export_and_compare(case, dtype, runner, ())
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_variants_match_reference(case, variant, runner):
+    export_and_compare(case, np.float32, runner, (variant,), **VARIANTS[variant])
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("variant", ["default", *VARIANTS])
+@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[7]], ids=case_id)
+def test_dynamic_batch_runs_any_batch(case, variant, runner):
+    export_and_compare(case, np.float32, runner, ("dynamic", variant), batches=[1, 3],
+                       dynamic_batch=True, **VARIANTS.get(variant, {}))
+
+
+def test_float16_variants():
+    for variant, options in VARIANTS.items():
+        for runner in RUNNERS:
+            export_and_compare(CASES[1], np.float16, runner, (variant,), **options)
+
+
+def test_zero_batch_runs_in_onnxruntime():
+    # onnx's ReferenceEvaluator fails on an empty batch (ConvTranspose, onnx 1.23),
+    # so only onnxruntime runs it.
+    for options in [{}, *VARIANTS.values(), {"dynamic_batch": True}]:
+        export_and_compare(ZERO_BATCH, np.float32, "onnxruntime", ("zero",), **options)
+
+
+@pytest.mark.parametrize("opset", onnx_export.TESTED_OPSETS)
+def test_every_tested_opset(opset):
+    if opset > onnx.defs.onnx_opset_version():
+        pytest.skip(f"the installed onnx {onnx.__version__} predates opset {opset}")
+    case = (2, 5, 4, 3, 2, 4, 3, 3, "SAME")
+    for options in [{}, dict(symmetric_pads=True, dynamic_batch=True), dict(conv_form=True)]:
+        for runner in RUNNERS:
+            export_and_compare(case, np.float32, runner, (opset,), opset=opset, **options)
+
+
+def test_default_opset_is_in_tested_range():
+    assert onnx_export.DEFAULT_OPSET in onnx_export.TESTED_OPSETS
+    model = onnx_export.export_atrous_conv2d_transpose(np.ones((3, 3, 2, 2), np.float32),
+                                                       (1, 4, 4, 2), None, 2, "SAME")
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", onnx_export.DEFAULT_OPSET)]
+    assert model.ir_version == onnx.helper.find_min_ir_version_for(model.opset_import)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), cin=st.integers(1, 6),
+       cout=st.integers(1, 6), kh=st.integers(1, 7), kw=st.integers(1, 7), rate=st.integers(1, 8),
+       padding=st.sampled_from(geometry.PADDINGS),
+       variant=st.sampled_from(["default", *VARIANTS]))
+def test_random_geometry_in_onnxruntime(n, h, w, cin, cout, kh, kw, rate, padding, variant):
+    export_and_compare((n, h, w, cin, cout, kh, kw, rate, padding), np.float32, "onnxruntime",
+                       (variant,), **VARIANTS.get(variant, {}))
+
+
+# --- the graph itself --------------------------------------------------------------------------
+
+def attrs(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_node_is_one_convtranspose_with_tf_pads(case):
+    value, filters, out_shape = make_inputs(case, np.float32, seed_of(case_id(case), "graph"))
+    rate, padding = case[7], case[8]
+    nhwc = export(filters, value.shape, out_shape, rate, padding)
+    nchw = export(filters, value.shape, out_shape, rate, padding, layout="NCHW")
+    assert [n.op_type for n in nhwc.graph.node] == ["Transpose", "ConvTranspose", "Transpose"]
+    assert [n.op_type for n in nchw.graph.node] == ["ConvTranspose"]
+    node = nchw.graph.node[0]
+    a = attrs(node)
+    assert a["dilations"] == [rate, rate] and a["strides"] == [1, 1]
+    assert a["pads"] == list(geometry.pads(case[5:7], rate, padding))
+    assert "output_shape" not in a and "auto_pad" not in a
+    (weight,) = nchw.graph.initializer
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(weight), filters.transpose(3, 2, 0, 1))
+    assert [i.name for i in nchw.graph.input] == [onnx_export.DEFAULT_INPUT_NAME]
+    assert [o.name for o in nchw.graph.output] == [onnx_export.DEFAULT_OUTPUT_NAME]
+
+
+def test_symmetric_pads_crop_the_remainder():
+    # k=2, rate=3: SAME crops (1, 1, 2, 2) -> node pads (1, 1, 1, 1) and a Slice of 1 at the end.
+    filters = np.ones((2, 2, 3, 4), np.float32)
+    model = onnx_export.export_atrous_conv2d_transpose(filters, (1, 6, 5, 4), None, 3, "SAME",
+                                                       symmetric_pads=True, layout="NCHW")
+    assert [n.op_type for n in model.graph.node] == ["ConvTranspose", "Slice"]
+    assert attrs(model.graph.node[0])["pads"] == [1, 1, 1, 1]
+    inits = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in model.graph.initializer}
+    assert inits["crop_starts"] == [0, 0] and inits["crop_ends"] == [6, 5]
+    # Already symmetric (odd kernel): no Slice.
+    model = onnx_export.export_atrous_conv2d_transpose(np.ones((3, 3, 3, 4), np.float32),
+                                                       (1, 6, 5, 4), None, 2, "SAME",
+                                                       symmetric_pads=True, layout="NCHW")
+    assert [n.op_type for n in model.graph.node] == ["ConvTranspose"]
+
+
+def test_conv_form_weights_and_pads():
+    rng = np.random.default_rng(seed_of("conv-form"))
+    filters = rng.standard_normal((4, 3, 5, 2)).astype(np.float32)
+    pads = geometry.pads((4, 3), 3, "SAME")          # (4, 3, 5, 3)
+    assert tuple(onnx_export.conv_pads(pads, (4, 3), 3)) == (5, 3, 4, 3)
+    model = onnx_export.export_atrous_conv2d_transpose(filters, (1, 6, 5, 2), None, 3, "SAME",
+                                                       conv_form=True, layout="NCHW")
+    (node,) = model.graph.node
+    assert node.op_type == "Conv" and attrs(node)["pads"] == [5, 3, 4, 3]
+    w = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    np.testing.assert_array_equal(w, filters[::-1, ::-1].transpose(2, 3, 0, 1))
+
+
+def test_custom_names():
+    filters = np.ones((3, 3, 2, 2), np.float32)
+    model = onnx_export.export_atrous_conv2d_transpose(filters, (1, 4, 4, 2), None, 2, "SAME",
+                                                       input_name="x", output_name="y")
+    onnx.checker.check_model(model, full_check=True)
+    assert model.graph.input[0].name == "x" and model.graph.output[0].name == "y"
+    x = np.ones((1, 4, 4, 2), np.float32)
+    assert_close(run_onnxruntime(model, x), reference(x, filters, (1, 4, 4, 2), 2, "SAME"), "names")
+
+
+def test_file_round_trip(tmp_path):
+    case = CASES[1]
+    value, filters, out_shape = make_inputs(case, np.float16, seed_of("round-trip"))
+    model = onnx_export.export_atrous_conv2d_transpose(filters, value.shape, out_shape, case[7],
+                                                       case[8], dynamic_batch=True)
+    path = tmp_path / "atrous.onnx"
+    assert onnx_export.save_model(model, path) == str(path)
+    loaded = onnx.load(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    assert loaded.SerializeToString() == model.SerializeToString()
+    want = reference(value, filters, out_shape, case[7], case[8])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert_close(sess.run(None, {"value": value})[0], want, "from file")
+    assert_close(run_onnx_reference(loaded, value), want, "from file, onnx reference")
+    assert os.listdir(tmp_path) == ["atrous.onnx"]
+
+
+# --- float64 ------------------------------------------------------------------------------------
+
+def test_float64_is_refused_with_the_reason():
+    with pytest.raises(TypeError, match=r"float64.*onnxruntime has no float64 kernel.*float32"):
+        onnx_export.export_atrous_conv2d_transpose(np.ones((3, 3, 2, 2)), (1, 4, 4, 2), None, 2,
+                                                   "SAME")
+
+
+@pytest.mark.parametrize("op_type", ["ConvTranspose", "Conv"])
+def test_onnxruntime_still_lacks_float64(op_type):
+    """Canary: if this fails, onnxruntime gained float64 and the exporter may allow it."""
+    plan = onnx_export.ExportPlan(op_type, np.ones((2, 2, 3, 3)), 2, (2, 2, 2, 2), None, "NCHW",
+                                  (1, 2, 5, 5), (1, 2, 5, 5), "value", "output",
+                                  onnx_export.DEFAULT_OPSET)
+    model = onnx_export.emit_model(plan)
+    onnx.checker.check_model(model, full_check=True)
+    with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+# --- validation: one test per error --------------------------------------------------------------
+
+F = np.ones((3, 3, 2, 4), np.float32)      # kh, kw, out=2, in=4
+V = (1, 5, 5, 4)
+
+
+def export(filters=F, value_shape=V, output_shape=None, rate=2, padding="SAME", **kw):
+    return onnx_export.export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate,
+                                                      padding, **kw)
+
+
+def test_error_rate_zero():
+    with pytest.raises(ValueError, match=r"rate must be a positive integer .* got 0"):
+        export(rate=0)
+
+
+def test_error_rate_float():
+    with pytest.raises(TypeError, match=r"rate must be an integer, got 2\.0"):
+        export(rate=2.0)
+
+
+def test_error_padding_lower_case():
+    with pytest.raises(ValueError, match=r"padding must be 'SAME' or 'VALID', got 'same'.*upper"):
+        export(padding="same")
+
+
+def test_error_padding_type():
+    with pytest.raises(TypeError, match="padding must be the string"):
+        export(padding=None)
+
+
+def test_error_filters_not_4d():
+    with pytest.raises(ValueError, match=r"filters must be 4-D"):
+        export(filters=np.ones((3, 3, 2), np.float32))
+
+
+def test_error_filters_empty_kernel():
+    with pytest.raises(ValueError, match=r"spatial size of at least 1x1"):
+        export(filters=np.ones((0, 3, 2, 4), np.float32))
+
+
+def test_error_filters_integer_dtype():
+    with pytest.raises(TypeError, match=r"filters must have dtype float32 or float16 .* got int64"):
+        export(filters=np.ones((3, 3, 2, 4), np.int64))
+
+
+def test_error_value_shape_length():
+    with pytest.raises(ValueError, match=r"value_shape must have 4 entries"):
+        export(value_shape=(5, 5, 4))
+
+
+def test_error_value_shape_type():
+    with pytest.raises(TypeError, match=r"value_shape must be a list, tuple"):
+        export(value_shape="1554")
+
+
+def test_error_value_shape_negative():
+    with pytest.raises(ValueError, match=r"value_shape must be non-negative"):
+        export(value_shape=(1, -5, 5, 4))
+
+
+def test_error_value_batch_none_without_dynamic_batch():
+    with pytest.raises(TypeError, match=r"value_shape\[0\] must be an integer, got None"):
+        export(value_shape=(None, 5, 5, 4))
+
+
+def test_error_channels_mismatch():
+    with pytest.raises(ValueError, match=r"value's channels .* must equal filters' in_channels"):
+        export(value_shape=(1, 5, 5, 3))
+
+
+def test_error_output_channels():
+    with pytest.raises(ValueError, match=r"output_shape\[3\] .* must equal filters' out_channels"):
+        export(output_shape=(1, 5, 5, 3))
+
+
+def test_error_output_batch():
+    with pytest.raises(ValueError, match=r"output_shape\[0\] \(batch\) must equal value's batch"):
+        export(output_shape=(2, 5, 5, 2))
+
+
+def test_error_output_batch_with_dynamic_batch():
+    with pytest.raises(ValueError, match=r"output_shape\[0\] \(batch\) must equal value's batch"):
+        export(value_shape=(1, 5, 5, 4), output_shape=(2, 5, 5, 2), dynamic_batch=True)
+
+
+def test_error_output_hw():
+    with pytest.raises(ValueError, match=r"output_shape\[1:3\].*expected \[9, 9\], got \[5, 5\]"):
+        export(output_shape=(1, 5, 5, 2), padding="VALID")
+
+
+def test_error_float64():
+    with pytest.raises(TypeError, match="cannot be exported"):
+        export(filters=F.astype(np.float64))
+
+
+def test_error_layout():
+    with pytest.raises(ValueError, match=r"layout must be one of \('NHWC', 'NCHW'\), got 'NWHC'"):
+        export(layout="NWHC")
+
+
+def test_error_opset_range():
+    with pytest.raises(ValueError, match=r"opset must be between 11 and \d+ .* got 10"):
+        export(opset=10)
+
+
+def test_error_opset_type():
+    with pytest.raises(TypeError, match=r"opset must be an integer"):
+        export(opset="17")
+
+
+def test_error_flag_type():
+    with pytest.raises(TypeError, match=r"symmetric_pads must be True or False"):
+        export(symmetric_pads="yes")
+
+
+def test_error_same_names():
+    with pytest.raises(ValueError, match=r"input_name and output_name must differ"):
+        export(input_name="x", output_name="x")
+
+
+def test_error_empty_name():
+    with pytest.raises(ValueError, match=r"input_name must be a non-empty string"):
+        export(input_name="")
+
+
+def test_dynamic_batch_accepts_none_batches():
+    model = export(value_shape=(None, 5, 5, 4), output_shape=(None, 5, 5, 2), dynamic_batch=True)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == onnx_export.BATCH_DIM
+
+
+# --- atomic save --------------------------------------------------------------------------------
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        onnx_export.save_model(export(), tmp_path / "m.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"old model")
+
+    def broken_replace(src, dst):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="Input/output error"):
+        onnx_export.save_model(export(), path)
+    assert os.listdir(tmp_path) == ["m.onnx"] and path.read_bytes() == b"old model"
+
+
+def test_save_into_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot create a file in"):
+        onnx_export.save_model(export(), tmp_path / "missing" / "m.onnx")
+
+
+def test_save_onto_a_directory(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        onnx_export.save_model(export(), tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def run_cli(argv):
+    parser = cli.add_arguments(argparse.ArgumentParser(prog="atrous-cl export"))
+    return cli.run(parser.parse_args(argv))
+
+
+@pytest.fixture
+def filters_file(tmp_path):
+    path = tmp_path / "filters.npy"
+    np.save(path, np.random.default_rng(seed_of("cli")).standard_normal((2, 3, 5, 4)))
+    return path
+
+
+def test_cli_exports_a_checked_model(tmp_path, filters_file, capsys):
+    out = tmp_path / "m.onnx"
+    rc = run_cli([str(filters_file), "--value-shape", "2", "7", "6", "4", "--rate", "3",
+                  "--dtype", "float32", "--dynamic-batch", "-o", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert captured.out.count("\n") == 1 and captured.err == ""
+    assert f"{out}: opset {onnx_export.DEFAULT_OPSET}, 3 node(s)" in captured.out
+    assert "value float32[N,7,6,4] -> output float32[N,7,6,5]" in captured.out
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(seed_of("cli-x")).standard_normal((3, 7, 6, 4)).astype(np.float32)
+    filters = np.load(filters_file).astype(np.float32)
+    assert_close(run_onnxruntime(model, x), reference(x, filters, (3, 7, 6, 5), 3, "SAME"), "cli")
+
+
+def test_cli_options(tmp_path, filters_file, capsys):
+    out = tmp_path / "m.onnx"
+    rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--output-shape", "1",
+                  "9", "10", "5", "--rate", "2", "--padding", "VALID", "--dtype", "float16",
+                  "--layout", "NCHW", "--conv-form", "--symmetric-pads", "--opset", "13",
+                  "--input-name", "x", "--output-name", "y", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert "opset 13, 1 node(s) (Conv), x float16[1,4,7,6] -> y float16[1,5,9,10]" in \
+        capsys.readouterr().out
+
+
+def test_cli_reports_bad_arguments(tmp_path, filters_file, capsys):
+    out = tmp_path / "m.onnx"
+    rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "3", "--rate", "2",
+                  "--dtype", "float32", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert err.startswith("atrous-cl export: error: value's channels")
+    assert os.listdir(tmp_path) == ["filters.npy"]
+
+
+def test_cli_reports_float64_without_dtype(tmp_path, filters_file, capsys):
+    rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "2",
+                  "-o", str(tmp_path / "m.onnx")])
+    assert rc == 1 and "float64 cannot be exported" in capsys.readouterr().err
+
+
+def test_cli_reports_unreadable_filters(tmp_path, capsys):
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    rc = run_cli([str(tmp_path / "bad.npy"), "--value-shape", "1", "7", "6", "4", "--rate", "2",
+                  "-o", str(tmp_path / "m.onnx")])
+    assert rc == 1 and "cannot read filters" in capsys.readouterr().err
+
+
+def test_cli_reports_unwritable_output(tmp_path, filters_file, capsys):
+    rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "2",
+                  "--dtype", "float32", "-o", str(tmp_path / "no" / "m.onnx")])
+    assert rc == 1 and "cannot write" in capsys.readouterr().err
+
+
+def test_python_dash_m(tmp_path, filters_file):
+    out = tmp_path / "m.onnx"
+    argv = [sys.executable, "-m", "onnx_export", str(filters_file), "--value-shape", "1", "7", "6",
+            "4", "--rate", "2", "--dtype", "float16", "-o", str(out)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get(
+        "PYTHONPATH")])))
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{out}: opset") and out.exists()
+    no_rate = [a for a in argv if a not in ("--rate", "2")]
+    bad = subprocess.run(no_rate, capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--rate" in bad.stderr
