@@ -56,6 +56,17 @@ WORKLOADS = [
 ]
 
 
+class Impl(NamedTuple):
+    """An implementation: ``prepare(workload, value, filters)`` returns a call to time.
+
+    ``layout`` is the layout the call returns, 'NHWC' or 'NCHW' (a peer's
+    native layout, so no conversion is timed).
+    """
+
+    prepare: Callable
+    layout: str = "NHWC"
+
+
 def _ours(device_info) -> Callable:
     import atrous_cl
 
@@ -141,19 +152,20 @@ def sgemm_gflops(size: int = 2048, rounds: int = 5) -> float:
     return 2 * size**3 / statistics.median(samples) / 1e9
 
 
-def implementations(include_simulators: bool = False) -> dict[str, Callable]:
-    """Name -> preparer, for everything installed; ours once per OpenCL device."""
+def implementations(include_simulators: bool = False) -> dict[str, Impl]:
+    """Name -> :class:`Impl`, for everything installed; ours once per OpenCL device."""
     from atrous_cl import runtime
 
-    impls: dict[str, Callable] = {}
+    impls: dict[str, Impl] = {}
     for info in runtime.devices():
         if include_simulators or runtime._rank(info)[0] < 4:
-            impls[f"atrous-cl {info.selector} {info.platform.split()[0]}"] = _ours(info)
-    for name, prep in (("onnxruntime NHWC", _onnxruntime("NHWC")),
-                       ("onnxruntime NCHW", _onnxruntime("NCHW")),
-                       ("torch NCHW", _torch()), ("tensorflow", _tensorflow())):
+            impls[f"atrous-cl {info.selector} {info.platform.split()[0]}"] = Impl(_ours(info))
+    for name, prep, layout in (("onnxruntime NHWC", _onnxruntime("NHWC"), "NHWC"),
+                               ("onnxruntime NCHW", _onnxruntime("NCHW"), "NCHW"),
+                               ("torch NCHW", _torch(), "NCHW"),
+                               ("tensorflow", _tensorflow(), "NHWC")):
         if prep is not None:
-            impls[name] = prep
+            impls[name] = Impl(prep, layout)
     return impls
 
 
@@ -177,8 +189,8 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
     for wl in workloads:
         value = rng.standard_normal((wl.n, wl.h, wl.w, wl.cin)).astype(np.float32)
         filters = rng.standard_normal((wl.k, wl.k, wl.cout, wl.cin)).astype(np.float32)
-        for name, prepare in impls.items():
-            calls[wl, name] = prepare(wl, value, filters)
+        for name, impl in impls.items():
+            calls[wl, name] = impl.prepare(wl, value, filters)
         inputs[wl] = (value, filters)
     total = len(calls) * (warmup + rounds)
     done = 0
@@ -189,7 +201,7 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
             result = call()
             elapsed = time.perf_counter() - start
             if r == 0 and check:
-                _check(key, result, inputs[key[0]])
+                _check(key, result, impls[key[1]].layout, inputs[key[0]])
             if r >= warmup:
                 samples[key].append(elapsed)
             done += 1
@@ -198,13 +210,13 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
     return {key: statistics.median(s) for key, s in samples.items()}, ceiling
 
 
-def _check(key, result, inputs) -> None:
+def _check(key, result, layout: str, inputs) -> None:
     """Every implementation must compute the same thing before its time counts."""
     from atrous_cl import reference
 
     wl, name = key
     got = np.asarray(result)
-    if got.shape != wl.output_shape:  # NCHW peers
+    if layout == "NCHW":
         got = got.transpose(0, 2, 3, 1)
     want = reference.atrous_conv2d_transpose(*inputs, wl.output_shape, wl.rate, wl.padding)
     err = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)

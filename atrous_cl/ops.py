@@ -74,7 +74,8 @@ def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype) -> cl_a
                              f"for shape {x.shape}")
         return x
     runtime.check_allocation(queue.device, what, x.nbytes)
-    return cl_array.to_device(queue, np.ascontiguousarray(x, dtype=dtype))
+    return cl_array.to_device(queue, np.ascontiguousarray(x, dtype=dtype),
+                              allocator=runtime.memory_pool(queue.context))
 
 
 def _element_offset(x: cl_array.Array) -> int:
@@ -94,7 +95,8 @@ def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Arr
     options = build_options(out.dtype, args, tile)
     kernels, lock = runtime.get_kernels(queue.context, _KERNEL_FILE, options)
     kh, kw, _, cin = args.filters_shape
-    packed = cl_array.empty(queue, kh * kw * cin * tile.padded_channels(cout), out.dtype)
+    packed = cl_array.empty(queue, kh * kw * cin * tile.padded_channels(cout), out.dtype,
+                            allocator=runtime.memory_pool(queue.context))
     try:
         with lock:  # setting a kernel's arguments and enqueueing it must not interleave
             kernels["repack_filters"](queue, *repack_geometry(args.filters_shape, tile),
@@ -177,7 +179,7 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=No
     value_d = _device_array(queue, "value", value, dtype)
     filters_d = _device_array(queue, "filters", filters, dtype)
     if out is None:
-        out = cl_array.empty(queue, args.output_shape, dtype)
+        out = cl_array.empty(queue, args.output_shape, dtype, allocator=runtime.memory_pool(queue.context))
     _launch(queue, value_d, filters_d, out, args)
     return out if on_device else out.get(queue)
 

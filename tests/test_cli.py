@@ -89,6 +89,6 @@ def test_bench_rejects_a_peer_that_computes_something_else():
     from atrous_cl import bench
 
     wl = bench.Workload("T", 1, 4, 4, 2, 2, 3, 1, "SAME")
-    wrong = {"wrong": lambda wl, value, filters: (lambda: np.zeros(wl.output_shape, np.float32))}
+    wrong = {"wrong": bench.Impl(lambda wl, value, filters: lambda: np.zeros(wl.output_shape, np.float32))}
     with pytest.raises(RuntimeError, match="wrong disagrees with the reference on T"):
         bench.run([wl], rounds=1, warmup=0, impls=wrong)
