@@ -124,9 +124,9 @@ __kernel void atrous_conv2d_transpose(
         if (c0 + BC <= COUT) {
             STOREV(out, base + (long)px * COUT, acc[px]);
         } else {  // the last channel tile of a COUT that BC does not divide
-            const ACC *lane = (const ACC *)&acc[px];
+            union { VACC v; ACC s[BC]; } lanes = {acc[px]};
             for (int cc = 0; c0 + cc < COUT; ++cc)
-                STORE(out, base + (long)px * COUT + cc, lane[cc]);
+                STORE(out, base + (long)px * COUT + cc, lanes.s[cc]);
         }
     }
 }
