@@ -8,7 +8,7 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from atrous_cl import runtime, tuning
-from atrous_cl.errors import DeviceError
+from atrous_cl.errors import DeviceCapabilityError, DeviceError
 from atrous_cl.validation import TransposeArgs, check_dtypes, check_transpose_args
 
 _KERNEL_FILE = "atrous_conv2d_transpose.cl"
@@ -62,6 +62,21 @@ def _check_limits(args: TransposeArgs) -> None:
         raise ValueError(f"output_shape batch * height is too large: {list(args.output_shape)}")
 
 
+def _check_device_memory(device: cl.Device, args: TransposeArgs, dtype: np.dtype) -> None:
+    """Refuse, by name and size, what the device cannot hold, before allocating anything."""
+    kh, kw, cout, cin = args.filters_shape
+    sizes = {"value": int(np.prod(args.value_shape)), "filters": int(np.prod(args.filters_shape)),
+             "the packed filters": kh * kw * cin * -(-cout // 16) * 16,  # the widest tile
+             "the output": int(np.prod(args.output_shape))}
+    for what, count in sizes.items():
+        runtime.check_allocation(device, what, count * dtype.itemsize)
+    total = sum(sizes.values()) * dtype.itemsize
+    if total > device.global_mem_size:
+        raise DeviceCapabilityError(f"value, filters and output need {total} bytes together, more "
+                                    f"than the {device.global_mem_size} bytes of global memory of "
+                                    f"device {runtime.describe(device)}")
+
+
 def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype) -> cl_array.Array:
     """``x`` as a C-contiguous device array in ``queue``'s context."""
     if isinstance(x, cl_array.Array):
@@ -73,9 +88,8 @@ def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype) -> cl_a
             raise ValueError(f"{what} must be C-contiguous on the device, got strides {x.strides} "
                              f"for shape {x.shape}")
         return x
-    runtime.check_allocation(queue.device, what, x.nbytes)
     return cl_array.to_device(queue, np.ascontiguousarray(x, dtype=dtype),
-                              allocator=runtime.memory_pool(queue.context))
+                              allocator=runtime.memory_pool(queue))
 
 
 def _element_offset(x: cl_array.Array) -> int:
@@ -96,7 +110,7 @@ def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Arr
     kernels, lock = runtime.get_kernels(queue.context, _KERNEL_FILE, options)
     kh, kw, _, cin = args.filters_shape
     packed = cl_array.empty(queue, kh * kw * cin * tile.padded_channels(cout), out.dtype,
-                            allocator=runtime.memory_pool(queue.context))
+                            allocator=runtime.memory_pool(queue))
     try:
         with lock:  # setting a kernel's arguments and enqueueing it must not interleave
             kernels["repack_filters"](queue, *repack_geometry(args.filters_shape, tile),
@@ -170,8 +184,7 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=No
         queue = (value if isinstance(value, cl_array.Array) else filters).queue
     queue = runtime.get_queue(queue, context, device)
     runtime.check_dtype_support(queue.device, dtype)
-    out_nbytes = int(np.prod(args.output_shape)) * dtype.itemsize
-    runtime.check_allocation(queue.device, "the output", out_nbytes)
+    _check_device_memory(queue.device, args, dtype)
     if out is not None:
         if not on_device:
             raise TypeError("out is for device arrays; the host path returns a new NumPy array")
@@ -179,7 +192,10 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=No
     value_d = _device_array(queue, "value", value, dtype)
     filters_d = _device_array(queue, "filters", filters, dtype)
     if out is None:
-        out = cl_array.empty(queue, args.output_shape, dtype, allocator=runtime.memory_pool(queue.context))
+        # Only a host-path result, fetched and dropped here, comes from the
+        # pool: a device result is the caller's, to use on any queue.
+        out = cl_array.empty(queue, args.output_shape, dtype,
+                             allocator=None if on_device else runtime.memory_pool(queue))
     _launch(queue, value_d, filters_d, out, args)
     return out if on_device else out.get(queue)
 

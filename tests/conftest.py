@@ -16,9 +16,19 @@ import os
 import numpy as np
 import pyopencl as cl
 import pytest
+from hypothesis import HealthCheck, settings
 
 import atrous_cl
 from atrous_cl import runtime
+
+# Property tests: CI runs a fixed, derandomised profile so that a run can be
+# repeated exactly; elsewhere hypothesis explores fresh examples each run.
+# Choose with ATROUS_CL_HYPOTHESIS=ci|dev.
+settings.register_profile("ci", derandomize=True, max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("ATROUS_CL_HYPOTHESIS", "ci" if os.environ.get("CI") else "dev"))
 
 #: Max |got - want| / max |want| per dtype. float16 is the rounding of one
 #: half-precision store (2**-11) with margin; float32/64 leave room for sums of

@@ -134,3 +134,23 @@ def test_build_failure_is_a_device_error(queue):
                             ("-DT=no_such_type", "-DACC=float", "-DBW=1", "-DBC=1"))
     assert info.value.status == "CL_BUILD_PROGRAM_FAILURE"
     assert info.value.options == ("-DT=no_such_type", "-DACC=float", "-DBW=1", "-DBC=1")
+
+
+def test_tensors_beyond_global_memory_raise_before_allocating():
+    from atrous_cl.validation import check_transpose_args
+
+    stub = types.SimpleNamespace(max_mem_alloc_size=10**9, global_mem_size=10**6, name="Small",
+                                 driver_version="1", platform=types.SimpleNamespace(name="Stub"))
+    args = check_transpose_args((1, 300, 300, 2), (3, 3, 2, 2), (1, 300, 300, 2), 2, "SAME")
+    with pytest.raises(DeviceCapabilityError, match=r"value, filters and output need \d+ bytes together, "
+                                                    r"more than the 1000000 bytes of global memory"):
+        ops._check_device_memory(stub, args, np.dtype(np.float32))
+
+
+def test_dimensions_past_int32_are_refused():
+    from atrous_cl.validation import check_transpose_args
+
+    big = 2**31
+    args = check_transpose_args((1, 1, big, 1), (1, 1, 1, 1), (1, 1, big, 1), 1, "SAME")
+    with pytest.raises(ValueError, match=r"value dimensions must be below 2\*\*31"):
+        ops._check_limits(args)
