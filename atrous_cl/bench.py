@@ -195,8 +195,13 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
     total = len(calls) * (warmup + rounds)
     done = 0
     samples: dict = {key: [] for key in calls}
+    names = list(impls)
     for r in range(warmup + rounds):
-        for key, call in calls.items():
+        # Each round rotates who runs after whom: a peer whose worker threads
+        # spin after returning (TF's Eigen pool does) slows whatever comes next.
+        order = names[r % len(names):] + names[:r % len(names)]
+        for key in [(wl, name) for wl in workloads for name in order]:
+            call = calls[key]
             start = time.perf_counter()
             result = call()
             elapsed = time.perf_counter() - start
