@@ -140,6 +140,45 @@ def _torch() -> Callable | None:
     return prepare
 
 
+def _torch_cuda(resident: bool = False) -> Callable | None:
+    """PyTorch (cuDNN) on a CUDA GPU, when there is one: the peer for our op on a GPU.
+
+    Without ``resident`` it takes and returns NumPy arrays like our host API
+    (transfers included); with it, tensors stay on the GPU and the call waits
+    for the GPU to finish, like our "on device" row.
+    """
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    # cuDNN convolves float32 in TF32 (10-bit mantissa) by default; ours is
+    # true float32, and so must the peer be to compute the same thing.
+    torch.backends.cudnn.allow_tf32 = False
+
+    def prepare(wl: Workload, value, filters):
+        pads = geometry.pads((wl.k, wl.k), wl.rate, wl.padding)
+        ph, pw = min(pads.top, pads.bottom), min(pads.left, pads.right)
+        oh, ow = wl.output_shape[1:3]
+        top, left = pads.top - ph, pads.left - pw
+        weight = torch.from_numpy(np.ascontiguousarray(filters.transpose(3, 2, 0, 1))).cuda()
+        x_host = np.ascontiguousarray(value.transpose(0, 3, 1, 2))
+        x_dev = torch.from_numpy(x_host).cuda()
+
+        def call():
+            with torch.no_grad():
+                x = x_dev if resident else torch.from_numpy(x_host).cuda()
+                y = torch.nn.functional.conv_transpose2d(x, weight, padding=(ph, pw), dilation=wl.rate)
+                y = y[:, :, top:top + oh, left:left + ow]
+                if resident:
+                    torch.cuda.synchronize()
+                    return y
+                return y.cpu().numpy()
+        return call
+    return prepare
+
+
 def _tensorflow() -> Callable | None:
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -179,6 +218,8 @@ def implementations(include_simulators: bool = False) -> dict[str, Impl]:
     for name, prep, layout in (("onnxruntime NHWC", _onnxruntime("NHWC"), "NHWC"),
                                ("onnxruntime NCHW", _onnxruntime("NCHW"), "NCHW"),
                                ("torch NCHW", _torch(), "NCHW"),
+                               ("torch CUDA NCHW", _torch_cuda(), "NCHW"),
+                               ("torch CUDA NCHW (on device)", _torch_cuda(resident=True), "NCHW"),
                                ("tensorflow", _tensorflow(), "NHWC")):
         if prep is not None:
             impls[name] = Impl(prep, layout)
@@ -236,6 +277,8 @@ def _check(key, result, layout: str, inputs) -> None:
     from atrous_cl import reference
 
     wl, name = key
+    if hasattr(result, "cpu"):  # a torch tensor on a GPU
+        result = result.cpu().numpy()
     got = result.get() if hasattr(result, "get") and not isinstance(result, np.ndarray) else np.asarray(result)
     if layout == "NCHW":
         got = got.transpose(0, 2, 3, 1)
@@ -249,17 +292,21 @@ def table(times: dict, ceiling: float, workloads=WORKLOADS) -> str:
     """Markdown: per workload and implementation ms, GFLOP/s, % of the sgemm ceiling and
     how many times faster the fastest atrous-cl device is than each peer (>1: we are faster)."""
     names = list(dict.fromkeys(name for _, name in times))
-    # Peers are compared with our host API, which takes and returns the same NumPy arrays.
+    # Peers are compared with our host API, which takes and returns the same NumPy
+    # arrays; a peer timed on device-resident data with our device API.
     ours = [n for n in names if n.startswith("atrous-cl") and not n.endswith("(on device)")]
+    ours_resident = [n for n in names if n.startswith("atrous-cl") and n.endswith("(on device)")]
     lines = [f"sgemm ceiling (NumPy float32 2048^3, same run): {ceiling:.0f} GFLOP/s", "",
              "| workload | implementation | ms | GFLOP/s | % ceiling | ours faster by |",
              "|---|---|---:|---:|---:|---:|"]
     for wl in workloads:
-        best_ours = min((times[wl, n] for n in ours if (wl, n) in times), default=None)
+        best_host = min((times[wl, n] for n in ours if (wl, n) in times), default=None)
+        best_resident = min((times[wl, n] for n in ours_resident if (wl, n) in times), default=None)
         for name in names:
             if (wl, name) not in times:
                 continue
             t = times[wl, name]
+            best_ours = best_resident if name.endswith("(on device)") else best_host
             gflops = wl.flops / t / 1e9
             ratio = ("" if name.startswith("atrous-cl") or best_ours is None
                      else f"{t / best_ours:.2f}x")

@@ -13,6 +13,7 @@ import argparse
 import os
 import subprocess
 import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -92,6 +93,25 @@ def run_onnx_reference(model, x):
 
 
 RUNNERS = {"onnxruntime": run_onnxruntime, "onnx-reference": run_onnx_reference}
+
+
+def onnxruntime_refuses(opset) -> str | None:
+    """Why the installed onnxruntime will not load a model of ``opset``, or None.
+
+    An onnx newer than onnxruntime can write opsets that onnxruntime still
+    calls "under development" and refuses to load (onnx 1.23.1 with
+    onnxruntime 1.30 at opset 27, say). Probed with a one-node model.
+    """
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own pybind Fail type
+        return f"onnxruntime {ort.__version__} refuses opset {opset}: {str(e)[-120:]}"
+    return None
 
 
 def to_model_layout(x, layout):
@@ -183,9 +203,14 @@ def test_zero_batch_runs_in_onnxruntime():
 def test_every_tested_opset(opset):
     if opset > onnx.defs.onnx_opset_version():
         pytest.skip(f"the installed onnx {onnx.__version__} predates opset {opset}")
+    runners = list(RUNNERS)
+    if refused := onnxruntime_refuses(opset):
+        # Still checked in onnx's reference; skipping all of it would hide that.
+        runners.remove("onnxruntime")
+        warnings.warn(refused, stacklevel=1)
     case = (2, 5, 4, 3, 2, 4, 3, 3, "SAME")
     for options in [{}, dict(symmetric_pads=True, dynamic_batch=True), dict(conv_form=True)]:
-        for runner in RUNNERS:
+        for runner in runners:
             export_and_compare(case, np.float32, runner, (opset,), opset=opset, **options)
 
 
