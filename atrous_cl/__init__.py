@@ -10,10 +10,13 @@ from atrous_cl import geometry, reference  # noqa: E402
 from atrous_cl.errors import AtrousCLError, DeviceCapabilityError, DeviceError  # noqa: E402
 from atrous_cl.ops import atrous_conv2d_transpose  # noqa: E402
 from atrous_cl.runtime import DeviceInfo, default_device, devices, get_queue  # noqa: E402
+from atrous_cl.training import (atrous_conv2d, atrous_conv2d_transpose_vjp,  # noqa: E402
+                                atrous_conv2d_vjp)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AtrousCLError", "DeviceCapabilityError", "DeviceError", "DeviceInfo",
-    "atrous_conv2d_transpose", "default_device", "devices", "geometry", "get_queue", "reference",
+    "atrous_conv2d", "atrous_conv2d_transpose", "atrous_conv2d_transpose_vjp", "atrous_conv2d_vjp",
+    "default_device", "devices", "geometry", "get_queue", "reference",
 ]

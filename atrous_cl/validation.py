@@ -135,3 +135,69 @@ def check_transpose_args(value_shape, filters_shape, output_shape, rate, padding
                          f"expected {list(expected_hw)}, got {list(output_shape[1:3])}")
     return TransposeArgs(value_shape, filters_shape, output_shape, rate, padding,
                          geometry.pads((kh, kw), rate, padding))
+
+
+class ConvArgs(NamedTuple):
+    """Normalised arguments of the forward ``atrous_conv2d``."""
+
+    value_shape: tuple[int, int, int, int]
+    filters_shape: tuple[int, int, int, int]
+    output_shape: tuple[int, int, int, int]
+    rate: int
+    padding: str
+    pads: geometry.Pads  # TF's zero padding of value: (top, left, bottom, right)
+
+
+def check_conv_args(value_shape, filters_shape, rate, padding) -> ConvArgs:
+    """Check the shapes and attributes of the forward ``atrous_conv2d``.
+
+    Args:
+        value_shape: shape of ``value``, NHWC.
+        filters_shape: shape of ``filters``, ``[kh, kw, in_channels, out_channels]``.
+        rate: dilation rate, a positive integer.
+        padding: ``'SAME'`` or ``'VALID'``.
+
+    Returns:
+        The normalised arguments with the output shape and TF's pads.
+
+    Raises:
+        ValueError: a shape or value is inconsistent, or for ``'VALID'`` the
+            dilated kernel is larger than ``value`` (TF 2.21 returns a result
+            of the wrong shape there instead of refusing).
+        TypeError: an argument has the wrong type.
+    """
+    value_shape = check_array_shape(value_shape, "value", "NHWC")
+    filters_shape = check_array_shape(filters_shape, "filters", "[kh, kw, in_channels, out_channels]")
+    rate = check_rate(rate)
+    padding = check_padding(padding)
+    kh, kw, cin, cout = filters_shape
+    if kh < 1 or kw < 1:
+        raise ValueError(f"filters must have a spatial size of at least 1x1, got {kh}x{kw} "
+                         f"(filters shape {filters_shape})")
+    if value_shape[3] != cin:
+        raise ValueError(f"value's channels (value.shape[3] = {value_shape[3]}) must equal filters' "
+                         f"in_channels (filters.shape[2] = {cin})")
+    ekh, ekw = geometry.effective_kernel_size(kh, rate), geometry.effective_kernel_size(kw, rate)
+    h, w = value_shape[1:3]
+    if padding == geometry.VALID and (ekh > h or ekw > w):
+        raise ValueError(f"filters dilated by rate {rate} span {ekh}x{ekw} ((k - 1) * rate + 1 for a "
+                         f"{kh}x{kw} kernel), more than value's {h}x{w}: padding 'VALID' has no "
+                         f"output; use 'SAME', a smaller rate or a larger value")
+    output_hw = geometry.conv_output_hw((h, w), (kh, kw), rate, padding)
+    return ConvArgs(value_shape, filters_shape, (value_shape[0], *output_hw, cout), rate, padding,
+                    geometry.pads((kh, kw), rate, padding))
+
+
+def check_dy(dy_shape, dy_dtype, output_shape, dtype) -> None:
+    """Check the cotangent ``dy`` a vector-Jacobian product is given.
+
+    Raises:
+        TypeError: ``dy``'s dtype differs from ``value``'s and ``filters'``.
+        ValueError: ``dy``'s shape is not the op's output shape.
+    """
+    if np.dtype(dy_dtype) != np.dtype(dtype):
+        raise TypeError(f"dy must have the dtype of value and filters ({np.dtype(dtype).name}), "
+                        f"got {np.dtype(dy_dtype).name}")
+    if tuple(dy_shape) != tuple(output_shape):
+        raise ValueError(f"dy must have the op's output shape {tuple(output_shape)}, "
+                         f"got {tuple(dy_shape)}")

@@ -1,0 +1,376 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Training support: the forward ``atrous_conv2d`` and the gradients of both ops.
+
+The two ops are adjoint for the same ``filters`` array. With ``filters`` of
+shape ``[kh, kw, C_y, C_x]``, ``x`` with ``C_x`` channels and ``y`` with ``C_y``,
+and the same ``rate`` and ``padding``::
+
+    <atrous_conv2d_transpose(x, filters, y.shape), y> == <x, atrous_conv2d(y, filters)>
+
+(the transpose reads ``filters`` as ``[kh, kw, out_channels, in_channels]``,
+the forward op as ``[kh, kw, in_channels, out_channels]``; both name C_y
+first). So each op's gradient with respect to its input is the other op, and
+that is how it is computed here; the filter gradients of both come from one
+kernel (``kernels/atrous_conv2d.cl``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+
+from atrous_cl import ops, runtime, tuning
+from atrous_cl.errors import DeviceCapabilityError, DeviceError
+from atrous_cl.validation import (ConvArgs, TransposeArgs, check_conv_args, check_dtypes, check_dy,
+                                  check_transpose_args)
+
+_KERNEL_FILE = "atrous_conv2d.cl"
+
+#: Work-items the filter gradient's first stage aims for. The reduction is
+#: split into chunks of rows until there are about this many; the count
+#: depends on the shapes alone, so results do not vary from run to run.
+_FILTER_GRAD_ITEMS = 4096
+
+_TYPES = {np.float16: ("-DT=half", "-DACC=float", "-DUSE_HALF"),
+          np.float32: ("-DT=float", "-DACC=float"),
+          np.float64: ("-DT=double", "-DACC=double", "-DUSE_FP64")}
+
+
+def build_options(dtype: np.dtype, args: ConvArgs, tile: tuning.Tile, gc: int) -> tuple[str, ...]:
+    """``-D`` options for ``atrous_conv2d.cl``: dtype, problem, conv tile and filter-gradient tile.
+
+    ``gc`` is the filter gradient's input channels per work-item; its output
+    channels per work-item are the conv tile's ``tile.channels``.
+    """
+    kh, kw, cin, cout = args.filters_shape
+    return _TYPES[np.dtype(dtype).type] + (
+        f"-DBW={tile.pixels}", f"-DBC={tile.channels}", f"-DGC={gc}",
+        f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
+        f"-DKH={kh}", f"-DKW={kw}", f"-DRATE={args.rate}",
+        f"-DPAD_TOP={args.pads.top}", f"-DPAD_LEFT={args.pads.left}")
+
+
+def tiles(device: cl.Device, dtype, filters_shape) -> tuple[tuning.Tile, int]:
+    """The conv tile (the transpose op's untuned default) and the filter gradient's ``gc``.
+
+    The filter gradient's tile is ``gc`` input channels x ``tile.channels``
+    output channels, as many accumulators as the conv's.
+    """
+    cin, cout = filters_shape[2:]
+    tile = tuning.default_tile(device, dtype, cout)
+    return tile, max(1, min(tile.pixels, cin))
+
+
+def filter_grad_chunks(rows: int, tiles_per_chunk: int) -> tuple[int, int]:
+    """``(chunks, rows_per_chunk)``: how the filter gradient splits its ``rows = N * OH`` rows.
+
+    Enough chunks for about ``_FILTER_GRAD_ITEMS`` work-items, none empty.
+    """
+    chunks = max(1, min(rows, -(-_FILTER_GRAD_ITEMS // max(1, tiles_per_chunk))))
+    rows_per_chunk = -(-rows // chunks)
+    return -(-rows // rows_per_chunk), rows_per_chunk
+
+
+def filter_grad_geometry(filters_shape, tile: tuning.Tile, gc: int,
+                         chunks: int) -> tuple[tuple[int, int, int], None]:
+    """``(global_size, local_size)`` of ``filter_grad_partial``: one work-item per tile and chunk.
+
+    Axis 0 covers output channels in vectors of ``tile.channels``, axis 1
+    input channels in groups of ``gc``, axis 2 the taps times the chunks.
+    """
+    kh, kw, cin, cout = filters_shape
+    return (tile.padded_channels(cout) // tile.channels, -(-cin // gc), kh * kw * chunks), None
+
+
+def _kernels(queue: cl.CommandQueue, dtype: np.dtype, args: ConvArgs):
+    tile, gc = tiles(queue.device, dtype, args.filters_shape)
+    options = build_options(dtype, args, tile, gc)
+    kernels, lock = runtime.get_kernels(queue.context, _KERNEL_FILE, options)
+    return kernels, lock, tile, gc, options
+
+
+def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> DeviceError:
+    return DeviceError(f"launching {what} on {runtime.describe(queue.device)} failed: {e}",
+                       status=runtime.status_name(e), source=_KERNEL_FILE, options=options)
+
+
+def _launch_conv(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
+                 out: cl_array.Array, args: ConvArgs) -> None:
+    """Run the forward op on device arrays whose shapes ``args`` has checked."""
+    if out.size == 0:
+        return
+    if value.size == 0 or filters.size == 0:  # no input channels: every output is an empty sum
+        runtime.fill(out, 0)
+        return
+    kernels, lock, tile, _, options = _kernels(queue, out.dtype, args)
+    kh, kw, cin, cout = args.filters_shape
+    coutp = tile.padded_channels(cout)
+    wt, wt_off = filters.base_data, ops._element_offset(filters)
+    if coutp != cout:
+        packed = cl_array.empty(queue, kh * kw * cin * coutp, out.dtype,
+                                allocator=runtime.memory_pool(queue))
+        wt, wt_off = packed.data, 0
+    try:
+        with lock:  # setting a kernel's arguments and enqueueing it must not interleave
+            if coutp != cout:
+                kernels["pad_filters"](queue, (coutp, cin, kh * kw), None, filters.base_data,
+                                       np.int64(ops._element_offset(filters)), wt)
+            kernels["atrous_conv2d"](
+                queue, *ops.launch_geometry(args.output_shape, tile),
+                value.base_data, np.int64(ops._element_offset(value)), wt, np.int64(wt_off),
+                out.base_data, np.int64(ops._element_offset(out)),
+                np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
+                np.int32(args.output_shape[1]), np.int32(args.output_shape[2]))
+    except cl.Error as e:
+        raise _device_error(queue, "atrous_conv2d", e, options) from e
+
+
+def _launch_filter_grad(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
+                        out: cl_array.Array, args: ConvArgs) -> None:
+    """``out[a, b, c, o] = sum x[n, i - top + a*rate, j - left + b*rate, c] * d[n, i, j, o]``.
+
+    ``args`` describes the forward conv from ``x`` (its value) to ``d`` (its
+    output); ``out`` has ``args.filters_shape``.
+    """
+    if out.size == 0:
+        return
+    if x.size == 0 or d.size == 0:  # no pixels: every entry is an empty sum
+        runtime.fill(out, 0)
+        return
+    kernels, lock, tile, gc, options = _kernels(queue, out.dtype, args)
+    kh, kw, cin, cout = args.filters_shape
+    n, hd, wd, _ = args.output_shape
+    geometry_one = filter_grad_geometry(args.filters_shape, tile, gc, 1)[0]
+    chunks, rows_per_chunk = filter_grad_chunks(n * hd, int(np.prod(geometry_one)))
+    # Partial sums stay in the accumulation type: float32 for float16 storage.
+    acc_dtype = np.float32 if out.dtype == np.float16 else out.dtype
+    partial = cl_array.empty(queue, chunks * kh * kw * cin * tile.padded_channels(cout), acc_dtype,
+                             allocator=runtime.memory_pool(queue))
+    try:
+        with lock:
+            kernels["filter_grad_partial"](
+                queue, *filter_grad_geometry(args.filters_shape, tile, gc, chunks),
+                x.base_data, np.int64(ops._element_offset(x)),
+                d.base_data, np.int64(ops._element_offset(d)), partial.data,
+                np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
+                np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk))
+            kernels["filter_grad_sum"](queue, (cout, cin, kh * kw), None, partial.data,
+                                       np.int32(chunks), out.base_data,
+                                       np.int64(ops._element_offset(out)))
+    except cl.Error as e:
+        raise _device_error(queue, "the filter gradient", e, options) from e
+
+
+def _adjoint(args):
+    """The other op's arguments for the adjoint problem: same filters, value and output swapped.
+
+    The pads are the same function of kernel, rate and padding for both ops.
+    """
+    kind = TransposeArgs if isinstance(args, ConvArgs) else ConvArgs
+    return kind(args.output_shape, args.filters_shape, args.value_shape, args.rate, args.padding,
+                args.pads)
+
+
+def _host_or_device(x):
+    return x if isinstance(x, cl_array.Array) else np.asarray(x)
+
+
+def _queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:
+    """``(on_device, queue)``: a device input's own queue unless one is named, as the transpose op."""
+    on_device = any(isinstance(x, cl_array.Array) for x in arrays)
+    if on_device and queue is None and context is None and device is None:
+        queue = next(x for x in arrays if isinstance(x, cl_array.Array)).queue
+    return on_device, runtime.get_queue(queue, context, device)
+
+
+def _check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse, by name and size, what the device cannot run or hold, before allocating anything."""
+    runtime.check_dtype_support(device, dtype)
+    sizes = {what: int(np.prod(shape)) for what, shape in shapes.items()}
+    for what, count in sizes.items():
+        runtime.check_allocation(device, what, count * dtype.itemsize)
+    total = sum(sizes.values()) * dtype.itemsize
+    if total > device.global_mem_size:
+        raise DeviceCapabilityError(f"{', '.join(sizes)} need {total} bytes together, more than the "
+                                    f"{device.global_mem_size} bytes of global memory of device "
+                                    f"{runtime.describe(device)}")
+
+
+def _result(shape, dtype, queue, on_device):
+    # Only a host-path result, fetched and dropped here, comes from the pool:
+    # a device result is the caller's, to use on any queue.
+    return cl_array.empty(queue, shape, dtype, allocator=None if on_device else runtime.memory_pool(queue))
+
+
+def _outputs(out, shapes, dtype, queue, on_device):
+    """The vjps' ``out`` pair, checked, or two new arrays."""
+    if out is None:
+        return [_result(shape, dtype, queue, on_device) for shape in shapes]
+    if not on_device:
+        raise TypeError("out is for device arrays; the host path returns new NumPy arrays")
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(f"out must be a pair (d_value, d_filters) of pyopencl.array.Array, "
+                        f"got {type(out).__name__}")
+    for o, shape in zip(out, shapes):
+        ops._check_out(o, shape, dtype, queue)
+    return list(out)
+
+
+def atrous_conv2d(value, filters, rate, padding, name=None, *,
+                  queue: cl.CommandQueue | None = None, context: cl.Context | None = None,
+                  device: cl.Device | str | None = None, out: cl_array.Array | None = None):
+    """Atrous 2-D convolution, exactly ``tf.nn.atrous_conv2d``.
+
+    Stride 1, dilation ``rate``, no bias. ``value`` is zero-padded by TF's
+    pads (:func:`atrous_cl.geometry.pads`: SAME pads ``(k - 1) * rate`` per
+    axis, ``total // 2`` top/left and the odd remainder bottom/right; VALID
+    none) and ``out[n, i, j, :] = sum_{a, b} padded[n, i + a*rate, j + b*rate, :]
+    @ filters[a, b]``. The output's spatial size is ``value``'s for SAME and
+    ``value``'s ``- (k - 1) * rate`` for VALID.
+
+    It is the adjoint of :func:`atrous_cl.atrous_conv2d_transpose` for the same
+    ``filters`` array: for ``filters`` of shape ``[kh, kw, C_y, C_x]``,
+    ``<atrous_conv2d_transpose(x, filters, y.shape), y> = <x, atrous_conv2d(y, filters)>``.
+
+    Args:
+        value: NHWC input, a NumPy array (or array-like) or a ``pyopencl.array.Array``.
+        filters: ``[kh, kw, in_channels, out_channels]``, same dtype as ``value``.
+        rate: dilation, a positive integer.
+        padding: ``'SAME'`` or ``'VALID'``.
+        name: ignored; accepted for TF compatibility.
+        queue, context, device, out: as for :func:`atrous_cl.atrous_conv2d_transpose`.
+
+    Returns:
+        A NumPy array for host inputs; a ``pyopencl.array.Array`` on the same
+        queue when either input is a device array. The dtype is the inputs'.
+
+    Raises:
+        ValueError: inconsistent shapes, a bad rate or padding, VALID with a
+            dilated kernel larger than ``value``, or arrays in another context.
+            :class:`~atrous_cl.errors.DeviceCapabilityError` (a ``ValueError``)
+            when the device cannot run the request.
+        TypeError: a wrong type or dtype, or mixed dtypes.
+        DeviceError: the OpenCL driver failed.
+
+    Differences from TF: every check also runs for ``rate == 1``; VALID with a
+    dilated kernel larger than ``value`` is refused (TF 2.21 returns a result
+    of the wrong shape); float16 is summed in float32.
+    """
+    del name
+    value, filters = _host_or_device(value), _host_or_device(filters)
+    dtype = check_dtypes(value.dtype, filters.dtype)
+    args = check_conv_args(value.shape, filters.shape, rate, padding)
+    ops._check_limits(args)
+    on_device, queue = _queue_for((value, filters), queue, context, device)
+    _check_device(queue.device, dtype, {"value": args.value_shape, "filters": args.filters_shape,
+                                        "the output": args.output_shape})
+    if out is not None:
+        if not on_device:
+            raise TypeError("out is for device arrays; the host path returns a new NumPy array")
+        ops._check_out(out, args.output_shape, dtype, queue)
+    value_d = ops._device_array(queue, "value", value, dtype)
+    filters_d = ops._device_array(queue, "filters", filters, dtype)
+    if out is None:
+        out = _result(args.output_shape, dtype, queue, on_device)
+    _launch_conv(queue, value_d, filters_d, out, args)
+    return out if on_device else out.get(queue)
+
+
+def atrous_conv2d_vjp(value, filters, rate, padding, dy, *,
+                      queue: cl.CommandQueue | None = None, context: cl.Context | None = None,
+                      device: cl.Device | str | None = None, out=None):
+    """Gradients of ``atrous_conv2d(value, filters, rate, padding)`` for the cotangent ``dy``.
+
+    ``d_value`` is ``atrous_conv2d_transpose(dy, filters, value.shape, rate,
+    padding)`` (the adjoint) and ``d_filters[a, b, c, o] = sum_{n, i, j}
+    padded[n, i + a*rate, j + b*rate, c] * dy[n, i, j, o]``, the same as TF's
+    ``GradientTape`` gives for ``tf.nn.atrous_conv2d``.
+
+    Args:
+        value, filters, rate, padding: as for :func:`atrous_conv2d`.
+        dy: the cotangent, of the op's output shape and the inputs' dtype.
+        queue, context, device: as for :func:`atrous_conv2d`.
+        out: device path only: a pair ``(d_value, d_filters)`` of device
+            arrays to write into.
+
+    Returns:
+        ``(d_value, d_filters)`` with the shapes of ``value`` and ``filters``:
+        NumPy arrays for host inputs, ``pyopencl.array.Array`` on the same
+        queue when any input is a device array.
+
+    Raises:
+        As :func:`atrous_conv2d`; also ``ValueError`` when ``dy``'s shape is
+        not the op's output shape and ``TypeError`` when its dtype differs.
+
+    Differences from TF: the filter gradient sums in a fixed order without
+    atomics, so it is bit-identical from run to run; float16 sums in float32.
+    """
+    value, filters, dy = _host_or_device(value), _host_or_device(filters), _host_or_device(dy)
+    dtype = check_dtypes(value.dtype, filters.dtype)
+    args = check_conv_args(value.shape, filters.shape, rate, padding)
+    check_dy(dy.shape, dy.dtype, args.output_shape, dtype)
+    ops._check_limits(args)
+    on_device, queue = _queue_for((value, filters, dy), queue, context, device)
+    _check_device(queue.device, dtype, {"value": args.value_shape, "filters": args.filters_shape,
+                                        "dy": args.output_shape, "d_value": args.value_shape,
+                                        "d_filters": args.filters_shape})
+    d_value, d_filters = _outputs(out, (args.value_shape, args.filters_shape), dtype, queue, on_device)
+    value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype) for what, x in
+                                (("value", value), ("filters", filters), ("dy", dy)))
+    ops._launch(queue, dy_d, filters_d, d_value, _adjoint(args))
+    _launch_filter_grad(queue, value_d, dy_d, d_filters, args)
+    return (d_value, d_filters) if on_device else (d_value.get(queue), d_filters.get(queue))
+
+
+def atrous_conv2d_transpose_vjp(value, filters, output_shape, rate, padding, dy, *,
+                                queue: cl.CommandQueue | None = None,
+                                context: cl.Context | None = None,
+                                device: cl.Device | str | None = None, out=None):
+    """Gradients of ``atrous_conv2d_transpose(value, filters, output_shape, rate, padding)``.
+
+    For the cotangent ``dy`` (of shape ``output_shape``): ``d_value`` is
+    ``atrous_conv2d(dy, filters, rate, padding)`` (the adjoint) and
+    ``d_filters[a, b, c, o] = sum_{n, p, q} dy[n, p, q, c] *
+    value[n, p + top - a*rate, q + left - b*rate, o]`` over the pixels inside
+    ``value``, the same as TF's ``GradientTape`` gives for
+    ``tf.nn.atrous_conv2d_transpose``.
+
+    Args:
+        value, filters, output_shape, rate, padding: as for
+            :func:`atrous_cl.atrous_conv2d_transpose`.
+        dy: the cotangent, of shape ``output_shape`` and the inputs' dtype.
+        queue, context, device: as for :func:`atrous_cl.atrous_conv2d_transpose`.
+        out: device path only: a pair ``(d_value, d_filters)`` of device
+            arrays to write into.
+
+    Returns:
+        ``(d_value, d_filters)`` with the shapes of ``value`` and ``filters``:
+        NumPy arrays for host inputs, ``pyopencl.array.Array`` on the same
+        queue when any input is a device array.
+
+    Raises:
+        As :func:`atrous_cl.atrous_conv2d_transpose`; also ``ValueError`` when
+        ``dy``'s shape is not ``output_shape`` and ``TypeError`` when its dtype
+        differs.
+
+    Differences from TF: the filter gradient sums in a fixed order without
+    atomics, so it is bit-identical from run to run; float16 sums in float32.
+    """
+    value, filters, dy = _host_or_device(value), _host_or_device(filters), _host_or_device(dy)
+    dtype = check_dtypes(value.dtype, filters.dtype)
+    args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
+    check_dy(dy.shape, dy.dtype, args.output_shape, dtype)
+    ops._check_limits(args)
+    on_device, queue = _queue_for((value, filters, dy), queue, context, device)
+    _check_device(queue.device, dtype, {"value": args.value_shape, "filters": args.filters_shape,
+                                        "dy": args.output_shape, "d_value": args.value_shape,
+                                        "d_filters": args.filters_shape})
+    d_value, d_filters = _outputs(out, (args.value_shape, args.filters_shape), dtype, queue, on_device)
+    value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype) for what, x in
+                                (("value", value), ("filters", filters), ("dy", dy)))
+    adjoint = _adjoint(args)  # the forward conv from dy to value's shape
+    _launch_conv(queue, dy_d, filters_d, d_value, adjoint)
+    # The same sum as the forward op's filter gradient, with dy as its input and value as its cotangent.
+    _launch_filter_grad(queue, dy_d, value_d, d_filters, adjoint)
+    return (d_value, d_filters) if on_device else (d_value.get(queue), d_filters.get(queue))

@@ -1,0 +1,384 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The forward op and the gradients of both ops: against the reference, the
+adjoint identity, finite differences and TensorFlow's own outputs."""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pyopencl.array as cl_array
+import pytest
+from conftest import assert_close, poisoned, skip_unsupported
+
+from atrous_cl import geometry, ops, reference, training
+
+# Every case describes a pair: x of (batch, height, width, cx) and y of the
+# transpose op's output size with cy channels; filters are [kh, kw, cy, cx].
+# The transpose maps x to y, the forward op y to x, so every row serves both
+# ops and both paddings (for VALID, y is x + (k - 1) * rate: the forward op's
+# input always holds its dilated kernel, while x may be smaller than it). The
+# golden cases share this table's channels, kernels and rates, and so its
+# kernel builds.
+# (batch, height, width, cx, cy, kh, kw, rate)
+SHAPES = [
+    (1, 5, 5, 1, 1, 1, 1, 1),       # 1x1 kernel, single channels
+    (2, 6, 7, 3, 4, 3, 3, 1),       # rate 1
+    (3, 7, 11, 4, 6, 2, 2, 3),      # even kernel, odd rate: asymmetric pads
+    (1, 8, 6, 2, 5, 4, 4, 1),       # even kernel, rate 1
+    (2, 10, 9, 3, 3, 2, 5, 5),      # kh != kw, odd rate
+    (1, 12, 7, 6, 2, 5, 3, 4),
+    (1, 6, 6, 8, 8, 7, 7, 2),       # largest kernel
+    (1, 1, 1, 3, 2, 3, 3, 2),       # 1x1 spatial
+    (2, 1, 5, 2, 2, 3, 4, 6),       # 1 x W, rate 6
+    (1, 3, 4, 2, 3, 3, 3, 8),       # rate 8: dilated kernel far larger than x
+    (1, 5, 5, 4, 4, 6, 7, 7),       # dilated kernel larger than x, rate 7
+    (1, 6, 5, 32, 32, 3, 3, 2),     # 32 channels
+    (2, 5, 9, 17, 11, 3, 2, 3),     # channel counts that are not tile multiples
+    (0, 5, 5, 3, 4, 3, 3, 2),       # empty batch
+]
+
+
+def _case_id(shape):
+    n, h, w, cx, cy, kh, kw, r = shape
+    return f"n{n}-{h}x{w}-c{cx}to{cy}-k{kh}x{kw}-r{r}"
+
+
+# float32 and float64 with both paddings; float16, whose only own code is its
+# loads and stores, with SAME and VALID on alternate rows: every case builds
+# two programs, and a cold PoCL cache spends ~0.7 s a case on them.
+CASES = [pytest.param(shape, padding, dtype, id=f"{_case_id(shape)}-{padding}-{np.dtype(dtype).name}")
+         for row, shape in enumerate(SHAPES)
+         for padding in ("SAME", "VALID")
+         for dtype in (np.float32, np.float64, np.float16)
+         if dtype != np.float16 or padding == ("SAME", "VALID")[row % 2]]
+
+
+def _problem(shape, padding, dtype, rng):
+    """``x``, ``y`` (random, of the two sides' shapes), ``filters`` and the rate."""
+    n, h, w, cx, cy, kh, kw, r = shape
+    y_hw = geometry.transpose_output_hw((h, w), (kh, kw), r, padding)
+    x = rng.standard_normal((n, h, w, cx)).astype(dtype)
+    y = rng.standard_normal((n, *y_hw, cy)).astype(dtype)
+    filters = rng.standard_normal((kh, kw, cy, cx)).astype(dtype)
+    return x, y, filters, r
+
+
+def _to_device(queue, *arrays):
+    return [cl_array.to_device(queue, a) for a in arrays]
+
+
+@pytest.mark.parametrize("shape, padding, dtype", CASES)
+def test_matches_reference(queue, shape, padding, dtype):
+    """The forward op and both vjps, device path into NaN-poisoned outputs and host path."""
+    skip_unsupported(queue, dtype)
+    x, y, filters, rate = _problem(shape, padding, dtype, np.random.default_rng())
+    d_x, d_y, d_f = _to_device(queue, x, y, filters)
+    what = f"{shape} {padding}"
+
+    # Forward: y -> x's shape; its cotangent has x's shape.
+    want = reference.atrous_conv2d(y, filters, rate, padding)
+    out = poisoned(queue, x.shape, dtype)
+    assert training.atrous_conv2d(d_y, d_f, rate, padding, out=out) is out
+    assert_close(out.get(), want, dtype, context=f"atrous_conv2d {what}")
+    host = training.atrous_conv2d(y, filters, rate, padding, queue=queue)
+    np.testing.assert_array_equal(host, out.get())  # the same kernel: bit-identical
+
+    for name, fn, inputs, shapes in [
+            ("atrous_conv2d_vjp", training.atrous_conv2d_vjp,
+             lambda v, f, dy: (v, f, rate, padding, dy), (y, x)),
+            ("atrous_conv2d_transpose_vjp", training.atrous_conv2d_transpose_vjp,
+             lambda v, f, dy: (v, f, y.shape, rate, padding, dy), (x, y))]:
+        value, dy = shapes
+        ref = getattr(reference, name)(*inputs(value, filters, dy))
+        outs = (poisoned(queue, value.shape, dtype), poisoned(queue, filters.shape, dtype))
+        got = fn(*inputs(*_to_device(queue, value, filters, dy)), out=outs)
+        assert got[0] is outs[0] and got[1] is outs[1]
+        assert_close(outs[0].get(), ref[0], dtype, context=f"{name} d_value {what}")
+        assert_close(outs[1].get(), ref[1], dtype, context=f"{name} d_filters {what}")
+        host = fn(*inputs(value, filters, dy), queue=queue)
+        assert all(isinstance(h, np.ndarray) for h in host)
+        np.testing.assert_array_equal(host[1], outs[1].get())
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_case_id)
+def test_adjoint_identity(queue, shape, padding):
+    """<T(x), y> = <x, A(y)> for the same filters array, in float64 on the device."""
+    skip_unsupported(queue, np.float64)
+    x, y, filters, rate = _problem(shape, padding, np.float64, np.random.default_rng())
+    tx = ops.atrous_conv2d_transpose(x, filters, y.shape, rate, padding, queue=queue)
+    ay = training.atrous_conv2d(y, filters, rate, padding, queue=queue)
+    lhs, rhs = np.vdot(tx, y), np.vdot(x, ay)
+    # Rounding is relative to the sums of absolute terms, not to their (cancelling) total.
+    scale = np.vdot(np.abs(tx), np.abs(y)) + np.vdot(np.abs(x), np.abs(ay))
+    assert abs(lhs - rhs) <= 1e-12 * scale, (lhs, rhs)
+
+
+def _directional_derivative(loss, arg, direction, eps=1e-3):
+    """Central difference of ``loss`` at ``arg`` along ``direction`` (``arg`` is restored)."""
+    old = arg.copy()
+    arg += eps * direction
+    up = loss()
+    arg[...] = old - eps * direction
+    down = loss()
+    arg[...] = old
+    return (up - down) / (2 * eps)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("shape", [(1, 3, 3, 3, 3, 2, 5, 5), (2, 4, 3, 2, 5, 4, 4, 1)], ids=_case_id)
+def test_gradients_match_finite_differences(queue, shape, padding):
+    """All four gradients against central differences of the device ops, in float64.
+
+    Along random directions: a gradient wrong in any element fails for almost
+    every direction. Both ops are linear in value and in filters, so central
+    differences are exact up to rounding and the bound can be tight.
+    """
+    skip_unsupported(queue, np.float64)
+    rng = np.random.default_rng()
+    x, y, filters, rate = _problem(shape, padding, np.float64, rng)
+    dx, dy = rng.standard_normal(x.shape), rng.standard_normal(y.shape)
+
+    def transpose_loss():
+        return np.vdot(ops.atrous_conv2d_transpose(x, filters, y.shape, rate, padding, queue=queue), dy)
+
+    def conv_loss():
+        return np.vdot(training.atrous_conv2d(y, filters, rate, padding, queue=queue), dx)
+
+    for name, (d_value, d_filters), loss, value in [
+            ("transpose", training.atrous_conv2d_transpose_vjp(x, filters, y.shape, rate, padding, dy,
+                                                               queue=queue), transpose_loss, x),
+            ("conv", training.atrous_conv2d_vjp(y, filters, rate, padding, dx, queue=queue),
+             conv_loss, y)]:
+        for what, grad, arg in (("d_value", d_value, value), ("d_filters", d_filters, filters)):
+            for _ in range(3):
+                u = rng.standard_normal(arg.shape)
+                want = _directional_derivative(loss, arg, u)
+                got = np.vdot(grad, u)
+                scale = np.vdot(np.abs(grad), np.abs(u))
+                assert abs(got - want) <= 1e-9 * scale, f"{name} {what}: {got} vs {want}"
+
+
+_GOLDEN = Path(__file__).parent / "golden" / "training.npz"
+
+
+def _golden_cases():
+    if not _GOLDEN.is_file():
+        return []
+    with np.load(_GOLDEN) as z:
+        return [pytest.param(case, id=case["key"]) for case in json.loads(str(z["cases"]))]
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with np.load(_GOLDEN) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.mark.parametrize("case", _golden_cases())
+def test_tensorflow_golden(queue, golden, case):
+    """TF's atrous_conv2d and GradientTape's gradients of both ops, by the device and the reference."""
+    a = {k: golden[f"{case['key']}/{k}"] for k in ("value", "filters", "dy", "y", "d_value", "d_filters")}
+    dtype = a["value"].dtype
+    skip_unsupported(queue, dtype)
+    if case["op"] == "atrous_conv2d":
+        attrs = (case["rate"], case["padding"])
+        assert_close(training.atrous_conv2d(a["value"], a["filters"], *attrs, queue=queue), a["y"],
+                     context="device y")
+        assert_close(reference.atrous_conv2d(a["value"], a["filters"], *attrs), a["y"],
+                     context="reference y")
+        device = training.atrous_conv2d_vjp(a["value"], a["filters"], *attrs, a["dy"], queue=queue)
+        ref = reference.atrous_conv2d_vjp(a["value"], a["filters"], *attrs, a["dy"])
+    else:
+        attrs = (case["output_shape"], case["rate"], case["padding"])
+        device = training.atrous_conv2d_transpose_vjp(a["value"], a["filters"], *attrs, a["dy"],
+                                                      queue=queue)
+        ref = reference.atrous_conv2d_transpose_vjp(a["value"], a["filters"], *attrs, a["dy"])
+    for source, (d_value, d_filters) in (("device", device), ("reference", ref)):
+        assert_close(d_value, a["d_value"], context=f"{source} d_value")
+        assert_close(d_filters, a["d_filters"], context=f"{source} d_filters")
+
+
+def test_golden_file_is_present_and_complete():
+    """The golden test must not pass by finding no cases."""
+    ops_seen = [c.values[0]["op"] for c in _golden_cases()]
+    assert ops_seen.count("atrous_conv2d") >= 20 and ops_seen.count("atrous_conv2d_transpose") >= 20
+
+
+def _offset_view(queue, a):
+    """``a`` on the device as a view that starts one leading slice (of 7s) into its buffer."""
+    return cl_array.to_device(queue, np.concatenate([a[:1] * 0 + 7, a]))[1:]
+
+
+def test_device_arrays_with_offsets_stay_on_the_queue(queue):
+    """Views starting inside their buffer are read and written at their offset; results stay on the queue."""
+    rng = np.random.default_rng()
+    x, y, filters, rate = _problem((2, 6, 7, 3, 4, 3, 3, 1), "VALID", np.float32, rng)  # a row of SHAPES
+    dx = rng.standard_normal(x.shape).astype(np.float32)
+    v_x, v_y, v_f, v_dx = (_offset_view(queue, a) for a in (x, y, filters, dx))
+    out = poisoned(queue, (3, *x.shape[1:]), np.float32)
+    got = training.atrous_conv2d(v_y, v_f, rate, "VALID", out=out[1:])
+    assert got.queue is queue and np.isnan(out.get()[0]).all(), "wrote outside its output view"
+    assert_close(out.get()[1:], reference.atrous_conv2d(y, filters, rate, "VALID"))
+
+    d_value, d_filters = training.atrous_conv2d_vjp(v_y, v_f, rate, "VALID", v_dx)
+    assert isinstance(d_value, cl_array.Array) and d_value.queue is queue
+    want = reference.atrous_conv2d_vjp(y, filters, rate, "VALID", dx)
+    assert_close(d_value.get(), want[0])
+    assert_close(d_filters.get(), want[1])
+
+    outs = (poisoned(queue, (3, *x.shape[1:]), np.float32),
+            poisoned(queue, (4, *filters.shape[1:]), np.float32))
+    training.atrous_conv2d_transpose_vjp(v_x, v_f, y.shape, rate, "VALID", v_y,
+                                         out=(outs[0][1:], outs[1][1:]))
+    want = reference.atrous_conv2d_transpose_vjp(x, filters, y.shape, rate, "VALID", y)
+    assert np.isnan(outs[0].get()[0]).all() and np.isnan(outs[1].get()[0]).all()
+    assert_close(outs[0].get()[1:], want[0])
+    assert_close(outs[1].get()[1:], want[1])
+
+
+def test_empty_image_transpose_gradient(queue):
+    """VALID on a 0x0 image: the transpose's d_value is empty and d_filters all zeros."""
+    value = np.zeros((2, 0, 0, 3), np.float32)
+    filters = np.ones((2, 3, 4, 3), np.float32)
+    output_shape = (2, *geometry.transpose_output_hw((0, 0), (2, 3), 2, "VALID"), 4)
+    dy = np.ones(output_shape, np.float32)
+    outs = poisoned(queue, value.shape, np.float32), poisoned(queue, filters.shape, np.float32)
+    training.atrous_conv2d_transpose_vjp(*_to_device(queue, value, filters), output_shape, 2, "VALID",
+                                         cl_array.to_device(queue, dy), out=outs)
+    np.testing.assert_array_equal(outs[1].get(), np.zeros(filters.shape, np.float32))
+
+
+def test_filter_gradient_identical_run_to_run(queue):
+    """No atomics and a fixed summation order: repeated calls agree bit for bit."""
+    rng = np.random.default_rng()
+    x, y, filters, rate = _problem((2, 24, 20, 32, 32, 3, 3, 2), "SAME", np.float32, rng)
+    first = training.atrous_conv2d_transpose_vjp(x, filters, y.shape, rate, "SAME", y, queue=queue)
+    for _ in range(3):
+        again = training.atrous_conv2d_transpose_vjp(x, filters, y.shape, rate, "SAME", y, queue=queue)
+        np.testing.assert_array_equal(again[1], first[1])
+        np.testing.assert_array_equal(again[0], first[0])
+
+
+@pytest.mark.parametrize("rows, tiles, want", [
+    (1, 9, (1, 1)),          # a single row: one chunk
+    (100, 4096, (1, 100)),   # enough work-items without splitting
+    (100, 50, (50, 2)),      # ceil(4096 / 50) = 82 chunks of ceil(100 / 82) = 2 rows: 50 chunks
+    (10, 7, (10, 1)),        # no more chunks than rows
+])
+def test_filter_grad_chunks(rows, tiles, want):
+    assert training.filter_grad_chunks(rows, tiles) == want
+
+
+def test_float16_filter_gradient_sums_in_float32(queue):
+    """2048 + 1 + 1 = 2050 is a float16; a float16 running sum would end at 2048."""
+    value = np.array([2048, 1, 1], np.float16).reshape(1, 1, 3, 1)
+    dy = np.ones((1, 1, 3, 1), np.float16)
+    filters = np.ones((1, 1, 1, 1), np.float16)
+    _, d_filters = training.atrous_conv2d_vjp(value, filters, 1, "SAME", dy, queue=queue)
+    assert d_filters.dtype == np.float16 and d_filters[0, 0, 0, 0] == 2050
+
+
+# Validation: one test per new error, by the device functions and the reference.
+Y = np.zeros((2, 5, 6, 4), np.float32)        # the forward op's value
+X = np.zeros((2, 5, 6, 3), np.float32)        # the transpose's value
+F = np.zeros((3, 2, 4, 3), np.float32)        # [kh, kw, 4, 3]
+CONV = dict(value=Y, filters=F, rate=2, padding="SAME")
+
+CONV_CASES = [
+    ("value-3d", dict(value=Y[0]), ValueError, r"value must be 4-D \(NHWC\), got 3-D"),
+    ("filters-2d", dict(filters=F[0, 0]), ValueError,
+     r"filters must be 4-D \(\[kh, kw, in_channels, out_channels\]\), got 2-D"),
+    ("channel-mismatch", dict(value=np.zeros((2, 5, 6, 3), np.float32)), ValueError,
+     r"value's channels \(value.shape\[3\] = 3\) must equal filters' in_channels \(filters.shape\[2\] = 4\)"),
+    ("empty-kernel", dict(filters=np.zeros((3, 0, 4, 3), np.float32)), ValueError,
+     r"filters must have a spatial size of at least 1x1, got 3x0"),
+    ("valid-kernel-too-large", dict(padding="VALID", rate=3), ValueError,
+     r"filters dilated by rate 3 span 7x4 .* more than value's 5x6: padding 'VALID' has no output"),
+    ("rate-0", dict(rate=0), ValueError, r"rate must be a positive integer"),
+    ("rate-float", dict(rate=2.0), TypeError, r"rate must be an integer"),
+    ("padding-lower", dict(padding="valid"), ValueError, r"padding must be 'SAME' or 'VALID'.*upper case"),
+    ("mixed-dtypes", dict(filters=F.astype(np.float64)), TypeError,
+     r"same dtype, got value float32 and filters float64"),
+]
+DY_CASES = [
+    ("dy-shape", lambda shape: np.zeros((shape[0], shape[1] + 1, *shape[2:]), np.float32), ValueError,
+     r"dy must have the op's output shape \(2, 5, 6, \d\), got \(2, 6, 6, \d\)"),
+    ("dy-dtype", lambda shape: np.zeros(shape, np.float64), TypeError,
+     r"dy must have the dtype of value and filters \(float32\), got float64"),
+]
+
+
+@pytest.fixture
+def no_device_work(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("device work started before the arguments were checked")
+
+    monkeypatch.setattr(training.runtime, "get_queue", refuse)
+    monkeypatch.setattr(training.runtime, "get_kernels", refuse)
+
+
+@pytest.mark.parametrize("fn", [training.atrous_conv2d, reference.atrous_conv2d], ids=["opencl", "reference"])
+@pytest.mark.parametrize("overrides, exc, pattern", [c[1:] for c in CONV_CASES],
+                         ids=[c[0] for c in CONV_CASES])
+def test_bad_conv_argument(fn, overrides, exc, pattern, no_device_work):
+    with pytest.raises(exc, match=pattern):
+        fn(**{**CONV, **overrides})
+
+
+@pytest.mark.parametrize("fn", [training.atrous_conv2d_vjp, reference.atrous_conv2d_vjp],
+                         ids=["opencl", "reference"])
+@pytest.mark.parametrize("make_dy, exc, pattern", [c[1:] for c in DY_CASES], ids=[c[0] for c in DY_CASES])
+def test_bad_conv_dy(fn, make_dy, exc, pattern, no_device_work):
+    with pytest.raises(exc, match=pattern):
+        fn(**CONV, dy=make_dy((2, 5, 6, 3)))
+
+
+@pytest.mark.parametrize("fn", [training.atrous_conv2d_transpose_vjp, reference.atrous_conv2d_transpose_vjp],
+                         ids=["opencl", "reference"])
+@pytest.mark.parametrize("make_dy, exc, pattern", [c[1:] for c in DY_CASES], ids=[c[0] for c in DY_CASES])
+def test_bad_transpose_dy(fn, make_dy, exc, pattern, no_device_work):
+    with pytest.raises(exc, match=pattern):
+        fn(X, F, [2, 5, 6, 4], 2, "SAME", dy=make_dy((2, 5, 6, 4)))
+
+
+def test_transpose_vjp_checks_the_transpose_arguments(no_device_work):
+    with pytest.raises(ValueError, match=r"output_shape\[1:3\].*expected \[5, 6\], got \[9, 8\]"):
+        training.atrous_conv2d_transpose_vjp(X, F, [2, 9, 8, 4], 2, "SAME",
+                                             np.zeros((2, 9, 8, 4), np.float32))
+
+
+def test_good_arguments_pass_validation():
+    """The baselines the tables vary are themselves valid."""
+    assert reference.atrous_conv2d(**CONV).shape == (2, 5, 6, 3)
+    assert reference.atrous_conv2d_vjp(**CONV, dy=np.zeros((2, 5, 6, 3), np.float32))[1].shape == F.shape
+    assert reference.atrous_conv2d_transpose_vjp(X, F, [2, 5, 6, 4], 2, "SAME", Y)[0].shape == X.shape
+
+
+@pytest.mark.parametrize("out, exc, pattern", [
+    ("not-a-pair", TypeError, r"out must be a pair \(d_value, d_filters\)"),
+    ("wrong-shape", ValueError, r"out must have shape \(3, 2, 4, 3\) and dtype float32"),
+])
+def test_bad_vjp_out(queue, out, exc, pattern):
+    d_y, d_f = _to_device(queue, Y, F)
+    dy = cl_array.zeros(queue, (2, 5, 6, 3), np.float32)
+    pair = (cl_array.zeros(queue, Y.shape, np.float32), cl_array.zeros(queue, (3, 2, 3, 4), np.float32))
+    with pytest.raises(exc, match=pattern):
+        training.atrous_conv2d_vjp(d_y, d_f, 2, "SAME", dy, out=pair[0] if out == "not-a-pair" else pair)
+
+
+def test_host_path_refuses_out(queue):
+    with pytest.raises(TypeError, match=r"out is for device arrays"):
+        training.atrous_conv2d_vjp(Y, F, 2, "SAME", np.zeros((2, 5, 6, 3), np.float32), queue=queue,
+                                   out=(None, None))
+
+
+def test_float64_needs_fp64():
+    stub = types.SimpleNamespace(extensions="", name="NoFP64", driver_version="1",
+                                 platform=types.SimpleNamespace(name="Stub"),
+                                 max_mem_alloc_size=2**30, global_mem_size=2**31)
+    with pytest.raises(ValueError, match=r"float64 needs the OpenCL extension cl_khr_fp64"):
+        training._check_device(stub, np.dtype(np.float64), {"value": (1, 2, 3, 4)})
