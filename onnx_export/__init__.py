@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""ONNX export of ``atrous_conv2d_transpose``: one ConvTranspose node.
+"""ONNX export of ``atrous_conv2d_transpose`` (one ConvTranspose node) and ``atrous_conv2d`` (one Conv).
 
 Example::
 
@@ -11,13 +11,13 @@ Example::
 
 from onnx_export.exporter import (BATCH_DIM, DEFAULT_INPUT_NAME, DEFAULT_OPSET, DEFAULT_OUTPUT_NAME,
                                   EXPORT_DTYPES, LAYOUTS, MAX_OPSET, MIN_OPSET, TESTED_OPSETS,
-                                  ExportPlan, conv_pads, emit_model,
+                                  ExportPlan, conv_pads, emit_model, export_atrous_conv2d,
                                   export_atrous_conv2d_transpose, save_model, symmetric_split,
                                   tf_filters_to_onnx, tf_filters_to_onnx_conv)
 
 __all__ = [
     "BATCH_DIM", "DEFAULT_INPUT_NAME", "DEFAULT_OPSET", "DEFAULT_OUTPUT_NAME", "EXPORT_DTYPES",
     "LAYOUTS", "MAX_OPSET", "MIN_OPSET", "TESTED_OPSETS", "ExportPlan", "conv_pads", "emit_model",
-    "export_atrous_conv2d_transpose", "save_model", "symmetric_split", "tf_filters_to_onnx",
+    "export_atrous_conv2d", "export_atrous_conv2d_transpose", "save_model", "symmetric_split", "tf_filters_to_onnx",
     "tf_filters_to_onnx_conv",
 ]

@@ -15,13 +15,20 @@ import onnx
 
 from onnx_export.exporter import (DEFAULT_INPUT_NAME, DEFAULT_OPSET, DEFAULT_OUTPUT_NAME,
                                   EXPORT_DTYPES, LAYOUTS, MAX_OPSET, MIN_OPSET,
-                                  export_atrous_conv2d_transpose, save_model)
+                                  export_atrous_conv2d, export_atrous_conv2d_transpose, save_model)
+
+OPS = ("atrous_conv2d_transpose", "atrous_conv2d")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the export options to ``parser`` and return it."""
-    parser.add_argument("filters", help="filters as a .npy file, shape [kh, kw, out_channels, "
-                                        "in_channels] (TF's layout), float32 or float16")
+    parser.add_argument("filters", help="filters as a .npy file in TF's layout, float32 or "
+                                        "float16: [kh, kw, out_channels, in_channels] for the "
+                                        "transpose op, [kh, kw, in_channels, out_channels] for "
+                                        "atrous_conv2d")
+    parser.add_argument("--op", choices=OPS, default=OPS[0],
+                        help="the TF op to export (default: %(default)s); atrous_conv2d is one "
+                             "Conv node and takes neither --output-shape nor --conv-form")
     parser.add_argument("--value-shape", nargs=4, type=int, required=True,
                         metavar=("N", "H", "W", "C"),
                         help="shape of the value (NHWC); N is not used with --dynamic-batch")
@@ -85,12 +92,20 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"cannot read filters from {args.filters!r}: {e}")
     if args.dtype is not None:
         filters = filters.astype(args.dtype)
+    common = dict(layout=args.layout, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                  symmetric_pads=args.symmetric_pads, input_name=args.input_name,
+                  output_name=args.output_name)
     try:
-        model = export_atrous_conv2d_transpose(
-            filters, args.value_shape, args.output_shape, args.rate, args.padding,
-            layout=args.layout, dynamic_batch=args.dynamic_batch, opset=args.opset,
-            symmetric_pads=args.symmetric_pads, conv_form=args.conv_form,
-            input_name=args.input_name, output_name=args.output_name)
+        if args.op == "atrous_conv2d":
+            if args.output_shape is not None or args.conv_form:
+                return _error("--output-shape and --conv-form are for atrous_conv2d_transpose; "
+                              "atrous_conv2d's output shape follows from --value-shape")
+            model = export_atrous_conv2d(filters, args.value_shape, args.rate, args.padding,
+                                         **common)
+        else:
+            model = export_atrous_conv2d_transpose(
+                filters, args.value_shape, args.output_shape, args.rate, args.padding,
+                conv_form=args.conv_form, **common)
     except (ValueError, TypeError) as e:
         return _error(str(e))
     try:
@@ -109,5 +124,6 @@ def main(argv=None) -> int:
     """``python -m onnx_export``: parse ``argv`` and :func:`run`."""
     parser = argparse.ArgumentParser(
         prog="python -m onnx_export",
-        description="Export atrous_conv2d_transpose with fixed filters as an ONNX model.")
+        description="Export atrous_conv2d_transpose (or atrous_conv2d) with fixed filters as an "
+                    "ONNX model.")
     return run(add_arguments(parser).parse_args(argv))

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Export ``atrous_conv2d_transpose`` with fixed filters as an ONNX model.
+"""Export ``atrous_conv2d_transpose`` (or the forward ``atrous_conv2d``) with fixed filters as ONNX.
 
 The public function reads as: validate -> geometry -> plan -> emit. Validation
 and pad arithmetic come from :mod:`atrous_cl.validation` and
@@ -29,8 +29,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from atrous_cl import geometry
-from atrous_cl.validation import (_int, check_array_shape, check_padding, check_rate,
-                                  check_shape4, check_transpose_args)
+from atrous_cl.validation import (_int, check_array_shape, check_conv_args, check_padding,
+                                  check_rate, check_shape4, check_transpose_args)
 
 #: Opset written when none is asked for. ConvTranspose, Conv, Transpose and
 #: Slice have had the semantics used here since opset 11 (ConvTranspose-22
@@ -78,6 +78,8 @@ class ExportPlan(NamedTuple):
         input_name: name of the graph input.
         output_name: name of the graph output.
         opset: the default-domain opset imported.
+        op_name: the TF op the model computes, ``'atrous_conv2d_transpose'``
+            or ``'atrous_conv2d'``: the graph's name, and its doc string names it.
     """
 
     op_type: str
@@ -91,6 +93,7 @@ class ExportPlan(NamedTuple):
     input_name: str
     output_name: str
     opset: int
+    op_name: str = "atrous_conv2d_transpose"
 
 
 def tf_filters_to_onnx(filters: np.ndarray) -> np.ndarray:
@@ -249,52 +252,136 @@ def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, pad
             runtime runs (float64).
     """
     filters = np.asarray(filters)
-    _check_export_dtype(filters)
-    layout = _check_choice(layout, "layout", LAYOUTS)
-    dynamic_batch = _check_flag(dynamic_batch, "dynamic_batch")
-    symmetric_pads = _check_flag(symmetric_pads, "symmetric_pads")
+    opts = _check_options(filters, layout, dynamic_batch, opset, symmetric_pads, input_name,
+                          output_name)
     conv_form = _check_flag(conv_form, "conv_form")
-    opset = _check_opset(opset)
-    input_name = _check_name(input_name, "input_name")
-    output_name = _check_name(output_name, "output_name")
-    if input_name == output_name:
-        raise ValueError(f"input_name and output_name must differ, both are {input_name!r}")
-
-    if dynamic_batch:
-        vbatch, vrest = _batch_free_shape(value_shape, "value_shape")
-        value_shape = (1 if vbatch is None else vbatch, *vrest)
-    else:
-        value_shape = check_shape4(value_shape, "value_shape", "NHWC")
+    value_shape = _check_value_shape(value_shape, opts.dynamic_batch)
     if output_shape is None:
         output_shape = _geometry_output_shape(value_shape, filters.shape, rate, padding)
-    elif dynamic_batch:
+    elif opts.dynamic_batch:
         obatch, orest = _batch_free_shape(output_shape, "output_shape")
         output_shape = (value_shape[0] if obatch is None else obatch, *orest)
     args = check_transpose_args(value_shape, filters.shape, output_shape, rate, padding)
     kh, kw = args.filters_shape[:2]
 
     node_pads, crop = args.pads, None
-    if symmetric_pads:
+    if opts.symmetric_pads:
         node_pads, rest = symmetric_split(args.pads)
         if any(rest):
             # Slice over (H, W) of the node's NCHW output, whose size is the full
             # result minus the symmetric pads.
-            starts = (rest[0], rest[1])
-            crop = (starts, (starts[0] + args.output_shape[1], starts[1] + args.output_shape[2]))
+            crop = _crop((rest[0], rest[1]), args.output_shape)
     if conv_form:
         op_type, weight = "Conv", tf_filters_to_onnx_conv(filters)
         node_pads = conv_pads(node_pads, (kh, kw), args.rate)
     else:
         op_type, weight = "ConvTranspose", tf_filters_to_onnx(filters)
+    return _emit(opts, op_type, weight, args, node_pads, crop, "atrous_conv2d_transpose")
 
-    batch = BATCH_DIM if dynamic_batch else args.value_shape[0]
+
+def export_atrous_conv2d(filters, value_shape, rate, padding, *, layout: str = "NHWC",
+                         dynamic_batch: bool = False, opset: int | None = None,
+                         symmetric_pads: bool = False, input_name: str = DEFAULT_INPUT_NAME,
+                         output_name: str = DEFAULT_OUTPUT_NAME) -> onnx.ModelProto:
+    """An ONNX model computing the forward ``atrous_conv2d(value, filters, rate, padding)``.
+
+    The same as :func:`export_atrous_conv2d_transpose` for the forward op
+    (``tf.nn.atrous_conv2d``): one input, one output, the filters an
+    initializer. The node is a ``Conv`` with ``dilations=[rate, rate]``,
+    ``strides=[1, 1]``, TF's zero pads ``[top, left, bottom, right]`` from
+    :func:`atrous_cl.geometry.pads` (SAME's odd remainder at the bottom/right,
+    never ``auto_pad``) and weight ``filters.transpose(3, 2, 0, 1)``.
+
+    Args:
+        filters: array ``[kh, kw, in_channels, out_channels]`` (TF's layout
+            for ``atrous_conv2d``), float32 or float16.
+        value_shape: the value's shape, 4 ints NHWC. With
+            ``dynamic_batch=True`` the batch entry is not used and may be
+            ``None``.
+        rate: dilation rate, a positive int.
+        padding: ``'SAME'`` or ``'VALID'``; VALID with a dilated kernel larger
+            than the value is refused, as the op refuses it.
+        layout, dynamic_batch, opset, input_name, output_name: as for
+            :func:`export_atrous_conv2d_transpose`.
+        symmetric_pads: give the node the larger pad of each pair on both
+            sides and Slice off the extra leading rows/columns, for runtimes
+            that mishandle asymmetric pads; a no-op where the pads are
+            symmetric.
+
+    Returns:
+        The model, not yet checked or saved (see :func:`save_model`).
+
+    Raises:
+        ValueError: a shape, value or option is inconsistent (the op's errors).
+        TypeError: an argument has the wrong type, or the filters a dtype no
+            runtime runs (float64).
+    """
+    filters = np.asarray(filters)
+    opts = _check_options(filters, layout, dynamic_batch, opset, symmetric_pads, input_name,
+                          output_name)
+    value_shape = _check_value_shape(value_shape, opts.dynamic_batch)
+    args = check_conv_args(value_shape, filters.shape, rate, padding)
+    node_pads, crop = args.pads, None
+    if opts.symmetric_pads:
+        # Padding a side more adds outputs there: with top' = max(top, bottom)
+        # the result starts top' - top rows early, which the Slice drops.
+        mh, mw = max(args.pads.top, args.pads.bottom), max(args.pads.left, args.pads.right)
+        node_pads = geometry.Pads(mh, mw, mh, mw)
+        starts = (mh - args.pads.top, mw - args.pads.left)
+        if any(starts) or node_pads != args.pads:
+            crop = _crop(starts, args.output_shape)
+    return _emit(opts, "Conv", np.ascontiguousarray(filters.transpose(3, 2, 0, 1)), args,
+                 node_pads, crop, "atrous_conv2d")
+
+
+class _Options(NamedTuple):
+    layout: str
+    dynamic_batch: bool
+    opset: int
+    symmetric_pads: bool
+    input_name: str
+    output_name: str
+
+
+def _check_options(filters, layout, dynamic_batch, opset, symmetric_pads, input_name,
+                   output_name) -> _Options:
+    """The checks both exports share, before any shape is looked at."""
+    _check_export_dtype(filters)
+    layout = _check_choice(layout, "layout", LAYOUTS)
+    dynamic_batch = _check_flag(dynamic_batch, "dynamic_batch")
+    symmetric_pads = _check_flag(symmetric_pads, "symmetric_pads")
+    opset = _check_opset(opset)
+    input_name = _check_name(input_name, "input_name")
+    output_name = _check_name(output_name, "output_name")
+    if input_name == output_name:
+        raise ValueError(f"input_name and output_name must differ, both are {input_name!r}")
+    return _Options(layout, dynamic_batch, opset, symmetric_pads, input_name, output_name)
+
+
+def _check_value_shape(value_shape, dynamic_batch: bool) -> tuple:
+    """``value_shape`` checked; with a dynamic batch its batch entry may be ``None`` (read as 1)."""
+    if dynamic_batch:
+        vbatch, vrest = _batch_free_shape(value_shape, "value_shape")
+        return (1 if vbatch is None else vbatch, *vrest)
+    return check_shape4(value_shape, "value_shape", "NHWC")
+
+
+def _crop(starts: tuple[int, int], output_shape) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The Slice over (H, W) of the node's NCHW output that keeps ``output_shape``'s pixels."""
+    return starts, (starts[0] + output_shape[1], starts[1] + output_shape[2])
+
+
+def _emit(opts: _Options, op_type: str, weight: np.ndarray, args, node_pads, crop,
+          op_name: str) -> onnx.ModelProto:
+    """The model's input/output shapes in ``opts.layout``, then :func:`emit_model`."""
+    batch = BATCH_DIM if opts.dynamic_batch else args.value_shape[0]
     in_shape, out_shape = (batch, *args.value_shape[1:]), (batch, *args.output_shape[1:])
-    if layout == "NCHW":
+    if opts.layout == "NCHW":
         in_shape = tuple(in_shape[i] for i in _NHWC_TO_NCHW)
         out_shape = tuple(out_shape[i] for i in _NHWC_TO_NCHW)
-    return emit_model(ExportPlan(op_type, weight, args.rate,
-                                 tuple(node_pads), crop, layout, in_shape, out_shape,
-                                 input_name, output_name, opset))
+    return emit_model(ExportPlan(op_type, weight, args.rate, tuple(node_pads), crop, opts.layout,
+                                 in_shape, out_shape, opts.input_name, opts.output_name,
+                                 opts.opset, op_name))
 
 
 def _geometry_output_shape(value_shape, filters_shape, rate, padding) -> tuple:
@@ -347,13 +434,13 @@ def emit_model(plan: ExportPlan) -> onnx.ModelProto:
         nodes.append(helper.make_node("Transpose", [last], [plan.output_name], name="to_nhwc",
                                       perm=list(_NCHW_TO_NHWC)))
     graph = helper.make_graph(
-        nodes, "atrous_conv2d_transpose",
+        nodes, plan.op_name,
         [helper.make_tensor_value_info(plan.input_name, elem, list(plan.input_shape))],
         [helper.make_tensor_value_info(plan.output_name, elem, list(plan.output_shape))],
         inits)
     opsets = [helper.make_opsetid("", plan.opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="atrous-cl",
-                              doc_string="tf.nn.atrous_conv2d_transpose with fixed filters")
+                              doc_string=f"tf.nn.{plan.op_name} with fixed filters")
     model.ir_version = helper.find_min_ir_version_for(opsets)
     return model
 

@@ -26,6 +26,7 @@ from onnx.reference import ReferenceEvaluator
 
 import onnx_export
 from atrous_cl import geometry
+from atrous_cl.reference import atrous_conv2d as reference_conv
 from atrous_cl.reference import atrous_conv2d_transpose as reference
 from onnx_export import cli
 
@@ -583,3 +584,137 @@ def test_python_dash_m(tmp_path, filters_file):
     no_rate = [a for a in argv if a not in ("--rate", "2")]
     bad = subprocess.run(no_rate, capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "--rate" in bad.stderr
+
+
+# --- the forward op, atrous_conv2d: one Conv node -------------------------------------------
+
+#: (N, H, W, Cin, Cout, kh, kw, rate, padding) of atrous_conv2d; VALID needs the
+#: dilated kernel to fit in the value (the op refuses it otherwise).
+CONV_CASES = [
+    (1, 5, 7, 3, 2, 3, 3, 2, "SAME"),
+    (2, 6, 5, 4, 3, 2, 2, 3, "SAME"),      # even kernel, odd rate: the odd pad at the bottom/right
+    (3, 4, 9, 2, 5, 4, 3, 1, "SAME"),      # rate 1, even kh
+    (1, 1, 1, 1, 1, 1, 1, 1, "VALID"),     # the smallest op
+    (2, 1, 1, 3, 4, 7, 7, 8, "SAME"),      # 1x1 input, dilated kernel 49x49
+    (4, 9, 12, 2, 2, 5, 2, 2, "VALID"),    # kh != kw
+    (1, 8, 8, 64, 64, 3, 3, 2, "SAME"),    # many channels
+    (2, 7, 3, 16, 1, 6, 1, 7, "SAME"),     # even kh, odd rate, one output channel
+    (1, 11, 13, 1, 64, 2, 3, 5, "VALID"),  # one input channel; dilated height 6 of 11
+    (1, 12, 10, 8, 8, 7, 7, 6, "SAME"),
+    (2, 9, 6, 5, 7, 1, 4, 8, "SAME"),      # 1-tap height, even width kernel
+    (3, 9, 9, 4, 4, 3, 5, 2, "VALID"),
+    (0, 5, 6, 2, 3, 3, 3, 2, "SAME"),      # empty batch (onnxruntime only)
+]
+CONV_VARIANTS = {"default": {}, "nchw": dict(layout="NCHW"), "symmetric": dict(symmetric_pads=True),
+                 "symmetric-nchw-dynamic": dict(symmetric_pads=True, layout="NCHW",
+                                                dynamic_batch=True)}
+
+
+def export_conv_and_compare(case, dtype, runner, seed_parts, batches=None, **options):
+    """Export the forward op for ``case``, run it on every batch size, compare with the reference."""
+    seed = seed_of("conv", case_id(case), np.dtype(dtype).name, *seed_parts)
+    n, h, w, cin, cout, kh, kw, rate, padding = case
+    layout = options.get("layout", "NHWC")
+    rng = np.random.default_rng(seed)
+    filters = rng.standard_normal((kh, kw, cin, cout)).astype(dtype)
+    model = onnx_export.export_atrous_conv2d(filters, (n, h, w, cin), rate, padding, **options)
+    out_hw = geometry.conv_output_hw((h, w), (kh, kw), rate, padding)
+    out_shape = ("N" if options.get("dynamic_batch") else n, *out_hw, cout)
+    check_model_and_shapes(model, out_shape if layout == "NHWC"
+                           else tuple(out_shape[i] for i in (0, 3, 1, 2)))
+    for batch in batches or [n]:
+        x = rng.standard_normal((batch, h, w, cin)).astype(dtype)
+        want = reference_conv(x, filters, rate, padding)
+        got = from_model_layout(RUNNERS[runner](model, to_model_layout(x, layout)), layout)
+        assert_close(got, want, f"conv {runner} {case_id(case)} {np.dtype(dtype).name} {options} "
+                                f"batch {batch} seed {seed}")
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("variant", CONV_VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", CONV_CASES, ids=case_id)
+def test_conv_matches_reference(case, dtype, variant, runner):
+    if case[0] == 0 and runner == "onnx-reference":
+        pytest.skip("onnx's ReferenceEvaluator fails on an empty batch (onnx 1.23)")
+    export_conv_and_compare(case, dtype, runner, (variant,), **CONV_VARIANTS[variant])
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("variant", ["default", "symmetric"])
+def test_conv_dynamic_batch_runs_any_batch(variant, runner):
+    export_conv_and_compare(CONV_CASES[1], np.float32, runner, ("dynamic", variant), batches=[1, 4],
+                            dynamic_batch=True, **CONV_VARIANTS[variant])
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), cin=st.integers(1, 6),
+       cout=st.integers(1, 6), kh=st.integers(1, 7), kw=st.integers(1, 7), rate=st.integers(1, 8),
+       padding=st.sampled_from(geometry.PADDINGS), variant=st.sampled_from(list(CONV_VARIANTS)))
+def test_conv_random_geometry_in_onnxruntime(n, h, w, cin, cout, kh, kw, rate, padding, variant):
+    if padding == "VALID" and (geometry.effective_kernel_size(kh, rate) > h
+                               or geometry.effective_kernel_size(kw, rate) > w):
+        with pytest.raises(ValueError, match="padding 'VALID' has no output"):
+            onnx_export.export_atrous_conv2d(np.ones((kh, kw, cin, cout), np.float32),
+                                             (n, h, w, cin), rate, padding)
+        return
+    export_conv_and_compare((n, h, w, cin, cout, kh, kw, rate, padding), np.float32,
+                            "onnxruntime", (variant,), **CONV_VARIANTS[variant])
+
+
+def test_conv_node_is_one_conv_with_tf_pads():
+    filters = np.random.default_rng(seed_of("conv-node")).standard_normal((4, 3, 5, 2)).astype(np.float32)
+    model = onnx_export.export_atrous_conv2d(filters, (1, 9, 8, 5), 3, "SAME", layout="NCHW")
+    assert [n.op_type for n in model.graph.node] == ["Conv"]
+    a = attrs(model.graph.node[0])
+    # SAME, k 4x3 at rate 3: totals 9 and 6; TF puts the odd remainder at the bottom.
+    assert a["pads"] == [4, 3, 5, 3] and a["dilations"] == [3, 3] and a["strides"] == [1, 1]
+    assert "auto_pad" not in a
+    weight = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    np.testing.assert_array_equal(weight, filters.transpose(3, 2, 0, 1))
+    assert model.graph.name == "atrous_conv2d" and "tf.nn.atrous_conv2d " in model.doc_string
+    sym = onnx_export.export_atrous_conv2d(filters, (1, 9, 8, 5), 3, "SAME", layout="NCHW",
+                                           symmetric_pads=True)
+    assert [n.op_type for n in sym.graph.node] == ["Conv", "Slice"]
+    assert attrs(sym.graph.node[0])["pads"] == [5, 3, 5, 3]
+
+
+@pytest.mark.parametrize("overrides, exc, pattern", [
+    (dict(rate=0), ValueError, r"rate must be a positive integer"),
+    (dict(padding="same"), ValueError, r"padding must be 'SAME' or 'VALID'"),
+    (dict(value_shape=(1, 6, 6, 3)), ValueError, r"value's channels .* in_channels"),
+    (dict(value_shape=(1, 6, 6)), ValueError, r"value_shape must have 4 entries"),
+    (dict(padding="VALID", rate=4), ValueError, r"padding 'VALID' has no output"),
+    (dict(filters=np.ones((3, 3, 2, 4))), TypeError, r"float64 cannot be exported"),
+    (dict(layout="NHCW"), ValueError, r"layout must be one of"),
+    (dict(symmetric_pads=1), TypeError, r"symmetric_pads must be True or False"),
+    (dict(opset=10), ValueError, r"opset must be between"),
+], ids=["rate", "padding", "channels", "value-3d", "valid-too-large", "float64", "layout", "flag",
+        "opset"])
+def test_conv_export_errors(overrides, exc, pattern):
+    kwargs = dict(filters=np.ones((3, 3, 2, 4), np.float32), value_shape=(1, 6, 6, 2), rate=2,
+                  padding="SAME") | overrides
+    with pytest.raises(exc, match=pattern):
+        onnx_export.export_atrous_conv2d(kwargs.pop("filters"), kwargs.pop("value_shape"),
+                                         kwargs.pop("rate"), kwargs.pop("padding"), **kwargs)
+
+
+def test_cli_exports_the_forward_op(tmp_path, capsys):
+    path = tmp_path / "f.npy"
+    filters = np.random.default_rng(seed_of("cli-conv")).standard_normal((3, 2, 4, 5))
+    np.save(path, filters.astype(np.float32))
+    out = tmp_path / "c.onnx"
+    rc = run_cli([str(path), "--op", "atrous_conv2d", "--value-shape", "2", "7", "6", "4",
+                  "--rate", "2", "--padding", "VALID", "-o", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "3 node(s) (Transpose, Conv, Transpose), value float32[2,7,6,4] -> " \
+           "output float32[2,3,4,5]" in captured.out
+    x = np.random.default_rng(seed_of("cli-conv-x")).standard_normal((2, 7, 6, 4)).astype(np.float32)
+    assert_close(run_onnxruntime(onnx.load(str(out)), x),
+                 reference_conv(x, filters.astype(np.float32), 2, "VALID"), "cli conv")
+    rc = run_cli([str(path), "--op", "atrous_conv2d", "--value-shape", "2", "7", "6", "4",
+                  "--rate", "2", "--conv-form", "-o", str(tmp_path / "d.onnx")])
+    assert rc == 1 and "--output-shape and --conv-form are for atrous_conv2d_transpose" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "d.onnx").exists()
