@@ -8,7 +8,7 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from atrous_cl import runtime, tuning
-from atrous_cl.errors import DeviceCapabilityError, DeviceError
+from atrous_cl.errors import DeviceError
 from atrous_cl.validation import TransposeArgs, check_dtypes, check_transpose_args
 
 _KERNEL_FILE = "atrous_conv2d_transpose.cl"
@@ -65,16 +65,10 @@ def _check_limits(args: TransposeArgs) -> None:
 def _check_device_memory(device: cl.Device, args: TransposeArgs, dtype: np.dtype) -> None:
     """Refuse, by name and size, what the device cannot hold, before allocating anything."""
     kh, kw, cout, cin = args.filters_shape
-    sizes = {"value": int(np.prod(args.value_shape)), "filters": int(np.prod(args.filters_shape)),
-             "the packed filters": kh * kw * cin * -(-cout // 16) * 16,  # the widest tile
-             "the output": int(np.prod(args.output_shape))}
-    for what, count in sizes.items():
-        runtime.check_allocation(device, what, count * dtype.itemsize)
-    total = sum(sizes.values()) * dtype.itemsize
-    if total > device.global_mem_size:
-        raise DeviceCapabilityError(f"value, filters and output need {total} bytes together, more "
-                                    f"than the {device.global_mem_size} bytes of global memory of "
-                                    f"device {runtime.describe(device)}")
+    runtime.check_fits(device, dtype, {
+        "value": int(np.prod(args.value_shape)), "filters": int(np.prod(args.filters_shape)),
+        "the packed filters": kh * kw * cin * -(-cout // 16) * 16,  # the widest tile
+        "the output": int(np.prod(args.output_shape))}, together="value, filters and output")
 
 
 def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype) -> cl_array.Array:

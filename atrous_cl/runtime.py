@@ -262,9 +262,44 @@ def _context_queue(context: cl.Context) -> cl.CommandQueue:
     return cl.CommandQueue(context, context.devices[0])
 
 
+class Facts(NamedTuple):
+    """What the op asks of a device on every call, read from the driver once."""
+
+    name: str
+    platform: str
+    driver: str
+    type: int
+    extensions: frozenset
+    max_alloc: int
+    global_mem: int
+
+
+_facts: dict[int, Facts] = {}
+
+
+def facts(device: cl.Device) -> Facts:
+    """The device's :class:`Facts`, cached per device.
+
+    Each ``clGetDeviceInfo`` round trip is cheap on a CPU driver but not on
+    every GPU driver, and a call asks a dozen of them; they never change for a
+    device. Objects that are not ``cl.Device`` (test stubs) are read afresh.
+    """
+    key = device.int_ptr if isinstance(device, cl.Device) else None
+    found = _facts.get(key) if key is not None else None
+    if found is None:
+        found = Facts(device.name.strip(), device.platform.name.strip(), device.driver_version,
+                      int(getattr(device, "type", 0)),
+                      frozenset(getattr(device, "extensions", "").split()),
+                      device.max_mem_alloc_size, device.global_mem_size)
+        if key is not None:
+            _facts[key] = found
+    return found
+
+
 def describe(device: cl.Device) -> str:
     """``'name (platform, driver version)'`` for messages."""
-    return f"{device.name.strip()} ({device.platform.name.strip()}, driver {device.driver_version})"
+    f = facts(device)
+    return f"{f.name} ({f.platform}, driver {f.driver})"
 
 
 def check_dtype_support(device: cl.Device, dtype: np.dtype) -> None:
@@ -276,7 +311,7 @@ def check_dtype_support(device: cl.Device, dtype: np.dtype) -> None:
     Raises:
         DeviceCapabilityError: the device lacks the extension the dtype needs.
     """
-    if np.dtype(dtype) == np.float64 and "cl_khr_fp64" not in device.extensions.split():
+    if np.dtype(dtype) == np.float64 and "cl_khr_fp64" not in facts(device).extensions:
         raise DeviceCapabilityError(f"float64 needs the OpenCL extension cl_khr_fp64, which device "
                                     f"{describe(device)} lacks; use float32 or another device")
 
@@ -287,10 +322,32 @@ def check_allocation(device: cl.Device, what: str, nbytes: int) -> None:
     Raises:
         DeviceCapabilityError: ``nbytes`` exceeds the device's limits.
     """
-    if nbytes > device.max_mem_alloc_size:
+    limit = facts(device).max_alloc
+    if nbytes > limit:
         raise DeviceCapabilityError(f"{what} needs {nbytes} bytes, more than the largest buffer "
-                                    f"device {describe(device)} can allocate "
-                                    f"({device.max_mem_alloc_size} bytes)")
+                                    f"device {describe(device)} can allocate ({limit} bytes)")
+
+
+def check_fits(device: cl.Device, dtype: np.dtype, counts: dict[str, int],
+               together: str | None = None) -> None:
+    """Refuse, by name and size, tensors the device cannot allocate or hold at once.
+
+    Args:
+        counts: element counts by the name used in messages.
+        together: how the message names them all (default: the names joined).
+
+    Raises:
+        DeviceCapabilityError: one tensor exceeds the largest allocation, or
+            all of them the global memory.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    for what, count in counts.items():
+        check_allocation(device, what, count * itemsize)
+    total, memory = sum(counts.values()) * itemsize, facts(device).global_mem
+    if total > memory:
+        raise DeviceCapabilityError(f"{together or ', '.join(counts)} need {total} bytes together, "
+                                    f"more than the {memory} bytes of global memory of device "
+                                    f"{describe(device)}")
 
 
 def status_name(error: cl.Error) -> str | None:

@@ -21,7 +21,7 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from atrous_cl import ops, runtime, tuning
-from atrous_cl.errors import DeviceCapabilityError, DeviceError
+from atrous_cl.errors import DeviceError
 from atrous_cl.validation import (ConvArgs, TransposeArgs, check_conv_args, check_dtypes, check_dy,
                                   check_transpose_args)
 
@@ -187,14 +187,7 @@ def _queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:
 def _check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[int, ...]]) -> None:
     """Refuse, by name and size, what the device cannot run or hold, before allocating anything."""
     runtime.check_dtype_support(device, dtype)
-    sizes = {what: int(np.prod(shape)) for what, shape in shapes.items()}
-    for what, count in sizes.items():
-        runtime.check_allocation(device, what, count * dtype.itemsize)
-    total = sum(sizes.values()) * dtype.itemsize
-    if total > device.global_mem_size:
-        raise DeviceCapabilityError(f"{', '.join(sizes)} need {total} bytes together, more than the "
-                                    f"{device.global_mem_size} bytes of global memory of device "
-                                    f"{runtime.describe(device)}")
+    runtime.check_fits(device, dtype, {what: int(np.prod(shape)) for what, shape in shapes.items()})
 
 
 def _result(shape, dtype, queue, on_device):

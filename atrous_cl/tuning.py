@@ -47,7 +47,7 @@ def _pow2_at_least(n: int) -> int:
 
 
 def _is_pocl(device: cl.Device) -> bool:
-    return "portable computing language" in device.platform.name.lower()
+    return "portable computing language" in runtime.facts(device).platform.lower()
 
 
 def _max_channels(device: cl.Device, dtype, cout: int) -> int:
@@ -62,8 +62,8 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     Measured on a 2-core AMD EPYC (float32, the README's workloads A-D):
     Intel 4x16 175-228 GFLOP/s vs 8x8 60-127; PoCL 8x8 25-51 vs 4x8 33.
     """
-    platform = device.platform.name.lower()
-    if "intel" in platform and device.type & cl.device_type.CPU:
+    f = runtime.facts(device)
+    if "intel" in f.platform.lower() and f.type & cl.device_type.CPU:
         tile = Tile(4, 16)
     elif _is_pocl(device):
         tile = Tile(8, 8)
@@ -80,7 +80,8 @@ def candidates(device: cl.Device, dtype, cout: int) -> list[Tile]:
 
 
 def device_key(device: cl.Device) -> str:
-    return f"{device.platform.name.strip()} | {device.name.strip()} | {device.driver_version}"
+    f = runtime.facts(device)
+    return f"{f.platform} | {f.name} | {f.driver}"
 
 
 def shape_class(dtype, value_shape, filters_shape, rate: int) -> str:

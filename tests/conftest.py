@@ -123,3 +123,16 @@ def poisoned(queue: cl.CommandQueue, shape, dtype):
     out = cl_array.empty(queue, tuple(shape), dtype)
     runtime.fill(out, np.nan)
     return out
+
+
+def stub_device(**overrides):
+    """A stand-in for a ``cl.Device`` with the properties the op reads, for limits no real device has.
+
+    Defaults: a roomy fp64 GPU; ``overrides`` sets any property.
+    """
+    import types
+
+    props = dict(name="Stub GPU", driver_version="1", platform=types.SimpleNamespace(name="Stub"),
+                 type=cl.device_type.GPU, extensions="cl_khr_fp64", max_mem_alloc_size=2**30,
+                 global_mem_size=2**32)
+    return types.SimpleNamespace(**(props | overrides))

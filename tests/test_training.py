@@ -5,13 +5,12 @@ adjoint identity, finite differences and TensorFlow's own outputs."""
 from __future__ import annotations
 
 import json
-import types
 from pathlib import Path
 
 import numpy as np
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, skip_unsupported
+from conftest import assert_close, poisoned, skip_unsupported, stub_device
 
 from atrous_cl import geometry, ops, reference, training
 
@@ -377,8 +376,6 @@ def test_host_path_refuses_out(queue):
 
 
 def test_float64_needs_fp64():
-    stub = types.SimpleNamespace(extensions="", name="NoFP64", driver_version="1",
-                                 platform=types.SimpleNamespace(name="Stub"),
-                                 max_mem_alloc_size=2**30, global_mem_size=2**31)
+    stub = stub_device(extensions="", name="NoFP64")
     with pytest.raises(ValueError, match=r"float64 needs the OpenCL extension cl_khr_fp64"):
         training._check_device(stub, np.dtype(np.float64), {"value": (1, 2, 3, 4)})

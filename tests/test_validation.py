@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import types
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import pytest
 import atrous_cl
 from atrous_cl import ops, reference, runtime
 from atrous_cl.errors import DeviceCapabilityError, DeviceError
+from conftest import stub_device
 
 V = np.zeros((2, 5, 6, 3), np.float32)      # NHWC
 F = np.zeros((3, 2, 4, 3), np.float32)      # kh=3, kw=2, out 4, in 3
@@ -73,8 +73,7 @@ def test_good_arguments_pass_validation():
 
 
 def test_float64_on_device_without_fp64():
-    stub = types.SimpleNamespace(extensions="cl_khr_fp16", name="NoFP64 GPU", driver_version="1.0",
-                                 platform=types.SimpleNamespace(name="Stub"))
+    stub = stub_device(extensions="cl_khr_fp16", name="NoFP64 GPU", driver_version="1.0")
     with pytest.raises(DeviceCapabilityError, match=r"float64 needs the OpenCL extension cl_khr_fp64, "
                                                     r"which device NoFP64 GPU \(Stub, driver 1.0\) lacks"):
         runtime.check_dtype_support(stub, np.float64)
@@ -82,8 +81,7 @@ def test_float64_on_device_without_fp64():
 
 
 def test_allocation_larger_than_device_limit():
-    stub = types.SimpleNamespace(max_mem_alloc_size=1024, name="Tiny", driver_version="1",
-                                 platform=types.SimpleNamespace(name="Stub"))
+    stub = stub_device(max_mem_alloc_size=1024, name="Tiny")
     with pytest.raises(DeviceCapabilityError, match=r"the output needs 4096 bytes, more than the largest "
                                                     r"buffer .* \(1024 bytes\)"):
         runtime.check_allocation(stub, "the output", 4096)
@@ -139,8 +137,7 @@ def test_build_failure_is_a_device_error(queue):
 def test_tensors_beyond_global_memory_raise_before_allocating():
     from atrous_cl.validation import check_transpose_args
 
-    stub = types.SimpleNamespace(max_mem_alloc_size=10**9, global_mem_size=10**6, name="Small",
-                                 driver_version="1", platform=types.SimpleNamespace(name="Stub"))
+    stub = stub_device(max_mem_alloc_size=10**9, global_mem_size=10**6, name="Small")
     args = check_transpose_args((1, 300, 300, 2), (3, 3, 2, 2), (1, 300, 300, 2), 2, "SAME")
     with pytest.raises(DeviceCapabilityError, match=r"value, filters and output need \d+ bytes together, "
                                                     r"more than the 1000000 bytes of global memory"):
