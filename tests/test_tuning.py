@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, skip_unsupported
+from conftest import assert_close, poisoned, skip_unsupported, stub_device
 
 from atrous_cl import geometry, ops, reference, runtime, tuning
 from atrous_cl.validation import check_transpose_args
@@ -90,3 +90,22 @@ def test_users_own_icd_setting_wins(monkeypatch):
     monkeypatch.setenv("OCL_ICD_VENDORS", "/somewhere/mine")
     assert runtime.register_pip_icds() is None
     assert runtime.os.environ["OCL_ICD_VENDORS"] == "/somewhere/mine"
+
+
+@pytest.mark.parametrize("platform, kind, want", [
+    ("Intel(R) OpenCL", "CPU", tuning.Tile(4, 16)),
+    ("Portable Computing Language", "CPU", tuning.Tile(8, 8)),
+    ("NVIDIA CUDA", "GPU", tuning.Tile(4, 2)),
+    ("AMD Accelerated Parallel Processing", "GPU", tuning.Tile(4, 2)),
+    ("Some other CPU runtime", "CPU", tuning.Tile(4, 8)),
+])
+def test_default_tile_per_platform(platform, kind, want):
+    import types
+
+    import pyopencl as cl
+
+    stub = stub_device(platform=types.SimpleNamespace(name=platform),
+                       type=getattr(cl.device_type, kind))
+    assert tuning.default_tile(stub, np.float32, 64) == want
+    # Never wider than the output channels need.
+    assert tuning.default_tile(stub, np.float32, 1).channels == 1
