@@ -442,6 +442,15 @@ def kernel_source(filename: str) -> str:
         return (Path(__file__).resolve().parent.parent / "kernels" / filename).read_text()
 
 
+#: Macros every kernel file uses, prepended to each (see its header).
+_PRELUDE = "prelude.cl"
+
+
+def program_source(filename: str) -> str:
+    """``filename``'s source behind the shared prelude, its own lines numbered from 1."""
+    return f"{kernel_source(_PRELUDE)}\n#line 1\n{kernel_source(filename)}"
+
+
 _build_lock = threading.Lock()
 
 
@@ -464,7 +473,7 @@ def get_kernels(context: cl.Context, filename: str,
 @context_dependent_memoize
 def _build_kernels(context: cl.Context, filename: str,
                    options: tuple[str, ...]) -> tuple[dict[str, cl.Kernel], threading.Lock]:
-    program = cl.Program(context, kernel_source(filename))
+    program = cl.Program(context, program_source(filename))
     try:
         with warnings.catch_warnings():
             # Some drivers (Intel's) return a build log even on success, which

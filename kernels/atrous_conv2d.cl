@@ -43,37 +43,7 @@
 //              compiler can unroll the tap and channel loops
 // Spatial sizes stay run-time arguments. Offsets are 64-bit.
 
-#ifdef USE_FP64
-#pragma OPENCL EXTENSION cl_khr_fp64 : enable
-#endif
-
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-
-#ifdef USE_HALF
-#define LOAD(p, i) vload_half((i), (p))
-#define STORE(p, i, v) vstore_half((v), (i), (p))
-#else
-#define LOAD(p, i) ((p)[i])
-#define STORE(p, i, v) ((p)[i] = (v))
-#endif
-
-#if BC == 1
-#define VACC ACC
-#define LOADV(p, i) LOAD(p, i)
-#define STOREV(p, i, v) STORE(p, i, v)
-#define STOREV_ACC(p, i, v) ((p)[i] = (v))
-#else
-#define VACC CAT(ACC, BC)
-#ifdef USE_HALF
-#define LOADV(p, i) CAT(vload_half, BC)(0, (p) + (i))
-#define STOREV(p, i, v) CAT(vstore_half, BC)((v), 0, (p) + (i))
-#else
-#define LOADV(p, i) CAT(vload, BC)(0, (p) + (i))
-#define STOREV(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
-#endif
-#define STOREV_ACC(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
-#endif
+// The type and vector macros (LOAD, STOREV, VACC, ...) come from prelude.cl.
 
 // A vector whose lanes are a lane-wise view, for the ragged last channel tile.
 typedef union { VACC v; ACC s[BC]; } lanes_t;

@@ -27,35 +27,7 @@
 // Spatial sizes stay run-time arguments: one build serves every image size.
 // Offsets are 64-bit, so tensors past 2^31 elements index correctly.
 
-#ifdef USE_FP64
-#pragma OPENCL EXTENSION cl_khr_fp64 : enable
-#endif
-
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-
-#ifdef USE_HALF
-#define LOAD(p, i) vload_half((i), (p))
-#define STORE(p, i, v) vstore_half((v), (i), (p))
-#else
-#define LOAD(p, i) ((p)[i])
-#define STORE(p, i, v) ((p)[i] = (v))
-#endif
-
-#if BC == 1
-#define VACC ACC
-#define LOADV(p, i) LOAD(p, i)
-#define STOREV(p, i, v) STORE(p, i, v)
-#else
-#define VACC CAT(ACC, BC)
-#ifdef USE_HALF
-#define LOADV(p, i) CAT(vload_half, BC)(0, (p) + (i))
-#define STOREV(p, i, v) CAT(vstore_half, BC)((v), 0, (p) + (i))
-#else
-#define LOADV(p, i) CAT(vload, BC)(0, (p) + (i))
-#define STOREV(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
-#endif
-#endif
+// The type and vector macros (LOAD, STOREV, VACC, ...) come from prelude.cl.
 
 // wt[tap, o, c] = filters[tap, c, o] for c < COUT, 0 for COUT <= c < COUTP.
 // Global size (COUTP, CIN, KH * KW).

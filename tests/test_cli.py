@@ -49,7 +49,9 @@ def test_kernels_ship_inside_the_package():
     """An installed wheel finds its .cl files through importlib.resources."""
     if importlib.util.find_spec("atrous_cl.kernels") is None:
         pytest.skip("running from a source tree: atrous_cl.kernels exists only once installed")
-    assert importlib.resources.files("atrous_cl.kernels").joinpath("atrous_conv2d_transpose.cl").is_file()
+    shipped = importlib.resources.files("atrous_cl.kernels")
+    for name in ("prelude.cl", "atrous_conv2d_transpose.cl", "atrous_conv2d.cl"):
+        assert shipped.joinpath(name).is_file(), name
     assert "__kernel" in runtime.kernel_source("atrous_conv2d_transpose.cl")
 
 

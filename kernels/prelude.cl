@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: Apache-2.0
+// Prepended to every kernel file by atrous_cl.runtime.program_source, which
+// follows it with a #line 1 so build logs name the kernel file's own lines.
+//
+// Storage and vector access for the build options every kernel takes:
+//   T, ACC     storage and accumulation types: float/float, double/double or
+//              half/float (half is storage only, via vload_half/vstore_half,
+//              so it needs no cl_khr_fp16); USE_HALF / USE_FP64 accordingly
+//   BC         channels per vector, 1, 2, 4, 8 or 16
+// LOAD/STORE move one T as ACC; LOADV/STOREV a vector of BC (VACC);
+// STOREV_ACC stores a VACC into an ACC buffer (partial sums).
+
+#ifdef USE_FP64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+#endif
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+
+#ifdef USE_HALF
+#define LOAD(p, i) vload_half((i), (p))
+#define STORE(p, i, v) vstore_half((v), (i), (p))
+#else
+#define LOAD(p, i) ((p)[i])
+#define STORE(p, i, v) ((p)[i] = (v))
+#endif
+
+#if BC == 1
+#define VACC ACC
+#define LOADV(p, i) LOAD(p, i)
+#define STOREV(p, i, v) STORE(p, i, v)
+#define STOREV_ACC(p, i, v) ((p)[i] = (v))
+#else
+#define VACC CAT(ACC, BC)
+#ifdef USE_HALF
+#define LOADV(p, i) CAT(vload_half, BC)(0, (p) + (i))
+#define STOREV(p, i, v) CAT(vstore_half, BC)((v), 0, (p) + (i))
+#else
+#define LOADV(p, i) CAT(vload, BC)(0, (p) + (i))
+#define STOREV(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
+#endif
+#define STOREV_ACC(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
+#endif
