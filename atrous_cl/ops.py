@@ -71,14 +71,8 @@ def _check_device_memory(device: cl.Device, args: TransposeArgs, dtype: np.dtype
         "the output": int(np.prod(args.output_shape))}, together="value, filters and output")
 
 
-def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
-                  borrow: bool = False) -> cl_array.Array:
-    """``x`` as a C-contiguous device array in ``queue``'s context.
-
-    With ``borrow`` a host array may be used in place (see
-    :func:`runtime.upload`): only for calls that wait for their kernels
-    before returning, so the caller cannot change it under them.
-    """
+def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype) -> cl_array.Array:
+    """``x`` as a C-contiguous device array in ``queue``'s context."""
     if isinstance(x, cl_array.Array):
         if x.context != queue.context:
             raise ValueError(f"{what} lives in another OpenCL context than the queue it runs on "
@@ -88,10 +82,8 @@ def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
             raise ValueError(f"{what} must be C-contiguous on the device, got strides {x.strides} "
                              f"for shape {x.shape}")
         return x
-    x = np.ascontiguousarray(x, dtype=dtype)
-    if borrow:
-        return runtime.upload(queue, x)
-    return cl_array.to_device(queue, x, allocator=runtime.memory_pool(queue))
+    return cl_array.to_device(queue, np.ascontiguousarray(x, dtype=dtype),
+                              allocator=runtime.memory_pool(queue))
 
 
 def _element_offset(x: cl_array.Array) -> int:
@@ -191,14 +183,15 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=No
         if not on_device:
             raise TypeError("out is for device arrays; the host path returns a new NumPy array")
         _check_out(out, args.output_shape, dtype, queue)
-    value_d = _device_array(queue, "value", value, dtype, borrow=not on_device)
-    filters_d = _device_array(queue, "filters", filters, dtype, borrow=not on_device)
+    value_d = _device_array(queue, "value", value, dtype)
+    filters_d = _device_array(queue, "filters", filters, dtype)
     if out is None:
-        # A device result is the caller's, to use on any queue: never pooled.
-        out = (cl_array.empty(queue, args.output_shape, dtype) if on_device
-               else runtime.host_result(queue, args.output_shape, dtype))
+        # Only a host-path result, fetched and dropped here, comes from the
+        # pool: a device result is the caller's, to use on any queue.
+        out = cl_array.empty(queue, args.output_shape, dtype,
+                             allocator=None if on_device else runtime.memory_pool(queue))
     _launch(queue, value_d, filters_d, out, args)
-    return out if on_device else runtime.download(queue, out)
+    return out if on_device else out.get(queue)
 
 
 def _check_out(out, output_shape, dtype, queue) -> None:

@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pyopencl as cl
-import pyopencl.array as cl_array
 from pyopencl.tools import context_dependent_memoize
 
 from atrous_cl.errors import DeviceCapabilityError, DeviceError
@@ -256,77 +255,6 @@ def memory_pool(queue: cl.CommandQueue):
             pool = queue._atrous_cl_pool = pyopencl.tools.MemoryPool(
                 pyopencl.tools.ImmediateAllocator(queue))
         return pool
-
-
-#: Host memory a CPU device uses in place: Intel's runtime maps a
-#: ``CL_MEM_USE_HOST_PTR`` buffer without copying only when it starts on a
-#: 4096-byte boundary and spans whole 64-byte lines (its optimisation guide);
-#: otherwise it copies, slower than our own upload.
-_ZERO_COPY_ALIGN = 4096
-_ZERO_COPY_LINE = 64
-
-
-def _zero_copy(device: cl.Device) -> bool:
-    """Whether host memory is the device's own: a CPU device."""
-    return bool(facts(device).type & cl.device_type.CPU)
-
-
-def _aligned_empty(shape, dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array starting on a page, its length padded to whole lines."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    padded = -(-nbytes // _ZERO_COPY_LINE) * _ZERO_COPY_LINE
-    raw = np.empty(padded + _ZERO_COPY_ALIGN, np.uint8)
-    start = -raw.ctypes.data % _ZERO_COPY_ALIGN
-    return raw[start:start + padded]
-
-
-def upload(queue: cl.CommandQueue, x: np.ndarray) -> cl_array.Array:
-    """A C-contiguous host array as a device array for the op to read.
-
-    On a CPU device a page-aligned ``x`` is used in place (no copy; the
-    buffer holds a reference to it); anything else is copied into a pooled
-    buffer. Either way ``x`` must not change until the op's kernels finish,
-    which the host path waits for.
-    """
-    if (x.nbytes and _zero_copy(queue.device) and x.ctypes.data % _ZERO_COPY_ALIGN == 0
-            and x.nbytes % _ZERO_COPY_LINE == 0):
-        buf = cl.Buffer(queue.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR,
-                        hostbuf=x)
-        return cl_array.Array(queue, x.shape, x.dtype, data=buf)
-    return cl_array.to_device(queue, x, allocator=memory_pool(queue))
-
-
-def host_result(queue: cl.CommandQueue, shape, dtype) -> cl_array.Array:
-    """A device array for a result the host path returns; fetch it with :func:`download`.
-
-    On a CPU device the kernels write straight into page-aligned host memory
-    (``CL_MEM_USE_HOST_PTR``), which :func:`download` then hands out without a
-    copy: 7-25% off the whole call on the README's workloads with Intel's
-    runtime, 10-30% with PoCL. Elsewhere it is a pooled buffer.
-    """
-    dtype = np.dtype(dtype)
-    if int(np.prod(shape)) and _zero_copy(queue.device):
-        raw = _aligned_empty(shape, dtype)
-        buf = cl.Buffer(queue.context, cl.mem_flags.WRITE_ONLY | cl.mem_flags.USE_HOST_PTR,
-                        hostbuf=raw)
-        result = cl_array.Array(queue, shape, dtype, data=buf)
-        result._atrous_cl_host = raw[:int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
-        return result
-    return cl_array.empty(queue, shape, dtype, allocator=memory_pool(queue))
-
-
-def download(queue: cl.CommandQueue, result: cl_array.Array) -> np.ndarray:
-    """The host copy of a :func:`host_result`, once every kernel writing it has finished."""
-    host = getattr(result, "_atrous_cl_host", None)
-    if host is None:
-        return result.get(queue)
-    # Mapping makes the host memory hold what the kernels wrote (with
-    # USE_HOST_PTR the map is of that very memory); unmapping ends the access.
-    mapped, _ = cl.enqueue_map_buffer(queue, result.base_data, cl.map_flags.READ, 0,
-                                      (host.nbytes,), np.uint8, is_blocking=True)
-    mapped.base.release(queue)
-    queue.finish()
-    return host
 
 
 @context_dependent_memoize

@@ -191,9 +191,9 @@ def _check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[in
 
 
 def _result(shape, dtype, queue, on_device):
-    # A device result is the caller's, to use on any queue: never pooled.
-    return (cl_array.empty(queue, shape, dtype) if on_device
-            else runtime.host_result(queue, shape, dtype))
+    # Only a host-path result, fetched and dropped here, comes from the pool:
+    # a device result is the caller's, to use on any queue.
+    return cl_array.empty(queue, shape, dtype, allocator=None if on_device else runtime.memory_pool(queue))
 
 
 def _outputs(out, shapes, dtype, queue, on_device):
@@ -262,12 +262,12 @@ def atrous_conv2d(value, filters, rate, padding, name=None, *,
         if not on_device:
             raise TypeError("out is for device arrays; the host path returns a new NumPy array")
         ops._check_out(out, args.output_shape, dtype, queue)
-    value_d = ops._device_array(queue, "value", value, dtype, borrow=not on_device)
-    filters_d = ops._device_array(queue, "filters", filters, dtype, borrow=not on_device)
+    value_d = ops._device_array(queue, "value", value, dtype)
+    filters_d = ops._device_array(queue, "filters", filters, dtype)
     if out is None:
         out = _result(args.output_shape, dtype, queue, on_device)
     _launch_conv(queue, value_d, filters_d, out, args)
-    return out if on_device else runtime.download(queue, out)
+    return out if on_device else out.get(queue)
 
 
 def atrous_conv2d_vjp(value, filters, rate, padding, dy, *,
@@ -309,13 +309,11 @@ def atrous_conv2d_vjp(value, filters, rate, padding, dy, *,
                                         "dy": args.output_shape, "d_value": args.value_shape,
                                         "d_filters": args.filters_shape})
     d_value, d_filters = _outputs(out, (args.value_shape, args.filters_shape), dtype, queue, on_device)
-    value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype, borrow=not on_device)
-                                for what, x in (("value", value), ("filters", filters), ("dy", dy)))
+    value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype) for what, x in
+                                (("value", value), ("filters", filters), ("dy", dy)))
     ops._launch(queue, dy_d, filters_d, d_value, _adjoint(args))
     _launch_filter_grad(queue, value_d, dy_d, d_filters, args)
-    if on_device:
-        return d_value, d_filters
-    return runtime.download(queue, d_value), runtime.download(queue, d_filters)
+    return (d_value, d_filters) if on_device else (d_value.get(queue), d_filters.get(queue))
 
 
 def atrous_conv2d_transpose_vjp(value, filters, output_shape, rate, padding, dy, *,
@@ -362,12 +360,10 @@ def atrous_conv2d_transpose_vjp(value, filters, output_shape, rate, padding, dy,
                                         "dy": args.output_shape, "d_value": args.value_shape,
                                         "d_filters": args.filters_shape})
     d_value, d_filters = _outputs(out, (args.value_shape, args.filters_shape), dtype, queue, on_device)
-    value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype, borrow=not on_device)
-                                for what, x in (("value", value), ("filters", filters), ("dy", dy)))
+    value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype) for what, x in
+                                (("value", value), ("filters", filters), ("dy", dy)))
     adjoint = _adjoint(args)  # the forward conv from dy to value's shape
     _launch_conv(queue, dy_d, filters_d, d_value, adjoint)
     # The same sum as the forward op's filter gradient, with dy as its input and value as its cotangent.
     _launch_filter_grad(queue, dy_d, value_d, d_filters, adjoint)
-    if on_device:
-        return d_value, d_filters
-    return runtime.download(queue, d_value), runtime.download(queue, d_filters)
+    return (d_value, d_filters) if on_device else (d_value.get(queue), d_filters.get(queue))
