@@ -16,22 +16,26 @@ _KERNEL_FILE = "atrous_conv2d_transpose.cl"
 _INT32_MAX = 2**31 - 1
 
 
-def build_options(dtype: np.dtype, args: TransposeArgs, tile: tuning.Tile) -> tuple[str, ...]:
+#: Storage and accumulation types per dtype (float16 is storage only, summed in float32).
+TYPE_OPTIONS = {np.float16: ("-DT=half", "-DACC=float", "-DUSE_HALF"),
+                np.float32: ("-DT=float", "-DACC=float"),
+                np.float64: ("-DT=double", "-DACC=double", "-DUSE_FP64")}
+
+
+def build_options(dtype: np.dtype, args: TransposeArgs, tile: tuning.Tile,
+                  forward_filters: bool = False) -> tuple[str, ...]:
     """``-D`` options specialising the kernel for a dtype, a problem and a tile.
 
     Channel counts, kernel size, rate and pads are baked in so the compiler can
     unroll; spatial sizes stay run-time arguments, so one build serves every
-    image size.
+    image size. ``forward_filters``: see :func:`_launch`.
     """
-    dtype = np.dtype(dtype)
     kh, kw, cout, cin = args.filters_shape
-    types = {np.float16: ("-DT=half", "-DACC=float", "-DUSE_HALF"),
-             np.float32: ("-DT=float", "-DACC=float"),
-             np.float64: ("-DT=double", "-DACC=double", "-DUSE_FP64")}[dtype.type]
-    return types + (f"-DBW={tile.pixels}", f"-DBC={tile.channels}",
+    return TYPE_OPTIONS[np.dtype(dtype).type] + (f"-DBW={tile.pixels}", f"-DBC={tile.channels}",
                     f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
                     f"-DKH={kh}", f"-DKW={kw}", f"-DRATE={args.rate}",
-                    f"-DPAD_TOP={args.pads.top}", f"-DPAD_LEFT={args.pads.left}")
+                    f"-DPAD_TOP={args.pads.top}", f"-DPAD_LEFT={args.pads.left}") + \
+        (("-DFORWARD_FILTERS",) if forward_filters else ())
 
 
 def launch_geometry(output_shape: tuple[int, int, int, int],
@@ -91,8 +95,15 @@ def _element_offset(x: cl_array.Array) -> int:
 
 
 def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
-            out: cl_array.Array, args: TransposeArgs, tile: tuning.Tile | None = None) -> None:
-    """Run the op on device arrays; ``tile`` overrides the tuned or default tile."""
+            out: cl_array.Array, args: TransposeArgs, tile: tuning.Tile | None = None,
+            forward_filters: bool = False) -> None:
+    """Run the op on device arrays; ``tile`` overrides the tuned or default tile.
+
+    With ``forward_filters``, ``filters`` are laid out ``[kh, kw, in, out]`` and
+    applied with flipped taps (``args.filters_shape`` still names them
+    ``[kh, kw, out, in]``): the forward ``atrous_conv2d`` as
+    :func:`atrous_cl.training.forward_as_transpose` describes it.
+    """
     n, oh, ow, cout = args.output_shape
     if out.size == 0:
         return
@@ -100,7 +111,7 @@ def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Arr
         runtime.fill(out, 0)
         return
     tile = tile or tuning.tile_for(queue.device, out.dtype, args)
-    options = build_options(out.dtype, args, tile)
+    options = build_options(out.dtype, args, tile, forward_filters)
     kernels, lock = runtime.get_kernels(queue.context, _KERNEL_FILE, options)
     kh, kw, _, cin = args.filters_shape
     packed = cl_array.empty(queue, kh * kw * cin * tile.padded_channels(cout), out.dtype,

@@ -10,8 +10,10 @@ and the same ``rate`` and ``padding``::
 (the transpose reads ``filters`` as ``[kh, kw, out_channels, in_channels]``,
 the forward op as ``[kh, kw, in_channels, out_channels]``; both name C_y
 first). So each op's gradient with respect to its input is the other op, and
-that is how it is computed here; the filter gradients of both come from one
-kernel (``kernels/atrous_conv2d.cl``).
+that is how it is computed here. The forward op itself runs on the transpose
+op's kernel with flipped taps (:func:`forward_as_transpose`), so it shares its
+tuned tiles; the filter gradients of both come from one kernel
+(``kernels/atrous_conv2d.cl``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 
-from atrous_cl import ops, runtime, tuning
+from atrous_cl import geometry, ops, runtime, tuning
 from atrous_cl.errors import DeviceError
 from atrous_cl.validation import (ConvArgs, TransposeArgs, check_conv_args, check_dtypes, check_dy,
                                   check_transpose_args)
@@ -32,30 +34,24 @@ _KERNEL_FILE = "atrous_conv2d.cl"
 #: depends on the shapes alone, so results do not vary from run to run.
 _FILTER_GRAD_ITEMS = 4096
 
-_TYPES = {np.float16: ("-DT=half", "-DACC=float", "-DUSE_HALF"),
-          np.float32: ("-DT=float", "-DACC=float"),
-          np.float64: ("-DT=double", "-DACC=double", "-DUSE_FP64")}
-
-
 def build_options(dtype: np.dtype, args: ConvArgs, tile: tuning.Tile, gc: int) -> tuple[str, ...]:
-    """``-D`` options for ``atrous_conv2d.cl``: dtype, problem, conv tile and filter-gradient tile.
+    """``-D`` options for ``atrous_conv2d.cl``: dtype, problem and the filter gradient's tile.
 
-    ``gc`` is the filter gradient's input channels per work-item; its output
-    channels per work-item are the conv tile's ``tile.channels``.
+    Its tile is ``gc`` input channels x ``tile.channels`` output channels.
     """
     kh, kw, cin, cout = args.filters_shape
-    return _TYPES[np.dtype(dtype).type] + (
-        f"-DBW={tile.pixels}", f"-DBC={tile.channels}", f"-DGC={gc}",
+    return ops.TYPE_OPTIONS[np.dtype(dtype).type] + (
+        f"-DBC={tile.channels}", f"-DGC={gc}",
         f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
         f"-DKH={kh}", f"-DKW={kw}", f"-DRATE={args.rate}",
         f"-DPAD_TOP={args.pads.top}", f"-DPAD_LEFT={args.pads.left}")
 
 
 def tiles(device: cl.Device, dtype, filters_shape) -> tuple[tuning.Tile, int]:
-    """The conv tile (the transpose op's untuned default) and the filter gradient's ``gc``.
+    """The filter gradient's tile: ``(tile, gc)``, ``gc`` input x ``tile.channels`` output channels.
 
-    The filter gradient's tile is ``gc`` input channels x ``tile.channels``
-    output channels, as many accumulators as the conv's.
+    Derived from the transpose kernel's untuned default ``tile`` (as many
+    accumulators per work-item); the filter gradient is not tuned.
     """
     cin, cout = filters_shape[2:]
     tile = tuning.default_tile(device, dtype, cout)
@@ -95,35 +91,31 @@ def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> De
                        status=runtime.status_name(e), source=_KERNEL_FILE, options=options)
 
 
+def forward_as_transpose(args: ConvArgs) -> TransposeArgs:
+    """The forward conv as a problem of the transpose kernel, which then runs it.
+
+    ``out[p] = sum_a padded[p - top + a*rate] f[a]`` (TF's forward op, per
+    axis) is the transpose kernel's ``out[p] = sum_a' value[p + top' -
+    a'*rate] g[a']`` with the taps flipped, ``g[a'] = f[k - 1 - a']``, and the
+    crop pad ``top' = (k - 1) * rate - top``. The filters keep their
+    ``[kh, kw, in, out]`` layout: the kernel's repack reads them flipped
+    (``forward_filters``), so the result's shape names them ``[kh, kw, out, in]``.
+    """
+    kh, kw, cin, cout = args.filters_shape
+    eh, ew = (kh - 1) * args.rate, (kw - 1) * args.rate
+    p = args.pads
+    return TransposeArgs(args.value_shape, (kh, kw, cout, cin), args.output_shape, args.rate,
+                         args.padding, geometry.Pads(eh - p.top, ew - p.left, eh - p.bottom,
+                                                     ew - p.right))
+
+
 def _launch_conv(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
                  out: cl_array.Array, args: ConvArgs) -> None:
-    """Run the forward op on device arrays whose shapes ``args`` has checked."""
-    if out.size == 0:
-        return
-    if value.size == 0 or filters.size == 0:  # no input channels: every output is an empty sum
-        runtime.fill(out, 0)
-        return
-    kernels, lock, tile, _, options = _kernels(queue, out.dtype, args)
-    kh, kw, cin, cout = args.filters_shape
-    coutp = tile.padded_channels(cout)
-    wt, wt_off = filters.base_data, ops._element_offset(filters)
-    if coutp != cout:
-        packed = cl_array.empty(queue, kh * kw * cin * coutp, out.dtype,
-                                allocator=runtime.memory_pool(queue))
-        wt, wt_off = packed.data, 0
-    try:
-        with lock:  # setting a kernel's arguments and enqueueing it must not interleave
-            if coutp != cout:
-                kernels["pad_filters"](queue, (coutp, cin, kh * kw), None, filters.base_data,
-                                       np.int64(ops._element_offset(filters)), wt)
-            kernels["atrous_conv2d"](
-                queue, *ops.launch_geometry(args.output_shape, tile),
-                value.base_data, np.int64(ops._element_offset(value)), wt, np.int64(wt_off),
-                out.base_data, np.int64(ops._element_offset(out)),
-                np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
-                np.int32(args.output_shape[1]), np.int32(args.output_shape[2]))
-    except cl.Error as e:
-        raise _device_error(queue, "atrous_conv2d", e, options) from e
+    """Run the forward op on device arrays whose shapes ``args`` has checked.
+
+    On the transpose op's kernel, tuned tiles included (:func:`forward_as_transpose`).
+    """
+    ops._launch(queue, value, filters, out, forward_as_transpose(args), forward_filters=True)
 
 
 def _launch_filter_grad(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,

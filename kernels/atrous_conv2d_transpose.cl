@@ -30,6 +30,10 @@
 // The type and vector macros (LOAD, STOREV, VACC, ...) come from prelude.cl.
 
 // wt[tap, o, c] = filters[tap, c, o] for c < COUT, 0 for COUT <= c < COUTP.
+// With FORWARD_FILTERS the filters are the forward atrous_conv2d's,
+// [KH, KW, CIN, COUT], and the taps are flipped: wt[tap, o, c] =
+// filters[KH * KW - 1 - tap, o, c]. The kernel below then computes that
+// forward convolution, given the crop pads (k - 1) * RATE - (TF's pad).
 // Global size (COUTP, CIN, KH * KW).
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
                              __global T *restrict wt)
@@ -37,7 +41,12 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
     const int c = (int)get_global_id(0);
     const int o = (int)get_global_id(1);
     const long tap = get_global_id(2);
-    const ACC w = c < COUT ? (ACC)LOAD(filters, filters_off + (tap * COUT + c) * CIN + o) : (ACC)0;
+#ifdef FORWARD_FILTERS
+    const long from = filters_off + ((KH * KW - 1 - tap) * CIN + o) * COUT + c;
+#else
+    const long from = filters_off + (tap * COUT + c) * CIN + o;
+#endif
+    const ACC w = c < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
     STORE(wt, (tap * CIN + o) * COUTP + c, w);
 }
 
