@@ -45,10 +45,14 @@ __kernel void filter_grad_partial(
 {
     const int o0 = (int)get_global_id(0) * BC;
     const int c0 = (int)get_global_id(1) * GC;
-    const int tap = (int)(get_global_id(2) % (KH * KW));
+    // Remainders written out: a '%' next to its '/' makes clang pair them
+    // through an LLVM 'freeze', which Oclgrind's uninitialised-value checker
+    // cannot run.
     const long s = get_global_id(2) / (KH * KW);
-    const int di = (tap / KW) * RATE - PAD_TOP;   // x row of d's row i: i + di
-    const int dj = (tap % KW) * RATE - PAD_LEFT;  // x column of d's column j: j + dj
+    const int tap = (int)(get_global_id(2) - s * (KH * KW));
+    const int ta = tap / KW;
+    const int di = ta * RATE - PAD_TOP;                 // x row of d's row i: i + di
+    const int dj = (tap - ta * KW) * RATE - PAD_LEFT;   // x column of d's column j: j + dj
     // The d columns whose x column lies inside x: no test per pixel.
     const int j_lo = max(0, -dj);
     const int j_hi = min(WD, WX - dj);

@@ -30,6 +30,23 @@ settings.register_profile("dev", max_examples=60, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("ATROUS_CL_HYPOTHESIS", "ci" if os.environ.get("CI") else "dev"))
 
+if os.environ.get("ATROUS_CL_KEEP_BUFFERS"):
+    # For Oclgrind's uninitialised-value checker: Oclgrind 21.10 keeps the
+    # "uninitialised" marks of a released buffer's memory when a later buffer
+    # reuses it, even after that buffer is written (three cases of test_op's
+    # table in a row report hundreds of false stores; keeping the buffers
+    # alive, none). So every device array's buffer is kept until the end.
+    import pyopencl.array as _cl_array
+
+    _kept_buffers: list = []
+    _array_init = _cl_array.Array.__init__
+
+    def _keeping_init(self, *args, **kwargs):
+        _array_init(self, *args, **kwargs)
+        _kept_buffers.append(self.base_data)
+
+    _cl_array.Array.__init__ = _keeping_init
+
 #: Max |got - want| / max |want| per dtype. float16 is the rounding of one
 #: half-precision store (2**-11) with margin; float32/64 leave room for sums of
 #: a few thousand terms.

