@@ -90,6 +90,29 @@ def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype) -> cl_a
                               allocator=runtime.memory_pool(queue))
 
 
+def _host_or_device(x):
+    """A device array as it is; anything else as a NumPy array."""
+    return x if isinstance(x, cl_array.Array) else np.asarray(x)
+
+
+def _queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:
+    """``(on_device, queue)``: whether any input is a device array, and the queue to run on.
+
+    Without a queue, context or device named, a device input's own queue.
+    """
+    on_device = any(isinstance(x, cl_array.Array) for x in arrays)
+    if on_device and queue is None and context is None and device is None:
+        queue = next(x for x in arrays if isinstance(x, cl_array.Array)).queue
+    return on_device, runtime.get_queue(queue, context, device)
+
+
+def _result(shape, dtype, queue: cl.CommandQueue, on_device: bool) -> cl_array.Array:
+    """A new result array. Only a host-path result, fetched and dropped by the
+    op, comes from the pool: a device result is the caller's, to use on any queue."""
+    return cl_array.empty(queue, shape, dtype,
+                          allocator=None if on_device else runtime.memory_pool(queue))
+
+
 def _element_offset(x: cl_array.Array) -> int:
     return x.offset // x.dtype.itemsize
 
@@ -177,17 +200,11 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=No
     are checked, and float16 is summed in float32.
     """
     del name
-    on_device = isinstance(value, cl_array.Array) or isinstance(filters, cl_array.Array)
-    if not isinstance(value, cl_array.Array):
-        value = np.asarray(value)
-    if not isinstance(filters, cl_array.Array):
-        filters = np.asarray(filters)
+    value, filters = _host_or_device(value), _host_or_device(filters)
     dtype = check_dtypes(value.dtype, filters.dtype)
     args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
     _check_limits(args)
-    if on_device and queue is None and context is None and device is None:
-        queue = (value if isinstance(value, cl_array.Array) else filters).queue
-    queue = runtime.get_queue(queue, context, device)
+    on_device, queue = _queue_for((value, filters), queue, context, device)
     runtime.check_dtype_support(queue.device, dtype)
     _check_device_memory(queue.device, args, dtype)
     if out is not None:
@@ -197,10 +214,7 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=No
     value_d = _device_array(queue, "value", value, dtype)
     filters_d = _device_array(queue, "filters", filters, dtype)
     if out is None:
-        # Only a host-path result, fetched and dropped here, comes from the
-        # pool: a device result is the caller's, to use on any queue.
-        out = cl_array.empty(queue, args.output_shape, dtype,
-                             allocator=None if on_device else runtime.memory_pool(queue))
+        out = _result(args.output_shape, dtype, queue, on_device)
     _launch(queue, value_d, filters_d, out, args)
     return out if on_device else out.get(queue)
 

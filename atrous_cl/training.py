@@ -164,34 +164,16 @@ def _adjoint(args):
                 args.pads)
 
 
-def _host_or_device(x):
-    return x if isinstance(x, cl_array.Array) else np.asarray(x)
-
-
-def _queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:
-    """``(on_device, queue)``: a device input's own queue unless one is named, as the transpose op."""
-    on_device = any(isinstance(x, cl_array.Array) for x in arrays)
-    if on_device and queue is None and context is None and device is None:
-        queue = next(x for x in arrays if isinstance(x, cl_array.Array)).queue
-    return on_device, runtime.get_queue(queue, context, device)
-
-
 def _check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[int, ...]]) -> None:
     """Refuse, by name and size, what the device cannot run or hold, before allocating anything."""
     runtime.check_dtype_support(device, dtype)
     runtime.check_fits(device, dtype, {what: int(np.prod(shape)) for what, shape in shapes.items()})
 
 
-def _result(shape, dtype, queue, on_device):
-    # Only a host-path result, fetched and dropped here, comes from the pool:
-    # a device result is the caller's, to use on any queue.
-    return cl_array.empty(queue, shape, dtype, allocator=None if on_device else runtime.memory_pool(queue))
-
-
 def _outputs(out, shapes, dtype, queue, on_device):
     """The vjps' ``out`` pair, checked, or two new arrays."""
     if out is None:
-        return [_result(shape, dtype, queue, on_device) for shape in shapes]
+        return [ops._result(shape, dtype, queue, on_device) for shape in shapes]
     if not on_device:
         raise TypeError("out is for device arrays; the host path returns new NumPy arrays")
     if not isinstance(out, (tuple, list)) or len(out) != 2:
@@ -243,11 +225,11 @@ def atrous_conv2d(value, filters, rate, padding, name=None, *,
     of the wrong shape); float16 is summed in float32.
     """
     del name
-    value, filters = _host_or_device(value), _host_or_device(filters)
+    value, filters = ops._host_or_device(value), ops._host_or_device(filters)
     dtype = check_dtypes(value.dtype, filters.dtype)
     args = check_conv_args(value.shape, filters.shape, rate, padding)
     ops._check_limits(args)
-    on_device, queue = _queue_for((value, filters), queue, context, device)
+    on_device, queue = ops._queue_for((value, filters), queue, context, device)
     _check_device(queue.device, dtype, {"value": args.value_shape, "filters": args.filters_shape,
                                         "the output": args.output_shape})
     if out is not None:
@@ -257,7 +239,7 @@ def atrous_conv2d(value, filters, rate, padding, name=None, *,
     value_d = ops._device_array(queue, "value", value, dtype)
     filters_d = ops._device_array(queue, "filters", filters, dtype)
     if out is None:
-        out = _result(args.output_shape, dtype, queue, on_device)
+        out = ops._result(args.output_shape, dtype, queue, on_device)
     _launch_conv(queue, value_d, filters_d, out, args)
     return out if on_device else out.get(queue)
 
@@ -291,21 +273,10 @@ def atrous_conv2d_vjp(value, filters, rate, padding, dy, *,
     Differences from TF: the filter gradient sums in a fixed order without
     atomics, so it is bit-identical from run to run; float16 sums in float32.
     """
-    value, filters, dy = _host_or_device(value), _host_or_device(filters), _host_or_device(dy)
+    value, filters, dy = ops._host_or_device(value), ops._host_or_device(filters), ops._host_or_device(dy)
     dtype = check_dtypes(value.dtype, filters.dtype)
     args = check_conv_args(value.shape, filters.shape, rate, padding)
-    check_dy(dy.shape, dy.dtype, args.output_shape, dtype)
-    ops._check_limits(args)
-    on_device, queue = _queue_for((value, filters, dy), queue, context, device)
-    _check_device(queue.device, dtype, {"value": args.value_shape, "filters": args.filters_shape,
-                                        "dy": args.output_shape, "d_value": args.value_shape,
-                                        "d_filters": args.filters_shape})
-    d_value, d_filters = _outputs(out, (args.value_shape, args.filters_shape), dtype, queue, on_device)
-    value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype) for what, x in
-                                (("value", value), ("filters", filters), ("dy", dy)))
-    ops._launch(queue, dy_d, filters_d, d_value, _adjoint(args))
-    _launch_filter_grad(queue, value_d, dy_d, d_filters, args)
-    return (d_value, d_filters) if on_device else (d_value.get(queue), d_filters.get(queue))
+    return _vjp(args, dtype, value, filters, dy, queue, context, device, out)
 
 
 def atrous_conv2d_transpose_vjp(value, filters, output_shape, rate, padding, dy, *,
@@ -342,20 +313,33 @@ def atrous_conv2d_transpose_vjp(value, filters, output_shape, rate, padding, dy,
     Differences from TF: the filter gradient sums in a fixed order without
     atomics, so it is bit-identical from run to run; float16 sums in float32.
     """
-    value, filters, dy = _host_or_device(value), _host_or_device(filters), _host_or_device(dy)
+    value, filters, dy = ops._host_or_device(value), ops._host_or_device(filters), ops._host_or_device(dy)
     dtype = check_dtypes(value.dtype, filters.dtype)
     args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
+    return _vjp(args, dtype, value, filters, dy, queue, context, device, out)
+
+
+def _vjp(args, dtype, value, filters, dy, queue, context, device, out):
+    """Both vjps once their own op's arguments ``args`` are checked.
+
+    ``d_value`` is the other op applied to ``dy`` (the adjoint); ``d_filters``
+    is the forward op's filter-gradient sum, over (value, dy) for the forward
+    op and over (dy, value) for the transpose, whose adjoint is the forward op.
+    """
     check_dy(dy.shape, dy.dtype, args.output_shape, dtype)
     ops._check_limits(args)
-    on_device, queue = _queue_for((value, filters, dy), queue, context, device)
+    on_device, queue = ops._queue_for((value, filters, dy), queue, context, device)
     _check_device(queue.device, dtype, {"value": args.value_shape, "filters": args.filters_shape,
                                         "dy": args.output_shape, "d_value": args.value_shape,
                                         "d_filters": args.filters_shape})
     d_value, d_filters = _outputs(out, (args.value_shape, args.filters_shape), dtype, queue, on_device)
     value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype) for what, x in
                                 (("value", value), ("filters", filters), ("dy", dy)))
-    adjoint = _adjoint(args)  # the forward conv from dy to value's shape
-    _launch_conv(queue, dy_d, filters_d, d_value, adjoint)
-    # The same sum as the forward op's filter gradient, with dy as its input and value as its cotangent.
-    _launch_filter_grad(queue, dy_d, value_d, d_filters, adjoint)
+    adjoint = _adjoint(args)
+    if isinstance(args, ConvArgs):
+        ops._launch(queue, dy_d, filters_d, d_value, adjoint)
+        _launch_filter_grad(queue, value_d, dy_d, d_filters, args)
+    else:
+        _launch_conv(queue, dy_d, filters_d, d_value, adjoint)
+        _launch_filter_grad(queue, dy_d, value_d, d_filters, adjoint)
     return (d_value, d_filters) if on_device else (d_value.get(queue), d_filters.get(queue))
