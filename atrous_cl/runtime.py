@@ -288,8 +288,7 @@ def facts(device: cl.Device) -> Facts:
     found = _facts.get(key) if key is not None else None
     if found is None:
         found = Facts(device.name.strip(), device.platform.name.strip(), device.driver_version,
-                      int(getattr(device, "type", 0)),
-                      frozenset(getattr(device, "extensions", "").split()),
+                      int(device.type), frozenset(device.extensions.split()),
                       device.max_mem_alloc_size, device.global_mem_size)
         if key is not None:
             _facts[key] = found

@@ -92,6 +92,18 @@ def check_dtypes(value_dtype, filters_dtype) -> np.dtype:
     return value_dtype
 
 
+def _check_filters_fit_value(value_shape, filters_shape, in_axis: int) -> None:
+    """A kernel of at least 1x1 whose input channels, ``filters_shape[in_axis]``, are value's."""
+    kh, kw = filters_shape[:2]
+    if kh < 1 or kw < 1:
+        raise ValueError(f"filters must have a spatial size of at least 1x1, got {kh}x{kw} "
+                         f"(filters shape {filters_shape})")
+    cin = filters_shape[in_axis]
+    if value_shape[3] != cin:
+        raise ValueError(f"value's channels (value.shape[3] = {value_shape[3]}) must equal filters' "
+                         f"in_channels (filters.shape[{in_axis}] = {cin})")
+
+
 def check_transpose_args(value_shape, filters_shape, output_shape, rate, padding) -> TransposeArgs:
     """Check the shapes and attributes of ``atrous_conv2d_transpose``.
 
@@ -115,12 +127,7 @@ def check_transpose_args(value_shape, filters_shape, output_shape, rate, padding
     rate = check_rate(rate)
     padding = check_padding(padding)
     kh, kw, cout, cin = filters_shape
-    if kh < 1 or kw < 1:
-        raise ValueError(f"filters must have a spatial size of at least 1x1, got {kh}x{kw} "
-                         f"(filters shape {filters_shape})")
-    if value_shape[3] != cin:
-        raise ValueError(f"value's channels (value.shape[3] = {value_shape[3]}) must equal filters' "
-                         f"in_channels (filters.shape[3] = {cin})")
+    _check_filters_fit_value(value_shape, filters_shape, in_axis=3)
     if output_shape[3] != cout:
         raise ValueError(f"output_shape[3] (channels) must equal filters' out_channels "
                          f"(filters.shape[2] = {cout}), got {output_shape[3]}")
@@ -171,12 +178,7 @@ def check_conv_args(value_shape, filters_shape, rate, padding) -> ConvArgs:
     rate = check_rate(rate)
     padding = check_padding(padding)
     kh, kw, cin, cout = filters_shape
-    if kh < 1 or kw < 1:
-        raise ValueError(f"filters must have a spatial size of at least 1x1, got {kh}x{kw} "
-                         f"(filters shape {filters_shape})")
-    if value_shape[3] != cin:
-        raise ValueError(f"value's channels (value.shape[3] = {value_shape[3]}) must equal filters' "
-                         f"in_channels (filters.shape[2] = {cin})")
+    _check_filters_fit_value(value_shape, filters_shape, in_axis=2)
     ekh, ekw = geometry.effective_kernel_size(kh, rate), geometry.effective_kernel_size(kw, rate)
     h, w = value_shape[1:3]
     if padding == geometry.VALID and (ekh > h or ekw > w):
