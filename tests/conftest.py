@@ -53,8 +53,11 @@ if os.environ.get("ATROUS_CL_KEEP_BUFFERS"):
 RTOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
-def assert_close(got, want, dtype=None, context=""):
-    """Assert ``got`` matches ``want`` to the relative bound of ``dtype``.
+def assert_close(got, want, dtype=None, context="", atol=0.0):
+    """Assert ``got`` matches ``want`` to the relative bound of ``dtype``, plus ``atol``.
+
+    ``atol`` is for reductions whose terms may cancel: there rounding scales
+    with the terms' magnitudes, not with the (small) result.
 
     NaN where ``want`` is finite fails (so poisoned, unwritten elements show);
     NaN and Inf must sit exactly where ``want`` has them.
@@ -72,8 +75,10 @@ def assert_close(got, want, dtype=None, context=""):
     if not finite.any():
         return
     scale = max(np.max(np.abs(want64[finite])), np.finfo(np.float64).tiny)
-    err = np.max(np.abs(got64[finite] - want64[finite])) / scale
-    assert err <= RTOL[dtype], f"{context}: relative error {err:.3g} > {RTOL[dtype]:.0e} ({dtype.name})"
+    diff = np.max(np.abs(got64[finite] - want64[finite]))
+    err = max(diff - atol, 0.0) / scale
+    assert err <= RTOL[dtype], (f"{context}: relative error {err:.3g} > {RTOL[dtype]:.0e} "
+                                f"({dtype.name}; max |error| {diff:.3g}, atol {atol:.3g})")
 
 
 def _selected_devices() -> list[runtime.DeviceInfo]:

@@ -96,7 +96,13 @@ def test_matches_reference(queue, shape, padding, dtype):
         got = fn(*inputs(*_to_device(queue, value, filters, dy)), out=outs)
         assert got[0] is outs[0] and got[1] is outs[1]
         assert_close(outs[0].get(), ref[0], dtype, context=f"{name} d_value {what}")
-        assert_close(outs[1].get(), ref[1], dtype, context=f"{name} d_filters {what}")
+        # d_filters sums N * H * W terms per entry, which may cancel (one 1x1 filter
+        # of one channel summed 25 terms to 3e-4 of its own rounding-free size):
+        # allow the recursive-summation bound n * u * sum |terms| on top.
+        terms = getattr(reference, name)(*inputs(np.abs(value), np.abs(filters), np.abs(dy)))[1]
+        u = np.finfo(np.float64 if dtype == np.float64 else np.float32).eps / 2
+        atol = np.prod(dy.shape[:3]) * u * np.max(terms.astype(np.float64), initial=0.0)
+        assert_close(outs[1].get(), ref[1], dtype, context=f"{name} d_filters {what}", atol=atol)
         host = fn(*inputs(value, filters, dy), queue=queue)
         assert all(isinstance(h, np.ndarray) for h in host)
         np.testing.assert_array_equal(host[1], outs[1].get())
