@@ -8,7 +8,10 @@
 //              so it needs no cl_khr_fp16); USE_HALF / USE_FP64 accordingly
 //   BC         channels per vector, 1, 2, 4, 8 or 16
 // LOAD/STORE move one T as ACC; LOADV/STOREV a vector of BC (VACC);
-// STOREV_ACC stores a VACC into an ACC buffer (partial sums).
+// STOREV_ACC stores a VACC into an ACC buffer (partial sums). LOADV_ALIGNED
+// is LOADV for an index that is a multiple of BC in a buffer of our own
+// (aligned to its vector): a plain vector load, which PoCL 3.0 compiles
+// inline where it calls a function for vloadN.
 
 #ifdef USE_FP64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
@@ -28,15 +31,18 @@
 #if BC == 1
 #define VACC ACC
 #define LOADV(p, i) LOAD(p, i)
+#define LOADV_ALIGNED(p, i) LOAD(p, i)
 #define STOREV(p, i, v) STORE(p, i, v)
 #define STOREV_ACC(p, i, v) ((p)[i] = (v))
 #else
 #define VACC CAT(ACC, BC)
 #ifdef USE_HALF
 #define LOADV(p, i) CAT(vload_half, BC)(0, (p) + (i))
+#define LOADV_ALIGNED(p, i) LOADV(p, i)
 #define STOREV(p, i, v) CAT(vstore_half, BC)((v), 0, (p) + (i))
 #else
 #define LOADV(p, i) CAT(vload, BC)(0, (p) + (i))
+#define LOADV_ALIGNED(p, i) (*(__global const VACC *)((p) + (i)))
 #define STOREV(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
 #endif
 #define STOREV_ACC(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
