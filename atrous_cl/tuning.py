@@ -9,10 +9,13 @@ program without kernels, so its vectors are capped at 32 bytes. ``atrous-cl tune
 (or :func:`tune`) times the candidates once per (device, driver, dtype, shape
 class) and stores the winner in ``$XDG_CACHE_HOME/atrous-cl/tuning.json``;
 the op then uses it. Without a tuned entry the op uses :func:`default_tile`.
+The file records a digest of the kernel source it was timed with: a changed
+kernel (a new version of this package) starts from the defaults again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -104,16 +107,25 @@ _lock = threading.Lock()
 _loaded: dict | None = None
 
 
+def kernel_digest() -> str:
+    """A digest of the kernel source the timings are for (prelude included)."""
+    from atrous_cl import ops
+
+    return hashlib.sha256(runtime.program_source(ops._KERNEL_FILE).encode()).hexdigest()[:16]
+
+
 def _table() -> dict:
     global _loaded
     with _lock:
         if _loaded is None:
             try:
                 data = json.loads(cache_path().read_text())
-                _loaded = data if data.get("version") == _CACHE_VERSION else {}
+                current = data.get("version") == _CACHE_VERSION and data.get("kernel") == kernel_digest()
+                _loaded = data if current else {}
             except (OSError, ValueError):
                 _loaded = {}
             _loaded.setdefault("version", _CACHE_VERSION)
+            _loaded.setdefault("kernel", kernel_digest())
             _loaded.setdefault("devices", {})
         return _loaded
 

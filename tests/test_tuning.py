@@ -11,6 +11,7 @@ import pytest
 from conftest import assert_close, poisoned, skip_unsupported, stub_device
 
 from atrous_cl import geometry, ops, reference, runtime, tuning
+from atrous_cl.tuning import Tile
 from atrous_cl.validation import check_transpose_args
 
 
@@ -53,6 +54,23 @@ def test_tune_caches_the_winner_and_the_op_uses_it(queue, fresh_cache):
     args = check_transpose_args((3, 7, 12, 4), (3, 3, 5, 4), (3, 7, 12, 5), 2, "SAME")
     tuning._loaded = None  # a new process reads it back from disk
     assert tuning.tile_for(queue.device, np.float32, args) == best
+
+
+def test_tiles_tuned_for_another_kernel_are_dropped(queue, fresh_cache, monkeypatch):
+    """A tile timed with an older kernel source says nothing about this one."""
+    tuning.tune(queue, (1, 6, 10, 4), (3, 3, 5, 4), 2, "SAME", repeats=1)
+    args = check_transpose_args((1, 6, 10, 4), (3, 3, 5, 4), (1, 6, 10, 5), 2, "SAME")
+    saved = json.loads(fresh_cache.read_text())
+    assert saved["kernel"] == tuning.kernel_digest()
+    stale = Tile(3, 1)  # no default has 3 pixels
+    saved["devices"][tuning.device_key(queue.device)]["float32 cin4 cout5 k3x3 r2 w16"]["tile"] = list(stale)
+    fresh_cache.write_text(json.dumps(saved))
+    tuning._loaded = None
+    assert tuning.tile_for(queue.device, np.float32, args) == stale  # same kernel: used
+    saved["kernel"] = "0" * 16
+    fresh_cache.write_text(json.dumps(saved))
+    tuning._loaded = None
+    assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 5)
 
 
 def test_untuned_problem_uses_the_default(queue, fresh_cache):
