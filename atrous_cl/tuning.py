@@ -60,17 +60,18 @@ def _max_channels(device: cl.Device, dtype, cout: int) -> int:
 
 
 def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
-    """The untuned tile: 4x16 on Intel's CPU runtime, 8x8 on PoCL, 4x2 on GPUs, 4x8 elsewhere.
+    """The untuned tile: 8x16 on Intel's CPU runtime, 8x8 on PoCL, 4x2 on GPUs, 4x8 elsewhere.
 
-    Measured on a 2-core AMD EPYC (float32, the README's workloads A-D):
-    Intel 4x16 175-228 GFLOP/s vs 8x8 60-127; PoCL 8x8 25-51 vs 4x8 33. On an
-    NVIDIA H100 (OpenCL 3.0, driver 580) GPUs want many small work-items: 4x2
-    came within 1.09x of each shape's best over A-D and E (geometric mean;
-    4x8 was 1.66x).
+    Measured on a 2-core AMD EPYC (float32, the README's workloads A-E,
+    ``atrous-cl tune``): Intel 8x16 best on A, C, D and within 1.13x of 4x16 on
+    B and E (geometric mean 0.94x 4x16's time); PoCL 8x8 best on all but C
+    (4x8, 1.26x faster there). On an NVIDIA H100 (OpenCL 3.0, driver 580)
+    GPUs want many small work-items: 4x2 came within 1.09x of each shape's
+    best over A-D and E (geometric mean; 4x8 was 1.66x).
     """
     f = runtime.facts(device)
     if "intel" in f.platform.lower() and f.type & cl.device_type.CPU:
-        tile = Tile(4, 16)
+        tile = Tile(8, 16)
     elif _is_pocl(device):
         tile = Tile(8, 8)
     elif f.type & cl.device_type.GPU:

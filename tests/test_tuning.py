@@ -111,7 +111,7 @@ def test_users_own_icd_setting_wins(monkeypatch):
 
 
 @pytest.mark.parametrize("platform, kind, want", [
-    ("Intel(R) OpenCL", "CPU", tuning.Tile(4, 16)),
+    ("Intel(R) OpenCL", "CPU", tuning.Tile(8, 16)),
     ("Portable Computing Language", "CPU", tuning.Tile(8, 8)),
     ("NVIDIA CUDA", "GPU", tuning.Tile(4, 2)),
     ("AMD Accelerated Parallel Processing", "GPU", tuning.Tile(4, 2)),
