@@ -12,6 +12,7 @@ import functools
 import hashlib
 import importlib.resources
 import os
+import re
 import sys
 import threading
 import warnings
@@ -378,6 +379,33 @@ def program_source(filename: str) -> str:
     return f"{kernel_source(_PRELUDE)}\n#line 1\n{kernel_source(filename)}"
 
 
+_SCALAR_TYPES = {"int": np.int32, "uint": np.uint32, "long": np.int64, "ulong": np.uint64}
+_KERNEL_SIGNATURE = re.compile(r"__kernel\s+void\s+(\w+)\s*\(([^)]*)\)")
+
+
+def scalar_arg_dtypes(source: str) -> dict[str, list]:
+    """Each kernel's argument dtypes, as ``Kernel.set_scalar_arg_dtypes`` takes them.
+
+    Read from the kernels' signatures: a pointer is ``None``, a scalar its
+    NumPy type. Declared, pyopencl sets a launch's arguments in about 1 us;
+    undeclared, it probes every NumPy scalar it is given (about 7 us each,
+    40 us of the main kernel's launch).
+    """
+    found = {}
+    for name, params in _KERNEL_SIGNATURE.findall(source):
+        dtypes = []
+        for param in params.split(","):
+            words = param.replace("*", " * ").split()
+            if "*" in words:
+                dtypes.append(None)
+            elif words[-2] in _SCALAR_TYPES:  # [const] TYPE name
+                dtypes.append(_SCALAR_TYPES[words[-2]])
+            else:
+                raise ValueError(f"kernel {name}: no NumPy type known for argument {param.strip()!r}")
+        found[name] = dtypes
+    return found
+
+
 _build_lock = threading.Lock()
 
 
@@ -400,7 +428,8 @@ def get_kernels(context: cl.Context, filename: str,
 @context_dependent_memoize
 def _build_kernels(context: cl.Context, filename: str,
                    options: tuple[str, ...]) -> tuple[dict[str, cl.Kernel], threading.Lock]:
-    program = cl.Program(context, program_source(filename))
+    source = program_source(filename)
+    program = cl.Program(context, source)
     try:
         with warnings.catch_warnings():
             # Some drivers (Intel's) return a build log even on success, which
@@ -412,6 +441,9 @@ def _build_kernels(context: cl.Context, filename: str,
                           f"{', '.join(describe(d) for d in context.devices)}: {e}",
                           status=status_name(e), source=filename, options=options) from e
     kernels = {k.function_name: k for k in program.all_kernels()}
+    for name, dtypes in scalar_arg_dtypes(source).items():
+        if name in kernels:
+            kernels[name].set_scalar_arg_dtypes(dtypes)
     if not kernels:  # PoCL 3.0 "builds" 8 x double vectors into an empty program
         raise DeviceError(f"building {filename} on {', '.join(describe(d) for d in context.devices)} "
                           f"gave a program without kernels", status="CL_BUILD_PROGRAM_FAILURE",

@@ -186,3 +186,25 @@ def test_host_filters_next_to_device_value_are_copied(queue):
     got = atrous_cl.atrous_conv2d_transpose(d_value, filters, (4, 48, 48, 32), 2, "SAME")
     filters[...] = np.nan  # before the result is fetched: the op must have its own copy
     assert_close(got.get(), want)
+
+
+@pytest.mark.parametrize("filename", ["atrous_conv2d_transpose.cl", "atrous_conv2d.cl"])
+def test_every_kernel_declares_its_argument_types(queue, filename):
+    """Launches set scalar arguments by declared dtype (fast); each kernel needs one per argument."""
+    from atrous_cl import runtime
+
+    source = runtime.program_source(filename)
+    declared = runtime.scalar_arg_dtypes(source)
+    options = ("-DT=float", "-DACC=float", "-DBW=2", "-DBC=2", "-DGC=2", "-DCIN=3", "-DCOUT=3",
+               "-DCOUTP=4", "-DKH=2", "-DKW=2", "-DRATE=1", "-DPAD_TOP=0", "-DPAD_LEFT=0")
+    kernels, _ = runtime.get_kernels(queue.context, filename, options)
+    assert set(declared) == set(kernels)
+    for name, kernel in kernels.items():
+        assert len(declared[name]) == kernel.num_args, name
+
+
+def test_unknown_scalar_argument_type_is_named():
+    from atrous_cl import runtime
+
+    with pytest.raises(ValueError, match="k: no NumPy type known for argument 'const float x'"):
+        runtime.scalar_arg_dtypes("__kernel void k(__global float *out, const float x) {}")
