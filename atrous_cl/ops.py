@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
@@ -70,9 +72,9 @@ def _check_device_memory(device: cl.Device, args: TransposeArgs, dtype: np.dtype
     """Refuse, by name and size, what the device cannot hold, before allocating anything."""
     kh, kw, cout, cin = args.filters_shape
     runtime.check_fits(device, dtype, {
-        "value": int(np.prod(args.value_shape)), "filters": int(np.prod(args.filters_shape)),
+        "value": math.prod(args.value_shape), "filters": math.prod(args.filters_shape),
         "the packed filters": kh * kw * cin * -(-cout // 16) * 16,  # the widest tile
-        "the output": int(np.prod(args.output_shape))}, together="value, filters and output")
+        "the output": math.prod(args.output_shape)}, together="value, filters and output")
 
 
 def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype) -> cl_array.Array:

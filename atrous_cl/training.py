@@ -18,6 +18,8 @@ tuned tiles; the filter gradients of both come from one kernel
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
@@ -134,7 +136,7 @@ def _launch_filter_grad(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.A
     kh, kw, cin, cout = args.filters_shape
     n, hd, wd, _ = args.output_shape
     geometry_one = filter_grad_geometry(args.filters_shape, tile, gc, 1)[0]
-    chunks, rows_per_chunk = filter_grad_chunks(n * hd, int(np.prod(geometry_one)))
+    chunks, rows_per_chunk = filter_grad_chunks(n * hd, math.prod(geometry_one))
     # Partial sums stay in the accumulation type: float32 for float16 storage.
     acc_dtype = np.float32 if out.dtype == np.float16 else out.dtype
     partial = cl_array.empty(queue, chunks * kh * kw * cin * tile.padded_channels(cout), acc_dtype,
@@ -167,7 +169,7 @@ def _adjoint(args):
 def _check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[int, ...]]) -> None:
     """Refuse, by name and size, what the device cannot run or hold, before allocating anything."""
     runtime.check_dtype_support(device, dtype)
-    runtime.check_fits(device, dtype, {what: int(np.prod(shape)) for what, shape in shapes.items()})
+    runtime.check_fits(device, dtype, {what: math.prod(shape) for what, shape in shapes.items()})
 
 
 def _outputs(out, shapes, dtype, queue, on_device):

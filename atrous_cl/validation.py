@@ -82,9 +82,9 @@ def check_array_shape(shape, what: str, layout: str) -> tuple[int, int, int, int
 def check_dtypes(value_dtype, filters_dtype) -> np.dtype:
     """The common dtype of ``value`` and ``filters``; both must be the same float type."""
     value_dtype, filters_dtype = np.dtype(value_dtype), np.dtype(filters_dtype)
-    names = ", ".join(d.name for d in SUPPORTED_DTYPES)
     for what, dt in (("value", value_dtype), ("filters", filters_dtype)):
         if dt not in SUPPORTED_DTYPES:
+            names = ", ".join(d.name for d in SUPPORTED_DTYPES)
             raise TypeError(f"{what} must have dtype {names}; got {dt.name}")
     if value_dtype != filters_dtype:
         raise TypeError(f"value and filters must have the same dtype, got value {value_dtype.name} "
