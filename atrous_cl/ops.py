@@ -77,8 +77,17 @@ def _check_device_memory(device: cl.Device, args: TransposeArgs, dtype: np.dtype
         "the output": math.prod(args.output_shape)}, together="value, filters and output")
 
 
-def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype) -> cl_array.Array:
-    """``x`` as a C-contiguous device array in ``queue``'s context."""
+def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
+                  in_place: bool = False) -> cl_array.Array | runtime.HostArray:
+    """``x`` as a C-contiguous device array in ``queue``'s context.
+
+    With ``in_place`` (see :func:`_in_place`), a host ``x`` is used where it
+    lies, copied on the host only if it is not C-contiguous, aligned and
+    writeable (pyopencl's SVM wrapper takes only writeable memory; the
+    kernels never write an input).
+    """
+    if in_place:
+        return runtime.HostArray(np.require(x, dtype, ["C_CONTIGUOUS", "ALIGNED", "WRITEABLE"]))
     if isinstance(x, cl_array.Array):
         if x.context != queue.context:
             raise ValueError(f"{what} lives in another OpenCL context than the queue it runs on "
@@ -108,9 +117,24 @@ def _queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:
     return on_device, runtime.get_queue(queue, context, device)
 
 
-def _result(shape, dtype, queue: cl.CommandQueue, on_device: bool) -> cl_array.Array:
+def _in_place(queue: cl.CommandQueue, on_device: bool) -> bool:
+    """Whether a host-path call hands its NumPy arrays to the kernels in place
+    (:func:`atrous_cl.runtime.works_in_host_memory`) rather than copying them."""
+    return not on_device and runtime.works_in_host_memory(queue.device)
+
+
+#: Allocates a host-path result that kernels write in place; tests swap in
+#: one that fills it with NaN, so elements the kernels miss show up.
+_host_result = np.empty
+
+
+def _result(shape, dtype, queue: cl.CommandQueue, on_device: bool,
+            in_place: bool = False) -> cl_array.Array | runtime.HostArray:
     """A new result array. Only a host-path result, fetched and dropped by the
-    op, comes from the pool: a device result is the caller's, to use on any queue."""
+    op, comes from the pool: a device result is the caller's, to use on any queue.
+    With ``in_place``, a new NumPy array the kernels write directly."""
+    if in_place:
+        return runtime.HostArray(_host_result(shape, dtype))
     return cl_array.empty(queue, shape, dtype,
                           allocator=None if on_device else runtime.memory_pool(queue))
 
@@ -153,6 +177,7 @@ def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Arr
                 np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
                 np.int32(oh), np.int32(ow))
     except cl.Error as e:
+        runtime.drain(queue)
         raise DeviceError(f"launching atrous_conv2d_transpose on {runtime.describe(queue.device)} "
                           f"failed: {e}", status=runtime.status_name(e), source=_KERNEL_FILE,
                           options=options) from e
@@ -213,10 +238,11 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=No
         if not on_device:
             raise TypeError("out is for device arrays; the host path returns a new NumPy array")
         _check_out(out, args.output_shape, dtype, queue)
-    value_d = _device_array(queue, "value", value, dtype)
-    filters_d = _device_array(queue, "filters", filters, dtype)
+    in_place = _in_place(queue, on_device)
+    value_d = _device_array(queue, "value", value, dtype, in_place)
+    filters_d = _device_array(queue, "filters", filters, dtype, in_place)
     if out is None:
-        out = _result(args.output_shape, dtype, queue, on_device)
+        out = _result(args.output_shape, dtype, queue, on_device, in_place)
     _launch(queue, value_d, filters_d, out, args)
     return out if on_device else out.get(queue)
 

@@ -153,6 +153,7 @@ def _launch_filter_grad(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.A
                                        np.int32(chunks), out.base_data,
                                        np.int64(ops._element_offset(out)))
     except cl.Error as e:
+        runtime.drain(queue)
         raise _device_error(queue, "the filter gradient", e, options) from e
 
 
@@ -172,10 +173,10 @@ def _check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[in
     runtime.check_fits(device, dtype, {what: math.prod(shape) for what, shape in shapes.items()})
 
 
-def _outputs(out, shapes, dtype, queue, on_device):
+def _outputs(out, shapes, dtype, queue, on_device, in_place):
     """The vjps' ``out`` pair, checked, or two new arrays."""
     if out is None:
-        return [ops._result(shape, dtype, queue, on_device) for shape in shapes]
+        return [ops._result(shape, dtype, queue, on_device, in_place) for shape in shapes]
     if not on_device:
         raise TypeError("out is for device arrays; the host path returns new NumPy arrays")
     if not isinstance(out, (tuple, list)) or len(out) != 2:
@@ -238,10 +239,11 @@ def atrous_conv2d(value, filters, rate, padding, name=None, *,
         if not on_device:
             raise TypeError("out is for device arrays; the host path returns a new NumPy array")
         ops._check_out(out, args.output_shape, dtype, queue)
-    value_d = ops._device_array(queue, "value", value, dtype)
-    filters_d = ops._device_array(queue, "filters", filters, dtype)
+    in_place = ops._in_place(queue, on_device)
+    value_d = ops._device_array(queue, "value", value, dtype, in_place)
+    filters_d = ops._device_array(queue, "filters", filters, dtype, in_place)
     if out is None:
-        out = ops._result(args.output_shape, dtype, queue, on_device)
+        out = ops._result(args.output_shape, dtype, queue, on_device, in_place)
     _launch_conv(queue, value_d, filters_d, out, args)
     return out if on_device else out.get(queue)
 
@@ -334,8 +336,10 @@ def _vjp(args, dtype, value, filters, dy, queue, context, device, out):
     _check_device(queue.device, dtype, {"value": args.value_shape, "filters": args.filters_shape,
                                         "dy": args.output_shape, "d_value": args.value_shape,
                                         "d_filters": args.filters_shape})
-    d_value, d_filters = _outputs(out, (args.value_shape, args.filters_shape), dtype, queue, on_device)
-    value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype) for what, x in
+    in_place = ops._in_place(queue, on_device)
+    d_value, d_filters = _outputs(out, (args.value_shape, args.filters_shape), dtype, queue,
+                                  on_device, in_place)
+    value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype, in_place) for what, x in
                                 (("value", value), ("filters", filters), ("dy", dy)))
     adjoint = _adjoint(args)
     if isinstance(args, ConvArgs):

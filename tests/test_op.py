@@ -208,3 +208,23 @@ def test_unknown_scalar_argument_type_is_named():
 
     with pytest.raises(ValueError, match="k: no NumPy type known for argument 'const float x'"):
         runtime.scalar_arg_dtypes("__kernel void k(__global float *out, const float x) {}")
+
+
+def test_host_path_works_in_place_where_the_device_shares_host_memory(queue, monkeypatch):
+    """On a CPU device with system SVM the host API copies nothing to or from the device."""
+    from atrous_cl import runtime
+
+    if not runtime.works_in_host_memory(queue.device):
+        pytest.skip(f"{queue.device.name}: no fine-grained system SVM on a CPU; the host path copies")
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("the host path copied an array to the device")
+
+    monkeypatch.setattr(cl_array, "to_device", no_copies)
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 6, 7, 3)).astype(np.float32)[:, :, ::-1]  # not contiguous
+    filters = rng.standard_normal((3, 2, 4, 3)).astype(np.float32)
+    filters.flags.writeable = False  # copied on the host, not to the device
+    want = reference.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME")
+    got = atrous_cl.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME", queue=queue)
+    assert_close(got, want, np.float32)
