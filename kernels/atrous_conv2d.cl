@@ -61,10 +61,13 @@ __kernel void filter_grad_partial(
     // Input channels past CIN (the last, ragged tile) read channel CIN - 1
     // into lanes that are never stored.
     int cc[GC];
+#pragma unroll
     for (int g = 0; g < GC; ++g)
         cc[g] = min(c0 + g, CIN - 1);
 
+    // Unrolled group loops keep acc[] in registers (see atrous_conv2d_transpose.cl).
     VACC acc[GC];
+#pragma unroll
     for (int g = 0; g < GC; ++g)
         acc[g] = (VACC)0;
 
@@ -79,7 +82,7 @@ __kernel void filter_grad_partial(
         for (int j = j_lo; j < j_hi; ++j) {
             VACC dv;
             if (whole_o) {
-                dv = LOADV(d, drow + (long)j * COUT);
+                dv = LOADV_UNALIGNED(d, drow + (long)j * COUT);
             } else {  // lanes past COUT would read the next pixel, or past the buffer
                 lanes_t lanes;
                 for (int k = 0; k < BC; ++k)
@@ -87,6 +90,7 @@ __kernel void filter_grad_partial(
                 dv = lanes.v;
             }
             const long xp = xrow + (long)j * CIN;
+#pragma unroll
             for (int g = 0; g < GC; ++g)
                 acc[g] += (ACC)LOAD(x, xp + cc[g]) * dv;
         }

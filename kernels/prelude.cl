@@ -11,7 +11,10 @@
 // STOREV_ACC stores a VACC into an ACC buffer (partial sums). LOADV_ALIGNED
 // is LOADV for an index that is a multiple of BC in a buffer of our own
 // (aligned to its vector): a plain vector load, which PoCL 3.0 compiles
-// inline where it calls a function for vloadN.
+// inline where it calls a function for vloadN. LOADV_UNALIGNED is LOADV at
+// any element-aligned index: under clang (PoCL, Intel, Oclgrind) a load
+// through a vector type aligned like its element, also compiled inline
+// (a call per load made PoCL spill the whole register tile around it).
 
 #ifdef USE_FP64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
@@ -32,6 +35,7 @@
 #define VACC ACC
 #define LOADV(p, i) LOAD(p, i)
 #define LOADV_ALIGNED(p, i) LOAD(p, i)
+#define LOADV_UNALIGNED(p, i) LOAD(p, i)
 #define STOREV(p, i, v) STORE(p, i, v)
 #define STOREV_ACC(p, i, v) ((p)[i] = (v))
 #else
@@ -39,10 +43,17 @@
 #ifdef USE_HALF
 #define LOADV(p, i) CAT(vload_half, BC)(0, (p) + (i))
 #define LOADV_ALIGNED(p, i) LOADV(p, i)
+#define LOADV_UNALIGNED(p, i) LOADV(p, i)
 #define STOREV(p, i, v) CAT(vstore_half, BC)((v), 0, (p) + (i))
 #else
 #define LOADV(p, i) CAT(vload, BC)(0, (p) + (i))
 #define LOADV_ALIGNED(p, i) (*(__global const VACC *)((p) + (i)))
+#ifdef __clang__
+typedef VACC __attribute__((aligned(sizeof(ACC)))) vacc_unaligned;
+#define LOADV_UNALIGNED(p, i) (*(__global const vacc_unaligned *)((p) + (i)))
+#else
+#define LOADV_UNALIGNED(p, i) LOADV(p, i)
+#endif
 #define STOREV(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
 #endif
 #define STOREV_ACC(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
