@@ -163,16 +163,15 @@ def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Arr
     options = build_options(out.dtype, args, tile, forward_filters)
     kernels, lock = runtime.get_kernels(queue.context, _KERNEL_FILE, options)
     kh, kw, _, cin = args.filters_shape
-    packed = cl_array.empty(queue, kh * kw * cin * tile.padded_channels(cout), out.dtype,
-                            allocator=runtime.memory_pool(queue))
+    packed = runtime.scratch(queue, kh * kw * cin * tile.padded_channels(cout) * out.dtype.itemsize)
     try:
         with lock:  # setting a kernel's arguments and enqueueing it must not interleave
             kernels["repack_filters"](queue, *repack_geometry(args.filters_shape, tile),
                                    filters.base_data, np.int64(_element_offset(filters)),
-                                   packed.data)
+                                   packed)
             kernels["atrous_conv2d_transpose"](
                 queue, *launch_geometry(args.output_shape, tile),
-                value.base_data, np.int64(_element_offset(value)), packed.data,
+                value.base_data, np.int64(_element_offset(value)), packed,
                 out.base_data, np.int64(_element_offset(out)),
                 np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
                 np.int32(oh), np.int32(ow))
