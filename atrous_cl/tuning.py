@@ -133,8 +133,8 @@ def _table() -> dict:
 
 def tile_for(device: cl.Device, dtype, args) -> Tile:
     """The tuned tile for this problem on this device, else :func:`default_tile`."""
-    entry = _table()["devices"].get(device_key(device), {}).get(
-        shape_class(dtype, args.value_shape, args.filters_shape, args.rate))
+    tuned = _table()["devices"].get(device_key(device))
+    entry = tuned and tuned.get(shape_class(dtype, args.value_shape, args.filters_shape, args.rate))
     if entry:
         return Tile(*entry["tile"])
     return default_tile(device, dtype, args.filters_shape[2])

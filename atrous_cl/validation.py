@@ -33,6 +33,8 @@ class TransposeArgs(NamedTuple):
 
 def _int(x, what: str) -> int:
     """``x`` as a Python int; bools and floats are refused (``2.0`` is not a rate)."""
+    if type(x) is int:  # the common case, without the slower ABC checks below
+        return x
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
         raise TypeError(f"{what} must be an integer, got {x!r} of type {type(x).__name__}")
     return operator.index(x)
