@@ -29,6 +29,32 @@
 
 // The type and vector macros (LOAD, STOREV, VACC, ...) come from prelude.cl.
 
+// WIDE_INPUTS (float16 on CPUs): value and the packed weights reach the main
+// kernel in ACC, widened once by widen and repack_filters, so its inner loop
+// converts nothing; only out is stored as T. A CPU converts a half with an
+// instruction per element (PoCL with a library call), which capped float16 at
+// 0.4x float32's speed on Intel's runtime and 0.1x on PoCL.
+#ifdef WIDE_INPUTS
+#define VALUE_T ACC
+#define WT_T ACC
+#define LOAD_VALUE(p, i) ((p)[i])
+#define LOADV_WT(p, i) LOADV_ACC_ALIGNED(p, i)
+#define STORE_WT(p, i, v) ((p)[i] = (v))
+#else
+#define VALUE_T T
+#define WT_T T
+#define LOAD_VALUE(p, i) LOAD(p, i)
+#define LOADV_WT(p, i) LOADV_ALIGNED(p, i)
+#define STORE_WT(p, i, v) STORE(p, i, v)
+#endif
+
+// wide[i] = x[x_off + i] in ACC. Global size: the element count.
+__kernel void widen(__global const T *restrict x, const long x_off, __global ACC *restrict wide)
+{
+    const long i = get_global_id(0);
+    wide[i] = (ACC)LOAD(x, x_off + i);
+}
+
 // wt[tap, o, c] = filters[tap, c, o] for c < COUT, 0 for COUT <= c < COUTP.
 // With FORWARD_FILTERS the filters are the forward atrous_conv2d's,
 // [KH, KW, CIN, COUT], and the taps are flipped: wt[tap, o, c] =
@@ -36,7 +62,7 @@
 // forward convolution, given the crop pads (k - 1) * RATE - (TF's pad).
 // Global size (COUTP, CIN, KH * KW).
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
-                             __global T *restrict wt)
+                             __global WT_T *restrict wt)
 {
     const int c = (int)get_global_id(0);
     const int o = (int)get_global_id(1);
@@ -47,7 +73,7 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
     const long from = filters_off + (tap * COUT + c) * CIN + o;
 #endif
     const ACC w = c < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
-    STORE(wt, (tap * CIN + o) * COUTP + c, w);
+    STORE_WT(wt, (tap * CIN + o) * COUTP + c, w);
 }
 
 // Global size (COUTP / BC, ceil(OW / BW), N * OH): one work-item per tile.
@@ -57,8 +83,8 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
 // PoCL 3.0's compiler otherwise keeps acc[] on the stack and computes every
 // address, about 3x slower (Intel's runtime: 1.0-1.3x).
 __kernel void atrous_conv2d_transpose(
-    __global const T *restrict value, const long value_off,
-    __global const T *restrict wt,
+    __global const VALUE_T *restrict value, const long value_off,
+    __global const WT_T *restrict wt,
     __global T *restrict out, const long out_off,
     const int H, const int W, const int OH, const int OW)
 {
@@ -83,12 +109,12 @@ __kernel void atrous_conv2d_transpose(
             const long tap = (long)(a * KW + b) * CIN * COUTP + c0;
             if (j0 >= 0 && j0 + BW <= W) {
                 // Interior: every pixel's input column lies inside value.
-                __global const T *v = value + row + (long)j0 * CIN;
+                __global const VALUE_T *v = value + row + (long)j0 * CIN;
                 for (int o = 0; o < CIN; ++o) {
-                    const VACC w = LOADV_ALIGNED(wt, tap + o * COUTP);
+                    const VACC w = LOADV_WT(wt, tap + o * COUTP);
 #pragma unroll
                     for (int px = 0; px < BW; ++px)
-                        acc[px] += (ACC)LOAD(v, px * CIN + o) * w;
+                        acc[px] += (ACC)LOAD_VALUE(v, px * CIN + o) * w;
                 }
             } else {
                 // Border: a pixel whose input column lies outside value gets
@@ -99,11 +125,11 @@ __kernel void atrous_conv2d_transpose(
                 for (int px = 0; px < BW; ++px)
                     col[px] = row + (long)clamp(j0 + px, 0, W - 1) * CIN;
                 for (int o = 0; o < CIN; ++o) {
-                    const VACC w = LOADV_ALIGNED(wt, tap + o * COUTP);
+                    const VACC w = LOADV_WT(wt, tap + o * COUTP);
 #pragma unroll
                     for (int px = 0; px < BW; ++px)
                         if (j0 + px >= 0 && j0 + px < W)
-                            acc[px] += (ACC)LOAD(value, col[px] + o) * w;
+                            acc[px] += (ACC)LOAD_VALUE(value, col[px] + o) * w;
                 }
             }
         }

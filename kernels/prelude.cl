@@ -8,7 +8,8 @@
 //              so it needs no cl_khr_fp16); USE_HALF / USE_FP64 accordingly
 //   BC         channels per vector, 1, 2, 4, 8 or 16
 // LOAD/STORE move one T as ACC; LOADV/STOREV a vector of BC (VACC);
-// STOREV_ACC stores a VACC into an ACC buffer (partial sums). LOADV_ALIGNED
+// STOREV_ACC stores a VACC into an ACC buffer (partial sums), and
+// LOADV_ACC_ALIGNED loads one from an ACC buffer of our own at a multiple of BC. LOADV_ALIGNED
 // is LOADV for an index that is a multiple of BC in a buffer of our own
 // (aligned to its vector): a plain vector load, which PoCL 3.0 compiles
 // inline where it calls a function for vloadN. LOADV_UNALIGNED is LOADV at
@@ -33,6 +34,7 @@
 
 #if BC == 1
 #define VACC ACC
+#define LOADV_ACC_ALIGNED(p, i) ((p)[i])
 #define LOADV(p, i) LOAD(p, i)
 #define LOADV_ALIGNED(p, i) LOAD(p, i)
 #define LOADV_UNALIGNED(p, i) LOAD(p, i)
@@ -40,6 +42,7 @@
 #define STOREV_ACC(p, i, v) ((p)[i] = (v))
 #else
 #define VACC CAT(ACC, BC)
+#define LOADV_ACC_ALIGNED(p, i) (*(__global const VACC *)((p) + (i)))
 #ifdef USE_HALF
 #define LOADV(p, i) CAT(vload_half, BC)(0, (p) + (i))
 #define LOADV_ALIGNED(p, i) LOADV(p, i)

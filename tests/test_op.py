@@ -228,3 +228,24 @@ def test_host_path_works_in_place_where_the_device_shares_host_memory(queue, mon
     want = reference.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME")
     got = atrous_cl.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME", queue=queue)
     assert_close(got, want, np.float32)
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[3], SHAPES[14], SHAPES[15]], ids=_case_id)
+def test_float16_as_stored_and_widened(queue, shape, wide, monkeypatch):
+    """float16 is widened to float32 before the main kernel on CPUs and loaded as stored
+    elsewhere; both paths run on every device here, from views that start inside a buffer."""
+    from atrous_cl import ops
+
+    monkeypatch.setattr(ops, "widens_inputs", lambda device, dtype: wide)
+    value, filters, output_shape, rate = _inputs(shape, "SAME", np.float16, np.random.default_rng())
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, "SAME")
+    d_value = cl_array.to_device(queue, np.concatenate([value[:1], value]))[1:]
+    d_filters = cl_array.to_device(queue, np.concatenate([filters[:1], filters]))[1:]
+    out = poisoned(queue, output_shape, np.float16)
+    atrous_cl.atrous_conv2d_transpose(d_value, d_filters, output_shape, rate, "SAME", out=out)
+    assert_close(out.get(), want, np.float16, context=f"{'widened' if wide else 'as stored'}")
+    forward = atrous_cl.atrous_conv2d(value, filters.transpose(0, 1, 3, 2).copy(), rate, "SAME",
+                                      queue=queue)
+    assert_close(forward, reference.atrous_conv2d(value, filters.transpose(0, 1, 3, 2), rate, "SAME"),
+                 np.float16, context="forward op")
