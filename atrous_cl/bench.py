@@ -92,7 +92,9 @@ def _ours(device_info, resident: bool = False) -> Callable:
     return prepare
 
 
-def _onnxruntime(layout: str) -> Callable | None:
+def _onnxruntime(layout: str, conv_form: bool = False) -> Callable | None:
+    """onnxruntime's CPU provider on our exported model; ``conv_form``: the
+    equivalent forward Conv, which onnxruntime runs on faster kernels."""
     try:
         import onnxruntime as ort
 
@@ -102,7 +104,7 @@ def _onnxruntime(layout: str) -> Callable | None:
 
     def prepare(wl: Workload, value, filters):
         model = export_atrous_conv2d_transpose(filters, value.shape, wl.output_shape, wl.rate,
-                                               wl.padding, layout=layout)
+                                               wl.padding, layout=layout, conv_form=conv_form)
         options = ort.SessionOptions()
         options.intra_op_num_threads = os.cpu_count() or 1
         # Spinning worker threads would steal the cores from whatever runs
@@ -217,6 +219,7 @@ def implementations(include_simulators: bool = False) -> dict[str, Impl]:
             impls[f"{name} (on device)"] = Impl(_ours(info, resident=True))
     for name, prep, layout in (("onnxruntime NHWC", _onnxruntime("NHWC"), "NHWC"),
                                ("onnxruntime NCHW", _onnxruntime("NCHW"), "NCHW"),
+                               ("onnxruntime NCHW Conv", _onnxruntime("NCHW", conv_form=True), "NCHW"),
                                ("torch NCHW", _torch(), "NCHW"),
                                ("torch CUDA NCHW", _torch_cuda(), "NCHW"),
                                ("torch CUDA NCHW (on device)", _torch_cuda(resident=True), "NCHW"),
