@@ -119,17 +119,23 @@ __kernel void atrous_conv2d_transpose(
             } else {
                 // Border: a pixel whose input column lies outside value gets
                 // no term at all (not 0 * w, which is NaN for an Inf or NaN
-                // weight); its address is clamped to a valid one all the same.
+                // weight). Its address is clamped to a valid one and its sum
+                // kept by a select, not a branch: PoCL 1.3-1.5x faster on
+                // A, C and D, Intel's runtime the same or faster.
                 long col[BW];
+                bool inside[BW];
 #pragma unroll
-                for (int px = 0; px < BW; ++px)
+                for (int px = 0; px < BW; ++px) {
+                    inside[px] = j0 + px >= 0 && j0 + px < W;
                     col[px] = row + (long)clamp(j0 + px, 0, W - 1) * CIN;
+                }
                 for (int o = 0; o < CIN; ++o) {
                     const VACC w = LOADV_WT(wt, tap + o * COUTP);
 #pragma unroll
-                    for (int px = 0; px < BW; ++px)
-                        if (j0 + px >= 0 && j0 + px < W)
-                            acc[px] += (ACC)LOAD_VALUE(value, col[px] + o) * w;
+                    for (int px = 0; px < BW; ++px) {
+                        const VACC sum = acc[px] + (ACC)LOAD_VALUE(value, col[px] + o) * w;
+                        acc[px] = inside[px] ? sum : acc[px];
+                    }
                 }
             }
         }
