@@ -241,8 +241,15 @@ def _progress(done: int, total: int, label: str) -> None:
 
 
 def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
-        check: bool = True) -> tuple[dict, float]:
-    """Time every implementation on every workload; returns ({(workload, impl): seconds}, ceiling)."""
+        check: bool = True, back_to_back: bool = False) -> tuple[dict, float]:
+    """Time every implementation on every workload; returns ({(workload, impl): seconds}, ceiling).
+
+    Interleaved by default: each round runs every implementation once, so each
+    call starts after others' work, as an op inside a model does. With
+    ``back_to_back`` each implementation runs all its rounds in a row instead,
+    as a loop over one op does: threads and caches stay warm, which is how
+    fast each can go at best.
+    """
     impls = impls if impls is not None else implementations()
     rng = np.random.default_rng(0)
     calls, inputs = {}, {}
@@ -256,21 +263,25 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
     done = 0
     samples: dict = {key: [] for key in calls}
     names = list(impls)
-    for r in range(warmup + rounds):
+    if back_to_back:
+        schedule = [(r, (wl, name)) for wl in workloads for name in names
+                    for r in range(warmup + rounds)]
+    else:
         # Each round rotates who runs after whom: a peer whose worker threads
         # spin after returning (TF's Eigen pool does) slows whatever comes next.
-        order = names[r % len(names):] + names[:r % len(names)]
-        for key in [(wl, name) for wl in workloads for name in order]:
-            call = calls[key]
-            start = time.perf_counter()
-            result = call()
-            elapsed = time.perf_counter() - start
-            if r == 0 and check:
-                _check(key, result, impls[key[1]].layout, inputs[key[0]])
-            if r >= warmup:
-                samples[key].append(elapsed)
-            done += 1
-            _progress(done, total, f"{key[0].name} {key[1]}")
+        schedule = [(r, (wl, name)) for r in range(warmup + rounds) for wl in workloads
+                    for name in names[r % len(names):] + names[:r % len(names)]]
+    for r, key in schedule:
+        call = calls[key]
+        start = time.perf_counter()
+        result = call()
+        elapsed = time.perf_counter() - start
+        if r == 0 and check:
+            _check(key, result, impls[key[1]].layout, inputs[key[0]])
+        if r >= warmup:
+            samples[key].append(elapsed)
+        done += 1
+        _progress(done, total, f"{key[0].name} {key[1]}")
     ceiling = sgemm_gflops()
     return {key: statistics.median(s) for key, s in samples.items()}, ceiling
 

@@ -95,7 +95,7 @@ def _bench(args) -> int:
     from atrous_cl import bench
 
     workloads = [wl for wl in bench.WORKLOADS if not args.workloads or wl.name in args.workloads]
-    times, ceiling = bench.run(workloads, rounds=args.rounds)
+    times, ceiling = bench.run(workloads, rounds=args.rounds, back_to_back=args.back_to_back)
     print(bench.table(times, ceiling, workloads))
     if args.plot:
         bench.plot(times, args.plot, workloads)
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=7, help="timed rounds (median) after 2 warm-ups")
     bench.add_argument("--workloads", nargs="*", metavar="NAME", help="subset, e.g. A B (default: all)")
     bench.add_argument("--plot", metavar="PNG", help="also draw the table (needs matplotlib)")
+    bench.add_argument("--back-to-back", action="store_true",
+                       help="run each implementation's rounds in a row (warm) instead of interleaved")
     bench.set_defaults(func=_bench)
     try:
         from onnx_export import cli as export_cli

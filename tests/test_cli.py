@@ -87,6 +87,28 @@ def test_bench_prints_a_checked_table(queue, capsys, monkeypatch):
     assert "| T: 2x6x7x3->4 k3 r2 SAME | atrous-cl" in out and "% ceiling" in out
 
 
+def test_bench_back_to_back_runs_each_implementation_in_a_row():
+    from atrous_cl import bench
+
+    wl = bench.Workload("T", 1, 4, 4, 2, 2, 3, 1, "SAME")
+    order = []
+
+    def impl(name):
+        def prepare(wl, value, filters):
+            def call():
+                order.append(name)
+                return np.zeros(wl.output_shape, np.float32)
+            return call
+        return bench.Impl(prepare)
+
+    impls = {"x": impl("x"), "y": impl("y")}
+    bench.run([wl], rounds=2, warmup=1, impls=impls, check=False, back_to_back=True)
+    assert order == ["x"] * 3 + ["y"] * 3
+    order.clear()
+    bench.run([wl], rounds=2, warmup=1, impls=impls, check=False)
+    assert order == ["x", "y", "y", "x", "x", "y"]  # interleaved, the order rotated each round
+
+
 def test_bench_rejects_a_peer_that_computes_something_else():
     from atrous_cl import bench
 
