@@ -27,7 +27,7 @@ from atrous_cl.errors import DeviceCapabilityError, DeviceError
 
 #: Platforms never picked by default: simulators are for checking, not speed.
 _SIMULATORS = ("oclgrind",)
-#: Among CPU devices, Intel's runtime ran the same kernels 3-5x faster than PoCL here.
+#: Among CPU devices, Intel's runtime ran the same kernels 1.2-1.5x faster than PoCL here (README, Speed).
 _FAST_CPU_PLATFORMS = ("intel",)
 #: Where ocl-icd looks for vendor files when OCL_ICD_VENDORS is unset.
 _SYSTEM_VENDORS = Path("/etc/OpenCL/vendors")
