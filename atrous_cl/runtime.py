@@ -269,6 +269,7 @@ class Facts(NamedTuple):
     name: str
     platform: str
     driver: str
+    version: str  # CL_DEVICE_VERSION; PoCL names its LLVM CPU target there
     type: int
     extensions: frozenset
     max_alloc: int
@@ -298,7 +299,7 @@ def facts(device: cl.Device) -> Facts:
     found = _facts.get(key) if key is not None else None
     if found is None:
         found = Facts(device.name.strip(), device.platform.name.strip(), device.driver_version,
-                      int(device.type), frozenset(device.extensions.split()),
+                      device.version, int(device.type), frozenset(device.extensions.split()),
                       device.max_mem_alloc_size, device.global_mem_size, _system_svm(device))
         if key is not None:
             _facts[key] = found

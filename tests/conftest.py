@@ -162,7 +162,8 @@ def stub_device(**overrides):
     """
     import types
 
-    props = dict(name="Stub GPU", driver_version="1", platform=types.SimpleNamespace(name="Stub"),
+    props = dict(name="Stub GPU", driver_version="1", version="OpenCL 3.0 Stub",
+                 platform=types.SimpleNamespace(name="Stub"),
                  type=cl.device_type.GPU, extensions="cl_khr_fp64", max_mem_alloc_size=2**30,
                  global_mem_size=2**32)
     return types.SimpleNamespace(**(props | overrides))

@@ -110,20 +110,40 @@ def test_users_own_icd_setting_wins(monkeypatch):
     assert runtime.os.environ["OCL_ICD_VENDORS"] == "/somewhere/mine"
 
 
-@pytest.mark.parametrize("platform, kind, want", [
-    ("Intel(R) OpenCL", "CPU", tuning.Tile(8, 16)),
-    ("Portable Computing Language", "CPU", tuning.Tile(8, 8)),
-    ("NVIDIA CUDA", "GPU", tuning.Tile(4, 2)),
-    ("AMD Accelerated Parallel Processing", "GPU", tuning.Tile(4, 2)),
-    ("Some other CPU runtime", "CPU", tuning.Tile(4, 8)),
+_POCL_AVX2 = "OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3"
+_POCL_AVX512 = "OpenCL 3.0 PoCL HSTR: pthread-x86_64-pc-linux-gnu-skylake-avx512"
+
+
+@pytest.mark.parametrize("platform, kind, version, want", [
+    ("Intel(R) OpenCL", "CPU", "OpenCL 3.0 (Build 0)", tuning.Tile(8, 16)),
+    ("Portable Computing Language", "CPU", _POCL_AVX2, tuning.Tile(8, 8)),
+    ("Portable Computing Language", "CPU", _POCL_AVX512, tuning.Tile(8, 16)),
+    ("NVIDIA CUDA", "GPU", "OpenCL 3.0 CUDA", tuning.Tile(4, 2)),
+    ("AMD Accelerated Parallel Processing", "GPU", "OpenCL 2.0 AMD-APP", tuning.Tile(4, 2)),
+    ("Some other CPU runtime", "CPU", "OpenCL 3.0", tuning.Tile(4, 8)),
 ])
-def test_default_tile_per_platform(platform, kind, want):
+def test_default_tile_per_platform(platform, kind, version, want):
     import types
 
     import pyopencl as cl
 
     stub = stub_device(platform=types.SimpleNamespace(name=platform),
-                       type=getattr(cl.device_type, kind))
+                       type=getattr(cl.device_type, kind), version=version)
     assert tuning.default_tile(stub, np.float32, 64) == want
     # Never wider than the output channels need.
     assert tuning.default_tile(stub, np.float32, 1).channels == 1
+
+
+@pytest.mark.parametrize("version, widest_float, widest_double",
+                         [(_POCL_AVX2, 8, 4), (_POCL_AVX512, 16, 16)])
+def test_pocl_vectors_stay_narrow_without_avx512(version, widest_float, widest_double):
+    """PyPI's PoCL 3.0 (AVX2 target) aborts the process on some 16-wide float code
+    and builds 8-wide double code into an empty program: 32-byte vectors at most there."""
+    import types
+
+    import pyopencl as cl
+
+    stub = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
+                       type=cl.device_type.CPU, version=version)
+    assert max(t.channels for t in tuning.candidates(stub, np.float32, 64)) == widest_float
+    assert max(t.channels for t in tuning.candidates(stub, np.float64, 64)) == widest_double
