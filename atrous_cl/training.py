@@ -139,17 +139,17 @@ def _launch_filter_grad(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.A
     chunks, rows_per_chunk = filter_grad_chunks(n * hd, math.prod(geometry_one))
     # Partial sums stay in the accumulation type: float32 for float16 storage.
     acc_dtype = np.float32 if out.dtype == np.float16 else out.dtype
-    partial = cl_array.empty(queue, chunks * kh * kw * cin * tile.padded_channels(cout), acc_dtype,
-                             allocator=runtime.memory_pool(queue))
+    partial = runtime.scratch(queue, chunks * kh * kw * cin * tile.padded_channels(cout)
+                              * np.dtype(acc_dtype).itemsize)
     try:
         with lock:
             kernels["filter_grad_partial"](
                 queue, *filter_grad_geometry(args.filters_shape, tile, gc, chunks),
                 x.base_data, np.int64(ops._element_offset(x)),
-                d.base_data, np.int64(ops._element_offset(d)), partial.data,
+                d.base_data, np.int64(ops._element_offset(d)), partial,
                 np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
                 np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk))
-            kernels["filter_grad_sum"](queue, (cout, cin, kh * kw), None, partial.data,
+            kernels["filter_grad_sum"](queue, (cout, cin, kh * kw), None, partial,
                                        np.int32(chunks), out.base_data,
                                        np.int64(ops._element_offset(out)))
     except cl.Error as e:

@@ -134,14 +134,15 @@ def _table() -> dict:
     global _loaded
     with _lock:
         if _loaded is None:
+            digest = kernel_digest()
             try:
                 data = json.loads(cache_path().read_text())
-                current = data.get("version") == _CACHE_VERSION and data.get("kernel") == kernel_digest()
+                current = data.get("version") == _CACHE_VERSION and data.get("kernel") == digest
                 _loaded = data if current else {}
             except (OSError, ValueError):
                 _loaded = {}
             _loaded.setdefault("version", _CACHE_VERSION)
-            _loaded.setdefault("kernel", kernel_digest())
+            _loaded.setdefault("kernel", digest)
             _loaded.setdefault("devices", {})
         return _loaded
 

@@ -24,6 +24,7 @@
 //   CIN, COUT, COUTP, KH, KW, RATE, PAD_TOP, PAD_LEFT
 //              the problem's channel counts, kernel, rate and pads, so the
 //              compiler can unroll the tap and channel loops
+//   FORWARD_FILTERS, WIDE_INPUTS   see repack_filters and WIDE_INPUTS below
 // Spatial sizes stay run-time arguments: one build serves every image size.
 // Offsets are 64-bit, so tensors past 2^31 elements index correctly.
 

@@ -8,14 +8,14 @@
 //              so it needs no cl_khr_fp16); USE_HALF / USE_FP64 accordingly
 //   BC         channels per vector, 1, 2, 4, 8 or 16
 // LOAD/STORE move one T as ACC; LOADV/STOREV a vector of BC (VACC);
-// STOREV_ACC stores a VACC into an ACC buffer (partial sums), and
-// LOADV_ACC_ALIGNED loads one from an ACC buffer of our own at a multiple of BC. LOADV_ALIGNED
-// is LOADV for an index that is a multiple of BC in a buffer of our own
-// (aligned to its vector): a plain vector load, which PoCL 3.0 compiles
-// inline where it calls a function for vloadN. LOADV_UNALIGNED is LOADV at
-// any element-aligned index: under clang (PoCL, Intel, Oclgrind) a load
-// through a vector type aligned like its element, also compiled inline
-// (a call per load made PoCL spill the whole register tile around it).
+// STOREV_ACC stores a VACC into an ACC buffer (partial sums).
+// Vector loads from buffers of our own, at an index that is a multiple of BC
+// (so aligned to the vector), are plain vector loads, which PoCL 3.0 compiles
+// inline where it calls a function for vloadN: LOADV_ACC_ALIGNED from an ACC
+// buffer, LOADV_ALIGNED from a T one. LOADV_UNALIGNED is LOADV at any
+// element-aligned index: under clang (PoCL, Intel, Oclgrind) a load through a
+// vector type aligned like its element, also compiled inline (a call per load
+// made PoCL spill the whole register tile around it).
 
 #ifdef USE_FP64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
@@ -50,7 +50,7 @@
 #define STOREV(p, i, v) CAT(vstore_half, BC)((v), 0, (p) + (i))
 #else
 #define LOADV(p, i) CAT(vload, BC)(0, (p) + (i))
-#define LOADV_ALIGNED(p, i) (*(__global const VACC *)((p) + (i)))
+#define LOADV_ALIGNED(p, i) LOADV_ACC_ALIGNED(p, i)  // T is ACC here
 #ifdef __clang__
 typedef VACC __attribute__((aligned(sizeof(ACC)))) vacc_unaligned;
 #define LOADV_UNALIGNED(p, i) (*(__global const vacc_unaligned *)((p) + (i)))
