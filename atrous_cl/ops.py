@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
+from typing import NamedTuple
 
 import numpy as np
 import pyopencl as cl
@@ -80,6 +83,39 @@ def _check_limits(args: TransposeArgs) -> None:
         raise ValueError(f"output_shape batch * height is too large: {list(args.output_shape)}")
 
 
+@functools.lru_cache(maxsize=256)
+def _checked_args(value_shape, filters_shape, output_shape, rate, padding) -> TransposeArgs:
+    args = check_transpose_args(value_shape, filters_shape, output_shape, rate, padding)
+    _check_limits(args)
+    return args
+
+
+def _transpose_args(value_shape, filters_shape, output_shape, rate, padding) -> TransposeArgs:
+    """:func:`~atrous_cl.validation.check_transpose_args` and the 32-bit limits.
+
+    Memoised when ``output_shape`` is a tuple or list of ints, ``rate`` an int
+    and ``padding`` a str (the types themselves, not subclasses): equal
+    arguments of those types pass or fail alike, and a model calls the op with
+    a few shapes over and over. Anything else (NumPy ints, floats, arrays) is
+    checked afresh: ``2.0 == 2``, so it could match an int's entry.
+    """
+    if (type(rate) is int and type(padding) is str and type(output_shape) in (tuple, list)
+            and all(type(d) is int for d in output_shape)):
+        return _checked_args(tuple(value_shape), tuple(filters_shape), tuple(output_shape),
+                             rate, padding)
+    args = check_transpose_args(value_shape, filters_shape, output_shape, rate, padding)
+    _check_limits(args)
+    return args
+
+
+@functools.lru_cache(maxsize=256)
+def _device_checks(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> None:
+    """Refuse a dtype or a problem size the device cannot take; memoised, as the
+    device's facts never change."""
+    runtime.check_dtype_support(device, dtype)
+    _check_device_memory(device, args, dtype)
+
+
 def _check_device_memory(device: cl.Device, args: TransposeArgs, dtype: np.dtype) -> None:
     """Refuse, by name and size, what the device cannot hold, before allocating anything."""
     kh, kw, cout, cin = args.filters_shape
@@ -103,7 +139,9 @@ def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
     kernels never write an input).
     """
     if in_place:
-        return runtime.HostArray(np.require(x, dtype, ["C_CONTIGUOUS", "ALIGNED", "WRITEABLE"]))
+        if not (type(x) is np.ndarray and x.dtype == dtype and x.flags.carray):  # carray: all three
+            x = np.require(x, dtype, ["C_CONTIGUOUS", "ALIGNED", "WRITEABLE"])
+        return runtime.HostArray(x)
     if isinstance(x, cl_array.Array):
         if x.context != queue.context:
             raise ValueError(f"{what} lives in another OpenCL context than the queue it runs on "
@@ -159,6 +197,38 @@ def _element_offset(x: cl_array.Array) -> int:
     return x.offset // x.dtype.itemsize
 
 
+class _Plan(NamedTuple):
+    """What launching the op takes besides its arrays, fixed by context, device,
+    dtype, problem and tile: the kernels, their geometry and scalar arguments."""
+
+    kernels: dict
+    lock: threading.Lock
+    options: tuple[str, ...]
+    wide: bool
+    packed_nbytes: int
+    repack: tuple
+    main: tuple
+    sizes: tuple  # value's height and width, the output's, as np.int32
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: TransposeArgs,
+         tile: tuning.Tile, forward_filters: bool, wide: bool) -> _Plan:
+    """The :class:`_Plan` of a launch, built (and its program compiled) once.
+
+    Like pyopencl's own program caches, the entries keep their contexts alive.
+    """
+    options = build_options(dtype, args, tile, forward_filters, wide)
+    kernels, lock = runtime.get_kernels(context, _KERNEL_FILE, options)
+    kh, kw, cout, cin = args.filters_shape
+    itemsize = 4 if wide else np.dtype(dtype).itemsize
+    _, oh, ow, _ = args.output_shape
+    return _Plan(kernels, lock, options, wide, kh * kw * cin * tile.padded_channels(cout) * itemsize,
+                repack_geometry(args.filters_shape, tile), launch_geometry(args.output_shape, tile),
+                (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
+                 np.int32(ow)))
+
+
 def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
             out: cl_array.Array, args: TransposeArgs, tile: tuning.Tile | None = None,
             forward_filters: bool = False) -> None:
@@ -169,41 +239,34 @@ def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Arr
     ``[kh, kw, out, in]``): the forward ``atrous_conv2d`` as
     :func:`atrous_cl.training.forward_as_transpose` describes it.
     """
-    n, oh, ow, cout = args.output_shape
     if out.size == 0:
         return
     if value.size == 0 or filters.size == 0:  # an empty sum: no input or no input channels
         runtime.fill(out, 0)
         return
-    tile = tile or tuning.tile_for(queue.device, out.dtype, args)
-    wide = widens_inputs(queue.device, out.dtype)
-    options = build_options(out.dtype, args, tile, forward_filters, wide)
-    kernels, lock = runtime.get_kernels(queue.context, _KERNEL_FILE, options)
-    kh, kw, _, cin = args.filters_shape
-    itemsize = 4 if wide else out.dtype.itemsize
-    packed = runtime.scratch(queue, kh * kw * cin * tile.padded_channels(cout) * itemsize)
+    device = queue.device
+    p = _plan(queue.context, device, out.dtype, args, tile or tuning.tile_for(device, out.dtype, args),
+             forward_filters, widens_inputs(device, out.dtype))
+    kernels = p.kernels
+    packed = runtime.scratch(queue, p.packed_nbytes)
     value_data, value_off = value.base_data, _element_offset(value)
     try:
-        with lock:  # setting a kernel's arguments and enqueueing it must not interleave
-            if wide:
+        with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
+            if p.wide:
                 value_data = runtime.scratch(queue, value.size * 4)
                 kernels["widen"](queue, (value.size,), None, value.base_data, np.int64(value_off),
                                  value_data)
                 value_off = 0
-            kernels["repack_filters"](queue, *repack_geometry(args.filters_shape, tile),
-                                   filters.base_data, np.int64(_element_offset(filters)),
-                                   packed)
-            kernels["atrous_conv2d_transpose"](
-                queue, *launch_geometry(args.output_shape, tile),
-                value_data, np.int64(value_off), packed,
-                out.base_data, np.int64(_element_offset(out)),
-                np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
-                np.int32(oh), np.int32(ow))
+            kernels["repack_filters"](queue, *p.repack, filters.base_data,
+                                      np.int64(_element_offset(filters)), packed)
+            kernels["atrous_conv2d_transpose"](queue, *p.main, value_data, np.int64(value_off),
+                                               packed, out.base_data,
+                                               np.int64(_element_offset(out)), *p.sizes)
     except cl.Error as e:
         runtime.drain(queue)
-        raise DeviceError(f"launching atrous_conv2d_transpose on {runtime.describe(queue.device)} "
+        raise DeviceError(f"launching atrous_conv2d_transpose on {runtime.describe(device)} "
                           f"failed: {e}", status=runtime.status_name(e), source=_KERNEL_FILE,
-                          options=options) from e
+                          options=p.options) from e
 
 
 def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=None, *,
@@ -252,11 +315,9 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=No
     del name
     value, filters = _host_or_device(value), _host_or_device(filters)
     dtype = check_dtypes(value.dtype, filters.dtype)
-    args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
-    _check_limits(args)
+    args = _transpose_args(value.shape, filters.shape, output_shape, rate, padding)
     on_device, queue = _queue_for((value, filters), queue, context, device)
-    runtime.check_dtype_support(queue.device, dtype)
-    _check_device_memory(queue.device, args, dtype)
+    _device_checks(queue.device, dtype, args)
     if out is not None:
         if not on_device:
             raise TypeError("out is for device arrays; the host path returns a new NumPy array")

@@ -121,6 +121,9 @@ def cache_path():
 
 _lock = threading.Lock()
 _loaded: dict | None = None
+#: tile_for's answers, valid for the table object ``_memo_table`` only.
+_memo: dict = {}
+_memo_table: dict | None = None
 
 
 def kernel_digest() -> str:
@@ -148,17 +151,33 @@ def _table() -> dict:
 
 
 def tile_for(device: cl.Device, dtype, args) -> Tile:
-    """The tuned tile for this problem on this device, else :func:`default_tile`."""
-    tuned = _table()["devices"].get(device_key(device))
-    entry = tuned and tuned.get(shape_class(dtype, args.value_shape, args.filters_shape, args.rate))
-    if entry:
-        return Tile(*entry["tile"])
-    return default_tile(device, dtype, args.filters_shape[2])
+    """The tuned tile for this problem on this device, else :func:`default_tile`.
+
+    Answers are remembered for the table they came from: a table read afresh
+    or a new winner stored starts a new memo.
+    """
+    global _memo, _memo_table
+    table = _table()
+    memo = _memo if _memo_table is table else None
+    key = (device, np.dtype(dtype), args)
+    tile = memo.get(key) if memo is not None else None
+    if tile is None:
+        tuned = table["devices"].get(device_key(device))
+        entry = tuned and tuned.get(shape_class(dtype, args.value_shape, args.filters_shape, args.rate))
+        tile = Tile(*entry["tile"]) if entry else default_tile(device, dtype, args.filters_shape[2])
+        with _lock:
+            if _memo_table is not table:
+                _memo, _memo_table = {}, table
+            if len(_memo) < 1024:
+                _memo[key] = tile
+    return tile
 
 
 def _store(device: cl.Device, key: str, tile: Tile, timings: dict[str, float]) -> None:
+    global _memo_table
     table = _table()
     with _lock:
+        _memo_table = None  # the memo no longer describes the table
         table["devices"].setdefault(device_key(device), {})[key] = {
             "tile": list(tile), "ms": {k: round(v * 1e3, 4) for k, v in timings.items()}}
         path = cache_path()

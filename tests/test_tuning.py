@@ -73,6 +73,26 @@ def test_tiles_tuned_for_another_kernel_are_dropped(queue, fresh_cache, monkeypa
     assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 5)
 
 
+def test_a_tile_stored_in_this_process_is_used_at_once(queue, fresh_cache, monkeypatch):
+    """tile_for remembers its answers; a new winner must replace the remembered default,
+    and the op must launch with it."""
+    args = check_transpose_args((1, 6, 10, 4), (3, 3, 5, 4), (1, 6, 10, 5), 2, "SAME")
+    assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 5)
+    winner = Tile(3, 1)  # no default has 3 pixels
+    tuning._store(queue.device, "float32 cin4 cout5 k3x3 r2 w16", winner, {str(winner): 1e-3})
+    assert tuning.tile_for(queue.device, np.float32, args) == winner
+    rng = np.random.default_rng()
+    value = rng.standard_normal(args.value_shape).astype(np.float32)
+    filters = rng.standard_normal(args.filters_shape).astype(np.float32)
+    launched = []
+    real_plan = ops._plan
+    monkeypatch.setattr(ops, "_plan", lambda *a: launched.append(a[4]) or real_plan(*a))
+    got = ops.atrous_conv2d_transpose(value, filters, args.output_shape, 2, "SAME", queue=queue)
+    assert launched == [winner]  # the tile
+    assert_close(got, reference.atrous_conv2d_transpose(value, filters, args.output_shape, 2, "SAME"),
+                 np.float32)
+
+
 def test_untuned_problem_uses_the_default(queue, fresh_cache):
     args = check_transpose_args((1, 5, 5, 3), (3, 3, 2, 3), (1, 5, 5, 2), 1, "SAME")
     assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 2)

@@ -67,6 +67,20 @@ def test_bad_argument(fn, overrides, exc, pattern, monkeypatch):
         fn(**{**GOOD, **overrides})
 
 
+@pytest.mark.parametrize("good, bad, pattern", [
+    (dict(rate=2), dict(rate=2.0), r"rate must be an integer, got 2.0"),
+    (dict(rate=1), dict(rate=True), r"rate must be an integer, got True"),
+    (dict(), dict(output_shape=[2, 5.0, 6, 4]), r"output_shape\[1\] must be an integer"),
+    (dict(), dict(output_shape=(2, 5, 6, np.float64(4))), r"output_shape\[3\] must be an integer"),
+], ids=["2.0-after-2", "True-after-1", "float-dim", "numpy-float-dim"])
+def test_a_bad_argument_equal_to_a_checked_good_one_is_refused(queue, good, bad, pattern):
+    """The op remembers the checks of plain-int arguments; 2.0 == 2 and True == 1
+    (with equal hashes) must not pass on the strength of an earlier good call."""
+    atrous_cl.atrous_conv2d_transpose(**{**GOOD, **good}, queue=queue)
+    with pytest.raises(TypeError, match=pattern):
+        atrous_cl.atrous_conv2d_transpose(**{**GOOD, **bad}, queue=queue)
+
+
 def test_good_arguments_pass_validation():
     """The baseline the table varies is itself valid (so each case fails for its own reason)."""
     assert reference.atrous_conv2d_transpose(**GOOD).shape == (2, 5, 6, 4)
