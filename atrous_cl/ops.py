@@ -134,14 +134,16 @@ def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
     """``x`` as a C-contiguous device array in ``queue``'s context.
 
     With ``in_place`` (see :func:`_in_place`), a host ``x`` is used where it
-    lies, copied on the host only if it is not C-contiguous, aligned and
-    writeable (pyopencl's SVM wrapper takes only writeable memory; the
-    kernels never write an input).
+    lies, copied on the host only if it is not C-contiguous and aligned, or
+    for system SVM not writeable (pyopencl's SVM wrapper takes only writeable
+    memory; the kernels never write an input).
     """
     if in_place:
-        if not (type(x) is np.ndarray and x.dtype == dtype and x.flags.carray):  # carray: all three
-            x = np.require(x, dtype, ["C_CONTIGUOUS", "ALIGNED", "WRITEABLE"])
-        return runtime.HostArray(x)
+        svm = runtime.uses_system_svm(queue.device)
+        if not (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
+                and x.flags.aligned and (x.flags.writeable or not svm)):
+            x = np.require(x, dtype, ["C_CONTIGUOUS", "ALIGNED"] + (["WRITEABLE"] if svm else []))
+        return runtime.HostArray(x, queue)
     if isinstance(x, cl_array.Array):
         if x.context != queue.context:
             raise ValueError(f"{what} lives in another OpenCL context than the queue it runs on "
@@ -188,7 +190,7 @@ def _result(shape, dtype, queue: cl.CommandQueue, on_device: bool,
     op, comes from the pool: a device result is the caller's, to use on any queue.
     With ``in_place``, a new NumPy array the kernels write directly."""
     if in_place:
-        return runtime.HostArray(_host_result(shape, dtype))
+        return runtime.HostArray(_host_result(shape, dtype), queue, written=True)
     return cl_array.empty(queue, shape, dtype,
                           allocator=None if on_device else runtime.memory_pool(queue))
 

@@ -472,35 +472,68 @@ def scratch(queue: cl.CommandQueue, nbytes: int):
 
 
 def works_in_host_memory(device: cl.Device) -> bool:
-    """Whether kernels on ``device`` should read and write NumPy arrays in place.
+    """Whether kernels on ``device`` should read and write NumPy arrays in place: on CPU devices.
 
-    True for a CPU device with fine-grained system SVM (Intel's CPU runtime):
-    host memory is its memory, and a kernel can take a plain host pointer, so
-    the host API needs no copies in or out. On Intel's runtime (2-core EPYC)
-    that took a call on 1x64x64, 64->64 from 2.23 to 1.76 ms, 1x128x128,
-    32->16 from 1.32 to 0.92 and 32x8x8, 16->16 from 0.33 to 0.14
-    (.scratch/svm.py, medians of 140, interleaved).
+    Host memory is a CPU device's memory, so the host API needs no copies in
+    or out. With fine-grained system SVM (Intel's CPU runtime) a kernel takes
+    the array's pointer itself; elsewhere (PoCL) it gets a buffer created with
+    ``CL_MEM_USE_HOST_PTR`` on the array (:class:`HostArray`). Measured
+    against uploading and downloading (2-core EPYC, medians interleaved):
+    Intel's runtime, 1x64x64, 64->64: 2.23 -> 1.76 ms; 32x8x8, 16->16:
+    0.33 -> 0.14 ms (system SVM). PoCL 3.0: 1x64x64, 64->64: 2.9 -> 1.9-2.5 ms;
+    32x8x8, 16->16: 0.48 -> 0.31-0.33 ms (host-pointer buffers).
+
+    Not on a simulator (Oclgrind calls itself a CPU too): its uninitialised-value
+    checker does not see what the host wrote into a host-pointer buffer, and
+    would flag every value read from one.
     """
     f = facts(device)
-    return f.system_svm and bool(f.type & cl.device_type.CPU)
+    return bool(f.type & cl.device_type.CPU) and not any(s in f.platform.lower() for s in _SIMULATORS)
+
+
+def uses_system_svm(device: cl.Device) -> bool:
+    """Whether a :class:`HostArray` on ``device`` is handed to kernels as a plain
+    host pointer (fine-grained system SVM) rather than in a host-pointer buffer."""
+    return facts(device).system_svm
 
 
 class HostArray:
-    """A C-contiguous, aligned NumPy array that kernels use in place (system SVM).
+    """A C-contiguous, aligned NumPy array that kernels on a CPU device use in place.
 
     It offers what the launches take from a ``pyopencl.array.Array``
     (``base_data``, ``offset``, ``size``, ``dtype``) and ``get``, which waits
-    for the queue and returns the array itself.
+    for the queue and returns the array itself. ``base_data`` is the array as
+    system SVM where the device has it (:func:`uses_system_svm`), else a buffer
+    created with ``CL_MEM_USE_HOST_PTR`` on it; either is made on first use
+    (OpenCL has no empty buffers). Such a buffer's memory is defined on the
+    host only once mapped, so ``get`` maps and unmaps a ``written`` one.
     """
 
     offset = 0
 
-    def __init__(self, array: np.ndarray):
-        self.array = array
-        self.base_data = cl.SVM(array)
+    def __init__(self, array: np.ndarray, queue: cl.CommandQueue, written: bool = False):
+        self.array, self.written = array, written
         self.size, self.dtype, self.shape = array.size, array.dtype, array.shape
+        self._svm = uses_system_svm(queue.device)
+        self._context = queue.context
+        self._data = None
+
+    @property
+    def base_data(self):
+        if self._data is None:
+            if self._svm:
+                self._data = cl.SVM(self.array)
+            else:
+                access = cl.mem_flags.READ_WRITE if self.written else cl.mem_flags.READ_ONLY
+                self._data = cl.Buffer(self._context, cl.mem_flags.USE_HOST_PTR | access,
+                                       hostbuf=self.array)
+        return self._data
 
     def get(self, queue: cl.CommandQueue) -> np.ndarray:
+        if self.written and self._data is not None and not self._svm:
+            mapped, _ = cl.enqueue_map_buffer(queue, self._data, cl.map_flags.READ, 0,
+                                              self.shape, self.dtype)
+            mapped.base.release(queue)
         queue.finish()  # until then kernels may still be writing it
         return self.array
 

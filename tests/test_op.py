@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
 from conftest import assert_close, poisoned, skip_unsupported
@@ -210,12 +211,20 @@ def test_unknown_scalar_argument_type_is_named():
         runtime.scalar_arg_dtypes("__kernel void k(__global float *out, const float x) {}")
 
 
-def test_host_path_works_in_place_where_the_device_shares_host_memory(queue, monkeypatch):
-    """On a CPU device with system SVM the host API copies nothing to or from the device."""
+@pytest.mark.parametrize("svm", [True, False], ids=["system-svm", "host-pointer-buffers"])
+def test_host_path_works_in_place_on_cpu_devices(queue, svm, monkeypatch):
+    """On a CPU device the host API copies nothing to or from the device: with system
+    SVM kernels take the arrays' pointers, elsewhere buffers made on them. OpenCL
+    defines a host-pointer buffer's memory only once it is mapped, so the result
+    must be mapped before it is returned (every CPU runtime here writes the
+    memory directly, so only the recorded map shows it)."""
     from atrous_cl import runtime
 
     if not runtime.works_in_host_memory(queue.device):
-        pytest.skip(f"{queue.device.name}: no fine-grained system SVM on a CPU; the host path copies")
+        pytest.skip(f"{queue.device.name}: not a CPU device; the host path copies")
+    if svm and not runtime.uses_system_svm(queue.device):
+        pytest.skip(f"{queue.device.name}: no fine-grained system SVM")
+    monkeypatch.setattr(runtime, "uses_system_svm", lambda device: svm)
 
     def no_copies(*args, **kwargs):
         raise AssertionError("the host path copied an array to the device")
@@ -224,10 +233,15 @@ def test_host_path_works_in_place_where_the_device_shares_host_memory(queue, mon
     rng = np.random.default_rng()
     value = rng.standard_normal((2, 6, 7, 3)).astype(np.float32)[:, :, ::-1]  # not contiguous
     filters = rng.standard_normal((3, 2, 4, 3)).astype(np.float32)
-    filters.flags.writeable = False  # copied on the host, not to the device
+    filters.flags.writeable = False  # copied on the host for SVM, not to the device
+    mapped = []
+    real_map = cl.enqueue_map_buffer
+    monkeypatch.setattr(cl, "enqueue_map_buffer",
+                        lambda queue, buf, *a, **k: mapped.append(buf.size) or real_map(queue, buf, *a, **k))
     want = reference.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME")
     got = atrous_cl.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME", queue=queue)
     assert_close(got, want, np.float32)
+    assert mapped == ([] if svm else [got.nbytes])
 
 
 @pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])
