@@ -480,8 +480,9 @@ def works_in_host_memory(device: cl.Device) -> bool:
     ``CL_MEM_USE_HOST_PTR`` on the array (:class:`HostArray`). Measured
     against uploading and downloading (2-core EPYC, medians interleaved):
     Intel's runtime, 1x64x64, 64->64: 2.23 -> 1.76 ms; 32x8x8, 16->16:
-    0.33 -> 0.14 ms (system SVM). PoCL 3.0: 1x64x64, 64->64: 2.9 -> 1.9-2.5 ms;
-    32x8x8, 16->16: 0.48 -> 0.31-0.33 ms (host-pointer buffers).
+    0.33 -> 0.14 ms (system SVM). PoCL 3.0: 1x64x64, 64->64: 2.39 -> 2.01 ms;
+    1x128x128, 32->16: 1.84 -> 1.23; 32x8x8, 16->16: 0.70 -> 0.38 (host-pointer
+    buffers).
 
     Not on a simulator (Oclgrind calls itself a CPU too): its uninitialised-value
     checker does not see what the host wrote into a host-pointer buffer, and
