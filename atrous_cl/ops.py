@@ -116,16 +116,22 @@ def _device_checks(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> N
     _check_device_memory(device, args, dtype)
 
 
+def launch_temporaries(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> dict[str, int]:
+    """The buffers :func:`_launch` allocates besides its arrays, by name, in ``dtype``'s
+    elements: widened (float16 -> float32) buffers count twice."""
+    kh, kw, cout, cin = args.filters_shape
+    widened = 2 if widens_inputs(device, dtype) else 1
+    counts = {"the packed filters": widened * kh * kw * cin * -(-cout // 16) * 16}  # widest tile
+    if widened > 1:
+        counts["the widened value"] = 2 * math.prod(args.value_shape)
+    return counts
+
+
 def _check_device_memory(device: cl.Device, args: TransposeArgs, dtype: np.dtype) -> None:
     """Refuse, by name and size, what the device cannot hold, before allocating anything."""
-    kh, kw, cout, cin = args.filters_shape
-    # Counts are in dtype's elements: widened (float16 -> float32) buffers count twice.
-    widened = 2 if widens_inputs(device, dtype) else 1
     counts = {"value": math.prod(args.value_shape), "filters": math.prod(args.filters_shape),
-              "the packed filters": widened * kh * kw * cin * -(-cout // 16) * 16,  # widest tile
-              "the output": math.prod(args.output_shape)}
-    if widened > 1:
-        counts["the widened value"] = 2 * counts["value"]
+              "the output": math.prod(args.output_shape),
+              **launch_temporaries(device, dtype, args)}
     runtime.check_fits(device, dtype, counts, together="value, filters and output")
 
 

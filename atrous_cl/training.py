@@ -19,6 +19,7 @@ tuned tiles; the filter gradients of both come from one kernel
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pyopencl as cl
@@ -63,8 +64,11 @@ def tiles(device: cl.Device, dtype, filters_shape) -> tuple[tuning.Tile, int]:
 def filter_grad_chunks(rows: int, tiles_per_chunk: int) -> tuple[int, int]:
     """``(chunks, rows_per_chunk)``: how the filter gradient splits its ``rows = N * OH`` rows.
 
-    Enough chunks for about ``_FILTER_GRAD_ITEMS`` work-items, none empty.
+    Enough chunks for about ``_FILTER_GRAD_ITEMS`` work-items, none empty (none at all
+    without rows).
     """
+    if rows == 0:
+        return 0, 0
     chunks = max(1, min(rows, -(-_FILTER_GRAD_ITEMS // max(1, tiles_per_chunk))))
     rows_per_chunk = -(-rows // chunks)
     return -(-rows // rows_per_chunk), rows_per_chunk
@@ -79,13 +83,6 @@ def filter_grad_geometry(filters_shape, tile: tuning.Tile, gc: int,
     """
     kh, kw, cin, cout = filters_shape
     return (tile.padded_channels(cout) // tile.channels, -(-cin // gc), kh * kw * chunks), None
-
-
-def _kernels(queue: cl.CommandQueue, dtype: np.dtype, args: ConvArgs):
-    tile, gc = tiles(queue.device, dtype, args.filters_shape)
-    options = build_options(dtype, args, tile, gc)
-    kernels, lock = runtime.get_kernels(queue.context, _KERNEL_FILE, options)
-    return kernels, lock, tile, gc, options
 
 
 def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> DeviceError:
@@ -132,15 +129,13 @@ def _launch_filter_grad(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.A
     if x.size == 0 or d.size == 0:  # no pixels: every entry is an empty sum
         runtime.fill(out, 0)
         return
-    kernels, lock, tile, gc, options = _kernels(queue, out.dtype, args)
+    tile, gc, chunks, rows_per_chunk, count = _grad_layout(queue.device, out.dtype, args)
+    options = build_options(out.dtype, args, tile, gc)
+    kernels, lock = runtime.get_kernels(queue.context, _KERNEL_FILE, options)
     kh, kw, cin, cout = args.filters_shape
     n, hd, wd, _ = args.output_shape
-    geometry_one = filter_grad_geometry(args.filters_shape, tile, gc, 1)[0]
-    chunks, rows_per_chunk = filter_grad_chunks(n * hd, math.prod(geometry_one))
-    # Partial sums stay in the accumulation type: float32 for float16 storage.
-    acc_dtype = np.float32 if out.dtype == np.float16 else out.dtype
-    partial = runtime.scratch(queue, chunks * kh * kw * cin * tile.padded_channels(cout)
-                              * np.dtype(acc_dtype).itemsize)
+    # Partial sums stay in the accumulation type: float32 for float16 storage (count has it).
+    partial = runtime.scratch(queue, count * out.dtype.itemsize)
     try:
         with lock:
             kernels["filter_grad_partial"](
@@ -167,10 +162,38 @@ def _adjoint(args):
                 args.pads)
 
 
-def _check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Refuse, by name and size, what the device cannot run or hold, before allocating anything."""
+def _check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[int, ...]],
+                  temporaries: dict[str, int] | None = None) -> None:
+    """Refuse, by name and size, what the device cannot run or hold, before allocating anything.
+
+    ``temporaries``: the launches' own buffers, in ``dtype``'s elements.
+    """
     runtime.check_dtype_support(device, dtype)
-    runtime.check_fits(device, dtype, {what: math.prod(shape) for what, shape in shapes.items()})
+    runtime.check_fits(device, dtype, {**{what: math.prod(shape) for what, shape in shapes.items()},
+                                       **(temporaries or {})})
+
+
+class _GradLayout(NamedTuple):
+    """How the filter gradient runs a problem: its tile (``gc`` input x ``tile.channels``
+    output channels), how it splits the rows, and how many partial sums it keeps, in
+    the dtype's elements (float16 keeps them in float32, which counts twice)."""
+
+    tile: tuning.Tile
+    gc: int
+    chunks: int
+    rows_per_chunk: int
+    partials: int
+
+
+def _grad_layout(device: cl.Device, dtype: np.dtype, args: ConvArgs) -> _GradLayout:
+    tile, gc = tiles(device, dtype, args.filters_shape)
+    kh, kw, cin, cout = args.filters_shape
+    n, hd = args.output_shape[:2]
+    geometry_one = filter_grad_geometry(args.filters_shape, tile, gc, 1)[0]
+    chunks, rows_per_chunk = filter_grad_chunks(n * hd, math.prod(geometry_one))
+    widened = 2 if np.dtype(dtype) == np.float16 else 1
+    return _GradLayout(tile, gc, chunks, rows_per_chunk,
+                       widened * chunks * kh * kw * cin * tile.padded_channels(cout))
 
 
 def _outputs(out, shapes, dtype, queue, on_device, in_place):
@@ -234,7 +257,8 @@ def atrous_conv2d(value, filters, rate, padding, name=None, *,
     ops._check_limits(args)
     on_device, queue = ops._queue_for((value, filters), queue, context, device)
     _check_device(queue.device, dtype, {"value": args.value_shape, "filters": args.filters_shape,
-                                        "the output": args.output_shape})
+                                        "the output": args.output_shape},
+                  ops.launch_temporaries(queue.device, dtype, forward_as_transpose(args)))
     if out is not None:
         if not on_device:
             raise TypeError("out is for device arrays; the host path returns a new NumPy array")
@@ -333,19 +357,24 @@ def _vjp(args, dtype, value, filters, dy, queue, context, device, out):
     check_dy(dy.shape, dy.dtype, args.output_shape, dtype)
     ops._check_limits(args)
     on_device, queue = ops._queue_for((value, filters, dy), queue, context, device)
+    # d_value runs on the transpose kernel (the forward op as one with flipped taps,
+    # forward_as_transpose); d_filters is the forward op's filter gradient.
+    adjoint = _adjoint(args)
+    forward = isinstance(args, ConvArgs)
+    d_value_args = adjoint if forward else forward_as_transpose(adjoint)
+    grad_args = args if forward else adjoint
     _check_device(queue.device, dtype, {"value": args.value_shape, "filters": args.filters_shape,
                                         "dy": args.output_shape, "d_value": args.value_shape,
-                                        "d_filters": args.filters_shape})
+                                        "d_filters": args.filters_shape},
+                  {**ops.launch_temporaries(queue.device, dtype, d_value_args),
+                   "the filter gradient's partial sums":
+                       _grad_layout(queue.device, dtype, grad_args).partials})
     in_place = ops._in_place(queue, on_device)
     d_value, d_filters = _outputs(out, (args.value_shape, args.filters_shape), dtype, queue,
                                   on_device, in_place)
     value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype, in_place) for what, x in
                                 (("value", value), ("filters", filters), ("dy", dy)))
-    adjoint = _adjoint(args)
-    if isinstance(args, ConvArgs):
-        ops._launch(queue, dy_d, filters_d, d_value, adjoint)
-        _launch_filter_grad(queue, value_d, dy_d, d_filters, args)
-    else:
-        _launch_conv(queue, dy_d, filters_d, d_value, adjoint)
-        _launch_filter_grad(queue, dy_d, value_d, d_filters, adjoint)
+    ops._launch(queue, dy_d, filters_d, d_value, d_value_args, forward_filters=not forward)
+    _launch_filter_grad(queue, *((value_d, dy_d) if forward else (dy_d, value_d)), d_filters,
+                        grad_args)
     return (d_value, d_filters) if on_device else (d_value.get(queue), d_filters.get(queue))

@@ -12,7 +12,7 @@ import pyopencl.array as cl_array
 import pytest
 from conftest import assert_close, poisoned, skip_unsupported, stub_device
 
-from atrous_cl import geometry, ops, reference, training
+from atrous_cl import geometry, ops, reference, runtime, training
 
 # Every case describes a pair: x of (batch, height, width, cx) and y of the
 # transpose op's output size with cy channels; filters are [kh, kw, cy, cx].
@@ -279,6 +279,7 @@ def test_filter_gradient_identical_run_to_run(queue):
     (100, 4096, (1, 100)),   # enough work-items without splitting
     (100, 50, (50, 2)),      # ceil(4096 / 50) = 82 chunks of ceil(100 / 82) = 2 rows: 50 chunks
     (10, 7, (10, 1)),        # no more chunks than rows
+    (0, 9, (0, 0)),          # an empty batch: nothing to split
 ])
 def test_filter_grad_chunks(rows, tiles, want):
     assert training.filter_grad_chunks(rows, tiles) == want
@@ -385,6 +386,26 @@ def test_host_path_refuses_out(queue):
     with pytest.raises(TypeError, match=r"out is for device arrays"):
         training.atrous_conv2d_vjp(Y, F, 2, "SAME", np.zeros((2, 5, 6, 3), np.float32), queue=queue,
                                    out=(None, None))
+
+
+@pytest.mark.parametrize("vjp", ["forward", "transpose"])
+def test_vjp_counts_its_own_buffers_against_device_memory(queue, vjp, monkeypatch):
+    """Value, filters, dy and both gradients fit, but not with the packed filters and the
+    filter gradient's partial sums: refused before anything is allocated, by name."""
+    value, filters, dy = (np.zeros(s, np.float32) for s in ((1, 64, 64, 1), (3, 3, 1, 1), (1, 64, 64, 1)))
+    tensors = 4 * (value.size + filters.size + dy.size + value.size + filters.size)
+    facts = runtime.facts(queue.device)
+    monkeypatch.setitem(runtime._facts, queue.device.int_ptr, facts._replace(global_mem=tensors + 4))
+    if vjp == "forward":
+        call = lambda: training.atrous_conv2d_vjp(value, filters, 2, "SAME", dy, queue=queue)
+    else:
+        call = lambda: training.atrous_conv2d_transpose_vjp(value, filters, value.shape, 2, "SAME", dy,
+                                                            queue=queue)
+    with pytest.raises(ValueError, match=r"the packed filters, the filter gradient's partial sums need "
+                                         r"\d+ bytes together, more than the \d+ bytes of global memory"):
+        call()
+    monkeypatch.setitem(runtime._facts, queue.device.int_ptr, facts._replace(global_mem=10 * tensors))
+    call()  # with room for them too
 
 
 def test_float64_needs_fp64():
