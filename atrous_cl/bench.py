@@ -4,9 +4,10 @@
 Every implementation runs the same inputs in one process, interleaved round by
 round so that machine noise hits them alike; each figure is the median of the
 rounds after a warm-up. Our op is timed through the public host API (NumPy in,
-NumPy out, transfers included), which the peers' ratios refer to, and also on
-arrays already on the device ("on device": no transfers). The ceiling is NumPy's sgemm measured in the
-same run. FLOPs = 2 * N * H * W * Cin * Cout * kh * kw (value's H, W).
+NumPy out, transfers included where there are any), which the peers' ratios
+refer to, and also on arrays already on the device ("on device": no transfers).
+The ceiling is NumPy's sgemm measured in the same run.
+FLOPs = 2 * N * H * W * Cin * Cout * kh * kw (value's H, W).
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ def _demo(args) -> int:
     print(f"device:  {runtime.describe(queue.device)}")
     print(f"op:      atrous_conv2d_transpose value {value.shape} filters {filters.shape} -> "
           f"{tuple(output_shape)}, rate {args.rate}, {args.padding}, {dtype.name}")
-    print(f"time:    {t * 1e3:.2f} ms median of {args.repeat} (host arrays in and out, "
-          f"transfers included), {flops / t / 1e9:.1f} GFLOP/s")
+    print(f"time:    {t * 1e3:.2f} ms median of {args.repeat} (the host API: NumPy "
+          f"arrays in and out), {flops / t / 1e9:.1f} GFLOP/s")
     print(f"error:   {err:.2e} max relative to the NumPy reference (tolerance {tol:.0e})")
     ok = err <= tol
     print("result:  OK" if ok else "result:  FAILED: the device disagrees with the reference")
