@@ -108,12 +108,21 @@ def _transpose_args(value_shape, filters_shape, output_shape, rate, padding) -> 
     return args
 
 
-@functools.lru_cache(maxsize=256)
+#: The (device facts, dtype, problem, widening) that passed :func:`_device_checks`.
+_passed_device_checks: set = set()
+
+
 def _device_checks(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> None:
-    """Refuse a dtype or a problem size the device cannot take; memoised, as the
-    device's facts never change."""
+    """Refuse a dtype or a problem size the device cannot take. A pass is remembered
+    for the device's facts (which never change for a device), so equal calls skip it."""
+    key = (runtime.facts(device), dtype, args, widens_inputs(device, dtype))
+    if key in _passed_device_checks:
+        return
     runtime.check_dtype_support(device, dtype)
     _check_device_memory(device, args, dtype)
+    if len(_passed_device_checks) >= 1024:
+        _passed_device_checks.clear()
+    _passed_device_checks.add(key)
 
 
 def launch_temporaries(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> dict[str, int]:
@@ -136,19 +145,24 @@ def _check_device_memory(device: cl.Device, args: TransposeArgs, dtype: np.dtype
 
 
 def _device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
-                  in_place: bool = False) -> cl_array.Array | runtime.HostArray:
+                  in_place: bool = False, apart_from=()) -> cl_array.Array | runtime.HostArray:
     """``x`` as a C-contiguous device array in ``queue``'s context.
 
     With ``in_place`` (see :func:`_in_place`), a host ``x`` is used where it
     lies, copied on the host only if it is not C-contiguous and aligned, or
     for system SVM not writeable (pyopencl's SVM wrapper takes only writeable
-    memory; the kernels never write an input).
+    memory; the kernels never write an input). In a host-pointer buffer, it is
+    also copied if it may overlap one of the :class:`~atrous_cl.runtime.HostArray`
+    ``apart_from``: OpenCL leaves commands on buffers over overlapping host
+    memory undefined.
     """
     if in_place:
         svm = runtime.uses_system_svm(queue.device)
         if not (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
                 and x.flags.aligned and (x.flags.writeable or not svm)):
             x = np.require(x, dtype, ["C_CONTIGUOUS", "ALIGNED"] + (["WRITEABLE"] if svm else []))
+        if not svm and any(np.may_share_memory(x, other.array) for other in apart_from):
+            x = x.copy()
         return runtime.HostArray(x, queue)
     if isinstance(x, cl_array.Array):
         if x.context != queue.context:
@@ -332,11 +346,12 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=No
         _check_out(out, args.output_shape, dtype, queue)
     in_place = _in_place(queue, on_device)
     value_d = _device_array(queue, "value", value, dtype, in_place)
-    filters_d = _device_array(queue, "filters", filters, dtype, in_place)
+    filters_d = _device_array(queue, "filters", filters, dtype, in_place, apart_from=(value_d,))
     if out is None:
         out = _result(args.output_shape, dtype, queue, on_device, in_place)
-    _launch(queue, value_d, filters_d, out, args)
-    return out if on_device else out.get(queue)
+    with runtime.draining(queue):
+        _launch(queue, value_d, filters_d, out, args)
+        return out if on_device else out.get(queue)
 
 
 def _check_out(out, output_shape, dtype, queue) -> None:

@@ -8,6 +8,7 @@ driver failures are re-raised as :class:`atrous_cl.errors.DeviceError`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.resources
@@ -537,6 +538,18 @@ class HostArray:
             mapped.base.release(queue)
         queue.finish()  # until then kernels may still be writing it
         return self.array
+
+
+@contextlib.contextmanager
+def draining(queue: cl.CommandQueue):
+    """Around a host call's launches and result: if anything in it raises, wait for the
+    queue before the error unwinds, since kernels may still use host arrays in place
+    that the unwinding frees."""
+    try:
+        yield
+    except BaseException:
+        drain(queue)
+        raise
 
 
 def drain(queue: cl.CommandQueue) -> None:

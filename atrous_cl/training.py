@@ -265,11 +265,12 @@ def atrous_conv2d(value, filters, rate, padding, name=None, *,
         ops._check_out(out, args.output_shape, dtype, queue)
     in_place = ops._in_place(queue, on_device)
     value_d = ops._device_array(queue, "value", value, dtype, in_place)
-    filters_d = ops._device_array(queue, "filters", filters, dtype, in_place)
+    filters_d = ops._device_array(queue, "filters", filters, dtype, in_place, apart_from=(value_d,))
     if out is None:
         out = ops._result(args.output_shape, dtype, queue, on_device, in_place)
-    _launch_conv(queue, value_d, filters_d, out, args)
-    return out if on_device else out.get(queue)
+    with runtime.draining(queue):
+        _launch_conv(queue, value_d, filters_d, out, args)
+        return out if on_device else out.get(queue)
 
 
 def atrous_conv2d_vjp(value, filters, rate, padding, dy, *,
@@ -372,9 +373,11 @@ def _vjp(args, dtype, value, filters, dy, queue, context, device, out):
     in_place = ops._in_place(queue, on_device)
     d_value, d_filters = _outputs(out, (args.value_shape, args.filters_shape), dtype, queue,
                                   on_device, in_place)
-    value_d, filters_d, dy_d = (ops._device_array(queue, what, x, dtype, in_place) for what, x in
-                                (("value", value), ("filters", filters), ("dy", dy)))
-    ops._launch(queue, dy_d, filters_d, d_value, d_value_args, forward_filters=not forward)
-    _launch_filter_grad(queue, *((value_d, dy_d) if forward else (dy_d, value_d)), d_filters,
-                        grad_args)
-    return (d_value, d_filters) if on_device else (d_value.get(queue), d_filters.get(queue))
+    value_d = ops._device_array(queue, "value", value, dtype, in_place)
+    filters_d = ops._device_array(queue, "filters", filters, dtype, in_place, apart_from=(value_d,))
+    dy_d = ops._device_array(queue, "dy", dy, dtype, in_place, apart_from=(value_d, filters_d))
+    with runtime.draining(queue):
+        ops._launch(queue, dy_d, filters_d, d_value, d_value_args, forward_filters=not forward)
+        _launch_filter_grad(queue, *((value_d, dy_d) if forward else (dy_d, value_d)), d_filters,
+                            grad_args)
+        return (d_value, d_filters) if on_device else (d_value.get(queue), d_filters.get(queue))

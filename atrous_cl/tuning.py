@@ -158,16 +158,16 @@ def tile_for(device: cl.Device, dtype, args) -> Tile:
     """
     global _memo, _memo_table
     table = _table()
-    memo = _memo if _memo_table is table else None
     key = (device, np.dtype(dtype), args)
-    tile = memo.get(key) if memo is not None else None
-    if tile is None:
-        tuned = table["devices"].get(device_key(device))
-        entry = tuned and tuned.get(shape_class(dtype, args.value_shape, args.filters_shape, args.rate))
-        tile = Tile(*entry["tile"]) if entry else default_tile(device, dtype, args.filters_shape[2])
-        with _lock:
-            if _memo_table is not table:
-                _memo, _memo_table = {}, table
+    with _lock:  # _store changes the table under it: a lookup never straddles a store
+        if _memo_table is not table:
+            _memo, _memo_table = {}, table
+        tile = _memo.get(key)
+        if tile is None:
+            tuned = table["devices"].get(device_key(device))
+            entry = tuned and tuned.get(shape_class(dtype, args.value_shape, args.filters_shape,
+                                                    args.rate))
+            tile = Tile(*entry["tile"]) if entry else default_tile(device, dtype, args.filters_shape[2])
             if len(_memo) < 1024:
                 _memo[key] = tile
     return tile

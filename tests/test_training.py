@@ -408,6 +408,51 @@ def test_vjp_counts_its_own_buffers_against_device_memory(queue, vjp, monkeypatc
     call()  # with room for them too
 
 
+def test_a_failure_after_a_launch_waits_for_the_queue(queue, monkeypatch):
+    """Host arrays used in place must outlive the kernels: an error between the launches
+    (here the filter gradient's) waits for the queue before it unwinds and frees them."""
+    drained = []
+    real_drain = runtime.drain
+    monkeypatch.setattr(runtime, "drain", lambda q: drained.append(q) or real_drain(q))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the filter gradient failed")
+
+    monkeypatch.setattr(training, "_launch_filter_grad", broken)
+    with pytest.raises(RuntimeError, match="the filter gradient failed"):
+        training.atrous_conv2d_vjp(Y, F, 2, "SAME", np.zeros((2, 5, 6, 3), np.float32), queue=queue)
+    assert drained == [queue]
+
+
+@pytest.mark.parametrize("svm", [True, False], ids=["system-svm", "host-pointer-buffers"])
+def test_one_array_as_two_inputs(queue, svm, monkeypatch):
+    """The transpose vjp at dy = value: in host-pointer buffers (OpenCL leaves commands on
+    overlapping host memory undefined) the second is copied; with SVM both are used as they lie."""
+    if not runtime.works_in_host_memory(queue.device):
+        pytest.skip(f"{queue.device.name}: the host path copies anyway")
+    if svm and not runtime.uses_system_svm(queue.device):
+        pytest.skip(f"{queue.device.name}: no fine-grained system SVM")
+    monkeypatch.setattr(runtime, "uses_system_svm", lambda device: svm)
+    wrapped = []
+    real_host_array = runtime.HostArray.__init__
+
+    def recording(self, array, *args, **kwargs):
+        wrapped.append(array)
+        real_host_array(self, array, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.HostArray, "__init__", recording)
+    rng = np.random.default_rng()
+    x = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
+    filters = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    got = training.atrous_conv2d_transpose_vjp(x, filters, x.shape, 2, "SAME", x, queue=queue)
+    want = reference.atrous_conv2d_transpose_vjp(x, filters, x.shape, 2, "SAME", x)
+    for g, w in zip(got, want):
+        assert_close(g, w, np.float32, atol=1e-5 * np.abs(w).max())
+    inputs = wrapped[2:]  # after the two results
+    shared = [np.shares_memory(a, b) for i, a in enumerate(inputs) for b in inputs[i + 1:]]
+    assert any(shared) == svm
+
+
 def test_float64_needs_fp64():
     stub = stub_device(extensions="", name="NoFP64")
     with pytest.raises(ValueError, match=r"float64 needs the OpenCL extension cl_khr_fp64"):

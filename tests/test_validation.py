@@ -111,6 +111,15 @@ def test_output_larger_than_device_allows_raises_before_launch(queue):
                                           "SAME", queue=queue)
 
 
+def test_a_problem_that_fitted_is_checked_again_on_a_device_that_reports_less(queue, monkeypatch):
+    """Passed device checks are remembered per device facts, not per device object."""
+    atrous_cl.atrous_conv2d_transpose(**GOOD, queue=queue)
+    facts = runtime.facts(queue.device)
+    monkeypatch.setitem(runtime._facts, queue.device.int_ptr, facts._replace(global_mem=64))
+    with pytest.raises(DeviceCapabilityError, match=r"more than the 64 bytes of global memory"):
+        atrous_cl.atrous_conv2d_transpose(**GOOD, queue=queue)
+
+
 @pytest.mark.parametrize("kwargs, exc, pattern", [
     (dict(device="0:99"), ValueError, r"platform 0 has \d+ device\(s\), got index 99"),
     (dict(device="gpu"), ValueError, r"device selector must look like 'P' or 'P:D'"),
