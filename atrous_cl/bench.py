@@ -245,8 +245,9 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
         check: bool = True, back_to_back: bool = False) -> tuple[dict, float]:
     """Time every implementation on every workload; returns ({(workload, impl): seconds}, ceiling).
 
-    Interleaved by default: each round runs every implementation once, so each
-    call starts after others' work, as an op inside a model does. With
+    Interleaved by default: each round runs every implementation once, in a
+    new order, so each call starts after others' work, as an op inside a model
+    does. With
     ``back_to_back`` each implementation runs all its rounds in a row instead,
     as a loop over one op does: threads and caches stay warm, which is how
     fast each can go at best.
@@ -268,10 +269,13 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
         schedule = [(r, (wl, name)) for wl in workloads for name in names
                     for r in range(warmup + rounds)]
     else:
-        # Each round rotates who runs after whom: a peer whose worker threads
-        # spin after returning (TF's Eigen pool does) slows whatever comes next.
-        schedule = [(r, (wl, name)) for r in range(warmup + rounds) for wl in workloads
-                    for name in names[r % len(names):] + names[:r % len(names)]]
+        # A new order every round (seeded, so runs repeat), so that no implementation
+        # always runs right after the same one: a peer whose worker threads spin after
+        # returning (TF's Eigen pool does) slows whatever comes next. Rotating the
+        # order would not do: it keeps who follows whom.
+        shuffle = np.random.default_rng(1)
+        schedule = [(r, (wl, names[i])) for r in range(warmup + rounds) for wl in workloads
+                    for i in shuffle.permutation(len(names))]
     for r, key in schedule:
         call = calls[key]
         start = time.perf_counter()
