@@ -247,8 +247,7 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
 
     Interleaved by default: each round runs every implementation once, in a
     new order, so each call starts after others' work, as an op inside a model
-    does. With
-    ``back_to_back`` each implementation runs all its rounds in a row instead,
+    does. With ``back_to_back`` each implementation runs all its rounds in a row instead,
     as a loop over one op does: threads and caches stay warm, which is how
     fast each can go at best.
     """

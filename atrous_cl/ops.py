@@ -103,9 +103,7 @@ def _transpose_args(value_shape, filters_shape, output_shape, rate, padding) -> 
             and all(type(d) is int for d in output_shape)):
         return _checked_args(tuple(value_shape), tuple(filters_shape), tuple(output_shape),
                              rate, padding)
-    args = check_transpose_args(value_shape, filters_shape, output_shape, rate, padding)
-    _check_limits(args)
-    return args
+    return _checked_args.__wrapped__(value_shape, filters_shape, output_shape, rate, padding)
 
 
 #: The (device facts, dtype, problem, widening) that passed :func:`_device_checks`.
@@ -285,7 +283,6 @@ def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Arr
                                                packed, out.base_data,
                                                np.int64(_element_offset(out)), *p.sizes)
     except cl.Error as e:
-        runtime.drain(queue)
         raise DeviceError(f"launching atrous_conv2d_transpose on {runtime.describe(device)} "
                           f"failed: {e}", status=runtime.status_name(e), source=_KERNEL_FILE,
                           options=p.options) from e

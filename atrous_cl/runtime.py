@@ -553,8 +553,8 @@ def draining(queue: cl.CommandQueue):
 
 
 def drain(queue: cl.CommandQueue) -> None:
-    """After a failed launch: wait for what was enqueued before it, which may
-    still use host arrays in place, so none is freed under a running kernel."""
+    """After a failure in a host call (:func:`draining`): wait for what was enqueued,
+    which may still use host arrays in place, so none is freed under a running kernel."""
     try:
         queue.finish()
     except cl.Error:

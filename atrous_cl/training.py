@@ -108,15 +108,6 @@ def forward_as_transpose(args: ConvArgs) -> TransposeArgs:
                                                      ew - p.right))
 
 
-def _launch_conv(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
-                 out: cl_array.Array, args: ConvArgs) -> None:
-    """Run the forward op on device arrays whose shapes ``args`` has checked.
-
-    On the transpose op's kernel, tuned tiles included (:func:`forward_as_transpose`).
-    """
-    ops._launch(queue, value, filters, out, forward_as_transpose(args), forward_filters=True)
-
-
 def _launch_filter_grad(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
                         out: cl_array.Array, args: ConvArgs) -> None:
     """``out[a, b, c, o] = sum x[n, i - top + a*rate, j - left + b*rate, c] * d[n, i, j, o]``.
@@ -148,7 +139,6 @@ def _launch_filter_grad(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.A
                                        np.int32(chunks), out.base_data,
                                        np.int64(ops._element_offset(out)))
     except cl.Error as e:
-        runtime.drain(queue)
         raise _device_error(queue, "the filter gradient", e, options) from e
 
 
@@ -256,9 +246,10 @@ def atrous_conv2d(value, filters, rate, padding, name=None, *,
     args = check_conv_args(value.shape, filters.shape, rate, padding)
     ops._check_limits(args)
     on_device, queue = ops._queue_for((value, filters), queue, context, device)
+    as_transpose = forward_as_transpose(args)  # it runs on the transpose op's kernel and tiles
     _check_device(queue.device, dtype, {"value": args.value_shape, "filters": args.filters_shape,
                                         "the output": args.output_shape},
-                  ops.launch_temporaries(queue.device, dtype, forward_as_transpose(args)))
+                  ops.launch_temporaries(queue.device, dtype, as_transpose))
     if out is not None:
         if not on_device:
             raise TypeError("out is for device arrays; the host path returns a new NumPy array")
@@ -269,7 +260,7 @@ def atrous_conv2d(value, filters, rate, padding, name=None, *,
     if out is None:
         out = ops._result(args.output_shape, dtype, queue, on_device, in_place)
     with runtime.draining(queue):
-        _launch_conv(queue, value_d, filters_d, out, args)
+        ops._launch(queue, value_d, filters_d, out, as_transpose, forward_filters=True)
         return out if on_device else out.get(queue)
 
 
