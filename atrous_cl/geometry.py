@@ -85,3 +85,38 @@ def conv_output_hw(input_hw: tuple[int, int], kernel_hw: tuple[int, int],
     p = pads(kernel_hw, rate, padding)
     return (input_hw[0] + p.top + p.bottom - effective_kernel_size(kernel_hw[0], rate) + 1,
             input_hw[1] + p.left + p.right - effective_kernel_size(kernel_hw[1], rate) + 1)
+
+
+def live_taps(k: int, rate: int, crop: int, lo: int, hi: int) -> tuple[int, int] | None:
+    """The taps ``a`` in ``range(k)`` whose offset ``a * rate - crop`` lies in ``[lo, hi]``.
+
+    Returns ``(first, last)`` (the live taps form one run, since the offset
+    grows with ``a``), or None when no tap is live.
+    """
+    first = max(0, -(-(lo + crop) // rate))
+    last = min(k - 1, (hi + crop) // rate)
+    return (first, last) if first <= last else None
+
+
+def equivalent_dilation(k: int, rate: int, crop: int, lo: int, hi: int) -> tuple[int, int] | None:
+    """``(rate, crop)`` with small values that land the same taps at the same offsets.
+
+    One axis of a kernel that reads tap ``a`` at offset ``a * rate - crop``
+    from its output pixel, where only offsets in ``[lo, hi]`` ever reach an
+    input pixel (``lo <= 0 <= hi``; ``hi - lo`` is below the sum of the input
+    and output sizes). A rate larger than ``hi - lo`` leaves at most one live
+    tap, and any rate above ``hi - lo`` keeps the others outside, so such a
+    rate is replaced by ``hi - lo + 1`` and the crop moved with it: the same
+    result from numbers that fit the kernels' 64-bit index arithmetic, for
+    any rate (TF accepts any). Returns None when no tap is live at all: the
+    output along this axis is an empty sum.
+    """
+    live = live_taps(k, rate, crop, lo, hi)
+    if live is None:
+        return None
+    if rate <= hi - lo:  # then crop < k * rate - lo: as small as the problem itself
+        return rate, crop
+    tap = live[0]
+    offset = tap * rate - crop
+    rate = hi - lo + 1
+    return rate, tap * rate - offset

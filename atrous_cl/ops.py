@@ -12,7 +12,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 
-from atrous_cl import runtime, tuning
+from atrous_cl import geometry, runtime, tuning
 from atrous_cl.errors import DeviceError
 from atrous_cl.validation import TransposeArgs, check_dtypes, check_transpose_args
 
@@ -38,6 +38,29 @@ def widens_inputs(device: cl.Device, dtype) -> bool:
     return np.dtype(dtype) == np.float16 and bool(runtime.facts(device).type & cl.device_type.CPU)
 
 
+def kernel_dilation(args: TransposeArgs) -> tuple[int, int, int, int] | None:
+    """``(rate_h, crop_top, rate_w, crop_left)`` the transpose kernel is built with.
+
+    The problem's rate and crop pads, or, for a rate so large that a tap
+    could land outside the image and past 64-bit arithmetic, the small
+    equivalent of :func:`atrous_cl.geometry.equivalent_dilation` (output
+    pixel ``p`` reads input ``p + crop - a * rate``, so the offsets that reach
+    an input lie in ``[-(H - 1), OH - 1]``). None when no tap lands inside
+    ``value`` at all: the output is an empty sum. Needs non-empty images.
+    """
+    kh, kw = args.filters_shape[:2]
+    (h, w), (oh, ow) = args.value_shape[1:3], args.output_shape[1:3]
+    rows = geometry.equivalent_dilation(kh, args.rate, args.pads.top, 1 - h, oh - 1)
+    cols = geometry.equivalent_dilation(kw, args.rate, args.pads.left, 1 - w, ow - 1)
+    return None if rows is None or cols is None else (*rows, *cols)
+
+
+def dilation_options(rate_h: int, crop_top: int, rate_w: int, crop_left: int) -> tuple[str, ...]:
+    """The kernels' per-axis rate and crop pads, as long literals (see the kernel files)."""
+    return (f"-DRATE_H={rate_h}L", f"-DRATE_W={rate_w}L", f"-DPAD_TOP={crop_top}L",
+            f"-DPAD_LEFT={crop_left}L")
+
+
 def build_options(dtype: np.dtype, args: TransposeArgs, tile: tuning.Tile,
                   forward_filters: bool = False, wide: bool = False) -> tuple[str, ...]:
     """``-D`` options specialising the kernel for a dtype, a problem and a tile.
@@ -45,13 +68,12 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: tuning.Tile,
     Channel counts, kernel size, rate and pads are baked in so the compiler can
     unroll; spatial sizes stay run-time arguments, so one build serves every
     image size. ``forward_filters``: see :func:`_launch`; ``wide``:
-    :func:`widens_inputs`.
+    :func:`widens_inputs`. The problem must have a live tap (:func:`kernel_dilation`).
     """
     kh, kw, cout, cin = args.filters_shape
     return TYPE_OPTIONS[np.dtype(dtype).type] + (f"-DBW={tile.pixels}", f"-DBC={tile.channels}",
                     f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
-                    f"-DKH={kh}", f"-DKW={kw}", f"-DRATE={args.rate}",
-                    f"-DPAD_TOP={args.pads.top}", f"-DPAD_LEFT={args.pads.left}") + \
+                    f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*kernel_dilation(args)) + \
         (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ())
 
 
@@ -233,26 +255,35 @@ class _Plan(NamedTuple):
 
 @functools.lru_cache(maxsize=256)
 def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: TransposeArgs,
-         tile: tuning.Tile, forward_filters: bool, wide: bool) -> _Plan:
-    """The :class:`_Plan` of a launch, built (and its program compiled) once.
+          tile: tuning.Tile, forward_filters: bool, wide: bool) -> _Plan | None:
+    """The :class:`_Plan` of a launch, built (and its program compiled) once; None
+    when no tap lands inside ``value`` (:func:`kernel_dilation`).
 
     Like pyopencl's own program caches, the entries keep their contexts alive.
     """
+    if kernel_dilation(args) is None:
+        return None
     options = build_options(dtype, args, tile, forward_filters, wide)
     kernels, lock = runtime.get_kernels(context, _KERNEL_FILE, options)
     kh, kw, cout, cin = args.filters_shape
     itemsize = 4 if wide else np.dtype(dtype).itemsize
     _, oh, ow, _ = args.output_shape
     return _Plan(kernels, lock, options, wide, kh * kw * cin * tile.padded_channels(cout) * itemsize,
-                repack_geometry(args.filters_shape, tile), launch_geometry(args.output_shape, tile),
-                (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
-                 np.int32(ow)))
+                 repack_geometry(args.filters_shape, tile), launch_geometry(args.output_shape, tile),
+                 (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
+                  np.int32(ow)))
 
 
 def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
             out: cl_array.Array, args: TransposeArgs, tile: tuning.Tile | None = None,
-            forward_filters: bool = False) -> None:
+            forward_filters: bool = False) -> cl.Event | None:
     """Run the op on device arrays; ``tile`` overrides the tuned or default tile.
+
+    Follows pyopencl's array conventions, so it is right on any queue: the
+    launches wait for the events of ``value`` and ``filters`` (their producers,
+    on any queue of the context) and of ``out`` (its earlier users), each
+    kernel waits for the one before it (out-of-order queues), and ``out``
+    gets the last event, which is returned (None when nothing was enqueued).
 
     With ``forward_filters``, ``filters`` are laid out ``[kh, kw, in, out]`` and
     applied with flipped taps (``args.filters_shape`` still names them
@@ -260,13 +291,16 @@ def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Arr
     :func:`atrous_cl.training.forward_as_transpose` describes it.
     """
     if out.size == 0:
-        return
-    if value.size == 0 or filters.size == 0:  # an empty sum: no input or no input channels
-        runtime.fill(out, 0)
-        return
+        return None
+    wait = [*value.events, *filters.events, *out.events]
     device = queue.device
-    p = _plan(queue.context, device, out.dtype, args, tile or tuning.tile_for(device, out.dtype, args),
-             forward_filters, widens_inputs(device, out.dtype))
+    # An empty sum (no input, no input channels, or no tap landing inside
+    # value) is zero everywhere.
+    p = None if value.size == 0 or filters.size == 0 else _plan(
+        queue.context, device, out.dtype, args, tile or tuning.tile_for(device, out.dtype, args),
+        forward_filters, widens_inputs(device, out.dtype))
+    if p is None:
+        return runtime.fill(queue, out, 0, wait)
     kernels = p.kernels
     packed = runtime.scratch(queue, p.packed_nbytes)
     value_data, value_off = value.base_data, _element_offset(value)
@@ -274,18 +308,22 @@ def _launch(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Arr
         with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
             if p.wide:
                 value_data = runtime.scratch(queue, value.size * 4)
-                kernels["widen"](queue, (value.size,), None, value.base_data, np.int64(value_off),
-                                 value_data)
+                widened = kernels["widen"](queue, (value.size,), None, value.base_data,
+                                           np.int64(value_off), value_data, wait_for=wait)
                 value_off = 0
-            kernels["repack_filters"](queue, *p.repack, filters.base_data,
-                                      np.int64(_element_offset(filters)), packed)
-            kernels["atrous_conv2d_transpose"](queue, *p.main, value_data, np.int64(value_off),
-                                               packed, out.base_data,
-                                               np.int64(_element_offset(out)), *p.sizes)
+            repacked = kernels["repack_filters"](queue, *p.repack, filters.base_data,
+                                                 np.int64(_element_offset(filters)), packed,
+                                                 wait_for=wait)
+            done = kernels["atrous_conv2d_transpose"](
+                queue, *p.main, value_data, np.int64(value_off), packed, out.base_data,
+                np.int64(_element_offset(out)), *p.sizes,
+                wait_for=[repacked, widened] if p.wide else [repacked, *wait])
     except cl.Error as e:
         raise DeviceError(f"launching atrous_conv2d_transpose on {runtime.describe(device)} "
                           f"failed: {e}", status=runtime.status_name(e), source=_KERNEL_FILE,
                           options=p.options) from e
+    out.add_event(done)
+    return done
 
 
 def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=None, *,

@@ -503,8 +503,8 @@ class HostArray:
     """A C-contiguous, aligned NumPy array that kernels on a CPU device use in place.
 
     It offers what the launches take from a ``pyopencl.array.Array``
-    (``base_data``, ``offset``, ``size``, ``dtype``) and ``get``, which waits
-    for the queue and returns the array itself. ``base_data`` is the array as
+    (``base_data``, ``offset``, ``size``, ``dtype``, ``events``, ``add_event``)
+    and ``get``, which waits for the queue and returns the array itself. ``base_data`` is the array as
     system SVM where the device has it (:func:`uses_system_svm`), else a buffer
     created with ``CL_MEM_USE_HOST_PTR`` on it; either is made on first use
     (OpenCL has no empty buffers). Such a buffer's memory is defined on the
@@ -519,6 +519,10 @@ class HostArray:
         self._svm = uses_system_svm(queue.device)
         self._context = queue.context
         self._data = None
+        self.events: list[cl.Event] = []  # the launches that write it (see ops._launch)
+
+    def add_event(self, event: cl.Event) -> None:
+        self.events.append(event)
 
     @property
     def base_data(self):
@@ -533,8 +537,9 @@ class HostArray:
 
     def get(self, queue: cl.CommandQueue) -> np.ndarray:
         if self.written and self._data is not None and not self._svm:
+            # After its writers: on an out-of-order queue a map need not wait.
             mapped, _ = cl.enqueue_map_buffer(queue, self._data, cl.map_flags.READ, 0,
-                                              self.shape, self.dtype)
+                                              self.shape, self.dtype, wait_for=self.events)
             mapped.base.release(queue)
         queue.finish()  # until then kernels may still be writing it
         return self.array
@@ -561,18 +566,22 @@ def drain(queue: cl.CommandQueue) -> None:
         pass
 
 
-def fill(array, value) -> None:
+def fill(queue: cl.CommandQueue, array, value, wait_for=()) -> cl.Event | None:
     """Set every element of a C-contiguous device array (or a :class:`HostArray`) to ``value``.
 
-    Uses ``clEnqueueFillBuffer`` with a one-element pattern, so it works for
-    every dtype (pyopencl's own ``fill`` compiles a kernel, which float16 cannot
-    have without ``cl_khr_fp16``). A HostArray, fresh and in no kernel's
-    hands, is filled on the host.
+    Uses ``clEnqueueFillBuffer`` with a one-element pattern on ``queue``, after
+    ``wait_for``, so it works for every dtype (pyopencl's own ``fill`` compiles
+    a kernel, which float16 cannot have without ``cl_khr_fp16``); the array
+    gets the event, which is returned. A HostArray, fresh and in no kernel's
+    hands, is filled on the host (None is returned).
     """
     if array.size == 0:
-        return
+        return None
     if isinstance(array, HostArray):
         array.array.fill(value)
-        return
+        return None
     pattern = np.array(value, dtype=array.dtype)
-    cl.enqueue_fill_buffer(array.queue, array.base_data, pattern, array.offset, array.nbytes)
+    event = cl.enqueue_fill_buffer(queue, array.base_data, pattern, array.offset, array.nbytes,
+                                   wait_for=list(wait_for))
+    array.add_event(event)
+    return event

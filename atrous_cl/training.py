@@ -37,17 +37,31 @@ _KERNEL_FILE = "atrous_conv2d.cl"
 #: depends on the shapes alone, so results do not vary from run to run.
 _FILTER_GRAD_ITEMS = 4096
 
+def grad_dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
+    """``(rate_h, crop_top, rate_w, crop_left)`` the filter gradient is built with.
+
+    As :func:`atrous_cl.ops.kernel_dilation`, for the forward conv's reading
+    ``x[i - top + a * rate]`` of output row ``i``: the offsets that reach ``x``
+    lie in ``[-(HD - 1), HX - 1]``. None when no tap lands inside ``x``.
+    """
+    kh, kw = args.filters_shape[:2]
+    (hx, wx), (hd, wd) = args.value_shape[1:3], args.output_shape[1:3]
+    rows = geometry.equivalent_dilation(kh, args.rate, args.pads.top, 1 - hd, hx - 1)
+    cols = geometry.equivalent_dilation(kw, args.rate, args.pads.left, 1 - wd, wx - 1)
+    return None if rows is None or cols is None else (*rows, *cols)
+
+
 def build_options(dtype: np.dtype, args: ConvArgs, tile: tuning.Tile, gc: int) -> tuple[str, ...]:
     """``-D`` options for ``atrous_conv2d.cl``: dtype, problem and the filter gradient's tile.
 
-    Its tile is ``gc`` input channels x ``tile.channels`` output channels.
+    Its tile is ``gc`` input channels x ``tile.channels`` output channels. The
+    problem must have a live tap (:func:`grad_dilation`).
     """
     kh, kw, cin, cout = args.filters_shape
     return ops.TYPE_OPTIONS[np.dtype(dtype).type] + (
         f"-DBC={tile.channels}", f"-DGC={gc}",
         f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
-        f"-DKH={kh}", f"-DKW={kw}", f"-DRATE={args.rate}",
-        f"-DPAD_TOP={args.pads.top}", f"-DPAD_LEFT={args.pads.left}")
+        f"-DKH={kh}", f"-DKW={kw}") + ops.dilation_options(*grad_dilation(args))
 
 
 def tiles(device: cl.Device, dtype, filters_shape) -> tuple[tuning.Tile, int]:
@@ -109,17 +123,19 @@ def forward_as_transpose(args: ConvArgs) -> TransposeArgs:
 
 
 def _launch_filter_grad(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
-                        out: cl_array.Array, args: ConvArgs) -> None:
+                        out: cl_array.Array, args: ConvArgs) -> cl.Event | None:
     """``out[a, b, c, o] = sum x[n, i - top + a*rate, j - left + b*rate, c] * d[n, i, j, o]``.
 
     ``args`` describes the forward conv from ``x`` (its value) to ``d`` (its
-    output); ``out`` has ``args.filters_shape``.
+    output); ``out`` has ``args.filters_shape``. Events as for
+    :func:`atrous_cl.ops._launch`.
     """
     if out.size == 0:
-        return
-    if x.size == 0 or d.size == 0:  # no pixels: every entry is an empty sum
-        runtime.fill(out, 0)
-        return
+        return None
+    wait = [*x.events, *d.events, *out.events]
+    # No pixels, or no tap landing inside x: every entry is an empty sum.
+    if x.size == 0 or d.size == 0 or grad_dilation(args) is None:
+        return runtime.fill(queue, out, 0, wait)
     tile, gc, chunks, rows_per_chunk, count = _grad_layout(queue.device, out.dtype, args)
     options = build_options(out.dtype, args, tile, gc)
     kernels, lock = runtime.get_kernels(queue.context, _KERNEL_FILE, options)
@@ -129,17 +145,21 @@ def _launch_filter_grad(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.A
     partial = runtime.scratch(queue, count * out.dtype.itemsize)
     try:
         with lock:
-            kernels["filter_grad_partial"](
+            summed = kernels["filter_grad_partial"](
                 queue, *filter_grad_geometry(args.filters_shape, tile, gc, chunks),
                 x.base_data, np.int64(ops._element_offset(x)),
                 d.base_data, np.int64(ops._element_offset(d)), partial,
                 np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
-                np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk))
-            kernels["filter_grad_sum"](queue, (cout, cin, kh * kw), None, partial,
-                                       np.int32(chunks), out.base_data,
-                                       np.int64(ops._element_offset(out)))
+                np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk),
+                wait_for=wait)
+            done = kernels["filter_grad_sum"](queue, (cout, cin, kh * kw), None, partial,
+                                              np.int32(chunks), out.base_data,
+                                              np.int64(ops._element_offset(out)),
+                                              wait_for=[summed, *wait])
     except cl.Error as e:
         raise _device_error(queue, "the filter gradient", e, options) from e
+    out.add_event(done)
+    return done
 
 
 def _adjoint(args):

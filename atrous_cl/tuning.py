@@ -218,7 +218,7 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
     for tile in candidates(queue.device, dtype, cout):
         if progress:
             progress(tile)
-        runtime.fill(out, np.nan)
+        runtime.fill(queue, out, np.nan)
         ops._launch(queue, value, filters, out, args, tile)
         got = out.get().astype(np.float64)
         if got.size and not np.max(np.abs(got - expected)) <= 1e-2 * scale:

@@ -4,7 +4,7 @@
 // semantics, with respect to its filters:
 //
 //   filter_grad_partial + filter_grad_sum:
-//     dfilters[a, b, c, o] = sum_{n, i, j} x[n, i - PAD_TOP + a*RATE, j - PAD_LEFT + b*RATE, c]
+//     dfilters[a, b, c, o] = sum_{n, i, j} x[n, i - PAD_TOP + a*RATE_H, j - PAD_LEFT + b*RATE_W, c]
 //                                          * d[n, i, j, o]
 //
 // over the terms whose input pixel lies inside x; outside it TF's zero
@@ -21,9 +21,10 @@
 //              so it needs no cl_khr_fp16); USE_HALF / USE_FP64 accordingly
 //   BC         output channels per work-item (a vector), 1, 2, 4, 8, 16
 //   GC         filter gradient: input channels per work-item
-//   CIN, COUT, COUTP, KH, KW, RATE, PAD_TOP, PAD_LEFT
+//   CIN, COUT, COUTP, KH, KW, RATE_H, RATE_W, PAD_TOP, PAD_LEFT
 //              the channel counts, kernel, rate and pads, baked in so the
-//              compiler can unroll the tap and channel loops
+//              compiler can unroll the tap and channel loops; long literals
+//              per axis, as in atrous_conv2d_transpose.cl
 // Spatial sizes stay run-time arguments. Offsets are 64-bit.
 
 // The type and vector macros (LOAD, STOREV, VACC, ...) come from prelude.cl.
@@ -51,11 +52,11 @@ __kernel void filter_grad_partial(
     const long s = get_global_id(2) / (KH * KW);
     const int tap = (int)(get_global_id(2) - s * (KH * KW));
     const int ta = tap / KW;
-    const int di = ta * RATE - PAD_TOP;                 // x row of d's row i: i + di
-    const int dj = (tap - ta * KW) * RATE - PAD_LEFT;   // x column of d's column j: j + dj
+    const long di = ta * RATE_H - PAD_TOP;                 // x row of d's row i: i + di
+    const long dj = (tap - ta * KW) * RATE_W - PAD_LEFT;   // x column of d's column j: j + dj
     // The d columns whose x column lies inside x: no test per pixel.
-    const int j_lo = max(0, -dj);
-    const int j_hi = min(WD, WX - dj);
+    const int j_lo = (int)clamp(-dj, 0L, (long)WD);
+    const int j_hi = (int)clamp(WX - dj, 0L, (long)WD);
     const bool whole_o = o0 + BC <= COUT;
 
     // Input channels past CIN (the last, ragged tile) read channel CIN - 1
@@ -74,10 +75,10 @@ __kernel void filter_grad_partial(
     const long r_end = min(rows, (s + 1) * rows_per_chunk);
     for (long r = s * rows_per_chunk; r < r_end; ++r) {
         const long n = r / HD;
-        const int ix = (int)(r - n * HD) + di;
+        const long ix = (r - n * HD) + di;
         if (ix < 0 || ix >= HX)
             continue;
-        const long xrow = x_off + ((n * HX + ix) * (long)WX + dj) * CIN;
+        const long xrow = x_off + ((n * HX + ix) * WX + dj) * CIN;
         const long drow = d_off + r * (long)WD * COUT + o0;
         for (int j = j_lo; j < j_hi; ++j) {
             VACC dv;

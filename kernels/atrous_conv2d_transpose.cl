@@ -2,7 +2,7 @@
 //
 // Transposed atrous (dilated) 2-D convolution, stride 1, TF semantics.
 //
-//   out[n, p, q, c] = sum_{a, b, o} value[n, p + PAD_TOP - a*RATE, q + PAD_LEFT - b*RATE, o]
+//   out[n, p, q, c] = sum_{a, b, o} value[n, p + PAD_TOP - a*RATE_H, q + PAD_LEFT - b*RATE_W, o]
 //                                   * filters[a, b, c, o]
 //
 // over the taps whose input pixel lies inside value: the gather form of the
@@ -21,9 +21,13 @@
 //              half/float (half is storage only, via vload_half/vstore_half,
 //              so it needs no cl_khr_fp16); USE_HALF / USE_FP64 accordingly
 //   BW, BC     the tile: output pixels x output channels; BC in 1, 2, 4, 8, 16
-//   CIN, COUT, COUTP, KH, KW, RATE, PAD_TOP, PAD_LEFT
-//              the problem's channel counts, kernel, rate and pads, so the
-//              compiler can unroll the tap and channel loops
+//   CIN, COUT, COUTP, KH, KW, RATE_H, RATE_W, PAD_TOP, PAD_LEFT
+//              the problem's channel counts, kernel, rate and crop pads, so
+//              the compiler can unroll the tap and channel loops. The rate
+//              and pads are long literals, per axis: a rate too large for
+//              the image arrives replaced by a small one that lands the same
+//              taps (atrous_cl.geometry.equivalent_dilation), and the row and
+//              column arithmetic is 64-bit, so no rate overflows it
 //   FORWARD_FILTERS, WIDE_INPUTS   see repack_filters and WIDE_INPUTS below
 // Spatial sizes stay run-time arguments: one build serves every image size.
 // Offsets are 64-bit, so tensors past 2^31 elements index correctly.
@@ -101,16 +105,16 @@ __kernel void atrous_conv2d_transpose(
         acc[px] = (VACC)0;
 
     for (int a = 0; a < KH; ++a) {
-        const int i = p + PAD_TOP - a * RATE;
+        const long i = p + PAD_TOP - a * RATE_H;
         if (i < 0 || i >= H)
             continue;
         const long row = value_off + (n * H + i) * (long)W * CIN;
         for (int b = 0; b < KW; ++b) {
-            const int j0 = q0 + PAD_LEFT - b * RATE;  // input column of pixel 0
+            const long j0 = q0 + PAD_LEFT - b * RATE_W;  // input column of pixel 0
             const long tap = (long)(a * KW + b) * CIN * COUTP + c0;
             if (j0 >= 0 && j0 + BW <= W) {
                 // Interior: every pixel's input column lies inside value.
-                __global const VALUE_T *v = value + row + (long)j0 * CIN;
+                __global const VALUE_T *v = value + row + j0 * CIN;
                 for (int o = 0; o < CIN; ++o) {
                     const VACC w = LOADV_WT(wt, tap + o * COUTP);
 #pragma unroll
@@ -128,7 +132,7 @@ __kernel void atrous_conv2d_transpose(
 #pragma unroll
                 for (int px = 0; px < BW; ++px) {
                     inside[px] = j0 + px >= 0 && j0 + px < W;
-                    col[px] = row + (long)clamp(j0 + px, 0, W - 1) * CIN;
+                    col[px] = row + clamp(j0 + px, 0L, (long)W - 1) * CIN;
                 }
                 for (int o = 0; o < CIN; ++o) {
                     const VACC w = LOADV_WT(wt, tap + o * COUTP);

@@ -151,7 +151,7 @@ def poisoned(queue: cl.CommandQueue, shape, dtype):
     import pyopencl.array as cl_array
 
     out = cl_array.empty(queue, tuple(shape), dtype)
-    runtime.fill(out, np.nan)
+    runtime.fill(queue, out, np.nan)
     return out
 
 

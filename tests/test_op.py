@@ -192,12 +192,12 @@ def test_host_filters_next_to_device_value_are_copied(queue):
 @pytest.mark.parametrize("filename", ["atrous_conv2d_transpose.cl", "atrous_conv2d.cl"])
 def test_every_kernel_declares_its_argument_types(queue, filename):
     """Launches set scalar arguments by declared dtype (fast); each kernel needs one per argument."""
-    from atrous_cl import runtime
+    from atrous_cl import ops, runtime
 
     source = runtime.program_source(filename)
     declared = runtime.scalar_arg_dtypes(source)
     options = ("-DT=float", "-DACC=float", "-DBW=2", "-DBC=2", "-DGC=2", "-DCIN=3", "-DCOUT=3",
-               "-DCOUTP=4", "-DKH=2", "-DKW=2", "-DRATE=1", "-DPAD_TOP=0", "-DPAD_LEFT=0")
+               "-DCOUTP=4", "-DKH=2", "-DKW=2", *ops.dilation_options(1, 0, 1, 0))
     kernels, _ = runtime.get_kernels(queue.context, filename, options)
     assert set(declared) == set(kernels)
     for name, kernel in kernels.items():
