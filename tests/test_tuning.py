@@ -19,7 +19,7 @@ from atrous_cl.validation import check_transpose_args
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(tuning, "_loaded", None)
-    monkeypatch.setattr(tuning, "_warned", set())
+    monkeypatch.setattr(tuning, "_warned", set(), raising=False)
     yield tmp_path / "atrous-cl" / "tuning.json"
     tuning._loaded = None
 
@@ -223,10 +223,11 @@ import sys, time
 from pathlib import Path
 from atrous_cl import tuning
 tuning.device_key = lambda device: "device"
-who, go = sys.argv[1], Path(sys.argv[2])
-while not go.exists():
+who, folder = sys.argv[1], Path(sys.argv[2])
+(folder / who).touch()
+while not (folder / "go").exists():
     time.sleep(0.001)
-for i in range(40):
+for i in range(200):
     tuning._store(None, f"{who} {i}", tuning.Tile(2, 1), {"2x1": 1e-3})
 """
 
@@ -236,16 +237,19 @@ def test_two_processes_storing_at_once_keep_both_entries(tmp_path):
     import os
     import subprocess
     import sys
+    import time
 
-    go = tmp_path / "go"
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
-    procs = [subprocess.Popen([sys.executable, "-c", _STORER, who, str(go)], env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", _STORER, who, str(tmp_path)], env=env,
                               stderr=subprocess.PIPE, text=True) for who in ("a", "b")]
-    go.touch()
+    while not ((tmp_path / "a").exists() and (tmp_path / "b").exists()):  # both imported
+        assert all(p.poll() is None for p in procs), [p.stderr.read() for p in procs]
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     saved = json.loads((tmp_path / "atrous-cl" / "tuning.json").read_text())
-    assert set(saved["devices"]["device"]) == {f"{who} {i}" for who in "ab" for i in range(40)}
+    assert set(saved["devices"]["device"]) == {f"{who} {i}" for who in "ab" for i in range(200)}
 
 
 @pytest.mark.parametrize("value_shape", [(0, 6, 10, 4), (1, 0, 10, 4), (1, 6, 0, 4)],
