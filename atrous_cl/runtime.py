@@ -633,7 +633,9 @@ def _build(context: cl.Context, source: str, options: tuple[str, ...]) -> cl.Pro
         except KeyError as e:
             if cache is False or not _is_cache_failure(e):
                 raise
-            failure = e.__context__
+            failure = e.__context__  # os.environ's own KeyError(b'...'), then the cache's error
+            while isinstance(failure, KeyError) and failure.__context__ is not None:
+                failure = failure.__context__
     # The cache only saves time: build without it, and say what went wrong with it once.
     warnings.warn(f"pyopencl's binary cache in {cache} failed ({failure!r}); building without it",
                   RuntimeWarning, stacklevel=4)
