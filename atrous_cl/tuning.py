@@ -172,13 +172,15 @@ def _read_json(path: Path):
         _Unusable: the file is not a regular file, too large, or not JSON.
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # not even opened: a device may act on open
+            raise _Unusable("is not a regular file")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return _MISSING
     except OSError as e:
         raise _Unusable(f"cannot be opened ({e.strerror or e})") from e
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since the stat
             raise _Unusable("is not a regular file")
         data = f.read(_MAX_FILE_BYTES + 1)
     if len(data) > _MAX_FILE_BYTES:
