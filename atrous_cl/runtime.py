@@ -587,9 +587,9 @@ def _program_cache_held():
 
     pyopencl's binary cache guards itself with a lock file that a process
     killed mid-build (Ctrl-C, kill) leaves behind; every later build by any
-    process then waits 60 s and raises a bare KeyError (:func:`_is_cache_failure`). So builds
-    use a folder of our own, and take an ``flock`` on it first, which the
-    kernel drops with a dead holder. Since every user of the folder holds
+    process then waits 60 s and raises a bare KeyError
+    (:func:`_is_cache_failure`). So builds use a folder of our own, and take
+    an ``flock`` on it first, which the kernel drops with a dead holder. Since every user of the folder holds
     the flock around pyopencl's work in it, a pyopencl lock file seen under
     the flock is stale, and is removed. If another process holds the flock
     (it is building), this build goes uncached rather than waiting on it.
@@ -636,7 +636,7 @@ def _build(context: cl.Context, source: str, options: tuple[str, ...]) -> cl.Pro
             failure = e.__context__  # os.environ's own KeyError(b'...'), then the cache's error
             while isinstance(failure, KeyError) and failure.__context__ is not None:
                 failure = failure.__context__
-    # The cache only saves time: build without it, and say what went wrong with it once.
+    # The cache only saves time: build without it, and say what went wrong with it.
     warnings.warn(f"pyopencl's binary cache in {cache} failed ({failure!r}); building without it",
                   RuntimeWarning, stacklevel=4)
     return cl.Program(context, source).build(options=list(options), cache_dir=False)

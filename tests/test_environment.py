@@ -67,23 +67,29 @@ def _op_in_child(env: dict) -> tuple[dict, str]:
     return json.loads(done.stdout), done.stderr
 
 
-@pytest.mark.parametrize("home", ["unset", "a file"])
-def test_without_a_writable_cache_home_devices_stay_and_the_op_works(queue, tmp_path, home):
-    """XDG_CACHE_HOME a file (or under one), HOME unset or under a file: PoCL hid its devices,
-    Intel's registration vanished (shifting indices), pyopencl raised a bare KeyError. Now a
-    private temporary cache stands in, with a warning naming the unwritable folder."""
+@pytest.mark.parametrize("case", ["HOME unset, XDG_CACHE_HOME under a file",
+                                  "HOME a file, XDG_CACHE_HOME unset",
+                                  "HOME a file, XDG_CACHE_HOME a file"])
+def test_without_a_writable_cache_home_devices_stay_and_the_op_works(queue, tmp_path, case):
+    """PoCL hid its devices, Intel's registration vanished (shifting indices), pyopencl raised a
+    bare KeyError. Now a private temporary cache stands in, with a warning naming the unwritable
+    folder, and is removed at exit. (Root writes through chmod 000, so files stand in for
+    read-only folders.)"""
     selector = _selector(queue)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    home, xdg = {"HOME unset, XDG_CACHE_HOME under a file": (None, blocker / "cache"),
+                 "HOME a file, XDG_CACHE_HOME unset": (blocker, None),
+                 "HOME a file, XDG_CACHE_HOME a file": (blocker, blocker)}[case]
+    unwritable = (xdg if xdg else home / ".cache") / "atrous-cl"
     normal, _ = _op_in_child(_child_env(XDG_CACHE_HOME=str(tmp_path / "cache"), PYOPENCL_CTX=selector))
     broken, stderr = _op_in_child(_child_env(
-        XDG_CACHE_HOME=str(blocker / "cache"), PYOPENCL_CTX=selector,
-        HOME=None if home == "unset" else str(blocker)))
+        PYOPENCL_CTX=selector, HOME=home and str(home), XDG_CACHE_HOME=xdg and str(xdg)))
     assert broken["devices"] == normal["devices"]
     assert broken["ran_on"] == normal["ran_on"] == [queue.device.platform.name.strip(),
                                                     queue.device.name.strip()]
     assert broken["error"] <= 1e-5
-    assert f"cannot write its cache folder {blocker / 'cache' / 'atrous-cl'}" in stderr
+    assert f"cannot write its cache folder {unwritable} (Not a directory)" in stderr
     private = re.search(r"; using (\S+) for this process", stderr).group(1)
     assert not os.path.exists(private)  # removed at exit
 
