@@ -3,7 +3,8 @@
 
 from atrous_cl import runtime as _runtime
 
-# Before anything asks the ICD loader for platforms (see register_pip_icds).
+# Before anything asks the ICD loader for platforms or builds (see each).
+_runtime.provide_cache_home()
 _runtime.register_pip_icds()
 
 from atrous_cl import geometry, reference  # noqa: E402

@@ -8,13 +8,16 @@ driver failures are re-raised as :class:`atrous_cl.errors.DeviceError`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
 import importlib.resources
 import os
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -26,18 +29,122 @@ from pyopencl.tools import context_dependent_memoize
 
 from atrous_cl.errors import DeviceCapabilityError, DeviceError
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 #: Platforms never picked by default: simulators are for checking, not speed.
 _SIMULATORS = ("oclgrind",)
 #: Among CPU devices, Intel's runtime ran the same kernels 1.2-1.5x faster than PoCL here (README, Speed).
 _FAST_CPU_PLATFORMS = ("intel",)
 #: Where ocl-icd looks for vendor files when OCL_ICD_VENDORS is unset.
 _SYSTEM_VENDORS = Path("/etc/OpenCL/vendors")
+#: Our own registration in the vendors folder we hand the ICD loader.
+_INTEL_ICD = "atrous-cl-intel-cpu.icd"
+
+_cache_lock = threading.Lock()
+#: cache_dir's answer per wanted folder, checked once a process.
+_cache_dirs: dict[Path, Path] = {}
+#: The private temporary cache of this process, made on first need.
+_private: Path | None = None
+
+
+def _home_cache() -> Path | None:
+    """``$XDG_CACHE_HOME``, else ``~/.cache``; None when there is no home to expand."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        home = os.path.expanduser("~")
+        if home.startswith("~"):  # HOME unset and no passwd entry
+            return None
+        base = os.path.join(home, ".cache")
+    return Path(base)
+
+
+def _writable(folder: Path) -> OSError | None:
+    """Create ``folder`` if needed and write a file in it; the error if either fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e
+    return None
+
+
+def _remove_private(folder: Path, pid: int) -> None:
+    if os.getpid() == pid:  # a forked child inherits the atexit hook, not the folder
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _private_cache(wanted: Path | None, error: OSError | None) -> Path:
+    """This process's private temporary cache home, made on first need (with one warning
+    per unusable folder) and removed at exit."""
+    global _private
+    where = f"its cache folder {wanted} ({error.strerror or error})" if wanted else \
+        "a cache folder: HOME is unset and XDG_CACHE_HOME too"
+    if _private is None:
+        try:
+            _private = Path(tempfile.mkdtemp(prefix="atrous-cl-cache-"))
+        except OSError as e:
+            raise OSError(e.errno, f"atrous-cl cannot write {where}, nor a temporary folder in "
+                                   f"{tempfile.gettempdir()} ({e.strerror or e}); set XDG_CACHE_HOME "
+                                   f"to a writable folder") from e
+        atexit.register(_remove_private, _private, os.getpid())
+    warnings.warn(f"atrous-cl cannot write {where}; using {_private} for this process, removed at "
+                  f"exit (tuned tiles and compiled kernels are not kept). Set XDG_CACHE_HOME to a "
+                  f"writable folder to keep them.", RuntimeWarning, stacklevel=3)
+    return _private
 
 
 def cache_dir() -> Path:
-    """Per-user cache folder of atrous-cl (honours ``XDG_CACHE_HOME``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "atrous-cl"
+    """Per-user cache folder of atrous-cl: ``$XDG_CACHE_HOME/atrous-cl`` or ``~/.cache/atrous-cl``.
+
+    The folder exists when this returns. If it cannot be made or written
+    (HOME unset or read-only, XDG_CACHE_HOME a file), a private temporary
+    folder stands in for the rest of the process, with one warning that names
+    the unwritable folder: the cache only saves time, so it never stops the op.
+
+    Raises:
+        OSError: neither that folder nor a temporary one can be written; the
+            message names both.
+    """
+    home = _home_cache()
+    wanted = home / "atrous-cl" if home is not None else None
+    with _cache_lock:
+        found = _cache_dirs.get(wanted)
+        if found is None:
+            error = _writable(wanted) if wanted is not None else None
+            found = wanted if wanted is not None and error is None else \
+                _private_cache(wanted, error) / "atrous-cl"
+            found.mkdir(exist_ok=True)
+            _cache_dirs[wanted] = found
+        return found
+
+
+def provide_cache_home() -> str | None:
+    """Point ``XDG_CACHE_HOME`` at a private temporary folder when the cache home is unwritable.
+
+    atrous-cl is not alone there: pyopencl and pytools keep compiled programs
+    and generated code in it, PoCL its kernels, and each fails without it
+    (PoCL hides its devices, so the op finds none; pyopencl raises a bare
+    ``KeyError`` or ``NotADirectoryError``). So when :func:`cache_dir` had to
+    fall back to its temporary stand-in (with its warning), the whole process
+    is pointed at that. It must run before pyopencl asks for platforms or
+    builds anything, which is why importing atrous_cl calls it.
+
+    Returns:
+        The folder now in ``XDG_CACHE_HOME``, or None when nothing was changed.
+    """
+    try:
+        folder = cache_dir()
+    except OSError as e:
+        warnings.warn(str(e), RuntimeWarning, stacklevel=2)
+        return None
+    if _private is None or folder.parent != _private:
+        return None
+    os.environ["XDG_CACHE_HOME"] = str(_private)
+    return str(_private)
 
 
 def _pip_intel_runtime() -> Path | None:
@@ -51,40 +158,68 @@ def _pip_intel_runtime() -> Path | None:
     return None
 
 
+def _replace_link(path: Path, target: Path) -> None:
+    """Make ``path`` a symlink to ``target``, atomically, unless it already is one."""
+    if path.is_symlink() and os.readlink(path) == str(target):
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, path)
+
+
+def _sync_vendors(folder: Path, lib: Path) -> None:
+    """Make ``folder`` list Intel's runtime plus exactly the system's current vendor files.
+
+    System entries are symlinks, so an edited driver entry shows through, and
+    entries whose system file is gone are removed: the loader must see the
+    system as it is now, or a removed driver would come back and shift every
+    later platform index.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    ours = folder / _INTEL_ICD
+    if not ours.is_file() or ours.is_symlink() or ours.read_text() != f"{lib}\n":
+        tmp = folder / f".{_INTEL_ICD}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp.write_text(f"{lib}\n")
+        os.replace(tmp, ours)
+    system = {icd.name: icd for icd in _SYSTEM_VENDORS.glob("*.icd")
+              if icd.name != _INTEL_ICD} if _SYSTEM_VENDORS.is_dir() else {}
+    for name, source in system.items():
+        _replace_link(folder / name, source.absolute())
+    for entry in folder.glob("*.icd"):
+        if entry.name != _INTEL_ICD and entry.name not in system:
+            entry.unlink(missing_ok=True)  # its system file is gone (or another process removed it)
+
+
 def register_pip_icds() -> str | None:
     """Make an Intel OpenCL runtime installed from PyPI visible to the ICD loader.
 
     pyopencl's loader finds PoCL and Oclgrind wheels by itself, but Intel's
     runtime only through ``OCL_ICD_VENDORS``. When that variable is unset and
-    ``intel-opencl-rt`` is installed, this writes a vendors folder in the cache
-    holding an ``.icd`` file for it plus links to the system's own
-    ``/etc/OpenCL/vendors`` entries (so system GPU drivers stay visible), and
-    points ``OCL_ICD_VENDORS`` at it. A user's own setting always wins. It must
-    run before the first platform query of the process, which is why importing
-    atrous_cl calls it.
+    ``intel-opencl-rt`` is installed, this keeps a vendors folder in the cache
+    holding an ``.icd`` file for it plus symlinks to the system's current
+    ``/etc/OpenCL/vendors`` entries (so system GPU drivers stay visible, and
+    removed ones go), and points ``OCL_ICD_VENDORS`` at it. A user's own
+    setting always wins. It must run before the first platform query of the
+    process, which is why importing atrous_cl calls it. Without a writable
+    cache home the folder goes in :func:`cache_dir`'s temporary stand-in, so
+    the devices and their indices stay the same.
 
     Returns:
-        The folder now in ``OCL_ICD_VENDORS``, or None when nothing was changed.
+        The folder now in ``OCL_ICD_VENDORS``, or None when nothing was changed
+        (with a warning naming the folder if it could not be written).
     """
     if "OCL_ICD_VENDORS" in os.environ:
         return None
     lib = _pip_intel_runtime()
     if lib is None:
         return None
-    folder = cache_dir() / "icd" / hashlib.sha1(str(lib).encode()).hexdigest()[:12]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        wanted = {"atrous-cl-intel-cpu.icd": f"{lib}\n"}
-        if _SYSTEM_VENDORS.is_dir():
-            for icd in _SYSTEM_VENDORS.glob("*.icd"):
-                wanted[icd.name] = icd.read_text()
-        for name, text in wanted.items():
-            path = folder / name
-            if not path.is_file() or path.read_text() != text:
-                tmp = folder / f".{name}.{os.getpid()}.tmp"
-                tmp.write_text(text)
-                os.replace(tmp, path)
-    except OSError:  # a read-only home: run without Intel's runtime rather than fail
+        folder = cache_dir() / "icd" / hashlib.sha1(str(lib).encode()).hexdigest()[:12]
+        _sync_vendors(folder, lib)
+    except OSError as e:
+        warnings.warn(f"atrous-cl could not register Intel's OpenCL runtime ({lib}) with the ICD "
+                      f"loader, so it is not offered: {e}", RuntimeWarning, stacklevel=2)
         return None
     os.environ["OCL_ICD_VENDORS"] = str(folder)
     return str(folder)
@@ -436,17 +571,87 @@ def get_kernels(context: cl.Context, filename: str,
         return _build_kernels(context, filename, options)
 
 
+def _program_cache() -> Path | None:
+    """Our folder for pyopencl's binary cache (per Python version, like pyopencl's own), or None."""
+    try:
+        folder = cache_dir() / f"programs-py{sys.version_info[0]}.{sys.version_info[1]}"
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return folder
+
+
+@contextlib.contextmanager
+def _program_cache_held():
+    """The ``cache_dir`` to give ``Program.build``: our folder, held, or False (build uncached).
+
+    pyopencl's binary cache guards itself with a lock file that a process
+    killed mid-build (Ctrl-C, kill) leaves behind; every later build by any
+    process then waits 60 s and raises a bare KeyError
+    (:func:`_is_cache_failure`). So builds use a folder of our own, and take
+    an ``flock`` on it first, which the kernel drops with a dead holder. Since every user of the folder holds
+    the flock around pyopencl's work in it, a pyopencl lock file seen under
+    the flock is stale, and is removed. If another process holds the flock
+    (it is building), this build goes uncached rather than waiting on it.
+    """
+    folder = _program_cache()
+    if folder is None:
+        yield False
+        return
+    if fcntl is None:  # no flock (Windows): cannot tell a stale lock file from a live one
+        yield str(folder)
+        return
+    try:
+        fd = os.open(folder / ".atrous-cl.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except OSError:
+            held = False
+        if held:
+            (folder / "lock").unlink(missing_ok=True)
+        yield str(folder) if held else False
+    finally:
+        os.close(fd)  # drops the flock
+
+
+def _is_cache_failure(error: KeyError) -> bool:
+    """pyopencl 2024-2026.1 reads ``os.environ["PYOPENCL_CACHE_FAILURE_FATAL"]`` when its binary
+    cache fails, so any cache failure surfaces as this KeyError unless the variable is set."""
+    return error.args == ("PYOPENCL_CACHE_FAILURE_FATAL",)
+
+
+def _build(context: cl.Context, source: str, options: tuple[str, ...]) -> cl.Program:
+    """``source`` built with ``options``, through our binary cache where it works, else uncached."""
+    with _program_cache_held() as cache:
+        try:
+            return cl.Program(context, source).build(options=list(options), cache_dir=cache)
+        except KeyError as e:
+            if cache is False or not _is_cache_failure(e):
+                raise
+            failure = e.__context__  # os.environ's own KeyError(b'...'), then the cache's error
+            while isinstance(failure, KeyError) and failure.__context__ is not None:
+                failure = failure.__context__
+    # The cache only saves time: build without it, and say what went wrong with it.
+    warnings.warn(f"pyopencl's binary cache in {cache} failed ({failure!r}); building without it",
+                  RuntimeWarning, stacklevel=4)
+    return cl.Program(context, source).build(options=list(options), cache_dir=False)
+
+
 @context_dependent_memoize
 def _build_kernels(context: cl.Context, filename: str,
                    options: tuple[str, ...]) -> tuple[dict[str, cl.Kernel], threading.Lock]:
     source = program_source(filename)
-    program = cl.Program(context, source)
     try:
         with warnings.catch_warnings():
             # Some drivers (Intel's) return a build log even on success, which
             # pyopencl turns into a warning on every first call.
             warnings.simplefilter("ignore", cl.CompilerWarning)
-            program.build(options=list(options))
+            program = _build(context, source, options)
     except cl.Error as e:
         raise DeviceError(f"building {filename} failed on "
                           f"{', '.join(describe(d) for d in context.devices)}: {e}",

@@ -15,18 +15,28 @@ kernel (a new version of this package) starts from the defaults again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
 import statistics
 import threading
 import time
+import warnings
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 import pyopencl as cl
 
 from atrous_cl import runtime
+from atrous_cl.errors import DeviceError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 _CACHE_VERSION = 1
 
@@ -115,15 +125,20 @@ def shape_class(dtype, value_shape, filters_shape, rate: int) -> str:
             f"w{_pow2_at_least(max(1, value_shape[2]))}")
 
 
-def cache_path():
+def cache_path() -> Path:
     return runtime.cache_dir() / "tuning.json"
 
+
+#: A larger tuning file is not one we wrote: a full one holds a few hundred entries, ~100 kB.
+_MAX_FILE_BYTES = 4 << 20
 
 _lock = threading.Lock()
 _loaded: dict | None = None
 #: tile_for's answers, valid for the table object ``_memo_table`` only.
 _memo: dict = {}
 _memo_table: dict | None = None
+#: Warnings already given, so each problem of a cache file is told once a process.
+_warned: set[str] = set()
 
 
 def kernel_digest() -> str:
@@ -133,21 +148,131 @@ def kernel_digest() -> str:
     return hashlib.sha256(runtime.program_source(ops._KERNEL_FILE).encode()).hexdigest()[:16]
 
 
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+class _Unusable(Exception):
+    """Why a tuning file cannot be used at all."""
+
+
+#: What :func:`_read_json` gives for a missing file (a file may hold ``null``).
+_MISSING = object()
+
+
+def _read_json(path: Path):
+    """The parsed contents of ``path``, or ``_MISSING`` when there is no file.
+
+    Read only if it is a regular file, opened without blocking (a plain open
+    of a FIFO waits for a writer forever) and read up to a size bound.
+
+    Raises:
+        _Unusable: the file is not a regular file, too large, or not JSON.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # not even opened: a device may act on open
+            raise _Unusable("is not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return _MISSING
+    except OSError as e:
+        raise _Unusable(f"cannot be opened ({e.strerror or e})") from e
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since the stat
+            raise _Unusable("is not a regular file")
+        data = f.read(_MAX_FILE_BYTES + 1)
+    if len(data) > _MAX_FILE_BYTES:
+        raise _Unusable(f"is larger than {_MAX_FILE_BYTES} bytes")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested arrays
+        raise _Unusable(f"is not valid JSON ({type(e).__name__})") from e
+
+
+def _valid_tile(tile) -> bool:
+    return (isinstance(tile, list) and len(tile) == 2
+            and all(type(t) is int for t in tile))  # not bool, not float
+
+
+def _usable_devices(data, digest: str) -> tuple[dict, list[str]]:
+    """The well-formed entries of a parsed tuning file for this kernel, and what was dropped.
+
+    A file for another file version or kernel source is stale, not broken:
+    it gives no entries and no complaint.
+    """
+    if data is _MISSING:
+        return {}, []
+    if not isinstance(data, dict):
+        return {}, [f"it holds a JSON {type(data).__name__}, not an object"]
+    version = data.get("version")
+    if type(version) is not int or version != _CACHE_VERSION or data.get("kernel") != digest:
+        return {}, []
+    devices = data.get("devices")
+    if not isinstance(devices, dict):
+        return {}, ["its 'devices' is not an object"]
+    usable, dropped = {}, []
+    for device, entries in devices.items():
+        if not isinstance(entries, dict):
+            dropped.append(f"device {device!r} holds {json.dumps(entries)[:40]}, not an object")
+            continue
+        for key, entry in entries.items():
+            if isinstance(entry, dict) and _valid_tile(entry.get("tile")):
+                usable.setdefault(device, {})[key] = entry
+            else:
+                dropped.append(f"entry {key!r} is {json.dumps(entry)[:40]}, not {{'tile': [int, int]}}")
+    return usable, dropped
+
+
+def _read_table(path: Path, digest: str) -> dict:
+    """The tuning table in ``path``: its well-formed entries for this kernel, or none.
+
+    The cache only saves time, so anything unexpected in it is left out, with
+    one warning, and never reaches a build.
+    """
+    try:
+        devices, dropped = _usable_devices(_read_json(path), digest)
+    except _Unusable as e:
+        devices, dropped = {}, [f"it {e}"]
+    if dropped:
+        more = f" (and {len(dropped) - 1} more)" if len(dropped) > 1 else ""
+        _warn_once(f"atrous-cl ignores what it cannot use in its tuning cache {path}: "
+                   f"{dropped[0]}{more}; default tiles stand in. `atrous-cl tune` rewrites it.")
+    return {"version": _CACHE_VERSION, "kernel": digest, "devices": devices}
+
+
 def _table() -> dict:
     global _loaded
     with _lock:
         if _loaded is None:
             digest = kernel_digest()
             try:
-                data = json.loads(cache_path().read_text())
-                current = data.get("version") == _CACHE_VERSION and data.get("kernel") == digest
-                _loaded = data if current else {}
-            except (OSError, ValueError):
-                _loaded = {}
-            _loaded.setdefault("version", _CACHE_VERSION)
-            _loaded.setdefault("kernel", digest)
-            _loaded.setdefault("devices", {})
+                path = cache_path()
+            except OSError:  # no writable cache folder at all: nothing tuned
+                _loaded = {"version": _CACHE_VERSION, "kernel": digest, "devices": {}}
+            else:
+                _loaded = _read_table(path, digest)
         return _loaded
+
+
+def _tuned_tile(table: dict, device: cl.Device, dtype, args) -> Tile | None:
+    """The stored tile for this problem if it is one :func:`tune` could have chosen here.
+
+    Anything else (a hand-edited or foreign entry) could crash a driver's
+    compiler or the process (PoCL segfaults on a tile of 8x3 or 512x16), so
+    it is ignored with a warning.
+    """
+    key = shape_class(dtype, args.value_shape, args.filters_shape, args.rate)
+    entry = table["devices"].get(device_key(device), {}).get(key)
+    if entry is None:
+        return None
+    tile = Tile(*entry["tile"])
+    if tile in candidates(device, dtype, args.filters_shape[2]):
+        return tile
+    _warn_once(f"atrous-cl ignores the tile {tile} stored for {key} on {device_key(device)} in its "
+               f"tuning cache: not one `atrous-cl tune` tries there; the default tile stands in")
+    return None
 
 
 def tile_for(device: cl.Device, dtype, args) -> Tile:
@@ -164,27 +289,48 @@ def tile_for(device: cl.Device, dtype, args) -> Tile:
             _memo, _memo_table = {}, table
         tile = _memo.get(key)
         if tile is None:
-            tuned = table["devices"].get(device_key(device))
-            entry = tuned and tuned.get(shape_class(dtype, args.value_shape, args.filters_shape,
-                                                    args.rate))
-            tile = Tile(*entry["tile"]) if entry else default_tile(device, dtype, args.filters_shape[2])
+            tile = _tuned_tile(table, device, dtype, args) or default_tile(device, dtype, args.filters_shape[2])
             if len(_memo) < 1024:
                 _memo[key] = tile
     return tile
 
 
+@contextlib.contextmanager
+def _locked_file(path: Path):
+    """An exclusive ``flock`` on a lock file beside ``path``, for a read-merge-write of it.
+
+    Without it two processes tuning at once each write back their own view,
+    and the later one drops the other's new entries. (Without ``fcntl``, on
+    Windows, the write is still atomic, only not merged.)
+    """
+    fd = os.open(path.with_name(path.name + ".lock"),
+                 os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
 def _store(device: cl.Device, key: str, tile: Tile, timings: dict[str, float]) -> None:
-    global _memo_table
-    table = _table()
-    with _lock:
-        _memo_table = None  # the memo no longer describes the table
-        table["devices"].setdefault(device_key(device), {})[key] = {
-            "tile": list(tile), "ms": {k: round(v * 1e3, 4) for k, v in timings.items()}}
-        path = cache_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+    """Add a winner to the tuning file: read, merge and write under a file lock, so entries
+    that other processes stored meanwhile survive; the write is a temporary file renamed."""
+    global _loaded, _memo_table
+    entry = {"tile": list(tile), "ms": {k: round(v * 1e3, 4) for k, v in timings.items()}}
+    digest = kernel_digest()
+    path = cache_path()
+    with _lock, _locked_file(path):
+        table = _read_table(path, digest)
+        table["devices"].setdefault(device_key(device), {})[key] = entry
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _loaded, _memo_table = table, None  # the memo no longer describes the table
 
 
 def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding: str,
@@ -197,6 +343,12 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
 
     Returns:
         The winning tile and the median seconds of each candidate.
+
+    Raises:
+        ValueError: the shapes are invalid, or have a batch, spatial size or
+            channel count of 0: such a problem does no work, so its timings
+            would store noise as a winner; or ``repeats`` is below 1.
+        DeviceError: no candidate reproduced the default tile's result.
     """
     import pyopencl.array as cl_array
 
@@ -204,16 +356,25 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
 
     dtype = validation.check_dtypes(dtype, dtype)
     runtime.check_dtype_support(queue.device, dtype)
-    kh, kw, cout, _ = filters_shape
+    value_shape = validation.check_shape4(value_shape, "value_shape", "NHWC")
+    filters_shape = validation.check_shape4(filters_shape, "filters_shape",
+                                            "[kh, kw, out_channels, in_channels]")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer of at least 1, got {repeats!r}")
+    rate, padding, cout = validation.check_rate(rate), validation.check_padding(padding), filters_shape[2]
     output_shape = (value_shape[0], *_geometry_hw(value_shape, filters_shape, rate, padding), cout)
     args = validation.check_transpose_args(value_shape, filters_shape, output_shape, rate, padding)
+    if 0 in args.value_shape or 0 in args.filters_shape:
+        raise ValueError(f"tune needs a batch, height, width and channels of at least 1 (a problem "
+                         f"without work has nothing to time), got value_shape {list(args.value_shape)} "
+                         f"and filters_shape {list(args.filters_shape)}")
     rng = np.random.default_rng()
     value = cl_array.to_device(queue, rng.standard_normal(args.value_shape).astype(dtype))
     filters = cl_array.to_device(queue, rng.standard_normal(args.filters_shape).astype(dtype))
     out = cl_array.empty(queue, args.output_shape, dtype)
     ops._launch(queue, value, filters, out, args, default_tile(queue.device, dtype, cout))
     expected = out.get()
-    scale = max(float(np.max(np.abs(expected.astype(np.float64)))), 1e-30) if expected.size else 1.0
+    scale = max(float(np.max(np.abs(expected.astype(np.float64)))), 1e-30)
     timings: dict[str, float] = {}
     for tile in candidates(queue.device, dtype, cout):
         if progress:
@@ -221,7 +382,7 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
         runtime.fill(queue, out, np.nan)
         ops._launch(queue, value, filters, out, args, tile)
         got = out.get().astype(np.float64)
-        if got.size and not np.max(np.abs(got - expected)) <= 1e-2 * scale:
+        if not np.max(np.abs(got - expected)) <= 1e-2 * scale:
             continue  # a wrong answer is never fast enough
         samples = []
         for _ in range(repeats):
@@ -230,6 +391,9 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
             queue.finish()
             samples.append(time.perf_counter() - start)
         timings[str(tile)] = statistics.median(samples)
+    if not timings:
+        raise DeviceError(f"no candidate tile reproduced the default tile's result on "
+                          f"{runtime.describe(queue.device)}; nothing stored")
     best = Tile(*map(int, min(timings, key=timings.get).split("x")))
     _store(queue.device, shape_class(dtype, args.value_shape, args.filters_shape, args.rate),
            best, timings)

@@ -19,6 +19,7 @@ from atrous_cl.validation import check_transpose_args
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(tuning, "_loaded", None)
+    monkeypatch.setattr(tuning, "_warned", set(), raising=False)
     yield tmp_path / "atrous-cl" / "tuning.json"
     tuning._loaded = None
 
@@ -62,7 +63,7 @@ def test_tiles_tuned_for_another_kernel_are_dropped(queue, fresh_cache, monkeypa
     args = check_transpose_args((1, 6, 10, 4), (3, 3, 5, 4), (1, 6, 10, 5), 2, "SAME")
     saved = json.loads(fresh_cache.read_text())
     assert saved["kernel"] == tuning.kernel_digest()
-    stale = Tile(3, 1)  # no default has 3 pixels
+    stale = Tile(2, 1)  # a candidate no default is
     saved["devices"][tuning.device_key(queue.device)]["float32 cin4 cout5 k3x3 r2 w16"]["tile"] = list(stale)
     fresh_cache.write_text(json.dumps(saved))
     tuning._loaded = None
@@ -78,7 +79,7 @@ def test_a_tile_stored_in_this_process_is_used_at_once(queue, fresh_cache, monke
     and the op must launch with it."""
     args = check_transpose_args((1, 6, 10, 4), (3, 3, 5, 4), (1, 6, 10, 5), 2, "SAME")
     assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 5)
-    winner = Tile(3, 1)  # no default has 3 pixels
+    winner = Tile(2, 1)  # a candidate no default is
     tuning._store(queue.device, "float32 cin4 cout5 k3x3 r2 w16", winner, {str(winner): 1e-3})
     assert tuning.tile_for(queue.device, np.float32, args) == winner
     rng = np.random.default_rng()
@@ -103,7 +104,168 @@ def test_corrupt_cache_falls_back_to_defaults(queue, fresh_cache):
     fresh_cache.parent.mkdir(parents=True)
     fresh_cache.write_text("{not json")
     args = check_transpose_args((1, 5, 5, 3), (3, 3, 2, 3), (1, 5, 5, 2), 1, "SAME")
-    assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 2)
+    with pytest.warns(RuntimeWarning, match="not valid JSON"):
+        assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 2)
+
+
+_KEY = "float32 cin4 cout5 k3x3 r2 w16"
+_ARGS = ((1, 6, 10, 4), (3, 3, 5, 4), (1, 6, 10, 5), 2, "SAME")  # a problem of class _KEY
+
+
+def _file_with(device_entries, kernel=None):
+    """A tuning file of this kernel whose entries for the device under test are ``device_entries``."""
+    return {"version": 1, "kernel": kernel or tuning.kernel_digest(), "devices": device_entries}
+
+
+def _malformed(device_key):
+    """Valid JSON of the wrong structure, by what is wrong (issue 14, item 5)."""
+    def entry(e):
+        return _file_with({device_key: {_KEY: e}})
+
+    return {
+        "list": [], "null": None, "number": 5, "devices list": _file_with([]),
+        "device entries a list": _file_with({device_key: [1, 2]}),
+        "entry 5": entry(5), "tile text": entry({"tile": "ab"}), "no tile": entry({"ms": {}}),
+        "tile of 3": entry({"tile": [8, 8, 8]}), "tile of floats": entry({"tile": [8.0, 8.0]}),
+        "tile of bools": entry({"tile": [True, True]}), "tile 8x0": entry({"tile": [8, 0]}),
+        "tile 8x3": entry({"tile": [8, 3]}), "tile 512x16": entry({"tile": [512, 16]}),
+        "tile -8x8": entry({"tile": [-8, 8]}), "tile 2**40": entry({"tile": [2**40, 8]}),
+    }
+
+
+_MALFORMED = list(_malformed("x"))
+
+
+def _run_op(queue, args):
+    rng = np.random.default_rng()
+    value = rng.standard_normal(args.value_shape).astype(np.float32)
+    filters = rng.standard_normal(args.filters_shape).astype(np.float32)
+    got = ops.atrous_conv2d_transpose(value, filters, args.output_shape, args.rate, args.padding,
+                                      queue=queue)
+    want = reference.atrous_conv2d_transpose(value, filters, args.output_shape, args.rate, args.padding)
+    assert_close(got, want, np.float32)
+
+
+@pytest.mark.parametrize("what", _MALFORMED)
+def test_malformed_cache_is_ignored_with_one_warning(queue, fresh_cache, what, recwarn):
+    """The cache is advisory: a wrong structure or a tile tune never tries must not make the op
+    raise, nor reach a build (PoCL segfaults on 8x3 and 512x16)."""
+    fresh_cache.parent.mkdir(parents=True)
+    fresh_cache.write_text(json.dumps(_malformed(tuning.device_key(queue.device))[what]))
+    args = check_transpose_args(*_ARGS)
+    default = tuning.default_tile(queue.device, np.float32, 5)
+    launched = []
+    real_plan = ops._plan
+    ops._plan.cache_clear()
+    try:
+        ops._plan = lambda *a: launched.append(a[4]) or real_plan(*a)
+        for _ in range(2):
+            assert tuning.tile_for(queue.device, np.float32, args) == default
+            _run_op(queue, args)
+    finally:
+        ops._plan = real_plan
+    assert launched and set(launched) == {default}
+    ours = [w for w in recwarn.list if "tuning cache" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in ours]
+
+
+def test_a_bad_entry_leaves_the_good_ones(queue, fresh_cache, recwarn):
+    fresh_cache.parent.mkdir(parents=True)
+    good = check_transpose_args((1, 5, 5, 3), (3, 3, 2, 3), (1, 5, 5, 2), 1, "SAME")
+    good_key = tuning.shape_class(np.float32, good.value_shape, good.filters_shape, good.rate)
+    entries = {_KEY: 5, good_key: {"tile": [2, 1]}}
+    fresh_cache.write_text(json.dumps(_file_with({tuning.device_key(queue.device): entries})))
+    assert tuning.tile_for(queue.device, np.float32, good) == Tile(2, 1)
+    assert tuning.tile_for(queue.device, np.float32, check_transpose_args(*_ARGS)) == \
+        tuning.default_tile(queue.device, np.float32, 5)
+    assert len([w for w in recwarn.list if "tuning cache" in str(w.message)]) == 1
+
+
+def test_tuning_file_that_is_a_fifo_does_not_hang(queue, tmp_path):
+    """A plain open of a FIFO waits for a writer forever; the op must not. In a child process,
+    so that a hang fails the test instead of stopping the run."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "atrous-cl" / "tuning.json"
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    selector = next(d.selector for d in runtime.devices() if d.device == queue.device)
+    child = ("import atrous_cl, numpy as np\n"
+             "from atrous_cl import tuning\n"
+             "from atrous_cl.validation import check_transpose_args\n"
+             f"args = check_transpose_args(*{_ARGS!r})\n"
+             "d = atrous_cl.get_queue().device\n"
+             "assert tuning.tile_for(d, np.float32, args) == tuning.default_tile(d, np.float32, 5)\n"
+             "print('ok')\n")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYOPENCL_CTX=selector)
+    try:
+        done = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading a tuning file that is a FIFO hung")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert "not a regular file" in done.stderr
+
+
+def test_oversized_tuning_file_is_not_read(queue, fresh_cache, recwarn):
+    fresh_cache.parent.mkdir(parents=True)
+    entries = {tuning.device_key(queue.device): {_KEY: {"tile": [2, 1]}}}
+    fresh_cache.write_text(json.dumps(_file_with(entries)) + " " * (tuning._MAX_FILE_BYTES + 1))
+    args = check_transpose_args(*_ARGS)
+    assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 5)
+    assert any("larger than" in str(w.message) for w in recwarn.list)
+
+
+_STORER = """
+import sys, time
+from pathlib import Path
+from atrous_cl import tuning
+tuning.device_key = lambda device: "device"
+who, folder = sys.argv[1], Path(sys.argv[2])
+(folder / who).touch()
+while not (folder / "go").exists():
+    time.sleep(0.001)
+for i in range(200):
+    tuning._store(None, f"{who} {i}", tuning.Tile(2, 1), {"2x1": 1e-3})
+"""
+
+
+def test_two_processes_storing_at_once_keep_both_entries(tmp_path):
+    """Each store reads, merges and writes under a file lock, so no process drops another's entries."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", _STORER, who, str(tmp_path)], env=env,
+                              stderr=subprocess.PIPE, text=True) for who in ("a", "b")]
+    while not ((tmp_path / "a").exists() and (tmp_path / "b").exists()):  # both imported
+        assert all(p.poll() is None for p in procs), [p.stderr.read() for p in procs]
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    saved = json.loads((tmp_path / "atrous-cl" / "tuning.json").read_text())
+    assert set(saved["devices"]["device"]) == {f"{who} {i}" for who in "ab" for i in range(200)}
+
+
+@pytest.mark.parametrize("value_shape", [(0, 6, 10, 4), (1, 0, 10, 4), (1, 6, 0, 4)],
+                         ids=["batch0", "height0", "width0"])
+def test_tune_refuses_a_problem_without_work(queue, fresh_cache, value_shape):
+    """Timings of a problem without work are noise; storing one as a winner would be a lie."""
+    with pytest.raises(ValueError, match=r"tune needs a batch, height, width and channels of at least 1"):
+        tuning.tune(queue, value_shape, (3, 3, 5, 4), 2, "SAME", repeats=1)
+    assert not fresh_cache.exists()
+
+
+@pytest.mark.parametrize("repeats", [0, -1, 1.5, True])
+def test_tune_refuses_bad_repeats(queue, fresh_cache, repeats):
+    with pytest.raises(ValueError, match=r"repeats must be an integer of at least 1, got"):
+        tuning.tune(queue, (1, 6, 10, 4), (3, 3, 5, 4), 2, "SAME", repeats=repeats)
+    assert not fresh_cache.exists()
 
 
 def test_pip_intel_runtime_is_registered_without_hiding_system_drivers(tmp_path, monkeypatch):

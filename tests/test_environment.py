@@ -1,0 +1,276 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The environment atrous-cl runs in: cache homes that cannot be written, pyopencl's binary cache
+and its lock file, and the vendors folder that registers Intel's runtime with the ICD loader.
+
+Behaviour fixed at import time runs in child processes, each with the environment under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import pyopencl as cl
+import pytest
+from pyopencl.characterize import has_src_build_cache
+
+from atrous_cl import runtime
+
+#: Run in a child: the devices it sees, then the op on its default device against the reference.
+_CHILD = """
+import json, warnings
+import numpy as np
+import atrous_cl
+from atrous_cl import reference
+seen = [(d.selector, d.platform, d.name) for d in atrous_cl.devices()]
+rng = np.random.default_rng()
+v = rng.standard_normal((2, 7, 9, 3)).astype(np.float32)
+f = rng.standard_normal((3, 3, 4, 3)).astype(np.float32)
+got = atrous_cl.atrous_conv2d_transpose(v, f, (2, 7, 9, 4), 2, "SAME")
+want = reference.atrous_conv2d_transpose(v, f, (2, 7, 9, 4), 2, "SAME")
+device = atrous_cl.get_queue().device
+print(json.dumps({"devices": seen, "ran_on": [device.platform.name.strip(), device.name.strip()],
+                  "error": float(np.max(np.abs(got - want)) / np.max(np.abs(want)))}))
+"""
+
+
+def _child_env(**changes) -> dict:
+    """This process's environment for a child that registers its own drivers: without the
+    OCL_ICD_VENDORS that importing atrous_cl set here (a user's own setting stays)."""
+    env = dict(os.environ)
+    if env.get("OCL_ICD_VENDORS", "").startswith(str(runtime.cache_dir())):
+        del env["OCL_ICD_VENDORS"]
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def _run(code: str, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _selector(queue) -> str:
+    return next(d.selector for d in runtime.devices() if d.device == queue.device)
+
+
+def _op_in_child(env: dict) -> tuple[dict, str]:
+    done = _run(_CHILD, env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), done.stderr
+
+
+@pytest.mark.parametrize("case", ["HOME unset, XDG_CACHE_HOME under a file",
+                                  "HOME a file, XDG_CACHE_HOME unset",
+                                  "HOME a file, XDG_CACHE_HOME a file"])
+def test_without_a_writable_cache_home_devices_stay_and_the_op_works(queue, tmp_path, case):
+    """PoCL hid its devices, Intel's registration vanished (shifting indices), pyopencl raised a
+    bare KeyError. Now a private temporary cache stands in, with a warning naming the unwritable
+    folder, and is removed at exit. (Root writes through chmod 000, so files stand in for
+    read-only folders.)"""
+    selector = _selector(queue)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    home, xdg = {"HOME unset, XDG_CACHE_HOME under a file": (None, blocker / "cache"),
+                 "HOME a file, XDG_CACHE_HOME unset": (blocker, None),
+                 "HOME a file, XDG_CACHE_HOME a file": (blocker, blocker)}[case]
+    unwritable = (xdg if xdg else home / ".cache") / "atrous-cl"
+    normal, _ = _op_in_child(_child_env(XDG_CACHE_HOME=str(tmp_path / "cache"), PYOPENCL_CTX=selector))
+    broken, stderr = _op_in_child(_child_env(
+        PYOPENCL_CTX=selector, HOME=home and str(home), XDG_CACHE_HOME=xdg and str(xdg)))
+    assert broken["devices"] == normal["devices"]
+    assert broken["ran_on"] == normal["ran_on"] == [queue.device.platform.name.strip(),
+                                                    queue.device.name.strip()]
+    assert broken["error"] <= 1e-5
+    assert f"cannot write its cache folder {unwritable} (Not a directory)" in stderr
+    private = re.search(r"; using (\S+) for this process", stderr).group(1)
+    assert not os.path.exists(private)  # removed at exit
+
+
+def test_the_private_cache_stands_in_and_holds_the_registration(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    lib = tmp_path / "libintelocl.so"
+    lib.write_bytes(b"")
+    monkeypatch.setattr(runtime, "_pip_intel_runtime", lambda: lib)
+    monkeypatch.setattr(runtime, "_SYSTEM_VENDORS", tmp_path / "no-vendors")
+    monkeypatch.setattr(runtime, "_private", None)
+    monkeypatch.setattr(runtime, "_cache_dirs", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.setenv("OCL_ICD_VENDORS", "")  # recorded, so the test's changes are undone
+    monkeypatch.delenv("OCL_ICD_VENDORS")
+    monkeypatch.setattr(runtime.tempfile, "tempdir", str(tmp_path))
+    with pytest.warns(RuntimeWarning, match=f"cannot write its cache folder {blocker}/atrous-cl "
+                                            r"\(Not a directory\); using .*atrous-cl-cache-"):
+        home = runtime.provide_cache_home()
+    assert home is not None and os.environ["XDG_CACHE_HOME"] == home
+    assert runtime.cache_dir() == runtime._private / "atrous-cl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # told once
+        folder = runtime.register_pip_icds()
+    assert folder.startswith(home) and (runtime.Path(folder) / "atrous-cl-intel-cpu.icd").read_text() == f"{lib}\n"
+
+
+def test_no_writable_folder_at_all_is_named(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(runtime, "_private", None)
+    monkeypatch.setattr(runtime, "_cache_dirs", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.setattr(runtime.tempfile, "tempdir", str(blocker))
+    with pytest.raises(OSError, match=f"cannot write its cache folder {blocker}/atrous-cl .*nor a "
+                                      f"temporary folder in {blocker}"):
+        runtime.cache_dir()
+
+
+def _pyopencl_caches(queue) -> None:
+    if has_src_build_cache(queue.device):
+        pytest.skip(f"pyopencl leaves caching to {queue.device.platform.name.strip()}'s driver")
+
+
+def test_a_stale_pyopencl_cache_lock_does_not_stall_builds(queue, tmp_path):
+    """A process killed during a build leaves pyopencl's lock file behind; every later build then
+    waited 60 s and raised KeyError('PYOPENCL_CACHE_FAILURE_FATAL'). Planted in pyopencl's own
+    folder and in ours, it must not stop a build."""
+    _pyopencl_caches(queue)
+    py = ".".join(map(str, sys.version_info))
+    for folder in (tmp_path / "pyopencl" / f"pyopencl-compiler-cache-v2-py{py}",
+                   tmp_path / "atrous-cl" / f"programs-py{sys.version_info[0]}.{sys.version_info[1]}"):
+        folder.mkdir(parents=True)
+        (folder / "lock").write_text("")
+    env = _child_env(XDG_CACHE_HOME=str(tmp_path), PYOPENCL_CTX=_selector(queue))
+    env.pop("PYOPENCL_CACHE_FAILURE_FATAL", None)
+    result, stderr = _op_in_child(env)
+    assert result["error"] <= 1e-5, stderr
+    assert "Could not obtain cache lock" not in stderr
+
+
+def test_a_build_beside_a_live_one_does_not_wait(queue, tmp_path):
+    """While another process holds our folder (it is building), a build goes uncached."""
+    import fcntl
+
+    _pyopencl_caches(queue)
+    env = _child_env(XDG_CACHE_HOME=str(tmp_path), PYOPENCL_CTX=_selector(queue))
+    folder = tmp_path / "atrous-cl" / f"programs-py{sys.version_info[0]}.{sys.version_info[1]}"
+    folder.mkdir(parents=True)
+    (folder / "lock").write_text("")  # the live holder's pyopencl lock: must stay
+    with open(folder / ".atrous-cl.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result, stderr = _op_in_child(env)
+        assert (folder / "lock").exists()
+    assert result["error"] <= 1e-5, stderr
+
+
+def test_a_failing_binary_cache_falls_back_to_an_uncached_build(queue, monkeypatch):
+    """Any failure of pyopencl's cache surfaces as KeyError('PYOPENCL_CACHE_FAILURE_FATAL')
+    (pyopencl reads that variable with os.environ[...]); the build then goes uncached."""
+    real_build = cl.Program.build
+    tried = []
+
+    def build(self, options=None, devices=None, cache_dir=None):
+        tried.append(cache_dir)
+        if cache_dir is not False:  # what pyopencl 2026.1 raises: os.environ[...] in an except
+            try:
+                raise OSError("disk full")
+            except OSError:
+                try:
+                    raise KeyError(b"PYOPENCL_CACHE_FAILURE_FATAL")
+                except KeyError:
+                    raise KeyError("PYOPENCL_CACHE_FAILURE_FATAL") from None  # os.environ's shape
+        return real_build(self, options, devices, cache_dir)
+
+    monkeypatch.setattr(cl.Program, "build", build)
+    source = "__kernel void k(__global float *a) { a[get_global_id(0)] = 2.0f; }"
+    with pytest.warns(RuntimeWarning, match=r"binary cache in .* failed \(OSError\('disk full'\)\)"):
+        program = runtime._build(queue.context, source, ())
+    assert [c is False for c in tried] == [False, True]
+    assert program.all_kernels()[0].function_name == "k"
+
+
+def _register(tmp_path, monkeypatch, system):
+    lib = tmp_path / "prefix" / "lib" / "libintelocl.so"
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    lib.write_bytes(b"")
+    monkeypatch.setattr(runtime, "_pip_intel_runtime", lambda: lib)
+    monkeypatch.setattr(runtime, "_SYSTEM_VENDORS", system)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("OCL_ICD_VENDORS", "")  # recorded, so the test's own setting is undone
+    monkeypatch.delenv("OCL_ICD_VENDORS")
+    folder = runtime.register_pip_icds()
+    assert folder is not None and os.environ["OCL_ICD_VENDORS"] == folder
+    return lib, runtime.Path(folder)
+
+
+def test_registered_vendors_follow_the_system(tmp_path, monkeypatch):
+    """A removed system driver must not come back from the registration (shifting every later
+    platform index), an edited one shows through, an added one appears."""
+    system = tmp_path / "vendors"
+    system.mkdir()
+    (system / "gpu.icd").write_text("/opt/vendor/libgpu.so\n")
+    (system / "old.icd").write_text("/opt/old/libold.so\n")
+    lib, folder = _register(tmp_path, monkeypatch, system)
+    assert {p.name: p.read_text() for p in folder.glob("*.icd")} == {
+        "atrous-cl-intel-cpu.icd": f"{lib}\n", "gpu.icd": "/opt/vendor/libgpu.so\n",
+        "old.icd": "/opt/old/libold.so\n"}
+    (system / "old.icd").unlink()
+    (system / "gpu.icd").write_text("/opt/vendor/libgpu.so.2\n")
+    (system / "new.icd").write_text("/opt/new/libnew.so\n")
+    monkeypatch.delenv("OCL_ICD_VENDORS")
+    assert _register(tmp_path, monkeypatch, system)[1] == folder
+    assert {p.name: p.read_text() for p in folder.glob("*.icd")} == {
+        "atrous-cl-intel-cpu.icd": f"{lib}\n", "gpu.icd": "/opt/vendor/libgpu.so.2\n",
+        "new.icd": "/opt/new/libnew.so\n"}
+    (system / "gpu.icd").write_text("/opt/vendor/libgpu.so.3\n")  # seen without registering again
+    assert (folder / "gpu.icd").read_text() == "/opt/vendor/libgpu.so.3\n"
+
+
+def test_copies_from_an_older_version_are_replaced(tmp_path, monkeypatch):
+    """Folders written by earlier versions hold copies: a stale one for a removed driver goes."""
+    system = tmp_path / "vendors"
+    system.mkdir()
+    (system / "gpu.icd").write_text("/opt/vendor/libgpu.so.2\n")
+    lib, folder = _register(tmp_path, monkeypatch, system)
+    (folder / "gpu.icd").unlink()
+    (folder / "gpu.icd").write_text("/opt/vendor/libgpu.so\n")  # an old copy
+    (folder / "gone.icd").write_text("/opt/gone/libgone.so\n")  # copied, since removed
+    monkeypatch.delenv("OCL_ICD_VENDORS")
+    _register(tmp_path, monkeypatch, system)
+    assert {p.name: p.read_text() for p in folder.glob("*.icd")} == {
+        "atrous-cl-intel-cpu.icd": f"{lib}\n", "gpu.icd": "/opt/vendor/libgpu.so.2\n"}
+
+
+def test_without_system_vendors_only_intel_is_registered(tmp_path, monkeypatch):
+    system = tmp_path / "vendors"
+    system.mkdir()
+    (system / "gpu.icd").write_text("/opt/vendor/libgpu.so\n")
+    lib, folder = _register(tmp_path, monkeypatch, system)
+    for icd in system.iterdir():
+        icd.unlink()
+    system.rmdir()
+    monkeypatch.delenv("OCL_ICD_VENDORS")
+    _register(tmp_path, monkeypatch, system)
+    assert [p.name for p in folder.glob("*.icd")] == ["atrous-cl-intel-cpu.icd"]
+
+
+def test_registration_that_cannot_be_written_says_so(tmp_path, monkeypatch):
+    """Not silently: a warning names the runtime and the folder."""
+    system = tmp_path / "vendors"
+    lib = tmp_path / "libintelocl.so"
+    lib.write_bytes(b"")
+    monkeypatch.setattr(runtime, "_pip_intel_runtime", lambda: lib)
+    monkeypatch.setattr(runtime, "_SYSTEM_VENDORS", system)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("OCL_ICD_VENDORS", "")
+    monkeypatch.delenv("OCL_ICD_VENDORS")
+    folder = runtime.cache_dir() / "icd"
+    folder.write_text("")  # a file where the folder goes
+    with pytest.warns(RuntimeWarning, match=f"could not register Intel's OpenCL runtime \\({lib}\\)"):
+        assert runtime.register_pip_icds() is None
+    assert "OCL_ICD_VENDORS" not in os.environ
