@@ -167,12 +167,12 @@ def _check_plot_path(path: str) -> None:
 def _bench(args) -> int:
     from atrous_cl import bench
 
-    if args.plot:
+    if args.plot is not None:  # "" too: refused, not ignored
         _check_plot_path(args.plot)
     workloads = [wl for wl in bench.WORKLOADS if not args.workloads or wl.name in args.workloads]
     times, ceiling = bench.run(workloads, rounds=args.rounds, back_to_back=args.back_to_back)
     print(bench.table(times, ceiling, workloads))
-    if args.plot:
+    if args.plot is not None:
         bench.plot(times, args.plot, workloads)
         print(f"plot: {args.plot}")
     return 0
@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export the op as an ONNX model (needs the onnx extra)")
     export_cli.add_arguments(export)
     export.set_defaults(func=_export)
+    for command in sub.choices.values():  # main() reports stray arguments as the command's
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -251,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")
     prog = f"atrous-cl {command}".rstrip()
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, stray = parser.parse_known_args(argv)
+        if stray:  # argparse would name the top-level parser, not the command
+            getattr(args, "command_parser", parser).error(
+                f"unrecognized arguments: {' '.join(stray)}")
         status = _dispatch(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
         return status
