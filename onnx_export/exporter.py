@@ -158,7 +158,8 @@ def _check_export_dtype(filters: np.ndarray) -> np.dtype:
         raise ValueError(f"filters take {filters.nbytes} bytes (shape {filters.shape}, "
                          f"{dtype.name}), more than an ONNX model can hold: protobuf limits a "
                          f"model to 2 GiB (2**31 - 1 bytes), so at most {MAX_FILTER_BYTES} "
-                         f"bytes of filters; use fewer channels or float16")
+                         f"bytes of filters; use fewer channels"
+                         f"{' or float16' if dtype != np.float16 else ''}")
     return dtype
 
 
@@ -544,8 +545,8 @@ def _save_target(path: str) -> str:
         raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
     kind = next((name for is_kind, name in _SPECIAL_FILES if is_kind(st.st_mode)),
                 "not a regular file")
-    shown = path if target == os.path.abspath(path) else f"{path} (-> {target})"
-    raise ValueError(f"path {shown!r} is {kind}: save_model replaces only regular files "
+    link = "" if target == os.path.abspath(path) else f" (a link to {target!r})"
+    raise ValueError(f"path {path!r}{link} is {kind}: save_model replaces only regular files "
                      f"(or creates new ones)")
 
 

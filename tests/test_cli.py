@@ -180,6 +180,15 @@ def test_demo_memory_estimate_covers_the_reference():
     assert cli.demo_bytes(n, size, channels, k, rate, "SAME", np.float32) >= held
 
 
+@pytest.mark.parametrize("command", ["devices", "demo", "bench", "tune", "export"])
+def test_stray_arguments_are_the_commands_error(command, capsys):
+    """argparse reports them as the top-level parser's ('atrous-cl: error:') unless told."""
+    required = ["f.npy", "--value-shape", "1", "2", "3", "4", "--rate", "1", "-o", "m.onnx"]
+    extra = required if command == "export" else []
+    assert run_main([command, *extra, "--no-such-option", "x"]) == cli.USAGE_ERROR
+    assert_usage_error(capsys, command, "unrecognized arguments: --no-such-option x")
+
+
 @pytest.fixture
 def no_benchmark(monkeypatch):
     """``bench.run`` fails the test: every refusal must come before the benchmark."""
@@ -200,6 +209,7 @@ def no_benchmark(monkeypatch):
     (["--plot", "{tmp}/plot"], "got no extension"),
     (["--plot", "{tmp}"], "must end in a format"),
     (["--plot", "{tmp}/dir.png"], "is a directory"),
+    (["--plot", ""], "got no extension"),
 ])
 def test_bench_refuses_bad_arguments_before_running(argv, fragment, tmp_path, capsys, no_benchmark):
     pytest.importorskip("matplotlib")
