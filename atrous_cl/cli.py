@@ -277,10 +277,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, AtrousCLError) as e:
+    except (ValueError, TypeError, OSError, MemoryError, AtrousCLError) as e:
         if isinstance(e, BrokenPipeError):
             raise
-        print(f"atrous-cl {args.command}: error: {e}", file=sys.stderr)
+        # MemoryError: sizes the user asked for (e.g. tune --shape) that NumPy cannot allocate.
+        detail = f"out of memory: {e}" if isinstance(e, MemoryError) else e
+        print(f"atrous-cl {args.command}: error: {detail}", file=sys.stderr)
         return USAGE_ERROR
 
 

@@ -10,6 +10,7 @@ import without onnx (onnx is imported inside :func:`run`), so that ``export
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -88,9 +89,14 @@ def load_filters(path: str, dtype: str | None = None) -> np.ndarray:
     """The filters array in the ``.npy`` file ``path``, cast to ``dtype`` if given.
 
     Raises:
-        ValueError: the file is missing, unreadable, empty, not a ``.npy``
-            (an ``.npz`` archive, text, a pickle) or holds no real numbers.
+        ValueError: the file is missing, unreadable, empty, not a regular
+            file (a FIFO would block), not a ``.npy`` (an ``.npz`` archive,
+            text, a pickle), holds no real numbers, or holds finite values
+            beyond ``dtype``'s range.
     """
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"cannot read filters from {path!r}: not a regular file; expected a "
+                         f".npy file written by np.save")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
@@ -106,7 +112,17 @@ def load_filters(path: str, dtype: str | None = None) -> np.ndarray:
     if loaded.dtype.kind not in "fiu":
         raise ValueError(f"filters in {path!r} must be real numbers, got dtype {loaded.dtype} "
                          f"with shape {loaded.shape}")
-    return loaded if dtype is None else loaded.astype(dtype)
+    if dtype is None:
+        return loaded
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = loaded.astype(dtype)
+    beyond = np.isinf(cast) & np.isfinite(loaded)
+    if beyond.any():
+        # astype turns them into inf with only a warning: a model of infinities.
+        raise ValueError(f"filters in {path!r} hold {int(beyond.sum())} value(s) beyond "
+                         f"{dtype}'s range (largest {float(np.finfo(dtype).max):g}), e.g. "
+                         f"{loaded[beyond].flat[0]!r}; scale them or keep a wider --dtype")
+    return cast
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,9 +174,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m onnx_export``: parse ``argv`` and :func:`run`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m onnx_export",
-        description="Export atrous_conv2d_transpose (or atrous_conv2d) with fixed filters as an "
-                    "ONNX model.")
-    return run(add_arguments(parser).parse_args(argv))
+    """``python -m onnx_export``: ``atrous-cl export`` with ``argv``, so that both report
+    errors, Ctrl-C and a closed pipe alike."""
+    from atrous_cl import cli
+
+    return cli.main(["export", *(sys.argv[1:] if argv is None else argv)])

@@ -189,6 +189,16 @@ def test_stray_arguments_are_the_commands_error(command, capsys):
     assert_usage_error(capsys, command, "unrecognized arguments: --no-such-option x")
 
 
+def test_out_of_memory_is_one_line(capsys, monkeypatch):
+    """Sizes NumPy cannot allocate (tune --shape 1 100000 100000 ...) end in an error line."""
+    def huge(args):
+        raise MemoryError("Unable to allocate 2.38 TiB for an array")
+
+    monkeypatch.setattr(cli, "_tune", huge)
+    assert run_main(["tune", "--shape", "1", "100000", "100000", "64", "64", "3", "2"]) == 2
+    assert_usage_error(capsys, "tune", "out of memory: Unable to allocate 2.38 TiB")
+
+
 @pytest.fixture
 def no_benchmark(monkeypatch):
     """``bench.run`` fails the test: every refusal must come before the benchmark."""

@@ -756,6 +756,10 @@ def _write_bad_filters(path, kind: str):
         np.save(path, np.full((3, 3, 5, 4), "a"))
     elif kind == "directory":
         path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)  # np.load would wait for a writer forever
+    elif kind == "beyond-float16":
+        np.save(path, np.full((3, 3, 5, 4), 1e5))
 
 
 @pytest.mark.parametrize("kind, fragment", [
@@ -764,7 +768,8 @@ def _write_bad_filters(path, kind: str):
     ("npz", "is an .npz archive (arrays: f); expected one array in a .npy file"),
     ("complex", "must be real numbers, got dtype complex64"),
     ("strings", "must be real numbers, got dtype <U1"),
-    ("directory", "cannot read filters from"),
+    ("directory", "not a regular file"),
+    ("fifo", "not a regular file"),
     ("missing", "cannot read filters from"),
 ])
 @pytest.mark.parametrize("dtype", [[], ["--dtype", "float32"]], ids=["file-dtype", "cast"])
@@ -776,6 +781,17 @@ def test_cli_reports_bad_filter_files(tmp_path, capsys, kind, fragment, dtype):
     err = capsys.readouterr().err
     assert rc == cli.USAGE_ERROR and "Traceback" not in err and err.count("\n") == 1
     assert err.startswith("atrous-cl export: error: ") and fragment in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_refuses_a_cast_to_infinities(tmp_path, capsys):
+    path = tmp_path / "f.npy"
+    _write_bad_filters(path, "beyond-float16")
+    rc = run_cli([str(path), "--value-shape", "1", "7", "6", "4", "--rate", "2", "--dtype",
+                  "float16", "-o", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert rc == cli.USAGE_ERROR and err.count("\n") == 1
+    assert "hold 180 value(s) beyond float16's range (largest 65504), e.g. " in err
     assert not (tmp_path / "m.onnx").exists()
 
 
