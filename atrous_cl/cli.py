@@ -158,6 +158,8 @@ def _check_plot_path(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"--plot {path!r} is a directory; give a file name such as plot.png")
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block savefig
+        raise ValueError(f"--plot {path!r} exists and is not a regular file")
     if not os.path.isdir(folder):
         raise ValueError(f"--plot {path!r}: the folder {folder!r} does not exist")
     if not os.access(folder, os.W_OK):

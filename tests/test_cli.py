@@ -220,10 +220,12 @@ def no_benchmark(monkeypatch):
     (["--plot", "{tmp}"], "must end in a format"),
     (["--plot", "{tmp}/dir.png"], "is a directory"),
     (["--plot", ""], "got no extension"),
+    (["--plot", "{tmp}/fifo.png"], "exists and is not a regular file"),
 ])
 def test_bench_refuses_bad_arguments_before_running(argv, fragment, tmp_path, capsys, no_benchmark):
     pytest.importorskip("matplotlib")
     (tmp_path / "dir.png").mkdir()
+    os.mkfifo(tmp_path / "fifo.png")
     argv = [a.format(tmp=tmp_path) for a in argv]
     assert run_main(["bench", *argv]) == cli.USAGE_ERROR
     assert_usage_error(capsys, "bench", fragment)

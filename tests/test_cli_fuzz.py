@@ -140,7 +140,7 @@ def bench_argv(draw, folder: str):
                                            min_size=1, max_size=2)).map(lambda t: t[0] + t[1])),
         "--plot": (st.sampled_from(["p.png", "p.svg", "p.pdf"]).map(join),
                    st.sampled_from([join("missing/p.png"), join("p.xyz"), join("p"), folder,
-                                    join("dir.png"), ""])),
+                                    join("dir.png"), join("fifo.png"), ""])),
     }
     argv, _ = draw(options(table, spoil=True))
     return argv + (["--back-to-back"] if draw(st.booleans()) else [])
@@ -151,10 +151,12 @@ def bench_argv(draw, folder: str):
 def test_bench_fuzz_refuses_before_running(tmp_path, capsys, no_benchmark, data):
     pytest.importorskip("matplotlib")
     (tmp_path / "dir.png").mkdir(exist_ok=True)
+    if not (tmp_path / "fifo.png").exists():
+        os.mkfifo(tmp_path / "fifo.png")
     argv = data.draw(bench_argv(str(tmp_path)))
     status, _, err = run_main(["bench", *argv], capsys)
     assert_outcome(status, err, "bench", bad=True)
-    assert sorted(os.listdir(tmp_path)) == ["dir.png"]
+    assert sorted(os.listdir(tmp_path)) == ["dir.png", "fifo.png"]
 
 
 # --- export: filter files, shapes, options and output paths of every kind -------------------------
