@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ``atrous-cl <command>: error: ...`` (argparse's own errors exit 2 too);
     1 where a check fails (``demo``'s result disagrees with the reference);
     130 after Ctrl-C. A closed stdout (``atrous-cl devices | head -1``) ends
-    the command quietly.
+    the command quietly with status 1, as the Python docs' SIGPIPE recipe does.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")
