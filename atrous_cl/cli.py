@@ -63,8 +63,8 @@ def _devices(args) -> int:
 
     found = runtime.devices()
     if not found:
-        print("no OpenCL device found; `pip install pocl-binary-distribution` gives a CPU device")
-        return 1
+        raise ValueError("no OpenCL device found; pip install 'atrous-cl[pocl]' gives a CPU "
+                         "device")
     try:
         chosen, reason = runtime.default_device()
     except (ValueError, runtime.DeviceError) as e:
@@ -274,13 +274,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _is_opencl_error(e: Exception) -> bool:
+    """pyopencl's own errors (a broken driver or ICD setup), where pyopencl is loaded."""
+    cl = sys.modules.get("pyopencl")
+    return cl is not None and isinstance(e, cl.Error)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from atrous_cl.errors import AtrousCLError
 
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, MemoryError, AtrousCLError) as e:
-        if isinstance(e, BrokenPipeError):
+    except Exception as e:
+        if isinstance(e, BrokenPipeError) or not (
+                isinstance(e, (ValueError, TypeError, OSError, MemoryError, AtrousCLError))
+                or _is_opencl_error(e)):
             raise
         # MemoryError: sizes the user asked for (e.g. tune --shape) that NumPy cannot allocate.
         detail = f"out of memory: {e}" if isinstance(e, MemoryError) else e

@@ -189,6 +189,24 @@ def test_stray_arguments_are_the_commands_error(command, capsys):
     assert_usage_error(capsys, command, "unrecognized arguments: --no-such-option x")
 
 
+def test_no_device_is_an_error_naming_the_extra(capsys, monkeypatch):
+    monkeypatch.setattr(runtime, "devices", lambda: [])
+    assert run_main(["devices"]) == cli.USAGE_ERROR
+    assert_usage_error(capsys, "devices", "no OpenCL device found; pip install 'atrous-cl[pocl]'")
+
+
+def test_an_opencl_error_is_one_line(capsys, monkeypatch):
+    """pyopencl's own errors (e.g. a broken ICD) end in an error line, not a traceback."""
+    import pyopencl as cl
+
+    def broken():
+        raise cl.LogicError("clGetPlatformIDs failed: PLATFORM_NOT_FOUND_KHR")
+
+    monkeypatch.setattr(runtime, "devices", broken)
+    assert run_main(["devices"]) == cli.USAGE_ERROR
+    assert_usage_error(capsys, "devices", "PLATFORM_NOT_FOUND_KHR")
+
+
 def test_out_of_memory_is_one_line(capsys, monkeypatch):
     """Sizes NumPy cannot allocate (tune --shape 1 100000 100000 ...) end in an error line."""
     def huge(args):
