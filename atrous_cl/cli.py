@@ -261,17 +261,27 @@ def main(argv: list[str] | None = None) -> int:
             getattr(args, "command_parser", parser).error(
                 f"unrecognized arguments: {' '.join(stray)}")
         status = _dispatch(args)
-        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
+        if sys.stdout is not None:  # None when started with stdout closed
+            sys.stdout.flush()  # a closed pipe or a full disk shows here, not at exit
         return status
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED
     except BrokenPipeError:
-        # The reader went away (`| head`). Python's documented recipe: point
-        # stdout at devnull so the interpreter's final flush cannot fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        # The reader went away (`| head`): Python's documented recipe.
+        _stdout_to_devnull()
         return 1
+    except OSError as e:  # only from the flush: _dispatch reports the command's own
+        _stdout_to_devnull()
+        print(f"{prog}: error: cannot write the output: {e}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at devnull so that the interpreter's final flush of what
+    could not be written does not fail again (with 'Exception ignored')."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _is_opencl_error(e: Exception) -> bool:

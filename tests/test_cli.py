@@ -309,3 +309,22 @@ def test_closed_pipe_exits_quietly():
     _, err = proc.communicate("go\n", timeout=120)
     assert err == "", err
     assert proc.returncode == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_on_stdout_is_one_line():
+    """``atrous-cl devices > /dev/full``: one error line, not 'Exception ignored ...'."""
+    with open("/dev/full", "w") as full:
+        proc = _python("", ["devices"], stdout=full, stderr=subprocess.PIPE, text=True)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == cli.USAGE_ERROR, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("atrous-cl devices: error: ") and "No space left on device" in line
+
+
+def test_closed_stdout_runs_quietly():
+    """``atrous-cl devices >&-``: Python gives no sys.stdout; nothing to flush."""
+    proc = _python("", ["devices"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                   preexec_fn=lambda: os.close(1))
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err and proc.returncode == 0, err
