@@ -116,6 +116,23 @@ def test_bench_runs_back_to_back_or_interleaved_in_a_new_order_each_round():
     assert len({r[r.index("x") - 1] for r in rounds if r[0] != "x"}) == 2
 
 
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(rounds=0), r"rounds must be an integer >= 1, got 0"),
+    (dict(rounds=2.0), r"rounds must be an integer >= 1, got 2.0"),
+    (dict(rounds=True), r"rounds must be an integer >= 1, got True"),
+    (dict(warmup=-1), r"warmup must be an integer >= 0, got -1"),
+])
+def test_bench_run_refuses_bad_counts_before_running(kwargs, pattern):
+    from atrous_cl import bench
+
+    def never(wl, value, filters):
+        raise AssertionError("an implementation was prepared")
+
+    wl = bench.Workload("T", 1, 4, 4, 2, 2, 3, 1, "SAME")
+    with pytest.raises(ValueError, match=pattern):
+        bench.run([wl], impls={"x": bench.Impl(never)}, **kwargs)
+
+
 def test_bench_rejects_a_peer_that_computes_something_else():
     from atrous_cl import bench
 
