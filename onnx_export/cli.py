@@ -138,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
 
         from onnx_export import exporter
     except ImportError as e:
+        if (e.name or "").split(".")[0] != "onnx":
+            raise  # a bug, not a missing extra
         from onnx_export import MISSING_ONNX
 
         return _error(f"{MISSING_ONNX} ({e})")
