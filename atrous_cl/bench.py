@@ -250,7 +250,14 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
     does. With ``back_to_back`` each implementation runs all its rounds in a row instead,
     as a loop over one op does: threads and caches stay warm, which is how
     fast each can go at best.
+
+    Raises:
+        ValueError: ``rounds`` below 1 or ``warmup`` below 0 (checked before
+            anything runs: a median of no rounds does not exist).
     """
+    for what, n, low in (("rounds", rounds, 1), ("warmup", warmup, 0)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < low:
+            raise ValueError(f"{what} must be an integer >= {low}, got {n!r}")
     impls = impls if impls is not None else implementations()
     rng = np.random.default_rng(0)
     calls, inputs = {}, {}

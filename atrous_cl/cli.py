@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -13,14 +14,57 @@ import numpy as np
 #: Relative error (max |got - want| / max |want|) the demo accepts per dtype.
 DEMO_TOLERANCE = {"float16": 2e-3, "float32": 1e-5, "float64": 1e-12}
 
+#: Exit status of every error the user can fix, as argparse's own.
+USAGE_ERROR = 2
+#: Exit status after Ctrl-C, as a shell reports a process SIGINT ended (128 + 2).
+INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (argparse reports the ``ArgumentTypeError``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
+    return value
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM, where the OS says (POSIX); ``None`` elsewhere."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def demo_bytes(n: int, size: int, channels: int, kernel: int, rate: int, padding: str,
+               dtype) -> int:
+    """Host memory the demo allocates at once, in bytes (an upper estimate).
+
+    Inputs and the device's result in ``dtype``; the NumPy reference's float64
+    full (uncropped) result, its float64 copy of the input and one product;
+    the float64 difference of the two results.
+    """
+    from atrous_cl import geometry
+
+    item = np.dtype(dtype).itemsize
+    oh, ow = geometry.transpose_output_hw((size, size), (kernel, kernel), rate, padding)
+    full = size + (kernel - 1) * rate
+    value, filters = n * size * size * channels, kernel * kernel * channels**2
+    out = n * oh * ow * channels
+    return (item * (value + filters + 2 * out) + 8 * (n * full * full * channels + 2 * value)
+            + 8 * 2 * out)
+
 
 def _devices(args) -> int:
     from atrous_cl import runtime
 
     found = runtime.devices()
     if not found:
-        print("no OpenCL device found; `pip install pocl-binary-distribution` gives a CPU device")
-        return 1
+        raise ValueError("no OpenCL device found; pip install 'atrous-cl[pocl]' gives a CPU "
+                         "device")
     try:
         chosen, reason = runtime.default_device()
     except (ValueError, runtime.DeviceError) as e:
@@ -41,6 +85,13 @@ def _demo(args) -> int:
 
     dtype = np.dtype(args.dtype)
     n, h, w, cin, cout, k = args.batch, args.size, args.size, args.channels, args.channels, args.kernel
+    need, have = demo_bytes(n, h, cin, k, args.rate, args.padding, dtype), _physical_memory()
+    if have is not None and need > have // 2:
+        # Refused before anything is allocated: NumPy would raise MemoryError
+        # at best, or the machine would swap.
+        raise ValueError(f"this demo needs about {need / 2**30:.3g} GiB of memory, more than half "
+                         f"of this machine's {have / 2**30:.3g} GiB; use a smaller --size, "
+                         f"--channels, --batch, --kernel or --rate")
     rng = np.random.default_rng()
     value = rng.standard_normal((n, h, w, cin)).astype(dtype)
     filters = rng.standard_normal((k, k, cout, cin)).astype(dtype)
@@ -91,13 +142,39 @@ def _tune(args) -> int:
     return 0
 
 
+def _check_plot_path(path: str) -> None:
+    """Refuse a ``--plot`` path matplotlib could not write, before the benchmark runs."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise ValueError("--plot needs matplotlib, the plot extra: "
+                         "pip install 'atrous-cl[plot]'") from None
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = os.path.splitext(path)[1][1:].lower()
+    if ext not in formats:
+        raise ValueError(f"--plot {path!r}: the file name must end in a format matplotlib "
+                         f"writes ({', '.join('.' + f for f in sorted(formats))}), got "
+                         f"{'.' + ext if ext else 'no extension'}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"--plot {path!r} is a directory; give a file name such as plot.png")
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block savefig
+        raise ValueError(f"--plot {path!r} exists and is not a regular file")
+    if not os.path.isdir(folder):
+        raise ValueError(f"--plot {path!r}: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--plot {path!r}: the folder {folder!r} is not writable")
+
+
 def _bench(args) -> int:
     from atrous_cl import bench
 
+    if args.plot is not None:  # "" too: refused, not ignored
+        _check_plot_path(args.plot)
     workloads = [wl for wl in bench.WORKLOADS if not args.workloads or wl.name in args.workloads]
     times, ceiling = bench.run(workloads, rounds=args.rounds, back_to_back=args.back_to_back)
     print(bench.table(times, ceiling, workloads))
-    if args.plot:
+    if args.plot is not None:
         bench.plot(times, args.plot, workloads)
         print(f"plot: {args.plot}")
     return 0
@@ -107,6 +184,12 @@ def _export(args) -> int:
     from onnx_export import cli as export_cli
 
     return export_cli.run(args)
+
+
+def _workload_names() -> list[str]:
+    from atrous_cl import bench
+
+    return [wl.name for wl in bench.WORKLOADS]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,51 +202,108 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", help="'P:D' platform:device indices (default: PYOPENCL_CTX "
                                        "or the best device found)")
     demo.add_argument("--dtype", default="float32", choices=sorted(DEMO_TOLERANCE))
-    demo.add_argument("--batch", type=int, default=1)
-    demo.add_argument("--size", type=int, default=64, help="input height and width")
-    demo.add_argument("--channels", type=int, default=64, help="input and output channels")
-    demo.add_argument("--kernel", type=int, default=3)
-    demo.add_argument("--rate", type=int, default=2)
+    demo.add_argument("--batch", type=_positive_int, default=1)
+    demo.add_argument("--size", type=_positive_int, default=64, help="input height and width")
+    demo.add_argument("--channels", type=_positive_int, default=64,
+                      help="input and output channels")
+    demo.add_argument("--kernel", type=_positive_int, default=3)
+    demo.add_argument("--rate", type=_positive_int, default=2)
     demo.add_argument("--padding", default="SAME", choices=["SAME", "VALID"])
-    demo.add_argument("--repeat", type=int, default=5)
+    demo.add_argument("--repeat", type=_positive_int, default=5)
     demo.set_defaults(func=_demo)
     tune = sub.add_parser("tune", help="search the kernel tile for some shapes on a device and "
                                        "cache the winners")
     tune.add_argument("--device", help="'P:D' platform:device indices (default: the default device)")
     tune.add_argument("--dtype", default="float32", choices=sorted(DEMO_TOLERANCE))
-    tune.add_argument("--shape", type=int, nargs=7, metavar=("N", "H", "W", "CIN", "COUT", "K", "RATE"),
+    tune.add_argument("--shape", type=_positive_int, nargs=7, metavar=("N", "H", "W", "CIN", "COUT", "K", "RATE"),
                       help="one problem to tune (default: the benchmark workloads)")
     tune.add_argument("--padding", default="SAME", choices=["SAME", "VALID"])
-    tune.add_argument("--repeat", type=int, default=5, help="timed runs per candidate (median)")
+    tune.add_argument("--repeat", type=_positive_int, default=5,
+                      help="timed runs per candidate (median)")
     tune.set_defaults(func=_tune)
     bench = sub.add_parser("bench", help="time the op on every device against onnxruntime, "
                                          "PyTorch and TensorFlow where installed")
-    bench.add_argument("--rounds", type=int, default=7, help="timed rounds (median) after 2 warm-ups")
-    bench.add_argument("--workloads", nargs="*", metavar="NAME", help="subset, e.g. A B (default: all)")
-    bench.add_argument("--plot", metavar="PNG", help="also draw the table (needs matplotlib)")
+    bench.add_argument("--rounds", type=_positive_int, default=7,
+                       help="timed rounds (median) after 2 warm-ups")
+    bench.add_argument("--workloads", nargs="*", metavar="NAME", choices=_workload_names(),
+                       help="subset, e.g. A B (default: all)")
+    bench.add_argument("--plot", metavar="PNG", help="also draw the table (needs matplotlib, "
+                                                     "the plot extra)")
     bench.add_argument("--back-to-back", action="store_true",
                        help="run each implementation's rounds in a row (warm) instead of interleaved")
     bench.set_defaults(func=_bench)
-    try:
-        from onnx_export import cli as export_cli
-    except ImportError:  # onnx is an optional extra
-        export_cli = None
+    from onnx_export import cli as export_cli  # imports without onnx: the help always shows
+
     export = sub.add_parser("export", help="export the op as an ONNX model (needs the onnx extra)")
-    if export_cli is not None:
-        export_cli.add_arguments(export)
+    export_cli.add_arguments(export)
     export.set_defaults(func=_export)
+    for command in sub.choices.values():  # main() reports stray arguments as the command's
+        command.set_defaults(command_parser=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``atrous-cl``; return its exit status.
+
+    0 on success; 2 for any error the user can fix, printed as one line
+    ``atrous-cl <command>: error: ...`` (argparse's own errors exit 2 too);
+    1 where a check fails (``demo``'s result disagrees with the reference);
+    130 after Ctrl-C. A closed stdout (``atrous-cl devices | head -1``) ends
+    the command quietly with status 1, as the Python docs' SIGPIPE recipe does.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    prog = f"atrous-cl {command}".rstrip()
+    try:
+        parser = build_parser()
+        args, stray = parser.parse_known_args(argv)
+        if stray:  # argparse would name the top-level parser, not the command
+            getattr(args, "command_parser", parser).error(
+                f"unrecognized arguments: {' '.join(stray)}")
+        status = _dispatch(args)
+        if sys.stdout is not None:  # None when started with stdout closed
+            sys.stdout.flush()  # a closed pipe or a full disk shows here, not at exit
+        return status
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): Python's documented recipe.
+        _stdout_to_devnull()
+        return 1
+    except OSError as e:  # only from the flush: _dispatch reports the command's own
+        _stdout_to_devnull()
+        print(f"{prog}: error: cannot write the output: {e}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at devnull so that the interpreter's final flush of what
+    could not be written does not fail again (with 'Exception ignored')."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _is_opencl_error(e: Exception) -> bool:
+    """pyopencl's own errors (a broken driver or ICD setup), where pyopencl is loaded."""
+    cl = sys.modules.get("pyopencl")
+    return cl is not None and isinstance(e, cl.Error)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from atrous_cl.errors import AtrousCLError
 
     try:
         return args.func(args)
-    except (ValueError, TypeError, AtrousCLError) as e:
-        print(f"atrous-cl {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if isinstance(e, BrokenPipeError) or not (
+                isinstance(e, (ValueError, TypeError, OSError, MemoryError, AtrousCLError))
+                or _is_opencl_error(e)):
+            raise
+        # MemoryError: sizes the user asked for (e.g. tune --shape) that NumPy cannot allocate.
+        detail = f"out of memory: {e}" if isinstance(e, MemoryError) else e
+        print(f"atrous-cl {args.command}: error: {detail}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -7,13 +7,10 @@ Example::
     model = export_atrous_conv2d_transpose(filters, (1, 64, 64, 32), None, rate=2,
                                            padding="SAME", dynamic_batch=True)
     save_model(model, "atrous.onnx")
-"""
 
-from onnx_export.exporter import (BATCH_DIM, DEFAULT_INPUT_NAME, DEFAULT_OPSET, DEFAULT_OUTPUT_NAME,
-                                  EXPORT_DTYPES, LAYOUTS, MAX_OPSET, MIN_OPSET, TESTED_OPSETS,
-                                  ExportPlan, conv_pads, emit_model, export_atrous_conv2d,
-                                  export_atrous_conv2d_transpose, save_model, symmetric_split,
-                                  tf_filters_to_onnx, tf_filters_to_onnx_conv)
+The package imports without onnx (so ``atrous-cl export --help`` works without
+the extra); its functions then raise an ``ImportError`` that names the extra.
+"""
 
 __all__ = [
     "BATCH_DIM", "DEFAULT_INPUT_NAME", "DEFAULT_OPSET", "DEFAULT_OUTPUT_NAME", "EXPORT_DTYPES",
@@ -21,3 +18,23 @@ __all__ = [
     "export_atrous_conv2d", "export_atrous_conv2d_transpose", "save_model", "symmetric_split", "tf_filters_to_onnx",
     "tf_filters_to_onnx_conv",
 ]
+
+#: What to tell someone without onnx.
+MISSING_ONNX = "ONNX export needs the onnx extra: pip install 'atrous-cl[onnx]'"
+
+try:
+    from onnx_export.exporter import (BATCH_DIM, DEFAULT_INPUT_NAME, DEFAULT_OPSET,
+                                      DEFAULT_OUTPUT_NAME, EXPORT_DTYPES, LAYOUTS, MAX_OPSET,
+                                      MIN_OPSET, TESTED_OPSETS, ExportPlan, conv_pads, emit_model,
+                                      export_atrous_conv2d, export_atrous_conv2d_transpose,
+                                      save_model, symmetric_split, tf_filters_to_onnx,
+                                      tf_filters_to_onnx_conv)
+except ModuleNotFoundError as _missing:
+    if (_missing.name or "").split(".")[0] != "onnx":
+        raise
+    _onnx_error = _missing
+
+    def __getattr__(name):
+        if name in __all__:
+            raise ImportError(f"onnx_export.{name}: {MISSING_ONNX} ({_onnx_error})")
+        raise AttributeError(f"module 'onnx_export' has no attribute {name!r}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from typing import NamedTuple
 
 import numpy as np
@@ -31,30 +32,22 @@ from onnx import helper, numpy_helper
 from atrous_cl import geometry
 from atrous_cl.validation import (_int, check_array_shape, check_conv_args, check_padding,
                                   check_rate, check_shape4, check_transpose_args)
+from onnx_export.constants import (BATCH_DIM, DEFAULT_INPUT_NAME, DEFAULT_OPSET,  # noqa: F401
+                                   DEFAULT_OUTPUT_NAME, EXPORT_DTYPES, LAYOUTS, MAX_OPSET,
+                                   MIN_OPSET, TESTED_OPSETS)
 
-#: Opset written when none is asked for. ConvTranspose, Conv, Transpose and
-#: Slice have had the semantics used here since opset 11 (ConvTranspose-22
-#: only adds bfloat16); 17 (ONNX 1.12, 2022) is old enough for the deployment
-#: runtimes in common use and is the opset most exporters write by default.
-DEFAULT_OPSET = 17
-#: Oldest opset accepted: ConvTranspose-11 fixed the pad semantics, and Slice
-#: takes its starts/ends as inputs (so they can be initializers) since 10.
-MIN_OPSET = 11
-#: Newest opset accepted: the newest tested (onnx 1.23, onnxruntime 1.32).
-MAX_OPSET = 28
-#: The opsets the test suite runs through onnxruntime and onnx's reference.
-TESTED_OPSETS = range(MIN_OPSET, MAX_OPSET + 1)
 
-LAYOUTS = ("NHWC", "NCHW")
-#: dtypes onnxruntime's CPU provider has ConvTranspose and Conv kernels for.
-#: float64 has neither at any opset (checked up to onnxruntime 1.32), so a
-#: float64 model would only run in onnx's Python ReferenceEvaluator.
-EXPORT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
-
-DEFAULT_INPUT_NAME = "value"
-DEFAULT_OUTPUT_NAME = "output"
-#: Name of the symbolic batch dimension written when ``dynamic_batch=True``.
-BATCH_DIM = "N"
+#: Values the emitted graph names itself; the graph input and output may not
+#: take them (a graph defines each name once). Keep in step with emit_model.
+INTERNAL_NAMES = frozenset({"filters", "value_nchw", "conv_out", "cropped", "crop_starts",
+                            "crop_ends", "crop_axes"})
+#: Dimensions and the rate must stay below 2**31, as the op requires: the op
+#: passes them to its kernels as 32-bit ints, and runtimes size int64 pads and
+#: shapes from them.
+MAX_DIM = 2**31 - 1
+#: Protobuf caps a serialised message, so a whole ONNX model, at 2**31 - 1
+#: bytes; the filters may take all of it but 64 KiB left for the graph.
+MAX_FILTER_BYTES = 2**31 - 1 - 2**16
 
 _NHWC_TO_NCHW = (0, 3, 1, 2)
 _NCHW_TO_NHWC = (0, 2, 3, 1)
@@ -139,6 +132,15 @@ def conv_pads(pads: geometry.Pads, kernel_hw: tuple[int, int], rate: int) -> geo
     return geometry.Pads(eh - pads.top, ew - pads.left, eh - pads.bottom, ew - pads.right)
 
 
+def _native_filters(filters) -> np.ndarray:
+    """``filters`` as an array in the machine's byte order (a big-endian ``.npy`` loads as
+    ``>f4``, which is float32 all the same); no copy where it already is."""
+    filters = np.asarray(filters)
+    if filters.dtype.kind in "fiuc" and not filters.dtype.isnative:
+        filters = filters.astype(filters.dtype.newbyteorder("="))
+    return filters
+
+
 def _check_export_dtype(filters: np.ndarray) -> np.dtype:
     """The model's dtype: the filters', which must be one :data:`EXPORT_DTYPES` holds."""
     dtype = filters.dtype
@@ -150,7 +152,25 @@ def _check_export_dtype(filters: np.ndarray) -> np.dtype:
     if dtype not in EXPORT_DTYPES:
         raise TypeError(f"filters must have dtype {' or '.join(d.name for d in EXPORT_DTYPES)} "
                         f"to be exported; got {dtype.name}")
+    if filters.nbytes > MAX_FILTER_BYTES:
+        # Refused before any copy: building the model would copy them, and
+        # serialising it would then fail on protobuf's limit.
+        raise ValueError(f"filters take {filters.nbytes} bytes (shape {filters.shape}, "
+                         f"{dtype.name}), more than an ONNX model can hold: protobuf limits a "
+                         f"model to 2 GiB (2**31 - 1 bytes), so at most {MAX_FILTER_BYTES} "
+                         f"bytes of filters; use fewer channels"
+                         f"{' or float16' if dtype != np.float16 else ''}")
     return dtype
+
+
+def _check_limits(args) -> None:
+    """Every dimension and the rate below 2**31, as the op requires (:data:`MAX_DIM`)."""
+    for what, shape in (("value_shape", args.value_shape), ("filters", args.filters_shape),
+                        ("output_shape", args.output_shape)):
+        if max(shape) > MAX_DIM:
+            raise ValueError(f"{what} dimensions must be below 2**31, got {list(shape)}")
+    if args.rate > MAX_DIM:
+        raise ValueError(f"rate must be below 2**31, got {args.rate}")
 
 
 def _check_opset(opset) -> int:
@@ -247,11 +267,14 @@ def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, pad
         The model, not yet checked or saved (see :func:`save_model`).
 
     Raises:
-        ValueError: a shape, value or option is inconsistent (the op's errors).
+        ValueError: a shape, value or option is inconsistent (the op's
+            errors), a dimension or the rate is 2**31 or more (the op's
+            limits), the filters exceed :data:`MAX_FILTER_BYTES` (protobuf's
+            2 GiB), or a name is one of :data:`INTERNAL_NAMES`.
         TypeError: an argument has the wrong type, or the filters a dtype no
-            runtime runs (float64).
+            runtime runs (float64). Big-endian floats are converted, not refused.
     """
-    filters = np.asarray(filters)
+    filters = _native_filters(filters)
     opts = _check_options(filters, layout, dynamic_batch, opset, symmetric_pads, input_name,
                           output_name)
     conv_form = _check_flag(conv_form, "conv_form")
@@ -262,6 +285,7 @@ def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, pad
         obatch, orest = _batch_free_shape(output_shape, "output_shape")
         output_shape = (value_shape[0] if obatch is None else obatch, *orest)
     args = check_transpose_args(value_shape, filters.shape, output_shape, rate, padding)
+    _check_limits(args)
     kh, kw = args.filters_shape[:2]
 
     node_pads, crop = args.pads, None
@@ -312,15 +336,19 @@ def export_atrous_conv2d(filters, value_shape, rate, padding, *, layout: str = "
         The model, not yet checked or saved (see :func:`save_model`).
 
     Raises:
-        ValueError: a shape, value or option is inconsistent (the op's errors).
+        ValueError: a shape, value or option is inconsistent (the op's
+            errors), a dimension or the rate is 2**31 or more (the op's
+            limits), the filters exceed :data:`MAX_FILTER_BYTES` (protobuf's
+            2 GiB), or a name is one of :data:`INTERNAL_NAMES`.
         TypeError: an argument has the wrong type, or the filters a dtype no
-            runtime runs (float64).
+            runtime runs (float64). Big-endian floats are converted, not refused.
     """
-    filters = np.asarray(filters)
+    filters = _native_filters(filters)
     opts = _check_options(filters, layout, dynamic_batch, opset, symmetric_pads, input_name,
                           output_name)
     value_shape = _check_value_shape(value_shape, opts.dynamic_batch)
     args = check_conv_args(value_shape, filters.shape, rate, padding)
+    _check_limits(args)
     node_pads, crop = args.pads, None
     if opts.symmetric_pads:
         # Padding a side more adds outputs there: with top' = max(top, bottom)
@@ -353,6 +381,10 @@ def _check_options(filters, layout, dynamic_batch, opset, symmetric_pads, input_
     opset = _check_opset(opset)
     input_name = _check_name(input_name, "input_name")
     output_name = _check_name(output_name, "output_name")
+    for what, name in (("input_name", input_name), ("output_name", output_name)):
+        if name in INTERNAL_NAMES:
+            raise ValueError(f"{what} must not be one of the names the graph uses itself "
+                             f"({', '.join(sorted(INTERNAL_NAMES))}), got {name!r}")
     if input_name == output_name:
         raise ValueError(f"input_name and output_name must differ, both are {input_name!r}")
     return _Options(layout, dynamic_batch, opset, symmetric_pads, input_name, output_name)
@@ -448,21 +480,28 @@ def emit_model(plan: ExportPlan) -> onnx.ModelProto:
 def save_model(model: onnx.ModelProto, path) -> str:
     """Write ``model`` to ``path`` atomically; return the path written.
 
-    The bytes go to a temporary file in the same directory, which is then
-    renamed over ``path`` with :func:`os.replace`. On any failure the temporary
-    file is removed and ``path`` is left as it was, so no half-written model is
-    ever seen there.
+    The bytes go to a temporary file in the destination's directory, which is
+    then renamed over it with :func:`os.replace`. On any failure (Ctrl-C
+    included) the temporary file is removed and the destination is left as it
+    was, so no half-written model is ever seen there.
+
+    Only a regular file or a new path is replaced. A symlink is followed: the
+    model replaces its target (or creates it, for a dangling link) and the
+    link stays. A directory, FIFO, device or socket is refused without being
+    opened, so nothing blocks on a FIFO and no device node is replaced.
 
     Raises:
-        OSError: the directory is missing or not writable, or the write failed.
-        ValueError: ``model`` cannot be serialised (e.g. over protobuf's 2 GiB).
+        IsADirectoryError: ``path`` is, or names, a directory.
+        ValueError: ``path`` is a FIFO, device or socket; or ``model`` cannot
+            be serialised (over protobuf's 2 GiB).
+        OSError: the directory is missing or not writable, a symlink loops,
+            or the write failed.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(errno.EISDIR, "is a directory, not a model file path", path)
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.fsdecode(os.fspath(path))
+    target = _save_target(path)
+    directory = os.path.dirname(target)
     data = model.SerializeToString()
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
     # O_EXCL: never write through someone else's file; 0o666 lets the umask set
     # the final file's mode as for any other new file.
     try:
@@ -474,7 +513,8 @@ def save_model(model: onnx.ModelProto, path) -> str:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _keep_mode(target, tmp)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -482,3 +522,38 @@ def save_model(model: onnx.ModelProto, path) -> str:
             pass
         raise
     return path
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _save_target(path: str) -> str:
+    """The absolute file :func:`save_model` replaces for ``path``: a regular file or a new one."""
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise IsADirectoryError(errno.EISDIR, "names a directory, not a model file path", path)
+    target = os.path.realpath(path)
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return target  # a new file (also a dangling symlink's target)
+    if stat.S_ISREG(st.st_mode):
+        return target
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a model file path", path)
+    if stat.S_ISLNK(st.st_mode):  # realpath stops at a loop
+        raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+    kind = next((name for is_kind, name in _SPECIAL_FILES if is_kind(st.st_mode)),
+                "not a regular file")
+    link = "" if target == os.path.abspath(path) else f" (a link to {target!r})"
+    raise ValueError(f"path {path!r}{link} is {kind}: save_model replaces only regular files "
+                     f"(or creates new ones)")
+
+
+def _keep_mode(target: str, tmp: str) -> None:
+    """Give the new file the permission bits of the file it replaces, if any."""
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return
+    os.chmod(tmp, mode)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
+import os
 import shutil
+import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -82,6 +85,12 @@ def test_bench_prints_a_checked_table(queue, capsys, monkeypatch):
     tiny = bench.Workload("T", 2, 6, 7, 3, 4, 3, 2, "SAME")
     monkeypatch.setattr(bench, "WORKLOADS", [tiny])
     monkeypatch.setattr(bench, "sgemm_gflops", lambda: 100.0)
+    # Ours on the device under test only (with the peers), as every device test runs.
+    selector = next(d.selector for d in runtime.devices() if d.device == queue.device)
+    every = bench.implementations
+    monkeypatch.setattr(bench, "implementations", lambda: {
+        name: impl for name, impl in every().items()
+        if not name.startswith("atrous-cl") or name.startswith(f"atrous-cl {selector} ")})
     assert cli.main(["bench", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "| T: 2x6x7x3->4 k3 r2 SAME | atrous-cl" in out and "% ceiling" in out
@@ -113,6 +122,23 @@ def test_bench_runs_back_to_back_or_interleaved_in_a_new_order_each_round():
     assert len({r[r.index("x") - 1] for r in rounds if r[0] != "x"}) == 2
 
 
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(rounds=0), r"rounds must be an integer >= 1, got 0"),
+    (dict(rounds=2.0), r"rounds must be an integer >= 1, got 2.0"),
+    (dict(rounds=True), r"rounds must be an integer >= 1, got True"),
+    (dict(warmup=-1), r"warmup must be an integer >= 0, got -1"),
+])
+def test_bench_run_refuses_bad_counts_before_running(kwargs, pattern):
+    from atrous_cl import bench
+
+    def never(wl, value, filters):
+        raise AssertionError("an implementation was prepared")
+
+    wl = bench.Workload("T", 1, 4, 4, 2, 2, 3, 1, "SAME")
+    with pytest.raises(ValueError, match=pattern):
+        bench.run([wl], impls={"x": bench.Impl(never)}, **kwargs)
+
+
 def test_bench_rejects_a_peer_that_computes_something_else():
     from atrous_cl import bench
 
@@ -120,3 +146,208 @@ def test_bench_rejects_a_peer_that_computes_something_else():
     wrong = {"wrong": bench.Impl(lambda wl, value, filters: lambda: np.zeros(wl.output_shape, np.float32))}
     with pytest.raises(RuntimeError, match="wrong disagrees with the reference on T"):
         bench.run([wl], rounds=1, warmup=0, impls=wrong)
+
+
+# --- user errors: one line, exit 2, before any work -------------------------------------------
+
+def run_main(argv) -> int:
+    """``cli.main(argv)``'s status, argparse's ``SystemExit`` included."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def assert_usage_error(capsys, command: str, *fragments: str) -> None:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"atrous-cl {command}: error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--size", "0"], "argument --size: must be a positive integer (>= 1), got 0"),
+    (["--size", "-3"], "argument --size: must be a positive integer (>= 1), got -3"),
+    (["--size", "x"], "argument --size: expected a positive integer, got 'x'"),
+    (["--repeat", "0"], "argument --repeat"),
+    (["--batch", "0"], "argument --batch"),
+    (["--channels", "0"], "argument --channels"),
+    (["--kernel", "-1"], "argument --kernel"),
+    (["--rate", "0"], "argument --rate"),
+    (["--size", "100000"], "this demo needs about"),
+    (["--size", "8", "--rate", str(2**31)], "this demo needs about"),  # the reference's full result
+])
+def test_demo_refuses_bad_arguments_before_allocating(argv, fragment, capsys, monkeypatch):
+    import atrous_cl
+
+    def never(*args, **kwargs):
+        raise AssertionError("the demo ran the op")
+
+    monkeypatch.setattr(atrous_cl, "atrous_conv2d_transpose", never)
+    monkeypatch.setattr(np.random, "default_rng", never)  # nothing is drawn (allocated) either
+    assert run_main(["demo", *argv]) == cli.USAGE_ERROR
+    assert_usage_error(capsys, "demo", fragment)
+
+
+def test_demo_memory_estimate_covers_the_reference():
+    """The estimate is at least what the arrays the demo holds at once take."""
+    from atrous_cl import reference
+
+    n, size, channels, k, rate = 2, 5, 3, 3, 4
+    value = np.zeros((n, size, size, channels), np.float32)
+    filters = np.zeros((k, k, channels, channels), np.float32)
+    want = reference.atrous_conv2d_transpose(value, filters, value.shape, rate, "SAME")
+    full = n * (size + (k - 1) * rate) ** 2 * channels * 8
+    held = value.nbytes + filters.nbytes + 2 * want.nbytes + full + 2 * value.nbytes * 2
+    assert cli.demo_bytes(n, size, channels, k, rate, "SAME", np.float32) >= held
+
+
+@pytest.mark.parametrize("command", ["devices", "demo", "bench", "tune", "export"])
+def test_stray_arguments_are_the_commands_error(command, capsys):
+    """argparse reports them as the top-level parser's ('atrous-cl: error:') unless told."""
+    required = ["f.npy", "--value-shape", "1", "2", "3", "4", "--rate", "1", "-o", "m.onnx"]
+    extra = required if command == "export" else []
+    assert run_main([command, *extra, "--no-such-option", "x"]) == cli.USAGE_ERROR
+    assert_usage_error(capsys, command, "unrecognized arguments: --no-such-option x")
+
+
+def test_no_device_is_an_error_naming_the_extra(capsys, monkeypatch):
+    monkeypatch.setattr(runtime, "devices", lambda: [])
+    assert run_main(["devices"]) == cli.USAGE_ERROR
+    assert_usage_error(capsys, "devices", "no OpenCL device found; pip install 'atrous-cl[pocl]'")
+
+
+def test_an_opencl_error_is_one_line(capsys, monkeypatch):
+    """pyopencl's own errors (e.g. a broken ICD) end in an error line, not a traceback."""
+    import pyopencl as cl
+
+    def broken():
+        raise cl.LogicError("clGetPlatformIDs failed: PLATFORM_NOT_FOUND_KHR")
+
+    monkeypatch.setattr(runtime, "devices", broken)
+    assert run_main(["devices"]) == cli.USAGE_ERROR
+    assert_usage_error(capsys, "devices", "PLATFORM_NOT_FOUND_KHR")
+
+
+def test_out_of_memory_is_one_line(capsys, monkeypatch):
+    """Sizes NumPy cannot allocate (tune --shape 1 100000 100000 ...) end in an error line."""
+    def huge(args):
+        raise MemoryError("Unable to allocate 2.38 TiB for an array")
+
+    monkeypatch.setattr(cli, "_tune", huge)
+    assert run_main(["tune", "--shape", "1", "100000", "100000", "64", "64", "3", "2"]) == 2
+    assert_usage_error(capsys, "tune", "out of memory: Unable to allocate 2.38 TiB")
+
+
+@pytest.fixture
+def no_benchmark(monkeypatch):
+    """``bench.run`` fails the test: every refusal must come before the benchmark."""
+    from atrous_cl import bench
+
+    def never(*args, **kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(bench, "run", never)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--rounds", "0"], "argument --rounds: must be a positive integer (>= 1), got 0"),
+    (["--workloads", "Z"], "argument --workloads: invalid choice: 'Z'"),
+    (["--workloads", "A", "b"], "invalid choice: 'b'"),
+    (["--plot", "{tmp}/missing/plot.png"], "does not exist"),
+    (["--plot", "{tmp}/plot.xyz"], "must end in a format matplotlib writes"),
+    (["--plot", "{tmp}/plot"], "got no extension"),
+    (["--plot", "{tmp}"], "must end in a format"),
+    (["--plot", "{tmp}/dir.png"], "is a directory"),
+    (["--plot", ""], "got no extension"),
+    (["--plot", "{tmp}/fifo.png"], "exists and is not a regular file"),
+])
+def test_bench_refuses_bad_arguments_before_running(argv, fragment, tmp_path, capsys, no_benchmark):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "dir.png").mkdir()
+    os.mkfifo(tmp_path / "fifo.png")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert run_main(["bench", *argv]) == cli.USAGE_ERROR
+    assert_usage_error(capsys, "bench", fragment)
+
+
+def test_bench_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch, no_benchmark):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert run_main(["bench", "--plot", str(tmp_path / "plot.png")]) == cli.USAGE_ERROR
+    assert_usage_error(capsys, "bench", "pip install 'atrous-cl[plot]'")
+
+
+def test_bench_plot_writes_the_file(tmp_path, capsys, monkeypatch):
+    """A path the checks accept is written (the checks refuse no good one)."""
+    pytest.importorskip("matplotlib")
+    from atrous_cl import bench, reference
+
+    tiny = bench.Workload("T", 1, 5, 5, 2, 3, 3, 2, "SAME")
+    exact = bench.Impl(lambda wl, value, filters: lambda: reference.atrous_conv2d_transpose(
+        value, filters, wl.output_shape, wl.rate, wl.padding))
+    monkeypatch.setattr(bench, "WORKLOADS", [tiny])
+    monkeypatch.setattr(bench, "implementations", lambda: {"reference": exact})
+    monkeypatch.setattr(bench, "sgemm_gflops", lambda: 100.0)
+    assert run_main(["bench", "--rounds", "1", "--plot", str(tmp_path / "p.svg")]) == 0
+    assert (tmp_path / "p.svg").read_bytes().lstrip().startswith(b"<?xml")
+
+
+# --- Ctrl-C and a closed pipe: subprocesses, since both end the process -------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(prelude: str, argv, **kwargs) -> subprocess.Popen:
+    """``cli.main(argv)`` in a fresh interpreter after ``prelude``, as the console script does."""
+    code = f"{prelude}\nimport sys\nfrom atrous_cl import cli\nsys.exit(cli.main({list(argv)!r}))"
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
+    return subprocess.Popen([sys.executable, "-c", code], env=env, **kwargs)
+
+
+def test_ctrl_c_exits_130_with_one_line():
+    # devices() announces itself, then waits as a long command would.
+    prelude = ("import sys, time\nfrom atrous_cl import runtime\n"
+               "def slow():\n    print('ready', file=sys.stderr, flush=True)\n    time.sleep(60)\n"
+               "runtime.devices = slow")
+    proc = _python(prelude, ["devices"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == cli.INTERRUPTED, err
+    assert "Traceback" not in err and err.strip() == "atrous-cl devices: interrupted"
+
+
+def test_closed_pipe_exits_quietly():
+    """``atrous-cl devices | head -0``: the reader is gone before the first write."""
+    read, write = os.pipe()
+    # The child waits for a line on stdin, sent once the read end is closed.
+    proc = _python("import sys\nsys.stdin.readline()", ["devices"], stdin=subprocess.PIPE,
+                   stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    os.close(read)
+    _, err = proc.communicate("go\n", timeout=120)
+    assert err == "", err
+    assert proc.returncode == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_on_stdout_is_one_line():
+    """``atrous-cl devices > /dev/full``: one error line, not 'Exception ignored ...'."""
+    with open("/dev/full", "w") as full:
+        proc = _python("", ["devices"], stdout=full, stderr=subprocess.PIPE, text=True)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == cli.USAGE_ERROR, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("atrous-cl devices: error: ") and "No space left on device" in line
+
+
+def test_closed_stdout_runs_quietly():
+    """``atrous-cl devices >&-``: Python gives no sys.stdout; nothing to flush."""
+    proc = _python("", ["devices"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                   preexec_fn=lambda: os.close(1))
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err and proc.returncode == 0, err

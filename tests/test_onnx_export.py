@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import subprocess
 import sys
 import warnings
@@ -28,7 +29,7 @@ import onnx_export
 from atrous_cl import geometry
 from atrous_cl.reference import atrous_conv2d as reference_conv
 from atrous_cl.reference import atrous_conv2d_transpose as reference
-from onnx_export import cli
+from onnx_export import cli, exporter
 
 # Max |error| over max |reference|. float16: onnx's ReferenceEvaluator sums in
 # float16 (measured up to ~2.3e-3 for 64 channels x 7x7 taps); onnxruntime
@@ -465,6 +466,84 @@ def test_dynamic_batch_accepts_none_batches():
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == onnx_export.BATCH_DIM
 
 
+# --- limits, reserved names and byte order (the op's checks, issue 14 item 12) -----------------
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (dict(value_shape=(1, 2**31, 5, 4)), r"value_shape dimensions must be below 2\*\*31"),
+    (dict(value_shape=(2**31, 5, 5, 4)), r"value_shape dimensions must be below 2\*\*31"),
+    (dict(rate=2**31 - 1, padding="VALID"), r"output_shape dimensions must be below 2\*\*31"),
+    (dict(rate=2**31), r"rate must be below 2\*\*31, got 2147483648"),
+    (dict(rate=2**40), r"rate must be below 2\*\*31"),
+    (dict(rate=2**63), r"rate must be below 2\*\*31"),
+    (dict(rate=2**64 + 3), r"rate must be below 2\*\*31"),
+])
+def test_error_beyond_the_ops_limits(overrides, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        export(**overrides)
+
+
+@pytest.mark.parametrize("rate", [2**31, 2**63])
+def test_error_forward_rate_beyond_the_limit(rate):
+    with pytest.raises(ValueError, match=r"rate must be below 2\*\*31"):
+        onnx_export.export_atrous_conv2d(np.ones((3, 3, 4, 2), np.float32), V, rate, "SAME")
+
+
+@pytest.mark.parametrize("name", sorted(exporter.INTERNAL_NAMES))
+@pytest.mark.parametrize("which", ["input_name", "output_name"])
+def test_error_name_the_graph_uses_itself(name, which):
+    with pytest.raises(ValueError, match=f"{which} must not be one of the names the graph uses "
+                                         f"itself .*got '{name}'"):
+        export(**{which: name})
+    with pytest.raises(ValueError, match=f"{which} must not be one of the names"):
+        onnx_export.export_atrous_conv2d(np.ones((3, 3, 4, 2), np.float32), V, 2, "SAME",
+                                         **{which: name})
+
+
+@pytest.mark.parametrize("variant", [{}, *VARIANTS.values()])
+@pytest.mark.parametrize("case", [CASES[1], CASES[5]], ids=case_id)
+def test_internal_names_are_all_declared(case, variant):
+    """Every value the graph names, besides its input and output, is in INTERNAL_NAMES
+    (so the check above refuses every name that could collide)."""
+    _, filters, out_shape = make_inputs(case, np.float32, seed_of("names"))
+    for model in (export(filters, case[:4], out_shape, case[7], case[8], **variant),
+                  onnx_export.export_atrous_conv2d(
+                      filters.transpose(0, 1, 3, 2), case[:4], case[7], "SAME",
+                      **{k: v for k, v in variant.items() if k != "conv_form"})):
+        g = model.graph
+        names = {i.name for i in g.initializer} | {o for n in g.node for o in n.output}
+        assert names - {g.output[0].name} <= exporter.INTERNAL_NAMES
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f2"])
+def test_big_endian_filters_are_converted(dtype):
+    case = CASES[1]
+    value, filters, out_shape = make_inputs(case, np.dtype(dtype).newbyteorder("="),
+                                            seed_of("big-endian", dtype))
+    model = export(filters.astype(dtype), value.shape, out_shape, case[7], case[8])
+    assert model.SerializeToString() == export(filters, value.shape, out_shape, case[7],
+                                               case[8]).SerializeToString()
+    assert_close(run_onnxruntime(model, value),
+                 reference(value, filters, out_shape, case[7], case[8]), f"big-endian {dtype}")
+
+
+def test_big_endian_float64_gets_the_float64_reason():
+    with pytest.raises(TypeError, match="filters of dtype float64 cannot be exported"):
+        export(F.astype(">f8"))
+
+
+@pytest.mark.parametrize("op", ["transpose", "forward"])
+def test_error_filters_beyond_protobufs_2_gib(op):
+    """Refused before any copy: the filters here are 2 GiB of one broadcast zero."""
+    filters = np.broadcast_to(np.float16(0), (1, 1, 2**15, 2**15))
+    assert filters.nbytes == 2**31
+    with pytest.raises(ValueError, match=r"filters take 2147483648 bytes .* more than an ONNX "
+                                         r"model can hold: protobuf limits a model to 2 GiB"):
+        if op == "transpose":
+            export(filters, (1, 1, 1, 2**15))
+        else:
+            onnx_export.export_atrous_conv2d(filters, (1, 1, 1, 2**15), 1, "SAME")
+
+
 # --- atomic save --------------------------------------------------------------------------------
 
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
@@ -499,6 +578,98 @@ def test_save_onto_a_directory(tmp_path):
     with pytest.raises(IsADirectoryError):
         onnx_export.save_model(export(), tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def _leftovers(folder) -> list[str]:
+    return [name for name in os.listdir(folder) if name.endswith(".tmp")]
+
+
+def test_save_onto_a_fifo_refuses_without_blocking(tmp_path):
+    fifo = tmp_path / "fifo.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"is a FIFO: save_model replaces only regular files"):
+        onnx_export.save_model(export(), fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and _leftovers(tmp_path) == []
+
+
+def test_save_through_a_link_to_a_device_refuses(tmp_path):
+    """A link to /dev/null (a character device): the device stays, and so does the link.
+    (The link keeps a failing save_model from replacing the real /dev/null as root.)"""
+    link = tmp_path / "null.onnx"
+    link.symlink_to(os.devnull)
+    with pytest.raises(ValueError, match=r"\(a link to '/dev/null'\) is a character device: "
+                                         r"save_model replaces only regular files"):
+        onnx_export.save_model(export(), link)
+    assert os.readlink(link) == os.devnull and stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert _leftovers(tmp_path) == []
+
+
+def test_save_through_a_symlink_writes_its_target(tmp_path):
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "real.onnx"
+    target.write_bytes(b"old model")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    model = export()
+    assert onnx_export.save_model(model, link) == str(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes() == model.SerializeToString()
+    assert _leftovers(tmp_path) == [] and os.listdir(tmp_path / "models") == ["real.onnx"]
+
+
+def test_save_through_a_dangling_symlink_creates_its_target(tmp_path):
+    link = tmp_path / "link.onnx"
+    link.symlink_to("new.onnx")
+    model = export()
+    onnx_export.save_model(model, link)
+    assert link.is_symlink() and (tmp_path / "new.onnx").read_bytes() == model.SerializeToString()
+    assert sorted(os.listdir(tmp_path)) == ["link.onnx", "new.onnx"]
+
+
+def test_save_through_a_symlink_loop_refuses(tmp_path):
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(OSError, match="symbolic links"):
+        onnx_export.save_model(export(), tmp_path / "a")
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+def test_save_to_a_path_ending_in_a_separator_refuses(tmp_path):
+    with pytest.raises(IsADirectoryError, match="names a directory"):
+        onnx_export.save_model(export(), f"{tmp_path}/new/")
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_keeps_the_replaced_files_mode(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"old model")
+    path.chmod(0o600)
+    onnx_export.save_model(export(), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_bytes() != b"old model"
+
+
+def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        onnx_export.save_model(export(), tmp_path / "m.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root writes into read-only folders")
+def test_save_into_a_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="cannot create a file in"):
+            onnx_export.save_model(export(), folder / "m.onnx")
+        assert os.listdir(folder) == []
+    finally:
+        folder.chmod(0o700)
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -547,7 +718,7 @@ def test_cli_reports_bad_arguments(tmp_path, filters_file, capsys):
     rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "3", "--rate", "2",
                   "--dtype", "float32", "-o", str(out)])
     err = capsys.readouterr().err
-    assert rc == 1 and "Traceback" not in err
+    assert rc == cli.USAGE_ERROR and "Traceback" not in err
     assert err.startswith("atrous-cl export: error: value's channels")
     assert os.listdir(tmp_path) == ["filters.npy"]
 
@@ -555,20 +726,134 @@ def test_cli_reports_bad_arguments(tmp_path, filters_file, capsys):
 def test_cli_reports_float64_without_dtype(tmp_path, filters_file, capsys):
     rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "2",
                   "-o", str(tmp_path / "m.onnx")])
-    assert rc == 1 and "float64 cannot be exported" in capsys.readouterr().err
+    assert rc == cli.USAGE_ERROR and "float64 cannot be exported" in capsys.readouterr().err
 
 
 def test_cli_reports_unreadable_filters(tmp_path, capsys):
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
     rc = run_cli([str(tmp_path / "bad.npy"), "--value-shape", "1", "7", "6", "4", "--rate", "2",
                   "-o", str(tmp_path / "m.onnx")])
-    assert rc == 1 and "cannot read filters" in capsys.readouterr().err
+    assert rc == cli.USAGE_ERROR and "cannot read filters" in capsys.readouterr().err
 
 
 def test_cli_reports_unwritable_output(tmp_path, filters_file, capsys):
     rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "2",
                   "--dtype", "float32", "-o", str(tmp_path / "no" / "m.onnx")])
-    assert rc == 1 and "cannot write" in capsys.readouterr().err
+    assert rc == cli.USAGE_ERROR and "cannot write" in capsys.readouterr().err
+
+
+def _write_bad_filters(path, kind: str):
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("1 2 3\n4 5 6\n")
+    elif kind == "npz":
+        np.savez(path.with_suffix(".npz"), f=np.ones((3, 3, 5, 4), np.float32))
+        os.replace(path.with_suffix(".npz"), path)
+    elif kind == "complex":
+        np.save(path, np.ones((3, 3, 5, 4), np.complex64))
+    elif kind == "strings":
+        np.save(path, np.full((3, 3, 5, 4), "a"))
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)  # np.load would wait for a writer forever
+    elif kind == "beyond-float16":
+        np.save(path, np.full((3, 3, 5, 4), 1e5))
+
+
+@pytest.mark.parametrize("kind, fragment", [
+    ("empty", "the file is empty; expected a .npy file written by np.save"),
+    ("text", "cannot read filters from"),
+    ("npz", "is an .npz archive (arrays: f); expected one array in a .npy file"),
+    ("complex", "must be real numbers, got dtype complex64"),
+    ("strings", "must be real numbers, got dtype <U1"),
+    ("directory", "not a regular file"),
+    ("fifo", "not a regular file"),
+    ("missing", "cannot read filters from"),
+])
+@pytest.mark.parametrize("dtype", [[], ["--dtype", "float32"]], ids=["file-dtype", "cast"])
+def test_cli_reports_bad_filter_files(tmp_path, capsys, kind, fragment, dtype):
+    path = tmp_path / "f.npy"
+    _write_bad_filters(path, kind)
+    rc = run_cli([str(path), "--value-shape", "1", "7", "6", "4", "--rate", "2", *dtype,
+                  "-o", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert rc == cli.USAGE_ERROR and "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith("atrous-cl export: error: ") and fragment in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_refuses_a_cast_to_infinities(tmp_path, capsys):
+    path = tmp_path / "f.npy"
+    _write_bad_filters(path, "beyond-float16")
+    rc = run_cli([str(path), "--value-shape", "1", "7", "6", "4", "--rate", "2", "--dtype",
+                  "float16", "-o", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert rc == cli.USAGE_ERROR and err.count("\n") == 1
+    assert "hold 180 value(s) beyond float16's range (largest 65504), e.g. " in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_reads_big_endian_filters(tmp_path, capsys):
+    path = tmp_path / "f.npy"
+    filters = np.random.default_rng(seed_of("cli-be")).standard_normal((2, 3, 5, 4))
+    np.save(path, filters.astype(">f4"))
+    rc = run_cli([str(path), "--value-shape", "1", "7", "6", "4", "--rate", "2",
+                  "-o", str(tmp_path / "m.onnx")])
+    assert rc == 0, capsys.readouterr().err
+    x = np.random.default_rng(seed_of("cli-be-x")).standard_normal((1, 7, 6, 4)).astype(np.float32)
+    assert_close(run_onnxruntime(onnx.load(str(tmp_path / "m.onnx")), x),
+                 reference(x, filters.astype(np.float32), (1, 7, 6, 5), 2, "SAME"), "big-endian")
+
+
+@pytest.mark.parametrize("target", ["fifo", "devnull-link", "directory", "loop"])
+def test_cli_refuses_special_outputs(tmp_path, filters_file, capsys, target):
+    out = tmp_path / "out.onnx"
+    if target == "fifo":
+        os.mkfifo(out)
+    elif target == "devnull-link":
+        out.symlink_to(os.devnull)
+    elif target == "directory":
+        out.mkdir()
+    else:
+        out.symlink_to(out)
+    before = sorted(os.listdir(tmp_path))
+    rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "2",
+                  "--dtype", "float32", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == cli.USAGE_ERROR
+    assert err.startswith(f"atrous-cl export: error: cannot write {str(out)!r}")
+    assert sorted(os.listdir(tmp_path)) == before
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def _without_onnx(argv, tmp_path):
+    """``atrous-cl argv`` in a fresh interpreter where ``import onnx`` fails."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get(
+        "PYTHONPATH")])))
+    code = ("import sys\nsys.modules['onnx'] = None\nfrom atrous_cl import cli\n"
+            f"sys.exit(cli.main({argv!r}))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=tmp_path)
+
+
+def test_export_help_without_onnx_lists_the_options(tmp_path):
+    done = _without_onnx(["export", "--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    for option in ("--value-shape", "--rate", "--output", "--layout", "--opset", "--dtype",
+                   "--input-name"):
+        assert option in done.stdout
+
+
+def test_export_without_onnx_names_the_extra(tmp_path, filters_file):
+    done = _without_onnx(["export", str(filters_file), "--value-shape", "1", "7", "6", "4",
+                          "--rate", "2", "-o", "m.onnx"], tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("atrous-cl export: error: ONNX export needs the onnx extra: "
+                                  "pip install 'atrous-cl[onnx]'")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_python_dash_m(tmp_path, filters_file):
@@ -715,6 +1000,6 @@ def test_cli_exports_the_forward_op(tmp_path, capsys):
                  reference_conv(x, filters.astype(np.float32), 2, "VALID"), "cli conv")
     rc = run_cli([str(path), "--op", "atrous_conv2d", "--value-shape", "2", "7", "6", "4",
                   "--rate", "2", "--conv-form", "-o", str(tmp_path / "d.onnx")])
-    assert rc == 1 and "--output-shape and --conv-form are for atrous_conv2d_transpose" in \
+    assert rc == cli.USAGE_ERROR and "--output-shape and --conv-form are for atrous_conv2d_transpose" in \
         capsys.readouterr().err
     assert not (tmp_path / "d.onnx").exists()
