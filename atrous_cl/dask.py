@@ -148,8 +148,10 @@ def _run_block(parts, filters, transpose: bool, rate: int, rows: Window, cols: W
                                               device=device)
     else:
         y = atrous_cl.atrous_conv2d(window, filters, rate, geometry.VALID, device=device)
-    # A copy, so that the block does not keep the op's whole window result alive.
-    return np.ascontiguousarray(y[:, rows.crop_start:rows.crop_stop, cols.crop_start:cols.crop_stop])
+    block = y[:, rows.crop_start:rows.crop_stop, cols.crop_start:cols.crop_stop]
+    # A view saves a copy of every block; but where the window's result is much
+    # larger than the block (chunks smaller than the halo), a copy lets it go.
+    return block if 4 * y.size <= 5 * block.size else block.copy()
 
 
 def _transpose_output_shape(value_shape, filters, rate, padding) -> tuple[int, ...]:
