@@ -127,16 +127,30 @@ def _pieces(start: int, stop: int, bounds: np.ndarray) -> list[tuple[int, int, i
     return out
 
 
+def _part(layer: dict, cut: str, chunk: tuple, chunks, r0: int, r1: int, c0: int, c1: int):
+    """The key of rows ``[r0, r1)`` and columns ``[c0, c1)`` of input ``chunk``, adding a cut task
+    to ``layer`` unless that is the whole chunk."""
+    _, b, ri, ci, _ = chunk
+    if (r0, r1, c0, c1) == (0, chunks[1][ri], 0, chunks[2][ci]):
+        return chunk
+    key = (cut, b, ri, ci, r0, r1, c0, c1)
+    layer.setdefault(key, (_cut, chunk, r0, r1, c0, c1))
+    return key
+
+
+def _cut(block, r0: int, r1: int, c0: int, c1: int):
+    """A part of one input chunk, copied so that the chunk itself can be freed."""
+    return block[:, r0:r1, c0:c1].copy()
+
+
 def _run_block(parts, filters, transpose: bool, rate: int, rows: Window, cols: Window,
-               cut_rows, cut_cols, out_channels: int, device):
-    """One task: assemble the window from its chunks, run the op with VALID, crop.
+               out_channels: int, device):
+    """One task: assemble the window from its parts, run the op with VALID, crop.
 
     Runs on the worker; the OpenCL queue is made here, in the worker's process
     (``device`` a ``'P:D'`` selector, or None for the worker's default device).
     """
-    window = np.concatenate(
-        [np.concatenate([p[:, r0:r1, c0:c1] for p, (c0, c1) in zip(row, cut_cols)], axis=2)
-         for row, (r0, r1) in zip(parts, cut_rows)], axis=1)
+    window = np.concatenate([np.concatenate(row, axis=2) for row in parts], axis=1)
     if rows.pad_before or rows.pad_after or cols.pad_before or cols.pad_after:
         window = np.pad(window, ((0, 0), (rows.pad_before, rows.pad_after),
                                  (cols.pad_before, cols.pad_after), (0, 0)))
@@ -217,16 +231,19 @@ def _apply(x, filters, rate, padding, device, transpose: bool) -> da.Array:
                    for q0, q1 in zip(_bounds(out_h)[:-1], _bounds(out_h)[1:])]
     col_windows = [window_of(q0, q1, x.shape[2], kw, rate, p.left)
                    for q0, q1 in zip(_bounds(out_w)[:-1], _bounds(out_w)[1:])]
+    # Parts of input chunks are cut by tasks of their own, which the
+    # distributed scheduler runs where the chunk is: only the halo strips a
+    # window needs from a neighbouring chunk travel between workers.
+    cut = f"{op}-cut-{token}"
     for i, rows in enumerate(row_windows):
         row_pieces = _pieces(rows.start, rows.stop, in_h)
         for j, cols in enumerate(col_windows):
             col_pieces = _pieces(cols.start, cols.stop, in_w)
             for b in range(len(x.chunks[0])):
-                parts = [[(x.name, b, ri, ci, 0) for ci, _, _ in col_pieces] for ri, _, _ in row_pieces]
-                layer[(name, b, i, j, 0)] = (
-                    _run_block, parts, filters_key, transpose, rate, rows, cols,
-                    [(r0, r1) for _, r0, r1 in row_pieces], [(c0, c1) for _, c0, c1 in col_pieces],
-                    out_channels, device)
+                parts = [[_part(layer, cut, (x.name, b, ri, ci, 0), x.chunks, r0, r1, c0, c1)
+                          for ci, c0, c1 in col_pieces] for ri, r0, r1 in row_pieces]
+                layer[(name, b, i, j, 0)] = (_run_block, parts, filters_key, transpose, rate,
+                                              rows, cols, out_channels, device)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[x])
     chunks = (x.chunks[0], out_h, out_w, (out_channels,))
     return da.Array(graph, name, chunks, dtype=np.result_type(x.dtype, filters.dtype))
