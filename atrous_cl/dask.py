@@ -143,6 +143,11 @@ def _cut(block, r0: int, r1: int, c0: int, c1: int):
     return block[:, r0:r1, c0:c1].copy()
 
 
+def _join(arrays: list, axis: int):
+    # A window inside one chunk (no halo, or a whole image per chunk) is used as it is.
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=axis)
+
+
 def _run_block(parts, filters, transpose: bool, rate: int, rows: Window, cols: Window,
                out_channels: int, device):
     """One task: assemble the window from its parts, run the op with VALID, crop.
@@ -150,7 +155,7 @@ def _run_block(parts, filters, transpose: bool, rate: int, rows: Window, cols: W
     Runs on the worker; the OpenCL queue is made here, in the worker's process
     (``device`` a ``'P:D'`` selector, or None for the worker's default device).
     """
-    window = np.concatenate([np.concatenate(row, axis=2) for row in parts], axis=1)
+    window = _join([_join(row, axis=2) for row in parts], axis=1)
     if rows.pad_before or rows.pad_after or cols.pad_before or cols.pad_after:
         window = np.pad(window, ((0, 0), (rows.pad_before, rows.pad_after),
                                  (cols.pad_before, cols.pad_after), (0, 0)))
