@@ -29,11 +29,12 @@ import numpy as np
 from dask.array.core import PerformanceWarning
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
+from distributed import WorkerPlugin, get_worker
 
 import atrous_cl
 from atrous_cl import geometry
 
-__all__ = ["Window", "atrous_conv2d", "atrous_conv2d_transpose", "conv_window",
+__all__ = ["Window", "WorkerDevices", "atrous_conv2d", "atrous_conv2d_transpose", "conv_window",
            "output_chunks", "transpose_window"]
 
 
@@ -143,6 +144,60 @@ def _cut(block, r0: int, r1: int, c0: int, c1: int):
     return block[:, r0:r1, c0:c1].copy()
 
 
+class WorkerDevices(WorkerPlugin):
+    """A ``dask.distributed`` worker plugin giving each worker its own OpenCL device.
+
+    For a machine with several GPUs under one ``LocalCluster`` (whose workers
+    share one environment, so ``PYOPENCL_CTX`` cannot differ between them)::
+
+        client.register_plugin(atrous_cl.dask.WorkerDevices(["0:0", "0:1"]))
+
+    Tasks run with ``device=None`` then use their worker's device; a
+    ``device`` passed to the functions still wins. Workers it names no device
+    for keep their default.
+
+    Args:
+        selectors: a list, worker ``i`` (``LocalCluster`` names its workers
+            0, 1, ...) getting ``selectors[i % len(selectors)]``; or a dict from
+            worker name (``dask worker --name``) to selector.
+
+    Raises:
+        TypeError: ``selectors`` is not a non-empty list or dict of ``'P:D'`` strings.
+    """
+
+    name = "atrous-cl-devices"
+
+    def __init__(self, selectors):
+        if not isinstance(selectors, (list, tuple, dict)) or not selectors or not all(
+                isinstance(v, str) for v in (selectors.values() if isinstance(selectors, dict)
+                                             else selectors)):
+            raise TypeError(f"selectors must be a non-empty list of 'P:D' strings or a dict from "
+                            f"worker name to one, got {selectors!r}")
+        self.selectors = selectors
+
+    def device_for(self, worker_name):
+        """The selector for the worker named ``worker_name``, or None."""
+        if isinstance(self.selectors, dict):
+            return self.selectors.get(worker_name)
+        if isinstance(worker_name, int):
+            return self.selectors[worker_name % len(self.selectors)]
+        return None
+
+    def setup(self, worker):
+        worker.atrous_cl_device = self.device_for(worker.name)
+
+    def teardown(self, worker):
+        worker.atrous_cl_device = None
+
+
+def _worker_device():
+    """The device :class:`WorkerDevices` gave this worker, or None (also outside workers)."""
+    try:
+        return getattr(get_worker(), "atrous_cl_device", None)
+    except ValueError:  # not in a distributed worker: the local schedulers
+        return None
+
+
 def _join(arrays: list, axis: int):
     # A window inside one chunk (no halo, or a whole image per chunk) is used as it is.
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=axis)
@@ -160,6 +215,7 @@ def _run_block(parts, filters, transpose: bool, rate: int, rows: Window, cols: W
         window = np.pad(window, ((0, 0), (rows.pad_before, rows.pad_after),
                                  (cols.pad_before, cols.pad_after), (0, 0)))
     kh, kw = filters.shape[:2]
+    device = device or _worker_device()
     if transpose:
         n, h, w, _ = window.shape
         shape = (n, h + (kh - 1) * rate, w + (kw - 1) * rate, out_channels)
@@ -269,10 +325,11 @@ def atrous_conv2d_transpose(x, filters, rate: int, padding: str, *, device: str 
             array-like) of ``x``'s dtype. It is put in the graph once.
         rate: dilation, a positive integer.
         padding: ``'SAME'`` or ``'VALID'``.
-        device: a ``'P:D'`` selector for every task's device, or None for the
-            default device of each process that runs a task (its
-            ``PYOPENCL_CTX``, else the best device found: give each worker of a
-            multi-GPU machine its own ``PYOPENCL_CTX``).
+        device: a ``'P:D'`` selector for every task's device, or None for each
+            worker's own: the one :class:`WorkerDevices` gave it, else its
+            process's default (``PYOPENCL_CTX``, else the best device found).
+            To give each worker of a multi-GPU machine its own device, start
+            each with its own ``PYOPENCL_CTX`` or register :class:`WorkerDevices`.
 
     Returns:
         A lazy ``dask.array.Array``: the output shape TF gives (``x``'s spatial

@@ -251,3 +251,30 @@ def test_only_halo_strips_come_from_neighbouring_chunks():
             assert len(get_dependencies(graph, cut)) == 1
             r0, r1, c0, c1 = cut[-4:]
             assert min(r1 - r0, c1 - c0) <= 4, cut
+
+
+def test_worker_devices_gives_each_worker_its_device(cluster_client, queue, device_info):
+    rng = np.random.default_rng()
+    x = rng.standard_normal((2, 20, 18, 4)).astype(np.float32)
+    filters = _filters(rng, "transpose", (3, 3), 4, 3, np.float32)
+    _, ref = _single_call("transpose", x, filters, 2, "SAME", queue)
+    dx = da.from_array(x, chunks=(1, 7, 9, 4))
+    try:
+        cluster_client.register_plugin(adask.WorkerDevices([device_info.selector]))
+        got = cluster_client.compute(adask.atrous_conv2d_transpose(dx, filters, 2, "SAME")).result()
+        assert_close(got, ref)
+        assert set(cluster_client.run(lambda dask_worker: dask_worker.atrous_cl_device).values()) \
+            == {device_info.selector}
+        # A selector no machine has shows that tasks use the plugin's device.
+        cluster_client.register_plugin(adask.WorkerDevices({0: "0:99", 1: "0:99"}))
+        with pytest.raises(ValueError, match=r"device selector '0:99'"):
+            cluster_client.compute(adask.atrous_conv2d(dx, filters.transpose(0, 1, 3, 2), 2, "SAME")).result()
+    finally:
+        cluster_client.unregister_worker_plugin(adask.WorkerDevices.name)
+    assert set(cluster_client.run(lambda dask_worker: dask_worker.atrous_cl_device).values()) == {None}
+
+
+@pytest.mark.parametrize("selectors", [[], "0:0", [0], {0: 1}])
+def test_worker_devices_refuses_bad_selectors(selectors):
+    with pytest.raises(TypeError, match="selectors must be a non-empty list of 'P:D' strings"):
+        adask.WorkerDevices(selectors)
