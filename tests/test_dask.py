@@ -62,8 +62,9 @@ def _check(op, x, chunks, filters, rate, padding, queue, device_info, context, w
 
 
 # (kh, kw), rate: odd and even kernels, even kernels at odd rates (TF's odd SAME
-# remainder at the bottom/right), kh != kw, rate 1.
-KERNELS = [((3, 3), 2), ((2, 4), 3), ((5, 1), 1), ((1, 1), 4)]
+# remainder at the bottom/right), kh != kw, rate 1. Halos stay small so that a
+# device compiling per launch size (PoCL) runs the sweep in seconds.
+KERNELS = [((3, 3), 2), ((2, 2), 3), ((2, 4), 1), ((1, 1), 4)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
