@@ -281,6 +281,10 @@ def _apply(x, filters, rate, padding, device, transpose: bool) -> da.Array:
     window_of = transpose_window if transpose else conv_window
     out_h = output_chunks(x.chunks[1], kh, rate, padding, transpose)
     out_w = output_chunks(x.chunks[2], kw, rate, padding, transpose)
+    chunks = (x.chunks[0], out_h, out_w, (out_channels,))
+    dtype = np.result_type(x.dtype, filters.dtype)
+    if 0 in x.shape[1:3]:  # no input pixels: every output sum is empty (VALID's output is zeros)
+        return da.zeros(tuple(map(sum, chunks)), dtype=dtype, chunks=chunks)
     in_h, in_w = _bounds(x.chunks[1]), _bounds(x.chunks[2])
     op = "atrous_conv2d_transpose" if transpose else "atrous_conv2d"
     token = tokenize(x, filters, rate, padding, device, op)
@@ -306,8 +310,7 @@ def _apply(x, filters, rate, padding, device, transpose: bool) -> da.Array:
                 layer[(name, b, i, j, 0)] = (_run_block, parts, filters_key, transpose, rate,
                                               rows, cols, out_channels, device)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[x])
-    chunks = (x.chunks[0], out_h, out_w, (out_channels,))
-    return da.Array(graph, name, chunks, dtype=np.result_type(x.dtype, filters.dtype))
+    return da.Array(graph, name, chunks, dtype=dtype)
 
 
 def atrous_conv2d_transpose(x, filters, rate: int, padding: str, *, device: str | None = None) -> da.Array:

@@ -140,6 +140,24 @@ def test_lazy_and_huge_graphs_are_cheap(op, monkeypatch):
     assert y.numblocks == (1, 8, 8, 1)
 
 
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("shape,padding", [((0, 7, 6, 3), "SAME"), ((2, 0, 6, 3), "SAME"),
+                                           ((2, 0, 6, 3), "VALID"), ((1, 5, 0, 3), "VALID")])
+def test_empty_inputs(queue, device_info, op, shape, padding):
+    rng = np.random.default_rng()
+    x = rng.standard_normal(shape).astype(np.float32)
+    filters = _filters(rng, op, (2, 3), 3, 4, np.float32)
+    if op == "forward" and padding == "VALID":  # as the single call does
+        with pytest.raises(ValueError, match="padding 'VALID' has no output"):
+            adask.atrous_conv2d(da.from_array(x, chunks=(1, 4, 4, 3)), filters, 2, padding)
+        return
+    got = _dask_op(op, da.from_array(x, chunks=(1, 4, 4, 3)), filters, 2, padding,
+                   device=device_info.selector).compute(scheduler="sync")
+    single, ref = _single_call(op, x, filters, 2, padding, queue)
+    assert got.shape == single.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize("chunks,k,rate,padding,transpose,want", [
     ((4, 4, 3), 3, 2, "SAME", True, (4, 4, 3)),
     ((4, 4, 3), 3, 2, "VALID", True, (4, 4, 7)),
