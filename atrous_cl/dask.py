@@ -5,7 +5,8 @@
 ``dask.array.Array`` in NHWC, chunked along batch, height and width, and return
 a lazy ``dask.array.Array`` whose every element equals the single call's. They
 run locally or unchanged on a ``dask.distributed`` cluster; each task runs the
-op on its block on the OpenCL device of the process that runs it.
+op on its block on the OpenCL device of the process that runs it (or the one
+:class:`WorkerDevices` gave its worker).
 
 How a block is made exact (pure geometry, :func:`transpose_window` and
 :func:`conv_window`): for each output block, the input rows and columns it
@@ -249,7 +250,9 @@ def _check(x, filters, rate, padding, device, transpose: bool):
         raise TypeError(f"device must be None (each worker's default device) or a 'P:D' selector "
                         f"string, got {type(device).__name__}: a pyopencl.Device cannot be sent "
                         f"to worker processes")
-    filters = np.asarray(filters)
+    # A copy: the graph is computed later, and a caller updating its filters in
+    # place meanwhile (a training step) must not change this result.
+    filters = np.array(filters)
     if x.ndim != 4:
         raise ValueError(f"x must be 4-D (NHWC), got {x.ndim}-D with shape {x.shape}")
     if any(np.isnan(s) for s in x.shape):

@@ -169,6 +169,17 @@ def test_output_chunks(chunks, k, rate, padding, transpose, want):
     assert adask.output_chunks(chunks, k, rate, padding, transpose) == want
 
 
+def test_filters_are_taken_when_the_graph_is_built(queue, device_info):
+    rng = np.random.default_rng()
+    x = rng.standard_normal((1, 9, 7, 3)).astype(np.float32)
+    filters = _filters(rng, "transpose", (3, 3), 3, 2, np.float32)
+    _, want = _single_call("transpose", x, filters, 2, "SAME", queue)
+    y = adask.atrous_conv2d_transpose(da.from_array(x, chunks=(1, 4, 4, 3)), filters, 2, "SAME",
+                                      device=device_info.selector)
+    filters += 1   # e.g. a training step between building the graph and computing it
+    assert_close(y.compute(scheduler="sync"), want)
+
+
 def test_filters_enter_the_graph_once():
     rng = np.random.default_rng()
     filters = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)   # 147 kB
