@@ -125,7 +125,8 @@ def _pieces(start: int, stop: int, bounds: np.ndarray) -> list[tuple[int, int, i
     for c in range(first, len(bounds) - 1):
         if bounds[c] >= stop:
             break
-        out.append((c, max(start, bounds[c]) - int(bounds[c]), min(stop, bounds[c + 1]) - int(bounds[c])))
+        lo = int(bounds[c])
+        out.append((c, max(start, lo) - lo, min(stop, int(bounds[c + 1])) - lo))
     return out
 
 
@@ -316,7 +317,8 @@ def _apply(x, filters, rate, padding, device, transpose: bool) -> da.Array:
     return da.Array(graph, name, chunks, dtype=dtype)
 
 
-def atrous_conv2d_transpose(x, filters, rate: int, padding: str, *, device: str | None = None) -> da.Array:
+def atrous_conv2d_transpose(x, filters, rate: int, padding: str, *,
+                            device: str | None = None) -> da.Array:
     """``tf.nn.atrous_conv2d_transpose`` on a Dask array, lazily, block by block.
 
     Every element equals :func:`atrous_cl.atrous_conv2d_transpose` on the

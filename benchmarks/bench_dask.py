@@ -110,7 +110,8 @@ def huge_image(client, args, filters) -> None:
     tile = rng.random((1, t, t, c), dtype=np.float32)
     single = _time(lambda: atrous_cl.atrous_conv2d_transpose(tile, filters, tile.shape, 2, "SAME"), 5)
     tile_flops = 2 * t * t * c * c * 9
-    print(f"  single call on one {t}x{t} tile: {single * 1e3:.1f} ms, {tile_flops / single / 1e9:.1f} GFLOP/s")
+    print(f"  single call on one {t}x{t} tile: {single * 1e3:.1f} ms, "
+          f"{tile_flops / single / 1e9:.1f} GFLOP/s")
 
     # Check one interior tile against the single call on its window (halo 2 per side).
     i0 = t * (x.numblocks[1] // 2)
@@ -152,7 +153,8 @@ def large_batch(client, args) -> None:
     print(f"large batch: {b}x{s}x{s}x{c} float32 ({_gib(value.nbytes)}), one image per chunk, "
           f"{args.workers} process workers")
     single = _time(lambda: atrous_cl.atrous_conv2d_transpose(value, filters, value.shape, 2, "SAME"), 3)
-    print(f"  single call on the whole batch, this process: {single:.2f} s, {flops / single / 1e9:.1f} GFLOP/s")
+    print(f"  single call on the whole batch, this process: {single:.2f} s, "
+          f"{flops / single / 1e9:.1f} GFLOP/s")
     # Drawn in the workers before the clock starts, as the single call's input is.
     x = x.persist()
     wait(x)

@@ -298,7 +298,8 @@ def test_worker_devices_gives_each_worker_its_device(cluster_client, queue, devi
         # A selector no machine has shows that tasks use the plugin's device.
         cluster_client.register_plugin(adask.WorkerDevices({0: "0:99", 1: "0:99"}))
         with pytest.raises(ValueError, match=r"device selector '0:99'"):
-            cluster_client.compute(adask.atrous_conv2d(dx, filters.transpose(0, 1, 3, 2), 2, "SAME")).result()
+            y = adask.atrous_conv2d(dx, filters.transpose(0, 1, 3, 2), 2, "SAME")
+            cluster_client.compute(y).result()
     finally:
         cluster_client.unregister_worker_plugin(adask.WorkerDevices.name)
     assert set(cluster_client.run(lambda dask_worker: dask_worker.atrous_cl_device).values()) == {None}
