@@ -200,9 +200,28 @@ def _worker_device():
         return None
 
 
-def _join(arrays: list, axis: int):
-    # A window inside one chunk (no halo, or a whole image per chunk) is used as it is.
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=axis)
+def _assemble(parts, rows: Window, cols: Window):
+    """The window: ``parts`` (rows of chunk pieces) side by side, zero-padded, in one copy.
+
+    A window inside one chunk and without padding (no halo, or a whole image per
+    chunk) is that chunk itself, not copied.
+    """
+    pads = (rows.pad_before, rows.pad_after, cols.pad_before, cols.pad_after)
+    if len(parts) == 1 and len(parts[0]) == 1 and not any(pads):
+        return parts[0][0]
+    first = parts[0][0]
+    height = sum(row[0].shape[1] for row in parts) + rows.pad_before + rows.pad_after
+    width = sum(p.shape[2] for p in parts[0]) + cols.pad_before + cols.pad_after
+    shape = (first.shape[0], height, width, first.shape[3])
+    window = np.zeros(shape, first.dtype) if any(pads) else np.empty(shape, first.dtype)
+    r = rows.pad_before
+    for row in parts:
+        c = cols.pad_before
+        for p in row:
+            window[:, r:r + p.shape[1], c:c + p.shape[2]] = p
+            c += p.shape[2]
+        r += row[0].shape[1]
+    return window
 
 
 def _run_block(parts, filters, transpose: bool, rate: int, rows: Window, cols: Window,
@@ -212,10 +231,7 @@ def _run_block(parts, filters, transpose: bool, rate: int, rows: Window, cols: W
     Runs on the worker; the OpenCL queue is made here, in the worker's process
     (``device`` a ``'P:D'`` selector, or None for the worker's default device).
     """
-    window = _join([_join(row, axis=2) for row in parts], axis=1)
-    if rows.pad_before or rows.pad_after or cols.pad_before or cols.pad_after:
-        window = np.pad(window, ((0, 0), (rows.pad_before, rows.pad_after),
-                                 (cols.pad_before, cols.pad_after), (0, 0)))
+    window = _assemble(parts, rows, cols)
     kh, kw = filters.shape[:2]
     device = device or _worker_device()
     if transpose:
