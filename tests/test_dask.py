@@ -250,8 +250,14 @@ def test_local_cluster_with_two_process_workers(cluster_client, queue, device_in
     filters = _filters(rng, op, (3, 3), 8, 6, np.float32)
     y = _dask_op(op, da.from_array(x, chunks=(1, 13, 12, 8)), filters, 2, "SAME",
                  device=device_info.selector)
+    filters_key = next(k for k in y.__dask_graph__() if isinstance(k, str) and "-filters-" in k)
     y = cluster_client.persist(y)
     distributed.wait(y)
+    # The filters reach each worker once at most (one computes their key, the
+    # other fetches it), however many of its tasks use them.
+    fetched = cluster_client.run(lambda dask_worker: sum(
+        list(e["keys"]).count(filters_key) for e in dask_worker.transfer_incoming_log))
+    assert sorted(fetched.values()) in ([0, 0], [0, 1]), fetched
     # Both workers ran blocks, each on an OpenCL queue made in its own process.
     holders = {w for ws in cluster_client.who_has(y).values() for w in ws}
     assert len(holders) == 2, holders
