@@ -379,6 +379,7 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=No
         if not on_device:
             raise TypeError("out is for device arrays; the host path returns a new NumPy array")
         _check_out(out, args.output_shape, dtype, queue)
+        check_apart({"out": out}, {"value": value, "filters": filters})
     in_place = _in_place(queue, on_device)
     value_d = _device_array(queue, "value", value, dtype, in_place)
     filters_d = _device_array(queue, "filters", filters, dtype, in_place, apart_from=(value_d,))
@@ -399,3 +400,45 @@ def _check_out(out, output_shape, dtype, queue) -> None:
         raise ValueError(f"out must be C-contiguous, got strides {out.strides}")
     if out.context != queue.context:
         raise ValueError("out lives in another OpenCL context than the queue the op runs on")
+
+
+def _memory_span(x: cl_array.Array) -> tuple[int, int, int]:
+    """``(memory, first byte, end byte)`` of a device array's elements.
+
+    ``memory`` names the allocation: a sub-buffer is resolved to its parent
+    (with its offset added), an SVM allocation is named by its address.
+    """
+    data, start = x.base_data, x.offset
+    if isinstance(data, cl.MemoryObjectHolder):
+        parent = data.get_info(cl.mem_info.ASSOCIATED_MEMOBJECT)
+        if parent is not None:
+            start += data.get_info(cl.mem_info.OFFSET)
+            data = parent
+        return data.int_ptr, start, start + x.nbytes
+    address = getattr(data, "svm_ptr", None) or getattr(data, "int_ptr", id(data))
+    return 0, address + start, address + start + x.nbytes  # one address space for all SVM
+
+
+def check_apart(outputs: dict, inputs: dict) -> None:
+    """Refuse results that share device memory with an input or with each other.
+
+    The kernels read their inputs while they write their results, so a
+    result over an input (``out=value``) would be garbage, not an in-place
+    update. Only device arrays are compared: host inputs reach the device
+    as copies.
+
+    Raises:
+        ValueError: naming the two arrays that overlap.
+    """
+    spans = {name: _memory_span(x) for name, x in {**outputs, **inputs}.items()
+             if isinstance(x, cl_array.Array) and x.nbytes}
+    names = list(spans)  # the outputs first: each pair with an output in it once
+    for i, out_name in enumerate(names):
+        if out_name not in outputs:
+            break
+        for other in names[i + 1:]:
+            (mem_a, lo_a, hi_a), (mem_b, lo_b, hi_b) = spans[out_name], spans[other]
+            if mem_a == mem_b and lo_a < hi_b and lo_b < hi_a:
+                raise ValueError(f"{out_name} shares device memory with {other}: the kernels "
+                                 f"read {other} while they write {out_name}, so the op cannot "
+                                 f"work in place; pass a separate array")

@@ -206,8 +206,8 @@ def _grad_layout(device: cl.Device, dtype: np.dtype, args: ConvArgs) -> _GradLay
                        widened * chunks * kh * kw * cin * tile.padded_channels(cout))
 
 
-def _outputs(out, shapes, dtype, queue, on_device, in_place):
-    """The vjps' ``out`` pair, checked, or two new arrays."""
+def _outputs(out, shapes, dtype, queue, on_device, in_place, inputs):
+    """The vjps' ``out`` pair, checked (also apart from the ``inputs`` by name), or two new arrays."""
     if out is None:
         return [ops._result(shape, dtype, queue, on_device, in_place) for shape in shapes]
     if not on_device:
@@ -217,6 +217,7 @@ def _outputs(out, shapes, dtype, queue, on_device, in_place):
                         f"got {type(out).__name__}")
     for o, shape in zip(out, shapes):
         ops._check_out(o, shape, dtype, queue)
+    ops.check_apart({"d_value": out[0], "d_filters": out[1]}, inputs)
     return list(out)
 
 
@@ -274,6 +275,7 @@ def atrous_conv2d(value, filters, rate, padding, name=None, *,
         if not on_device:
             raise TypeError("out is for device arrays; the host path returns a new NumPy array")
         ops._check_out(out, args.output_shape, dtype, queue)
+        ops.check_apart({"out": out}, {"value": value, "filters": filters})
     in_place = ops._in_place(queue, on_device)
     value_d = ops._device_array(queue, "value", value, dtype, in_place)
     filters_d = ops._device_array(queue, "filters", filters, dtype, in_place, apart_from=(value_d,))
@@ -383,7 +385,7 @@ def _vjp(args, dtype, value, filters, dy, queue, context, device, out):
                        _grad_layout(queue.device, dtype, grad_args).partials})
     in_place = ops._in_place(queue, on_device)
     d_value, d_filters = _outputs(out, (args.value_shape, args.filters_shape), dtype, queue,
-                                  on_device, in_place)
+                                  on_device, in_place, {"value": value, "filters": filters, "dy": dy})
     value_d = ops._device_array(queue, "value", value, dtype, in_place)
     filters_d = ops._device_array(queue, "filters", filters, dtype, in_place, apart_from=(value_d,))
     dy_d = ops._device_array(queue, "dy", dy, dtype, in_place, apart_from=(value_d, filters_d))

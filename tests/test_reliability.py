@@ -1,0 +1,330 @@
+# SPDX-License-Identifier: Apache-2.0
+"""No silent wrong result on the device API's less travelled paths.
+
+``out=`` over an input, out-of-order queues, inputs still being written on
+another queue, results used on another queue, and rates so large that taps
+land outside the image. The queue tests are deterministic: a user event holds
+an input's producer back until the op has been enqueued, so an op that does
+not wait for it reads the poisoned array every time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+import pytest
+from conftest import assert_close, poisoned, skip_unsupported
+
+import atrous_cl
+from atrous_cl import geometry, reference
+
+OOO = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
+
+
+def _problem(rng, dtype=np.float32, shape=(2, 6, 7, 5), k=3, cout=5, rate=2, padding="SAME"):
+    value = rng.standard_normal(shape).astype(dtype)
+    filters = rng.standard_normal((k, k, cout, shape[3])).astype(dtype)
+    output_shape = (shape[0], *geometry.transpose_output_hw(shape[1:3], (k, k), rate, padding), cout)
+    return value, filters, output_shape, rate, padding
+
+
+def _held(queue, host):
+    """A device array whose producer, on ``queue``, waits for the returned user event.
+
+    Until the event is set the array holds NaN, so a consumer that does not
+    wait for the array's events reads NaN.
+    """
+    d = poisoned(queue, host.shape, host.dtype)
+    d.finish()
+    queue.finish()
+    gate = cl.UserEvent(queue.context)
+    d.add_event(cl.enqueue_copy(queue, d.base_data, host, wait_for=[gate], is_blocking=False))
+    return d, gate
+
+
+def _release(gate):
+    gate.set_status(cl.command_execution_status.COMPLETE)
+
+
+def _ooo_queue(queue):
+    if not queue.device.queue_properties & OOO:
+        pytest.skip(f"{queue.device.name} has no out-of-order queues")
+    return cl.CommandQueue(queue.context, queue.device, properties=OOO)
+
+
+# 1. out= over an input.
+
+def test_out_over_value_is_refused(queue):
+    value, filters, output_shape, rate, padding = _problem(np.random.default_rng())
+    d = cl_array.to_device(queue, value)
+    with pytest.raises(ValueError, match="out shares device memory with value"):
+        atrous_cl.atrous_conv2d_transpose(d, filters, output_shape, rate, padding, out=d)
+
+
+def test_out_over_part_of_filters_buffer_is_refused(queue):
+    rng = np.random.default_rng()
+    value, filters, output_shape, rate, padding = _problem(rng)
+    n_out, n_f = int(np.prod(output_shape)), filters.size
+    pool = cl_array.to_device(queue, rng.standard_normal(n_out + n_f).astype(np.float32))
+    filters_d = pool[:n_f].reshape(filters.shape)
+    overlapping = pool[n_f - 1:n_f - 1 + n_out].reshape(output_shape)  # one element shared
+    with pytest.raises(ValueError, match="out shares device memory with filters"):
+        atrous_cl.atrous_conv2d_transpose(value, filters_d, output_shape, rate, padding,
+                                          out=overlapping)
+
+
+def test_out_beside_an_input_in_one_buffer_is_right(queue):
+    """No false alarm: a result right after an input in the same buffer is fine."""
+    rng = np.random.default_rng()
+    value, filters, output_shape, rate, padding = _problem(rng)
+    n_out, n_v = int(np.prod(output_shape)), value.size
+    pool = cl_array.to_device(queue, np.full(n_v + n_out, np.nan, np.float32))
+    value_d = pool[:n_v].reshape(value.shape)
+    value_d.set(value)
+    out = pool[n_v:].reshape(output_shape)
+    atrous_cl.atrous_conv2d_transpose(value_d, filters, output_shape, rate, padding, out=out)
+    assert_close(out.get(), reference.atrous_conv2d_transpose(value, filters, output_shape, rate,
+                                                               padding))
+
+
+def test_out_over_a_sub_buffer_of_value_is_refused(queue):
+    value, filters, output_shape, rate, padding = _problem(np.random.default_rng())
+    parent = cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, 2 * value.nbytes)
+    value_d = cl_array.Array(queue, value.shape, value.dtype, data=parent)
+    value_d.set(value)
+    align = queue.device.mem_base_addr_align // 8
+    sub = parent.get_sub_region(align, value.nbytes)  # overlaps value from byte `align`
+    out = cl_array.Array(queue, output_shape, value.dtype, data=sub)
+    with pytest.raises(ValueError, match="out shares device memory with value"):
+        atrous_cl.atrous_conv2d_transpose(value_d, filters, output_shape, rate, padding, out=out)
+
+
+def test_forward_op_out_over_value_is_refused(queue):
+    rng = np.random.default_rng()
+    value = cl_array.to_device(queue, rng.standard_normal((1, 5, 5, 4)).astype(np.float32))
+    filters = rng.standard_normal((3, 3, 4, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="out shares device memory with value"):
+        atrous_cl.atrous_conv2d(value, filters, 2, "SAME", out=value)
+
+
+@pytest.mark.parametrize("clash", ["d_value is dy", "d_value is value", "d_filters is filters",
+                                   "d_value is d_filters"])
+def test_vjp_outputs_over_inputs_are_refused(queue, clash):
+    rng = np.random.default_rng()
+    # Square channels and a SAME 1x1 problem so every array has one shape.
+    value, filters, dy = (cl_array.to_device(queue, rng.standard_normal(s).astype(np.float32))
+                          for s in ((1, 3, 3, 3), (3, 3, 3, 3), (1, 3, 3, 3)))
+    d_value = cl_array.empty_like(value)
+    d_filters = cl_array.empty_like(filters)
+    if clash == "d_value is dy":
+        d_value = dy
+    elif clash == "d_value is value":
+        d_value = value
+    elif clash == "d_filters is filters":
+        d_filters = filters
+    else:
+        d_filters = cl_array.Array(queue, filters.shape, filters.dtype, data=d_value.base_data)
+        d_value = cl_array.Array(queue, value.shape, value.dtype, data=d_value.base_data)
+    first, second = clash.split(" is ")
+    with pytest.raises(ValueError, match=f"{first} shares device memory with {second}"):
+        atrous_cl.atrous_conv2d_vjp(value, filters, 1, "SAME", dy, out=(d_value, d_filters))
+
+
+# 2. Out-of-order queues: each launch waits for the one before it.
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("held", ["value", "filters"])
+def test_out_of_order_queue_waits_for_each_step(queue, dtype, held):
+    """Holding one input back makes the steps that read it (widen, repack) late: the
+    main kernel must wait for them, not only for the inputs."""
+    skip_unsupported(queue, dtype)
+    ooo = _ooo_queue(queue)
+    value, filters, output_shape, rate, padding = _problem(np.random.default_rng(), dtype)
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    arrays = {"value": value, "filters": filters}
+    d, gate = _held(ooo, arrays[held])
+    arrays[held] = d
+    other = next(k for k in arrays if k != held)
+    arrays[other] = cl_array.to_device(ooo, arrays[other])
+    out = atrous_cl.atrous_conv2d_transpose(arrays["value"], arrays["filters"], output_shape, rate,
+                                            padding, queue=ooo)
+    _release(gate)
+    assert_close(out.get(), want, dtype)
+
+
+@pytest.mark.parametrize("op", ["atrous_conv2d_vjp", "atrous_conv2d_transpose_vjp"])
+def test_out_of_order_queue_filter_gradient_waits_for_its_partials(queue, op):
+    ooo = _ooo_queue(queue)
+    rng = np.random.default_rng()
+    value, filters, output_shape, rate, padding = _problem(rng)
+    if op == "atrous_conv2d_vjp":
+        filters = filters.transpose(0, 1, 3, 2).copy()
+        dy = rng.standard_normal(output_shape[:3] + (filters.shape[3],)).astype(np.float32)
+        args = (value, filters, rate, padding)
+    else:
+        dy = rng.standard_normal(output_shape).astype(np.float32)
+        args = (value, filters, output_shape, rate, padding)
+    want = getattr(reference, op)(*args, dy)
+    dy_d, gate = _held(ooo, dy)
+    got = getattr(atrous_cl, op)(*args, dy_d, queue=ooo)
+    _release(gate)
+    for g, w, what in zip(got, want, ("d_value", "d_filters")):
+        assert_close(g.get(), w, context=what, atol=1e-5 * float(np.abs(w).max()))
+
+
+def test_host_calls_on_an_out_of_order_queue_are_right(queue):
+    ooo = _ooo_queue(queue)
+    rng = np.random.default_rng()
+    for dtype in (np.float32, np.float16):
+        value, filters, output_shape, rate, padding = _problem(rng, dtype, shape=(4, 12, 13, 16),
+                                                               cout=16)
+        want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+        for _ in range(10):
+            got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
+                                                    queue=ooo)
+            assert_close(got, want, dtype)
+
+
+# 3. pyopencl's array events, across queues.
+
+def test_waits_for_an_input_written_on_another_queue(queue):
+    producer = cl.CommandQueue(queue.context, queue.device)
+    value, filters, output_shape, rate, padding = _problem(np.random.default_rng())
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    value_d, gate = _held(producer, value)
+    filters_d = cl_array.to_device(queue, filters)
+    out = atrous_cl.atrous_conv2d_transpose(value_d, filters_d, output_shape, rate, padding,
+                                            queue=queue)
+    _release(gate)
+    assert_close(out.get(), want)
+
+
+def test_waits_for_earlier_users_of_out(queue):
+    """``out`` still being written on another queue (a copy held back) must be
+    overwritten after it, not before."""
+    other = cl.CommandQueue(queue.context, queue.device)
+    value, filters, output_shape, rate, padding = _problem(np.random.default_rng())
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    out, gate = _held(other, np.zeros(output_shape, np.float32))
+    atrous_cl.atrous_conv2d_transpose(cl_array.to_device(queue, value), filters, output_shape, rate,
+                                      padding, out=out)
+    _release(gate)
+    assert_close(out.get(), want)
+
+
+@pytest.mark.parametrize("op", ["atrous_conv2d_transpose", "atrous_conv2d", "vjp"])
+def test_result_used_on_another_queue_waits_for_the_op(queue, op):
+    """The op runs on a queue held back by a user event; a consumer on another
+    queue must wait for the result's event rather than read it early."""
+    rng = np.random.default_rng()
+    held = cl.CommandQueue(queue.context, queue.device)
+    consumer = cl.CommandQueue(queue.context, queue.device)
+    value, filters, output_shape, rate, padding = _problem(rng)
+    value_d, filters_d = cl_array.to_device(held, value), cl_array.to_device(held, filters)
+    if op == "atrous_conv2d_transpose":
+        want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+        out = poisoned(held, output_shape, np.float32)
+        call = lambda: atrous_cl.atrous_conv2d_transpose(  # noqa: E731
+            value_d, filters_d, output_shape, rate, padding, out=out)
+    elif op == "atrous_conv2d":
+        want = reference.atrous_conv2d(value, filters, rate, padding)
+        out = poisoned(held, want.shape, np.float32)
+        call = lambda: atrous_cl.atrous_conv2d(value_d, filters_d, rate, padding, out=out)  # noqa: E731
+    else:
+        dy = rng.standard_normal(output_shape).astype(np.float32)
+        want = reference.atrous_conv2d_transpose_vjp(value, filters, output_shape, rate, padding, dy)[1]
+        pair = poisoned(held, value.shape, np.float32), poisoned(held, filters.shape, np.float32)
+        out = pair[1]
+        dy_d = cl_array.to_device(held, dy)  # uploaded before the gate closes the queue
+        call = lambda: atrous_cl.atrous_conv2d_transpose_vjp(  # noqa: E731
+            value_d, filters_d, output_shape, rate, padding, dy_d, out=pair)
+    held.finish()
+    gate = cl.UserEvent(queue.context)
+    cl.enqueue_marker(held, wait_for=[gate])  # everything after it on `held` waits
+    call()
+    doubled = out.with_queue(consumer) * 2
+    _release(gate)
+    assert_close(doubled.get() / 2, want, atol=1e-5 * float(np.abs(want).max()))
+
+
+# 4. Rates of any size.
+
+HUGE_RATES = [2**31 - 1, 2**31, 2**32, 2**40, 2**63 - 1, 2**63, 2**64 + 3]
+
+
+def _small_equivalent(shape, output_hw):
+    """A rate whose taps land exactly as every rate above it does on this image.
+
+    Above ``2 * max(size)`` only the centre tap of an odd kernel lands (at
+    offset 0 for SAME), and no tap of an even one: plain reference arithmetic.
+    """
+    return 2 * max(*shape[1:3], *output_hw) + 2
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("rate", HUGE_RATES, ids=lambda r: f"2^{r.bit_length() - 1}ish")
+def test_huge_rates_give_the_right_answer(queue, k, rate):
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
+    filters = rng.standard_normal((k, k, 4, 3)).astype(np.float32)
+    output_shape = (2, 5, 6, 4)
+    small = _small_equivalent(value.shape, (5, 6))
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, small, "SAME")
+    out = poisoned(queue, output_shape, np.float32)
+    atrous_cl.atrous_conv2d_transpose(cl_array.to_device(queue, value), filters, output_shape,
+                                      rate, "SAME", out=out)
+    assert_close(out.get(), want, context=f"k{k} rate {rate}")
+    if k % 2 == 0:
+        np.testing.assert_array_equal(out.get(), 0)  # no tap lands
+    host = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, "SAME")
+    assert_close(host, want, context=f"host path, k{k} rate {rate}")
+
+
+@pytest.mark.parametrize("rate", [2**31 - 1, 2**32, 2**63 + 1])
+def test_huge_rates_in_the_forward_op_and_both_gradients(queue, rate):
+    rng = np.random.default_rng()
+    value = rng.standard_normal((1, 4, 7, 3)).astype(np.float32)
+    f_fwd = rng.standard_normal((3, 3, 3, 2)).astype(np.float32)
+    dy = rng.standard_normal((1, 4, 7, 2)).astype(np.float32)
+    small = _small_equivalent(value.shape, (4, 7))
+    assert_close(atrous_cl.atrous_conv2d(value, f_fwd, rate, "SAME", queue=queue),
+                 reference.atrous_conv2d(value, f_fwd, small, "SAME"), context="forward")
+    for got, want, what in zip(atrous_cl.atrous_conv2d_vjp(value, f_fwd, rate, "SAME", dy, queue=queue),
+                               reference.atrous_conv2d_vjp(value, f_fwd, small, "SAME", dy),
+                               ("d_value", "d_filters")):
+        assert_close(got, want, context=what, atol=1e-6)
+    f_t = f_fwd  # [kh, kw, out 3, in 2] for the transpose op
+    dy_t = rng.standard_normal((1, 4, 7, 3)).astype(np.float32)
+    v_t = rng.standard_normal((1, 4, 7, 2)).astype(np.float32)
+    for got, want, what in zip(
+            atrous_cl.atrous_conv2d_transpose_vjp(v_t, f_t, (1, 4, 7, 3), rate, "SAME", dy_t,
+                                                  queue=queue),
+            reference.atrous_conv2d_transpose_vjp(v_t, f_t, (1, 4, 7, 3), small, "SAME", dy_t),
+            ("d_value", "d_filters")):
+        assert_close(got, want, context=f"transpose vjp {what}", atol=1e-6)
+
+
+def test_huge_valid_rates_are_refused_not_wrong(queue):
+    value = np.ones((1, 5, 5, 2), np.float32)
+    filters = np.ones((3, 3, 2, 2), np.float32)
+    for rate in (2**31, 2**40):
+        with pytest.raises(ValueError, match="below 2\\*\\*31"):
+            atrous_cl.atrous_conv2d_transpose(value, filters, (1, 5 + 2 * rate, 5 + 2 * rate, 2),
+                                              rate, "VALID", queue=queue)
+        with pytest.raises(ValueError, match="span"):
+            atrous_cl.atrous_conv2d(value, filters, rate, "VALID", queue=queue)
+
+
+@pytest.mark.parametrize("k,rate", [(3, 3), (3, 5), (2, 7), (5, 2), (4, 9)])
+def test_rates_past_the_image_land_what_they_reach(queue, k, rate):
+    """Rates between the usual and the huge: some taps land, some do not, in a
+    VALID problem (all land) and a SAME one (those near the centre land)."""
+    rng = np.random.default_rng()
+    for padding in ("SAME", "VALID"):
+        value, filters, output_shape, _, _ = _problem(rng, shape=(1, 3, 4, 2), k=k, cout=3,
+                                                          rate=rate, padding=padding)
+        want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+        got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
+                                                queue=queue)
+        assert_close(got, want, context=padding)
