@@ -11,13 +11,15 @@ Example::
 
 from onnx_export.exporter import (BATCH_DIM, DEFAULT_INPUT_NAME, DEFAULT_OPSET, DEFAULT_OUTPUT_NAME,
                                   EXPORT_DTYPES, LAYOUTS, MAX_OPSET, MIN_OPSET, TESTED_OPSETS,
-                                  ExportPlan, conv_pads, emit_model, export_atrous_conv2d,
+                                  PAD_FORMS, ExportPlan, conv_pads, emit_conv, emit_model,
+                                  export_atrous_conv2d,
                                   export_atrous_conv2d_transpose, save_model, symmetric_split,
                                   tf_filters_to_onnx, tf_filters_to_onnx_conv)
 
 __all__ = [
     "BATCH_DIM", "DEFAULT_INPUT_NAME", "DEFAULT_OPSET", "DEFAULT_OUTPUT_NAME", "EXPORT_DTYPES",
-    "LAYOUTS", "MAX_OPSET", "MIN_OPSET", "TESTED_OPSETS", "ExportPlan", "conv_pads", "emit_model",
+    "LAYOUTS", "MAX_OPSET", "MIN_OPSET", "PAD_FORMS", "TESTED_OPSETS", "ExportPlan", "conv_pads",
+    "emit_conv", "emit_model",
     "export_atrous_conv2d", "export_atrous_conv2d_transpose", "save_model", "symmetric_split", "tf_filters_to_onnx",
     "tf_filters_to_onnx_conv",
 ]

@@ -54,12 +54,14 @@ ZERO_BATCH = (0, 5, 6, 2, 3, 3, 3, 2, "SAME")
 
 DTYPES = [np.float32, np.float16]
 
-#: Export options beyond the default NHWC ConvTranspose.
+#: Export options beyond the default NHWC ConvTranspose (portable pads).
 VARIANTS = {
+    "single": dict(pad_form="single"),
     "nchw": dict(layout="NCHW"),
     "symmetric": dict(symmetric_pads=True),
     "conv": dict(conv_form=True),
     "conv-symmetric-nchw": dict(conv_form=True, symmetric_pads=True, layout="NCHW"),
+    "conv-symmetric-form": dict(conv_form=True, pad_form="symmetric"),
 }
 
 
@@ -243,8 +245,8 @@ def attrs(node):
 def test_node_is_one_convtranspose_with_tf_pads(case):
     value, filters, out_shape = make_inputs(case, np.float32, seed_of(case_id(case), "graph"))
     rate, padding = case[7], case[8]
-    nhwc = export(filters, value.shape, out_shape, rate, padding)
-    nchw = export(filters, value.shape, out_shape, rate, padding, layout="NCHW")
+    nhwc = export(filters, value.shape, out_shape, rate, padding, pad_form="single")
+    nchw = export(filters, value.shape, out_shape, rate, padding, layout="NCHW", pad_form="single")
     assert [n.op_type for n in nhwc.graph.node] == ["Transpose", "ConvTranspose", "Transpose"]
     assert [n.op_type for n in nchw.graph.node] == ["ConvTranspose"]
     node = nchw.graph.node[0]
@@ -256,6 +258,36 @@ def test_node_is_one_convtranspose_with_tf_pads(case):
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(weight), filters.transpose(3, 2, 0, 1))
     assert [i.name for i in nchw.graph.input] == [onnx_export.DEFAULT_INPUT_NAME]
     assert [o.name for o in nchw.graph.output] == [onnx_export.DEFAULT_OUTPUT_NAME]
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_default_is_portable(case):
+    # The default never writes an asymmetric ConvTranspose (IREE, onnx2torch and
+    # pnnx/ncnn refuse one): symmetric pads plus a Slice where TF's are not.
+    value, filters, out_shape = make_inputs(case, np.float32, seed_of(case_id(case), "portable"))
+    rate, padding = case[7], case[8]
+    tf_pads = geometry.pads(case[5:7], rate, padding)
+    model = export(filters, value.shape, out_shape, rate, padding, layout="NCHW")
+    node_pads = attrs(model.graph.node[0])["pads"]
+    assert node_pads[:2] == node_pads[2:]
+    want_ops = ["ConvTranspose"] if tf_pads[:2] == tf_pads[2:] else ["ConvTranspose", "Slice"]
+    assert [n.op_type for n in model.graph.node] == want_ops
+    # The Conv form keeps its exact asymmetric pads: every runtime tried accepts them.
+    conv = export(filters, value.shape, out_shape, rate, padding, layout="NCHW", conv_form=True)
+    assert [n.op_type for n in conv.graph.node] == ["Conv"]
+
+
+@pytest.mark.parametrize("pad_form, symmetric_pads", [("single", True), ("symmetric", False)])
+def test_pad_form_contradicting_symmetric_pads(pad_form, symmetric_pads):
+    with pytest.raises(ValueError, match=r"contradicts pad_form"):
+        export(pad_form=pad_form, symmetric_pads=symmetric_pads)
+
+
+def test_error_pad_form():
+    with pytest.raises(ValueError, match=r"pad_form must be one of .* got 'exact'"):
+        export(pad_form="exact")
+    with pytest.raises(TypeError, match=r"pad_form must be one of .* got 1 of type int"):
+        export(pad_form=1)
 
 
 def test_symmetric_pads_crop_the_remainder():
@@ -606,6 +638,7 @@ CONV_CASES = [
     (0, 5, 6, 2, 3, 3, 3, 2, "SAME"),      # empty batch (onnxruntime only)
 ]
 CONV_VARIANTS = {"default": {}, "nchw": dict(layout="NCHW"), "symmetric": dict(symmetric_pads=True),
+                 "symmetric-form": dict(pad_form="symmetric"),
                  "symmetric-nchw-dynamic": dict(symmetric_pads=True, layout="NCHW",
                                                 dynamic_batch=True)}
 
