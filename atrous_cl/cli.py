@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``atrous-cl`` command: ``devices``, ``demo`` and ``export``."""
+"""The ``atrous-cl`` command: ``devices``, ``demo``, ``export`` and ``fold``."""
 
 from __future__ import annotations
 
@@ -109,6 +109,12 @@ def _export(args) -> int:
     return export_cli.run(args)
 
 
+def _fold(args) -> int:
+    from onnx_export import cli as export_cli
+
+    return export_cli.run_fold(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atrous-cl", description="TensorFlow-exact "
                                      "atrous_conv2d_transpose on OpenCL")
@@ -152,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     if export_cli is not None:
         export_cli.add_arguments(export)
     export.set_defaults(func=_export)
+    fold = sub.add_parser("fold", help="fold tf2onnx's chains of the atrous ops in a model into "
+                                       "one dilated node each (needs the onnx extra)")
+    if export_cli is not None:
+        export_cli.add_fold_arguments(fold)
+    fold.set_defaults(func=_fold)
     return parser
 
 
