@@ -3,8 +3,9 @@
 
 Each runtime is skipped when its package is missing: onnxruntime and onnx's
 ReferenceEvaluator always run; CI also installs OpenVINO (``openvino``) and
-tract (``tract``); IREE (``iree-base-compiler``, ``iree-base-runtime``) and
-onnx2torch (``onnx2torch`` with ``torch``) run where installed. The exports
+tract (``tract``); IREE (``iree-base-compiler``, ``iree-base-runtime``),
+onnx2torch (``onnx2torch`` with ``torch``) and TVM (``apache-tvm``) run where
+installed. The exports
 are compared with the NumPy reference, the folded tf2onnx models with TF's
 outputs, all within 1e-4 of the largest value (float32).
 """
@@ -91,6 +92,16 @@ def run_iree(model, x, tmp_path):
     return np.asarray(ctx.modules.module[model.graph.name.replace("/", "_")](x))
 
 
+def run_tvm(model, x, tmp_path):
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(model, shape_dict={model.graph.input[0].name: list(x.shape)})
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
 #: runtime -> (runner, the modules it needs)
 RUNTIMES = {
     "onnxruntime": (run_onnxruntime, ["onnxruntime"]),
@@ -99,6 +110,7 @@ RUNTIMES = {
     "tract": (run_tract, ["tract"]),
     "onnx2torch": (run_onnx2torch, ["onnx2torch", "torch"]),
     "iree": (run_iree, ["iree.compiler", "iree.runtime"]),
+    "tvm": (run_tvm, ["tvm"]),
 }
 #: (runtime, form) pairs known to refuse an asymmetric ConvTranspose: asserted, so a fix shows.
 REFUSES_SINGLE = {"iree", "onnx2torch"}
