@@ -13,17 +13,16 @@ Example::
 """
 
 from onnx_export.exporter import (BATCH_DIM, DEFAULT_INPUT_NAME, DEFAULT_OPSET, DEFAULT_OUTPUT_NAME,
-                                  EXPORT_DTYPES, LAYOUTS, MAX_OPSET, MIN_OPSET, TESTED_OPSETS,
-                                  PAD_FORMS, ExportPlan, conv_pads, emit_conv, emit_model,
-                                  export_atrous_conv2d,
-                                  export_atrous_conv2d_transpose, save_model, symmetric_split,
-                                  tf_filters_to_onnx, tf_filters_to_onnx_conv)
+                                  EXPORT_DTYPES, LAYOUTS, MAX_OPSET, MIN_OPSET, PAD_FORMS,
+                                  TESTED_OPSETS, ExportPlan, conv_pads, emit_conv, emit_model,
+                                  export_atrous_conv2d, export_atrous_conv2d_transpose, save_model,
+                                  symmetric_split, tf_filters_to_onnx, tf_filters_to_onnx_conv)
 from onnx_export.fold import ChainReport, FoldResult, fold_atrous_chains, fold_with_report
 
 __all__ = [
     "BATCH_DIM", "DEFAULT_INPUT_NAME", "DEFAULT_OPSET", "DEFAULT_OUTPUT_NAME", "EXPORT_DTYPES",
-    "LAYOUTS", "MAX_OPSET", "MIN_OPSET", "PAD_FORMS", "TESTED_OPSETS", "ExportPlan", "conv_pads",
-    "emit_conv", "emit_model",
-    "export_atrous_conv2d", "export_atrous_conv2d_transpose", "save_model", "symmetric_split", "tf_filters_to_onnx",
-    "tf_filters_to_onnx_conv", "ChainReport", "FoldResult", "fold_atrous_chains", "fold_with_report",
+    "LAYOUTS", "MAX_OPSET", "MIN_OPSET", "PAD_FORMS", "TESTED_OPSETS", "ChainReport", "ExportPlan",
+    "FoldResult", "conv_pads", "emit_conv", "emit_model", "export_atrous_conv2d",
+    "export_atrous_conv2d_transpose", "fold_atrous_chains", "fold_with_report", "save_model",
+    "symmetric_split", "tf_filters_to_onnx", "tf_filters_to_onnx_conv",
 ]

@@ -184,7 +184,7 @@ def _check_inputs(model: onnx.ModelProto, size: int, rng) -> dict:
 
 def compare_in_onnxruntime(original: onnx.ModelProto, folded: onnx.ModelProto,
                            seed: int = 0) -> list[str]:
-    """Run both models on the same random inputs; return one line per output and size that differs."""
+    """Run both models on the same random inputs; one line per output and size that differs."""
     import onnxruntime as ort
 
     sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -196,7 +196,8 @@ def compare_in_onnxruntime(original: onnx.ModelProto, folded: onnx.ModelProto,
         want, got = (s.run(None, feeds) for s in sessions)
         for vi, a, b in zip(original.graph.output, want, got):
             if a.shape != b.shape:
-                problems.append(f"{vi.name} at dim size {size}: shape {b.shape}, expected {a.shape}")
+                problems.append(f"{vi.name} at dim size {size}: shape {b.shape}, "
+                                f"expected {a.shape}")
                 continue
             diff = float(np.abs(a.astype(np.float64) - b).max(initial=0.0))
             scale = max(float(np.abs(a.astype(np.float64)).max(initial=0.0)), 1e-30)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Fold tf2onnx's lowering of ``atrous_conv2d_transpose`` (and ``atrous_conv2d``) back into one node.
+"""Fold tf2onnx's chains of ``atrous_conv2d_transpose`` (and ``atrous_conv2d``) into one node each.
 
 tf2onnx 1.17 writes TF's ``SpaceToBatchND -> conv -> BatchToSpaceND`` as a chain
 around an undilated ``ConvTranspose`` (or ``Conv``): Pad, Transposes and
@@ -293,7 +293,8 @@ class _Graph:
         """Run ``nodes`` in onnx's ReferenceEvaluator and return ``target``."""
         # Copied with their value types only where known; the evaluator needs none.
         inputs = [helper.make_empty_tensor_value_info(name) for name in feeds]
-        graph = helper.make_graph(nodes, "proof", inputs, [helper.make_empty_tensor_value_info(target)],
+        graph = helper.make_graph(nodes, "proof", inputs,
+                                  [helper.make_empty_tensor_value_info(target)],
                                   [self.inits[i] for i in inits])
         sub = helper.make_model(graph, opset_imports=list(self.model.opset_import))
         sub.ir_version = self.model.ir_version
@@ -375,7 +376,7 @@ def _concrete(dims, batch):
 
 
 def _value_candidates(graph, conv, op, weight, rate, reasons):
-    """Tensors above the conv that are proved to be the op's value: ``(name, perm, padding, batches)``.
+    """Tensors above the conv proved to be the op's value, ``(name, perm, padding, batches)``.
 
     The highest first, so that the fold removes the most nodes.
     """
@@ -488,7 +489,7 @@ def _space_to_batch_ok(op, x, got, perm, weight, rate, padding) -> bool:
 
 
 def _batch_to_space_ok(u, got, perm, rate, plan: _TFPlan) -> bool:
-    """Whether ``got`` is TF's cropped batch-to-space of the conv output ``u`` (NCHW), in ``perm``."""
+    """Whether ``got`` is TF's cropped batch-to-space of the conv's NCHW output ``u``, in ``perm``."""
     b, c, hc, wc = u.shape
     n = b // (rate * rate)
     full = u.transpose(0, 2, 3, 1).reshape(rate, rate, n, hc, wc, c).transpose(2, 3, 0, 4, 1, 5)
@@ -566,7 +567,7 @@ def _unique_prefix(graph: _Graph, prefix: str) -> str:
 
 
 def _drop_unused(model: onnx.ModelProto, candidates: set) -> None:
-    """Remove ``candidates`` (node keys) whose outputs nothing uses, then the initializers they used.
+    """Remove ``candidates`` (node keys) whose outputs nothing uses, then initializers they freed.
 
     The candidates are the replaced node and everything it depended on: only
     the chain's nodes and the run-time arithmetic feeding them can become

@@ -4,8 +4,8 @@
 Each runtime is skipped when its package is missing: onnxruntime and onnx's
 ReferenceEvaluator always run; CI also installs OpenVINO (``openvino``) and
 tract (``tract``); IREE (``iree-base-compiler``, ``iree-base-runtime``),
-onnx2torch (``onnx2torch`` with ``torch``) and TVM (``apache-tvm``) run where
-installed. The exports
+onnx2torch (``onnx2torch`` with ``torch``), TVM (``apache-tvm``) and
+pnnx/ncnn (``pnnx``, ``ncnn``; batch 1 only) run where installed. The exports
 are compared with the NumPy reference, the folded tf2onnx models with TF's
 outputs, all within 1e-4 of the largest value (float32).
 """
@@ -88,7 +88,8 @@ def run_iree(model, x, tmp_path):
         if proc.returncode:
             raise RuntimeError(f"{pathlib.Path(cmd[0]).name} failed: {proc.stderr[-2000:]}")
     ctx = rt.SystemContext(config=rt.Config("local-task"))
-    ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, pathlib.Path(path + ".vmfb").read_bytes()))
+    vmfb = pathlib.Path(path + ".vmfb").read_bytes()
+    ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb))
     return np.asarray(ctx.modules.module[model.graph.name.replace("/", "_")](x))
 
 
@@ -102,6 +103,34 @@ def run_tvm(model, x, tmp_path):
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
+def run_ncnn(model, x, tmp_path):
+    import ncnn
+
+    if x.shape[0] != 1:
+        pytest.skip("ncnn: its blobs have no batch dimension")
+    path = _save(model, tmp_path)
+    pnnx = pathlib.Path(sys.executable).parent / "pnnx"
+    # fp16=0: pnnx otherwise stores the weights in float16 (1.7e-4 relative error here).
+    shape = "inputshape=[" + ",".join(map(str, x.shape)) + "]"
+    proc = subprocess.run([pnnx, path, shape, "fp16=0"], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    if proc.returncode:
+        raise RuntimeError(f"pnnx failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    net = ncnn.Net()
+    for opt in ("use_vulkan_compute", "use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic",
+                "use_bf16_storage"):
+        setattr(net.opt, opt, False)
+    stem = path[:-len(".onnx")]
+    if net.load_param(stem + ".ncnn.param") or net.load_model(stem + ".ncnn.bin"):
+        raise RuntimeError("ncnn cannot load pnnx's conversion")
+    extractor = net.create_extractor()
+    extractor.input("in0", ncnn.Mat(np.ascontiguousarray(x[0])))
+    status, out = extractor.extract("out0")
+    if status:
+        raise RuntimeError(f"ncnn extract returned {status}")
+    return np.array(out)[None]
+
+
 #: runtime -> (runner, the modules it needs)
 RUNTIMES = {
     "onnxruntime": (run_onnxruntime, ["onnxruntime"]),
@@ -111,9 +140,10 @@ RUNTIMES = {
     "onnx2torch": (run_onnx2torch, ["onnx2torch", "torch"]),
     "iree": (run_iree, ["iree.compiler", "iree.runtime"]),
     "tvm": (run_tvm, ["tvm"]),
+    "pnnx-ncnn": (run_ncnn, ["ncnn", "pnnx"]),
 }
 #: (runtime, form) pairs known to refuse an asymmetric ConvTranspose: asserted, so a fix shows.
-REFUSES_SINGLE = {"iree", "onnx2torch"}
+REFUSES_SINGLE = {"iree", "onnx2torch", "pnnx-ncnn"}
 
 
 def runner(name):
@@ -125,7 +155,8 @@ def runner(name):
             found = False
         if not found:
             pytest.skip(f"{name}: {module} is not installed")
-    if name == "iree" and shutil.which("iree-import-onnx", path=os.path.dirname(sys.executable)) is None:
+    tools = os.path.dirname(sys.executable)
+    if name == "iree" and shutil.which("iree-import-onnx", path=tools) is None:
         pytest.skip("iree: iree-import-onnx is not next to this Python")
     return fn
 
@@ -146,7 +177,8 @@ EXPORT_FORMS = {"default": {}, "default-dynamic": dict(dynamic_batch=True),
 
 
 @pytest.mark.parametrize("form", EXPORT_FORMS)
-@pytest.mark.parametrize("case", EXPORT_CASES, ids=lambda c: "n{}-{}x{}-{}to{}-k{}-r{}-{}".format(*c))
+@pytest.mark.parametrize("case", EXPORT_CASES,
+                         ids=lambda c: "n{}-{}x{}-{}to{}-k{}-r{}-{}".format(*c))
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_export_runs(runtime, case, form, tmp_path):
     run = runner(runtime)
@@ -157,7 +189,8 @@ def test_export_runs(runtime, case, form, tmp_path):
     out_shape = (n, *geometry.transpose_output_hw((h, w), (k, k), rate, padding), cout)
     model = export_atrous_conv2d_transpose(filters, x.shape, None, rate, padding,
                                            **EXPORT_FORMS[form])
-    asymmetric = geometry.pads((k, k), rate, padding)[:2] != geometry.pads((k, k), rate, padding)[2:]
+    pads = geometry.pads((k, k), rate, padding)
+    asymmetric = pads[:2] != pads[2:]
     if form == "single" and asymmetric and runtime in REFUSES_SINGLE:
         with pytest.raises(Exception):
             run(model, x, tmp_path)
