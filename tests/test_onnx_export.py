@@ -565,6 +565,33 @@ def test_cli_exports_a_checked_model(tmp_path, filters_file, capsys):
     assert_close(run_onnxruntime(model, x), reference(x, filters, (3, 7, 6, 5), 3, "SAME"), "cli")
 
 
+@pytest.mark.parametrize("flags, ops", [
+    (["--pad-form", "single"], "3 node(s) (Transpose, ConvTranspose, Transpose)"),
+    (["--pad-form", "portable"], "4 node(s) (Transpose, ConvTranspose, Slice, Transpose)"),
+    (["--symmetric-pads"], "4 node(s) (Transpose, ConvTranspose, Slice, Transpose)"),
+    (["--conv-form", "--pad-form", "symmetric"], "4 node(s) (Transpose, Conv, Slice, Transpose)"),
+])
+def test_cli_pad_forms(tmp_path, filters_file, capsys, flags, ops):
+    out = tmp_path / "m.onnx"
+    rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "3",
+                  "--dtype", "float32", "-o", str(out), *flags])
+    assert rc == 0, capsys.readouterr().err
+    assert ops in capsys.readouterr().out
+    x = np.random.default_rng(seed_of("cli-pad", *flags)).standard_normal((1, 7, 6, 4))
+    x = x.astype(np.float32)
+    filters = np.load(filters_file).astype(np.float32)
+    assert_close(run_onnxruntime(onnx.load(str(out)), x),
+                 reference(x, filters, (1, 7, 6, 5), 3, "SAME"), f"cli {flags}")
+
+
+def test_cli_pad_form_contradicting_symmetric_pads(tmp_path, filters_file, capsys):
+    rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "3",
+                  "--dtype", "float32", "--symmetric-pads", "--pad-form", "single",
+                  "-o", str(tmp_path / "m.onnx")])
+    assert rc == 1 and "contradicts pad_form='single'" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_cli_options(tmp_path, filters_file, capsys):
     out = tmp_path / "m.onnx"
     rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--output-shape", "1",
