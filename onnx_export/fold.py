@@ -582,7 +582,7 @@ def _drop_unused(model: onnx.ModelProto, candidates: set) -> None:
                 if _key(n) in candidates and not any(o in used for o in n.output if o)}
         if not dead:
             break
-        freed |= {i for n in g.node if _key(n) in dead for i in n.input}
+        freed |= {t for n in g.node if _key(n) in dead for t in [*n.input, *n.output]}
         kept = [n for n in g.node if _key(n) not in dead]
         del g.node[:]
         g.node.extend(kept)
@@ -591,3 +591,9 @@ def _drop_unused(model: onnx.ModelProto, candidates: set) -> None:
     if len(kept) != len(g.initializer):
         del g.initializer[:]
         g.initializer.extend(kept)
+    # Shapes recorded for the removed tensors would describe nothing.
+    produced = {o for n in g.node for o in n.output}
+    infos = [v for v in g.value_info if v.name in produced or v.name not in freed]
+    if len(infos) != len(g.value_info):
+        del g.value_info[:]
+        g.value_info.extend(infos)

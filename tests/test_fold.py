@@ -253,6 +253,16 @@ def test_an_export_has_no_chain():
     assert result.chains == [] and result.model.SerializeToString() == model.SerializeToString()
 
 
+def test_shapes_recorded_for_removed_tensors_go():
+    model, data = load("dynamic_even_odd")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    assert len(inferred.graph.value_info) > 100
+    folded = fold.fold_atrous_chains(inferred)
+    produced = {o for n in folded.graph.node for o in n.output}
+    assert folded.graph.value_info and all(v.name in produced for v in folded.graph.value_info)
+    check_full(folded, data["y1"].shape)
+
+
 def test_input_not_changed():
     model, _ = load("decoder")
     before = model.SerializeToString()
