@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``atrous-cl`` command: ``devices``, ``demo`` and ``export``."""
+"""The ``atrous-cl`` command: ``devices``, ``demo``, ``tune``, ``bench``, ``export`` and ``fold``."""
 
 from __future__ import annotations
 
@@ -186,6 +186,12 @@ def _export(args) -> int:
     return export_cli.run(args)
 
 
+def _fold(args) -> int:
+    from onnx_export import cli as export_cli
+
+    return export_cli.run_fold(args)
+
+
 def _workload_names() -> list[str]:
     from atrous_cl import bench
 
@@ -237,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export the op as an ONNX model (needs the onnx extra)")
     export_cli.add_arguments(export)
     export.set_defaults(func=_export)
+    fold = sub.add_parser("fold", help="fold tf2onnx's chains of the atrous ops in a model into "
+                                       "one dilated node each (needs the onnx extra)")
+    export_cli.add_fold_arguments(fold)
+    fold.set_defaults(func=_fold)
     for command in sub.choices.values():  # main() reports stray arguments as the command's
         command.set_defaults(command_parser=command)
     return parser
@@ -247,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
 
     0 on success; 2 for any error the user can fix, printed as one line
     ``atrous-cl <command>: error: ...`` (argparse's own errors exit 2 too);
-    1 where a check fails (``demo``'s result disagrees with the reference);
+    1 where a check fails (``demo``'s result disagrees with the reference,
+    ``fold --check``'s folded model with the original);
     130 after Ctrl-C. A closed stdout (``atrous-cl devices | head -1``) ends
     the command quietly with status 1, as the Python docs' SIGPIPE recipe does.
     """

@@ -1,6 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """ONNX export of ``atrous_conv2d_transpose`` (one ConvTranspose node) and ``atrous_conv2d`` (one Conv).
 
+:func:`fold_atrous_chains` turns tf2onnx's chains of the same ops in a whole
+model back into such nodes.
+
 Example::
 
     from onnx_export import export_atrous_conv2d_transpose, save_model
@@ -14,9 +17,10 @@ the extra); its functions then raise an ``ImportError`` that names the extra.
 
 __all__ = [
     "BATCH_DIM", "DEFAULT_INPUT_NAME", "DEFAULT_OPSET", "DEFAULT_OUTPUT_NAME", "EXPORT_DTYPES",
-    "LAYOUTS", "MAX_OPSET", "MIN_OPSET", "TESTED_OPSETS", "ExportPlan", "conv_pads", "emit_model",
-    "export_atrous_conv2d", "export_atrous_conv2d_transpose", "save_model", "symmetric_split", "tf_filters_to_onnx",
-    "tf_filters_to_onnx_conv",
+    "LAYOUTS", "MAX_OPSET", "MIN_OPSET", "PAD_FORMS", "TESTED_OPSETS", "ChainReport", "ExportPlan",
+    "FoldResult", "conv_pads", "emit_conv", "emit_model", "export_atrous_conv2d",
+    "export_atrous_conv2d_transpose", "fold_atrous_chains", "fold_with_report", "save_model",
+    "symmetric_split", "tf_filters_to_onnx", "tf_filters_to_onnx_conv",
 ]
 
 #: What to tell someone without onnx.
@@ -25,10 +29,11 @@ MISSING_ONNX = "ONNX export needs the onnx extra: pip install 'atrous-cl[onnx]'"
 try:
     from onnx_export.exporter import (BATCH_DIM, DEFAULT_INPUT_NAME, DEFAULT_OPSET,
                                       DEFAULT_OUTPUT_NAME, EXPORT_DTYPES, LAYOUTS, MAX_OPSET,
-                                      MIN_OPSET, TESTED_OPSETS, ExportPlan, conv_pads, emit_model,
-                                      export_atrous_conv2d, export_atrous_conv2d_transpose,
-                                      save_model, symmetric_split, tf_filters_to_onnx,
-                                      tf_filters_to_onnx_conv)
+                                      MIN_OPSET, PAD_FORMS, TESTED_OPSETS, ExportPlan, conv_pads,
+                                      emit_conv, emit_model, export_atrous_conv2d,
+                                      export_atrous_conv2d_transpose, save_model, symmetric_split,
+                                      tf_filters_to_onnx, tf_filters_to_onnx_conv)
+    from onnx_export.fold import ChainReport, FoldResult, fold_atrous_chains, fold_with_report
 except ModuleNotFoundError as _missing:
     if (_missing.name or "").split(".")[0] != "onnx":
         raise

@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``export`` command: filters from a ``.npy`` file to a checked ONNX model.
+"""The ``export`` command: filters from a ``.npy`` file to a checked ONNX model; and ``fold``.
 
 :func:`add_arguments` and :func:`run` are what ``atrous-cl export`` wires in;
-``python -m onnx_export`` runs the same command on its own. This module must
-import without onnx (onnx is imported inside :func:`run`), so that ``export
---help`` lists the options where the ``onnx`` extra is missing.
+``python -m onnx_export`` runs the same command on its own;
+:func:`add_fold_arguments` and :func:`run_fold` are ``atrous-cl fold``. This
+module must import without onnx (onnx is imported inside :func:`run` and
+:func:`run_fold`), so that ``export --help`` and ``fold --help`` list the
+options where the ``onnx`` extra is missing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import numpy as np
 
 from onnx_export.constants import (DEFAULT_INPUT_NAME, DEFAULT_OPSET, DEFAULT_OUTPUT_NAME,
-                                   EXPORT_DTYPES, LAYOUTS, MAX_OPSET, MIN_OPSET)
+                                   EXPORT_DTYPES, LAYOUTS, MAX_OPSET, MIN_OPSET, PAD_FORMS)
 
 #: Exit status of every error the user can fix (argparse's too).
 USAGE_ERROR = 2
@@ -50,9 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="symbolic batch dimension: the model runs with any batch size")
     parser.add_argument("--opset", type=int, default=None,
                         help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: {DEFAULT_OPSET})")
+    parser.add_argument("--pad-form", choices=PAD_FORMS, default="portable",
+                        help="asymmetric pads: 'portable' (default) writes a ConvTranspose "
+                             "with symmetric pads plus a Slice, which every runtime tried "
+                             "loads; 'single' the one exact node; 'symmetric' symmetric pads "
+                             "plus a Slice for Conv too")
     parser.add_argument("--symmetric-pads", action="store_true",
-                        help="symmetric node pads plus a Slice, for runtimes that mishandle "
-                             "asymmetric pads (e.g. onnxruntime's CUDA provider)")
+                        help="the same as --pad-form symmetric")
     parser.add_argument("--conv-form", action="store_true",
                         help="emit the equivalent forward Conv with flipped weights")
     parser.add_argument("--dtype", choices=[d.name for d in EXPORT_DTYPES], default=None,
@@ -148,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         return _error(str(e))
     common = dict(layout=args.layout, dynamic_batch=args.dynamic_batch, opset=args.opset,
-                  symmetric_pads=args.symmetric_pads, input_name=args.input_name,
+                  pad_form=args.pad_form, symmetric_pads=args.symmetric_pads or None,
+                  input_name=args.input_name,
                   output_name=args.output_name)
     try:
         if args.op == "atrous_conv2d":
@@ -181,3 +188,146 @@ def main(argv=None) -> int:
     from atrous_cl import cli
 
     return cli.main(["export", *(sys.argv[1:] if argv is None else argv)])
+
+
+# --- atrous-cl fold ------------------------------------------------------------------------------
+
+#: Sizes a symbolic input dimension is given by ``fold --check``.
+CHECK_DIM_SIZES = (1, 2, 3)
+#: Max |folded - original| over max |original| that ``fold --check`` accepts.
+CHECK_TOLERANCE = {"float16": 1e-2, "float32": 1e-4, "float64": 1e-10}
+
+
+def add_fold_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``fold`` options to ``parser`` and return it."""
+    parser.add_argument("input", help="the .onnx model to fold, e.g. as tf2onnx wrote it")
+    parser.add_argument("-o", "--output", required=True, help="path of the folded .onnx to write")
+    parser.add_argument("--conv-form", action="store_true",
+                        help="write transposed ops as the equivalent forward Conv")
+    parser.add_argument("--pad-form", choices=PAD_FORMS, default="portable",
+                        help="asymmetric pads: 'portable' never writes an asymmetric "
+                             "ConvTranspose, 'single' keeps one exact node (default: %(default)s)")
+    parser.add_argument("--check", action="store_true",
+                        help="run both models in onnxruntime on random inputs (symbolic dims "
+                             f"set to {', '.join(map(str, CHECK_DIM_SIZES))}) and fail if they "
+                             "differ")
+    return parser
+
+
+def _fold_error(msg: str, status: int = USAGE_ERROR) -> int:
+    print(f"atrous-cl fold: error: {msg}", file=sys.stderr)
+    return status
+
+
+def _check_inputs(model, size: int, rng) -> dict:
+    """Random inputs for every graph input, each symbolic dim set to ``size``."""
+    import onnx
+
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+        shape = [d.dim_value if d.HasField("dim_value") else size for d in t.shape.dim]
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[vi.name] = rng.integers(0, 4, shape).astype(dtype)
+    return feeds
+
+
+def compare_in_onnxruntime(original, folded, seed: int = 0) -> list[str]:
+    """Run both models on the same random inputs; one line per output and size that differs."""
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (original, folded)]
+    rng = np.random.default_rng(seed)
+    problems = []
+    for size in CHECK_DIM_SIZES:
+        feeds = _check_inputs(original, size, rng)
+        want, got = (s.run(None, feeds) for s in sessions)
+        for vi, a, b in zip(original.graph.output, want, got):
+            if a.shape != b.shape:
+                problems.append(f"{vi.name} at dim size {size}: shape {b.shape}, "
+                                f"expected {a.shape}")
+                continue
+            diff = float(np.abs(a.astype(np.float64) - b).max(initial=0.0))
+            scale = max(float(np.abs(a.astype(np.float64)).max(initial=0.0)), 1e-30)
+            tol = CHECK_TOLERANCE.get(a.dtype.name, 0.0)
+            if diff > tol * scale:
+                problems.append(f"{vi.name} at dim size {size}: max |error| {diff:.3g} is "
+                                f"{diff / scale:.3g} of max |original|, bound {tol:g}")
+    return problems
+
+
+def run_fold(args: argparse.Namespace) -> int:
+    """Fold, check (``full_check=True``, and in onnxruntime with ``--check``), save atomically.
+
+    The output path is checked before anything is read: as for ``export``, a
+    regular file or a new path is replaced, a symlink followed, and a
+    directory, FIFO, device or socket refused.
+
+    Returns:
+        0 on success; 2 (:data:`USAGE_ERROR`) on an error the user can fix,
+        printed to stderr as one line without a traceback; 1 if the folded
+        model fails onnx's checker (a bug) or differs from the original under
+        ``--check``.
+    """
+    try:
+        import onnx
+
+        from onnx_export import exporter, fold
+    except ImportError as e:
+        if (e.name or "").split(".")[0] != "onnx":
+            raise  # a bug, not a missing extra
+        from onnx_export import MISSING_ONNX
+
+        return _fold_error(f"{MISSING_ONNX} ({e})")
+    if args.check:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            return _fold_error(f"--check needs onnxruntime, part of the onnx extra: "
+                               f"pip install 'atrous-cl[onnx]' ({e})")
+    try:
+        folder = os.path.dirname(exporter._save_target(os.fsdecode(args.output)))
+    except (OSError, ValueError) as e:
+        return _fold_error(f"cannot write {args.output!r}: {e}")
+    if not os.path.isdir(folder):
+        return _fold_error(f"cannot write {args.output!r}: the folder {folder!r} does not exist")
+    if os.path.exists(args.input) and not os.path.isfile(args.input):  # a FIFO would block
+        return _fold_error(f"cannot read a model from {args.input!r}: not a regular file")
+    try:
+        model = onnx.load(args.input)
+    except OSError as e:
+        return _fold_error(f"cannot read a model from {args.input!r}: {e}")
+    except Exception as e:  # protobuf's DecodeError and others for a file that is not a model
+        return _fold_error(f"cannot read a model from {args.input!r}: {type(e).__name__}: {e}")
+    result = fold.fold_with_report(model, conv_form=args.conv_form, pad_form=args.pad_form)
+    for c in result.chains:
+        if c.folded:
+            print(f"folded {c.conv}: {c.detail}, {c.nodes_removed} nodes replaced")
+        else:
+            print(f"skipped {c.conv}: {c.detail}")
+    print(f"nodes: {len(model.graph.node)} -> {len(result.model.graph.node)}")
+    try:
+        onnx.checker.check_model(result.model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        return _fold_error(f"the folded model fails onnx.checker (a bug, please report it): {e}",
+                           1)
+    if args.check:
+        problems = compare_in_onnxruntime(model, result.model)
+        if problems:
+            return _fold_error("the folded model differs from the original in onnxruntime: "
+                               + "; ".join(problems), 1)
+        print(f"check: the outputs agree in onnxruntime at symbolic dim sizes "
+              f"{', '.join(map(str, CHECK_DIM_SIZES))}")
+    try:
+        path = exporter.save_model(result.model, args.output)
+    except (OSError, ValueError) as e:
+        return _fold_error(f"cannot write {args.output!r}: {e}")
+    print(f"wrote {path}")
+    return 0

@@ -24,6 +24,13 @@ MAX_OPSET = 28
 TESTED_OPSETS = range(MIN_OPSET, MAX_OPSET + 1)
 
 LAYOUTS = ("NHWC", "NCHW")
+#: How a node's asymmetric pads are written. ``'portable'`` (the default): a
+#: ConvTranspose whose pads are asymmetric gets symmetric pads plus a Slice,
+#: since IREE, onnx2torch and pnnx/ncnn refuse asymmetric ConvTranspose pads;
+#: a Conv keeps its exact pads (every runtime tried accepts them).
+#: ``'single'``: always the one exact node. ``'symmetric'``: symmetric pads
+#: plus a Slice for every node, Conv included.
+PAD_FORMS = ("portable", "single", "symmetric")
 #: dtypes onnxruntime's CPU provider has ConvTranspose and Conv kernels for.
 #: float64 has neither at any opset (checked up to onnxruntime 1.32), so a
 #: float64 model would only run in onnx's Python ReferenceEvaluator.

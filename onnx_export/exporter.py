@@ -34,11 +34,12 @@ from atrous_cl.validation import (_int, check_array_shape, check_conv_args, chec
                                   check_rate, check_shape4, check_transpose_args)
 from onnx_export.constants import (BATCH_DIM, DEFAULT_INPUT_NAME, DEFAULT_OPSET,  # noqa: F401
                                    DEFAULT_OUTPUT_NAME, EXPORT_DTYPES, LAYOUTS, MAX_OPSET,
-                                   MIN_OPSET, TESTED_OPSETS)
+                                   MIN_OPSET, PAD_FORMS, TESTED_OPSETS)
 
 
 #: Values the emitted graph names itself; the graph input and output may not
-#: take them (a graph defines each name once). Keep in step with emit_model.
+#: take them (a graph defines each name once). Keep in step with emit_model
+#: and emit_conv (with its empty prefix).
 INTERNAL_NAMES = frozenset({"filters", "value_nchw", "conv_out", "cropped", "crop_starts",
                             "crop_ends", "crop_axes"})
 #: Dimensions and the rate must stay below 2**31, as the op requires: the op
@@ -221,9 +222,10 @@ def _batch_free_shape(shape, what: str):
 
 def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, padding,
                                    *, layout: str = "NHWC", dynamic_batch: bool = False,
-                                   opset: int | None = None, symmetric_pads: bool = False,
+                                   opset: int | None = None, pad_form: str = "portable",
                                    conv_form: bool = False, input_name: str = DEFAULT_INPUT_NAME,
-                                   output_name: str = DEFAULT_OUTPUT_NAME) -> onnx.ModelProto:
+                                   output_name: str = DEFAULT_OUTPUT_NAME,
+                                   symmetric_pads: bool | None = None) -> onnx.ModelProto:
     """An ONNX model computing ``atrous_conv2d_transpose(value, filters, ...)``.
 
     The model has one input (the value) and one output; the filters are an
@@ -231,7 +233,9 @@ def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, pad
     ``ConvTranspose`` with ``dilations=[rate, rate]``, ``strides=[1, 1]``, the
     explicit crop pads of :func:`atrous_cl.geometry.pads` and weight
     ``filters.transpose(3, 2, 0, 1)``; never the ``output_shape`` attribute,
-    whose odd-pad placement is the opposite of TF's.
+    whose odd-pad placement is the opposite of TF's. Where those pads are
+    asymmetric (an even kernel with an odd rate under SAME) the default
+    ``pad_form='portable'`` writes symmetric node pads plus a Slice instead.
 
     Args:
         filters: array ``[kh, kw, out_channels, in_channels]`` (TF's layout),
@@ -251,10 +255,14 @@ def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, pad
             model then runs with any batch size.
         opset: the default-domain opset, ``MIN_OPSET..MAX_OPSET``; ``None``
             means :data:`DEFAULT_OPSET`.
-        symmetric_pads: give the node symmetric pads (the smaller of each
-            pair) and crop the rest with a Slice. For runtimes that mishandle
-            asymmetric pads (onnxruntime's CUDA provider runs an asymmetric
-            ConvTranspose on the CPU); a no-op where the pads are symmetric.
+        pad_form: one of :data:`PAD_FORMS`. ``'portable'`` (default): a
+            ConvTranspose with asymmetric pads gets symmetric ones (the smaller
+            of each pair) and a Slice crops the rest, which every runtime
+            tried loads (IREE, onnx2torch and pnnx/ncnn refuse asymmetric
+            ConvTranspose pads); the Conv form keeps its exact pads.
+            ``'single'``: the one exact node, asymmetric pads and all.
+            ``'symmetric'``: symmetric pads plus a Slice for the Conv form too.
+            Every form is a no-op where the pads are symmetric.
         conv_form: emit the equivalent forward ``Conv`` (kernel flipped,
             channels swapped, pads ``k_eff - 1 - crop``) instead of
             ``ConvTranspose``. onnxruntime's CPU provider runs it in
@@ -262,6 +270,9 @@ def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, pad
             ``benchmarks/bench_onnx.py``); other runtimes may differ.
         input_name: name of the graph input.
         output_name: name of the graph output.
+        symmetric_pads: the older spelling of ``pad_form``: ``True`` is
+            ``'symmetric'``, ``False`` is ``'single'``; ``None`` (default)
+            leaves ``pad_form`` to decide.
 
     Returns:
         The model, not yet checked or saved (see :func:`save_model`).
@@ -275,8 +286,8 @@ def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, pad
             runtime runs (float64). Big-endian floats are converted, not refused.
     """
     filters = _native_filters(filters)
-    opts = _check_options(filters, layout, dynamic_batch, opset, symmetric_pads, input_name,
-                          output_name)
+    opts = _check_options(filters, layout, dynamic_batch, opset, pad_form, symmetric_pads,
+                          input_name, output_name)
     conv_form = _check_flag(conv_form, "conv_form")
     value_shape = _check_value_shape(value_shape, opts.dynamic_batch)
     if output_shape is None:
@@ -286,27 +297,58 @@ def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, pad
         output_shape = (value_shape[0] if obatch is None else obatch, *orest)
     args = check_transpose_args(value_shape, filters.shape, output_shape, rate, padding)
     _check_limits(args)
-    kh, kw = args.filters_shape[:2]
+    op_type, weight, node_pads, crop = transpose_node(filters, args.pads, args.output_shape[1:3],
+                                                      args.rate, opts.pad_form, conv_form)
+    return _emit(opts, op_type, weight, args, node_pads, crop, "atrous_conv2d_transpose")
 
-    node_pads, crop = args.pads, None
-    if opts.symmetric_pads:
-        node_pads, rest = symmetric_split(args.pads)
+
+def transpose_node(filters: np.ndarray, pads: geometry.Pads, output_hw, rate: int,
+                   pad_form: str, conv_form: bool):
+    """What :func:`emit_conv` writes for the transposed op: the one place the pad form is chosen.
+
+    Args:
+        filters: TF's ``[kh, kw, out, in]`` filters.
+        pads: the op's crop pads (:func:`atrous_cl.geometry.pads`).
+        output_hw: the op's output (height, width).
+        rate: the dilation rate.
+        pad_form: one of :data:`PAD_FORMS`.
+        conv_form: write the equivalent forward Conv.
+
+    Returns:
+        ``(op_type, weight, node_pads, crop)`` as in :class:`ExportPlan`.
+    """
+    node_pads, crop = pads, None
+    if pad_form == "symmetric" or (pad_form == "portable" and not conv_form):
+        node_pads, rest = symmetric_split(pads)
         if any(rest):
             # Slice over (H, W) of the node's NCHW output, whose size is the full
             # result minus the symmetric pads.
-            crop = _crop((rest[0], rest[1]), args.output_shape)
+            crop = _crop((rest[0], rest[1]), output_hw)
     if conv_form:
-        op_type, weight = "Conv", tf_filters_to_onnx_conv(filters)
-        node_pads = conv_pads(node_pads, (kh, kw), args.rate)
-    else:
-        op_type, weight = "ConvTranspose", tf_filters_to_onnx(filters)
-    return _emit(opts, op_type, weight, args, node_pads, crop, "atrous_conv2d_transpose")
+        return ("Conv", tf_filters_to_onnx_conv(filters),
+                conv_pads(node_pads, filters.shape[:2], rate), crop)
+    return "ConvTranspose", tf_filters_to_onnx(filters), node_pads, crop
+
+
+def conv_node(pads: geometry.Pads, output_hw, pad_form: str):
+    """``(node_pads, crop)`` of the forward op's Conv for ``pad_form``; TF's zero ``pads`` in."""
+    if pad_form != "symmetric":
+        return pads, None
+    # Padding a side more adds outputs there: with top' = max(top, bottom)
+    # the result starts top' - top rows early, which the Slice drops.
+    mh, mw = max(pads.top, pads.bottom), max(pads.left, pads.right)
+    node_pads = geometry.Pads(mh, mw, mh, mw)
+    starts = (mh - pads.top, mw - pads.left)
+    if any(starts) or node_pads != pads:
+        return node_pads, _crop(starts, output_hw)
+    return node_pads, None
 
 
 def export_atrous_conv2d(filters, value_shape, rate, padding, *, layout: str = "NHWC",
                          dynamic_batch: bool = False, opset: int | None = None,
-                         symmetric_pads: bool = False, input_name: str = DEFAULT_INPUT_NAME,
-                         output_name: str = DEFAULT_OUTPUT_NAME) -> onnx.ModelProto:
+                         pad_form: str = "portable", input_name: str = DEFAULT_INPUT_NAME,
+                         output_name: str = DEFAULT_OUTPUT_NAME,
+                         symmetric_pads: bool | None = None) -> onnx.ModelProto:
     """An ONNX model computing the forward ``atrous_conv2d(value, filters, rate, padding)``.
 
     The same as :func:`export_atrous_conv2d_transpose` for the forward op
@@ -325,12 +367,13 @@ def export_atrous_conv2d(filters, value_shape, rate, padding, *, layout: str = "
         rate: dilation rate, a positive int.
         padding: ``'SAME'`` or ``'VALID'``; VALID with a dilated kernel larger
             than the value is refused, as the op refuses it.
-        layout, dynamic_batch, opset, input_name, output_name: as for
-            :func:`export_atrous_conv2d_transpose`.
-        symmetric_pads: give the node the larger pad of each pair on both
-            sides and Slice off the extra leading rows/columns, for runtimes
-            that mishandle asymmetric pads; a no-op where the pads are
-            symmetric.
+        layout, dynamic_batch, opset, input_name, output_name, symmetric_pads:
+            as for :func:`export_atrous_conv2d_transpose`.
+        pad_form: ``'portable'`` (default) and ``'single'`` write the one
+            exact Conv (every runtime tried accepts its asymmetric pads);
+            ``'symmetric'`` gives the node the larger pad of each pair on both
+            sides and Slices off the extra leading rows/columns; a no-op where
+            the pads are symmetric.
 
     Returns:
         The model, not yet checked or saved (see :func:`save_model`).
@@ -344,40 +387,38 @@ def export_atrous_conv2d(filters, value_shape, rate, padding, *, layout: str = "
             runtime runs (float64). Big-endian floats are converted, not refused.
     """
     filters = _native_filters(filters)
-    opts = _check_options(filters, layout, dynamic_batch, opset, symmetric_pads, input_name,
-                          output_name)
+    opts = _check_options(filters, layout, dynamic_batch, opset, pad_form, symmetric_pads,
+                          input_name, output_name)
     value_shape = _check_value_shape(value_shape, opts.dynamic_batch)
     args = check_conv_args(value_shape, filters.shape, rate, padding)
     _check_limits(args)
-    node_pads, crop = args.pads, None
-    if opts.symmetric_pads:
-        # Padding a side more adds outputs there: with top' = max(top, bottom)
-        # the result starts top' - top rows early, which the Slice drops.
-        mh, mw = max(args.pads.top, args.pads.bottom), max(args.pads.left, args.pads.right)
-        node_pads = geometry.Pads(mh, mw, mh, mw)
-        starts = (mh - args.pads.top, mw - args.pads.left)
-        if any(starts) or node_pads != args.pads:
-            crop = _crop(starts, args.output_shape)
-    return _emit(opts, "Conv", np.ascontiguousarray(filters.transpose(3, 2, 0, 1)), args,
-                 node_pads, crop, "atrous_conv2d")
+    weight = np.ascontiguousarray(filters.transpose(3, 2, 0, 1))
+    node_pads, crop = conv_node(args.pads, args.output_shape[1:3], opts.pad_form)
+    return _emit(opts, "Conv", weight, args, node_pads, crop, "atrous_conv2d")
 
 
 class _Options(NamedTuple):
     layout: str
     dynamic_batch: bool
     opset: int
-    symmetric_pads: bool
+    pad_form: str
     input_name: str
     output_name: str
 
 
-def _check_options(filters, layout, dynamic_batch, opset, symmetric_pads, input_name,
+def _check_options(filters, layout, dynamic_batch, opset, pad_form, symmetric_pads, input_name,
                    output_name) -> _Options:
     """The checks both exports share, before any shape is looked at."""
     _check_export_dtype(filters)
     layout = _check_choice(layout, "layout", LAYOUTS)
     dynamic_batch = _check_flag(dynamic_batch, "dynamic_batch")
-    symmetric_pads = _check_flag(symmetric_pads, "symmetric_pads")
+    pad_form = _check_choice(pad_form, "pad_form", PAD_FORMS)
+    if symmetric_pads is not None:
+        legacy = "symmetric" if _check_flag(symmetric_pads, "symmetric_pads") else "single"
+        if pad_form not in ("portable", legacy):
+            raise ValueError(f"symmetric_pads={symmetric_pads} asks for pad_form={legacy!r}, "
+                             f"which contradicts pad_form={pad_form!r}; give only pad_form")
+        pad_form = legacy
     opset = _check_opset(opset)
     input_name = _check_name(input_name, "input_name")
     output_name = _check_name(output_name, "output_name")
@@ -387,7 +428,7 @@ def _check_options(filters, layout, dynamic_batch, opset, symmetric_pads, input_
                              f"({', '.join(sorted(INTERNAL_NAMES))}), got {name!r}")
     if input_name == output_name:
         raise ValueError(f"input_name and output_name must differ, both are {input_name!r}")
-    return _Options(layout, dynamic_batch, opset, symmetric_pads, input_name, output_name)
+    return _Options(layout, dynamic_batch, opset, pad_form, input_name, output_name)
 
 
 def _check_value_shape(value_shape, dynamic_batch: bool) -> tuple:
@@ -398,9 +439,9 @@ def _check_value_shape(value_shape, dynamic_batch: bool) -> tuple:
     return check_shape4(value_shape, "value_shape", "NHWC")
 
 
-def _crop(starts: tuple[int, int], output_shape) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The Slice over (H, W) of the node's NCHW output that keeps ``output_shape``'s pixels."""
-    return starts, (starts[0] + output_shape[1], starts[1] + output_shape[2])
+def _crop(starts: tuple[int, int], output_hw) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The Slice over (H, W) of the node's NCHW output that keeps ``output_hw`` pixels."""
+    return starts, (starts[0] + output_hw[0], starts[1] + output_hw[1])
 
 
 def _emit(opts: _Options, op_type: str, weight: np.ndarray, args, node_pads, crop,
@@ -430,8 +471,43 @@ def _geometry_output_shape(value_shape, filters_shape, rate, padding) -> tuple:
     return (value_shape[0], oh, ow, fshape[2])
 
 
+def emit_conv(op_type: str, weight: np.ndarray, rate: int, pads, crop, x: str, y: str,
+              prefix: str = "", bias: str | None = None
+              ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The node (and the Slice of ``crop``) taking NCHW ``x`` to NCHW ``y``.
+
+    The one place that writes the convolution; :func:`emit_model` and
+    :func:`onnx_export.fold.fold_atrous_chains` both call it.
+
+    Args:
+        op_type, weight, rate, pads, crop: as in :class:`ExportPlan`.
+        x: name of the NCHW input.
+        y: name of the NCHW output.
+        prefix: put before every node, initializer and intermediate name, so
+            that several emissions can share one graph.
+        bias: name of a per-channel bias tensor for the node's third input.
+
+    Returns:
+        ``(nodes, initializers)``.
+    """
+    kh, kw = weight.shape[2:]
+    inits = [numpy_helper.from_array(weight, prefix + "filters")]
+    last = y if crop is None else prefix + "conv_out"
+    inputs = [x, prefix + "filters"] + ([bias] if bias else [])
+    nodes = [helper.make_node(op_type, inputs, [last],
+                              name=prefix + op_type.lower(), dilations=[rate, rate],
+                              strides=[1, 1], kernel_shape=[kh, kw], pads=list(pads), group=1)]
+    if crop is not None:
+        (sh, sw), (eh, ew) = crop
+        names = [prefix + n for n in ("crop_starts", "crop_ends", "crop_axes")]
+        for name, vals in zip(names, ([sh, sw], [eh, ew], [2, 3])):
+            inits.append(numpy_helper.from_array(np.array(vals, np.int64), name))
+        nodes.append(helper.make_node("Slice", [last, *names], [y], name=prefix + "crop"))
+    return nodes, inits
+
+
 def emit_model(plan: ExportPlan) -> onnx.ModelProto:
-    """Write the graph of ``plan``; the only function here that makes nodes.
+    """Write the graph of ``plan``: :func:`emit_conv`, between two Transposes for NHWC.
 
     Args:
         plan: attributes already computed by
@@ -442,26 +518,17 @@ def emit_model(plan: ExportPlan) -> onnx.ModelProto:
         runtimes load it.
     """
     elem = helper.np_dtype_to_tensor_dtype(plan.weight.dtype)
-    kh, kw = plan.weight.shape[2:]
-    nodes, inits = [], [numpy_helper.from_array(plan.weight, "filters")]
+    nodes, inits = [], []
     x = plan.input_name
     if plan.layout == "NHWC":
         nodes.append(helper.make_node("Transpose", [x], ["value_nchw"], name="to_nchw",
                                       perm=list(_NHWC_TO_NCHW)))
         x = "value_nchw"
-    last = plan.output_name if plan.layout == "NCHW" and plan.crop is None else "conv_out"
-    nodes.append(helper.make_node(plan.op_type, [x, "filters"], [last], name=plan.op_type.lower(),
-                                  dilations=[plan.rate, plan.rate], strides=[1, 1],
-                                  kernel_shape=[kh, kw], pads=list(plan.pads), group=1))
-    if plan.crop is not None:
-        (sh, sw), (eh, ew) = plan.crop
-        for name, vals in (("crop_starts", [sh, sw]), ("crop_ends", [eh, ew]),
-                           ("crop_axes", [2, 3])):
-            inits.append(numpy_helper.from_array(np.array(vals, np.int64), name))
-        out = plan.output_name if plan.layout == "NCHW" else "cropped"
-        nodes.append(helper.make_node("Slice", [last, "crop_starts", "crop_ends", "crop_axes"],
-                                      [out], name="crop"))
-        last = out
+    last = plan.output_name if plan.layout == "NCHW" else "cropped" if plan.crop else "conv_out"
+    conv_nodes, conv_inits = emit_conv(plan.op_type, plan.weight, plan.rate, plan.pads, plan.crop,
+                                       x, last)
+    nodes += conv_nodes
+    inits += conv_inits
     if plan.layout == "NHWC":
         nodes.append(helper.make_node("Transpose", [last], [plan.output_name], name="to_nhwc",
                                       perm=list(_NCHW_TO_NHWC)))

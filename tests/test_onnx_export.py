@@ -55,12 +55,14 @@ ZERO_BATCH = (0, 5, 6, 2, 3, 3, 3, 2, "SAME")
 
 DTYPES = [np.float32, np.float16]
 
-#: Export options beyond the default NHWC ConvTranspose.
+#: Export options beyond the default NHWC ConvTranspose (portable pads).
 VARIANTS = {
+    "single": dict(pad_form="single"),
     "nchw": dict(layout="NCHW"),
     "symmetric": dict(symmetric_pads=True),
     "conv": dict(conv_form=True),
     "conv-symmetric-nchw": dict(conv_form=True, symmetric_pads=True, layout="NCHW"),
+    "conv-symmetric-form": dict(conv_form=True, pad_form="symmetric"),
 }
 
 
@@ -244,8 +246,8 @@ def attrs(node):
 def test_node_is_one_convtranspose_with_tf_pads(case):
     value, filters, out_shape = make_inputs(case, np.float32, seed_of(case_id(case), "graph"))
     rate, padding = case[7], case[8]
-    nhwc = export(filters, value.shape, out_shape, rate, padding)
-    nchw = export(filters, value.shape, out_shape, rate, padding, layout="NCHW")
+    nhwc = export(filters, value.shape, out_shape, rate, padding, pad_form="single")
+    nchw = export(filters, value.shape, out_shape, rate, padding, layout="NCHW", pad_form="single")
     assert [n.op_type for n in nhwc.graph.node] == ["Transpose", "ConvTranspose", "Transpose"]
     assert [n.op_type for n in nchw.graph.node] == ["ConvTranspose"]
     node = nchw.graph.node[0]
@@ -257,6 +259,36 @@ def test_node_is_one_convtranspose_with_tf_pads(case):
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(weight), filters.transpose(3, 2, 0, 1))
     assert [i.name for i in nchw.graph.input] == [onnx_export.DEFAULT_INPUT_NAME]
     assert [o.name for o in nchw.graph.output] == [onnx_export.DEFAULT_OUTPUT_NAME]
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_default_is_portable(case):
+    # The default never writes an asymmetric ConvTranspose (IREE, onnx2torch and
+    # pnnx/ncnn refuse one): symmetric pads plus a Slice where TF's are not.
+    value, filters, out_shape = make_inputs(case, np.float32, seed_of(case_id(case), "portable"))
+    rate, padding = case[7], case[8]
+    tf_pads = geometry.pads(case[5:7], rate, padding)
+    model = export(filters, value.shape, out_shape, rate, padding, layout="NCHW")
+    node_pads = attrs(model.graph.node[0])["pads"]
+    assert node_pads[:2] == node_pads[2:]
+    want_ops = ["ConvTranspose"] if tf_pads[:2] == tf_pads[2:] else ["ConvTranspose", "Slice"]
+    assert [n.op_type for n in model.graph.node] == want_ops
+    # The Conv form keeps its exact asymmetric pads: every runtime tried accepts them.
+    conv = export(filters, value.shape, out_shape, rate, padding, layout="NCHW", conv_form=True)
+    assert [n.op_type for n in conv.graph.node] == ["Conv"]
+
+
+@pytest.mark.parametrize("pad_form, symmetric_pads", [("single", True), ("symmetric", False)])
+def test_pad_form_contradicting_symmetric_pads(pad_form, symmetric_pads):
+    with pytest.raises(ValueError, match=r"contradicts pad_form"):
+        export(pad_form=pad_form, symmetric_pads=symmetric_pads)
+
+
+def test_error_pad_form():
+    with pytest.raises(ValueError, match=r"pad_form must be one of .* got 'exact'"):
+        export(pad_form="exact")
+    with pytest.raises(TypeError, match=r"pad_form must be one of .* got 1 of type int"):
+        export(pad_form=1)
 
 
 def test_symmetric_pads_crop_the_remainder():
@@ -693,13 +725,42 @@ def test_cli_exports_a_checked_model(tmp_path, filters_file, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert captured.out.count("\n") == 1 and captured.err == ""
-    assert f"{out}: opset {onnx_export.DEFAULT_OPSET}, 3 node(s)" in captured.out
+    # k2 rate 3 SAME pads asymmetrically: the portable default crops with a Slice.
+    assert f"{out}: opset {onnx_export.DEFAULT_OPSET}, 4 node(s) (Transpose, ConvTranspose, Slice, " \
+        "Transpose)" in captured.out
     assert "value float32[N,7,6,4] -> output float32[N,7,6,5]" in captured.out
     model = onnx.load(str(out))
     onnx.checker.check_model(model, full_check=True)
     x = np.random.default_rng(seed_of("cli-x")).standard_normal((3, 7, 6, 4)).astype(np.float32)
     filters = np.load(filters_file).astype(np.float32)
     assert_close(run_onnxruntime(model, x), reference(x, filters, (3, 7, 6, 5), 3, "SAME"), "cli")
+
+
+@pytest.mark.parametrize("flags, ops", [
+    (["--pad-form", "single"], "3 node(s) (Transpose, ConvTranspose, Transpose)"),
+    (["--pad-form", "portable"], "4 node(s) (Transpose, ConvTranspose, Slice, Transpose)"),
+    (["--symmetric-pads"], "4 node(s) (Transpose, ConvTranspose, Slice, Transpose)"),
+    (["--conv-form", "--pad-form", "symmetric"], "4 node(s) (Transpose, Conv, Slice, Transpose)"),
+])
+def test_cli_pad_forms(tmp_path, filters_file, capsys, flags, ops):
+    out = tmp_path / "m.onnx"
+    rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "3",
+                  "--dtype", "float32", "-o", str(out), *flags])
+    assert rc == 0, capsys.readouterr().err
+    assert ops in capsys.readouterr().out
+    x = np.random.default_rng(seed_of("cli-pad", *flags)).standard_normal((1, 7, 6, 4))
+    x = x.astype(np.float32)
+    filters = np.load(filters_file).astype(np.float32)
+    assert_close(run_onnxruntime(onnx.load(str(out)), x),
+                 reference(x, filters, (1, 7, 6, 5), 3, "SAME"), f"cli {flags}")
+
+
+def test_cli_pad_form_contradicting_symmetric_pads(tmp_path, filters_file, capsys):
+    rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "3",
+                  "--dtype", "float32", "--symmetric-pads", "--pad-form", "single",
+                  "-o", str(tmp_path / "m.onnx")])
+    assert rc == cli.USAGE_ERROR and "contradicts pad_form='single'" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_cli_options(tmp_path, filters_file, capsys):
@@ -843,7 +904,11 @@ def test_export_help_without_onnx_lists_the_options(tmp_path):
     done = _without_onnx(["export", "--help"], tmp_path)
     assert done.returncode == 0, done.stderr
     for option in ("--value-shape", "--rate", "--output", "--layout", "--opset", "--dtype",
-                   "--input-name"):
+                   "--input-name", "--pad-form"):
+        assert option in done.stdout
+    done = _without_onnx(["fold", "--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    for option in ("--output", "--conv-form", "--pad-form", "--check"):
         assert option in done.stdout
 
 
@@ -854,6 +919,15 @@ def test_export_without_onnx_names_the_extra(tmp_path, filters_file):
     assert done.stderr.startswith("atrous-cl export: error: ONNX export needs the onnx extra: "
                                   "pip install 'atrous-cl[onnx]'")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_fold_without_onnx_names_the_extra(tmp_path):
+    (tmp_path / "in.onnx").write_bytes(b"")
+    done = _without_onnx(["fold", "in.onnx", "-o", "out.onnx"], tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("atrous-cl fold: error: ONNX export needs the onnx extra: "
+                                  "pip install 'atrous-cl[onnx]'")
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def test_python_dash_m(tmp_path, filters_file):
@@ -891,6 +965,7 @@ CONV_CASES = [
     (0, 5, 6, 2, 3, 3, 3, 2, "SAME"),      # empty batch (onnxruntime only)
 ]
 CONV_VARIANTS = {"default": {}, "nchw": dict(layout="NCHW"), "symmetric": dict(symmetric_pads=True),
+                 "symmetric-form": dict(pad_form="symmetric"),
                  "symmetric-nchw-dynamic": dict(symmetric_pads=True, layout="NCHW",
                                                 dynamic_batch=True)}
 
