@@ -245,8 +245,39 @@ def _kind(device: cl.Device) -> str:
     return "OTHER"
 
 
+#: The pid of the process that first asked the driver for platforms: OpenCL
+#: state belongs to it, and a process forked from it may not use that state.
+_opencl_pid: int | None = None
+
+
+def check_not_forked() -> None:
+    """Refuse OpenCL work in a process forked after its parent used OpenCL.
+
+    A fork copies the driver's state but not its threads: PoCL's child hangs
+    forever in its first ``finish``, and no driver promises more. A process
+    forked before any OpenCL call (as ``import atrous_cl`` makes none) is fine.
+
+    Raises:
+        DeviceError: this process is such a child.
+    """
+    global _opencl_pid
+    pid = os.getpid()
+    if _opencl_pid is None:
+        _opencl_pid = pid
+    elif _opencl_pid != pid:
+        raise DeviceError(f"this process ({pid}) was forked from process {_opencl_pid} after that "
+                          f"one had used OpenCL, whose drivers do not survive a fork (PoCL hangs); "
+                          f"start workers with multiprocessing's 'spawn' or 'forkserver' method, "
+                          f"or fork before the first OpenCL call", status=None)
+
+
 def devices() -> list[DeviceInfo]:
-    """Every OpenCL device visible to pyopencl, in platform order."""
+    """Every OpenCL device visible to pyopencl, in platform order.
+
+    Raises:
+        DeviceError: in a process forked after OpenCL was used (:func:`check_not_forked`).
+    """
+    check_not_forked()
     try:
         platforms = cl.get_platforms()
     except cl.Error:  # the ICD loader reports "no platforms" as an error
@@ -268,7 +299,7 @@ def _rank(info: DeviceInfo) -> tuple[int, str]:
     """Lower is better, with the reason: GPUs, accelerators, fast CPU runtimes, other CPUs, simulators."""
     platform = info.platform.lower()
     if any(s in platform for s in _SIMULATORS):
-        return 4, "only a simulator is present"
+        return _SIMULATOR_RANK, "only a simulator is present"
     if info.kind == "GPU":
         return 0, "first GPU"
     if info.kind == "ACCELERATOR":
@@ -283,10 +314,11 @@ def default_device() -> tuple[cl.Device, str]:
 
     ``PYOPENCL_CTX`` (pyopencl's ``platform:device`` syntax) wins when set;
     otherwise the first GPU, else an accelerator, else Intel's CPU runtime,
-    else the first CPU device; a simulator only if nothing else exists.
+    else the first CPU device; a simulator only if nothing else exists. A
+    device that cannot build a kernel (:func:`unusable_reason`) is passed over.
 
     Raises:
-        DeviceError: no OpenCL device is available.
+        DeviceError: no OpenCL device is available, or none that works.
     """
     selector = os.environ.get("PYOPENCL_CTX")
     if selector:
@@ -296,8 +328,47 @@ def default_device() -> tuple[cl.Device, str]:
         raise DeviceError("no OpenCL device found; install one, e.g. `pip install "
                           "pocl-binary-distribution` (the `pocl` extra) for a CPU device",
                           status="CL_PLATFORM_NOT_FOUND_KHR")
-    best = min(found, key=lambda d: _rank(d)[0])  # min keeps platform order among equals
-    return best.device, _rank(best)[1]
+    ranked = sorted(found, key=lambda d: _rank(d)[0])  # sorted keeps platform order among equals
+    real = [d for d in ranked if _rank(d)[0] < _SIMULATOR_RANK]
+    broken = []
+    for info in real or ranked:
+        reason = unusable_reason(info.device)
+        if reason is None:
+            why = _rank(info)[1]
+            return info.device, why + (f" (passed over: {'; '.join(broken)})" if broken else "")
+        broken.append(f"{info.selector} {info.name}: {reason}")
+    raise DeviceError("no working OpenCL device: " + "; ".join(broken) + ". " + _INSTALL_HINT,
+                      status="CL_BUILD_PROGRAM_FAILURE")
+
+
+_SIMULATOR_RANK = 4
+_INSTALL_HINT = ("On x86-64 Linux the `intel` extra gives Intel's CPU runtime; Debian and Ubuntu "
+                 "package a newer PoCL (`apt install pocl-opencl-icd`); PYOPENCL_CTX=P:D picks a "
+                 "device (a simulator too) regardless")
+_PROBE_SOURCE = "__kernel void probe(__global float *x) { x[get_global_id(0)] = 1.0f; }"
+_unusable: dict[int, str | None] = {}
+
+
+def unusable_reason(device: cl.Device) -> str | None:
+    """Why ``device`` cannot run kernels, from one trivial build; None when it can.
+
+    Checked once per device and process. PoCL 3.0 from PyPI (LLVM 14) builds
+    nothing on CPUs its LLVM does not know, such as AMD's Zen 5: it names the
+    CPU 'generic', which its own compiler then refuses.
+    """
+    key = device.int_ptr
+    if key not in _unusable:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", cl.CompilerWarning)
+                cl.Program(_queue_for_device(device).context, _PROBE_SOURCE).build()
+            _unusable[key] = None
+        except cl.Error as e:
+            log = str(e)
+            cpu = re.search(r"unknown target CPU '([^']*)'", log)
+            _unusable[key] = (f"its compiler does not know this CPU (LLVM target {cpu.group(1)!r})"
+                              if cpu else f"a trivial kernel does not build ({status_name(e)})")
+    return _unusable[key]
 
 
 def select_device(selector: str) -> cl.Device:
@@ -349,7 +420,11 @@ def get_queue(queue: cl.CommandQueue | None = None, context: cl.Context | None =
 
     A context or device gets one cached in-order queue, so repeated calls reuse
     its compiled programs.
+
+    Raises:
+        DeviceError: in a process forked after OpenCL was used (:func:`check_not_forked`).
     """
+    check_not_forked()
     if sum(x is not None for x in (queue, context, device)) > 1:
         raise ValueError("pass at most one of queue, context and device, got "
                          + ", ".join(n for n, x in (("queue", queue), ("context", context),

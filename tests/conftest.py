@@ -95,7 +95,10 @@ def _selected_devices() -> list[runtime.DeviceInfo]:
     if not found:
         return []
     if not wanted:
-        chosen, _ = runtime.default_device()
+        try:
+            chosen, _ = runtime.default_device()
+        except atrous_cl.DeviceError:  # none works: the queue fixture says why
+            return []
         return [d for d in found if d.device == chosen]
     if wanted.lower() == "all":
         return found
@@ -134,9 +137,17 @@ def device_info(request):
 def queue(device_info) -> cl.CommandQueue:
     """An in-order queue on each device under test; skips when none is available."""
     if device_info is None:
-        reason = ("no OpenCL device found (install the 'pocl' extra)" if not runtime.devices()
-                  else f"ATROUS_CL_TEST={os.environ.get('ATROUS_CL_TEST')!r} matches no device")
-        pytest.skip(reason)
+        if not runtime.devices():
+            pytest.skip("no OpenCL device found (install the 'pocl' extra)")
+        if not os.environ.get("ATROUS_CL_TEST"):
+            try:
+                runtime.default_device()
+            except atrous_cl.DeviceError as e:
+                pytest.skip(str(e))
+        pytest.skip(f"ATROUS_CL_TEST={os.environ.get('ATROUS_CL_TEST')!r} matches no device")
+    reason = runtime.unusable_reason(device_info.device)
+    if reason:
+        pytest.skip(f"{device_info.selector} {device_info.name} cannot run kernels: {reason}")
     return atrous_cl.get_queue(device=device_info.device)
 
 

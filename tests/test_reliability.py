@@ -143,10 +143,11 @@ def test_out_of_order_queue_waits_for_each_step(queue, dtype, held):
     value, filters, output_shape, rate, padding = _problem(np.random.default_rng(), dtype)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
     arrays = {"value": value, "filters": filters}
-    d, gate = _held(ooo, arrays[held])
-    arrays[held] = d
     other = next(k for k in arrays if k != held)
+    # Uploaded first: some runtimes (PoCL) run an out-of-order queue in order,
+    # where a blocking upload behind the held copy would never finish.
     arrays[other] = cl_array.to_device(ooo, arrays[other])
+    arrays[held], gate = _held(ooo, arrays[held])
     out = atrous_cl.atrous_conv2d_transpose(arrays["value"], arrays["filters"], output_shape, rate,
                                             padding, queue=ooo)
     _release(gate)
@@ -166,8 +167,9 @@ def test_out_of_order_queue_filter_gradient_waits_for_its_partials(queue, op):
         dy = rng.standard_normal(output_shape).astype(np.float32)
         args = (value, filters, output_shape, rate, padding)
     want = getattr(reference, op)(*args, dy)
-    dy_d, gate = _held(ooo, dy)
-    got = getattr(atrous_cl, op)(*args, dy_d, queue=ooo)
+    on_device = tuple(cl_array.to_device(ooo, a) if isinstance(a, np.ndarray) else a for a in args)
+    dy_d, gate = _held(ooo, dy)  # after the uploads, as above
+    got = getattr(atrous_cl, op)(*on_device, dy_d, queue=ooo)
     _release(gate)
     for g, w, what in zip(got, want, ("d_value", "d_filters")):
         assert_close(g.get(), w, context=what, atol=1e-5 * float(np.abs(w).max()))
@@ -328,3 +330,66 @@ def test_rates_past_the_image_land_what_they_reach(queue, k, rate):
         got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
                                                 queue=queue)
         assert_close(got, want, context=padding)
+
+
+# 6. fork after OpenCL was used.
+
+def _in_forked_child(work) -> str:
+    """Run ``work`` in a forked child; its outcome as text, or 'hung' after 60 s."""
+    import os
+    import time
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running any cleanup
+        try:
+            work()
+            outcome = "ran"
+        except BaseException as e:  # noqa: BLE001
+            outcome = f"{type(e).__name__}: {e}"
+        os.write(write, outcome.encode()[:4000])
+        os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            with os.fdopen(read, "rb") as f:
+                return f.read().decode()
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return "hung"
+
+
+def test_a_child_forked_after_opencl_was_used_is_refused_clearly(queue):
+    value, filters, output_shape, rate, padding = _problem(np.random.default_rng())
+    atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=queue)
+    for work in (lambda: atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate,
+                                                           padding),
+                 lambda: atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate,
+                                                           padding, queue=queue),
+                 atrous_cl.devices):
+        outcome = _in_forked_child(work)
+        assert outcome.startswith("DeviceError:") and "forked from process" in outcome, outcome
+
+
+def test_a_child_forked_before_any_opencl_call_works(tmp_path):
+    """``import atrous_cl`` makes no OpenCL call, so forking right after it is fine."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_early.py"
+    script.write_text(
+        "import os, sys, numpy as np\n"
+        "import atrous_cl\n"
+        "pid = os.fork()\n"
+        "v = np.ones((1, 4, 4, 2), np.float32); f = np.ones((3, 3, 2, 2), np.float32)\n"
+        "y = atrous_cl.atrous_conv2d_transpose(v, f, (1, 4, 4, 2), 2, 'SAME')\n"
+        "want = atrous_cl.reference.atrous_conv2d_transpose(v, f, (1, 4, 4, 2), 2, 'SAME')\n"
+        "ok = np.allclose(y, want)\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if ok else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(0 if ok and os.waitstatus_to_exitcode(status) == 0 else 1)\n")
+    done = subprocess.run([sys.executable, str(script)], timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
