@@ -214,7 +214,8 @@ def implementations(include_simulators: bool = False) -> dict[str, Impl]:
 
     impls: dict[str, Impl] = {}
     for info in runtime.devices():
-        if include_simulators or runtime._rank(info)[0] < 4:
+        if ((include_simulators or runtime._rank(info)[0] < 4)
+                and runtime.unusable_reason(info.device) is None):  # it builds nothing
             name = f"atrous-cl {info.selector} {info.platform.split()[0]}"
             impls[name] = Impl(_ours(info))
             impls[f"{name} (on device)"] = Impl(_ours(info, resident=True))
