@@ -268,24 +268,6 @@ def test_tune_refuses_bad_repeats(queue, fresh_cache, repeats):
     assert not fresh_cache.exists()
 
 
-def test_pip_intel_runtime_is_registered_without_hiding_system_drivers(tmp_path, monkeypatch):
-    lib = tmp_path / "prefix" / "lib" / "libintelocl.so"
-    lib.parent.mkdir(parents=True)
-    lib.write_bytes(b"")
-    system = tmp_path / "vendors"
-    system.mkdir()
-    (system / "gpu.icd").write_text("/opt/vendor/libgpu.so\n")
-    monkeypatch.setattr(runtime, "_pip_intel_runtime", lambda: lib)
-    monkeypatch.setattr(runtime, "_SYSTEM_VENDORS", system)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("OCL_ICD_VENDORS", "")  # recorded, so the test's own setting is undone
-    monkeypatch.delenv("OCL_ICD_VENDORS")
-    folder = runtime.register_pip_icds()
-    assert folder is not None and runtime.os.environ["OCL_ICD_VENDORS"] == folder
-    files = {p.name: p.read_text() for p in (tmp_path / "cache" / "atrous-cl" / "icd").glob("*/*.icd")}
-    assert files == {"atrous-cl-intel-cpu.icd": f"{lib}\n", "gpu.icd": "/opt/vendor/libgpu.so\n"}
-
-
 def test_users_own_icd_setting_wins(monkeypatch):
     monkeypatch.setenv("OCL_ICD_VENDORS", "/somewhere/mine")
     assert runtime.register_pip_icds() is None
