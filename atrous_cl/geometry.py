@@ -120,3 +120,15 @@ def equivalent_dilation(k: int, rate: int, crop: int, lo: int, hi: int) -> tuple
     offset = tap * rate - crop
     rate = hi - lo + 1
     return rate, tap * rate - offset
+
+
+def kernel_dilations(kernel_hw: tuple[int, int], rate: int, pads: Pads, reader_hw: tuple[int, int],
+                     read_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """``(rate_h, crop_top, rate_w, crop_left)`` for a kernel that reads tap ``a`` of
+    pixel ``p`` of an image of ``reader_hw`` at ``p - (a * rate - crop)`` of an image of
+    ``read_hw``: :func:`equivalent_dilation` per axis, on the offsets that can reach it,
+    ``[1 - read, reader - 1]``. None when no tap reaches the read image. Needs non-empty images.
+    """
+    rows = equivalent_dilation(kernel_hw[0], rate, pads.top, 1 - read_hw[0], reader_hw[0] - 1)
+    cols = equivalent_dilation(kernel_hw[1], rate, pads.left, 1 - read_hw[1], reader_hw[1] - 1)
+    return None if rows is None or cols is None else (*rows, *cols)

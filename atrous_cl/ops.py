@@ -48,11 +48,8 @@ def kernel_dilation(args: TransposeArgs) -> tuple[int, int, int, int] | None:
     an input lie in ``[-(H - 1), OH - 1]``). None when no tap lands inside
     ``value`` at all: the output is an empty sum. Needs non-empty images.
     """
-    kh, kw = args.filters_shape[:2]
-    (h, w), (oh, ow) = args.value_shape[1:3], args.output_shape[1:3]
-    rows = geometry.equivalent_dilation(kh, args.rate, args.pads.top, 1 - h, oh - 1)
-    cols = geometry.equivalent_dilation(kw, args.rate, args.pads.left, 1 - w, ow - 1)
-    return None if rows is None or cols is None else (*rows, *cols)
+    return geometry.kernel_dilations(args.filters_shape[:2], args.rate, args.pads,
+                                     args.output_shape[1:3], args.value_shape[1:3])
 
 
 def dilation_options(rate_h: int, crop_top: int, rate_w: int, crop_left: int) -> tuple[str, ...]:

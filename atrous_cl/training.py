@@ -44,11 +44,8 @@ def grad_dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
     ``x[i - top + a * rate]`` of output row ``i``: the offsets that reach ``x``
     lie in ``[-(HD - 1), HX - 1]``. None when no tap lands inside ``x``.
     """
-    kh, kw = args.filters_shape[:2]
-    (hx, wx), (hd, wd) = args.value_shape[1:3], args.output_shape[1:3]
-    rows = geometry.equivalent_dilation(kh, args.rate, args.pads.top, 1 - hd, hx - 1)
-    cols = geometry.equivalent_dilation(kw, args.rate, args.pads.left, 1 - wd, wx - 1)
-    return None if rows is None or cols is None else (*rows, *cols)
+    return geometry.kernel_dilations(args.filters_shape[:2], args.rate, args.pads,
+                                     args.value_shape[1:3], args.output_shape[1:3])
 
 
 def build_options(dtype: np.dtype, args: ConvArgs, tile: tuning.Tile, gc: int) -> tuple[str, ...]:
