@@ -210,12 +210,12 @@ def sgemm_gflops(size: int = 2048, rounds: int = 5) -> float:
 
 def implementations(include_simulators: bool = False) -> dict[str, Impl]:
     """Name -> :class:`Impl`, for everything installed; ours once per OpenCL device."""
-    from atrous_cl import runtime
+    from atrous_cl import discovery
 
     impls: dict[str, Impl] = {}
-    for info in runtime.devices():
-        if ((include_simulators or runtime._rank(info)[0] < 4)
-                and runtime.unusable_reason(info.device) is None):  # it builds nothing
+    for info in discovery.devices():
+        if ((include_simulators or discovery.rank(info)[0] < discovery.SIMULATOR_RANK)
+                and discovery.unusable_reason(info.device) is None):  # it builds nothing
             name = f"atrous-cl {info.selector} {info.platform.split()[0]}"
             impls[name] = Impl(_ours(info))
             impls[f"{name} (on device)"] = Impl(_ours(info, resident=True))

@@ -59,15 +59,16 @@ def demo_bytes(n: int, size: int, channels: int, kernel: int, rate: int, padding
 
 
 def _devices(args) -> int:
-    from atrous_cl import runtime
+    from atrous_cl import discovery
+    from atrous_cl.errors import DeviceError
 
-    found = runtime.devices()
+    found = discovery.devices()
     if not found:
         raise ValueError("no OpenCL device found; pip install 'atrous-cl[pocl]' gives a CPU "
                          "device")
     try:
-        chosen, reason = runtime.default_device()
-    except (ValueError, runtime.DeviceError) as e:
+        chosen, reason = discovery.default_device()
+    except (ValueError, DeviceError) as e:
         chosen, reason = None, str(e)
     print(f"{'sel':<5} {'kind':<5} {'fp16':<5} {'fp64':<5} device (platform)")
     for d in found:
@@ -81,7 +82,9 @@ def _devices(args) -> int:
 
 def _demo(args) -> int:
     import atrous_cl
-    from atrous_cl import geometry, reference, runtime
+    from atrous_cl import geometry, reference
+    from atrous_cl.discovery import get_queue
+    from atrous_cl.facts import describe
 
     dtype = np.dtype(args.dtype)
     n, h, w, cin, cout, k = args.batch, args.size, args.size, args.channels, args.channels, args.kernel
@@ -96,7 +99,7 @@ def _demo(args) -> int:
     value = rng.standard_normal((n, h, w, cin)).astype(dtype)
     filters = rng.standard_normal((k, k, cout, cin)).astype(dtype)
     output_shape = (n, *geometry.transpose_output_hw((h, w), (k, k), args.rate, args.padding), cout)
-    queue = runtime.get_queue(device=args.device)
+    queue = get_queue(device=args.device)
     call = lambda: atrous_cl.atrous_conv2d_transpose(  # noqa: E731
         value, filters, output_shape, args.rate, args.padding, queue=queue)
     got = call()  # the first call builds the kernel
@@ -110,7 +113,7 @@ def _demo(args) -> int:
     tol = DEMO_TOLERANCE[dtype.name]
     t = statistics.median(times)
     flops = 2 * n * h * w * cin * cout * k * k
-    print(f"device:  {runtime.describe(queue.device)}")
+    print(f"device:  {describe(queue.device)}")
     print(f"op:      atrous_conv2d_transpose value {value.shape} filters {filters.shape} -> "
           f"{tuple(output_shape)}, rate {args.rate}, {args.padding}, {dtype.name}")
     print(f"time:    {t * 1e3:.2f} ms median of {args.repeat} (the host API: NumPy "
@@ -122,19 +125,21 @@ def _demo(args) -> int:
 
 
 def _tune(args) -> int:
-    from atrous_cl import bench, runtime, tuning
+    from atrous_cl import bench, tiles, tuning
+    from atrous_cl.discovery import get_queue
+    from atrous_cl.facts import describe
 
-    queue = runtime.get_queue(device=args.device)
+    queue = get_queue(device=args.device)
     if args.shape:
         n, h, w, cin, cout, k, rate = args.shape
         workloads = [bench.Workload("custom", n, h, w, cin, cout, k, rate, args.padding)]
     else:
         workloads = bench.WORKLOADS
-    print(f"tuning on {runtime.describe(queue.device)}, {args.dtype}; cache {tuning.cache_path()}")
+    print(f"tuning on {describe(queue.device)}, {args.dtype}; cache {tuning.cache_path()}")
     for wl in workloads:
         best, timings = tuning.tune(queue, (wl.n, wl.h, wl.w, wl.cin), (wl.k, wl.k, wl.cout, wl.cin),
                                     wl.rate, wl.padding, args.dtype, repeats=args.repeat)
-        default = tuning.default_tile(queue.device, args.dtype, wl.cout)
+        default = tiles.default_tile(queue.device, args.dtype, wl.cout)
         t_best, t_default = timings[str(best)], timings.get(str(default))
         gain = f", {t_default / t_best:.2f}x the default {default}" if t_default else ""
         print(f"{wl.name}: {wl.describe()}: best tile {best} {t_best * 1e3:.2f} ms{gain} "

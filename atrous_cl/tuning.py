@@ -1,16 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tile choice per device: a heuristic default, and a search whose winners are cached on disk.
+"""``atrous-cl tune``: a search over register tiles whose winners are cached on disk.
 
-The kernel's register tile (output pixels x output channels per work-item)
-decides its speed, and the best one differs by OpenCL implementation: Intel's
-CPU runtime likes 16-channel vectors, PoCL 8. PoCL 3.0's LLVM aborts the
-whole process on some 16-wide float code and builds 8-wide double code into a
-program without kernels, so its vectors are capped at 32 bytes. ``atrous-cl tune``
-(or :func:`tune`) times the candidates once per (device, driver, dtype, shape
-class) and stores the winner in ``$XDG_CACHE_HOME/atrous-cl/tuning.json``;
-the op then uses it. Without a tuned entry the op uses :func:`default_tile`.
-The file records a digest of the kernel source it was timed with: a changed
-kernel (a new version of this package) starts from the defaults again.
+The kernel's register tile (output pixels x output channels per work-item,
+:mod:`atrous_cl.tiles`) decides its speed, and the best one differs by OpenCL
+implementation. :func:`tune` times every candidate once per (device, driver,
+dtype, shape class) through the launch layer (:func:`atrous_cl.launch.transpose`)
+and stores the winner in ``$XDG_CACHE_HOME/atrous-cl/tuning.json``; the op
+then uses it (:func:`tile_for`), and :func:`atrous_cl.tiles.default_tile`
+without a tuned entry. The file records a digest of the kernel source it was
+timed with: a changed kernel (a new version of this package) starts from the
+defaults again.
 """
 
 from __future__ import annotations
@@ -25,13 +24,18 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import pyopencl as cl
+import pyopencl.array as cl_array
 
-from atrous_cl import runtime
+from atrous_cl import geometry, launch, memory, validation
+from atrous_cl.cache import cache_dir
 from atrous_cl.errors import DeviceError
+from atrous_cl.facts import check_dtype_support, describe, facts
+from atrous_cl.programs import program_source
+from atrous_cl.tiles import Tile, candidates, default_tile, pow2_at_least
 
 try:
     import fcntl
@@ -41,80 +45,8 @@ except ImportError:  # Windows
 _CACHE_VERSION = 1
 
 
-class Tile(NamedTuple):
-    """Output pixels (along W) x output channels computed by one work-item."""
-
-    pixels: int
-    channels: int
-
-    def padded_channels(self, cout: int) -> int:
-        """``cout`` rounded up to whole channel tiles: the packed filters' width."""
-        return -(-cout // self.channels) * self.channels
-
-    def __str__(self) -> str:
-        return f"{self.pixels}x{self.channels}"
-
-
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _is_pocl(device: cl.Device) -> bool:
-    return "portable computing language" in runtime.facts(device).platform.lower()
-
-
-def _pocl_narrow(device: cl.Device) -> bool:
-    """PoCL building for a CPU target without 512-bit vectors.
-
-    PoCL 3.0 from PyPI (LLVM 14, target znver3: AVX2) aborts the process on
-    some 16-wide float code and builds 8-wide double code into an empty
-    program; Debian's PoCL 3.1 (LLVM 15, target skylake-avx512) runs 16-wide
-    tiles fine, and 1.7-2.4x faster than 8-wide ones. PoCL names its target
-    in the device version (``HSTR: pthread-<triple>-<cpu>``).
-    """
-    return _is_pocl(device) and "avx512" not in runtime.facts(device).version.lower()
-
-
-def _max_channels(device: cl.Device, dtype, cout: int) -> int:
-    """Widest channel vector worth using: no wider than ``cout`` needs, 32 bytes on a
-    PoCL without 512-bit vectors (:func:`_pocl_narrow`)."""
-    acc_bytes = 8 if np.dtype(dtype) == np.float64 else 4  # half is summed in float
-    return min(_pow2_at_least(cout), 32 // acc_bytes if _pocl_narrow(device) else 16)
-
-
-def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
-    """The untuned tile: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors,
-    8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere.
-
-    Measured on a 2-core AMD EPYC (float32, the README's workloads A-E,
-    ``atrous-cl tune``): Intel 8x16 best on A, C, D and within 1.13x of 4x16 on
-    B and E (geometric mean 0.94x 4x16's time); PyPI's PoCL (AVX2) 8x8 best or
-    within 1.04x on A-E; Debian's PoCL 3.1 (AVX-512) 8x16 ran A at 226 GFLOP/s
-    and C at 207 against 8x8's 132 and 88. On an NVIDIA H100 (OpenCL 3.0, driver 580)
-    GPUs want many small work-items: 4x2 came within 1.09x of each shape's
-    best over A-D and E (geometric mean; 4x8 was 1.66x).
-    """
-    f = runtime.facts(device)
-    if "intel" in f.platform.lower() and f.type & cl.device_type.CPU:
-        tile = Tile(8, 16)
-    elif _is_pocl(device):
-        tile = Tile(8, 8) if _pocl_narrow(device) else Tile(8, 16)
-    elif f.type & cl.device_type.GPU:
-        tile = Tile(4, 2)
-    else:
-        tile = Tile(4, 8)
-    return Tile(tile.pixels, min(tile.channels, _max_channels(device, dtype, cout)))
-
-
-def candidates(device: cl.Device, dtype, cout: int) -> list[Tile]:
-    """The tiles :func:`tune` tries: pixels 2-16 x channel vectors up to the useful width."""
-    widest = _max_channels(device, dtype, cout)
-    return [Tile(px, ch) for px in (2, 4, 8, 16) for ch in (1, 2, 4, 8, 16)
-            if ch <= widest and px * ch <= 128]
-
-
 def device_key(device: cl.Device) -> str:
-    f = runtime.facts(device)
+    f = facts(device)
     return f"{f.platform} | {f.name} | {f.driver}"
 
 
@@ -122,11 +54,11 @@ def shape_class(dtype, value_shape, filters_shape, rate: int) -> str:
     """What the best tile depends on: dtype, channels, kernel, rate and the width's octave."""
     kh, kw, cout, cin = filters_shape
     return (f"{np.dtype(dtype).name} cin{cin} cout{cout} k{kh}x{kw} r{rate} "
-            f"w{_pow2_at_least(max(1, value_shape[2]))}")
+            f"w{pow2_at_least(max(1, value_shape[2]))}")
 
 
 def cache_path() -> Path:
-    return runtime.cache_dir() / "tuning.json"
+    return cache_dir() / "tuning.json"
 
 
 #: A larger tuning file is not one we wrote: a full one holds a few hundred entries, ~100 kB.
@@ -143,9 +75,7 @@ _warned: set[str] = set()
 
 def kernel_digest() -> str:
     """A digest of the kernel source the timings are for (prelude included)."""
-    from atrous_cl import ops
-
-    return hashlib.sha256(runtime.program_source(ops._KERNEL_FILE).encode()).hexdigest()[:16]
+    return hashlib.sha256(program_source(launch.KERNEL_FILE).encode()).hexdigest()[:16]
 
 
 def _warn_once(message: str) -> None:
@@ -350,12 +280,8 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
             would store noise as a winner; or ``repeats`` is below 1.
         DeviceError: no candidate reproduced the default tile's result.
     """
-    import pyopencl.array as cl_array
-
-    from atrous_cl import ops, validation
-
     dtype = validation.check_dtypes(dtype, dtype)
-    runtime.check_dtype_support(queue.device, dtype)
+    check_dtype_support(queue.device, dtype)
     value_shape = validation.check_shape4(value_shape, "value_shape", "NHWC")
     filters_shape = validation.check_shape4(filters_shape, "filters_shape",
                                             "[kh, kw, out_channels, in_channels]")
@@ -372,28 +298,28 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
     value = cl_array.to_device(queue, rng.standard_normal(args.value_shape).astype(dtype))
     filters = cl_array.to_device(queue, rng.standard_normal(args.filters_shape).astype(dtype))
     out = cl_array.empty(queue, args.output_shape, dtype)
-    ops._launch(queue, value, filters, out, args, default_tile(queue.device, dtype, cout))
+    launch.transpose(queue, value, filters, out, args, default_tile(queue.device, dtype, cout))
     expected = out.get()
     scale = max(float(np.max(np.abs(expected.astype(np.float64)))), 1e-30)
     timings: dict[str, float] = {}
     for tile in candidates(queue.device, dtype, cout):
         if progress:
             progress(tile)
-        runtime.fill(queue, out, np.nan)
-        ops._launch(queue, value, filters, out, args, tile)
+        memory.fill(queue, out, np.nan)
+        launch.transpose(queue, value, filters, out, args, tile)
         got = out.get().astype(np.float64)
         if not np.max(np.abs(got - expected)) <= 1e-2 * scale:
             continue  # a wrong answer is never fast enough
         samples = []
         for _ in range(repeats):
             start = time.perf_counter()
-            ops._launch(queue, value, filters, out, args, tile)
+            launch.transpose(queue, value, filters, out, args, tile)
             queue.finish()
             samples.append(time.perf_counter() - start)
         timings[str(tile)] = statistics.median(samples)
     if not timings:
         raise DeviceError(f"no candidate tile reproduced the default tile's result on "
-                          f"{runtime.describe(queue.device)}; nothing stored")
+                          f"{describe(queue.device)}; nothing stored")
     best = Tile(*map(int, min(timings, key=timings.get).split("x")))
     _store(queue.device, shape_class(dtype, args.value_shape, args.filters_shape, args.rate),
            best, timings)
@@ -401,6 +327,4 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
 
 
 def _geometry_hw(value_shape, filters_shape, rate, padding):
-    from atrous_cl import geometry
-
     return geometry.transpose_output_hw(tuple(value_shape[1:3]), tuple(filters_shape[:2]), rate, padding)

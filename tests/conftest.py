@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import atrous_cl
-from atrous_cl import runtime
+from atrous_cl import discovery, memory
 
 # Property tests: CI runs a fixed, derandomised profile so that a run can be
 # repeated exactly; elsewhere hypothesis explores fresh examples each run.
@@ -50,9 +50,9 @@ if os.environ.get("ATROUS_CL_KEEP_BUFFERS"):
 @pytest.fixture(autouse=True)
 def poisoned_host_results(monkeypatch):
     """Host-path results that kernels write in place start as NaN, like poisoned device outputs."""
-    from atrous_cl import ops
+    from atrous_cl import calls
 
-    monkeypatch.setattr(ops, "_host_result", lambda shape, dtype: np.full(shape, np.nan, dtype))
+    monkeypatch.setattr(calls, "host_result", lambda shape, dtype: np.full(shape, np.nan, dtype))
 
 
 #: Max |got - want| / max |want| per dtype. float16 is the rounding of one
@@ -89,14 +89,14 @@ def assert_close(got, want, dtype=None, context="", atol=0.0):
                                 f"({dtype.name}; max |error| {diff:.3g}, atol {atol:.3g})")
 
 
-def _selected_devices() -> list[runtime.DeviceInfo]:
-    found = runtime.devices()
+def _selected_devices() -> list[discovery.DeviceInfo]:
+    found = discovery.devices()
     wanted = os.environ.get("ATROUS_CL_TEST", "").strip()
     if not found:
         return []
     if not wanted:
         try:
-            chosen, _ = runtime.default_device()
+            chosen, _ = discovery.default_device()
         except atrous_cl.DeviceError:  # none works: the queue fixture says why
             return []
         return [d for d in found if d.device == chosen]
@@ -107,7 +107,7 @@ def _selected_devices() -> list[runtime.DeviceInfo]:
             if any(k == d.selector or k in d.platform.lower() or k in d.name.lower() for k in keys)]
 
 
-def _device_id(info: runtime.DeviceInfo) -> str:
+def _device_id(info: discovery.DeviceInfo) -> str:
     platform = info.platform.split()[0].lower()
     return f"{platform}-{info.kind.lower()}-{info.selector.replace(':', '.')}"
 
@@ -137,15 +137,15 @@ def device_info(request):
 def queue(device_info) -> cl.CommandQueue:
     """An in-order queue on each device under test; skips when none is available."""
     if device_info is None:
-        if not runtime.devices():
+        if not discovery.devices():
             pytest.skip("no OpenCL device found (install the 'pocl' extra)")
         if not os.environ.get("ATROUS_CL_TEST"):
             try:
-                runtime.default_device()
+                discovery.default_device()
             except atrous_cl.DeviceError as e:
                 pytest.skip(str(e))
         pytest.skip(f"ATROUS_CL_TEST={os.environ.get('ATROUS_CL_TEST')!r} matches no device")
-    reason = runtime.unusable_reason(device_info.device)
+    reason = discovery.unusable_reason(device_info.device)
     if reason:
         pytest.skip(f"{device_info.selector} {device_info.name} cannot run kernels: {reason}")
     return atrous_cl.get_queue(device=device_info.device)
@@ -162,7 +162,7 @@ def poisoned(queue: cl.CommandQueue, shape, dtype):
     import pyopencl.array as cl_array
 
     out = cl_array.empty(queue, tuple(shape), dtype)
-    runtime.fill(queue, out, np.nan)
+    memory.fill(queue, out, np.nan)
     return out
 
 

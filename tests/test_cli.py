@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from atrous_cl import cli, runtime
+from atrous_cl import cli, discovery, programs
 
 
 def test_devices_lists_the_default(queue, capsys):
@@ -25,7 +25,7 @@ def test_devices_lists_the_default(queue, capsys):
 
 
 def test_demo_checks_against_the_reference(queue, capsys, monkeypatch):
-    monkeypatch.setenv("PYOPENCL_CTX", next(d.selector for d in runtime.devices()
+    monkeypatch.setenv("PYOPENCL_CTX", next(d.selector for d in discovery.devices()
                                             if d.device == queue.device))
     code = cli.main(["demo", "--size", "12", "--channels", "8", "--rate", "3", "--repeat", "2"])
     out = capsys.readouterr().out
@@ -55,7 +55,7 @@ def test_kernels_ship_inside_the_package():
     shipped = importlib.resources.files("atrous_cl.kernels")
     for name in ("prelude.cl", "atrous_conv2d_transpose.cl", "atrous_conv2d.cl"):
         assert shipped.joinpath(name).is_file(), name
-    assert "__kernel" in runtime.kernel_source("atrous_conv2d_transpose.cl")
+    assert "__kernel" in programs.kernel_source("atrous_conv2d_transpose.cl")
 
 
 @pytest.mark.skipif(shutil.which("atrous-cl") is None, reason="console script not installed")
@@ -70,7 +70,7 @@ def test_tune_command_caches_a_winner(queue, capsys, monkeypatch, tmp_path):
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(tuning, "_loaded", None)
-    selector = next(d.selector for d in runtime.devices() if d.device == queue.device)
+    selector = next(d.selector for d in discovery.devices() if d.device == queue.device)
     code = cli.main(["tune", "--device", selector, "--shape", "1", "6", "9", "3", "4", "3", "2",
                      "--repeat", "1"])
     out = capsys.readouterr().out
@@ -86,7 +86,7 @@ def test_bench_prints_a_checked_table(queue, capsys, monkeypatch):
     monkeypatch.setattr(bench, "WORKLOADS", [tiny])
     monkeypatch.setattr(bench, "sgemm_gflops", lambda: 100.0)
     # Ours on the device under test only (with the peers), as every device test runs.
-    selector = next(d.selector for d in runtime.devices() if d.device == queue.device)
+    selector = next(d.selector for d in discovery.devices() if d.device == queue.device)
     every = bench.implementations
     monkeypatch.setattr(bench, "implementations", lambda: {
         name: impl for name, impl in every().items()
@@ -213,7 +213,7 @@ def test_stray_arguments_are_the_commands_error(command, capsys):
 
 
 def test_no_device_is_an_error_naming_the_extra(capsys, monkeypatch):
-    monkeypatch.setattr(runtime, "devices", lambda: [])
+    monkeypatch.setattr(discovery, "devices", lambda: [])
     assert run_main(["devices"]) == cli.USAGE_ERROR
     assert_usage_error(capsys, "devices", "no OpenCL device found; pip install 'atrous-cl[pocl]'")
 
@@ -225,7 +225,7 @@ def test_an_opencl_error_is_one_line(capsys, monkeypatch):
     def broken():
         raise cl.LogicError("clGetPlatformIDs failed: PLATFORM_NOT_FOUND_KHR")
 
-    monkeypatch.setattr(runtime, "devices", broken)
+    monkeypatch.setattr(discovery, "devices", broken)
     assert run_main(["devices"]) == cli.USAGE_ERROR
     assert_usage_error(capsys, "devices", "PLATFORM_NOT_FOUND_KHR")
 
@@ -310,9 +310,9 @@ def _python(prelude: str, argv, **kwargs) -> subprocess.Popen:
 
 def test_ctrl_c_exits_130_with_one_line():
     # devices() announces itself, then waits as a long command would.
-    prelude = ("import sys, time\nfrom atrous_cl import runtime\n"
+    prelude = ("import sys, time\nfrom atrous_cl import discovery\n"
                "def slow():\n    print('ready', file=sys.stderr, flush=True)\n    time.sleep(60)\n"
-               "runtime.devices = slow")
+               "discovery.devices = slow")
     proc = _python(prelude, ["devices"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr.readline() == "ready\n"
     proc.send_signal(signal.SIGINT)

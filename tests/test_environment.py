@@ -13,12 +13,13 @@ import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pyopencl as cl
 import pytest
 from pyopencl.characterize import has_src_build_cache
 
-from atrous_cl import runtime
+from atrous_cl import cache, discovery, icd, programs
 
 #: Run in a child: the devices it sees, then the op on its default device against the reference.
 _CHILD = """
@@ -42,7 +43,7 @@ def _child_env(**changes) -> dict:
     """This process's environment for a child that registers its own drivers: without the
     OCL_ICD_VENDORS that importing atrous_cl set here (a user's own setting stays)."""
     env = dict(os.environ)
-    if env.get("OCL_ICD_VENDORS", "").startswith(str(runtime.cache_dir())):
+    if env.get("OCL_ICD_VENDORS", "").startswith(str(cache.cache_dir())):
         del env["OCL_ICD_VENDORS"]
     for name, value in changes.items():
         if value is None:
@@ -58,7 +59,7 @@ def _run(code: str, env: dict, *args: str, timeout: float = 300) -> subprocess.C
 
 
 def _selector(queue) -> str:
-    return next(d.selector for d in runtime.devices() if d.device == queue.device)
+    return next(d.selector for d in discovery.devices() if d.device == queue.device)
 
 
 def _op_in_child(env: dict) -> tuple[dict, str]:
@@ -99,35 +100,35 @@ def test_the_private_cache_stands_in_and_holds_the_registration(tmp_path, monkey
     blocker.write_text("")
     lib = tmp_path / "libintelocl.so"
     lib.write_bytes(b"")
-    monkeypatch.setattr(runtime, "_pip_intel_runtime", lambda: lib)
-    monkeypatch.setattr(runtime, "_SYSTEM_VENDORS", tmp_path / "no-vendors")
-    monkeypatch.setattr(runtime, "_private", None)
-    monkeypatch.setattr(runtime, "_cache_dirs", {})
+    monkeypatch.setattr(icd, "_pip_intel_runtime", lambda: lib)
+    monkeypatch.setattr(icd, "_SYSTEM_VENDORS", tmp_path / "no-vendors")
+    monkeypatch.setattr(cache, "_private", None)
+    monkeypatch.setattr(cache, "_cache_dirs", {})
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     monkeypatch.setenv("OCL_ICD_VENDORS", "")  # recorded, so the test's changes are undone
     monkeypatch.delenv("OCL_ICD_VENDORS")
-    monkeypatch.setattr(runtime.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(cache.tempfile, "tempdir", str(tmp_path))
     with pytest.warns(RuntimeWarning, match=f"cannot write its cache folder {blocker}/atrous-cl "
                                             r"\(Not a directory\); using .*atrous-cl-cache-"):
-        home = runtime.provide_cache_home()
+        home = cache.provide_cache_home()
     assert home is not None and os.environ["XDG_CACHE_HOME"] == home
-    assert runtime.cache_dir() == runtime._private / "atrous-cl"
+    assert cache.cache_dir() == cache._private / "atrous-cl"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # told once
-        folder = runtime.register_pip_icds()
-    assert folder.startswith(home) and (runtime.Path(folder) / "atrous-cl-intel-cpu.icd").read_text() == f"{lib}\n"
+        folder = icd.register_pip_icds()
+    assert folder.startswith(home) and (Path(folder) / "atrous-cl-intel-cpu.icd").read_text() == f"{lib}\n"
 
 
 def test_no_writable_folder_at_all_is_named(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    monkeypatch.setattr(runtime, "_private", None)
-    monkeypatch.setattr(runtime, "_cache_dirs", {})
+    monkeypatch.setattr(cache, "_private", None)
+    monkeypatch.setattr(cache, "_cache_dirs", {})
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
-    monkeypatch.setattr(runtime.tempfile, "tempdir", str(blocker))
+    monkeypatch.setattr(cache.tempfile, "tempdir", str(blocker))
     with pytest.raises(OSError, match=f"cannot write its cache folder {blocker}/atrous-cl .*nor a "
                                       f"temporary folder in {blocker}"):
-        runtime.cache_dir()
+        cache.cache_dir()
 
 
 def _pyopencl_caches(queue) -> None:
@@ -189,7 +190,7 @@ def test_a_failing_binary_cache_falls_back_to_an_uncached_build(queue, monkeypat
     monkeypatch.setattr(cl.Program, "build", build)
     source = "__kernel void k(__global float *a) { a[get_global_id(0)] = 2.0f; }"
     with pytest.warns(RuntimeWarning, match=r"binary cache in .* failed \(OSError\('disk full'\)\)"):
-        program = runtime._build(queue.context, source, ())
+        program = programs._build(queue.context, source, ())
     assert [c is False for c in tried] == [False, True]
     assert program.all_kernels()[0].function_name == "k"
 
@@ -198,14 +199,14 @@ def _register(tmp_path, monkeypatch, system):
     lib = tmp_path / "prefix" / "lib" / "libintelocl.so"
     lib.parent.mkdir(parents=True, exist_ok=True)
     lib.write_bytes(b"")
-    monkeypatch.setattr(runtime, "_pip_intel_runtime", lambda: lib)
-    monkeypatch.setattr(runtime, "_SYSTEM_VENDORS", system)
+    monkeypatch.setattr(icd, "_pip_intel_runtime", lambda: lib)
+    monkeypatch.setattr(icd, "_SYSTEM_VENDORS", system)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("OCL_ICD_VENDORS", "")  # recorded, so the test's own setting is undone
     monkeypatch.delenv("OCL_ICD_VENDORS")
-    folder = runtime.register_pip_icds()
+    folder = icd.register_pip_icds()
     assert folder is not None and os.environ["OCL_ICD_VENDORS"] == folder
-    return lib, runtime.Path(folder)
+    return lib, Path(folder)
 
 
 def test_registered_vendors_follow_the_system(tmp_path, monkeypatch):
@@ -251,8 +252,8 @@ def test_without_system_vendors_only_intel_is_registered(tmp_path, monkeypatch):
     system.mkdir()
     (system / "gpu.icd").write_text("/opt/vendor/libgpu.so\n")
     lib, folder = _register(tmp_path, monkeypatch, system)
-    for icd in system.iterdir():
-        icd.unlink()
+    for entry in system.iterdir():
+        entry.unlink()
     system.rmdir()
     monkeypatch.delenv("OCL_ICD_VENDORS")
     _register(tmp_path, monkeypatch, system)
@@ -264,13 +265,13 @@ def test_registration_that_cannot_be_written_says_so(tmp_path, monkeypatch):
     system = tmp_path / "vendors"
     lib = tmp_path / "libintelocl.so"
     lib.write_bytes(b"")
-    monkeypatch.setattr(runtime, "_pip_intel_runtime", lambda: lib)
-    monkeypatch.setattr(runtime, "_SYSTEM_VENDORS", system)
+    monkeypatch.setattr(icd, "_pip_intel_runtime", lambda: lib)
+    monkeypatch.setattr(icd, "_SYSTEM_VENDORS", system)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("OCL_ICD_VENDORS", "")
     monkeypatch.delenv("OCL_ICD_VENDORS")
-    folder = runtime.cache_dir() / "icd"
+    folder = cache.cache_dir() / "icd"
     folder.write_text("")  # a file where the folder goes
     with pytest.warns(RuntimeWarning, match=f"could not register Intel's OpenCL runtime \\({lib}\\)"):
-        assert runtime.register_pip_icds() is None
+        assert icd.register_pip_icds() is None
     assert "OCL_ICD_VENDORS" not in os.environ

@@ -192,23 +192,23 @@ def test_host_filters_next_to_device_value_are_copied(queue):
 @pytest.mark.parametrize("filename", ["atrous_conv2d_transpose.cl", "atrous_conv2d.cl"])
 def test_every_kernel_declares_its_argument_types(queue, filename):
     """Launches set scalar arguments by declared dtype (fast); each kernel needs one per argument."""
-    from atrous_cl import ops, runtime
+    from atrous_cl import launch, programs
 
-    source = runtime.program_source(filename)
-    declared = runtime.scalar_arg_dtypes(source)
+    source = programs.program_source(filename)
+    declared = programs.scalar_arg_dtypes(source)
     options = ("-DT=float", "-DACC=float", "-DBW=2", "-DBC=2", "-DGC=2", "-DCIN=3", "-DCOUT=3",
-               "-DCOUTP=4", "-DKH=2", "-DKW=2", *ops.dilation_options(1, 0, 1, 0))
-    kernels, _ = runtime.get_kernels(queue.context, filename, options)
+               "-DCOUTP=4", "-DKH=2", "-DKW=2", *launch.dilation_options(1, 0, 1, 0))
+    kernels, _ = programs.get_kernels(queue.context, filename, options)
     assert set(declared) == set(kernels)
     for name, kernel in kernels.items():
         assert len(declared[name]) == kernel.num_args, name
 
 
 def test_unknown_scalar_argument_type_is_named():
-    from atrous_cl import runtime
+    from atrous_cl import programs
 
     with pytest.raises(ValueError, match="k: no NumPy type known for argument 'const float x'"):
-        runtime.scalar_arg_dtypes("__kernel void k(__global float *out, const float x) {}")
+        programs.scalar_arg_dtypes("__kernel void k(__global float *out, const float x) {}")
 
 
 @pytest.mark.parametrize("svm", [True, False], ids=["system-svm", "host-pointer-buffers"])
@@ -218,13 +218,13 @@ def test_host_path_works_in_place_on_cpu_devices(queue, svm, monkeypatch):
     defines a host-pointer buffer's memory only once it is mapped, so the result
     must be mapped before it is returned (every CPU runtime here writes the
     memory directly, so only the recorded map shows it)."""
-    from atrous_cl import runtime
+    from atrous_cl import memory
 
-    if not runtime.works_in_host_memory(queue.device):
+    if not memory.works_in_host_memory(queue.device):
         pytest.skip(f"{queue.device.name}: not a CPU device; the host path copies")
-    if svm and not runtime.uses_system_svm(queue.device):
+    if svm and not memory.uses_system_svm(queue.device):
         pytest.skip(f"{queue.device.name}: no fine-grained system SVM")
-    monkeypatch.setattr(runtime, "uses_system_svm", lambda device: svm)
+    monkeypatch.setattr(memory, "uses_system_svm", lambda device: svm)
 
     def no_copies(*args, **kwargs):
         raise AssertionError("the host path copied an array to the device")
@@ -249,9 +249,9 @@ def test_host_path_works_in_place_on_cpu_devices(queue, svm, monkeypatch):
 def test_float16_as_stored_and_widened(queue, shape, wide, monkeypatch):
     """float16 is widened to float32 before the main kernel on CPUs and loaded as stored
     elsewhere; both paths run on every device here, from views that start inside a buffer."""
-    from atrous_cl import ops
+    from atrous_cl import launch
 
-    monkeypatch.setattr(ops, "widens_inputs", lambda device, dtype: wide)
+    monkeypatch.setattr(launch, "widens_inputs", lambda device, dtype: wide)
     value, filters, output_shape, rate = _inputs(shape, "SAME", np.float16, np.random.default_rng())
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, "SAME")
     d_value = cl_array.to_device(queue, np.concatenate([value[:1], value]))[1:]

@@ -12,7 +12,7 @@ import pyopencl.array as cl_array
 import pytest
 from conftest import assert_close, poisoned, skip_unsupported, stub_device
 
-from atrous_cl import geometry, ops, reference, runtime, training
+from atrous_cl import calls, facts, filter_grad, geometry, memory, ops, programs, reference, training
 
 # Every case describes a pair: x of (batch, height, width, cx) and y of the
 # transpose op's output size with cy channels; filters are [kh, kw, cy, cx].
@@ -282,7 +282,7 @@ def test_filter_gradient_identical_run_to_run(queue):
     (0, 9, (0, 0)),          # an empty batch: nothing to split
 ])
 def test_filter_grad_chunks(rows, tiles, want):
-    assert training.filter_grad_chunks(rows, tiles) == want
+    assert filter_grad.row_chunks(rows, tiles) == want
 
 
 def test_float16_filter_gradient_sums_in_float32(queue):
@@ -329,8 +329,8 @@ def no_device_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("device work started before the arguments were checked")
 
-    monkeypatch.setattr(training.runtime, "get_queue", refuse)
-    monkeypatch.setattr(training.runtime, "get_kernels", refuse)
+    monkeypatch.setattr(calls.discovery, "get_queue", refuse)
+    monkeypatch.setattr(programs, "get_kernels", refuse)
 
 
 @pytest.mark.parametrize("fn", [training.atrous_conv2d, reference.atrous_conv2d], ids=["opencl", "reference"])
@@ -394,8 +394,8 @@ def test_vjp_counts_its_own_buffers_against_device_memory(queue, vjp, monkeypatc
     filter gradient's partial sums: refused before anything is allocated, by name."""
     value, filters, dy = (np.zeros(s, np.float32) for s in ((1, 64, 64, 1), (3, 3, 1, 1), (1, 64, 64, 1)))
     tensors = 4 * (value.size + filters.size + dy.size + value.size + filters.size)
-    facts = runtime.facts(queue.device)
-    monkeypatch.setitem(runtime._facts, queue.device.int_ptr, facts._replace(global_mem=tensors + 4))
+    found = facts.facts(queue.device)
+    monkeypatch.setitem(facts._facts, queue.device.int_ptr, found._replace(global_mem=tensors + 4))
     if vjp == "forward":
         call = lambda: training.atrous_conv2d_vjp(value, filters, 2, "SAME", dy, queue=queue)
     else:
@@ -404,7 +404,7 @@ def test_vjp_counts_its_own_buffers_against_device_memory(queue, vjp, monkeypatc
     with pytest.raises(ValueError, match=r"the packed filters, the filter gradient's partial sums need "
                                          r"\d+ bytes together, more than the \d+ bytes of global memory"):
         call()
-    monkeypatch.setitem(runtime._facts, queue.device.int_ptr, facts._replace(global_mem=10 * tensors))
+    monkeypatch.setitem(facts._facts, queue.device.int_ptr, found._replace(global_mem=10 * tensors))
     call()  # with room for them too
 
 
@@ -412,13 +412,13 @@ def test_a_failure_after_a_launch_waits_for_the_queue(queue, monkeypatch):
     """Host arrays used in place must outlive the kernels: an error between the launches
     (here the filter gradient's) waits for the queue before it unwinds and frees them."""
     drained = []
-    real_drain = runtime.drain
-    monkeypatch.setattr(runtime, "drain", lambda q: drained.append(q) or real_drain(q))
+    real_drain = memory.drain
+    monkeypatch.setattr(memory, "drain", lambda q: drained.append(q) or real_drain(q))
 
     def broken(*args, **kwargs):
         raise RuntimeError("the filter gradient failed")
 
-    monkeypatch.setattr(training, "_launch_filter_grad", broken)
+    monkeypatch.setattr(filter_grad, "launch", broken)
     with pytest.raises(RuntimeError, match="the filter gradient failed"):
         training.atrous_conv2d_vjp(Y, F, 2, "SAME", np.zeros((2, 5, 6, 3), np.float32), queue=queue)
     assert drained == [queue]
@@ -428,19 +428,19 @@ def test_a_failure_after_a_launch_waits_for_the_queue(queue, monkeypatch):
 def test_one_array_as_two_inputs(queue, svm, monkeypatch):
     """The transpose vjp at dy = value: in host-pointer buffers (OpenCL leaves commands on
     overlapping host memory undefined) the second is copied; with SVM both are used as they lie."""
-    if not runtime.works_in_host_memory(queue.device):
+    if not memory.works_in_host_memory(queue.device):
         pytest.skip(f"{queue.device.name}: the host path copies anyway")
-    if svm and not runtime.uses_system_svm(queue.device):
+    if svm and not memory.uses_system_svm(queue.device):
         pytest.skip(f"{queue.device.name}: no fine-grained system SVM")
-    monkeypatch.setattr(runtime, "uses_system_svm", lambda device: svm)
+    monkeypatch.setattr(memory, "uses_system_svm", lambda device: svm)
     wrapped = []
-    real_host_array = runtime.HostArray.__init__
+    real_host_array = memory.HostArray.__init__
 
     def recording(self, array, *args, **kwargs):
         wrapped.append(array)
         real_host_array(self, array, *args, **kwargs)
 
-    monkeypatch.setattr(runtime.HostArray, "__init__", recording)
+    monkeypatch.setattr(memory.HostArray, "__init__", recording)
     rng = np.random.default_rng()
     x = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
     filters = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
@@ -448,7 +448,7 @@ def test_one_array_as_two_inputs(queue, svm, monkeypatch):
     want = reference.atrous_conv2d_transpose_vjp(x, filters, x.shape, 2, "SAME", x)
     for g, w in zip(got, want):
         assert_close(g, w, np.float32, atol=1e-5 * np.abs(w).max())
-    inputs = wrapped[2:]  # after the two results
+    inputs = wrapped[:3]  # before the two results
     shared = [np.shares_memory(a, b) for i, a in enumerate(inputs) for b in inputs[i + 1:]]
     assert any(shared) == svm
 
@@ -456,4 +456,4 @@ def test_one_array_as_two_inputs(queue, svm, monkeypatch):
 def test_float64_needs_fp64():
     stub = stub_device(extensions="", name="NoFP64")
     with pytest.raises(ValueError, match=r"float64 needs the OpenCL extension cl_khr_fp64"):
-        training._check_device(stub, np.dtype(np.float64), {"value": (1, 2, 3, 4)})
+        calls.check_device(stub, np.dtype(np.float64), {"value": (1, 2, 3, 4)}, {})

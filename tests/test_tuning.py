@@ -10,8 +10,8 @@ import pyopencl.array as cl_array
 import pytest
 from conftest import assert_close, poisoned, skip_unsupported, stub_device
 
-from atrous_cl import geometry, ops, reference, runtime, tuning
-from atrous_cl.tuning import Tile
+from atrous_cl import discovery, geometry, icd, launch, ops, reference, tiles, tuning
+from atrous_cl.tiles import Tile
 from atrous_cl.validation import check_transpose_args
 
 
@@ -38,11 +38,11 @@ def test_every_candidate_tile_is_correct(queue, shape, dtype):
     args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
     d_value, d_filters = cl_array.to_device(queue, value), cl_array.to_device(queue, filters)
-    tiles = tuning.candidates(queue.device, dtype, cout)
-    assert tuning.default_tile(queue.device, dtype, cout) in tiles
-    for tile in tiles:
+    candidates = tiles.candidates(queue.device, dtype, cout)
+    assert tiles.default_tile(queue.device, dtype, cout) in candidates
+    for tile in candidates:
         out = poisoned(queue, output_shape, dtype)
-        ops._launch(queue, d_value, d_filters, out, args, tile)
+        launch.transpose(queue, d_value, d_filters, out, args, tile)
         assert_close(out.get(), want, dtype, context=f"tile {tile}")
 
 
@@ -71,14 +71,14 @@ def test_tiles_tuned_for_another_kernel_are_dropped(queue, fresh_cache, monkeypa
     saved["kernel"] = "0" * 16
     fresh_cache.write_text(json.dumps(saved))
     tuning._loaded = None
-    assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 5)
+    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_tile(queue.device, np.float32, 5)
 
 
 def test_a_tile_stored_in_this_process_is_used_at_once(queue, fresh_cache, monkeypatch):
     """tile_for remembers its answers; a new winner must replace the remembered default,
     and the op must launch with it."""
     args = check_transpose_args((1, 6, 10, 4), (3, 3, 5, 4), (1, 6, 10, 5), 2, "SAME")
-    assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 5)
+    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_tile(queue.device, np.float32, 5)
     winner = Tile(2, 1)  # a candidate no default is
     tuning._store(queue.device, "float32 cin4 cout5 k3x3 r2 w16", winner, {str(winner): 1e-3})
     assert tuning.tile_for(queue.device, np.float32, args) == winner
@@ -86,8 +86,8 @@ def test_a_tile_stored_in_this_process_is_used_at_once(queue, fresh_cache, monke
     value = rng.standard_normal(args.value_shape).astype(np.float32)
     filters = rng.standard_normal(args.filters_shape).astype(np.float32)
     launched = []
-    real_plan = ops._plan
-    monkeypatch.setattr(ops, "_plan", lambda *a: launched.append(a[4]) or real_plan(*a))
+    real_plan = launch.plan
+    monkeypatch.setattr(launch, "plan", lambda *a: launched.append(a[4]) or real_plan(*a))
     got = ops.atrous_conv2d_transpose(value, filters, args.output_shape, 2, "SAME", queue=queue)
     assert launched == [winner]  # the tile
     assert_close(got, reference.atrous_conv2d_transpose(value, filters, args.output_shape, 2, "SAME"),
@@ -96,7 +96,7 @@ def test_a_tile_stored_in_this_process_is_used_at_once(queue, fresh_cache, monke
 
 def test_untuned_problem_uses_the_default(queue, fresh_cache):
     args = check_transpose_args((1, 5, 5, 3), (3, 3, 2, 3), (1, 5, 5, 2), 1, "SAME")
-    assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 2)
+    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_tile(queue.device, np.float32, 2)
     assert not fresh_cache.exists()
 
 
@@ -105,7 +105,7 @@ def test_corrupt_cache_falls_back_to_defaults(queue, fresh_cache):
     fresh_cache.write_text("{not json")
     args = check_transpose_args((1, 5, 5, 3), (3, 3, 2, 3), (1, 5, 5, 2), 1, "SAME")
     with pytest.warns(RuntimeWarning, match="not valid JSON"):
-        assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 2)
+        assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_tile(queue.device, np.float32, 2)
 
 
 _KEY = "float32 cin4 cout5 k3x3 r2 w16"
@@ -153,17 +153,17 @@ def test_malformed_cache_is_ignored_with_one_warning(queue, fresh_cache, what, r
     fresh_cache.parent.mkdir(parents=True)
     fresh_cache.write_text(json.dumps(_malformed(tuning.device_key(queue.device))[what]))
     args = check_transpose_args(*_ARGS)
-    default = tuning.default_tile(queue.device, np.float32, 5)
+    default = tiles.default_tile(queue.device, np.float32, 5)
     launched = []
-    real_plan = ops._plan
-    ops._plan.cache_clear()
+    real_plan = launch.plan
+    launch.plan.cache_clear()
     try:
-        ops._plan = lambda *a: launched.append(a[4]) or real_plan(*a)
+        launch.plan = lambda *a: launched.append(a[4]) or real_plan(*a)
         for _ in range(2):
             assert tuning.tile_for(queue.device, np.float32, args) == default
             _run_op(queue, args)
     finally:
-        ops._plan = real_plan
+        launch.plan = real_plan
     assert launched and set(launched) == {default}
     ours = [w for w in recwarn.list if "tuning cache" in str(w.message)]
     assert len(ours) == 1, [str(w.message) for w in ours]
@@ -177,7 +177,7 @@ def test_a_bad_entry_leaves_the_good_ones(queue, fresh_cache, recwarn):
     fresh_cache.write_text(json.dumps(_file_with({tuning.device_key(queue.device): entries})))
     assert tuning.tile_for(queue.device, np.float32, good) == Tile(2, 1)
     assert tuning.tile_for(queue.device, np.float32, check_transpose_args(*_ARGS)) == \
-        tuning.default_tile(queue.device, np.float32, 5)
+        tiles.default_tile(queue.device, np.float32, 5)
     assert len([w for w in recwarn.list if "tuning cache" in str(w.message)]) == 1
 
 
@@ -191,13 +191,13 @@ def test_tuning_file_that_is_a_fifo_does_not_hang(queue, tmp_path):
     path = tmp_path / "atrous-cl" / "tuning.json"
     path.parent.mkdir(parents=True)
     os.mkfifo(path)
-    selector = next(d.selector for d in runtime.devices() if d.device == queue.device)
+    selector = next(d.selector for d in discovery.devices() if d.device == queue.device)
     child = ("import atrous_cl, numpy as np\n"
-             "from atrous_cl import tuning\n"
+             "from atrous_cl import tiles, tuning\n"
              "from atrous_cl.validation import check_transpose_args\n"
              f"args = check_transpose_args(*{_ARGS!r})\n"
              "d = atrous_cl.get_queue().device\n"
-             "assert tuning.tile_for(d, np.float32, args) == tuning.default_tile(d, np.float32, 5)\n"
+             "assert tuning.tile_for(d, np.float32, args) == tiles.default_tile(d, np.float32, 5)\n"
              "print('ok')\n")
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYOPENCL_CTX=selector)
     try:
@@ -214,21 +214,21 @@ def test_oversized_tuning_file_is_not_read(queue, fresh_cache, recwarn):
     entries = {tuning.device_key(queue.device): {_KEY: {"tile": [2, 1]}}}
     fresh_cache.write_text(json.dumps(_file_with(entries)) + " " * (tuning._MAX_FILE_BYTES + 1))
     args = check_transpose_args(*_ARGS)
-    assert tuning.tile_for(queue.device, np.float32, args) == tuning.default_tile(queue.device, np.float32, 5)
+    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_tile(queue.device, np.float32, 5)
     assert any("larger than" in str(w.message) for w in recwarn.list)
 
 
 _STORER = """
 import sys, time
 from pathlib import Path
-from atrous_cl import tuning
+from atrous_cl import tiles, tuning
 tuning.device_key = lambda device: "device"
 who, folder = sys.argv[1], Path(sys.argv[2])
 (folder / who).touch()
 while not (folder / "go").exists():
     time.sleep(0.001)
 for i in range(200):
-    tuning._store(None, f"{who} {i}", tuning.Tile(2, 1), {"2x1": 1e-3})
+    tuning._store(None, f"{who} {i}", tiles.Tile(2, 1), {"2x1": 1e-3})
 """
 
 
@@ -270,8 +270,8 @@ def test_tune_refuses_bad_repeats(queue, fresh_cache, repeats):
 
 def test_users_own_icd_setting_wins(monkeypatch):
     monkeypatch.setenv("OCL_ICD_VENDORS", "/somewhere/mine")
-    assert runtime.register_pip_icds() is None
-    assert runtime.os.environ["OCL_ICD_VENDORS"] == "/somewhere/mine"
+    assert icd.register_pip_icds() is None
+    assert icd.os.environ["OCL_ICD_VENDORS"] == "/somewhere/mine"
 
 
 _POCL_AVX2 = "OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3"
@@ -279,12 +279,12 @@ _POCL_AVX512 = "OpenCL 3.0 PoCL HSTR: pthread-x86_64-pc-linux-gnu-skylake-avx512
 
 
 @pytest.mark.parametrize("platform, kind, version, want", [
-    ("Intel(R) OpenCL", "CPU", "OpenCL 3.0 (Build 0)", tuning.Tile(8, 16)),
-    ("Portable Computing Language", "CPU", _POCL_AVX2, tuning.Tile(8, 8)),
-    ("Portable Computing Language", "CPU", _POCL_AVX512, tuning.Tile(8, 16)),
-    ("NVIDIA CUDA", "GPU", "OpenCL 3.0 CUDA", tuning.Tile(4, 2)),
-    ("AMD Accelerated Parallel Processing", "GPU", "OpenCL 2.0 AMD-APP", tuning.Tile(4, 2)),
-    ("Some other CPU runtime", "CPU", "OpenCL 3.0", tuning.Tile(4, 8)),
+    ("Intel(R) OpenCL", "CPU", "OpenCL 3.0 (Build 0)", tiles.Tile(8, 16)),
+    ("Portable Computing Language", "CPU", _POCL_AVX2, tiles.Tile(8, 8)),
+    ("Portable Computing Language", "CPU", _POCL_AVX512, tiles.Tile(8, 16)),
+    ("NVIDIA CUDA", "GPU", "OpenCL 3.0 CUDA", tiles.Tile(4, 2)),
+    ("AMD Accelerated Parallel Processing", "GPU", "OpenCL 2.0 AMD-APP", tiles.Tile(4, 2)),
+    ("Some other CPU runtime", "CPU", "OpenCL 3.0", tiles.Tile(4, 8)),
 ])
 def test_default_tile_per_platform(platform, kind, version, want):
     import types
@@ -293,9 +293,9 @@ def test_default_tile_per_platform(platform, kind, version, want):
 
     stub = stub_device(platform=types.SimpleNamespace(name=platform),
                        type=getattr(cl.device_type, kind), version=version)
-    assert tuning.default_tile(stub, np.float32, 64) == want
+    assert tiles.default_tile(stub, np.float32, 64) == want
     # Never wider than the output channels need.
-    assert tuning.default_tile(stub, np.float32, 1).channels == 1
+    assert tiles.default_tile(stub, np.float32, 1).channels == 1
 
 
 @pytest.mark.parametrize("version, widest_float, widest_double",
@@ -309,5 +309,5 @@ def test_pocl_vectors_stay_narrow_without_avx512(version, widest_float, widest_d
 
     stub = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
                        type=cl.device_type.CPU, version=version)
-    assert max(t.channels for t in tuning.candidates(stub, np.float32, 64)) == widest_float
-    assert max(t.channels for t in tuning.candidates(stub, np.float64, 64)) == widest_double
+    assert max(t.channels for t in tiles.candidates(stub, np.float32, 64)) == widest_float
+    assert max(t.channels for t in tiles.candidates(stub, np.float64, 64)) == widest_double

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import atrous_cl
-from atrous_cl import ops, reference, runtime
+from atrous_cl import calls, facts, launch, programs, reference
 from atrous_cl.errors import DeviceCapabilityError, DeviceError
 from conftest import stub_device
 
@@ -61,8 +61,8 @@ def test_bad_argument(fn, overrides, exc, pattern, monkeypatch):
     def no_device_work(*args, **kwargs):
         raise AssertionError("device work started before the arguments were checked")
 
-    monkeypatch.setattr(ops.runtime, "get_queue", no_device_work)
-    monkeypatch.setattr(ops.runtime, "get_kernels", no_device_work)
+    monkeypatch.setattr(calls.discovery, "get_queue", no_device_work)
+    monkeypatch.setattr(programs, "get_kernels", no_device_work)
     with pytest.raises(exc, match=pattern):
         fn(**{**GOOD, **overrides})
 
@@ -90,15 +90,15 @@ def test_float64_on_device_without_fp64():
     stub = stub_device(extensions="cl_khr_fp16", name="NoFP64 GPU", driver_version="1.0")
     with pytest.raises(DeviceCapabilityError, match=r"float64 needs the OpenCL extension cl_khr_fp64, "
                                                     r"which device NoFP64 GPU \(Stub, driver 1.0\) lacks"):
-        runtime.check_dtype_support(stub, np.float64)
-    runtime.check_dtype_support(stub, np.float16)  # half is storage-only: no extension needed
+        facts.check_dtype_support(stub, np.float64)
+    facts.check_dtype_support(stub, np.float16)  # half is storage-only: no extension needed
 
 
 def test_allocation_larger_than_device_limit():
     stub = stub_device(max_mem_alloc_size=1024, name="Tiny")
     with pytest.raises(DeviceCapabilityError, match=r"the output needs 4096 bytes, more than the largest "
                                                     r"buffer .* \(1024 bytes\)"):
-        runtime.check_allocation(stub, "the output", 4096)
+        facts.check_allocation(stub, "the output", 4096)
 
 
 def test_output_larger_than_device_allows_raises_before_launch(queue):
@@ -114,8 +114,8 @@ def test_output_larger_than_device_allows_raises_before_launch(queue):
 def test_a_problem_that_fitted_is_checked_again_on_a_device_that_reports_less(queue, monkeypatch):
     """Passed device checks are remembered per device facts, not per device object."""
     atrous_cl.atrous_conv2d_transpose(**GOOD, queue=queue)
-    facts = runtime.facts(queue.device)
-    monkeypatch.setitem(runtime._facts, queue.device.int_ptr, facts._replace(global_mem=64))
+    found = facts.facts(queue.device)
+    monkeypatch.setitem(facts._facts, queue.device.int_ptr, found._replace(global_mem=64))
     with pytest.raises(DeviceCapabilityError, match=r"more than the 64 bytes of global memory"):
         atrous_cl.atrous_conv2d_transpose(**GOOD, queue=queue)
 
@@ -151,7 +151,7 @@ def test_out_must_match(queue):
 def test_build_failure_is_a_device_error(queue):
     with pytest.raises(DeviceError, match=r"(?s)building atrous_conv2d_transpose.cl failed.*"
                                           r"status CL_BUILD_PROGRAM_FAILURE.*options -DT=no_such_type") as info:
-        runtime.get_kernels(queue.context, "atrous_conv2d_transpose.cl",
+        programs.get_kernels(queue.context, "atrous_conv2d_transpose.cl",
                             ("-DT=no_such_type", "-DACC=float", "-DBW=1", "-DBC=1"))
     assert info.value.status == "CL_BUILD_PROGRAM_FAILURE"
     assert info.value.options == ("-DT=no_such_type", "-DACC=float", "-DBW=1", "-DBC=1")
@@ -164,7 +164,9 @@ def test_tensors_beyond_global_memory_raise_before_allocating():
     args = check_transpose_args((1, 300, 300, 2), (3, 3, 2, 2), (1, 300, 300, 2), 2, "SAME")
     with pytest.raises(DeviceCapabilityError, match=r"value, filters and output need \d+ bytes together, "
                                                     r"more than the 1000000 bytes of global memory"):
-        ops._check_device_memory(stub, args, np.dtype(np.float32))
+        calls.check_device(stub, np.float32, {"value": args.value_shape, "filters": args.filters_shape,
+                                              "the output": args.output_shape},
+                           launch.temporaries(stub, np.float32, args))
 
 
 def test_dimensions_past_int32_are_refused():
@@ -173,4 +175,4 @@ def test_dimensions_past_int32_are_refused():
     big = 2**31
     args = check_transpose_args((1, 1, big, 1), (1, 1, 1, 1), (1, 1, big, 1), 1, "SAME")
     with pytest.raises(ValueError, match=r"value dimensions must be below 2\*\*31"):
-        ops._check_limits(args)
+        launch.check_limits(args)

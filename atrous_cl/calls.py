@@ -1,0 +1,282 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The host-call path the public ops share, from the caller's arrays to the result.
+
+Each public op validates its arguments, works out its geometry, and hands
+:func:`run` its inputs, its results' shapes and the launch :class:`Step`\\ s
+that compute them. :func:`run` then
+
+1. picks the queue (:func:`queue_for`: a device input's own, or the
+   caller's queue, context or device, or the default);
+2. refuses a dtype or sizes the device cannot take (:func:`check_device`),
+   before anything is allocated;
+3. checks a caller's ``out=`` (:func:`check_out`, :func:`check_apart`) or
+   allocates the results;
+4. turns the inputs into device arrays: uploaded, or on a CPU device NumPy
+   arrays used in place (:class:`~atrous_cl.memory.HostArray`);
+5. enqueues the steps inside :func:`~atrous_cl.memory.draining`, and returns
+   NumPy arrays for host inputs, device arrays on the same queue otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+
+from atrous_cl import discovery, filter_grad, launch, memory, tuning
+from atrous_cl.facts import check_dtype_support, check_fits, describe, facts
+from atrous_cl.memory import HostArray
+from atrous_cl.validation import ConvArgs, TransposeArgs
+
+
+class Transpose(NamedTuple):
+    """A launch of the transpose kernel (:func:`atrous_cl.launch.transpose`) on the
+    arrays named ``value``, ``filters`` and ``out``, with the tuned tile."""
+
+    args: TransposeArgs
+    value: str = "value"
+    filters: str = "filters"
+    out: str = "out"
+    forward_filters: bool = False
+
+    def temporaries(self, device: cl.Device, dtype: np.dtype) -> dict[str, int]:
+        return launch.temporaries(device, dtype, self.args)
+
+    def __call__(self, queue: cl.CommandQueue, arrays: dict) -> None:
+        out = arrays[self.out]
+        launch.transpose(queue, arrays[self.value], arrays[self.filters], out, self.args,
+                         tuning.tile_for(queue.device, out.dtype, self.args), self.forward_filters)
+
+
+class FilterGrad(NamedTuple):
+    """A launch of the filter gradient (:func:`atrous_cl.filter_grad.launch`) of the
+    forward conv ``args`` from the array named ``x`` to the one named ``d``."""
+
+    args: ConvArgs
+    x: str
+    d: str
+    out: str
+
+    def temporaries(self, device: cl.Device, dtype: np.dtype) -> dict[str, int]:
+        return {"the filter gradient's partial sums":
+                filter_grad.layout(device, dtype, self.args).partials}
+
+    def __call__(self, queue: cl.CommandQueue, arrays: dict) -> None:
+        filter_grad.launch(queue, arrays[self.x], arrays[self.d], arrays[self.out], self.args)
+
+
+#: What :func:`run` launches: :class:`Transpose` or :class:`FilterGrad`.
+Step = Callable[[cl.CommandQueue, dict], None]
+
+
+def host_or_device(x):
+    """A device array as it is; anything else as a NumPy array."""
+    return x if isinstance(x, cl_array.Array) else np.asarray(x)
+
+
+def run(inputs: dict[str, Any], results: dict[str, tuple[int, ...]], dtype: np.dtype,
+        steps: tuple, *, queue: cl.CommandQueue | None, context: cl.Context | None,
+        device: cl.Device | str | None, out=None):
+    """Run ``steps`` on ``inputs`` (:func:`host_or_device` arrays) into new or given results.
+
+    Args:
+        inputs: the op's arrays by name, in the order they are uploaded.
+        results: the results' shapes by name. A single result is called
+            ``out`` in messages and checks against the caller's ``out``; several
+            check against a tuple of as many device arrays.
+        dtype: the inputs' common dtype (checked by the caller).
+        steps: :class:`Transpose` and :class:`FilterGrad` launches, in order,
+            naming arrays of ``inputs`` and ``results``.
+        queue, context, device, out: the public op's arguments.
+
+    Returns:
+        The result, or a tuple of them: NumPy arrays for host inputs, device
+        arrays on the same queue when any input is one.
+    """
+    on_device, queue = queue_for(tuple(inputs.values()), queue, context, device)
+    single = len(results) == 1
+    temporaries = {}
+    for step in steps:
+        temporaries.update(step.temporaries(queue.device, dtype))
+    check_device(queue.device, dtype, {**{name: shape for name, shape in
+                                          zip(inputs, (x.shape for x in inputs.values()))},
+                                       **({"the output": next(iter(results.values()))} if single
+                                          else results)}, temporaries)
+    in_place = not on_device and memory.works_in_host_memory(queue.device)
+    outs = None if out is None else _checked_outs(out, results, dtype, queue, on_device, inputs)
+    arrays: dict = {}
+    for name, x in inputs.items():
+        arrays[name] = device_array(queue, name, x, dtype, in_place, apart_from=tuple(arrays.values()))
+    if outs is None:
+        outs = [result(shape, dtype, queue, on_device, in_place) for shape in results.values()]
+    arrays.update(zip(results, outs))
+    with memory.draining(queue):
+        for step in steps:
+            step(queue, arrays)
+        got = outs if on_device else [o.get(queue) for o in outs]
+    return got[0] if single else tuple(got)
+
+
+def queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:
+    """``(on_device, queue)``: whether any input is a device array, and the queue to run on.
+
+    Without a queue, context or device named, a device input's own queue.
+    """
+    on_device = any(isinstance(x, cl_array.Array) for x in arrays)
+    if on_device and queue is None and context is None and device is None:
+        queue = next(x for x in arrays if isinstance(x, cl_array.Array)).queue
+    return on_device, discovery.get_queue(queue, context, device)
+
+
+#: The (device facts, dtype, sizes) that passed :func:`check_device`.
+_passed_device_checks: set = set()
+
+
+def check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[int, ...]],
+                 temporaries: dict[str, int]) -> None:
+    """Refuse, by name and size, a dtype or tensors the device cannot run or hold,
+    before anything is allocated.
+
+    ``temporaries``: the launches' own buffers, in ``dtype``'s elements. A pass
+    is remembered for the device's facts (which never change for a device),
+    so equal calls skip it.
+
+    Raises:
+        DeviceCapabilityError: naming the dtype's extension or the tensors.
+    """
+    counts = {**{what: math.prod(shape) for what, shape in shapes.items()}, **temporaries}
+    key = (facts(device), np.dtype(dtype), tuple(counts.items()))
+    if key in _passed_device_checks:
+        return
+    check_dtype_support(device, dtype)
+    single = "the output" in shapes
+    check_fits(device, dtype, counts, together="value, filters and output" if single else None)
+    if len(_passed_device_checks) >= 1024:
+        _passed_device_checks.clear()
+    _passed_device_checks.add(key)
+
+
+def _checked_outs(out, results, dtype, queue, on_device, inputs) -> list:
+    """The caller's ``out`` as a list of results, each checked, and apart from every input."""
+    single = len(results) == 1
+    if not on_device:
+        raise TypeError("out is for device arrays; the host path returns "
+                        + ("a new NumPy array" if single else "new NumPy arrays"))
+    if single:
+        outs = {"out": out}
+    else:
+        if not isinstance(out, (tuple, list)) or len(out) != len(results):
+            raise TypeError(f"out must be a pair ({', '.join(results)}) of pyopencl.array.Array, "
+                            f"got {type(out).__name__}")
+        outs = dict(zip(results, out))
+    for o, shape in zip(outs.values(), results.values()):
+        check_out(o, shape, dtype, queue)
+    check_apart(outs, inputs)
+    return list(outs.values())
+
+
+def check_out(out, output_shape, dtype, queue) -> None:
+    """Refuse an ``out`` that is not a C-contiguous device array of the result's
+    shape and dtype in the queue's context."""
+    if not isinstance(out, cl_array.Array):
+        raise TypeError(f"out must be a pyopencl.array.Array, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(output_shape) or out.dtype != dtype:
+        raise ValueError(f"out must have shape {tuple(output_shape)} and dtype {dtype.name}, "
+                         f"got shape {tuple(out.shape)} and dtype {out.dtype.name}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous, got strides {out.strides}")
+    if out.context != queue.context:
+        raise ValueError("out lives in another OpenCL context than the queue the op runs on")
+
+
+def _memory_span(x: cl_array.Array) -> tuple[int, int, int]:
+    """``(memory, first byte, end byte)`` of a device array's elements.
+
+    ``memory`` names the allocation: a sub-buffer is resolved to its parent
+    (with its offset added), an SVM allocation is named by its address.
+    """
+    data, start = x.base_data, x.offset
+    if isinstance(data, cl.MemoryObjectHolder):
+        parent = data.get_info(cl.mem_info.ASSOCIATED_MEMOBJECT)
+        if parent is not None:
+            start += data.get_info(cl.mem_info.OFFSET)
+            data = parent
+        return data.int_ptr, start, start + x.nbytes
+    address = getattr(data, "svm_ptr", None) or getattr(data, "int_ptr", id(data))
+    return 0, address + start, address + start + x.nbytes  # one address space for all SVM
+
+
+def check_apart(outputs: dict, inputs: dict) -> None:
+    """Refuse results that share device memory with an input or with each other.
+
+    The kernels read their inputs while they write their results, so a
+    result over an input (``out=value``) would be garbage, not an in-place
+    update. Only device arrays are compared: host inputs reach the device
+    as copies.
+
+    Raises:
+        ValueError: naming the two arrays that overlap.
+    """
+    spans = {name: _memory_span(x) for name, x in {**outputs, **inputs}.items()
+             if isinstance(x, cl_array.Array) and x.nbytes}
+    names = list(spans)  # the outputs first: each pair with an output in it once
+    for i, out_name in enumerate(names):
+        if out_name not in outputs:
+            break
+        for other in names[i + 1:]:
+            (mem_a, lo_a, hi_a), (mem_b, lo_b, hi_b) = spans[out_name], spans[other]
+            if mem_a == mem_b and lo_a < hi_b and lo_b < hi_a:
+                raise ValueError(f"{out_name} shares device memory with {other}: the kernels "
+                                 f"read {other} while they write {out_name}, so the op cannot "
+                                 f"work in place; pass a separate array")
+
+
+def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
+                 in_place: bool = False, apart_from=()) -> cl_array.Array | HostArray:
+    """``x`` as a C-contiguous device array in ``queue``'s context.
+
+    With ``in_place`` (a CPU device, :func:`~atrous_cl.memory.works_in_host_memory`),
+    a host ``x`` is used where it lies, copied on the host only if it is not
+    C-contiguous and aligned, or for system SVM not writeable (pyopencl's SVM
+    wrapper takes only writeable memory; the kernels never write an input).
+    In a host-pointer buffer, it is also copied if it may overlap one of the
+    :class:`~atrous_cl.memory.HostArray` ``apart_from``: OpenCL leaves
+    commands on buffers over overlapping host memory undefined.
+    """
+    if in_place:
+        svm = memory.uses_system_svm(queue.device)
+        if not (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
+                and x.flags.aligned and (x.flags.writeable or not svm)):
+            x = np.require(x, dtype, ["C_CONTIGUOUS", "ALIGNED"] + (["WRITEABLE"] if svm else []))
+        if not svm and any(np.may_share_memory(x, other.array) for other in apart_from):
+            x = x.copy()
+        return memory.HostArray(x, queue)
+    if isinstance(x, cl_array.Array):
+        if x.context != queue.context:
+            raise ValueError(f"{what} lives in another OpenCL context than the queue it runs on "
+                             f"({describe(x.context.devices[0])} vs {describe(queue.device)})")
+        if not x.flags.c_contiguous:
+            raise ValueError(f"{what} must be C-contiguous on the device, got strides {x.strides} "
+                             f"for shape {x.shape}")
+        return x
+    return cl_array.to_device(queue, np.ascontiguousarray(x, dtype=dtype),
+                              allocator=memory.memory_pool(queue))
+
+
+#: Allocates a host-path result that kernels write in place. Tests swap in one
+#: that fills it with NaN, so elements the kernels miss show up.
+host_result = np.empty
+
+
+def result(shape, dtype, queue: cl.CommandQueue, on_device: bool,
+           in_place: bool = False) -> cl_array.Array | HostArray:
+    """A new result array. Only a host-path result, fetched and dropped by the
+    op, comes from the pool: a device result is the caller's, to use on any queue.
+    With ``in_place``, a new NumPy array the kernels write directly."""
+    if in_place:
+        return memory.HostArray(host_result(shape, dtype), queue, written=True)
+    return cl_array.empty(queue, shape, dtype,
+                          allocator=None if on_device else memory.memory_pool(queue))

@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What the op needs to know about a device, read once, and the checks built on it.
+
+:func:`facts` caches a device's properties (every ``clGetDeviceInfo`` is a
+driver round trip); the checks refuse a dtype or a size a device cannot take
+before anything is allocated, with messages that name the device.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pyopencl as cl
+
+from atrous_cl.errors import DeviceCapabilityError
+
+#: Platforms never picked by default: simulators are for checking, not speed.
+SIMULATORS = ("oclgrind",)
+
+
+def is_simulator(device: cl.Device) -> bool:
+    """Whether ``device`` belongs to a simulator platform (:data:`SIMULATORS`)."""
+    return any(s in facts(device).platform.lower() for s in SIMULATORS)
+
+
+class Facts(NamedTuple):
+    """What the op asks of a device on every call, read from the driver once."""
+
+    name: str
+    platform: str
+    driver: str
+    version: str  # CL_DEVICE_VERSION; PoCL names its LLVM CPU target there
+    type: int
+    extensions: frozenset
+    max_alloc: int
+    global_mem: int
+    system_svm: bool  # kernels may take plain host pointers (fine-grained system SVM)
+
+
+def _system_svm(device) -> bool:
+    try:
+        caps = device.svm_capabilities
+    except (cl.Error, AttributeError):  # OpenCL 1.x: no SVM query
+        return False
+    return bool(caps & cl.device_svm_capabilities.FINE_GRAIN_SYSTEM)
+
+
+_facts: dict[int, Facts] = {}
+
+
+def facts(device: cl.Device) -> Facts:
+    """The device's :class:`Facts`, cached per device.
+
+    Each ``clGetDeviceInfo`` round trip is cheap on a CPU driver but not on
+    every GPU driver, and a call asks a dozen of them; they never change for a
+    device. Objects that are not ``cl.Device`` (test stubs) are read afresh.
+    """
+    key = device.int_ptr if isinstance(device, cl.Device) else None
+    found = _facts.get(key) if key is not None else None
+    if found is None:
+        found = Facts(device.name.strip(), device.platform.name.strip(), device.driver_version,
+                      device.version, int(device.type), frozenset(device.extensions.split()),
+                      device.max_mem_alloc_size, device.global_mem_size, _system_svm(device))
+        if key is not None:
+            _facts[key] = found
+    return found
+
+
+def describe(device: cl.Device) -> str:
+    """``'name (platform, driver version)'`` for messages."""
+    f = facts(device)
+    return f"{f.name} ({f.platform}, driver {f.driver})"
+
+
+def check_dtype_support(device: cl.Device, dtype: np.dtype) -> None:
+    """Refuse float64 on devices without ``cl_khr_fp64``.
+
+    float16 is stored and loaded with ``vload_half``/``vstore_half`` and summed
+    in float32, which core OpenCL supports without ``cl_khr_fp16``.
+
+    Raises:
+        DeviceCapabilityError: the device lacks the extension the dtype needs.
+    """
+    if np.dtype(dtype) == np.float64 and "cl_khr_fp64" not in facts(device).extensions:
+        raise DeviceCapabilityError(f"float64 needs the OpenCL extension cl_khr_fp64, which device "
+                                    f"{describe(device)} lacks; use float32 or another device")
+
+
+def check_allocation(device: cl.Device, what: str, nbytes: int) -> None:
+    """Refuse a buffer larger than the device can allocate, before trying.
+
+    Raises:
+        DeviceCapabilityError: ``nbytes`` exceeds the device's limits.
+    """
+    limit = facts(device).max_alloc
+    if nbytes > limit:
+        raise DeviceCapabilityError(f"{what} needs {nbytes} bytes, more than the largest buffer "
+                                    f"device {describe(device)} can allocate ({limit} bytes)")
+
+
+def check_fits(device: cl.Device, dtype: np.dtype, counts: dict[str, int],
+               together: str | None = None) -> None:
+    """Refuse, by name and size, tensors the device cannot allocate or hold at once.
+
+    Args:
+        counts: element counts by the name used in messages.
+        together: how the message names them all (default: the names joined).
+
+    Raises:
+        DeviceCapabilityError: one tensor exceeds the largest allocation, or
+            all of them the global memory.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    for what, count in counts.items():
+        check_allocation(device, what, count * itemsize)
+    total, memory = sum(counts.values()) * itemsize, facts(device).global_mem
+    if total > memory:
+        raise DeviceCapabilityError(f"{together or ', '.join(counts)} need {total} bytes together, "
+                                    f"more than the {memory} bytes of global memory of device "
+                                    f"{describe(device)}")
+
+
+def status_name(error: cl.Error) -> str | None:
+    """The OpenCL status name of a pyopencl error, e.g. ``'CL_OUT_OF_RESOURCES'``."""
+    try:
+        return "CL_" + cl.status_code.to_string(error.code)
+    except (AttributeError, ValueError, TypeError):
+        return None

@@ -1,0 +1,162 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The launch layer of ``kernels/atrous_conv2d.cl``: the filter gradient of both ops.
+
+``out[a, b, c, o] = sum x[n, i - top + a*rate, j - left + b*rate, c] * d[n, i, j, o]``
+for the forward conv from ``x`` to ``d``, in two stages without atomics:
+``filter_grad_partial`` sums chunks of rows, ``filter_grad_sum`` adds the
+chunks in a fixed order, so results are bit-identical from run to run. Its
+tile derives from the transpose kernel's untuned default; it is not tuned.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+
+from atrous_cl import geometry, memory, programs
+from atrous_cl.errors import DeviceError
+from atrous_cl.facts import describe, status_name
+from atrous_cl.launch import TYPE_OPTIONS, dilation_options, element_offset
+from atrous_cl.tiles import Tile, default_tile
+from atrous_cl.validation import ConvArgs
+
+#: The kernel file this layer launches.
+KERNEL_FILE = "atrous_conv2d.cl"
+
+#: Work-items the filter gradient's first stage aims for. The reduction is
+#: split into chunks of rows until there are about this many; the count
+#: depends on the shapes alone, so results do not vary from run to run.
+_FILTER_GRAD_ITEMS = 4096
+
+
+def dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
+    """``(rate_h, crop_top, rate_w, crop_left)`` the filter gradient is built with.
+
+    As :func:`atrous_cl.launch.kernel_dilation`, for the forward conv's reading
+    ``x[i - top + a * rate]`` of output row ``i``: the offsets that reach ``x``
+    lie in ``[-(HD - 1), HX - 1]``. None when no tap lands inside ``x``.
+    """
+    return geometry.kernel_dilations(args.filters_shape[:2], args.rate, args.pads,
+                                     args.value_shape[1:3], args.output_shape[1:3])
+
+
+def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int) -> tuple[str, ...]:
+    """``-D`` options for ``atrous_conv2d.cl``: dtype, problem and the filter gradient's tile.
+
+    Its tile is ``gc`` input channels x ``tile.channels`` output channels. The
+    problem must have a live tap (:func:`dilation`).
+    """
+    kh, kw, cin, cout = args.filters_shape
+    return TYPE_OPTIONS[np.dtype(dtype).type] + (
+        f"-DBC={tile.channels}", f"-DGC={gc}",
+        f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
+        f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*dilation(args))
+
+
+def tiles(device: cl.Device, dtype, filters_shape) -> tuple[Tile, int]:
+    """The filter gradient's tile: ``(tile, gc)``, ``gc`` input x ``tile.channels`` output channels.
+
+    Derived from the transpose kernel's untuned default ``tile`` (as many
+    accumulators per work-item); the filter gradient is not tuned.
+    """
+    cin, cout = filters_shape[2:]
+    tile = default_tile(device, dtype, cout)
+    return tile, max(1, min(tile.pixels, cin))
+
+
+def row_chunks(rows: int, tiles_per_chunk: int) -> tuple[int, int]:
+    """``(chunks, rows_per_chunk)``: how the filter gradient splits its ``rows = N * OH`` rows.
+
+    Enough chunks for about ``_FILTER_GRAD_ITEMS`` work-items, none empty (none at all
+    without rows).
+    """
+    if rows == 0:
+        return 0, 0
+    chunks = max(1, min(rows, -(-_FILTER_GRAD_ITEMS // max(1, tiles_per_chunk))))
+    rows_per_chunk = -(-rows // chunks)
+    return -(-rows // rows_per_chunk), rows_per_chunk
+
+
+def launch_geometry(filters_shape, tile: Tile, gc: int,
+                         chunks: int) -> tuple[tuple[int, int, int], None]:
+    """``(global_size, local_size)`` of ``filter_grad_partial``: one work-item per tile and chunk.
+
+    Axis 0 covers output channels in vectors of ``tile.channels``, axis 1
+    input channels in groups of ``gc``, axis 2 the taps times the chunks.
+    """
+    kh, kw, cin, cout = filters_shape
+    return (tile.padded_channels(cout) // tile.channels, -(-cin // gc), kh * kw * chunks), None
+
+
+def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> DeviceError:
+    return DeviceError(f"launching {what} on {describe(queue.device)} failed: {e}",
+                       status=status_name(e), source=KERNEL_FILE, options=options)
+
+
+class Layout(NamedTuple):
+    """How the filter gradient runs a problem: its tile (``gc`` input x ``tile.channels``
+    output channels), how it splits the rows, and how many partial sums it keeps, in
+    the dtype's elements (float16 keeps them in float32, which counts twice)."""
+
+    tile: Tile
+    gc: int
+    chunks: int
+    rows_per_chunk: int
+    partials: int
+
+
+def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs) -> Layout:
+    """The :class:`Layout` of ``args`` on ``device`` for ``dtype``."""
+    tile, gc = tiles(device, dtype, args.filters_shape)
+    kh, kw, cin, cout = args.filters_shape
+    n, hd = args.output_shape[:2]
+    geometry_one = launch_geometry(args.filters_shape, tile, gc, 1)[0]
+    chunks, rows_per_chunk = row_chunks(n * hd, math.prod(geometry_one))
+    widened = 2 if np.dtype(dtype) == np.float16 else 1
+    return Layout(tile, gc, chunks, rows_per_chunk,
+                  widened * chunks * kh * kw * cin * tile.padded_channels(cout))
+
+
+def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
+           out: cl_array.Array, args: ConvArgs) -> cl.Event | None:
+    """``out[a, b, c, o] = sum x[n, i - top + a*rate, j - left + b*rate, c] * d[n, i, j, o]``.
+
+    ``args`` describes the forward conv from ``x`` (its value) to ``d`` (its
+    output); ``out`` has ``args.filters_shape``. Events as for
+    :func:`atrous_cl.launch.transpose`.
+    """
+    if out.size == 0:
+        return None
+    wait = [*x.events, *d.events, *out.events]
+    # No pixels, or no tap landing inside x: every entry is an empty sum.
+    if x.size == 0 or d.size == 0 or dilation(args) is None:
+        return memory.fill(queue, out, 0, wait)
+    tile, gc, chunks, rows_per_chunk, count = layout(queue.device, out.dtype, args)
+    options = build_options(out.dtype, args, tile, gc)
+    kernels, lock = programs.get_kernels(queue.context, KERNEL_FILE, options)
+    kh, kw, cin, cout = args.filters_shape
+    n, hd, wd, _ = args.output_shape
+    # Partial sums stay in the accumulation type: float32 for float16 storage (count has it).
+    partial = memory.scratch(queue, count * out.dtype.itemsize)
+    try:
+        with lock:
+            summed = kernels["filter_grad_partial"](
+                queue, *launch_geometry(args.filters_shape, tile, gc, chunks),
+                x.base_data, np.int64(element_offset(x)),
+                d.base_data, np.int64(element_offset(d)), partial,
+                np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
+                np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk),
+                wait_for=wait)
+            done = kernels["filter_grad_sum"](queue, (cout, cin, kh * kw), None, partial,
+                                              np.int32(chunks), out.base_data,
+                                              np.int64(element_offset(out)),
+                                              wait_for=[summed, *wait])
+    except cl.Error as e:
+        raise _device_error(queue, "the filter gradient", e, options) from e
+    out.add_event(done)
+    return done
+

@@ -1,0 +1,235 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The launch layer of the transpose kernel file: build options, plans, launches.
+
+``kernels/atrous_conv2d_transpose.cl`` computes the transpose op, and with
+``forward_filters`` the forward ``atrous_conv2d`` (:func:`forward_as_transpose`).
+:func:`transpose` launches it on device arrays (or :class:`~atrous_cl.memory.HostArray`),
+following pyopencl's event conventions; the host-call path (:mod:`atrous_cl.calls`)
+and ``atrous-cl tune`` (:mod:`atrous_cl.tuning`) both launch through it. The
+filter gradient's kernel file has its own layer, :mod:`atrous_cl.filter_grad`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from typing import NamedTuple
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+
+from atrous_cl import geometry, memory, programs
+from atrous_cl.errors import DeviceError
+from atrous_cl.facts import describe, facts, status_name
+from atrous_cl.tiles import Tile
+from atrous_cl.validation import ConvArgs, TransposeArgs
+
+#: The kernel file this layer launches.
+KERNEL_FILE = "atrous_conv2d_transpose.cl"
+
+_INT32_MAX = 2**31 - 1
+
+
+#: Storage and accumulation types per dtype (float16 is storage only, summed in float32).
+TYPE_OPTIONS = {np.float16: ("-DT=half", "-DACC=float", "-DUSE_HALF"),
+                np.float32: ("-DT=float", "-DACC=float"),
+                np.float64: ("-DT=double", "-DACC=double", "-DUSE_FP64")}
+
+
+def widens_inputs(device: cl.Device, dtype) -> bool:
+    """Whether float16 inputs are widened to float32 before the main kernel.
+
+    On CPUs: converting every half in the inner loop held float16 to 70
+    GFLOP/s on Intel's runtime (float32 181) and 16 on PoCL (141); one
+    widening pass costs about as much as copying the input. GPUs convert
+    halves in hardware as they load them.
+    """
+    return np.dtype(dtype) == np.float16 and bool(facts(device).type & cl.device_type.CPU)
+
+
+def kernel_dilation(args: TransposeArgs) -> tuple[int, int, int, int] | None:
+    """``(rate_h, crop_top, rate_w, crop_left)`` the transpose kernel is built with.
+
+    The problem's rate and crop pads, or, for a rate so large that a tap
+    could land outside the image and past 64-bit arithmetic, the small
+    equivalent of :func:`atrous_cl.geometry.equivalent_dilation` (output
+    pixel ``p`` reads input ``p + crop - a * rate``, so the offsets that reach
+    an input lie in ``[-(H - 1), OH - 1]``). None when no tap lands inside
+    ``value`` at all: the output is an empty sum. Needs non-empty images.
+    """
+    return geometry.kernel_dilations(args.filters_shape[:2], args.rate, args.pads,
+                                     args.output_shape[1:3], args.value_shape[1:3])
+
+
+def dilation_options(rate_h: int, crop_top: int, rate_w: int, crop_left: int) -> tuple[str, ...]:
+    """The kernels' per-axis rate and crop pads, as long literals (see the kernel files)."""
+    return (f"-DRATE_H={rate_h}L", f"-DRATE_W={rate_w}L", f"-DPAD_TOP={crop_top}L",
+            f"-DPAD_LEFT={crop_left}L")
+
+
+def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
+                  forward_filters: bool = False, wide: bool = False) -> tuple[str, ...]:
+    """``-D`` options specialising the kernel for a dtype, a problem and a tile.
+
+    Channel counts, kernel size, rate and pads are baked in so the compiler can
+    unroll; spatial sizes stay run-time arguments, so one build serves every
+    image size. ``forward_filters``: see :func:`transpose`; ``wide``:
+    :func:`widens_inputs`. The problem must have a live tap (:func:`kernel_dilation`).
+    """
+    kh, kw, cout, cin = args.filters_shape
+    return TYPE_OPTIONS[np.dtype(dtype).type] + (f"-DBW={tile.pixels}", f"-DBC={tile.channels}",
+                    f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
+                    f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*kernel_dilation(args)) + \
+        (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ())
+
+
+def launch_geometry(output_shape: tuple[int, int, int, int],
+                    tile: Tile) -> tuple[tuple[int, int, int], None]:
+    """``(global_size, local_size)`` of the main kernel: one work-item per register tile.
+
+    Axis 0 covers output channels in tiles, axis 1 output columns in tiles,
+    axis 2 the ``N * OH`` output rows. The local size is left to the driver.
+    """
+    n, oh, ow, cout = output_shape
+    return (tile.padded_channels(cout) // tile.channels, -(-ow // tile.pixels), n * oh), None
+
+
+def repack_geometry(filters_shape: tuple[int, int, int, int],
+                    tile: Tile) -> tuple[tuple[int, int, int], None]:
+    """``(global_size, local_size)`` of ``repack_filters``: one work-item per packed weight."""
+    kh, kw, cout, cin = filters_shape
+    return (tile.padded_channels(cout), cin, kh * kw), None
+
+
+def check_limits(args: TransposeArgs) -> None:
+    """Dimensions travel to the kernel as 32-bit ints; offsets are 64-bit."""
+    for what, shape in (("value", args.value_shape), ("filters", args.filters_shape),
+                        ("output_shape", args.output_shape)):
+        if max(shape) > _INT32_MAX:
+            raise ValueError(f"{what} dimensions must be below 2**31, got {list(shape)}")
+    if args.output_shape[0] * args.output_shape[1] > 2**63 - 1:
+        raise ValueError(f"output_shape batch * height is too large: {list(args.output_shape)}")
+
+
+def temporaries(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> dict[str, int]:
+    """The buffers :func:`transpose` allocates besides its arrays, by name, in ``dtype``'s
+    elements: widened (float16 -> float32) buffers count twice."""
+    kh, kw, cout, cin = args.filters_shape
+    widened = 2 if widens_inputs(device, dtype) else 1
+    counts = {"the packed filters": widened * kh * kw * cin * -(-cout // 16) * 16}  # widest tile
+    if widened > 1:
+        counts["the widened value"] = 2 * math.prod(args.value_shape)
+    return counts
+
+
+def element_offset(x: cl_array.Array) -> int:
+    """Where a device array's first element lies in its buffer, in elements (the kernels' ``*_off``)."""
+    return x.offset // x.dtype.itemsize
+
+
+class Plan(NamedTuple):
+    """What launching the op takes besides its arrays, fixed by context, device,
+    dtype, problem and tile: the kernels, their geometry and scalar arguments."""
+
+    kernels: dict
+    lock: threading.Lock
+    options: tuple[str, ...]
+    wide: bool
+    packed_nbytes: int
+    repack: tuple
+    main: tuple
+    sizes: tuple  # value's height and width, the output's, as np.int32
+
+
+@functools.lru_cache(maxsize=256)
+def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: TransposeArgs,
+         tile: Tile, forward_filters: bool, wide: bool) -> Plan | None:
+    """The :class:`Plan` of a launch, built (and its program compiled) once; None
+    when no tap lands inside ``value`` (:func:`kernel_dilation`).
+
+    Like pyopencl's own program caches, the entries keep their contexts alive.
+    """
+    if kernel_dilation(args) is None:
+        return None
+    options = build_options(dtype, args, tile, forward_filters, wide)
+    kernels, lock = programs.get_kernels(context, KERNEL_FILE, options)
+    kh, kw, cout, cin = args.filters_shape
+    itemsize = 4 if wide else np.dtype(dtype).itemsize
+    _, oh, ow, _ = args.output_shape
+    return Plan(kernels, lock, options, wide, kh * kw * cin * tile.padded_channels(cout) * itemsize,
+                repack_geometry(args.filters_shape, tile), launch_geometry(args.output_shape, tile),
+                (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
+                 np.int32(ow)))
+
+
+def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
+              out: cl_array.Array, args: TransposeArgs, tile: Tile,
+              forward_filters: bool = False) -> cl.Event | None:
+    """Run the op on device arrays with a register ``tile`` (:func:`atrous_cl.tuning.tile_for`).
+
+    Follows pyopencl's array conventions, so it is right on any queue: the
+    launches wait for the events of ``value`` and ``filters`` (their producers,
+    on any queue of the context) and of ``out`` (its earlier users), each
+    kernel waits for the one before it (out-of-order queues), and ``out``
+    gets the last event, which is returned (None when nothing was enqueued).
+
+    With ``forward_filters``, ``filters`` are laid out ``[kh, kw, in, out]`` and
+    applied with flipped taps (``args.filters_shape`` still names them
+    ``[kh, kw, out, in]``): the forward ``atrous_conv2d`` as
+    :func:`forward_as_transpose` describes it.
+    """
+    if out.size == 0:
+        return None
+    wait = [*value.events, *filters.events, *out.events]
+    device = queue.device
+    # An empty sum (no input, no input channels, or no tap landing inside
+    # value) is zero everywhere.
+    p = None if value.size == 0 or filters.size == 0 else plan(
+        queue.context, device, out.dtype, args, tile,
+        forward_filters, widens_inputs(device, out.dtype))
+    if p is None:
+        return memory.fill(queue, out, 0, wait)
+    kernels = p.kernels
+    packed = memory.scratch(queue, p.packed_nbytes)
+    value_data, value_off = value.base_data, element_offset(value)
+    try:
+        with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
+            if p.wide:
+                value_data = memory.scratch(queue, value.size * 4)
+                widened = kernels["widen"](queue, (value.size,), None, value.base_data,
+                                           np.int64(value_off), value_data, wait_for=wait)
+                value_off = 0
+            repacked = kernels["repack_filters"](queue, *p.repack, filters.base_data,
+                                                 np.int64(element_offset(filters)), packed,
+                                                 wait_for=wait)
+            done = kernels["atrous_conv2d_transpose"](
+                queue, *p.main, value_data, np.int64(value_off), packed, out.base_data,
+                np.int64(element_offset(out)), *p.sizes,
+                wait_for=[repacked, widened] if p.wide else [repacked, *wait])
+    except cl.Error as e:
+        raise DeviceError(f"launching atrous_conv2d_transpose on {describe(device)} "
+                          f"failed: {e}", status=status_name(e), source=KERNEL_FILE,
+                          options=p.options) from e
+    out.add_event(done)
+    return done
+
+
+def forward_as_transpose(args: ConvArgs) -> TransposeArgs:
+    """The forward conv as a problem of the transpose kernel, which then runs it.
+
+    ``out[p] = sum_a padded[p - top + a*rate] f[a]`` (TF's forward op, per
+    axis) is the transpose kernel's ``out[p] = sum_a' value[p + top' -
+    a'*rate] g[a']`` with the taps flipped, ``g[a'] = f[k - 1 - a']``, and the
+    crop pad ``top' = (k - 1) * rate - top``. The filters keep their
+    ``[kh, kw, in, out]`` layout: the kernel's repack reads them flipped
+    (``forward_filters``), so the result's shape names them ``[kh, kw, out, in]``.
+    """
+    kh, kw, cin, cout = args.filters_shape
+    eh, ew = (kh - 1) * args.rate, (kw - 1) * args.rate
+    p = args.pads
+    return TransposeArgs(args.value_shape, (kh, kw, cout, cin), args.output_shape, args.rate,
+                         args.padding, geometry.Pads(eh - p.top, ew - p.left, eh - p.bottom,
+                                                     ew - p.right))
+

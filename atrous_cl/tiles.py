@@ -1,0 +1,88 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Register tiles: the output pixels x channels one work-item of the main kernel computes.
+
+:func:`default_tile` is the untuned choice per device kind, :func:`candidates`
+the tiles ``atrous-cl tune`` tries (:mod:`atrous_cl.tuning`); both keep to
+vector widths the device's compiler handles.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pyopencl as cl
+
+from atrous_cl.facts import facts
+
+
+class Tile(NamedTuple):
+    """Output pixels (along W) x output channels computed by one work-item."""
+
+    pixels: int
+    channels: int
+
+    def padded_channels(self, cout: int) -> int:
+        """``cout`` rounded up to whole channel tiles: the packed filters' width."""
+        return -(-cout // self.channels) * self.channels
+
+    def __str__(self) -> str:
+        return f"{self.pixels}x{self.channels}"
+
+
+def pow2_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _is_pocl(device: cl.Device) -> bool:
+    return "portable computing language" in facts(device).platform.lower()
+
+
+def _pocl_narrow(device: cl.Device) -> bool:
+    """PoCL building for a CPU target without 512-bit vectors.
+
+    PoCL 3.0 from PyPI (LLVM 14, target znver3: AVX2) aborts the process on
+    some 16-wide float code and builds 8-wide double code into an empty
+    program; Debian's PoCL 3.1 (LLVM 15, target skylake-avx512) runs 16-wide
+    tiles fine, and 1.7-2.4x faster than 8-wide ones. PoCL names its target
+    in the device version (``HSTR: pthread-<triple>-<cpu>``).
+    """
+    return _is_pocl(device) and "avx512" not in facts(device).version.lower()
+
+
+def _max_channels(device: cl.Device, dtype, cout: int) -> int:
+    """Widest channel vector worth using: no wider than ``cout`` needs, 32 bytes on a
+    PoCL without 512-bit vectors (:func:`_pocl_narrow`)."""
+    acc_bytes = 8 if np.dtype(dtype) == np.float64 else 4  # half is summed in float
+    return min(pow2_at_least(cout), 32 // acc_bytes if _pocl_narrow(device) else 16)
+
+
+def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
+    """The untuned tile: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors,
+    8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere.
+
+    Measured on a 2-core AMD EPYC (float32, the README's workloads A-E,
+    ``atrous-cl tune``): Intel 8x16 best on A, C, D and within 1.13x of 4x16 on
+    B and E (geometric mean 0.94x 4x16's time); PyPI's PoCL (AVX2) 8x8 best or
+    within 1.04x on A-E; Debian's PoCL 3.1 (AVX-512) 8x16 ran A at 226 GFLOP/s
+    and C at 207 against 8x8's 132 and 88. On an NVIDIA H100 (OpenCL 3.0, driver 580)
+    GPUs want many small work-items: 4x2 came within 1.09x of each shape's
+    best over A-D and E (geometric mean; 4x8 was 1.66x).
+    """
+    f = facts(device)
+    if "intel" in f.platform.lower() and f.type & cl.device_type.CPU:
+        tile = Tile(8, 16)
+    elif _is_pocl(device):
+        tile = Tile(8, 8) if _pocl_narrow(device) else Tile(8, 16)
+    elif f.type & cl.device_type.GPU:
+        tile = Tile(4, 2)
+    else:
+        tile = Tile(4, 8)
+    return Tile(tile.pixels, min(tile.channels, _max_channels(device, dtype, cout)))
+
+
+def candidates(device: cl.Device, dtype, cout: int) -> list[Tile]:
+    """The tiles :func:`tune` tries: pixels 2-16 x channel vectors up to the useful width."""
+    widest = _max_channels(device, dtype, cout)
+    return [Tile(px, ch) for px in (2, 4, 8, 16) for ch in (1, 2, 4, 8, 16)
+            if ch <= widest and px * ch <= 128]
