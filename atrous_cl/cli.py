@@ -109,7 +109,9 @@ def _demo(args) -> int:
         got = call()
         times.append(time.perf_counter() - start)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, args.rate, args.padding)
-    err = float(np.max(np.abs(got.astype(np.float64) - want)) / max(np.max(np.abs(want)), 1e-30))
+    # In float64: float16's max(0, 1e-30) is 0 (NEP 50), and an all-zero result gave 0 / 0.
+    want, got = want.astype(np.float64), got.astype(np.float64)
+    err = float(np.max(np.abs(got - want), initial=0.0) / max(float(np.max(np.abs(want), initial=0.0)), 1e-30))
     tol = DEMO_TOLERANCE[dtype.name]
     t = statistics.median(times)
     flops = 2 * n * h * w * cin * cout * k * k

@@ -33,6 +33,19 @@ def test_demo_checks_against_the_reference(queue, capsys, monkeypatch):
     assert "result:  OK" in out and "error:" in out and "GFLOP/s" in out
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])  # every device has both
+def test_demo_judges_an_all_zero_result(queue, dtype, capsys, monkeypatch):
+    """A 1x1 image with a 2x2 kernel at rate 2 lands no tap: the result is all zeros, and
+    right. float16's max(0, 1e-30) is 0 under NumPy 2, which made the error 0 / 0 = NaN
+    and the demo report a correct device as FAILED."""
+    monkeypatch.setenv("PYOPENCL_CTX", next(d.selector for d in discovery.devices()
+                                            if d.device == queue.device))
+    code = cli.main(["demo", "--size", "1", "--channels", "1", "--kernel", "2", "--dtype", dtype,
+                     "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "error:   0.00e+00" in out, out
+
+
 def test_demo_fails_when_the_device_disagrees(queue, capsys, monkeypatch):
     """The demo's exit code means something: a wrong result makes it non-zero."""
     import atrous_cl
