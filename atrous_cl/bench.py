@@ -7,7 +7,15 @@ rounds after a warm-up. Our op is timed through the public host API (NumPy in,
 NumPy out, transfers included where there are any), which the peers' ratios
 refer to, and also on arrays already on the device ("on device": no transfers).
 The ceiling is NumPy's sgemm measured in the same run.
-FLOPs = 2 * N * H * W * Cin * Cout * kh * kw (value's H, W).
+FLOPs = 2 * N * H * W * Cin * Cout * kh * kw (value's H, W) for the op.
+
+``op`` picks what is timed on each workload: the op itself (``transpose``),
+or one of the two vjps (``transpose_vjp``: the gradients of the workload's
+op; ``conv_vjp``: those of the forward ``atrous_conv2d`` from the workload's
+output-shaped array back to ``value``'s shape, the op's adjoint), each
+against PyTorch's autograd backward of the same convolution. A vjp computes
+two results of the op's size each, so its FLOPs count twice. onnxruntime
+has no gradients in its inference package, so it is in the op's table only.
 """
 
 from __future__ import annotations
@@ -38,6 +46,10 @@ class Workload(NamedTuple):
     def flops(self) -> int:
         return 2 * self.n * self.h * self.w * self.cin * self.cout * self.k * self.k
 
+    def op_flops(self, op: str) -> int:
+        """FLOPs of ``op`` on this workload: a vjp's two results cost the op's twice."""
+        return self.flops * (1 if op == "transpose" else 2)
+
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
         hw = geometry.transpose_output_hw((self.h, self.w), (self.k, self.k), self.rate, self.padding)
@@ -57,6 +69,33 @@ WORKLOADS = [
     Workload("F", 1, 128, 128, 1, 1, 3, 2, "SAME"),     # one channel
 ]
 
+#: What ``run`` can time: the op and its two vjps (see the module docstring).
+OPS = ("transpose", "transpose_vjp", "conv_vjp")
+
+
+def inputs(op: str, wl: Workload, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """The random float32 inputs of ``op`` on ``wl``: ``(value, filters)`` for the op,
+    ``(value, filters, dy)`` for a vjp. The conv vjp's ``value`` has the op's output
+    shape and its ``dy`` the op's input shape: the forward conv is the op's adjoint."""
+    op_value = rng.standard_normal((wl.n, wl.h, wl.w, wl.cin)).astype(np.float32)
+    filters = rng.standard_normal((wl.k, wl.k, wl.cout, wl.cin)).astype(np.float32)
+    if op == "transpose":
+        return op_value, filters
+    op_out = rng.standard_normal(wl.output_shape).astype(np.float32)
+    return (op_value, filters, op_out) if op == "transpose_vjp" else (op_out, filters, op_value)
+
+
+def reference_result(op: str, wl: Workload, arrays) -> np.ndarray | tuple:
+    from atrous_cl import reference
+
+    if op == "transpose":
+        return reference.atrous_conv2d_transpose(*arrays, wl.output_shape, wl.rate, wl.padding)
+    value, filters, dy = arrays
+    if op == "transpose_vjp":
+        return reference.atrous_conv2d_transpose_vjp(value, filters, wl.output_shape, wl.rate,
+                                                     wl.padding, dy)
+    return reference.atrous_conv2d_vjp(value, filters, wl.rate, wl.padding, dy)
+
 
 class Impl(NamedTuple):
     """An implementation: ``prepare(workload, value, filters)`` returns a call to time.
@@ -69,26 +108,35 @@ class Impl(NamedTuple):
     layout: str = "NHWC"
 
 
-def _ours(device_info, resident: bool = False) -> Callable:
-    """Our host API, or with ``resident`` the device API on arrays already on the device."""
+def _ours(device_info, resident: bool = False, op: str = "transpose") -> Callable:
+    """Our host API, or with ``resident`` the device API on arrays already on the device
+    (results into ``out=`` arrays allocated once, as a training loop would)."""
     import pyopencl.array as cl_array
 
     import atrous_cl
 
     queue = atrous_cl.get_queue(device=device_info.device)
 
-    def prepare(wl: Workload, value, filters):
+    def prepare(wl: Workload, *arrays):
+        if op == "transpose":
+            fn = lambda *a, **k: atrous_cl.atrous_conv2d_transpose(  # noqa: E731
+                *a, wl.output_shape, wl.rate, wl.padding, **k)
+        elif op == "transpose_vjp":
+            fn = lambda v, f, dy, **k: atrous_cl.atrous_conv2d_transpose_vjp(  # noqa: E731
+                v, f, wl.output_shape, wl.rate, wl.padding, dy, **k)
+        else:
+            fn = lambda v, f, dy, **k: atrous_cl.atrous_conv2d_vjp(  # noqa: E731
+                v, f, wl.rate, wl.padding, dy, **k)
         if not resident:
-            return lambda: atrous_cl.atrous_conv2d_transpose(value, filters, wl.output_shape,
-                                                             wl.rate, wl.padding, queue=queue)
-        d_value, d_filters = cl_array.to_device(queue, value), cl_array.to_device(queue, filters)
-        out = cl_array.empty(queue, wl.output_shape, value.dtype)
+            return lambda: fn(*arrays, queue=queue)
+        on_device = [cl_array.to_device(queue, a) for a in arrays]
+        shapes = [wl.output_shape] if op == "transpose" else [arrays[0].shape, arrays[1].shape]
+        outs = [cl_array.empty(queue, s, np.float32) for s in shapes]
 
         def call():
-            atrous_cl.atrous_conv2d_transpose(d_value, d_filters, wl.output_shape, wl.rate,
-                                              wl.padding, out=out)
+            fn(*on_device, out=outs[0] if op == "transpose" else tuple(outs))
             queue.finish()
-            return out
+            return outs[0] if op == "transpose" else tuple(outs)
         return call
     return prepare
 
@@ -119,27 +167,45 @@ def _onnxruntime(layout: str, conv_form: bool = False) -> Callable | None:
     return prepare
 
 
-def _torch() -> Callable | None:
+def _torch(op: str = "transpose") -> Callable | None:
+    """PyTorch on the CPU, NCHW: ``conv_transpose2d`` for the op, and for a vjp the
+    backward alone (``autograd.grad`` on a graph built once, kept with ``retain_graph``).
+    A vjp returns ``(d_value NCHW, d_weight)``, the weight as PyTorch lays it out."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as for onnxruntime: no spinning threads
     try:
         import torch
     except ImportError:
         return None
     torch.set_num_threads(os.cpu_count() or 1)
+    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
 
-    def prepare(wl: Workload, value, filters):
+    def prepare(wl: Workload, value, filters, dy=None):
         pads = geometry.pads((wl.k, wl.k), wl.rate, wl.padding)
-        x = torch.from_numpy(np.ascontiguousarray(value.transpose(0, 3, 1, 2)))
+        x = nchw(value)
         weight = torch.from_numpy(np.ascontiguousarray(filters.transpose(3, 2, 0, 1)))
-        ph, pw = min(pads.top, pads.bottom), min(pads.left, pads.right)
-        oh, ow = wl.output_shape[1:3]
-        top, left = pads.top - ph, pads.left - pw  # an asymmetric remainder is cropped
+        if op == "conv_vjp":  # TF's forward conv: explicit (maybe asymmetric) pads, then conv2d
+            x.requires_grad_(True)
+            weight.requires_grad_(True)
+            padded = torch.nn.functional.pad(x, (pads.left, pads.right, pads.top, pads.bottom))
+            y = torch.nn.functional.conv2d(padded, weight, dilation=wl.rate)
+        else:
+            ph, pw = min(pads.top, pads.bottom), min(pads.left, pads.right)
+            oh, ow = wl.output_shape[1:3]
+            top, left = pads.top - ph, pads.left - pw  # an asymmetric remainder is cropped
 
-        def call():
-            with torch.no_grad():
+            def forward(x, weight):
                 y = torch.nn.functional.conv_transpose2d(x, weight, padding=(ph, pw), dilation=wl.rate)
-            return y[:, :, top:top + oh, left:left + ow]
-        return call
+                return y[:, :, top:top + oh, left:left + ow]
+            if op == "transpose":
+                def call():
+                    with torch.no_grad():
+                        return forward(x, weight)
+                return call
+            x.requires_grad_(True)
+            weight.requires_grad_(True)
+            y = forward(x, weight)
+        grad = nchw(dy)
+        return lambda: torch.autograd.grad(y, (x, weight), grad, retain_graph=True)
     return prepare
 
 
@@ -208,17 +274,24 @@ def sgemm_gflops(size: int = 2048, rounds: int = 5) -> float:
     return 2 * size**3 / statistics.median(samples) / 1e9
 
 
-def implementations(include_simulators: bool = False) -> dict[str, Impl]:
-    """Name -> :class:`Impl`, for everything installed; ours once per OpenCL device."""
+def implementations(include_simulators: bool = False, op: str = "transpose") -> dict[str, Impl]:
+    """Name -> :class:`Impl` of ``op`` (:data:`OPS`), for everything installed; ours once
+    per OpenCL device."""
     from atrous_cl import discovery
+
+    if op not in OPS:
+        raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
 
     impls: dict[str, Impl] = {}
     for info in discovery.devices():
         if ((include_simulators or discovery.rank(info)[0] < discovery.SIMULATOR_RANK)
                 and discovery.unusable_reason(info.device) is None):  # it builds nothing
             name = f"atrous-cl {info.selector} {info.platform.split()[0]}"
-            impls[name] = Impl(_ours(info))
-            impls[f"{name} (on device)"] = Impl(_ours(info, resident=True))
+            impls[name] = Impl(_ours(info, op=op))
+            impls[f"{name} (on device)"] = Impl(_ours(info, resident=True, op=op))
+    if op != "transpose":  # the peers with gradients
+        torch = _torch(op)
+        return {**impls, **({"torch NCHW (autograd)": Impl(torch, "NCHW")} if torch else {})}
     for name, prep, layout in (("onnxruntime NHWC", _onnxruntime("NHWC"), "NHWC"),
                                ("onnxruntime NCHW", _onnxruntime("NCHW"), "NCHW"),
                                ("onnxruntime NCHW Conv", _onnxruntime("NCHW", conv_form=True), "NCHW"),
@@ -243,7 +316,7 @@ def _progress(done: int, total: int, label: str) -> None:
 
 
 def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
-        check: bool = True, back_to_back: bool = False) -> tuple[dict, float]:
+        check: bool = True, back_to_back: bool = False, op: str = "transpose") -> tuple[dict, float]:
     """Time every implementation on every workload; returns ({(workload, impl): seconds}, ceiling).
 
     Interleaved by default: each round runs every implementation once, in a
@@ -259,15 +332,13 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
     for what, n, low in (("rounds", rounds, 1), ("warmup", warmup, 0)):
         if isinstance(n, bool) or not isinstance(n, int) or n < low:
             raise ValueError(f"{what} must be an integer >= {low}, got {n!r}")
-    impls = impls if impls is not None else implementations()
+    impls = impls if impls is not None else implementations(op=op)
     rng = np.random.default_rng(0)
-    calls, inputs = {}, {}
+    calls, arrays = {}, {}
     for wl in workloads:
-        value = rng.standard_normal((wl.n, wl.h, wl.w, wl.cin)).astype(np.float32)
-        filters = rng.standard_normal((wl.k, wl.k, wl.cout, wl.cin)).astype(np.float32)
+        arrays[wl] = inputs(op, wl, rng)
         for name, impl in impls.items():
-            calls[wl, name] = impl.prepare(wl, value, filters)
-        inputs[wl] = (value, filters)
+            calls[wl, name] = impl.prepare(wl, *arrays[wl])
     total = len(calls) * (warmup + rounds)
     done = 0
     samples: dict = {key: [] for key in calls}
@@ -289,7 +360,7 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
         result = call()
         elapsed = time.perf_counter() - start
         if r == 0 and check:
-            _check(key, result, impls[key[1]].layout, inputs[key[0]])
+            _check(key, result, impls[key[1]].layout, arrays[key[0]], op)
         if r >= warmup:
             samples[key].append(elapsed)
         done += 1
@@ -298,23 +369,32 @@ def run(workloads=WORKLOADS, rounds: int = 7, warmup: int = 2, impls=None,
     return {key: statistics.median(s) for key, s in samples.items()}, ceiling
 
 
-def _check(key, result, layout: str, inputs) -> None:
+def _check(key, result, layout: str, arrays, op: str = "transpose") -> None:
     """Every implementation must compute the same thing before its time counts."""
-    from atrous_cl import reference
-
     wl, name = key
-    if hasattr(result, "cpu"):  # a torch tensor on a GPU
-        result = result.cpu().numpy()
-    got = result.get() if hasattr(result, "get") and not isinstance(result, np.ndarray) else np.asarray(result)
-    if layout == "NCHW":
-        got = got.transpose(0, 2, 3, 1)
-    want = reference.atrous_conv2d_transpose(*inputs, wl.output_shape, wl.rate, wl.padding)
-    err = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)
-    if not err < 1e-4:
-        raise RuntimeError(f"{name} disagrees with the reference on {wl.name}: relative error {err:.2e}")
+
+    def host(x):
+        if hasattr(x, "detach"):  # a torch tensor, maybe on a GPU
+            x = x.detach().cpu().numpy()
+        return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+    want = reference_result(op, wl, arrays)
+    if op == "transpose":
+        got, want = [host(result)], [want]
+        if layout == "NCHW":
+            got = [got[0].transpose(0, 2, 3, 1)]
+    else:
+        got = [host(r) for r in result]
+        if layout == "NCHW":  # (d_value NCHW, d_weight [out, in, kh, kw] of PyTorch)
+            got = [got[0].transpose(0, 2, 3, 1), got[1].transpose(2, 3, 1, 0)]
+    for g, w in zip(got, want):
+        err = np.max(np.abs(g - w)) / max(float(np.max(np.abs(w))), 1e-30)
+        if not err < 1e-4:
+            raise RuntimeError(f"{name} disagrees with the reference on {wl.name}: relative "
+                               f"error {err:.2e}")
 
 
-def table(times: dict, ceiling: float, workloads=WORKLOADS) -> str:
+def table(times: dict, ceiling: float, workloads=WORKLOADS, op: str = "transpose") -> str:
     """Markdown: per workload and implementation ms, GFLOP/s, % of the sgemm ceiling and
     how many times faster the fastest atrous-cl device is than each peer (>1: we are faster)."""
     names = list(dict.fromkeys(name for _, name in times))
@@ -322,7 +402,7 @@ def table(times: dict, ceiling: float, workloads=WORKLOADS) -> str:
     # arrays; a peer timed on device-resident data with our device API.
     ours = [n for n in names if n.startswith("atrous-cl") and not n.endswith("(on device)")]
     ours_resident = [n for n in names if n.startswith("atrous-cl") and n.endswith("(on device)")]
-    lines = [f"sgemm ceiling (NumPy float32 2048^3, same run): {ceiling:.0f} GFLOP/s", "",
+    lines = [f"op: {op}; sgemm ceiling (NumPy float32 2048^3, same run): {ceiling:.0f} GFLOP/s", "",
              "| workload | implementation | ms | GFLOP/s | % ceiling | ours faster by |",
              "|---|---|---:|---:|---:|---:|"]
     for wl in workloads:
@@ -333,7 +413,7 @@ def table(times: dict, ceiling: float, workloads=WORKLOADS) -> str:
                 continue
             t = times[wl, name]
             best_ours = best_resident if name.endswith("(on device)") else best_host
-            gflops = wl.flops / t / 1e9
+            gflops = wl.op_flops(op) / t / 1e9
             ratio = ("" if name.startswith("atrous-cl") or best_ours is None
                      else f"{t / best_ours:.2f}x")
             lines.append(f"| {wl.name}: {wl.describe()} | {name} | {t * 1e3:.2f} | {gflops:.1f} | "
@@ -341,7 +421,7 @@ def table(times: dict, ceiling: float, workloads=WORKLOADS) -> str:
     return "\n".join(lines)
 
 
-def plot(times: dict, path: str, workloads=WORKLOADS) -> None:
+def plot(times: dict, path: str, workloads=WORKLOADS, op: str = "transpose") -> None:
     """A grouped bar chart of GFLOP/s per workload and implementation."""
     import matplotlib
 
@@ -353,11 +433,11 @@ def plot(times: dict, path: str, workloads=WORKLOADS) -> None:
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         xs = [j + i * width for j, wl in enumerate(workloads) if (wl, name) in times]
-        ys = [wl.flops / times[wl, name] / 1e9 for wl in workloads if (wl, name) in times]
+        ys = [wl.op_flops(op) / times[wl, name] / 1e9 for wl in workloads if (wl, name) in times]
         ax.bar(xs, ys, width, label=name)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(workloads))], [wl.name for wl in workloads])
     ax.set_ylabel("GFLOP/s (median)")
-    ax.set_title("atrous_conv2d_transpose, float32")
+    ax.set_title("atrous_conv2d_transpose, float32" if op == "transpose" else f"{op}, float32")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -179,10 +179,11 @@ def _bench(args) -> int:
     if args.plot is not None:  # "" too: refused, not ignored
         _check_plot_path(args.plot)
     workloads = [wl for wl in bench.WORKLOADS if not args.workloads or wl.name in args.workloads]
-    times, ceiling = bench.run(workloads, rounds=args.rounds, back_to_back=args.back_to_back)
-    print(bench.table(times, ceiling, workloads))
+    times, ceiling = bench.run(workloads, rounds=args.rounds, back_to_back=args.back_to_back,
+                               op=args.op)
+    print(bench.table(times, ceiling, workloads, op=args.op))
     if args.plot is not None:
-        bench.plot(times, args.plot, workloads)
+        bench.plot(times, args.plot, workloads, op=args.op)
         print(f"plot: {args.plot}")
     return 0
 
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="subset, e.g. A B (default: all)")
     bench.add_argument("--plot", metavar="PNG", help="also draw the table (needs matplotlib, "
                                                      "the plot extra)")
+    bench.add_argument("--op", default="transpose", choices=["transpose", "transpose_vjp", "conv_vjp"],
+                       help="what to time: the op, or one of its vjps (against PyTorch's "
+                            "autograd backward)")
     bench.add_argument("--back-to-back", action="store_true",
                        help="run each implementation's rounds in a row (warm) instead of interleaved")
     bench.set_defaults(func=_bench)

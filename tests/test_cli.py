@@ -101,12 +101,51 @@ def test_bench_prints_a_checked_table(queue, capsys, monkeypatch):
     # Ours on the device under test only (with the peers), as every device test runs.
     selector = next(d.selector for d in discovery.devices() if d.device == queue.device)
     every = bench.implementations
-    monkeypatch.setattr(bench, "implementations", lambda: {
-        name: impl for name, impl in every().items()
+    monkeypatch.setattr(bench, "implementations", lambda **kw: {
+        name: impl for name, impl in every(**kw).items()
         if not name.startswith("atrous-cl") or name.startswith(f"atrous-cl {selector} ")})
     assert cli.main(["bench", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "| T: 2x6x7x3->4 k3 r2 SAME | atrous-cl" in out and "% ceiling" in out
+
+
+@pytest.mark.parametrize("op", ["transpose_vjp", "conv_vjp"])
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_bench_times_the_vjps_checked_against_the_reference(queue, op, padding):
+    """Ours (host and device API) and PyTorch's autograd, where installed, must each
+    give both gradients of the reference before a time counts."""
+    from atrous_cl import bench
+
+    wl = bench.Workload("T", 2, 6, 7, 3, 4, 3, 2, padding)
+    selector = next(d.selector for d in discovery.devices() if d.device == queue.device)
+    impls = {name: impl for name, impl in bench.implementations(op=op).items()
+             if not name.startswith("atrous-cl") or name.startswith(f"atrous-cl {selector} ")}
+    assert sum(name.startswith("atrous-cl") for name in impls) == 2
+    times, _ = bench.run([wl], rounds=1, warmup=0, impls=impls, op=op)
+    assert set(times) == {(wl, name) for name in impls}
+    assert f"op: {op}" in bench.table(times, 100.0, [wl], op=op)
+
+
+@pytest.mark.parametrize("op", ["transpose_vjp", "conv_vjp"])
+def test_bench_rejects_a_wrong_gradient(op):
+    from atrous_cl import bench
+
+    wl = bench.Workload("T", 1, 4, 4, 2, 3, 3, 2, "SAME")
+
+    def prepare(wl, value, filters, dy):
+        right = bench.reference_result(op, wl, (value, filters, dy))
+        return lambda: (right[0], right[1] * 1.01)  # d_filters off by 1%
+
+    with pytest.raises(RuntimeError, match="wrong disagrees with the reference on T"):
+        bench.run([wl], rounds=1, warmup=0, impls={"wrong": bench.Impl(prepare)}, op=op)
+
+
+def test_bench_ops_are_the_clis_choices():
+    from atrous_cl import bench
+
+    op = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["bench"]._actions
+              if a.dest == "op")
+    assert tuple(op.choices) == bench.OPS
 
 
 def test_bench_runs_back_to_back_or_interleaved_in_a_new_order_each_round():
