@@ -98,13 +98,7 @@ def run(inputs: dict[str, Any], results: dict[str, tuple[int, ...]], dtype: np.d
     """
     on_device, queue = queue_for(tuple(inputs.values()), queue, context, device)
     single = len(results) == 1
-    temporaries = {}
-    for step in steps:
-        temporaries.update(step.temporaries(queue.device, dtype))
-    check_device(queue.device, dtype, {**{name: shape for name, shape in
-                                          zip(inputs, (x.shape for x in inputs.values()))},
-                                       **({"the output": next(iter(results.values()))} if single
-                                          else results)}, temporaries)
+    _check_steps(queue.device, dtype, steps, inputs, results)
     in_place = not on_device and memory.works_in_host_memory(queue.device)
     outs = None if out is None else _checked_outs(out, results, dtype, queue, on_device, inputs)
     arrays: dict = {}
@@ -131,8 +125,28 @@ def queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:
     return on_device, discovery.get_queue(queue, context, device)
 
 
-#: The (device facts, dtype, sizes) that passed :func:`check_device`.
+#: The (device facts, dtype, sizes) that passed :func:`check_device`, and the
+#: (device facts, dtype, steps, input shapes) that passed :func:`_check_steps`.
 _passed_device_checks: set = set()
+
+
+def _check_steps(device: cl.Device, dtype: np.dtype, steps: tuple, inputs: dict,
+                 results: dict) -> None:
+    """:func:`check_device` for a call: its inputs, results and the steps' temporaries.
+
+    A pass is remembered by what decides it (the steps hold the problem), so
+    a model calling the op with the same shapes over and over pays a lookup.
+    """
+    key = (facts(device), np.dtype(dtype), steps, tuple(x.shape for x in inputs.values()))
+    if key in _passed_device_checks:
+        return
+    temporaries = {}
+    for step in steps:
+        temporaries.update(step.temporaries(device, dtype))
+    shapes = {**{name: x.shape for name, x in inputs.items()},
+              **({"the output": next(iter(results.values()))} if len(results) == 1 else results)}
+    check_device(device, dtype, shapes, temporaries)
+    _passed_device_checks.add(key)
 
 
 def check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[int, ...]],
