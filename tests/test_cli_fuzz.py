@@ -335,7 +335,7 @@ def test_export_fuzz(filter_files, capsys, data):
 
 # --- anything: unknown options and stray words end in argparse's error ---------------------------
 
-COMMANDS = ["devices", "demo", "tune", "bench", "export"]
+COMMANDS = ["devices", "demo", "tune", "bench", "export", "fold"]
 
 
 def _not_help(token: str) -> bool:
