@@ -30,7 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from atrous_cl import geometry
-from atrous_cl.validation import (_int, check_array_shape, check_conv_args, check_padding,
+from atrous_cl.validation import (check_array_shape, check_int, check_conv_args, check_padding,
                                   check_rate, check_shape4, check_transpose_args)
 from onnx_export.constants import (BATCH_DIM, DEFAULT_INPUT_NAME, DEFAULT_OPSET,  # noqa: F401
                                    DEFAULT_OUTPUT_NAME, EXPORT_DTYPES, LAYOUTS, MAX_OPSET,
@@ -177,7 +177,7 @@ def _check_limits(args) -> None:
 def _check_opset(opset) -> int:
     if opset is None:
         return DEFAULT_OPSET
-    opset = _int(opset, "opset")
+    opset = check_int(opset, "opset")
     newest = min(MAX_OPSET, onnx.defs.onnx_opset_version())
     if not MIN_OPSET <= opset <= newest:
         raise ValueError(f"opset must be between {MIN_OPSET} and {newest} (the tested range with "
