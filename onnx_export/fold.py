@@ -11,8 +11,8 @@ static shapes.
 One rule, after onnxscript's rewriter: a *pattern* (an undilated conv whose
 input comes through data-movement nodes from a SpaceToDepth and whose output
 goes through a DepthToSpace), a *check* that proves the match or says why not
-(:class:`NoProof`), and a *replacement* written by the exporter's
-:func:`~onnx_export.exporter.emit_conv`.
+(:class:`NoProof`), and a *replacement* written by the emitter's
+:func:`~onnx_export.emitter.emit_conv`.
 
 The check is by evaluation, not by reading each node: every node between the
 op's value and the conv's input, and between the conv's output and the op's
@@ -38,8 +38,9 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from atrous_cl import geometry
-from onnx_export.exporter import (PAD_FORMS, _check_choice, _check_flag, conv_node, emit_conv,
-                                  transpose_node)
+from onnx_export.api import check_choice, check_flag
+from onnx_export.constants import PAD_FORMS
+from onnx_export.emitter import conv_node, emit_conv, transpose_node
 
 #: Nodes that only move, reshape or zero-pad data: what may stand between the
 #: op's value, the conv and the op's result.
@@ -130,8 +131,8 @@ def fold_with_report(model: onnx.ModelProto, *, conv_form: bool = False,
     """:func:`fold_atrous_chains`, also returning a report per chain found."""
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"model must be an onnx.ModelProto, got {type(model).__name__}")
-    conv_form = _check_flag(conv_form, "conv_form")
-    pad_form = _check_choice(pad_form, "pad_form", PAD_FORMS)
+    conv_form = check_flag(conv_form, "conv_form")
+    pad_form = check_choice(pad_form, "pad_form", PAD_FORMS)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     folded, failed = [], {}
@@ -502,7 +503,7 @@ def _batch_to_space_ok(u, got, perm, rate, plan: _TFPlan) -> bool:
 # --- the replacement ----------------------------------------------------------------------------
 
 def _rewrite(model, graph: _Graph, m: _Match, conv_form: bool, pad_form: str, index: int) -> int:
-    """Put the exporter's nodes in place of the chain's last node; drop what is then unused."""
+    """Put the emitter's nodes in place of the chain's last node; drop what is then unused."""
     prefix = _unique_prefix(graph, f"atrous_fold{index}/")
     kh, kw = m.weight.shape[2:]
     pads = geometry.pads((kh, kw), m.rate, m.padding)
