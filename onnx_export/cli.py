@@ -306,6 +306,12 @@ def run_fold(args: argparse.Namespace) -> int:
         return _fold_error(f"cannot read a model from {args.input!r}: {e}")
     except Exception as e:  # protobuf's DecodeError and others for a file that is not a model
         return _fold_error(f"cannot read a model from {args.input!r}: {type(e).__name__}: {e}")
+    try:
+        # Any bytes that parse (an empty file does) are a ModelProto: without this
+        # a broken input would surface as the folded model failing the checker.
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        return _fold_error(f"cannot read a model from {args.input!r}: it fails onnx.checker: {e}")
     result = fold.fold_with_report(model, conv_form=args.conv_form, pad_form=args.pad_form)
     for c in result.chains:
         if c.folded:

@@ -353,8 +353,11 @@ def test_cli_writes_as_export_does(tmp_path, capsys):
 def test_cli_bad_input(tmp_path, capsys):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\xff not a model")
-    for src in (junk, tmp_path / "missing.onnx"):
+    empty = tmp_path / "empty.onnx"   # parses: an empty ModelProto, which the checker refuses
+    empty.write_bytes(b"")
+    for src in (junk, tmp_path / "missing.onnx", empty):
         assert main_cli.main(["fold", str(src), "-o", str(tmp_path / "o.onnx")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"atrous-cl fold: error: cannot read a model from {str(src)!r}")
+    assert "fails onnx.checker: " in err and "ir_version" in err
     assert not (tmp_path / "o.onnx").exists()
