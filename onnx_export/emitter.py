@@ -126,7 +126,7 @@ def transpose_node(filters: np.ndarray, pads: geometry.Pads, output_hw, rate: in
         pads: the op's crop pads (:func:`atrous_cl.geometry.pads`).
         output_hw: the op's output (height, width).
         rate: the dilation rate.
-        pad_form: one of :data:`PAD_FORMS`.
+        pad_form: one of :data:`~onnx_export.constants.PAD_FORMS`.
         conv_form: write the equivalent forward Conv.
 
     Returns:
@@ -204,7 +204,7 @@ def emit_model(plan: ExportPlan) -> onnx.ModelProto:
 
     Args:
         plan: attributes already computed by
-            :func:`export_atrous_conv2d_transpose`.
+            :func:`~onnx_export.api.export_atrous_conv2d_transpose`.
 
     Returns:
         The model, with the lowest IR version the opset allows so that older

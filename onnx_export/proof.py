@@ -44,7 +44,12 @@ class Match(NamedTuple):
 # --- the check ----------------------------------------------------------------------------------
 
 def prove(graph: Graph, conv) -> Match:
-    """The chain around ``conv`` as a :class:`Match`, or :class:`NoProof` saying why not."""
+    """The chain around ``conv`` as a :class:`Match`.
+
+    Raises:
+        NoProof: the chain is not TF's op, or could not be shown to be; the
+            message says why.
+    """
     op = "atrous_conv2d_transpose" if conv.op_type == "ConvTranspose" else "atrous_conv2d"
     _check_undilated_valid(conv)
     weight = graph.constant(conv.input[1])

@@ -341,7 +341,7 @@ def test_a_device_error_in_a_distributed_worker_reaches_the_client(queue, op, mo
     x = da.zeros((1, 8, 8, 3), chunks=4, dtype=np.float32)
     filters = np.zeros((3, 3, 3, 3), np.float32)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         with pytest.raises(atrous_cl.DeviceError, match=r"launching the op failed: .*INVALID_BUFFER_SIZE") \
                 as info:
