@@ -34,6 +34,7 @@ from distributed import WorkerPlugin, get_worker
 
 import atrous_cl
 from atrous_cl import geometry
+from atrous_cl.errors import picklable_chain
 
 __all__ = ["Window", "WorkerDevices", "atrous_conv2d", "atrous_conv2d_transpose", "conv_window",
            "output_chunks", "transpose_window"]
@@ -234,13 +235,19 @@ def _run_block(parts, filters, transpose: bool, rate: int, rows: Window, cols: W
     window = _assemble(parts, rows, cols)
     kh, kw = filters.shape[:2]
     device = device or _worker_device()
-    if transpose:
-        n, h, w, _ = window.shape
-        shape = (n, h + (kh - 1) * rate, w + (kw - 1) * rate, out_channels)
-        y = atrous_cl.atrous_conv2d_transpose(window, filters, shape, rate, geometry.VALID,
-                                              device=device)
-    else:
-        y = atrous_cl.atrous_conv2d(window, filters, rate, geometry.VALID, device=device)
+    try:
+        if transpose:
+            n, h, w, _ = window.shape
+            shape = (n, h + (kh - 1) * rate, w + (kw - 1) * rate, out_channels)
+            y = atrous_cl.atrous_conv2d_transpose(window, filters, shape, rate, geometry.VALID,
+                                                  device=device)
+        else:
+            y = atrous_cl.atrous_conv2d(window, filters, rate, geometry.VALID, device=device)
+    except Exception as e:
+        # A distributed worker pickles the error with its chain; pyopencl's
+        # errors do not pickle, and the client would get a bare Exception.
+        picklable_chain(e)
+        raise
     block = y[:, rows.crop_start:rows.crop_stop, cols.crop_start:cols.crop_stop]
     # A view saves a copy of every block; but where the window's result is much
     # larger than the block (chunks smaller than the halo), a copy lets it go.

@@ -31,8 +31,12 @@ class TransposeArgs(NamedTuple):
     pads: geometry.Pads
 
 
-def _int(x, what: str) -> int:
-    """``x`` as a Python int; bools and floats are refused (``2.0`` is not a rate)."""
+def check_int(x, what: str) -> int:
+    """``x`` as a Python int; bools and floats are refused (``2.0`` is not a rate).
+
+    Raises:
+        TypeError: ``x`` is not an integer; the message names it as ``what``.
+    """
     if type(x) is int:  # the common case, without the slower ABC checks below
         return x
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
@@ -41,7 +45,7 @@ def _int(x, what: str) -> int:
 
 
 def check_rate(rate) -> int:
-    rate = _int(rate, "rate")
+    rate = check_int(rate, "rate")
     if rate < 1:
         raise ValueError(f"rate must be a positive integer (>= 1), got {rate}")
     return rate
@@ -69,7 +73,7 @@ def check_shape4(shape, what: str, layout: str) -> tuple[int, int, int, int]:
                         f"got {type(shape).__name__}")
     if len(shape) != 4:
         raise ValueError(f"{what} must have 4 entries ({layout}), got {len(shape)}: {list(shape)}")
-    dims = tuple(_int(d, f"{what}[{i}]") for i, d in enumerate(shape))
+    dims = tuple(check_int(d, f"{what}[{i}]") for i, d in enumerate(shape))
     if any(d < 0 for d in dims):
         raise ValueError(f"{what} must be non-negative ({layout}), got {list(dims)}")
     return dims

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import onnx
 
-        from onnx_export import exporter
+        from onnx_export import api, saving
     except ImportError as e:
         if (e.name or "").split(".")[0] != "onnx":
             raise  # a bug, not a missing extra
@@ -162,10 +162,10 @@ def run(args: argparse.Namespace) -> int:
             if args.output_shape is not None or args.conv_form:
                 return _error("--output-shape and --conv-form are for atrous_conv2d_transpose; "
                               "atrous_conv2d's output shape follows from --value-shape")
-            model = exporter.export_atrous_conv2d(filters, args.value_shape, args.rate,
-                                                  args.padding, **common)
+            model = api.export_atrous_conv2d(filters, args.value_shape, args.rate, args.padding,
+                                             **common)
         else:
-            model = exporter.export_atrous_conv2d_transpose(
+            model = api.export_atrous_conv2d_transpose(
                 filters, args.value_shape, args.output_shape, args.rate, args.padding,
                 conv_form=args.conv_form, **common)
     except (ValueError, TypeError) as e:
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         return _error(f"the exported model fails onnx.checker (a bug, please report it): {e}", 1)
     try:
-        path = exporter.save_model(model, args.output)
+        path = saving.save_model(model, args.output)
     except (OSError, ValueError) as e:
         return _error(f"cannot write {args.output!r}: {e}")
     print(summary(model, path))
@@ -279,7 +279,7 @@ def run_fold(args: argparse.Namespace) -> int:
     try:
         import onnx
 
-        from onnx_export import exporter, fold
+        from onnx_export import fold, saving
     except ImportError as e:
         if (e.name or "").split(".")[0] != "onnx":
             raise  # a bug, not a missing extra
@@ -293,7 +293,7 @@ def run_fold(args: argparse.Namespace) -> int:
             return _fold_error(f"--check needs onnxruntime, part of the onnx extra: "
                                f"pip install 'atrous-cl[onnx]' ({e})")
     try:
-        folder = os.path.dirname(exporter._save_target(os.fsdecode(args.output)))
+        folder = os.path.dirname(saving.save_target(os.fsdecode(args.output)))
     except (OSError, ValueError) as e:
         return _fold_error(f"cannot write {args.output!r}: {e}")
     if not os.path.isdir(folder):
@@ -306,6 +306,12 @@ def run_fold(args: argparse.Namespace) -> int:
         return _fold_error(f"cannot read a model from {args.input!r}: {e}")
     except Exception as e:  # protobuf's DecodeError and others for a file that is not a model
         return _fold_error(f"cannot read a model from {args.input!r}: {type(e).__name__}: {e}")
+    try:
+        # Any bytes that parse (an empty file does) are a ModelProto: without this
+        # a broken input would surface as the folded model failing the checker.
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        return _fold_error(f"cannot read a model from {args.input!r}: it fails onnx.checker: {e}")
     result = fold.fold_with_report(model, conv_form=args.conv_form, pad_form=args.pad_form)
     for c in result.chains:
         if c.folded:
@@ -326,7 +332,7 @@ def run_fold(args: argparse.Namespace) -> int:
         print(f"check: the outputs agree in onnxruntime at symbolic dim sizes "
               f"{', '.join(map(str, CHECK_DIM_SIZES))}")
     try:
-        path = exporter.save_model(result.model, args.output)
+        path = saving.save_model(result.model, args.output)
     except (OSError, ValueError) as e:
         return _fold_error(f"cannot write {args.output!r}: {e}")
     print(f"wrote {path}")

@@ -2,8 +2,8 @@
 """The exporter's options and limits, importable without onnx.
 
 ``atrous-cl export --help`` declares its options from these, so the help shows
-even where the ``onnx`` extra is not installed; :mod:`onnx_export.exporter`
-takes them from here.
+even where the ``onnx`` extra is not installed; :mod:`onnx_export.api` and
+:mod:`onnx_export.fold` take them from here.
 """
 
 from __future__ import annotations

@@ -320,36 +320,76 @@ def test_export_fuzz(filter_files, capsys, data):
         event(f"status {status}")
         assert_outcome(status, err, "export", bad)
         assert status == 0 or not good, err
-        after = snapshot(folder)
-        assert not [n for n in after if n.endswith(".tmp")], after
-        written = {"link": "real.onnx", "dangling": "real.onnx"}.get(target, "m.onnx")
+        assert_written(folder, target, before, status)
         if status == 0:
-            import onnx
-
-            onnx.checker.check_model(os.path.join(folder, written), full_check=True)
             assert stdout.startswith(f"{out}: opset ")
-            before.setdefault(written, "file")
-        assert after == before  # kinds kept: links stay links, the FIFO a FIFO
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
 
-# --- anything: unknown options and stray words end in argparse's error ---------------------------
+def assert_written(folder: str, target: str, before: dict, status: int) -> None:
+    """A model that checks where ``target`` leads if ``status`` is 0, else nothing new; no
+    temporary file left, and every entry of ``before`` still of its kind."""
+    after = snapshot(folder)
+    assert not [n for n in after if n.endswith(".tmp")], after
+    written = {"link": "real.onnx", "dangling": "real.onnx"}.get(target, "m.onnx")
+    if status == 0:
+        import onnx
 
-COMMANDS = ["devices", "demo", "tune", "bench", "export"]
+        onnx.checker.check_model(os.path.join(folder, written), full_check=True)
+        before = {**before, written: before.get(written, "file")}
+    assert after == before  # kinds kept: links stay links, the FIFO a FIFO
 
 
-def _not_help(token: str) -> bool:
-    """argparse takes any prefix of --help (and -h) as --help, which exits 0."""
-    return not (token == "-h" or (len(token) > 2 and "--help".startswith(token)))
+# --- fold: models, non-models and options in, output paths of every kind -------------------------
+
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 
 
-@fuzz()
-@given(command=st.one_of(st.sampled_from(COMMANDS), st.text(min_size=1).filter(
-           lambda t: t not in COMMANDS and _not_help(t))),
-       tokens=st.lists(st.one_of(st.text().filter(_not_help), st.sampled_from(
-           ["--size", "--rate", "-o", "--plot", "--rounds", "--workloads", "1", "-3", "x"])),
-           max_size=6))
-def test_any_argv_with_an_unknown_option_is_refused(capsys, no_benchmark, command, tokens):
-    status, _, err = run_main([command, *tokens, "--no-such-option"], capsys)
-    # An unknown word first: the top-level parser's error, or a command's named later.
-    assert_outcome(status, err, command if command in COMMANDS else None, bad=True)
+@pytest.fixture(scope="module")
+def fold_inputs(tmp_path_factory):
+    """name -> (path, good): ``good`` files are ONNX models (with chains to fold, or none)."""
+    folder = tmp_path_factory.mktemp("fold-inputs")
+    files = {name: (os.path.join(MODELS_DIR, f"{name}.onnx"), True)
+             for name in ("single_b1", "single_b3_valid")}
+    files["npz"] = (os.path.join(MODELS_DIR, "single_b1.npz"), False)
+    (folder / "empty.onnx").write_bytes(b"")       # parses as a ModelProto with nothing in it
+    (folder / "junk.onnx").write_bytes(b"\xff not a model")
+    os.mkfifo(folder / "fifo.onnx")
+    files.update({name: (str(folder / f"{name}.onnx"), False) for name in ("empty", "junk", "fifo")})
+    files.update(missing=(str(folder / "no.onnx"), False), folder=(str(folder), False))
+    try:
+        from onnx_export import export_atrous_conv2d_transpose, save_model
+    except ImportError:
+        return files
+    save_model(export_atrous_conv2d_transpose(np.ones((2, 2, 3, 4), np.float32), (1, 5, 5, 4),
+                                              None, 2, "SAME"), folder / "no_chain.onnx")
+    files["no_chain"] = (str(folder / "no_chain.onnx"), True)
+    return files
+
+
+@fuzz(max_examples=40)
+@given(data=st.data())
+def test_fold_fuzz(fold_inputs, capsys, data):
+    pytest.importorskip("onnx")
+    good = data.draw(st.booleans(), label="good")
+    name = data.draw(st.sampled_from(sorted(n for n, (_, ok) in fold_inputs.items()
+                                            if ok or not good)), label="input")
+    path, bad = fold_inputs[name][0], not fold_inputs[name][1]
+    argv = [path] + [f for f in ("--conv-form", "--check") if data.draw(st.booleans())]
+    forms = [None, "portable", "single", "symmetric"] + ([] if good else ["SINGLE", ""])
+    pad_form = data.draw(st.sampled_from(forms), label="pad_form")
+    if pad_form is not None:
+        argv += ["--pad-form", pad_form]
+        bad |= pad_form not in ("portable", "single", "symmetric")
+    target = data.draw(st.sampled_from(sorted(t for t, ok in TARGETS.items() if ok or not good)),
+                       label="target")
+    with tempfile.TemporaryDirectory() as folder:
+        out = make_target(folder, target)
+        before = snapshot(folder)
+        status, stdout, err = run_main(["fold", *argv, "-o", out], capsys)
+        event(f"status {status}")
+        assert_outcome(status, err, "fold", bad or not TARGETS[target])
+        assert status == 0 or not good, err
+        assert_written(folder, target, before, status)
+        if status == 0:
+            assert stdout.rstrip().endswith(f"wrote {out}"), stdout

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -315,3 +316,55 @@ def test_worker_devices_gives_each_worker_its_device(cluster_client, queue, devi
 def test_worker_devices_refuses_bad_selectors(selectors):
     with pytest.raises(TypeError, match="selectors must be a non-empty list of 'P:D' strings"):
         adask.WorkerDevices(selectors)
+
+
+def _raise_device_error_from_pyopencl(context):
+    """Raise a DeviceError chained to a real pyopencl error, as the op raises a failed launch."""
+    import pyopencl as cl
+
+    try:
+        cl.Buffer(context, cl.mem_flags.READ_WRITE, 0)   # size 0: CL_INVALID_BUFFER_SIZE
+    except cl.Error as e:
+        raise atrous_cl.DeviceError(f"launching the op failed: {e}", status="CL_INVALID_BUFFER_SIZE",
+                                    source="atrous_conv2d_transpose.cl", options=("-DT=float",)) from e
+    raise AssertionError("a zero-size buffer was accepted")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_a_device_error_in_a_distributed_worker_reaches_the_client(queue, op, monkeypatch):
+    # The worker pickles the error with its chain (tblib); pyopencl's error in
+    # that chain does not pickle, which used to turn it into a bare Exception.
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setattr(atrous_cl, "atrous_conv2d_transpose" if op == "transpose" else
+                        "atrous_conv2d", lambda *args, **kwargs:
+                        _raise_device_error_from_pyopencl(queue.context))
+    x = da.zeros((1, 8, 8, 3), chunks=4, dtype=np.float32)
+    filters = np.zeros((3, 3, 3, 3), np.float32)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        with pytest.raises(atrous_cl.DeviceError, match=r"launching the op failed: .*INVALID_BUFFER_SIZE") \
+                as info:
+            client.compute(_dask_op(op, x, filters, 2, "SAME")).result()
+    assert info.value.status == "CL_INVALID_BUFFER_SIZE"
+    assert info.value.options == ("-DT=float",)
+
+
+def test_picklable_chain_keeps_the_error_and_the_text_of_its_cause(queue):
+    tblib = pytest.importorskip("tblib.pickling_support")
+    from atrous_cl.errors import picklable_chain
+
+    with pytest.raises(atrous_cl.DeviceError) as info:
+        _raise_device_error_from_pyopencl(queue.context)
+    error = info.value
+    tblib.install(error, error.__cause__)   # as a distributed worker does
+    with pytest.raises(TypeError, match="_ErrorRecord"):
+        pickle.dumps(error)
+    assert picklable_chain(error) is error
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is atrous_cl.DeviceError and str(back) == str(error)
+    assert (back.status, back.source, back.options) == \
+        ("CL_INVALID_BUFFER_SIZE", "atrous_conv2d_transpose.cl", ("-DT=float",))
+    assert type(back.__cause__) is RuntimeError
+    assert re.fullmatch(r"pyopencl\._cl\.LogicError: .*INVALID_BUFFER_SIZE.*", str(back.__cause__)), \
+        back.__cause__

@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from atrous_cl import cli as main_cli
 from onnx_export import fold
+from onnx_export.chains import MOVE_OPS
 
 MODELS_DIR = pathlib.Path(__file__).parent / "models"
 #: model -> (chains it holds, node count tf2onnx wrote, node count folded with the defaults)
@@ -142,7 +143,7 @@ def test_nothing_else_changes(name):
     # Every original node still there is byte-identical, and no node outside the
     # chains went: each removed one was a chain's (data movement, the undilated
     # conv, or run-time shape arithmetic).
-    chain_ops = {*fold.MOVE_OPS, "Conv", "ConvTranspose", "Shape", "Gather", "Cast", "Concat",
+    chain_ops = {*MOVE_OPS, "Conv", "ConvTranspose", "Shape", "Gather", "Cast", "Concat",
                  "Add", "Sub", "Mul", "Div", "Mod", "Split", "Equal", "Not", "Neg", "Where",
                  "Constant"}
     removed = [n for n in model.graph.node if n.SerializeToString() not in kept]
@@ -352,8 +353,11 @@ def test_cli_writes_as_export_does(tmp_path, capsys):
 def test_cli_bad_input(tmp_path, capsys):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\xff not a model")
-    for src in (junk, tmp_path / "missing.onnx"):
+    empty = tmp_path / "empty.onnx"   # parses: an empty ModelProto, which the checker refuses
+    empty.write_bytes(b"")
+    for src in (junk, tmp_path / "missing.onnx", empty):
         assert main_cli.main(["fold", str(src), "-o", str(tmp_path / "o.onnx")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"atrous-cl fold: error: cannot read a model from {str(src)!r}")
+    assert "fails onnx.checker: " in err and "ir_version" in err
     assert not (tmp_path / "o.onnx").exists()

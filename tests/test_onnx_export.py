@@ -29,7 +29,7 @@ import onnx_export
 from atrous_cl import geometry
 from atrous_cl.reference import atrous_conv2d as reference_conv
 from atrous_cl.reference import atrous_conv2d_transpose as reference
-from onnx_export import cli, exporter
+from onnx_export import cli, emitter
 
 # Max |error| over max |reference|. float16: onnx's ReferenceEvaluator sums in
 # float16 (measured up to ~2.3e-3 for 64 channels x 7x7 taps); onnxruntime
@@ -520,7 +520,7 @@ def test_error_forward_rate_beyond_the_limit(rate):
         onnx_export.export_atrous_conv2d(np.ones((3, 3, 4, 2), np.float32), V, rate, "SAME")
 
 
-@pytest.mark.parametrize("name", sorted(exporter.INTERNAL_NAMES))
+@pytest.mark.parametrize("name", sorted(emitter.INTERNAL_NAMES))
 @pytest.mark.parametrize("which", ["input_name", "output_name"])
 def test_error_name_the_graph_uses_itself(name, which):
     with pytest.raises(ValueError, match=f"{which} must not be one of the names the graph uses "
@@ -543,7 +543,7 @@ def test_internal_names_are_all_declared(case, variant):
                       **{k: v for k, v in variant.items() if k != "conv_form"})):
         g = model.graph
         names = {i.name for i in g.initializer} | {o for n in g.node for o in n.output}
-        assert names - {g.output[0].name} <= exporter.INTERNAL_NAMES
+        assert names - {g.output[0].name} <= emitter.INTERNAL_NAMES
 
 
 @pytest.mark.parametrize("dtype", [">f4", ">f2"])

@@ -176,3 +176,19 @@ def test_dimensions_past_int32_are_refused():
     args = check_transpose_args((1, 1, big, 1), (1, 1, 1, 1), (1, 1, big, 1), 1, "SAME")
     with pytest.raises(ValueError, match=r"value dimensions must be below 2\*\*31"):
         launch.check_limits(args)
+
+
+@pytest.mark.parametrize("x, want", [(3, 3), (np.int64(-2), -2), (np.uint8(7), 7), (2**40, 2**40)])
+def test_check_int_takes_integers_as_python_ints(x, want):
+    from atrous_cl.validation import check_int
+
+    got = check_int(x, "opset")
+    assert type(got) is int and got == want
+
+
+@pytest.mark.parametrize("x", [2.0, True, np.bool_(False), "3", None, np.float32(1)])
+def test_check_int_refuses_other_types_and_names_the_argument(x):
+    from atrous_cl.validation import check_int
+
+    with pytest.raises(TypeError, match=rf"opset must be an integer, got .* of type {type(x).__name__}"):
+        check_int(x, "opset")

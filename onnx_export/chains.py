@@ -1,0 +1,181 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The fold pass's pattern: tf2onnx's chains around an undilated conv, read from a graph.
+
+:class:`Graph` indexes one model (producers, consumers, constants, inferred
+shapes), finds the convs that match the pattern (:meth:`Graph.chain_convs`: a
+SpaceToDepth above, a DepthToSpace below, only :data:`MOVE_OPS` between), and
+cuts out and runs the subgraphs that :mod:`onnx_export.proof` checks. Nothing
+here changes a model; :mod:`onnx_export.fold` rewrites.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+#: Nodes that only move, reshape or zero-pad data: what may stand between the
+#: op's value, the conv and the op's result.
+MOVE_OPS = frozenset({"Transpose", "Reshape", "SpaceToDepth", "DepthToSpace", "Pad", "Slice",
+                      "Squeeze", "Unsqueeze", "Identity"})
+#: How many nodes up or down from the conv the chain's ends are looked for.
+MAX_WALK = 12
+
+
+class NoProof(Exception):
+    """A chain that could not be proved to be the op; the message says why."""
+
+
+class Graph:
+    """Producers, consumers, constants and inferred shapes of one model."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.nodes = list(model.graph.node)
+        self.producer = {o: n for n in self.nodes for o in n.output if o}
+        self.consumers: dict[str, list] = {}
+        for n in self.nodes:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.outputs = {o.name for o in model.graph.output}
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+            inferred = model
+        self.shapes = {}
+        g = inferred.graph
+        for vi in [*g.input, *g.value_info, *g.output]:
+            t = vi.type.tensor_type
+            if t.HasField("shape"):
+                self.shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else
+                                             (d.dim_param or None) for d in t.shape.dim)
+        self.elem = {vi.name: vi.type.tensor_type.elem_type
+                     for vi in [*g.input, *g.value_info, *g.output]}
+
+    def chain_convs(self):
+        """Undilated convs with a SpaceToDepth above and a DepthToSpace below: the pattern."""
+        for n in self.nodes:
+            if n.op_type not in ("ConvTranspose", "Conv") or n.domain not in ("", "ai.onnx"):
+                continue
+            if any(x != 1 for x in node_attr(n, "dilations", [1])):
+                continue
+            ups = [node.op_type for node, _ in self.walk_up(n.input[0])]
+            downs = [node.op_type for node, _ in self.walk_down(n.output[0])]
+            if "SpaceToDepth" in ups and "DepthToSpace" in downs:
+                yield n
+
+    def walk_up(self, name: str):
+        """``(node, its data input)`` going up from ``name`` through :data:`MOVE_OPS`."""
+        for _ in range(MAX_WALK):
+            node = self.producer.get(name)
+            if node is None or node.op_type not in MOVE_OPS or node.op_type == "DepthToSpace":
+                return
+            name = node.input[0]
+            yield node, name
+
+    def walk_down(self, name: str):
+        """``(node, its output)`` going down from ``name`` while it has one move-only consumer.
+
+        ``Shape`` consumers (the run-time crop arithmetic) read no data and are
+        allowed besides it.
+        """
+        for _ in range(MAX_WALK):
+            users = [n for n in self.consumers.get(name, []) if n.op_type != "Shape"]
+            if len(users) != 1 or name in self.outputs:
+                return
+            node = users[0]
+            if node.op_type not in MOVE_OPS or node.op_type == "SpaceToDepth" \
+                    or node.input[0] != name:
+                return
+            name = node.output[0]
+            yield node, name
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` if it depends on initializers and Constants alone, else None."""
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        try:
+            nodes, inits, feeds = self.subgraph(name, None, 1)
+        except NoProof:
+            return None
+        if feeds:
+            return None
+        return self.evaluate(nodes, inits, {}, name)
+
+    def subgraph(self, target: str, source: str | None, batch: int):
+        """The nodes computing ``target`` from ``source``, initializers and fabricated shapes.
+
+        A ``Shape`` of a tensor that ``source`` does not determine (the
+        model's input, say, in ``tf.stack([tf.shape(x)[0], ...])``) is fed
+        with that tensor's inferred shape, its symbolic dims set to ``batch``.
+
+        Returns:
+            ``(nodes in graph order, initializer names, {tensor: fed value})``.
+
+        Raises:
+            NoProof: ``target`` depends on data other than ``source``'s.
+        """
+        keep, inits, feeds, done = set(), set(), {}, {}
+
+        def resolve(t: str) -> bool:
+            if t == source or t == "" or t in inits:
+                return True
+            if t in done:
+                return done[t]
+            if t in self.inits:
+                inits.add(t)
+                return True
+            node = self.producer.get(t)
+            ok = node is not None
+            if ok and node.op_type == "Shape" and not resolve(node.input[0]):
+                feeds[t] = self._fabricated_shape(node, batch)
+            elif ok:
+                ok = all(resolve(i) for i in node.input)
+                if ok:
+                    keep.add(node_key(node))
+            done[t] = ok
+            return ok
+
+        if not resolve(target):
+            raise NoProof(f"{target!r} depends on data other than the op's value")
+        return [n for n in self.nodes if node_key(n) in keep], sorted(inits), feeds
+
+    def _fabricated_shape(self, shape_node, batch: int) -> np.ndarray:
+        dims = self.shapes.get(shape_node.input[0])
+        if dims is None or None in dims:
+            raise NoProof(f"the shape of {shape_node.input[0]!r} is not known")
+        dims = [batch if isinstance(d, str) else d for d in dims]
+        start, end = node_attr(shape_node, "start", 0), node_attr(shape_node, "end", len(dims))
+        return np.array(dims[start:end], np.int64)
+
+    def evaluate(self, nodes, inits, feeds: dict, target: str) -> np.ndarray:
+        """Run ``nodes`` in onnx's ReferenceEvaluator and return ``target``."""
+        # Copied with their value types only where known; the evaluator needs none.
+        inputs = [helper.make_empty_tensor_value_info(name) for name in feeds]
+        graph = helper.make_graph(nodes, "proof", inputs,
+                                  [helper.make_empty_tensor_value_info(target)],
+                                  [self.inits[i] for i in inits])
+        sub = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+        sub.ir_version = self.model.ir_version
+        if not nodes:
+            return feeds[target] if target in feeds else numpy_helper.to_array(self.inits[target])
+        try:
+            return ReferenceEvaluator(sub).run([target], feeds)[0]
+        except Exception as e:  # the evaluator raises many types for a graph it cannot run
+            raise NoProof(f"cannot evaluate the subgraph feeding {target!r}: "
+                          f"{type(e).__name__}: {e}") from None
+
+
+def node_attr(node, name, default):
+    """The value of ``node``'s attribute ``name``, or ``default`` where it has none."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def node_key(node) -> tuple:
+    """A node's identity that survives protobuf's copying: its outputs (unique in a graph)."""
+    return tuple(node.output)

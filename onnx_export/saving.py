@@ -1,0 +1,99 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Saving a model atomically: :func:`save_model`, and :func:`save_target`, the file it replaces.
+
+Kept apart from onnx: a model is anything with ``SerializeToString``, so the
+CLI can check an output path before it loads or builds a model.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
+
+
+def save_model(model: onnx.ModelProto, path) -> str:
+    """Write ``model`` to ``path`` atomically; return the path written.
+
+    The bytes go to a temporary file in the destination's directory, which is
+    then renamed over it with :func:`os.replace`. On any failure (Ctrl-C
+    included) the temporary file is removed and the destination is left as it
+    was, so no half-written model is ever seen there.
+
+    Only a regular file or a new path is replaced. A symlink is followed: the
+    model replaces its target (or creates it, for a dangling link) and the
+    link stays. A directory, FIFO, device or socket is refused without being
+    opened, so nothing blocks on a FIFO and no device node is replaced.
+
+    Raises:
+        IsADirectoryError: ``path`` is, or names, a directory.
+        ValueError: ``path`` is a FIFO, device or socket; or ``model`` cannot
+            be serialised (over protobuf's 2 GiB).
+        OSError: the directory is missing or not writable, a symlink loops,
+            or the write failed.
+    """
+    path = os.fsdecode(os.fspath(path))
+    target = save_target(path)
+    directory = os.path.dirname(target)
+    data = model.SerializeToString()
+    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL: never write through someone else's file; 0o666 lets the umask set
+    # the final file's mode as for any other new file.
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot create a file in {directory!r}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _keep_mode(target, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def save_target(path: str) -> str:
+    """The absolute file :func:`save_model` replaces for ``path``: a regular file or a new one."""
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise IsADirectoryError(errno.EISDIR, "names a directory, not a model file path", path)
+    target = os.path.realpath(path)
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return target  # a new file (also a dangling symlink's target)
+    if stat.S_ISREG(st.st_mode):
+        return target
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a model file path", path)
+    if stat.S_ISLNK(st.st_mode):  # realpath stops at a loop
+        raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+    kind = next((name for is_kind, name in _SPECIAL_FILES if is_kind(st.st_mode)),
+                "not a regular file")
+    link = "" if target == os.path.abspath(path) else f" (a link to {target!r})"
+    raise ValueError(f"path {path!r}{link} is {kind}: save_model replaces only regular files "
+                     f"(or creates new ones)")
+
+
+def _keep_mode(target: str, tmp: str) -> None:
+    """Give the new file the permission bits of the file it replaces, if any."""
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return
+    os.chmod(tmp, mode)
