@@ -182,13 +182,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    """``python -m onnx_export``: ``atrous-cl export`` with ``argv``, so that both report
-    errors, Ctrl-C and a closed pipe alike."""
-    from atrous_cl import cli
-
-    return cli.main(["export", *(sys.argv[1:] if argv is None else argv)])
-
 
 # --- atrous-cl fold ------------------------------------------------------------------------------
 
