@@ -119,10 +119,10 @@ def queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:
 
     Without a queue, context or device named, a device input's own queue.
     """
-    on_device = any(isinstance(x, cl_array.Array) for x in arrays)
+    on_device = [x for x in arrays if isinstance(x, cl_array.Array)]
     if on_device and queue is None and context is None and device is None:
-        queue = next(x for x in arrays if isinstance(x, cl_array.Array)).queue
-    return on_device, discovery.get_queue(queue, context, device)
+        queue = on_device[0].queue
+    return bool(on_device), discovery.get_queue(queue, context, device)
 
 
 #: The (device facts, dtype, sizes) that passed :func:`check_device`, and the
@@ -137,7 +137,7 @@ def _check_steps(device: cl.Device, dtype: np.dtype, steps: tuple, inputs: dict,
     A pass is remembered by what decides it (the steps hold the problem), so
     a model calling the op with the same shapes over and over pays a lookup.
     """
-    key = (facts(device), np.dtype(dtype), steps, tuple(x.shape for x in inputs.values()))
+    key = (facts(device), np.dtype(dtype), steps, tuple([x.shape for x in inputs.values()]))
     if key in _passed_device_checks:
         return
     temporaries = {}
