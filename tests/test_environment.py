@@ -169,9 +169,12 @@ def test_a_build_beside_a_live_one_does_not_wait(queue, tmp_path):
     assert result["error"] <= 1e-5, stderr
 
 
-def test_a_failing_binary_cache_falls_back_to_an_uncached_build(queue, monkeypatch):
+def test_a_failing_binary_cache_falls_back_to_an_uncached_build(queue, monkeypatch, tmp_path):
     """Any failure of pyopencl's cache surfaces as KeyError('PYOPENCL_CACHE_FAILURE_FATAL')
     (pyopencl reads that variable with os.environ[...]); the build then goes uncached."""
+    # A cache folder of its own: in the shared one another process building at the
+    # same moment holds the flock, and this build would go uncached without trying.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     real_build = cl.Program.build
     tried = []
 
