@@ -159,17 +159,22 @@ def test_huge_rates(queue, rate, k, tile):
 @pytest.mark.parametrize("tile", [None, TILES[0]], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
-def test_nan_and_inf_weights_at_taps_outside_the_input(queue, padding, dtype, tile):
-    """Taps whose input pixel lies outside value add nothing: no 0 * NaN or 0 * Inf terms."""
+@pytest.mark.parametrize("cin", [3, 17], ids=lambda c: f"cin{c}")
+def test_nan_and_inf_weights_at_taps_outside_the_input(queue, cin, padding, dtype, tile):
+    """Taps whose input pixel lies outside value add nothing: no 0 * NaN or 0 * Inf terms.
+
+    With 17 input channels the last chunk is partial: the weights past it (the
+    next tap's, NaN here) must not be staged against its zero-filled channels.
+    """
     skip_unsupported(queue, dtype)
     rng = np.random.default_rng()
-    value = rng.standard_normal((1, 4, 5, 3)).astype(dtype)
-    filters = rng.standard_normal((3, 3, 5, 3)).astype(dtype)
-    filters[0, 0] = np.nan
-    filters[2, 1, :, 0] = np.inf
-    output_shape = (1, *geometry.transpose_output_hw((4, 5), (3, 3), 2, padding), 5)
-    args = check_transpose_args(value.shape, filters.shape, output_shape, 2, padding)
-    want = reference.atrous_conv2d_transpose(value, filters, output_shape, 2, padding)
+    value = rng.standard_normal((1, 4, 5, cin)).astype(dtype)
+    filters = rng.standard_normal((3, 3, 5, cin)).astype(dtype)
+    filters[0, 1] = np.nan  # lands on one row (SAME) or a block of columns (VALID)
+    filters[2, 2, :, 0] = np.inf
+    output_shape = (1, *geometry.transpose_output_hw((4, 5), (3, 3), 3, padding), 5)
+    args = check_transpose_args(value.shape, filters.shape, output_shape, 3, padding)
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, 3, padding)
     assert np.isnan(want).any() and np.isfinite(want).any()  # both kinds of pixel are tested
     assert_close(_run(queue, value, filters, args, tile), want, dtype, context=padding)
 
