@@ -80,7 +80,7 @@ def staging_bytes(dtype, args: TransposeArgs, tile: LocalTile, staging: Staging)
     rate_w = ops.kernel_dilation(args)[2]
     span = tile.width * tile.pixels + (staging.taps - 1) * rate_w
     words = tile.height * span * staging.chunk + staging.taps * staging.chunk * tile.slices * tile.channels
-    return words * _acc_bytes(dtype)
+    return words * _acc_bytes(dtype) + tile.height * span  # and a byte a pixel: inside value?
 
 
 def choose_staging(dtype, args: TransposeArgs, tile: LocalTile, budget: int) -> Staging | None:
@@ -170,10 +170,11 @@ def candidates(device: cl.Device, dtype, cout: int) -> list[LocalTile]:
             for pixels in (1, 2, 4):
                 for channels in (c for c in _VECTOR_WIDTHS if c <= widest):
                     tile = LocalTile(width, height, slices, pixels, channels)
-                    window = height * width * pixels + slices * channels
+                    pixels_staged = height * width * pixels
+                    window = (pixels_staged + slices * channels) * _acc_bytes(dtype) + pixels_staged
                     if ((slices - 1) * channels >= cout or tile.group_size > limits.max_group
                             or any(s > m for s, m in zip((slices, width, height), limits.max_items))
-                            or window * _acc_bytes(dtype) > budget):
+                            or window > budget):
                         continue
                     found.append(tile)
     return found

@@ -25,6 +25,7 @@
 //        stage's ST taps read for the group's LX * BW pixels, each tap's
 //        window RATE_W further left than the previous one (ACC, so float16
 //        is converted once, at staging);
+//   vok  whether each of vin's pixels lies inside value;
 //   wl   ST taps x OC channels x LC vectors of BC weights.
 // Positions outside value are staged as 0, and a work-item adds a tap's
 // term only where its own input pixel lies inside value: never 0 * w, which
@@ -66,6 +67,7 @@ void atrous_conv2d_transpose_local(
     const int H, const int W, const int OH, const int OW)
 {
     __local ACC vin[LY * SPAN * OC];
+    __local uchar vok[LY * SPAN];  // whether vin's pixel lies inside value
     __local VACC wl[ST * OC * LC];
 
     const int lc = (int)get_local_id(0);
@@ -99,8 +101,6 @@ void atrous_conv2d_transpose_local(
 
     for (long a = a_begin; a < a_end; ++a) {
         const long i0 = p0 + PAD_TOP - a * RATE_H;  // input row of the group's first row
-        const long i = i0 + ly;
-        const bool row_inside = i >= 0 && i < H;
         for (long s = s_begin; s < s_end; ++s) {
             const long b_last = s * ST + ST - 1;
             // Input column of staged column 0: the last tap's window lies leftmost.
@@ -116,10 +116,13 @@ void atrous_conv2d_transpose_local(
                     const int col = k_o - row * SPAN;
                     const long ii = i0 + row;
                     const long jj = j0 + col;
+                    const bool inside = ii >= 0 && ii < H && jj >= 0 && jj < W;
                     ACC v = (ACC)0;
-                    if (ii >= 0 && ii < H && jj >= 0 && jj < W && o0 + o < CIN)
+                    if (inside && o0 + o < CIN)
                         v = (ACC)LOAD(value, value_off + ((n * H + ii) * W + jj) * CIN + o0 + o);
                     vin[k] = v;
+                    if (o == 0)
+                        vok[k_o] = inside;
                 }
                 for (int k = lid; k < ST * OC * LC; k += GROUP) {
                     const int k_s = k / LC;
@@ -138,13 +141,16 @@ void atrous_conv2d_transpose_local(
                     const long b = s * ST + t;
                     // Staged column of pixel q for tap b: q - q0 + (b_last - b) * RATE_W.
                     const int shift = (int)((b_last - b) * RATE_W);
+                    const int at = ly * SPAN + lx + shift;
+                    // Read from local memory, not computed from ly: PoCL 3.1
+                    // unswitched the loops on a row test computed here (loop
+                    // invariant, but not uniform), and the whole group then
+                    // took work-item 0's branch.
                     bool inside[BW];
 #pragma unroll
-                    for (int px = 0; px < BW; ++px) {
-                        const long j = q0 + lx + px * LX + PAD_LEFT - b * RATE_W;
-                        inside[px] = row_inside && j >= 0 && j < W;
-                    }
-                    __local const ACC *v = vin + ((long)ly * SPAN + lx + shift) * OC;
+                    for (int px = 0; px < BW; ++px)
+                        inside[px] = vok[at + px * LX];
+                    __local const ACC *v = vin + (long)at * OC;
                     for (int o = 0; o < OC; ++o) {
                         const VACC w = wl[(t * OC + o) * LC + lc];
 #pragma unroll
