@@ -28,6 +28,8 @@ from atrous_cl.validation import TransposeArgs
 
 _KERNEL_FILE = "atrous_conv2d_transpose_local.cl"
 _MAIN = "atrous_conv2d_transpose_local"
+#: The main kernel's arguments: value, value_off, wt, out, out_off, H, W, OH, OW.
+_MAIN_ARG_DTYPES = [None, np.int64, None, None, np.int64, np.int32, np.int32, np.int32, np.int32]
 
 #: Most local memory one work-group's staging takes, in bytes: the least that
 #: OpenCL's full profile guarantees (CL_DEVICE_LOCAL_MEM_SIZE >= 32 KiB), so
@@ -239,6 +241,9 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
     repack, repack_lock = runtime.get_kernels(context, ops._KERNEL_FILE, options)
     main, main_lock = runtime.get_kernels(context, _KERNEL_FILE, options)
     kernel = main[_MAIN]
+    # runtime.scalar_arg_dtypes reads `__kernel void name(`, which the attribute
+    # between __kernel and void hides; declared, pyopencl sets arguments fast.
+    kernel.set_scalar_arg_dtypes(_MAIN_ARG_DTYPES)
     fits = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device)
     if tile.group_size > fits:
         raise ValueError(f"tile {tile} has {tile.group_size} work-items, more than the {fits} "

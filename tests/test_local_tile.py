@@ -272,3 +272,16 @@ def test_candidates_fit_the_device(queue):
         assert (tile.slices - 1) * tile.channels < 8
         staged = tile.height * tile.width * tile.pixels
         assert (staged + tile.slices * tile.channels) * 4 + staged <= local_tile.local_budget(device)
+
+
+def test_the_main_kernel_declares_its_argument_types(queue):
+    """Its signature, as the kernel file spells it, matches the dtypes launch declares."""
+    import re
+
+    from atrous_cl import runtime
+
+    source = runtime.kernel_source(local_tile._KERNEL_FILE)
+    params = re.search(r"void\s+atrous_conv2d_transpose_local\s*\(([^)]*)\)", source).group(1)
+    want = {"long": np.int64, "int": np.int32}
+    parsed = [None if "*" in p else want[p.split()[-2]] for p in params.split(",")]
+    assert parsed == local_tile._MAIN_ARG_DTYPES
