@@ -78,7 +78,8 @@ def _acc_bytes(dtype) -> int:
 
 
 def staging_bytes(dtype, args: TransposeArgs, tile: LocalTile, staging: Staging) -> int:
-    """Local memory the kernel declares: the input window and the weights of one stage."""
+    """Local memory the kernel declares: the input window, its inside-value mask and the
+    weights of one stage."""
     rate_w = ops.kernel_dilation(args)[2]
     span = tile.width * tile.pixels + (staging.taps - 1) * rate_w
     words = tile.height * span * staging.chunk + staging.taps * staging.chunk * tile.slices * tile.channels

@@ -42,7 +42,7 @@
 //   LX, LY, LC  the work-group's shape: columns, rows, channel slices
 //   OC          input channels staged at a time (1 <= OC <= CIN)
 //   ST          taps b staged at a time: 1 or KW
-// atrous_cl.local_tile chooses OC and ST so that vin and wl fit in its
+// atrous_cl.local_tile chooses OC and ST so that vin, vok and wl fit in its
 // local-memory budget. Rows and columns are 64-bit, as in the other file.
 
 #ifdef WIDE_INPUTS
