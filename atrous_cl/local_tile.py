@@ -1,0 +1,308 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The GPU path of the transpose op: a work-group tile staged in local memory.
+
+``kernels/atrous_conv2d_transpose_local.cl`` computes what
+``atrous_conv2d_transpose`` in ``kernels/atrous_conv2d_transpose.cl`` does,
+from the same packed weights (that file's ``repack_filters``, built with the
+same options), but a work-group of :class:`LocalTile` shape copies the input
+window and the weights its work-items share into ``__local`` memory first.
+:func:`launch` has the contract of :func:`atrous_cl.ops._launch`; the op's
+launch layer decides when to use it (GPU devices).
+
+Its speed on a GPU is unmeasured so far: it was verified on CPU devices and
+under Oclgrind (local memory, barriers, data races) only.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import NamedTuple
+
+import numpy as np
+import pyopencl as cl
+
+from atrous_cl import ops, runtime, tuning
+from atrous_cl.errors import DeviceError
+from atrous_cl.validation import TransposeArgs
+
+_KERNEL_FILE = "atrous_conv2d_transpose_local.cl"
+_MAIN = "atrous_conv2d_transpose_local"
+#: The main kernel's arguments: value, value_off, wt, out, out_off, H, W, OH, OW.
+_MAIN_ARG_DTYPES = [None, np.int64, None, None, np.int64, np.int32, np.int32, np.int32, np.int32]
+
+#: Most local memory one work-group's staging takes, in bytes: the least that
+#: OpenCL's full profile guarantees (CL_DEVICE_LOCAL_MEM_SIZE >= 32 KiB), so
+#: that a GPU keeps room for several work-groups per compute unit. Devices
+#: with less get their own size (:func:`local_budget`).
+LOCAL_MEM_BUDGET = 32 * 1024
+
+#: Input channels staged at a time, at most: more would shrink the window.
+_MAX_CHUNK = 16
+
+_VECTOR_WIDTHS = (1, 2, 4, 8, 16)
+
+
+class LocalTile(NamedTuple):
+    """A work-group of ``slices x width x height`` work-items (local axes 0, 1, 2), each
+    summing ``pixels`` output pixels of one row (``width`` apart) x ``channels`` output
+    channels (one vector: 1, 2, 4, 8 or 16)."""
+
+    width: int
+    height: int
+    slices: int
+    pixels: int
+    channels: int
+
+    @property
+    def group_size(self) -> int:
+        return self.width * self.height * self.slices
+
+    def padded_channels(self, cout: int) -> int:
+        """``cout`` rounded up to whole vectors: the packed filters' width (COUTP)."""
+        return -(-cout // self.channels) * self.channels
+
+    def __str__(self) -> str:
+        return f"{self.slices}x{self.width}x{self.height}/{self.pixels}x{self.channels}"
+
+
+class Staging(NamedTuple):
+    """What one stage copies: ``chunk`` input channels (OC) of ``taps`` tap columns (ST)."""
+
+    chunk: int
+    taps: int
+
+
+def _acc_bytes(dtype) -> int:
+    return 8 if np.dtype(dtype) == np.float64 else 4  # float16 is staged as float
+
+
+def staging_bytes(dtype, args: TransposeArgs, tile: LocalTile, staging: Staging) -> int:
+    """Local memory the kernel declares: the input window, its inside-value mask and the
+    weights of one stage."""
+    rate_w = ops.kernel_dilation(args)[2]
+    span = tile.width * tile.pixels + (staging.taps - 1) * rate_w
+    words = tile.height * span * staging.chunk + staging.taps * staging.chunk * tile.slices * tile.channels
+    return words * _acc_bytes(dtype) + tile.height * span  # and a byte a pixel: inside value?
+
+
+def choose_staging(dtype, args: TransposeArgs, tile: LocalTile, budget: int) -> Staging | None:
+    """The stage that reuses most within ``budget`` bytes, or None when not even one
+    channel of one tap fits.
+
+    Staging all ``kw`` tap columns of a tap row at once reads each input
+    column once for all of them (their windows overlap unless the rate is
+    large); more channels a stage mean fewer barriers. The product of the two
+    decides, the channels break ties. The problem must have a live tap
+    (:func:`atrous_cl.ops.kernel_dilation`).
+    """
+    kw, cin = args.filters_shape[1], args.filters_shape[3]
+    chunks = sorted({min(cin, c) for c in (_MAX_CHUNK, 8, 4, 2, 1)}, reverse=True)
+    fitting = [Staging(chunk, taps) for taps in {kw, 1} for chunk in chunks
+               if staging_bytes(dtype, args, tile, Staging(chunk, taps)) <= budget]
+    return max(fitting, key=lambda s: (s.chunk * s.taps, s.chunk), default=None)
+
+
+class _Limits(NamedTuple):
+    max_group: int
+    max_items: tuple[int, ...]
+    local_mem: int
+
+
+@functools.lru_cache(maxsize=64)
+def _limits(device: cl.Device) -> _Limits:
+    """The device's work-group and local-memory limits (read once: driver round trips)."""
+    return _Limits(device.max_work_group_size, tuple(device.max_work_item_sizes),
+                   device.local_mem_size)
+
+
+def local_budget(device: cl.Device) -> int:
+    """Bytes of local memory a work-group's staging may take on ``device``."""
+    return min(LOCAL_MEM_BUDGET, _limits(device).local_mem)
+
+
+def _useful_channels(cout: int) -> int:
+    return min(16, 1 << max(0, (cout - 1).bit_length()))
+
+
+def check_tile(device: cl.Device, tile: LocalTile) -> None:
+    """Refuse a tile the device cannot run, naming the limit.
+
+    Raises:
+        TypeError: ``tile`` is not a :class:`LocalTile`.
+        ValueError: a field out of range, or a work-group beyond the device's limits.
+    """
+    if not isinstance(tile, LocalTile):
+        raise TypeError(f"tile must be an atrous_cl.local_tile.LocalTile, got {type(tile).__name__}")
+    if not all(type(x) is int and x >= 1 for x in tile):
+        raise ValueError(f"tile's fields must be positive ints, got {tile!r}")
+    if tile.channels not in _VECTOR_WIDTHS:
+        raise ValueError(f"tile.channels must be one of {_VECTOR_WIDTHS} (an OpenCL vector), "
+                         f"got {tile.channels}")
+    limits = _limits(device)
+    if tile.group_size > limits.max_group:
+        raise ValueError(f"tile {tile} has {tile.group_size} work-items, more than the "
+                         f"{limits.max_group} of a work-group on {runtime.describe(device)}")
+    for axis, (size, most) in enumerate(zip((tile.slices, tile.width, tile.height),
+                                            limits.max_items)):
+        if size > most:
+            raise ValueError(f"tile {tile} has {size} work-items along local axis {axis}, more "
+                             f"than the {most} {runtime.describe(device)} allows")
+
+
+def default_tile(device: cl.Device, dtype, cout: int) -> LocalTile:
+    """The untuned tile: 16 x 16 work-items (fewer where the device allows fewer), one pixel
+    and up to 4 output channels each. Unmeasured on a GPU: a starting point for tuning.
+    """
+    limits = _limits(device)
+    width = min(16, limits.max_items[1], limits.max_group)
+    height = max(1, min(16, limits.max_items[2], limits.max_group // width))
+    return LocalTile(width, height, 1, 1, min(4, _useful_channels(cout)))
+
+
+def candidates(device: cl.Device, dtype, cout: int) -> list[LocalTile]:
+    """Tiles worth timing on ``device``: work-groups of 64-1024 work-items within its limits,
+    1-4 pixels x 1-8 channels a work-item, each with room in local memory for a stage of
+    one channel of one tap at least (a problem may still need fewer, :func:`choose_staging`)."""
+    limits = _limits(device)
+    budget = local_budget(device)
+    widest = min(8, _useful_channels(cout))
+    found = []
+    for width, height in ((16, 16), (32, 8), (8, 8), (16, 4), (32, 4), (32, 32)):
+        for slices in (1, 2, 4):
+            for pixels in (1, 2, 4):
+                for channels in (c for c in _VECTOR_WIDTHS if c <= widest):
+                    tile = LocalTile(width, height, slices, pixels, channels)
+                    pixels_staged = height * width * pixels
+                    window = (pixels_staged + slices * channels) * _acc_bytes(dtype) + pixels_staged
+                    if ((slices - 1) * channels >= cout or tile.group_size > limits.max_group
+                            or any(s > m for s, m in zip((slices, width, height), limits.max_items))
+                            or window > budget):
+                        continue
+                    found.append(tile)
+    return found
+
+
+def build_options(dtype, args: TransposeArgs, tile: LocalTile, forward_filters: bool = False,
+                  budget: int = LOCAL_MEM_BUDGET) -> tuple[str, ...]:
+    """``-D`` options for both kernel files: the CPU kernel's shared ones (its ``repack_filters``
+    packs the weights) and the work-group's shape and staging.
+
+    The problem must have a live tap (:func:`atrous_cl.ops.kernel_dilation`).
+
+    Raises:
+        ValueError: the tile's staging does not fit in ``budget`` bytes of local memory.
+    """
+    staging = choose_staging(dtype, args, tile, budget)
+    if staging is None:
+        raise ValueError(f"tile {tile} needs {staging_bytes(dtype, args, tile, Staging(1, 1))} "
+                         f"bytes of local memory for {np.dtype(dtype).name}, more than the "
+                         f"{budget} it may take; use a smaller work-group or fewer pixels")
+    shared = ops.build_options(dtype, args, tuning.Tile(tile.pixels, tile.channels), forward_filters)
+    return shared + (f"-DLX={tile.width}", f"-DLY={tile.height}", f"-DLC={tile.slices}",
+                     f"-DOC={staging.chunk}", f"-DST={staging.taps}")
+
+
+def geometry(output_shape, tile: LocalTile) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(global_size, local_size)`` of the main kernel.
+
+    Axis 0 covers the output channels in vectors, axis 1 the columns in
+    ``tile.pixels`` per work-item, axis 2 the rows of each image rounded up to
+    whole work-groups (a work-group never spans two images), each rounded up
+    to whole work-groups; the spare work-items stage but store nothing.
+    """
+    n, oh, ow, cout = output_shape
+    slices = -(-tile.padded_channels(cout) // tile.channels)
+    columns = -(-ow // tile.pixels)
+    local = (tile.slices, tile.width, tile.height)
+    return ((-(-slices // tile.slices) * tile.slices, -(-columns // tile.width) * tile.width,
+             n * -(-oh // tile.height) * tile.height), local)
+
+
+class _Plan(NamedTuple):
+    repack_kernel: cl.Kernel
+    repack_lock: threading.Lock
+    main_kernel: cl.Kernel
+    main_lock: threading.Lock
+    options: tuple[str, ...]
+    packed_nbytes: int
+    repack: tuple
+    main: tuple
+    sizes: tuple
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: TransposeArgs,
+          tile: LocalTile, forward_filters: bool, budget: int) -> _Plan | None:
+    """Kernels, geometry and scalar arguments of a launch, built once; None when no
+    tap lands inside ``value``."""
+    if ops.kernel_dilation(args) is None:
+        return None
+    options = build_options(dtype, args, tile, forward_filters, budget)
+    repack, repack_lock = runtime.get_kernels(context, ops._KERNEL_FILE, options)
+    main, main_lock = runtime.get_kernels(context, _KERNEL_FILE, options)
+    kernel = main[_MAIN]
+    # runtime.scalar_arg_dtypes reads `__kernel void name(`, which the attribute
+    # between __kernel and void hides; declared, pyopencl sets arguments fast.
+    kernel.set_scalar_arg_dtypes(_MAIN_ARG_DTYPES)
+    fits = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device)
+    if tile.group_size > fits:
+        raise ValueError(f"tile {tile} has {tile.group_size} work-items, more than the {fits} "
+                         f"this build of {_KERNEL_FILE} can run on {runtime.describe(device)}")
+    kh, kw, cout, cin = args.filters_shape
+    _, oh, ow, _ = args.output_shape
+    packed = kh * kw * cin * tile.padded_channels(cout) * np.dtype(dtype).itemsize
+    return _Plan(repack["repack_filters"], repack_lock, kernel, main_lock, options, packed,
+                 ops.repack_geometry(args.filters_shape, tuning.Tile(tile.pixels, tile.channels)),
+                 geometry(args.output_shape, tile),
+                 (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
+                  np.int32(ow)))
+
+
+def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
+           tile: LocalTile | None = None, forward_filters: bool = False) -> cl.Event | None:
+    """Run the op on device arrays with the local-memory kernel.
+
+    The contract of :func:`atrous_cl.ops._launch`: the launches wait for the
+    events of ``value``, ``filters`` and ``out``; the repack and the main
+    kernel are chained by events (right on out-of-order queues); ``out`` gets
+    the last event, which is returned (None when nothing was enqueued).
+    ``forward_filters``: ``filters`` are the forward op's ``[kh, kw, in, out]``
+    (:func:`atrous_cl.training.forward_as_transpose`).
+
+    Args:
+        tile: the work-group tile; :func:`default_tile` when None.
+
+    Raises:
+        TypeError, ValueError: a tile the device cannot run (:func:`check_tile`,
+            :func:`build_options`).
+        DeviceError: the driver failed.
+    """
+    if out.size == 0:
+        return None
+    wait = [*value.events, *filters.events, *out.events]
+    device = queue.device
+    tile = default_tile(device, out.dtype, args.filters_shape[2]) if tile is None else tile
+    check_tile(device, tile)
+    p = None if value.size == 0 or filters.size == 0 else _plan(
+        queue.context, device, np.dtype(out.dtype), args, tile, forward_filters,
+        local_budget(device))
+    if p is None:  # an empty sum everywhere
+        return runtime.fill(queue, out, 0, wait)
+    packed = runtime.scratch(queue, p.packed_nbytes)
+    try:
+        with p.repack_lock:  # setting a kernel's arguments and enqueueing it must not interleave
+            repacked = p.repack_kernel(queue, *p.repack, filters.base_data,
+                                       np.int64(filters.offset // filters.dtype.itemsize), packed,
+                                       wait_for=wait)
+        with p.main_lock:
+            done = p.main_kernel(queue, *p.main, value.base_data,
+                                 np.int64(value.offset // value.dtype.itemsize), packed,
+                                 out.base_data, np.int64(out.offset // out.dtype.itemsize),
+                                 *p.sizes, wait_for=[repacked, *wait])
+    except cl.Error as e:
+        raise DeviceError(f"launching {_MAIN} on {runtime.describe(device)} failed: {e}",
+                          status=runtime.status_name(e), source=_KERNEL_FILE,
+                          options=p.options) from e
+    out.add_event(done)
+    return done
