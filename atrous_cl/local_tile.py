@@ -6,11 +6,13 @@
 from the same packed weights (that file's ``repack_filters``, built with the
 same options), but a work-group of :class:`LocalTile` shape copies the input
 window and the weights its work-items share into ``__local`` memory first.
-:func:`launch` has the contract of :func:`atrous_cl.ops._launch`; the op's
-launch layer decides when to use it (GPU devices).
+:func:`launch` has the contract of :func:`atrous_cl.launch.transpose`.
 
-Its speed on a GPU is unmeasured so far: it was verified on CPU devices and
-under Oclgrind (local memory, barriers, data races) only.
+Not used by the op yet: its speed on a GPU is unmeasured (verified on CPU
+devices and under Oclgrind, local memory, barriers and data races included,
+where it is 5-50x slower than the register-tile kernel, as a GPU design
+would be). When a GPU session measures it, ``atrous-cl tune`` can offer its
+tiles beside the register tiles.
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ from typing import NamedTuple
 import numpy as np
 import pyopencl as cl
 
-from atrous_cl import ops, runtime, tuning
+from atrous_cl import memory, programs
 from atrous_cl.errors import DeviceError
+from atrous_cl.facts import describe, status_name
+from atrous_cl.launch import KERNEL_FILE as REPACK_FILE
+from atrous_cl.launch import build_options as register_build_options
+from atrous_cl.launch import kernel_dilation, repack_geometry
+from atrous_cl.tiles import Tile
 from atrous_cl.validation import TransposeArgs
 
 _KERNEL_FILE = "atrous_conv2d_transpose_local.cl"
@@ -80,7 +87,7 @@ def _acc_bytes(dtype) -> int:
 def staging_bytes(dtype, args: TransposeArgs, tile: LocalTile, staging: Staging) -> int:
     """Local memory the kernel declares: the input window, its inside-value mask and the
     weights of one stage."""
-    rate_w = ops.kernel_dilation(args)[2]
+    rate_w = kernel_dilation(args)[2]
     span = tile.width * tile.pixels + (staging.taps - 1) * rate_w
     words = tile.height * span * staging.chunk + staging.taps * staging.chunk * tile.slices * tile.channels
     return words * _acc_bytes(dtype) + tile.height * span  # and a byte a pixel: inside value?
@@ -94,7 +101,7 @@ def choose_staging(dtype, args: TransposeArgs, tile: LocalTile, budget: int) -> 
     column once for all of them (their windows overlap unless the rate is
     large); more channels a stage mean fewer barriers. The product of the two
     decides, the channels break ties. The problem must have a live tap
-    (:func:`atrous_cl.ops.kernel_dilation`).
+    (:func:`atrous_cl.launch.kernel_dilation`).
     """
     kw, cin = args.filters_shape[1], args.filters_shape[3]
     chunks = sorted({min(cin, c) for c in (_MAX_CHUNK, 8, 4, 2, 1)}, reverse=True)
@@ -142,12 +149,12 @@ def check_tile(device: cl.Device, tile: LocalTile) -> None:
     limits = _limits(device)
     if tile.group_size > limits.max_group:
         raise ValueError(f"tile {tile} has {tile.group_size} work-items, more than the "
-                         f"{limits.max_group} of a work-group on {runtime.describe(device)}")
+                         f"{limits.max_group} of a work-group on {describe(device)}")
     for axis, (size, most) in enumerate(zip((tile.slices, tile.width, tile.height),
                                             limits.max_items)):
         if size > most:
             raise ValueError(f"tile {tile} has {size} work-items along local axis {axis}, more "
-                             f"than the {most} {runtime.describe(device)} allows")
+                             f"than the {most} {describe(device)} allows")
 
 
 def default_tile(device: cl.Device, dtype, cout: int) -> LocalTile:
@@ -188,7 +195,7 @@ def build_options(dtype, args: TransposeArgs, tile: LocalTile, forward_filters: 
     """``-D`` options for both kernel files: the CPU kernel's shared ones (its ``repack_filters``
     packs the weights) and the work-group's shape and staging.
 
-    The problem must have a live tap (:func:`atrous_cl.ops.kernel_dilation`).
+    The problem must have a live tap (:func:`atrous_cl.launch.kernel_dilation`).
 
     Raises:
         ValueError: the tile's staging does not fit in ``budget`` bytes of local memory.
@@ -198,7 +205,7 @@ def build_options(dtype, args: TransposeArgs, tile: LocalTile, forward_filters: 
         raise ValueError(f"tile {tile} needs {staging_bytes(dtype, args, tile, Staging(1, 1))} "
                          f"bytes of local memory for {np.dtype(dtype).name}, more than the "
                          f"{budget} it may take; use a smaller work-group or fewer pixels")
-    shared = ops.build_options(dtype, args, tuning.Tile(tile.pixels, tile.channels), forward_filters)
+    shared = register_build_options(dtype, args, Tile(tile.pixels, tile.channels), forward_filters)
     return shared + (f"-DLX={tile.width}", f"-DLY={tile.height}", f"-DLC={tile.slices}",
                      f"-DOC={staging.chunk}", f"-DST={staging.taps}")
 
@@ -236,24 +243,24 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
           tile: LocalTile, forward_filters: bool, budget: int) -> _Plan | None:
     """Kernels, geometry and scalar arguments of a launch, built once; None when no
     tap lands inside ``value``."""
-    if ops.kernel_dilation(args) is None:
+    if kernel_dilation(args) is None:
         return None
     options = build_options(dtype, args, tile, forward_filters, budget)
-    repack, repack_lock = runtime.get_kernels(context, ops._KERNEL_FILE, options)
-    main, main_lock = runtime.get_kernels(context, _KERNEL_FILE, options)
+    repack, repack_lock = programs.get_kernels(context, REPACK_FILE, options)
+    main, main_lock = programs.get_kernels(context, _KERNEL_FILE, options)
     kernel = main[_MAIN]
-    # runtime.scalar_arg_dtypes reads `__kernel void name(`, which the attribute
+    # programs.scalar_arg_dtypes reads `__kernel void name(`, which the attribute
     # between __kernel and void hides; declared, pyopencl sets arguments fast.
     kernel.set_scalar_arg_dtypes(_MAIN_ARG_DTYPES)
     fits = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device)
     if tile.group_size > fits:
         raise ValueError(f"tile {tile} has {tile.group_size} work-items, more than the {fits} "
-                         f"this build of {_KERNEL_FILE} can run on {runtime.describe(device)}")
+                         f"this build of {_KERNEL_FILE} can run on {describe(device)}")
     kh, kw, cout, cin = args.filters_shape
     _, oh, ow, _ = args.output_shape
     packed = kh * kw * cin * tile.padded_channels(cout) * np.dtype(dtype).itemsize
     return _Plan(repack["repack_filters"], repack_lock, kernel, main_lock, options, packed,
-                 ops.repack_geometry(args.filters_shape, tuning.Tile(tile.pixels, tile.channels)),
+                 repack_geometry(args.filters_shape, Tile(tile.pixels, tile.channels)),
                  geometry(args.output_shape, tile),
                  (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
                   np.int32(ow)))
@@ -263,12 +270,12 @@ def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
            tile: LocalTile | None = None, forward_filters: bool = False) -> cl.Event | None:
     """Run the op on device arrays with the local-memory kernel.
 
-    The contract of :func:`atrous_cl.ops._launch`: the launches wait for the
+    The contract of :func:`atrous_cl.launch.transpose`: the launches wait for the
     events of ``value``, ``filters`` and ``out``; the repack and the main
     kernel are chained by events (right on out-of-order queues); ``out`` gets
     the last event, which is returned (None when nothing was enqueued).
     ``forward_filters``: ``filters`` are the forward op's ``[kh, kw, in, out]``
-    (:func:`atrous_cl.training.forward_as_transpose`).
+    (:func:`atrous_cl.launch.forward_as_transpose`).
 
     Args:
         tile: the work-group tile; :func:`default_tile` when None.
@@ -288,8 +295,8 @@ def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
         queue.context, device, np.dtype(out.dtype), args, tile, forward_filters,
         local_budget(device))
     if p is None:  # an empty sum everywhere
-        return runtime.fill(queue, out, 0, wait)
-    packed = runtime.scratch(queue, p.packed_nbytes)
+        return memory.fill(queue, out, 0, wait)
+    packed = memory.scratch(queue, p.packed_nbytes)
     try:
         with p.repack_lock:  # setting a kernel's arguments and enqueueing it must not interleave
             repacked = p.repack_kernel(queue, *p.repack, filters.base_data,
@@ -301,8 +308,8 @@ def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
                                  out.base_data, np.int64(out.offset // out.dtype.itemsize),
                                  *p.sizes, wait_for=[repacked, *wait])
     except cl.Error as e:
-        raise DeviceError(f"launching {_MAIN} on {runtime.describe(device)} failed: {e}",
-                          status=runtime.status_name(e), source=_KERNEL_FILE,
+        raise DeviceError(f"launching {_MAIN} on {describe(device)} failed: {e}",
+                          status=status_name(e), source=_KERNEL_FILE,
                           options=p.options) from e
     out.add_event(done)
     return done

@@ -25,7 +25,7 @@ import numpy as np
 import pyopencl.array as cl_array
 
 import atrous_cl
-from atrous_cl import bench, local_tile, ops
+from atrous_cl import bench, launch, local_tile, tuning
 from atrous_cl.validation import check_transpose_args
 
 
@@ -68,7 +68,8 @@ def main() -> None:
         out = cl_array.empty(queue, w.output_shape, np.float32)
         tiles = ([_parse_tile(t) for t in opts.tiles.split(",")] if opts.tiles else
                  [local_tile.default_tile(queue.device, np.float32, w.cout)])
-        calls = {"ops": lambda: ops._launch(queue, value, filters, out, args)}
+        tile_ops = tuning.tile_for(queue.device, np.float32, args)
+        calls = {"ops": lambda: launch.transpose(queue, value, filters, out, args, tile_ops)}
         calls["ops"]()
         want = out.get()
         for tile in tiles:

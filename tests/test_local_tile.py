@@ -13,7 +13,7 @@ import pyopencl.array as cl_array
 import pytest
 from conftest import assert_close, poisoned, skip_unsupported
 
-from atrous_cl import geometry, local_tile, reference, training
+from atrous_cl import geometry, launch, local_tile, programs, reference
 from atrous_cl.local_tile import LocalTile, Staging
 from atrous_cl.validation import check_conv_args, check_transpose_args
 
@@ -126,7 +126,7 @@ def test_forward_filters_match_the_forward_reference(queue, shape, padding, dtyp
     rng = np.random.default_rng()
     value = rng.standard_normal((n, h, w, cin)).astype(dtype)
     filters = rng.standard_normal((kh, kw, cin, cout)).astype(dtype)  # the forward op's layout
-    args = training.forward_as_transpose(check_conv_args(value.shape, filters.shape, rate, padding))
+    args = launch.forward_as_transpose(check_conv_args(value.shape, filters.shape, rate, padding))
     want = reference.atrous_conv2d(value, filters, rate, padding)
     assert_close(_run(queue, value, filters, args, tile, forward_filters=True), want, dtype,
                  context=f"{shape} {padding}")
@@ -278,9 +278,8 @@ def test_the_main_kernel_declares_its_argument_types(queue):
     """Its signature, as the kernel file spells it, matches the dtypes launch declares."""
     import re
 
-    from atrous_cl import runtime
 
-    source = runtime.kernel_source(local_tile._KERNEL_FILE)
+    source = programs.kernel_source(local_tile._KERNEL_FILE)
     params = re.search(r"void\s+atrous_conv2d_transpose_local\s*\(([^)]*)\)", source).group(1)
     want = {"long": np.int64, "int": np.int32}
     parsed = [None if "*" in p else want[p.split()[-2]] for p in params.split(",")]
