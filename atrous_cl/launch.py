@@ -85,22 +85,54 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
         (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ())
 
 
-def launch_geometry(output_shape: tuple[int, int, int, int],
-                    tile: Tile) -> tuple[tuple[int, int, int], None]:
+def launch_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_w: int,
+                    max_group: int | None = None) -> tuple[tuple[int, int, int], tuple | None]:
     """``(global_size, local_size)`` of the main kernel: one work-item per register tile.
 
-    Axis 0 covers output channels in tiles, axis 1 output columns in tiles,
-    axis 2 the ``N * OH`` output rows. The local size is left to the driver.
+    Axis 0 covers output channels in tiles; axis 1 the tiles of each output
+    row, ``tile.pixels`` columns ``rate_w`` (the kernel's, :func:`kernel_dilation`)
+    apart, for each of the ``min(rate_w, OW)`` phases; axis 2 the ``N * OH``
+    output rows. With ``max_group`` (Intel's CPU runtime: see :func:`plan`), a
+    work-group is one output row's tiles, or as many of them as divide the row
+    and fit ``max_group`` work-items, times a few rows where rows are short;
+    else the local size is left to the driver.
     """
     n, oh, ow, cout = output_shape
-    return (tile.padded_channels(cout) // tile.channels, -(-ow // tile.pixels), n * oh), None
+    phases = min(rate_w, ow)
+    per_phase = -(-ow // rate_w)  # columns of phase 0, the most any phase has
+    global_size = (tile.padded_channels(cout) // tile.channels,
+                   phases * -(-per_phase // tile.pixels), n * oh)
+    channel_tiles, row_tiles, rows = global_size
+    if max_group is None or channel_tiles > max_group:
+        return global_size, None
+
+    def largest_divisor(n: int, at_most: int) -> int:  # of n (>= 1), at most at_most (>= 1)
+        small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+        return max(d for d in small + [n // d for d in small] if d <= at_most)
+
+    along_row = largest_divisor(row_tiles, max_group // channel_tiles)
+    # Rows of few tiles go several to a group, up to about 128 work-items,
+    # keeping 16 groups or more: E 0.105 -> 0.097 ms, F 0.073 -> 0.065
+    # (benchmarks/kernel_ab.py 2:0 ACEF new:8x16::L=64.64.1 new:8x16::L=64.64.16).
+    per_group = channel_tiles * along_row
+    down = largest_divisor(rows, min(max(1, 128 // per_group), max_group // per_group,
+                                      max(1, rows // 16)))
+    return global_size, (channel_tiles, along_row, down)
 
 
 def repack_geometry(filters_shape: tuple[int, int, int, int],
-                    tile: Tile) -> tuple[tuple[int, int, int], None]:
-    """``(global_size, local_size)`` of ``repack_filters``: one work-item per packed weight."""
+                    tile: Tile) -> tuple[tuple[int, int], None]:
+    """``(global_size, local_size)`` of ``repack_filters``: one work-item per output
+    channel (padded) and tap, each looping over the input channels."""
     kh, kw, cout, cin = filters_shape
-    return (tile.padded_channels(cout), cin, kh * kw), None
+    return (tile.padded_channels(cout), kh * kw), None
+
+
+def packed_elements(filters_shape: tuple[int, int, int, int], padded_cout: int) -> int:
+    """Elements of ``repack_filters``' buffer: the packed weights, then a row per tap
+    saying which are finite, and CIN zeros (the kernel's FINITE and ZEROS)."""
+    kh, kw, _, cin = filters_shape
+    return kh * kw * (cin + 1) * padded_cout + cin
 
 
 def check_limits(args: TransposeArgs) -> None:
@@ -116,9 +148,9 @@ def check_limits(args: TransposeArgs) -> None:
 def temporaries(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> dict[str, int]:
     """The buffers :func:`transpose` allocates besides its arrays, by name, in ``dtype``'s
     elements: widened (float16 -> float32) buffers count twice."""
-    kh, kw, cout, cin = args.filters_shape
     widened = 2 if widens_inputs(device, dtype) else 1
-    counts = {"the packed filters": widened * kh * kw * cin * -(-cout // 16) * 16}  # widest tile
+    counts = {"the packed filters": widened * packed_elements(  # for the widest tile
+        args.filters_shape, -(-args.filters_shape[2] // 16) * 16)}
     if widened > 1:
         counts["the widened value"] = 2 * math.prod(args.value_shape)
     return counts
@@ -141,6 +173,9 @@ class Plan(NamedTuple):
     repack: tuple
     main: tuple
     sizes: tuple  # value's height and width, the output's, as np.int32
+    # Per queue, the host filters' bytes last repacked, their packed buffer and
+    # its repack's event (see transpose); changed under lock.
+    repacked: dict
 
 
 @functools.lru_cache(maxsize=256)
@@ -151,17 +186,31 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
 
     Like pyopencl's own program caches, the entries keep their contexts alive.
     """
-    if kernel_dilation(args) is None:
+    dilation = kernel_dilation(args)
+    if dilation is None:
         return None
+    # No wider than a phase's columns: E's 8-pixel images at rate 2 have 4,
+    # and an 8-pixel tile would compute as many pixels for nothing.
+    tile = Tile(min(tile.pixels, -(-args.output_shape[2] // dilation[2])), tile.channels)
     options = build_options(dtype, args, tile, forward_filters, wide)
     kernels, lock = programs.get_kernels(context, KERNEL_FILE, options)
-    kh, kw, cout, cin = args.filters_shape
     itemsize = 4 if wide else np.dtype(dtype).itemsize
     _, oh, ow, _ = args.output_shape
-    return Plan(kernels, lock, options, wide, kh * kw * cin * tile.padded_channels(cout) * itemsize,
-                repack_geometry(args.filters_shape, tile), launch_geometry(args.output_shape, tile),
+    # Intel's CPU runtime, left to choose the work-groups of A, C and F (2048
+    # work-items each), ran them about as slowly as one core would; with a row
+    # per group (benchmarks/kernel_ab.py 2:0 ACDF new:8x16 new:8x16::L=64.64.1)
+    # A 5.06 -> 1.74 ms, C 1.92 -> 1.46, F 0.142 -> 0.096. PoCL: no gain.
+    f = facts(device)
+    max_group = (min(kernels["atrous_conv2d_transpose"].get_work_group_info(
+                         cl.kernel_work_group_info.WORK_GROUP_SIZE, device),
+                     *device.max_work_item_sizes[:2])
+                 if "intel" in f.platform.lower() and f.type & cl.device_type.CPU else None)
+    packed_nbytes = packed_elements(args.filters_shape, tile.padded_channels(args.filters_shape[2]))
+    return Plan(kernels, lock, options, wide, packed_nbytes * itemsize,
+                repack_geometry(args.filters_shape, tile),
+                launch_geometry(args.output_shape, tile, dilation[2], max_group),
                 (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
-                 np.int32(ow)))
+                 np.int32(ow)), {})
 
 
 def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
@@ -192,8 +241,15 @@ def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.A
     if p is None:
         return memory.fill(queue, out, 0, wait)
     kernels = p.kernels
-    packed = memory.scratch(queue, p.packed_nbytes)
     value_data, value_off = value.base_data, element_offset(value)
+    # Host filters (the host path, which waits for its kernels) whose bytes
+    # equal the last ones repacked on this queue reuse that packed buffer:
+    # comparing up to 64 KiB costs less than launching the repack
+    # (benchmarks/repack_reuse.py, E: Intel 0.150 -> 0.120 ms a call, PoCL
+    # 3.1 0.172 -> 0.145). Each repack writes a new buffer, so a kernel never
+    # reads one that another call is rewriting; the bytes compared are a copy.
+    raw = (filters.array.reshape(-1).view(np.uint8)
+           if isinstance(filters, memory.HostArray) and filters.array.nbytes <= 1 << 16 else None)
     try:
         with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
             if p.wide:
@@ -201,9 +257,19 @@ def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.A
                 widened = kernels["widen"](queue, (value.size,), None, value.base_data,
                                            np.int64(value_off), value_data, wait_for=wait)
                 value_off = 0
-            repacked = kernels["repack_filters"](queue, *p.repack, filters.base_data,
-                                                 np.int64(element_offset(filters)), packed,
-                                                 wait_for=wait)
+            last = p.repacked.get(queue) if raw is not None else None
+            if last is not None and np.array_equal(last[0], raw):
+                _, packed, repacked = last
+            else:
+                packed = (cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, p.packed_nbytes)
+                          if raw is not None else memory.scratch(queue, p.packed_nbytes))
+                repacked = kernels["repack_filters"](queue, *p.repack, filters.base_data,
+                                                     np.int64(element_offset(filters)), packed,
+                                                     wait_for=wait)
+                if raw is not None:
+                    if len(p.repacked) >= 8:
+                        p.repacked.clear()
+                    p.repacked[queue] = (raw.copy(), packed, repacked)
             done = kernels["atrous_conv2d_transpose"](
                 queue, *p.main, value_data, np.int64(value_off), packed, out.base_data,
                 np.int64(element_offset(out)), *p.sizes,

@@ -29,7 +29,7 @@ from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, status_name
 from atrous_cl.launch import KERNEL_FILE as REPACK_FILE
 from atrous_cl.launch import build_options as register_build_options
-from atrous_cl.launch import kernel_dilation, repack_geometry
+from atrous_cl.launch import kernel_dilation, packed_elements, repack_geometry
 from atrous_cl.tiles import Tile
 from atrous_cl.validation import TransposeArgs
 
@@ -258,7 +258,9 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
                          f"this build of {_KERNEL_FILE} can run on {describe(device)}")
     kh, kw, cout, cin = args.filters_shape
     _, oh, ow, _ = args.output_shape
-    packed = kh * kw * cin * tile.padded_channels(cout) * np.dtype(dtype).itemsize
+    # repack_filters writes the packed weights and, after them, what the register-tile
+    # kernel reads besides (packed_elements); this kernel reads the weights only.
+    packed = packed_elements(args.filters_shape, tile.padded_channels(cout)) * np.dtype(dtype).itemsize
     return _Plan(repack["repack_filters"], repack_lock, kernel, main_lock, options, packed,
                  repack_geometry(args.filters_shape, Tile(tile.pixels, tile.channels)),
                  geometry(args.output_shape, tile),

@@ -11,16 +11,18 @@
 //
 // repack_filters first copies the filters to wt [KH, KW, CIN, COUTP], output
 // channels innermost and zero-padded to COUTP (a multiple of BC), so one
-// vector load fetches BC output channels of a tap. Each work-item of the main
-// kernel then accumulates a register tile of BW consecutive output pixels of
-// one row times BC output channels: one value load feeds BC multiply-adds,
-// one weight vector BW of them.
+// vector load fetches BC output channels of a tap, and notes which weights
+// are finite. Each work-item of the main kernel then accumulates a register
+// tile of BW output pixels of one row, RATE_W apart, times BC output
+// channels: one value load feeds up to KW * BC multiply-adds, one weight
+// vector BW of them.
 //
 // Build options (-D):
 //   T, ACC     storage and accumulation types: float/float, double/double or
 //              half/float (half is storage only, via vload_half/vstore_half,
 //              so it needs no cl_khr_fp16); USE_HALF / USE_FP64 accordingly
-//   BW, BC     the tile: output pixels x output channels; BC in 1, 2, 4, 8, 16
+//   BW, BC     the tile: output pixels (RATE_W apart) x output channels; BC
+//              in 1, 2, 4, 8, 16
 //   CIN, COUT, COUTP, KH, KW, RATE_H, RATE_W, PAD_TOP, PAD_LEFT
 //              the problem's channel counts, kernel, rate and crop pads, so
 //              the compiler can unroll the tap and channel loops. The rate
@@ -65,28 +67,58 @@ __kernel void widen(__global const T *restrict x, const long x_off, __global ACC
 // [KH, KW, CIN, COUT], and the taps are flipped: wt[tap, o, c] =
 // filters[KH * KW - 1 - tap, o, c]. The kernel below then computes that
 // forward convolution, given the crop pads (k - 1) * RATE - (TF's pad).
-// Global size (COUTP, CIN, KH * KW).
+// After the weights, at FINITE, wt[FINITE + tap * COUTP + c] is 0 when every
+// weight of tap and output channel c is finite, else NaN (w - w is NaN
+// exactly for Inf and NaN): see zero_slots in the main kernel. At ZEROS, CIN
+// zeros follow, which the main kernel reads for input columns outside value.
+// Global size (COUTP, KH * KW).
+#define FINITE ((long)KH * KW * CIN * COUTP)
+#define ZEROS (FINITE + (long)KH * KW * COUTP)
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
                              __global WT_T *restrict wt)
 {
     const int c = (int)get_global_id(0);
-    const int o = (int)get_global_id(1);
-    const long tap = get_global_id(2);
+    const long tap = get_global_id(1);
+    ACC finite = 0;
+    for (int o = 0; o < CIN; ++o) {
 #ifdef FORWARD_FILTERS
-    const long from = filters_off + ((KH * KW - 1 - tap) * CIN + o) * COUT + c;
+        const long from = filters_off + ((KH * KW - 1 - tap) * CIN + o) * COUT + c;
 #else
-    const long from = filters_off + (tap * COUT + c) * CIN + o;
+        const long from = filters_off + (tap * COUT + c) * CIN + o;
 #endif
-    const ACC w = c < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
-    STORE_WT(wt, (tap * CIN + o) * COUTP + c, w);
+        const ACC w = c < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
+        finite += w - w;
+        STORE_WT(wt, (tap * CIN + o) * COUTP + c, w);
+    }
+    STORE_WT(wt, FINITE + tap * COUTP + c, finite);
+    if (tap == 0)
+        for (int o = c; o < CIN; o += COUTP)
+            STORE_WT(wt, ZEROS + o, (ACC)0);
 }
 
-// Global size (COUTP / BC, ceil(OW / BW), N * OH): one work-item per tile.
+// Global size (COUTP / BC, PHASES * ceil(ceil(OW / RATE_W) / BW), N * OH),
+// PHASES = min(RATE_W, OW): one work-item per tile of BW output pixels of one
+// row that lie RATE_W apart (one phase sub-grid of the dilated kernel) times
+// BC output channels. Pixel px of a tile reads, through tap b, input column
+// jb + (px - b) * RATE_W, so the tile's taps of a row read only BW + KW - 1
+// input values per channel, each loaded once and used for up to KW taps
+// (a window in registers), where BW consecutive pixels would share none at a
+// rate above 1 and load BW * KW.
 //
-// The pixel loops are unrolled so that acc[] stays in registers, and an
-// interior tile reads its pixels at constant offsets from one pointer:
-// PoCL 3.0's compiler otherwise keeps acc[] on the stack and computes every
-// address, about 3x slower (Intel's runtime: 1.0-1.3x).
+// The pixel and tap loops are unrolled so that acc[] and the window stay in
+// registers, and an interior tile reads its window at constant offsets from
+// one pointer: PoCL 3.0's compiler otherwise keeps acc[] on the stack and
+// computes every address, about 3x slower (Intel's runtime: 1.0-1.3x).
+#define WIN (BW + KW - 1)
+
+// acc[px] += x[px - b + KW - 1] * w_a[tap b, channel o] for every tap b of the row.
+#define TAPS_OF_WINDOW(x, w_a, o)                                               \
+    _Pragma("unroll") for (int b = 0; b < KW; ++b) {                            \
+        const VACC w = LOADV_WT(w_a, ((long)b * CIN + (o)) * COUTP);            \
+        _Pragma("unroll") for (int px = 0; px < BW; ++px)                       \
+            acc[px] += x[px - b + KW - 1] * w;                                  \
+    }
+
 __kernel void atrous_conv2d_transpose(
     __global const VALUE_T *restrict value, const long value_off,
     __global const WT_T *restrict wt,
@@ -94,7 +126,11 @@ __kernel void atrous_conv2d_transpose(
     const int H, const int W, const int OH, const int OW)
 {
     const int c0 = (int)get_global_id(0) * BC;
-    const int q0 = (int)get_global_id(1) * BW;
+    const long phases = min(RATE_W, (long)OW);
+    const long tile = (long)get_global_id(1) / phases;
+    // q0 = the tile's first output column: its phase plus whole tiles of
+    // that phase (a remainder written out: see Oclgrind in the README).
+    const long q0 = (long)get_global_id(1) - tile * phases + tile * BW * RATE_W;
     const long row_id = get_global_id(2);  // n * OH + p
     const long n = row_id / OH;
     const int p = (int)(row_id - n * OH);
@@ -104,42 +140,93 @@ __kernel void atrous_conv2d_transpose(
     for (int px = 0; px < BW; ++px)
         acc[px] = (VACC)0;
 
+    // Window slot m holds input column j_first + m * RATE_W; pixel px reads
+    // slot px - b + KW - 1 through tap b.
+    const long j_first = q0 + PAD_LEFT - (KW - 1) * RATE_W;
+    const bool interior = j_first >= 0 && j_first + (WIN - 1) * RATE_W < W;
+    // A border tile, where some slots lie outside value, must add no term
+    // for them, not 0 * w, which is NaN for an Inf or NaN weight (the border
+    // comment below). With every weight of the tile's channels finite, 0 * w
+    // is a zero, and adding it changes no sum (an accumulator that starts at
+    // +0 only ever holds -0 after an FMA whose product underflowed to -0;
+    // such a zero may come out +0), so the slot may just hold 0: the same
+    // loop as an interior tile. repack_filters left which weights are finite.
+    bool zero_slots = false;
+    if (!interior) {
+        VACC z = (VACC)0;
+        for (long tap = 0; tap < KH * KW; ++tap)
+            z += LOADV_WT(wt, FINITE + tap * COUTP + c0);
+#if BC == 1
+        zero_slots = z == (ACC)0;
+#else
+        union { VACC v; ACC s[BC]; } lanes = {z};
+        ACC sum = 0;
+#pragma unroll
+        for (int cc = 0; cc < BC; ++cc)
+            sum += lanes.s[cc];
+        zero_slots = sum == (ACC)0;
+#endif
+    }
+
     for (int a = 0; a < KH; ++a) {
         const long i = p + PAD_TOP - a * RATE_H;
         if (i < 0 || i >= H)
             continue;
         const long row = value_off + (n * H + i) * (long)W * CIN;
-        for (int b = 0; b < KW; ++b) {
-            const long j0 = q0 + PAD_LEFT - b * RATE_W;  // input column of pixel 0
-            const long tap = (long)(a * KW + b) * CIN * COUTP + c0;
-            if (j0 >= 0 && j0 + BW <= W) {
-                // Interior: every pixel's input column lies inside value.
-                __global const VALUE_T *v = value + row + j0 * CIN;
-                for (int o = 0; o < CIN; ++o) {
-                    const VACC w = LOADV_WT(wt, tap + o * COUTP);
+        __global const WT_T *w_a = wt + (long)a * KW * CIN * COUTP + c0;
+        if (interior) {
+            // Every slot's input column lies inside value.
+            __global const VALUE_T *v = value + row + j_first * CIN;
+            for (int o = 0; o < CIN; ++o) {
+                ACC x[WIN];
 #pragma unroll
-                    for (int px = 0; px < BW; ++px)
-                        acc[px] += (ACC)LOAD_VALUE(v, px * CIN + o) * w;
-                }
-            } else {
-                // Border: a pixel whose input column lies outside value gets
-                // no term at all (not 0 * w, which is NaN for an Inf or NaN
-                // weight). Its address is clamped to a valid one and its sum
-                // kept by a select, not a branch: PoCL 1.3-1.5x faster on
-                // A, C and D, Intel's runtime the same or faster.
-                long col[BW];
-                bool inside[BW];
+                for (int m = 0; m < WIN; ++m)
+                    x[m] = (ACC)LOAD_VALUE(v, m * RATE_W * CIN + o);
+                TAPS_OF_WINDOW(x, w_a, o);
+            }
+        } else if (zero_slots) {
+            // A slot outside value reads CIN zeros that repack_filters
+            // left after the weights: the same loads as inside, no select
+            // per channel (PoCL 3.1: B 21-26 -> 18-20 ms).
+            __global const VALUE_T *src[WIN];
 #pragma unroll
-                for (int px = 0; px < BW; ++px) {
-                    inside[px] = j0 + px >= 0 && j0 + px < W;
-                    col[px] = row + clamp(j0 + px, 0L, (long)W - 1) * CIN;
-                }
-                for (int o = 0; o < CIN; ++o) {
-                    const VACC w = LOADV_WT(wt, tap + o * COUTP);
+            for (int m = 0; m < WIN; ++m) {
+                const long j = j_first + m * RATE_W;
+                src[m] = j >= 0 && j < W ? value + row + j * CIN : (__global const VALUE_T *)wt + ZEROS;
+            }
+            for (int o = 0; o < CIN; ++o) {
+                ACC x[WIN];
+#pragma unroll
+                for (int m = 0; m < WIN; ++m)
+                    x[m] = (ACC)LOAD_VALUE(src[m], o);
+                TAPS_OF_WINDOW(x, w_a, o);
+            }
+        } else {
+            // Border with a non-finite weight: a pixel whose input column
+            // lies outside value gets no term at all (not 0 * w, which is
+            // NaN for an Inf or NaN weight). Its address is clamped to a
+            // valid one and its sum kept by a select, not a branch: PoCL
+            // 1.3-1.5x faster on A, C and D, Intel's runtime the same or faster.
+            long col[WIN];
+            bool inside[WIN];
+#pragma unroll
+            for (int m = 0; m < WIN; ++m) {
+                const long j = j_first + m * RATE_W;
+                inside[m] = j >= 0 && j < W;
+                col[m] = row + clamp(j, 0L, (long)W - 1) * CIN;
+            }
+            for (int o = 0; o < CIN; ++o) {
+                ACC x[WIN];
+#pragma unroll
+                for (int m = 0; m < WIN; ++m)
+                    x[m] = (ACC)LOAD_VALUE(value, col[m] + o);
+#pragma unroll
+                for (int b = 0; b < KW; ++b) {
+                    const VACC w = LOADV_WT(w_a, ((long)b * CIN + o) * COUTP);
 #pragma unroll
                     for (int px = 0; px < BW; ++px) {
-                        const VACC sum = acc[px] + (ACC)LOAD_VALUE(value, col[px] + o) * w;
-                        acc[px] = inside[px] ? sum : acc[px];
+                        const VACC sum = acc[px] + x[px - b + KW - 1] * w;
+                        acc[px] = inside[px - b + KW - 1] ? sum : acc[px];
                     }
                 }
             }
@@ -147,13 +234,14 @@ __kernel void atrous_conv2d_transpose(
     }
 
     const long base = out_off + (row_id * OW + q0) * (long)COUT + c0;
-    for (int px = 0; px < BW && q0 + px < OW; ++px) {
+    for (int px = 0; px < BW && q0 + px * RATE_W < OW; ++px) {
+        const long at = base + px * RATE_W * COUT;
         if (c0 + BC <= COUT) {
-            STOREV(out, base + (long)px * COUT, acc[px]);
+            STOREV(out, at, acc[px]);
         } else {  // the last channel tile of a COUT that BC does not divide
             union { VACC v; ACC s[BC]; } lanes = {acc[px]};
             for (int cc = 0; c0 + cc < COUT; ++cc)
-                STORE(out, base + (long)px * COUT + cc, lanes.s[cc]);
+                STORE(out, at + cc, lanes.s[cc]);
         }
     }
 }

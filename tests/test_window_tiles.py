@@ -1,0 +1,163 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The main kernel's phase tiles: each work-item computes pixels ``rate`` apart from a
+window of inputs shared by a row's taps, border tiles put 0 in the window's slots
+outside the image only while every weight of their channels is finite, and the host
+path reuses packed filters whose bytes it has seen.
+
+Shapes are picked for tiles the kernel treats differently: interior and border
+tiles in one row, rows whose phases differ in width, tiles wider than a phase,
+channel counts the channel tile does not divide.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cl_array
+import pytest
+from conftest import assert_close, poisoned, skip_unsupported
+
+import atrous_cl
+from atrous_cl import geometry, launch, reference
+from atrous_cl.tiles import Tile
+from atrous_cl.validation import check_transpose_args
+
+#: n, h, w, cin, cout, kh, kw, rate, padding
+SHAPES = [
+    (1, 5, 41, 3, 5, 3, 3, 2, "SAME"),     # interior and border tiles, odd width
+    (2, 4, 37, 2, 3, 2, 5, 3, "VALID"),    # even kernel height, phases 13/12/12 wide
+    (1, 3, 30, 4, 17, 1, 4, 5, "SAME"),    # even kernel width at rate 5, cout 17
+    (1, 6, 23, 3, 4, 3, 3, 1, "SAME"),     # rate 1: consecutive pixels
+    (3, 4, 6, 5, 6, 3, 3, 4, "SAME"),      # phases 1-2 columns wide: tiles wider than a phase
+]
+TILES = [Tile(1, 1), Tile(3, 4), Tile(8, 16), Tile(16, 8)]
+
+
+def _problem(shape, dtype, rng):
+    n, h, w, cin, cout, kh, kw, rate, padding = shape
+    value = rng.standard_normal((n, h, w, cin)).astype(dtype)
+    filters = rng.standard_normal((kh, kw, cout, cin)).astype(dtype)
+    output_shape = (n, *geometry.transpose_output_hw((h, w), (kh, kw), rate, padding), cout)
+    return value, filters, output_shape, rate, padding
+
+
+def _run(queue, value, filters, output_shape, rate, padding, tile):
+    args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
+    out = poisoned(queue, output_shape, value.dtype)
+    launch.transpose(queue, cl_array.to_device(queue, value), cl_array.to_device(queue, filters), out,
+                     args, tile)
+    return out.get()
+
+
+@pytest.mark.parametrize("tile", TILES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_every_tile_matches_the_reference(queue, shape, tile):
+    value, filters, output_shape, rate, padding = _problem(shape, np.float32, np.random.default_rng())
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    assert_close(_run(queue, value, filters, output_shape, rate, padding, tile), want,
+                 context=f"tile {tile}")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64], ids=lambda d: np.dtype(d).name)
+def test_other_dtypes_take_the_same_tiles(queue, dtype):
+    skip_unsupported(queue, dtype)
+    value, filters, output_shape, rate, padding = _problem(SHAPES[0], dtype, np.random.default_rng())
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    for tile in (Tile(3, 4), Tile(8, 16)):
+        assert_close(_run(queue, value, filters, output_shape, rate, padding, tile), want, dtype,
+                     context=f"tile {tile}")
+
+
+# (a, b, out channel, in channel) of one non-finite weight: corner and middle taps, the
+# first and a middle channel tile of 4 (cout 13: tiles 0-3, 4-7, 8-11, 12).
+NON_FINITE_AT = [(0, 0, 5, 1), (2, 2, 0, 0), (1, 0, 12, 2), (2, 1, 9, 1)]
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=str)
+@pytest.mark.parametrize("where", NON_FINITE_AT, ids=lambda w: "a%db%dc%do%d" % w)
+def test_a_non_finite_weight_reaches_only_its_taps_outputs(queue, where, bad):
+    """Border tiles of its channel tile must not add 0 * w for slots outside the image
+    (NaN for an Inf or NaN weight); the other channel tiles may, and must stay finite."""
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 7, 27, 3)).astype(np.float32)
+    filters = rng.standard_normal((3, 3, 13, 3)).astype(np.float32)
+    filters[where] = bad
+    output_shape = (2, 7, 27, 13)
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, 2, "SAME")
+    assert not np.isfinite(want).all() and np.isfinite(want).any()
+    for tile in (Tile(8, 4), Tile(3, 4)):
+        assert_close(_run(queue, value, filters, output_shape, 2, "SAME", tile), want,
+                     context=f"tile {tile}")
+
+
+def test_non_finite_inputs_at_the_edges_stay_where_they_land(queue):
+    """A border slot's load is clamped to an edge column; with finite weights the slot
+    holds 0, so an Inf or NaN in that edge column must not leak into it."""
+    rng = np.random.default_rng()
+    value = rng.standard_normal((1, 6, 25, 2)).astype(np.float32)
+    value[0, :, 0, 0] = np.inf
+    value[0, :, -1, 1] = np.nan
+    value[0, 2, 12, 0] = -np.inf
+    filters = rng.standard_normal((3, 3, 4, 2)).astype(np.float32)
+    want = reference.atrous_conv2d_transpose(value, filters, (1, 6, 25, 4), 3, "SAME")
+    for tile in (Tile(8, 4), Tile(2, 1)):
+        assert_close(_run(queue, value, filters, (1, 6, 25, 4), 3, "SAME", tile), want,
+                     context=f"tile {tile}")
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_the_forward_op_and_its_vjp_keep_non_finite_weights_to_their_taps(queue, padding):
+    """The forward op and the vjps run the same kernel with FORWARD_FILTERS' flipped taps.
+
+    The forward op only with VALID: with SAME, TF and the reference multiply the
+    zero padding by the weights (0 * Inf is NaN there), which the kernel's
+    gather form leaves out, before this kernel's phase tiles as after.
+    """
+    rng = np.random.default_rng()
+    value = rng.standard_normal((1, 9, 31, 3)).astype(np.float32)
+    filters = rng.standard_normal((3, 3, 3, 6)).astype(np.float32)  # [kh, kw, in, out]
+    filters[0, 2, 1, 4] = np.inf
+    want = reference.atrous_conv2d(value, filters, 2, padding)
+    if padding == "VALID":
+        assert_close(atrous_cl.atrous_conv2d(value, filters, 2, padding, queue=queue), want)
+    dy = rng.standard_normal(want.shape).astype(np.float32)
+    want_dx, _ = reference.atrous_conv2d_vjp(value, filters, 2, padding, dy)
+    got_dx, _ = atrous_cl.atrous_conv2d_vjp(value, filters, 2, padding, dy, queue=queue)
+    assert not np.isfinite(want_dx).all()
+    assert_close(got_dx, want_dx)
+
+
+def test_filters_changed_in_place_between_calls_are_repacked(queue):
+    """The host path reuses packed filters only while the caller's bytes are unchanged."""
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 6, 19, 4)).astype(np.float32)
+    filters = rng.standard_normal((3, 3, 5, 4)).astype(np.float32)
+    call = lambda: atrous_cl.atrous_conv2d_transpose(value, filters, (2, 6, 19, 5), 2, "SAME",
+                                                     queue=queue)
+    for change in (None, (1, 1, 2, 3, 7.0), (0, 2, 4, 0, np.inf), (0, 2, 4, 0, -0.5), None):
+        if change is not None:
+            filters[change[:4]] = change[4]
+        want = reference.atrous_conv2d_transpose(value, filters, (2, 6, 19, 5), 2, "SAME")
+        assert_close(call(), want, context=f"after {change}")
+    # The same bytes in another array, and the op with other shapes in between.
+    other = atrous_cl.atrous_conv2d_transpose(value[:1], filters.copy(), (1, 6, 19, 5), 2, "SAME",
+                                              queue=queue)
+    assert_close(other, reference.atrous_conv2d_transpose(value[:1], filters, (1, 6, 19, 5), 2, "SAME"))
+
+
+@pytest.mark.parametrize("output_shape, tile, rate_w, max_group, want", [
+    ((1, 64, 64, 64), Tile(8, 16), 2, 8192, ((4, 8, 64), (4, 8, 4))),       # A: 32 tiles a row
+    ((1, 264, 264, 16), Tile(8, 16), 2, 8192, ((1, 34, 264), (1, 34, 3))),  # D: phases 132 wide
+    ((32, 8, 8, 16), Tile(4, 16), 2, 8192, ((1, 2, 256), (1, 2, 16))),      # E: 16 groups
+    ((2, 3, 100000, 1024), Tile(8, 16), 1, 8192, ((64, 12500, 6), (64, 125, 1))),  # 128 don't divide
+    ((1, 2, 8191 * 8, 4), Tile(8, 4), 1, 4096, ((1, 8191, 2), (1, 1, 1))),  # a prime number of tiles
+    ((1, 4, 7, 1024), Tile(8, 16), 10**9, 8192, ((64, 7, 4), (64, 7, 1))),  # a phase per column
+    ((1, 64, 5, 3), Tile(8, 4), 1, 6, ((1, 1, 64), (1, 1, 4))),             # rows capped by max_group
+    ((1, 4, 7, 2**20), Tile(8, 16), 3, 8192, ((65536, 3, 4), None)),        # channel tiles past it
+    ((1, 64, 64, 64), Tile(8, 16), 2, None, ((4, 8, 64), None)),            # other devices
+])
+def test_launch_geometry_groups_whole_rows_that_fit(output_shape, tile, rate_w, max_group, want):
+    assert launch.launch_geometry(output_shape, tile, rate_w, max_group) == want
+    (global_size, local_size), limit = want, max_group or 1
+    if local_size is not None:
+        assert all(g % l == 0 for g, l in zip(global_size, local_size))
+        assert np.prod(local_size) <= limit
