@@ -457,3 +457,26 @@ def test_float64_needs_fp64():
     stub = stub_device(extensions="", name="NoFP64")
     with pytest.raises(ValueError, match=r"float64 needs the OpenCL extension cl_khr_fp64"):
         calls.check_device(stub, np.dtype(np.float64), {"value": (1, 2, 3, 4)}, {})
+
+
+# --- known defect: TF's zero padding times a non-finite factor -----------------------------------
+
+@pytest.mark.xfail(strict=True, reason="known defect (see issue 13/15 notes): the forward op and the "
+                   "filter gradient skip taps that land in TF's zero padding, so 0 * Inf (NaN in TF "
+                   "and the reference) never reaches the sum")
+@pytest.mark.parametrize("what", ["forward-inf-weight", "d_filters-inf-dy"])
+def test_zero_padding_times_a_non_finite_factor_is_nan_as_in_tf(queue, what):
+    rng = np.random.default_rng()
+    value = rng.standard_normal((1, 9, 11, 3)).astype(np.float32)
+    filters = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    if what == "forward-inf-weight":
+        filters[0, 0, 1, 2] = np.inf
+        want = reference.atrous_conv2d(value, filters, 2, "SAME")
+        got = training.atrous_conv2d(value, filters, 2, "SAME", queue=queue)
+    else:
+        dy = rng.standard_normal((1, 9, 11, 4)).astype(np.float32)
+        dy[0, 0, 0, 1] = np.inf
+        want = reference.atrous_conv2d_vjp(value, filters, 2, "SAME", dy)[1]
+        got = training.atrous_conv2d_vjp(value, filters, 2, "SAME", dy, queue=queue)[1]
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
