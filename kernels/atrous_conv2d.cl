@@ -37,6 +37,18 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 // x is [N, HX, WX, CIN], d [N, HD, WD, COUT]; partial is ACC, [S, KH * KW,
 // CIN, COUTP] (lanes past COUT hold garbage that filter_grad_sum skips).
 // Global size (COUTP / BC, ceil(CIN / GC), KH * KW * S).
+// BC output channels of d from element at (lanes past COUT read as 0: they
+// would read the next pixel, or past the buffer).
+inline VACC load_d(__global const T *restrict d, const long at, const int o0, const bool whole_o)
+{
+    if (whole_o)
+        return LOADV_UNALIGNED(d, at);
+    lanes_t lanes;
+    for (int k = 0; k < BC; ++k)
+        lanes.s[k] = o0 + k < COUT ? (ACC)LOAD(d, at + k) : (ACC)0;
+    return lanes.v;
+}
+
 __kernel void filter_grad_partial(
     __global const T *restrict x, const long x_off,
     __global const T *restrict d, const long d_off,
@@ -72,24 +84,31 @@ __kernel void filter_grad_partial(
     for (int g = 0; g < GC; ++g)
         acc[g] = (VACC)0;
 
+    // The d pixels whose tap lands outside x read TF's zero padding, which TF
+    // multiplies by d: 0 * d, NaN where d is Inf or NaN, the same for every
+    // input channel. d - d is that term; pad sums them.
+    VACC pad = (VACC)0;
     const long r_end = min(rows, (s + 1) * rows_per_chunk);
     for (long r = s * rows_per_chunk; r < r_end; ++r) {
         const long n = r / HD;
         const long ix = (r - n * HD) + di;
-        if (ix < 0 || ix >= HX)
+        const long drow = d_off + r * (long)WD * COUT + o0;
+        const bool row_inside = ix >= 0 && ix < HX;
+        const int lo = row_inside ? j_lo : WD;  // padding columns: [0, lo) and [hi, WD)
+        const int hi = row_inside ? j_hi : WD;
+        for (int j = 0; j < lo; ++j) {
+            const VACC dv = load_d(d, drow + (long)j * COUT, o0, whole_o);
+            pad += dv - dv;
+        }
+        for (int j = hi; j < WD; ++j) {
+            const VACC dv = load_d(d, drow + (long)j * COUT, o0, whole_o);
+            pad += dv - dv;
+        }
+        if (!row_inside)
             continue;
         const long xrow = x_off + ((n * HX + ix) * WX + dj) * CIN;
-        const long drow = d_off + r * (long)WD * COUT + o0;
         for (int j = j_lo; j < j_hi; ++j) {
-            VACC dv;
-            if (whole_o) {
-                dv = LOADV_UNALIGNED(d, drow + (long)j * COUT);
-            } else {  // lanes past COUT would read the next pixel, or past the buffer
-                lanes_t lanes;
-                for (int k = 0; k < BC; ++k)
-                    lanes.s[k] = o0 + k < COUT ? (ACC)LOAD(d, drow + (long)j * COUT + k) : (ACC)0;
-                dv = lanes.v;
-            }
+            const VACC dv = load_d(d, drow + (long)j * COUT, o0, whole_o);
             const long xp = xrow + (long)j * CIN;
 #pragma unroll
             for (int g = 0; g < GC; ++g)
@@ -99,7 +118,7 @@ __kernel void filter_grad_partial(
 
     const long base = ((s * KH * KW + tap) * CIN + c0) * (long)COUTP + o0;
     for (int g = 0; g < GC && c0 + g < CIN; ++g)
-        STOREV_ACC(partial, base + (long)g * COUTP, acc[g]);
+        STOREV_ACC(partial, base + (long)g * COUTP, acc[g] + pad);
 }
 
 // dfilters[tap, c, o] = sum over s = 0, 1, ..., S - 1 of partial[s, tap, c, o].

@@ -151,6 +151,14 @@ __kernel void atrous_conv2d_transpose(
     // +0 only ever holds -0 after an FMA whose product underflowed to -0;
     // such a zero may come out +0), so the slot may just hold 0: the same
     // loop as an interior tile. repack_filters left which weights are finite.
+    //
+    // FORWARD_FILTERS (the forward conv): every tap outside value is one of
+    // TF's zero padding, which TF multiplies by the weight, so 0 * w is
+    // exactly its term (NaN for an Inf or NaN weight): border slots and rows
+    // outside value always read the zeros.
+#ifdef FORWARD_FILTERS
+    const bool zero_slots = true;
+#else
     bool zero_slots = false;
     if (!interior) {
         VACC z = (VACC)0;
@@ -167,14 +175,18 @@ __kernel void atrous_conv2d_transpose(
         zero_slots = sum == (ACC)0;
 #endif
     }
+#endif
 
     for (int a = 0; a < KH; ++a) {
         const long i = p + PAD_TOP - a * RATE_H;
-        if (i < 0 || i >= H)
+        const bool row_inside = i >= 0 && i < H;
+#ifndef FORWARD_FILTERS
+        if (!row_inside)
             continue;
-        const long row = value_off + (n * H + i) * (long)W * CIN;
+#endif
+        const long row = value_off + (n * H + (row_inside ? i : 0)) * (long)W * CIN;
         __global const WT_T *w_a = wt + (long)a * KW * CIN * COUTP + c0;
-        if (interior) {
+        if (interior && row_inside) {
             // Every slot's input column lies inside value.
             __global const VALUE_T *v = value + row + j_first * CIN;
             for (int o = 0; o < CIN; ++o) {
@@ -192,7 +204,8 @@ __kernel void atrous_conv2d_transpose(
 #pragma unroll
             for (int m = 0; m < WIN; ++m) {
                 const long j = j_first + m * RATE_W;
-                src[m] = j >= 0 && j < W ? value + row + j * CIN : (__global const VALUE_T *)wt + ZEROS;
+                src[m] = row_inside && j >= 0 && j < W ? value + row + j * CIN
+                                                       : (__global const VALUE_T *)wt + ZEROS;
             }
             for (int o = 0; o < CIN; ++o) {
                 ACC x[WIN];

@@ -459,24 +459,56 @@ def test_float64_needs_fp64():
         calls.check_device(stub, np.dtype(np.float64), {"value": (1, 2, 3, 4)}, {})
 
 
-# --- known defect: TF's zero padding times a non-finite factor -----------------------------------
+# --- TF's zero padding times a non-finite factor ------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="known defect (see issue 13/15 notes): the forward op and the "
-                   "filter gradient skip taps that land in TF's zero padding, so 0 * Inf (NaN in TF "
-                   "and the reference) never reaches the sum")
-@pytest.mark.parametrize("what", ["forward-inf-weight", "d_filters-inf-dy"])
-def test_zero_padding_times_a_non_finite_factor_is_nan_as_in_tf(queue, what):
+def _with_non_finite(rng, shape, where: str, which: str, dtype=np.float32) -> np.ndarray:
+    """A random array with one Inf or NaN at a corner or in the middle."""
+    x = rng.standard_normal(shape).astype(dtype)
+    index = tuple(0 if where == "corner" else s // 2 for s in shape)
+    x[index] = np.inf if which == "inf" else np.nan
+    return x
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("which", ["inf", "nan"])
+@pytest.mark.parametrize("where", ["corner", "middle"])
+@pytest.mark.parametrize("bad", ["value", "filters", "dy"])
+@pytest.mark.parametrize("op", ["forward", "transpose"])
+def test_zero_padding_times_a_non_finite_factor_is_nan_as_in_tf(queue, op, bad, where, which,
+                                                                  padding):
+    """TF's forward conv multiplies its zero padding by the weights, and its filter gradient
+    the padded input by dy: 0 * Inf is NaN there, as in the reference. Every output and
+    gradient must have the reference's NaNs exactly, and its numbers elsewhere."""
     rng = np.random.default_rng()
-    value = rng.standard_normal((1, 9, 11, 3)).astype(np.float32)
-    filters = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
-    if what == "forward-inf-weight":
-        filters[0, 0, 1, 2] = np.inf
-        want = reference.atrous_conv2d(value, filters, 2, "SAME")
-        got = training.atrous_conv2d(value, filters, 2, "SAME", queue=queue)
+    value_shape, filters_shape, rate = (2, 7, 9, 3), (3, 2, 4, 3), 2
+    if op == "forward":  # atrous_conv2d: value has the filters' in-channels (shape[2])
+        value_shape = (2, 7, 9, 4)
+        out_shape = (2, *geometry.conv_output_hw((7, 9), (3, 2), rate, padding), 3)
     else:
-        dy = rng.standard_normal((1, 9, 11, 4)).astype(np.float32)
-        dy[0, 0, 0, 1] = np.inf
-        want = reference.atrous_conv2d_vjp(value, filters, 2, "SAME", dy)[1]
-        got = training.atrous_conv2d_vjp(value, filters, 2, "SAME", dy, queue=queue)[1]
-    assert np.isnan(want).any()
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        out_shape = (2, *geometry.transpose_output_hw((7, 9), (3, 2), rate, padding), 4)
+    value = _with_non_finite(rng, value_shape, where, which) if bad == "value" else \
+        rng.standard_normal(value_shape).astype(np.float32)
+    filters = _with_non_finite(rng, filters_shape, where, which) if bad == "filters" else \
+        rng.standard_normal(filters_shape).astype(np.float32)
+    dy = _with_non_finite(rng, out_shape, where, which) if bad == "dy" else \
+        rng.standard_normal(out_shape).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        if op == "forward":
+            pairs = [(training.atrous_conv2d(value, filters, rate, padding, queue=queue),
+                      reference.atrous_conv2d(value, filters, rate, padding))]
+            got = training.atrous_conv2d_vjp(value, filters, rate, padding, dy, queue=queue)
+            want = reference.atrous_conv2d_vjp(value, filters, rate, padding, dy)
+        else:
+            pairs = [(ops.atrous_conv2d_transpose(value, filters, out_shape, rate, padding, queue=queue),
+                      reference.atrous_conv2d_transpose(value, filters, out_shape, rate, padding))]
+            got = training.atrous_conv2d_transpose_vjp(value, filters, out_shape, rate, padding, dy,
+                                                       queue=queue)
+            want = reference.atrous_conv2d_transpose_vjp(value, filters, out_shape, rate, padding, dy)
+    pairs += list(zip(got, want))
+    for (g, w), name in zip(pairs, ["result", "d_value", "d_filters"]):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"{op} {name}: NaNs")
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(w), err_msg=f"{op} {name}: Infs")
+        finite = np.isfinite(w)
+        if finite.any():
+            assert_close(np.where(finite, g, 0), np.where(finite, w, 0), np.float32,
+                         context=f"{op} {name}")
