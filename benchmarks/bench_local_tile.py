@@ -6,7 +6,7 @@
 
 Per workload of ``atrous-cl bench`` (float32, device arrays, the op's launch
 only: repack + main kernel, no transfers), the samples are interleaved: each
-round times ``ops._launch`` with its tuned or default tile and
+round times ``launch.transpose`` with its tuned or default tile and
 ``local_tile.launch`` with each tile asked for (default: its default tile), in
 a new random order. A sample is a block of launches of at least 20 ms, ended by
 ``queue.finish()``. Prints the median ms per launch, GFLOP/s and the median

@@ -6,7 +6,7 @@
 
 A variant is ``old`` (the kernel of commit f5d1a7c, BW consecutive pixels per
 tile, one work-item per packed weight in the repack) or ``new`` (this tree's,
-through :mod:`atrous_cl.ops`' geometry), a tile ``PIXELSxCHANNELS`` and
+through :mod:`atrous_cl.launch`' geometry), a tile ``PIXELSxCHANNELS`` and
 optionally extra build options after a colon, comma-separated, and a work-group
 size ``:L=a.b.c`` (the global size rounded up to it; the kernel must then
 tolerate the extra work-items, so use it only where they divide). Each round
