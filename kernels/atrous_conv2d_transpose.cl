@@ -248,13 +248,6 @@ __kernel void atrous_conv2d_transpose(
 
     const long base = out_off + (row_id * OW + q0) * (long)COUT + c0;
     for (int px = 0; px < BW && q0 + px * RATE_W < OW; ++px) {
-        const long at = base + px * RATE_W * COUT;
-        if (c0 + BC <= COUT) {
-            STOREV(out, at, acc[px]);
-        } else {  // the last channel tile of a COUT that BC does not divide
-            union { VACC v; ACC s[BC]; } lanes = {acc[px]};
-            for (int cc = 0; c0 + cc < COUT; ++cc)
-                STORE(out, at + cc, lanes.s[cc]);
-        }
+        STORE_CHANNELS(out, base + px * RATE_W * COUT, acc[px], c0);
     }
 }

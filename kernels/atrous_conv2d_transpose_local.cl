@@ -170,13 +170,6 @@ void atrous_conv2d_transpose_local(
     for (int px = 0; px < BW; ++px) {
         if (q0 + lx + px * LX >= OW)
             break;
-        const long at = base + (long)px * LX * COUT;
-        if (c0 + BC <= COUT) {
-            STOREV(out, at, acc[px]);
-        } else {  // the last channel vector of a COUT that BC does not divide
-            union { VACC v; ACC s[BC]; } lanes = {acc[px]};
-            for (int cc = 0; c0 + cc < COUT; ++cc)
-                STORE(out, at + cc, lanes.s[cc]);
-        }
+        STORE_CHANNELS(out, base + (long)px * LX * COUT, acc[px], c0);
     }
 }

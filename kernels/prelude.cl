@@ -61,3 +61,17 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) vacc_unaligned;
 #endif
 #define STOREV_ACC(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
 #endif
+
+// dst[at + k] = value's lane k for the output channels first + k below COUT: all BC
+// lanes at once, or one by one in the last channel tile of a COUT that BC
+// does not divide.
+#define STORE_CHANNELS(dst, at, value, first)                                  \
+    do {                                                                        \
+        if ((first) + BC <= COUT) {                                             \
+            STOREV(dst, at, value);                                             \
+        } else {                                                                \
+            union { VACC vec; ACC s[BC]; } lanes_ = {value};                    \
+            for (int cc_ = 0; (first) + cc_ < COUT; ++cc_)                      \
+                STORE(dst, (at) + cc_, lanes_.s[cc_]);                          \
+        }                                                                       \
+    } while (0)
