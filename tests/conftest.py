@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import atrous_cl
-from atrous_cl import discovery, memory
+from atrous_cl import discovery, geometry, memory
 
 # Property tests: CI runs a fixed, derandomised profile so that a run can be
 # repeated exactly; elsewhere hypothesis explores fresh examples each run.
@@ -178,3 +178,20 @@ def stub_device(**overrides):
                  type=cl.device_type.GPU, extensions="cl_khr_fp64", max_mem_alloc_size=2**30,
                  global_mem_size=2**32)
     return types.SimpleNamespace(**(props | overrides))
+
+
+def case_id(shape) -> str:
+    """A test id for a problem ``(n, h, w, cin, cout, kh, kw, rate)``."""
+    n, h, w, cin, cout, kh, kw, r = shape
+    return f"n{n}-{h}x{w}-c{cin}to{cout}-k{kh}x{kw}-r{r}"
+
+
+def transpose_inputs(shape, padding, dtype, rng):
+    """Random ``(value, filters, output_shape, rate)`` of the transpose op for a
+    problem ``(n, h, w, cin, cout, kh, kw, rate)``."""
+    n, h, w, cin, cout, kh, kw, r = shape
+    value = rng.standard_normal((n, h, w, cin)).astype(dtype)
+    filters = rng.standard_normal((kh, kw, cout, cin)).astype(dtype)
+    output_shape = (n, *geometry.transpose_output_hw((h, w), (kh, kw), r, padding), cout)
+    return value, filters, output_shape, r
+

@@ -11,7 +11,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, skip_unsupported
+from conftest import assert_close, case_id, poisoned, skip_unsupported, transpose_inputs
 
 from atrous_cl import geometry, launch, local_tile, programs, reference
 from atrous_cl.local_tile import LocalTile, Staging
@@ -42,16 +42,8 @@ TILES = [
 ]
 
 
-def _case_id(shape):
-    n, h, w, cin, cout, kh, kw, r = shape
-    return f"n{n}-{h}x{w}-c{cin}to{cout}-k{kh}x{kw}-r{r}"
-
-
 def _transpose_case(shape, padding, dtype, rng):
-    n, h, w, cin, cout, kh, kw, rate = shape
-    value = rng.standard_normal((n, h, w, cin)).astype(dtype)
-    filters = rng.standard_normal((kh, kw, cout, cin)).astype(dtype)
-    output_shape = (n, *geometry.transpose_output_hw((h, w), (kh, kw), rate, padding), cout)
+    value, filters, output_shape, rate = transpose_inputs(shape, padding, dtype, rng)
     args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
     return value, filters, args
 
@@ -67,7 +59,7 @@ def _run(queue, value, filters, args, tile, forward_filters=False):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
-@pytest.mark.parametrize("shape", SHAPES, ids=_case_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=case_id)
 def test_default_tile_matches_reference(queue, shape, padding, dtype):
     skip_unsupported(queue, dtype)
     value, filters, args = _transpose_case(shape, padding, dtype, np.random.default_rng())
@@ -78,7 +70,7 @@ def test_default_tile_matches_reference(queue, shape, padding, dtype):
 
 @pytest.mark.parametrize("tile", TILES, ids=str)
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[3], SHAPES[5], SHAPES[6], SHAPES[9]],
-                         ids=_case_id)
+                         ids=case_id)
 def test_tiles_match_reference(queue, shape, tile):
     padding = "SAME" if shape[7] % 2 else "VALID"
     value, filters, args = _transpose_case(shape, padding, np.float32, np.random.default_rng())
@@ -87,7 +79,7 @@ def test_tiles_match_reference(queue, shape, tile):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape", [SHAPES[3], SHAPES[5]], ids=_case_id)
+@pytest.mark.parametrize("shape", [SHAPES[3], SHAPES[5]], ids=case_id)
 def test_tap_at_a_time_staging(queue, monkeypatch, shape, dtype):
     """A budget too small for a tap row's window makes the kernel stage one tap at a time."""
     skip_unsupported(queue, dtype)
@@ -118,7 +110,7 @@ FORWARD_CASES = [(shape, padding) for shape in FORWARD_SHAPES for padding in ("S
 @pytest.mark.parametrize("tile", [None, TILES[0], TILES[3]], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape, padding", FORWARD_CASES,
-                         ids=[f"{_case_id(s)}-{p}" for s, p in FORWARD_CASES])
+                         ids=[f"{case_id(s)}-{p}" for s, p in FORWARD_CASES])
 def test_forward_filters_match_the_forward_reference(queue, shape, padding, dtype, tile):
     """With forward_filters the kernel runs atrous_conv2d, as ops does for training."""
     skip_unsupported(queue, dtype)

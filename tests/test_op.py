@@ -7,7 +7,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, skip_unsupported
+from conftest import assert_close, case_id, poisoned, skip_unsupported, transpose_inputs
 
 import atrous_cl
 from atrous_cl import geometry, reference
@@ -36,25 +36,12 @@ SHAPES = [
 DTYPES = [np.float32, np.float64, np.float16]
 
 
-def _case_id(shape):
-    n, h, w, cin, cout, kh, kw, r = shape
-    return f"n{n}-{h}x{w}-c{cin}to{cout}-k{kh}x{kw}-r{r}"
-
-
-def _inputs(shape, padding, dtype, rng):
-    n, h, w, cin, cout, kh, kw, r = shape
-    value = rng.standard_normal((n, h, w, cin)).astype(dtype)
-    filters = rng.standard_normal((kh, kw, cout, cin)).astype(dtype)
-    output_shape = (n, *geometry.transpose_output_hw((h, w), (kh, kw), r, padding), cout)
-    return value, filters, output_shape, r
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
-@pytest.mark.parametrize("shape", SHAPES, ids=_case_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=case_id)
 def test_matches_reference(queue, shape, padding, dtype):
     skip_unsupported(queue, dtype)
-    value, filters, output_shape, rate = _inputs(shape, padding, dtype, np.random.default_rng())
+    value, filters, output_shape, rate = transpose_inputs(shape, padding, dtype, np.random.default_rng())
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
 
     out = poisoned(queue, output_shape, dtype)
@@ -245,14 +232,14 @@ def test_host_path_works_in_place_on_cpu_devices(queue, svm, monkeypatch):
 
 
 @pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])
-@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[3], SHAPES[14], SHAPES[15]], ids=_case_id)
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[3], SHAPES[14], SHAPES[15]], ids=case_id)
 def test_float16_as_stored_and_widened(queue, shape, wide, monkeypatch):
     """float16 is widened to float32 before the main kernel on CPUs and loaded as stored
     elsewhere; both paths run on every device here, from views that start inside a buffer."""
     from atrous_cl import launch
 
     monkeypatch.setattr(launch, "widens_inputs", lambda device, dtype: wide)
-    value, filters, output_shape, rate = _inputs(shape, "SAME", np.float16, np.random.default_rng())
+    value, filters, output_shape, rate = transpose_inputs(shape, "SAME", np.float16, np.random.default_rng())
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, "SAME")
     d_value = cl_array.to_device(queue, np.concatenate([value[:1], value]))[1:]
     d_filters = cl_array.to_device(queue, np.concatenate([filters[:1], filters]))[1:]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, skip_unsupported, stub_device
+from conftest import assert_close, case_id, poisoned, skip_unsupported, stub_device
 
 from atrous_cl import calls, facts, filter_grad, geometry, memory, ops, programs, reference, training
 
@@ -40,15 +40,10 @@ SHAPES = [
 ]
 
 
-def _case_id(shape):
-    n, h, w, cx, cy, kh, kw, r = shape
-    return f"n{n}-{h}x{w}-c{cx}to{cy}-k{kh}x{kw}-r{r}"
-
-
 # float32 and float64 with both paddings; float16, whose only own code is its
 # loads and stores, with SAME and VALID on alternate rows: every case builds
 # two programs, and a cold PoCL cache spends ~0.7 s a case on them.
-CASES = [pytest.param(shape, padding, dtype, id=f"{_case_id(shape)}-{padding}-{np.dtype(dtype).name}")
+CASES = [pytest.param(shape, padding, dtype, id=f"{case_id(shape)}-{padding}-{np.dtype(dtype).name}")
          for row, shape in enumerate(SHAPES)
          for padding in ("SAME", "VALID")
          for dtype in (np.float32, np.float64, np.float16)
@@ -109,7 +104,7 @@ def test_matches_reference(queue, shape, padding, dtype):
 
 
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
-@pytest.mark.parametrize("shape", SHAPES, ids=_case_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=case_id)
 def test_adjoint_identity(queue, shape, padding):
     """<T(x), y> = <x, A(y)> for the same filters array, in float64 on the device."""
     skip_unsupported(queue, np.float64)
@@ -134,7 +129,7 @@ def _directional_derivative(loss, arg, direction, eps=1e-3):
 
 
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
-@pytest.mark.parametrize("shape", SHAPES, ids=_case_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=case_id)
 def test_gradients_match_finite_differences(queue, shape, padding):
     """All four gradients against central differences of the device ops, in float64.
 
