@@ -125,8 +125,7 @@ def queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:
     return bool(on_device), discovery.get_queue(queue, context, device)
 
 
-#: The (device facts, dtype, sizes) that passed :func:`check_device`, and the
-#: (device facts, dtype, steps, input shapes) that passed :func:`_check_steps`.
+#: The (device facts, dtype, steps, input shapes) that passed :func:`_check_steps`.
 _passed_device_checks: set = set()
 
 
@@ -134,8 +133,9 @@ def _check_steps(device: cl.Device, dtype: np.dtype, steps: tuple, inputs: dict,
                  results: dict) -> None:
     """:func:`check_device` for a call: its inputs, results and the steps' temporaries.
 
-    A pass is remembered by what decides it (the steps hold the problem), so
-    a model calling the op with the same shapes over and over pays a lookup.
+    A pass is remembered by what decides it (the device's facts, which never
+    change for a device, and the steps, which hold the problem), so a model
+    calling the op with the same shapes over and over pays a lookup.
     """
     key = (facts(device), np.dtype(dtype), steps, tuple([x.shape for x in inputs.values()]))
     if key in _passed_device_checks:
@@ -143,34 +143,30 @@ def _check_steps(device: cl.Device, dtype: np.dtype, steps: tuple, inputs: dict,
     temporaries = {}
     for step in steps:
         temporaries.update(step.temporaries(device, dtype))
+    single = len(results) == 1
     shapes = {**{name: x.shape for name, x in inputs.items()},
-              **({"the output": next(iter(results.values()))} if len(results) == 1 else results)}
-    check_device(device, dtype, shapes, temporaries)
+              **({"the output": next(iter(results.values()))} if single else results)}
+    check_device(device, dtype, shapes, temporaries,
+                 together="value, filters and output" if single else None)
+    if len(_passed_device_checks) >= 1024:
+        _passed_device_checks.clear()
     _passed_device_checks.add(key)
 
 
 def check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[int, ...]],
-                 temporaries: dict[str, int]) -> None:
+                 temporaries: dict[str, int], together: str | None = None) -> None:
     """Refuse, by name and size, a dtype or tensors the device cannot run or hold,
     before anything is allocated.
 
-    ``temporaries``: the launches' own buffers, in ``dtype``'s elements. A pass
-    is remembered for the device's facts (which never change for a device),
-    so equal calls skip it.
+    ``temporaries``: the launches' own buffers, in ``dtype``'s elements;
+    ``together``: how a message names all of them (default: the names joined).
 
     Raises:
         DeviceCapabilityError: naming the dtype's extension or the tensors.
     """
-    counts = {**{what: math.prod(shape) for what, shape in shapes.items()}, **temporaries}
-    key = (facts(device), np.dtype(dtype), tuple(counts.items()))
-    if key in _passed_device_checks:
-        return
     check_dtype_support(device, dtype)
-    single = "the output" in shapes
-    check_fits(device, dtype, counts, together="value, filters and output" if single else None)
-    if len(_passed_device_checks) >= 1024:
-        _passed_device_checks.clear()
-    _passed_device_checks.add(key)
+    check_fits(device, dtype, {**{what: math.prod(shape) for what, shape in shapes.items()},
+                               **temporaries}, together=together)
 
 
 def _checked_outs(out, results, dtype, queue, on_device, inputs) -> list:

@@ -116,7 +116,8 @@ def test_a_problem_that_fitted_is_checked_again_on_a_device_that_reports_less(qu
     atrous_cl.atrous_conv2d_transpose(**GOOD, queue=queue)
     found = facts.facts(queue.device)
     monkeypatch.setitem(facts._facts, queue.device.int_ptr, found._replace(global_mem=64))
-    with pytest.raises(DeviceCapabilityError, match=r"more than the 64 bytes of global memory"):
+    with pytest.raises(DeviceCapabilityError, match=r"value, filters and output need \d+ bytes "
+                                                    r"together, more than the 64 bytes of global memory"):
         atrous_cl.atrous_conv2d_transpose(**GOOD, queue=queue)
 
 
@@ -166,7 +167,8 @@ def test_tensors_beyond_global_memory_raise_before_allocating():
                                                     r"more than the 1000000 bytes of global memory"):
         calls.check_device(stub, np.float32, {"value": args.value_shape, "filters": args.filters_shape,
                                               "the output": args.output_shape},
-                           launch.temporaries(stub, np.float32, args))
+                           launch.temporaries(stub, np.float32, args),
+                           together="value, filters and output")
 
 
 def test_dimensions_past_int32_are_refused():
