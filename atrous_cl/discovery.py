@@ -20,6 +20,7 @@ from typing import NamedTuple
 import pyopencl as cl
 from pyopencl.tools import context_dependent_memoize
 
+from atrous_cl import icd
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import SIMULATORS, status_name
 
@@ -58,6 +59,8 @@ def check_not_forked() -> None:
     A fork copies the driver's state but not its threads: PoCL's child hangs
     forever in its first ``finish``, and no driver promises more. A process
     forked before any OpenCL call (as ``import atrous_cl`` makes none) is fine.
+    The first call in a process also shields the drivers from a global LLVM
+    (:func:`atrous_cl.icd.shield_from_global_llvm`), since OpenCL starts here.
 
     Raises:
         DeviceError: this process is such a child.
@@ -65,6 +68,7 @@ def check_not_forked() -> None:
     global _opencl_pid
     pid = os.getpid()
     if _opencl_pid is None:
+        icd.shield_from_global_llvm()
         _opencl_pid = pid
     elif _opencl_pid != pid:
         raise DeviceError(f"this process ({pid}) was forked from process {_opencl_pid} after that "
@@ -178,7 +182,9 @@ def select_device(selector: str) -> cl.Device:
 
     Raises:
         ValueError: the selector is malformed or names no device.
+        DeviceError: in a process forked after OpenCL was used (:func:`check_not_forked`).
     """
+    check_not_forked()
     parts = str(selector).split(":")
     if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
         raise ValueError(f"device selector must look like 'P' or 'P:D' (platform and device "

@@ -4,10 +4,13 @@
 pyopencl's ICD loader finds the PoCL and Oclgrind wheels by itself, but
 Intel's CPU runtime (the ``intel`` extra) only through ``OCL_ICD_VENDORS``:
 :func:`register_pip_icds` provides that before the first platform query.
+:func:`shield_from_global_llvm` keeps a process that already loaded another
+copy of LLVM globally (TensorFlow does) from crashing in that query.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import sys
@@ -99,3 +102,83 @@ def register_pip_icds() -> str | None:
         return None
     os.environ["OCL_ICD_VENDORS"] = str(folder)
     return str(folder)
+
+
+#: A symbol every LLVM with its command-line registry defines. When the
+#: process's global scope has it, a library loaded with RTLD_GLOBAL carries
+#: its own LLVM (TensorFlow's libtensorflow_framework.so.2 does).
+_LLVM_PROBE = "_ZN4llvm2cl6Option11addArgumentEv"
+#: The vendor libraries :func:`shield_from_global_llvm` loaded; kept so they
+#: stay loaded for the ICD loader to find.
+_shielded: list[ctypes.CDLL] = []
+
+
+def _icd_libraries() -> list[str]:
+    """The vendor libraries pyopencl's ICD loader will open, as it names them.
+
+    Its folder of wheels' ``.icd`` files (PoCL, Oclgrind; an entry without a
+    slash names a file beside it), ``OCL_ICD_VENDORS`` (a folder or one file)
+    or else ``/etc/OpenCL/vendors`` (an entry without a slash is a name the
+    dynamic linker searches for), and ``OCL_ICD_FILENAMES``.
+    """
+    import pyopencl
+
+    found: list[str] = []
+
+    def read(icd: Path, beside: bool) -> None:
+        try:
+            name = icd.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return
+        if name and "/" not in name and beside and (icd.parent / name).is_file():
+            name = str(icd.parent / name)
+        if name and name not in found:
+            found.append(name)
+
+    for icd in sorted((Path(pyopencl.__file__).parent / ".libs").glob("*.icd")):
+        read(icd, beside=True)
+    vendors = Path(os.environ.get("OCL_ICD_VENDORS") or _SYSTEM_VENDORS)
+    for icd in sorted(vendors.glob("*.icd")) if vendors.is_dir() else [vendors]:
+        read(icd, beside=False)
+    for name in os.environ.get("OCL_ICD_FILENAMES", "").split(":"):
+        if name and name not in found:
+            found.append(name)
+    return found
+
+
+def shield_from_global_llvm() -> list[str]:
+    """Load the OpenCL vendor libraries so they bind to their own LLVM, when the
+    process's global scope already holds another LLVM.
+
+    TensorFlow loads ``libtensorflow_framework.so.2`` with RTLD_GLOBAL, and it
+    exports LLVM's symbols unversioned. A vendor library linked to a shared
+    LLVM (Debian's PoCL: ``libclang-cpp``, ``libLLVM-15``) then binds its static
+    initialisers to TensorFlow's copy while using its own data, and the
+    process dies with a segmentation fault inside the ICD loader's first
+    platform query (measured with tensorflow-cpu 2.21 and Debian's PoCL 3.1).
+    Loading each vendor library first with RTLD_DEEPBIND puts its own
+    dependencies ahead of the global scope; the ICD loader then finds it
+    already loaded. Nothing is done without a global LLVM, so a process
+    without one loads its drivers exactly as the ICD loader would. Call before
+    the process's first platform query (:func:`atrous_cl.discovery.check_not_forked`
+    does); later calls change nothing that is loaded already.
+
+    Returns:
+        The libraries loaded this way (none without a global LLVM, or where
+        they cannot be loaded: the ICD loader then reports them as before).
+    """
+    if not hasattr(os, "RTLD_DEEPBIND") or _shielded:
+        return []
+    try:
+        if not hasattr(ctypes.CDLL(None), _LLVM_PROBE):
+            return []
+    except OSError:
+        return []
+    loaded = []
+    for name in _icd_libraries():
+        try:
+            _shielded.append(ctypes.CDLL(name, mode=os.RTLD_NOW | os.RTLD_LOCAL | os.RTLD_DEEPBIND))
+        except OSError:
+            continue  # the ICD loader skips it too
+        loaded.append(name)
+    return loaded

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -278,3 +279,95 @@ def test_registration_that_cannot_be_written_says_so(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match=f"could not register Intel's OpenCL runtime \\({lib}\\)"):
         assert icd.register_pip_icds() is None
     assert "OCL_ICD_VENDORS" not in os.environ
+
+
+#: A stand-in for a library that exports LLVM globally (TensorFlow's framework
+#: library does): its cl::Option::addArgument ends the process with 42, so a
+#: driver whose static initialisers bind to it shows, where TensorFlow's
+#: real copy crashes the ICD loader's first platform query.
+_FAKE_LLVM = "#include <unistd.h>\nvoid _ZN4llvm2cl6Option11addArgumentEv(void *o) { (void)o; _exit(42); }\n"
+
+_GLOBAL_LLVM_CHILD = """
+import ctypes, json, os, sys
+ctypes.CDLL(sys.argv[1], mode=os.RTLD_GLOBAL | os.RTLD_NOW)
+import numpy as np
+import atrous_cl
+from atrous_cl import discovery, icd, reference
+if sys.argv[2] == "unshielded":
+    icd._shielded.append(None)  # as if already done: the drivers load as the ICD loader would
+rng = np.random.default_rng()
+v = rng.standard_normal((1, 6, 7, 2)).astype(np.float32)
+f = rng.standard_normal((3, 3, 3, 2)).astype(np.float32)
+want = reference.atrous_conv2d_transpose(v, f, (1, 6, 7, 3), 2, "SAME")
+errors = {}
+for d in atrous_cl.devices():
+    if discovery.unusable_reason(d.device) is None:
+        got = atrous_cl.atrous_conv2d_transpose(v, f, (1, 6, 7, 3), 2, "SAME", device=d.device)
+        errors[d.selector] = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+print(json.dumps({"shielded": len(icd._shielded), "errors": errors}))
+"""
+
+
+def test_drivers_run_beside_a_global_llvm(tmp_path):
+    """TensorFlow imported first (a global LLVM) must not crash or break the drivers' own LLVM:
+    each usable device runs the op right, with the vendor libraries loaded deep-bound."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the stand-in global LLVM")
+    (tmp_path / "fake_llvm.c").write_text(_FAKE_LLVM)
+    lib = tmp_path / "libfake_llvm.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "fake_llvm.c")], check=True)
+    done = _run(_GLOBAL_LLVM_CHILD, _child_env(), str(lib), "shielded")
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    got = json.loads(done.stdout)
+    assert got["shielded"] > 0 and got["errors"], got
+    assert max(got["errors"].values()) < 1e-5, got
+    if any("libpocl.so.2" in name for name in icd._icd_libraries()):
+        # Debian's PoCL links LLVM as a shared library: without the shield its
+        # initialisers reach the global copy (the stand-in exits with 42).
+        assert _run(_GLOBAL_LLVM_CHILD, _child_env(), str(lib), "unshielded").returncode == 42
+
+
+def test_icd_libraries_are_the_loaders(tmp_path, monkeypatch):
+    """The libraries shielded are those the ICD loader opens: OCL_ICD_VENDORS (folder or
+    file) in place of the system folder, OCL_ICD_FILENAMES, and pyopencl's own folder."""
+    import pyopencl
+
+    wheels = [str(p.parent / p.read_text().strip()) for p in
+              sorted((Path(pyopencl.__file__).parent / ".libs").glob("*.icd"))]
+    vendors = tmp_path / "vendors"
+    vendors.mkdir()
+    (vendors / "a.icd").write_text("/opt/a/liba.so\n")
+    (vendors / "b.icd").write_text("libb.so.1\n")
+    (vendors / "notes.txt").write_text("/opt/not/an/icd.so\n")
+    monkeypatch.setenv("OCL_ICD_VENDORS", str(vendors))
+    monkeypatch.setenv("OCL_ICD_FILENAMES", "/opt/x/libx.so:liby.so")
+    assert icd._icd_libraries() == [*wheels, "/opt/a/liba.so", "libb.so.1", "/opt/x/libx.so", "liby.so"]
+    monkeypatch.setenv("OCL_ICD_VENDORS", str(vendors / "b.icd"))
+    monkeypatch.delenv("OCL_ICD_FILENAMES")
+    assert icd._icd_libraries() == [*wheels, "libb.so.1"]
+
+
+def test_the_shield_loads_nothing_without_a_global_llvm(monkeypatch):
+    """A process without a global LLVM must load its drivers exactly as the ICD loader does."""
+    loads = []
+
+    class Scope:  # the process's global scope, without LLVM in it
+        def __init__(self, name, mode=0):
+            loads.append((name, mode))
+
+    monkeypatch.setattr(icd, "_shielded", [])
+    monkeypatch.setattr(icd.ctypes, "CDLL", Scope)
+    assert icd.shield_from_global_llvm() == [] and loads == [(None, 0)]
+
+    class LLVMScope(Scope):  # with it: each vendor library deep-bound, once
+        _ZN4llvm2cl6Option11addArgumentEv = object()
+
+    monkeypatch.setattr(icd.ctypes, "CDLL", LLVMScope)
+    monkeypatch.setattr(icd, "_icd_libraries", lambda: ["liba.so", "libb.so"])
+    loads.clear()
+    assert icd.shield_from_global_llvm() == ["liba.so", "libb.so"]
+    deep = os.RTLD_NOW | os.RTLD_LOCAL | os.RTLD_DEEPBIND
+    assert loads == [(None, 0), ("liba.so", deep), ("libb.so", deep)]
+    loads.clear()
+    assert icd.shield_from_global_llvm() == [] and loads == []
