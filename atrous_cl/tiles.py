@@ -59,13 +59,18 @@ def _max_channels(device: cl.Device, dtype, cout: int) -> int:
 
 def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     """The untuned tile: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors,
-    8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere.
+    8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere; the same for every dtype.
 
-    Measured on a 2-core AMD EPYC (float32, the README's workloads A-E,
-    ``atrous-cl tune``): Intel 8x16 best on A, C, D and within 1.13x of 4x16 on
-    B and E (geometric mean 0.94x 4x16's time); PyPI's PoCL (AVX2) 8x8 best or
-    within 1.04x on A-E; Debian's PoCL 3.1 (AVX-512) 8x16 ran A at 226 GFLOP/s
-    and C at 207 against 8x8's 132 and 88. On an NVIDIA H100 (OpenCL 3.0, driver 580)
+    Measured on a 2-core AMD EPYC (Zen 5) with the phase-tile kernel, kernels
+    only, every candidate (``python benchmarks/tile_sweep.py --devices 2:0 1:0
+    --dtypes float64 float32``, workloads A-F of ``atrous-cl bench``; the time
+    of the next best tile over 8x16's): float32, 8x16 was the fastest on A-E on
+    Intel (4x16: 1.60 1.54 1.37 1.45 1.02) and on Debian's PoCL 3.1 (4x16 or
+    16x8: 1.52 2.32 1.52 1.44 1.02). float64 has no better tile on both: on
+    Intel 8x8 ran C and D in 0.95x and 0.89x of 8x16's time but A 1.11x, E 1.22x
+    and B over 3x; on PoCL 16x8 ran B and D in 0.98x and 0.85x but A 1.05x, C
+    1.13x, E 1.23x. F (one channel) runs 8x1. Earlier: PyPI's PoCL 3.0 (AVX2)
+    8x8 best or within 1.04x on A-E; on an NVIDIA H100 (OpenCL 3.0, driver 580)
     GPUs want many small work-items: 4x2 came within 1.09x of each shape's
     best over A-D and E (geometric mean; 4x8 was 1.66x).
     """
