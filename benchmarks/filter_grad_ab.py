@@ -83,7 +83,7 @@ def main() -> None:
             for name, plan in plans.items():
                 filter_grad.launch(queue, x, d, out, conv, plan)
                 err = np.max(np.abs(out.get() - want)) / np.max(np.abs(want))
-                if not err < 1e-4:
+                if not err < (1e-2 if dtype == np.float16 else 1e-4):  # float16: its rounding
                     raise RuntimeError(f"{name} on {wl.name}: relative error {err:.2e}")
             calls = {name: (lambda p=plan: filter_grad.launch(queue, x, d, out, conv, p))
                      for name, plan in plans.items()}
