@@ -5,7 +5,7 @@
 for the forward conv from ``x`` to ``d``, in two stages without atomics:
 ``filter_grad_partial`` sums chunks of rows, ``filter_grad_sum`` adds the
 chunks in a fixed order, so results are bit-identical from run to run. Its
-tile derives from the transpose kernel's untuned default; it is not tuned.
+split (:func:`atrous_cl.tiles.default_filter_grad_tile`) is not tuned.
 """
 
 from __future__ import annotations
@@ -21,16 +21,11 @@ from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, status_name
 from atrous_cl.launch import TYPE_OPTIONS, dilation_options, element_offset
-from atrous_cl.tiles import Tile, default_tile
+from atrous_cl.tiles import Tile, default_filter_grad_tile
 from atrous_cl.validation import ConvArgs
 
 #: The kernel file this layer launches.
 KERNEL_FILE = "atrous_conv2d.cl"
-
-#: Work-items the filter gradient's first stage aims for. The reduction is
-#: split into chunks of rows until there are about this many; the count
-#: depends on the shapes alone, so results do not vary from run to run.
-_FILTER_GRAD_ITEMS = 4096
 
 
 def dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
@@ -57,26 +52,28 @@ def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int) -> tuple
         f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*dilation(args))
 
 
-def tiles(device: cl.Device, dtype, filters_shape) -> tuple[Tile, int]:
-    """The filter gradient's tile: ``(tile, gc)``, ``gc`` input x ``tile.channels`` output channels.
-
-    Derived from the transpose kernel's untuned default ``tile`` (as many
-    accumulators per work-item); the filter gradient is not tuned.
+def tiles(device: cl.Device, dtype, filters_shape) -> tuple[Tile, int, int, int]:
+    """The filter gradient's split: ``(tile, gc, items, chunk_bytes)``
+    (:func:`atrous_cl.tiles.default_filter_grad_tile`; the filter gradient is not tuned).
     """
-    cin, cout = filters_shape[2:]
-    tile = default_tile(device, dtype, cout)
-    return tile, max(1, min(tile.pixels, cin))
+    return tuple(default_filter_grad_tile(device, dtype, *filters_shape[2:]))
 
 
-def row_chunks(rows: int, tiles_per_chunk: int) -> tuple[int, int]:
+def row_chunks(rows: int, tiles_per_chunk: int, items: int = 4096,
+               max_rows: int | None = None) -> tuple[int, int]:
     """``(chunks, rows_per_chunk)``: how the filter gradient splits its ``rows = N * OH`` rows.
 
-    Enough chunks for about ``_FILTER_GRAD_ITEMS`` work-items, none empty (none at all
-    without rows).
+    Enough chunks for about ``items`` work-items and for none to have more
+    than ``max_rows`` rows, none empty (none at all without rows). The count
+    depends on the shapes and the device alone, so results do not vary from
+    run to run.
     """
     if rows == 0:
         return 0, 0
-    chunks = max(1, min(rows, -(-_FILTER_GRAD_ITEMS // max(1, tiles_per_chunk))))
+    chunks = -(-items // max(1, tiles_per_chunk))
+    if max_rows is not None:
+        chunks = max(chunks, -(-rows // max(1, max_rows)))
+    chunks = max(1, min(rows, chunks))
     rows_per_chunk = -(-rows // chunks)
     return -(-rows // rows_per_chunk), rows_per_chunk
 
@@ -109,24 +106,36 @@ class Layout(NamedTuple):
     partials: int
 
 
-def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs) -> Layout:
-    """The :class:`Layout` of ``args`` on ``device`` for ``dtype``."""
-    tile, gc = tiles(device, dtype, args.filters_shape)
+def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None = None,
+           gc: int | None = None, items: int | None = None,
+           chunk_bytes: int | None = None) -> Layout:
+    """The :class:`Layout` of ``args`` on ``device`` for ``dtype``.
+
+    ``tile``, ``gc``, ``items`` and ``chunk_bytes`` each replace :func:`tiles`'
+    choice (for benchmarks and tests); ``chunk_bytes`` 0: chunks of any size.
+    """
+    chosen = [d if given is None else given for given, d in
+              zip((tile, gc, items, chunk_bytes), tiles(device, dtype, args.filters_shape))]
+    tile, gc, items, chunk_bytes = chosen
     kh, kw, cin, cout = args.filters_shape
-    n, hd = args.output_shape[:2]
+    n, hd, wd = args.output_shape[:3]
+    # A row of d and one of x, the data a chunk's row brings into the caches.
+    row_bytes = (wd * cout + args.value_shape[2] * cin) * np.dtype(dtype).itemsize
     geometry_one = launch_geometry(args.filters_shape, tile, gc, 1)[0]
-    chunks, rows_per_chunk = row_chunks(n * hd, math.prod(geometry_one))
+    chunks, rows_per_chunk = row_chunks(n * hd, math.prod(geometry_one), items,
+                                        chunk_bytes // max(1, row_bytes) if chunk_bytes else None)
     widened = 2 if np.dtype(dtype) == np.float16 else 1
     return Layout(tile, gc, chunks, rows_per_chunk,
                   widened * chunks * kh * kw * cin * tile.padded_channels(cout))
 
 
 def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
-           out: cl_array.Array, args: ConvArgs) -> cl.Event | None:
+           out: cl_array.Array, args: ConvArgs, plan: Layout | None = None) -> cl.Event | None:
     """``out[a, b, c, o] = sum x[n, i - top + a*rate, j - left + b*rate, c] * d[n, i, j, o]``.
 
     ``args`` describes the forward conv from ``x`` (its value) to ``d`` (its
-    output); ``out`` has ``args.filters_shape``. Events as for
+    output); ``out`` has ``args.filters_shape``. ``plan`` replaces the default
+    :func:`layout` (benchmarks and tests). Events as for
     :func:`atrous_cl.launch.transpose`.
     """
     if out.size == 0:
@@ -135,7 +144,8 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
     # No pixels, or no tap landing inside x: every entry is an empty sum.
     if x.size == 0 or d.size == 0 or dilation(args) is None:
         return memory.fill(queue, out, 0, wait)
-    tile, gc, chunks, rows_per_chunk, count = layout(queue.device, out.dtype, args)
+    tile, gc, chunks, rows_per_chunk, count = (
+        layout(queue.device, out.dtype, args) if plan is None else plan)
     options = build_options(out.dtype, args, tile, gc)
     kernels, lock = programs.get_kernels(queue.context, KERNEL_FILE, options)
     kh, kw, cin, cout = args.filters_shape

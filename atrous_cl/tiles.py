@@ -59,13 +59,18 @@ def _max_channels(device: cl.Device, dtype, cout: int) -> int:
 
 def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     """The untuned tile: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors,
-    8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere.
+    8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere; the same for every dtype.
 
-    Measured on a 2-core AMD EPYC (float32, the README's workloads A-E,
-    ``atrous-cl tune``): Intel 8x16 best on A, C, D and within 1.13x of 4x16 on
-    B and E (geometric mean 0.94x 4x16's time); PyPI's PoCL (AVX2) 8x8 best or
-    within 1.04x on A-E; Debian's PoCL 3.1 (AVX-512) 8x16 ran A at 226 GFLOP/s
-    and C at 207 against 8x8's 132 and 88. On an NVIDIA H100 (OpenCL 3.0, driver 580)
+    Measured on a 2-core AMD EPYC (Zen 5) with the phase-tile kernel, kernels
+    only, every candidate (``python benchmarks/tile_sweep.py --devices 2:0 1:0
+    --dtypes float64 float32``, workloads A-F of ``atrous-cl bench``; the time
+    of the next best tile over 8x16's): float32, 8x16 was the fastest on A-E on
+    Intel (4x16: 1.60 1.54 1.37 1.45 1.02) and on Debian's PoCL 3.1 (4x16 or
+    16x8: 1.52 2.32 1.52 1.44 1.02). float64 has no better tile on both: on
+    Intel 8x8 ran C and D in 0.95x and 0.89x of 8x16's time but A 1.11x, E 1.22x
+    and B over 3x; on PoCL 16x8 ran B and D in 0.98x and 0.85x but A 1.05x, C
+    1.13x, E 1.23x. F (one channel) runs 8x1. Earlier: PyPI's PoCL 3.0 (AVX2)
+    8x8 best or within 1.04x on A-E; on an NVIDIA H100 (OpenCL 3.0, driver 580)
     GPUs want many small work-items: 4x2 came within 1.09x of each shape's
     best over A-D and E (geometric mean; 4x8 was 1.66x).
     """
@@ -79,6 +84,49 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     else:
         tile = Tile(4, 8)
     return Tile(tile.pixels, min(tile.channels, _max_channels(device, dtype, cout)))
+
+
+class FilterGradTile(NamedTuple):
+    """The filter gradient's work split (:mod:`atrous_cl.filter_grad`): ``tile.channels``
+    output x ``gc`` input channels per work-item; rows split into chunks until there
+    are about ``items`` work-items and, unless ``chunk_bytes`` is 0, until each
+    chunk's rows of the two inputs take at most ``chunk_bytes``."""
+
+    tile: Tile
+    gc: int
+    items: int
+    chunk_bytes: int
+
+
+def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> FilterGradTile:
+    """The filter gradient's untuned split, from the transpose kernel's :func:`default_tile`.
+
+    Output channels as that tile's; input channels 16 on PoCL with 512-bit
+    vectors and that tile's pixels (8) elsewhere. GPUs get about 4096
+    work-items. On CPUs the rows are split by bytes instead, into chunks
+    whose rows of both inputs take 512 KiB at most (a core's L2 holds them):
+    each chunk costs a partial sum of the whole filter gradient, and a CPU's
+    few cores need few work-items (4096 split E, 32x8x8 16->16, into 128
+    chunks of 16 pixels) but chunks the caches hold (B, 8x32x32 128->128,
+    ran in 4 chunks of 1 MiB, now 16).
+
+    Measured on a 2-core AMD EPYC (``python benchmarks/filter_grad_ab.py
+    --devices 2:0 1:0 --workloads A B C D E --bc 16 --gc 8 16 --items 4096
+    --kib 0``, the transpose vjp's filter gradient, float32, kernels only):
+    the time of the split before (8 input channels, 4096 work-items) over
+    this one's, A-E: Intel 1.08 1.19 1.19 1.01 1.77, Debian's PoCL 3.1 1.39
+    1.15 1.34 1.02 1.83. On Intel, 512 KiB was the fastest chunk bound tried
+    (128 KiB-2 MiB, ``--items 1 --kib ...``) or within 1.02x of it on A-E, and
+    16 input channels ran 1.2-2x slower than 8; on PoCL (whose figures varied
+    up to 1.5x between identical layouts in one run) 8 input channels ran
+    A and B 1.1-1.6x slower than 16, and C 0.8x.
+    """
+    tile = default_tile(device, dtype, cout)
+    wide = _is_pocl(device) and not _pocl_narrow(device)
+    gc = max(1, min(16 if wide else tile.pixels, cin))
+    if facts(device).type & cl.device_type.CPU:
+        return FilterGradTile(tile, gc, 1, 512 << 10)
+    return FilterGradTile(tile, gc, 4096, 0)
 
 
 def candidates(device: cl.Device, dtype, cout: int) -> list[Tile]:

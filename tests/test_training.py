@@ -13,6 +13,8 @@ import pytest
 from conftest import assert_close, case_id, poisoned, skip_unsupported, stub_device
 
 from atrous_cl import calls, facts, filter_grad, geometry, memory, ops, programs, reference, training
+from atrous_cl.tiles import Tile
+from atrous_cl.validation import check_conv_args
 
 # Every case describes a pair: x of (batch, height, width, cx) and y of the
 # transpose op's output size with cy channels; filters are [kh, kw, cy, cx].
@@ -278,6 +280,59 @@ def test_filter_gradient_identical_run_to_run(queue):
 ])
 def test_filter_grad_chunks(rows, tiles, want):
     assert filter_grad.row_chunks(rows, tiles) == want
+
+
+@pytest.mark.parametrize("rows, tiles, items, max_rows, want", [
+    (100, 50, 4096, None, (50, 2)),  # no bound on a chunk: as above
+    (100, 50, 1, None, (1, 100)),    # one work-item wanted: one chunk
+    (100, 50, 1, 30, (4, 25)),       # chunks of 30 rows at most: ceil(100 / 30) = 4 of 25
+    (100, 50, 4096, 30, (50, 2)),    # the work-items ask for more chunks than the bound
+    (10, 7, 1, 0, (10, 1)),          # a bound below one row: a chunk per row
+    (0, 9, 1, 8, (0, 0)),            # an empty batch: nothing to split
+])
+def test_filter_grad_chunks_keep_below_max_rows(rows, tiles, items, max_rows, want):
+    assert filter_grad.row_chunks(rows, tiles, items, max_rows) == want
+
+
+# Filter-gradient layouts the defaults do not reach on every device (CPUs split
+# rows into chunks of 512 KiB, so these small problems run in one chunk there,
+# and GPUs into about 4096 work-items): many chunks with a ragged last one, a
+# chunk per row, chunks bounded by bytes, 16 input channels per work-item over
+# a ragged channel count, 16x16 tiles, and one chunk.
+LAYOUT_CASES = [
+    ((2, 24, 20, 32, 32, 3, 3, 2), "SAME", dict(items=4096, chunk_bytes=0)),
+    ((3, 7, 11, 4, 6, 2, 2, 3), "SAME", dict(items=1 << 20, chunk_bytes=0)),
+    ((2, 24, 20, 17, 20, 3, 3, 2), "VALID", dict(items=1, chunk_bytes=9000)),
+    ((2, 24, 20, 17, 20, 3, 3, 2), "SAME", dict(gc=16, items=4096, chunk_bytes=0)),
+    ((2, 5, 9, 17, 11, 3, 2, 3), "SAME", dict(gc=16, tile=(8, 16), items=1, chunk_bytes=1000)),
+    ((2, 10, 9, 3, 3, 2, 5, 5), "VALID", dict(items=1, chunk_bytes=1 << 30)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, padding, overrides", LAYOUT_CASES,
+                         ids=[f"{case_id(s)}-{p}-{'-'.join(f'{k}{v}' for k, v in o.items())}"
+                              for s, p, o in LAYOUT_CASES])
+def test_filter_gradient_layouts_match_reference(queue, shape, padding, overrides, dtype):
+    """The transpose vjp's filter gradient (the forward conv's from dy to value) with
+    each layout, into NaN-poisoned outputs."""
+    skip_unsupported(queue, dtype)
+    value, dy, filters, rate = _problem(shape, padding, dtype, np.random.default_rng())
+    conv = check_conv_args(dy.shape, filters.shape, rate, padding)
+    if "tile" in overrides:
+        overrides = {**overrides, "tile": Tile(*overrides["tile"])}
+    plan = filter_grad.layout(queue.device, np.dtype(dtype), conv, **overrides)
+    n, hd = conv.output_shape[:2]
+    if overrides["items"] > 1 or overrides["chunk_bytes"] < 1 << 20:
+        assert plan.chunks > 1, plan  # the case exercises the split it is for
+    out = poisoned(queue, filters.shape, dtype)
+    filter_grad.launch(queue, *_to_device(queue, dy, value), out, conv, plan)
+    want = reference.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, padding, dy)[1]
+    terms = reference.atrous_conv2d_transpose_vjp(np.abs(value), np.abs(filters), dy.shape, rate,
+                                                  padding, np.abs(dy))[1]
+    u = np.finfo(dtype).eps / 2
+    atol = n * hd * conv.output_shape[2] * u * np.max(terms.astype(np.float64), initial=0.0)
+    assert_close(out.get(), want, dtype, context=f"{shape} {padding} {plan}", atol=atol)
 
 
 def test_float16_filter_gradient_sums_in_float32(queue):

@@ -298,6 +298,25 @@ def test_default_tile_per_platform(platform, kind, version, want):
     assert tiles.default_tile(stub, np.float32, 1).channels == 1
 
 
+@pytest.mark.parametrize("platform, kind, version, want", [
+    ("Intel(R) OpenCL", "CPU", "OpenCL 3.0 (Build 0)", (tiles.Tile(8, 16), 8, 1, 512 << 10)),
+    ("Portable Computing Language", "CPU", _POCL_AVX2, (tiles.Tile(8, 8), 8, 1, 512 << 10)),
+    ("Portable Computing Language", "CPU", _POCL_AVX512, (tiles.Tile(8, 16), 16, 1, 512 << 10)),
+    ("NVIDIA CUDA", "GPU", "OpenCL 3.0 CUDA", (tiles.Tile(4, 2), 4, 4096, 0)),
+    ("Some other CPU runtime", "CPU", "OpenCL 3.0", (tiles.Tile(4, 8), 4, 1, 512 << 10)),
+])
+def test_default_filter_grad_tile_per_platform(platform, kind, version, want):
+    import types
+
+    import pyopencl as cl
+
+    stub = stub_device(platform=types.SimpleNamespace(name=platform),
+                       type=getattr(cl.device_type, kind), version=version)
+    assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == want
+    # Never more input channels per work-item than there are.
+    assert tiles.default_filter_grad_tile(stub, np.float32, 3, 64).gc == 3
+
+
 @pytest.mark.parametrize("version, widest_float, widest_double",
                          [(_POCL_AVX2, 8, 4), (_POCL_AVX512, 16, 16)])
 def test_pocl_vectors_stay_narrow_without_avx512(version, widest_float, widest_double):

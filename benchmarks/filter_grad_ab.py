@@ -1,0 +1,106 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The filter gradient alone, per tile: ``python benchmarks/filter_grad_ab.py``.
+
+``python benchmarks/filter_grad_ab.py [--devices 2:0 1:0] [--workloads A B] [--dtype float32]
+[--bc 8 16] [--gc 4 8 16] [--items 1 4096] [--kib 0 512] [--rounds 7]``
+
+For each device and workload, the filter gradient of the transpose vjp (the
+forward conv from the op's output-shaped cotangent back to ``value``,
+:func:`atrous_cl.filter_grad.launch`, both stages and the wait) on arrays already
+on the device, for every layout ``BCxGC/items/KiB(chunks)`` (output channels per work-item
+x input channels per work-item / work-items the row chunks aim for / the
+largest chunk in KiB of both inputs, 0 for any (the chunks that gives)), interleaved
+round by round in a new order each round. Prints the median ms of each layout
+(best first) and its median and minimum over the default's, and
+the transpose kernel's time on the same workload for scale. Every layout's
+result is checked against the NumPy reference before it is timed.
+"""
+
+import argparse
+import itertools
+import statistics
+import time
+
+import numpy as np
+import pyopencl.array as cl_array
+
+import atrous_cl
+from atrous_cl import bench, filter_grad, launch, reference, tiles, tuning, validation
+
+
+def _time(queue, call, rounds, order_seed=1):
+    """``(median, min)`` seconds of each of ``call``'s keys, interleaved in a new order each
+    round. On a shared machine the minimum is the figure other jobs disturb least."""
+    samples = {key: [] for key in call}
+    keys = list(call)
+    order = np.random.default_rng(order_seed)
+    for r in range(rounds + 1):
+        for i in order.permutation(len(keys)):
+            start = time.perf_counter()
+            call[keys[i]]()
+            queue.finish()
+            if r:
+                samples[keys[i]].append(time.perf_counter() - start)
+    return {key: (statistics.median(s), min(s)) for key, s in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", nargs="+", default=["2:0", "1:0"])
+    parser.add_argument("--workloads", nargs="+", default=["A", "B", "C", "D", "E", "F"])
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--bc", nargs="+", type=int, default=[8, 16])
+    parser.add_argument("--gc", nargs="+", type=int, default=[4, 8, 16])
+    parser.add_argument("--items", nargs="+", type=int, default=[4096])
+    parser.add_argument("--kib", nargs="+", type=int, default=[0],
+                        help="largest row chunk in KiB of both inputs (0: any)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--show", type=int, default=8, help="how many of the fastest to print")
+    args = parser.parse_args()
+    dtype = np.dtype(args.dtype)
+    rng = np.random.default_rng(0)
+    for device in args.devices:
+        queue = atrous_cl.get_queue(device=device)
+        for wl in bench.WORKLOADS:
+            if wl.name not in args.workloads:
+                continue
+            value = rng.standard_normal((wl.n, wl.h, wl.w, wl.cin)).astype(dtype)
+            filters = rng.standard_normal((wl.k, wl.k, wl.cout, wl.cin)).astype(dtype)
+            dy = rng.standard_normal(wl.output_shape).astype(dtype)
+            want = reference.atrous_conv2d_transpose_vjp(value, filters, wl.output_shape, wl.rate,
+                                                         wl.padding, dy)[1]
+            # The transpose vjp's filter gradient is the forward conv's from dy to value.
+            conv = validation.check_conv_args(dy.shape, filters.shape, wl.rate, wl.padding)
+            x, d = cl_array.to_device(queue, dy), cl_array.to_device(queue, value)
+            out = cl_array.empty(queue, filters.shape, dtype)
+            default = filter_grad.layout(queue.device, dtype, conv)
+            plans = {"default": default}
+            for bc, gc, items, kib in itertools.product(args.bc, args.gc, args.items, args.kib):
+                if bc <= tiles.pow2_at_least(conv.filters_shape[3]) and gc <= conv.filters_shape[2]:
+                    plan = filter_grad.layout(queue.device, dtype, conv,
+                                              tiles.Tile(default.tile.pixels, bc), gc, items, kib << 10)
+                    plans[f"{bc}x{gc}/{items}/{kib}k({plan.chunks})"] = plan
+            for name, plan in plans.items():
+                filter_grad.launch(queue, x, d, out, conv, plan)
+                err = np.max(np.abs(out.get() - want)) / np.max(np.abs(want))
+                if not err < (1e-2 if dtype == np.float16 else 1e-4):  # float16: its rounding
+                    raise RuntimeError(f"{name} on {wl.name}: relative error {err:.2e}")
+            calls = {name: (lambda p=plan: filter_grad.launch(queue, x, d, out, conv, p))
+                     for name, plan in plans.items()}
+            targs = validation.check_transpose_args(value.shape, filters.shape, wl.output_shape,
+                                                    wl.rate, wl.padding)
+            v, f = cl_array.to_device(queue, value), cl_array.to_device(queue, filters)
+            y = cl_array.empty(queue, wl.output_shape, dtype)
+            tile = tuning.tile_for(queue.device, dtype, targs)
+            calls["transpose op"] = lambda: launch.transpose(queue, v, f, y, targs, tile)
+            ms = {k: (t * 1e3, m * 1e3) for k, (t, m) in _time(queue, calls, args.rounds).items()}
+            base, base_min = ms.pop("default")
+            d_name = f"{default.tile.channels}x{default.gc} ({default.chunks} chunks)"
+            ranked = sorted(ms, key=lambda k: ms[k][0])
+            print(f"{device} {wl.name}: default {d_name} {base:.3f} ms (min {base_min:.3f}); "
+                  + "  ".join(f"{k} {ms[k][0]:.3f} ({ms[k][0] / base:.2f}, min {ms[k][1] / base_min:.2f})"
+                              for k in ranked[:args.show]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

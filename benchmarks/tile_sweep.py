@@ -1,0 +1,84 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Register tiles of the transpose kernel, kernel-only: ``python benchmarks/tile_sweep.py``.
+
+``python benchmarks/tile_sweep.py [--devices 2:0 1:0] [--dtypes float64] [--workloads A C D]
+[--tiles 8x16 8x8 4x16] [--rounds 9]``
+
+For each device, dtype and workload, times the launch layer
+(:func:`atrous_cl.launch.transpose`: repack, main kernel, wait) on arrays
+already on the device with every candidate tile (:func:`atrous_cl.tiles.candidates`,
+or ``--tiles``), interleaved round by round in a new order each round, and
+prints the median ms of each tile and its time over the default tile's
+(:func:`atrous_cl.tiles.default_tile`). Every tile's result is checked against
+the NumPy reference before it is timed. The tuning cache is not read or written.
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import pyopencl.array as cl_array
+
+import atrous_cl
+from atrous_cl import bench, launch, reference, tiles, validation
+
+
+def sweep(queue, dtype, wl, tile_list, rounds: int) -> dict:
+    """Median seconds per tile for workload ``wl``; checks each tile's result first."""
+    rng = np.random.default_rng(0)
+    value = rng.standard_normal((wl.n, wl.h, wl.w, wl.cin)).astype(dtype)
+    filters = rng.standard_normal((wl.k, wl.k, wl.cout, wl.cin)).astype(dtype)
+    args = validation.check_transpose_args(value.shape, filters.shape, wl.output_shape, wl.rate,
+                                           wl.padding)
+    want = reference.atrous_conv2d_transpose(value, filters, wl.output_shape, wl.rate, wl.padding)
+    scale = float(np.max(np.abs(want)))
+    v, f = cl_array.to_device(queue, value), cl_array.to_device(queue, filters)
+    out = cl_array.empty(queue, wl.output_shape, dtype)
+    tol = {np.float16: 1e-2, np.float32: 1e-5, np.float64: 1e-12}[np.dtype(dtype).type]
+    for tile in tile_list:
+        launch.transpose(queue, v, f, out, args, tile)
+        err = np.max(np.abs(out.get().astype(np.float64) - want)) / scale
+        if not err < tol:
+            raise RuntimeError(f"tile {tile} on {wl.name} {np.dtype(dtype).name}: error {err:.2e}")
+    samples = {tile: [] for tile in tile_list}
+    order = np.random.default_rng(1)
+    for r in range(rounds + 1):
+        for i in order.permutation(len(tile_list)):
+            tile = tile_list[i]
+            start = time.perf_counter()
+            launch.transpose(queue, v, f, out, args, tile)
+            queue.finish()
+            if r:
+                samples[tile].append(time.perf_counter() - start)
+    return {tile: statistics.median(s) for tile, s in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", nargs="+", default=["2:0", "1:0"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--workloads", nargs="+", default=["A", "B", "C", "D", "E", "F"])
+    parser.add_argument("--tiles", nargs="*", help="PxC tiles to time (default: the candidates)")
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+    for device in args.devices:
+        queue = atrous_cl.get_queue(device=device)
+        for name in args.dtypes:
+            dtype = np.dtype(name)
+            for wl in bench.WORKLOADS:
+                if wl.name not in args.workloads:
+                    continue
+                default = tiles.default_tile(queue.device, dtype, wl.cout)
+                tile_list = ([tiles.Tile(*map(int, t.split("x"))) for t in args.tiles] if args.tiles
+                             else tiles.candidates(queue.device, dtype, wl.cout))
+                tile_list = list(dict.fromkeys([default, *tile_list]))
+                ms = sweep(queue, dtype, wl, tile_list, args.rounds)
+                ranked = sorted(ms, key=ms.get)
+                cells = "  ".join(f"{t}{'*' if t == default else ''} {ms[t] * 1e3:.3f} "
+                                  f"({ms[t] / ms[default]:.2f})" for t in ranked[:8])
+                print(f"{device} {name} {wl.name}: {cells}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
