@@ -27,6 +27,10 @@ from atrous_cl.validation import ConvArgs
 #: The kernel file this layer launches.
 KERNEL_FILE = "atrous_conv2d.cl"
 
+#: Partial sums (elements) a chunked filter gradient may always use; beyond
+#: this, no more than its inputs take (:func:`layout`).
+_PARTIALS_FLOOR = 1 << 20
+
 
 def dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
     """``(rate_h, crop_top, rate_w, crop_left)`` the filter gradient is built with.
@@ -122,8 +126,17 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     # A row of d and one of x, the data a chunk's row brings into the caches.
     row_bytes = (wd * cout + args.value_shape[2] * cin) * np.dtype(dtype).itemsize
     geometry_one = launch_geometry(args.filters_shape, tile, gc, 1)[0]
-    chunks, rows_per_chunk = row_chunks(n * hd, math.prod(geometry_one), items,
-                                        chunk_bytes // max(1, row_bytes) if chunk_bytes else None)
+    max_rows = chunk_bytes // max(1, row_bytes) if chunk_bytes else None
+    if max_rows is not None:
+        # Each chunk holds a partial sum of the whole filter gradient: rows
+        # wider than chunk_bytes (a large image) would otherwise make a chunk
+        # per row, and partial sums far larger than the inputs. Bound them by
+        # the inputs' size (or _PARTIALS_FLOOR elements, which small problems
+        # may always use).
+        per_chunk = kh * kw * cin * tile.padded_channels(cout)
+        budget = max(_PARTIALS_FLOOR, math.prod(args.value_shape) + math.prod(args.output_shape))
+        max_rows = max(max_rows, -(-(n * hd) // max(1, budget // per_chunk)))
+    chunks, rows_per_chunk = row_chunks(n * hd, math.prod(geometry_one), items, max_rows)
     widened = 2 if np.dtype(dtype) == np.float16 else 1
     return Layout(tile, gc, chunks, rows_per_chunk,
                   widened * chunks * kh * kw * cin * tile.padded_channels(cout))

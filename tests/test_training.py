@@ -5,6 +5,7 @@ adjoint identity, finite differences and TensorFlow's own outputs."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +334,18 @@ def test_filter_gradient_layouts_match_reference(queue, shape, padding, override
     u = np.finfo(dtype).eps / 2
     atol = n * hd * conv.output_shape[2] * u * np.max(terms.astype(np.float64), initial=0.0)
     assert_close(out.get(), want, dtype, context=f"{shape} {padding} {plan}", atol=atol)
+
+
+@pytest.mark.parametrize("value_shape", [(1, 2000, 4, 128), (2, 3000, 9, 64)])
+def test_filter_gradient_partial_sums_stay_below_the_inputs(queue, value_shape):
+    """Rows wider than the chunk bound (a large image) must not get a chunk, and a partial
+    sum of the whole filter gradient, each: the partials stay within the inputs' size."""
+    cin = value_shape[3]
+    conv = check_conv_args(value_shape, (3, 3, cin, cin), 2, "SAME")
+    plan = filter_grad.layout(queue.device, np.dtype(np.float32), conv, items=1, chunk_bytes=1)
+    rows = value_shape[0] * value_shape[1]
+    assert 1 < plan.chunks < rows, plan
+    assert plan.partials <= 2 * math.prod(value_shape), plan
 
 
 def test_float16_filter_gradient_sums_in_float32(queue):
