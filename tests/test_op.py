@@ -198,20 +198,27 @@ def test_unknown_scalar_argument_type_is_named():
         programs.scalar_arg_dtypes("__kernel void k(__global float *out, const float x) {}")
 
 
-@pytest.mark.parametrize("svm", [True, False], ids=["system-svm", "host-pointer-buffers"])
-def test_host_path_works_in_place_on_cpu_devices(queue, svm, monkeypatch):
+@pytest.mark.parametrize("mode", ["system-svm", "fine-grain-results", "host-pointer-buffers"])
+def test_host_path_works_in_place_on_cpu_devices(queue, mode, monkeypatch):
     """On a CPU device the host API copies nothing to or from the device: with system
-    SVM kernels take the arrays' pointers, elsewhere buffers made on them. OpenCL
-    defines a host-pointer buffer's memory only once it is mapped, so the result
-    must be mapped before it is returned (every CPU runtime here writes the
-    memory directly, so only the recorded map shows it)."""
+    SVM kernels take the arrays' pointers, elsewhere buffers made on the inputs and a
+    result in fine-grained buffer SVM, or (without that) a buffer made on it. OpenCL
+    defines a host-pointer buffer's memory only once it is mapped, so such a result
+    must be mapped before it is returned (every CPU runtime here writes the memory
+    directly, so only the recorded map shows it); an SVM result needs no map."""
     from atrous_cl import memory
+    from atrous_cl.facts import facts
 
     if not memory.works_in_host_memory(queue.device):
         pytest.skip(f"{queue.device.name}: not a CPU device; the host path copies")
+    svm = mode == "system-svm"
     if svm and not memory.uses_system_svm(queue.device):
         pytest.skip(f"{queue.device.name}: no fine-grained system SVM")
+    if mode == "fine-grain-results" and not facts(queue.device).fine_grain_buffers:
+        pytest.skip(f"{queue.device.name}: no fine-grained buffer SVM")
     monkeypatch.setattr(memory, "uses_system_svm", lambda device: svm)
+    if mode == "host-pointer-buffers":
+        monkeypatch.setattr(memory, "result_allocator", lambda device, context: None)
 
     def no_copies(*args, **kwargs):
         raise AssertionError("the host path copied an array to the device")
@@ -228,7 +235,8 @@ def test_host_path_works_in_place_on_cpu_devices(queue, svm, monkeypatch):
     want = reference.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME")
     got = atrous_cl.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME", queue=queue)
     assert_close(got, want, np.float32)
-    assert mapped == ([] if svm else [got.nbytes])
+    assert mapped == ([got.nbytes] if mode == "host-pointer-buffers" else [])
+    assert isinstance(got.base, cl.SVMAllocation) == (mode == "fine-grain-results")
 
 
 @pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])
