@@ -156,24 +156,6 @@ def temporaries(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> dict
     return counts
 
 
-def enqueue(kernel: cl.Kernel, queue: cl.CommandQueue, geometry: tuple, args: tuple,
-            wait_for: list) -> cl.Event:
-    """``kernel(queue, *geometry, *args, wait_for=wait_for)``, with SVM arguments set apart.
-
-    pyopencl's generated invoker sets each SVM argument (a HostArray's memory
-    on CPU devices) through a C++ cast that fails first, 3.5 us an argument on
-    this project's CPU against 0.2 us for ``set_arg`` (2 a call on Intel's
-    runtime: value and the result). The caller holds the kernel's lock.
-    """
-    if not any(isinstance(a, cl.SVM) for a in args):
-        return kernel(queue, *geometry, *args, wait_for=wait_for)
-    kernel.set_args(*[None if isinstance(a, cl.SVM) else a for a in args])
-    for i, a in enumerate(args):
-        if isinstance(a, cl.SVM):
-            kernel.set_arg(i, a)
-    return cl.enqueue_nd_range_kernel(queue, kernel, *geometry, wait_for=wait_for)
-
-
 def element_offset(x: cl_array.Array) -> int:
     """Where a device array's first element lies in its buffer, in elements (the kernels' ``*_off``)."""
     return x.offset // x.dtype.itemsize
@@ -288,9 +270,9 @@ def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.A
                     if len(p.repacked) >= 8:
                         p.repacked.clear()
                     p.repacked[queue] = (raw.copy(), packed, repacked)
-            done = enqueue(kernels["atrous_conv2d_transpose"], queue, p.main, (
-                value_data, np.int64(value_off), packed, out.base_data,
-                np.int64(element_offset(out)), *p.sizes),
+            done = kernels["atrous_conv2d_transpose"](
+                queue, *p.main, value_data, np.int64(value_off), packed, out.base_data,
+                np.int64(element_offset(out)), *p.sizes,
                 wait_for=[repacked, widened] if p.wide else [repacked, *wait])
     except cl.Error as e:
         raise DeviceError(f"launching atrous_conv2d_transpose on {describe(device)} "
