@@ -290,12 +290,12 @@ def result(shape, dtype, queue: cl.CommandQueue, on_device: bool,
     op, comes from the pool: a device result is the caller's, to use on any queue.
     With ``in_place``, a new NumPy array the kernels write directly: in the
     context's fine-grained buffer SVM where :func:`~atrous_cl.memory.result_allocator`
-    gives one (no map before the host reads it)."""
+    gives one (small results on PoCL: no map before the host reads it)."""
     if in_place:
         device = queue.device
-        empty = memory.result_allocator(device, queue.context)
-        array = host_result(shape, dtype, empty or np.empty)
-        return memory.HostArray(array, queue, written=True, svm=(
-            empty is not None and array.size > 0) or memory.uses_system_svm(device))
+        empty = memory.result_allocator(device, queue.context,
+                                        math.prod(shape) * np.dtype(dtype).itemsize)
+        return memory.HostArray(host_result(shape, dtype, empty or np.empty), queue, written=True,
+                                svm=empty is not None or memory.uses_system_svm(device))
     return cl_array.empty(queue, shape, dtype,
                           allocator=None if on_device else memory.memory_pool(queue))

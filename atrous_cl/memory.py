@@ -10,7 +10,7 @@ keeps a failing host call from freeing them under a running kernel, and
 from __future__ import annotations
 
 import contextlib
-import math
+import functools
 import threading
 
 import numpy as np
@@ -79,31 +79,34 @@ def uses_system_svm(device: cl.Device) -> bool:
     return facts(device).system_svm
 
 
-def result_allocator(device: cl.Device, context: cl.Context):
-    """How a host-path result on ``device`` is allocated when :func:`works_in_host_memory`:
-    None for :func:`numpy.empty`, or ``empty(shape, dtype)`` in fine-grained buffer SVM.
+def result_allocator(device: cl.Device, context: cl.Context, nbytes: int):
+    """How a host-path result of ``nbytes`` on ``device`` is allocated when
+    :func:`works_in_host_memory`: None for :func:`numpy.empty`, or
+    ``empty(shape, dtype)`` in ``context``'s fine-grained buffer SVM.
 
     Without system SVM (PoCL), a result in a host-pointer buffer must be mapped
-    and unmapped before the host reads it, two more commands for the driver's
-    scheduler; a NumPy array in fine-grained buffer SVM needs neither, only
-    the wait. Measured interleaved with onnxruntime (Debian's PoCL 3.1, 2-core
-    EPYC, medians of 80, ``benchmarks/call_cost.py``' method): E 244 -> 216 us
-    a call, F 215 -> 198. The allocation is freed with ``clSVMFree`` when the
-    array is collected.
+    and unmapped before the host reads it, two more commands through the
+    driver's scheduler; a NumPy array in fine-grained buffer SVM needs neither,
+    only the wait. Debian's PoCL 3.1 on the 2-core EPYC, the whole host call
+    with / without, in-process ABBA, 41 rounds of 20 calls: E (128 KiB result)
+    0.84, F (64 KiB) 0.86 back to back, 0.91 and 0.90 each right after an
+    onnxruntime call. Larger results lost (11 and 7 rounds): A (1 MiB) 1.04-1.05,
+    D (4.4 MiB) 1.14-1.8, C (1 MiB) 0.96; hence :data:`SVM_RESULT_BYTES`. The
+    allocation is freed with ``clSVMFree`` when the array is collected.
     """
-    if uses_system_svm(device) or not facts(device).fine_grain_buffers:
+    if (not 0 < nbytes <= SVM_RESULT_BYTES or uses_system_svm(device)
+            or not facts(device).fine_grain_buffers):
         return None
-    flags = cl.svm_mem_flags.READ_WRITE | cl.svm_mem_flags.SVM_FINE_GRAIN_BUFFER
-
-    def empty(shape, dtype) -> np.ndarray:
-        if not math.prod(shape):  # clSVMAlloc refuses 0 bytes
-            return np.empty(shape, dtype)
-        return cl.svm_empty(context, flags, shape, dtype, alignment=_SVM_ALIGNMENT)
-    return empty
+    return functools.partial(cl.svm_empty, context, _FINE_GRAIN, alignment=_SVM_ALIGNMENT)
 
 
-#: Alignment of the results :func:`result_allocator` makes: a cache line, and
-#: the widest vector (16 doubles) a kernel may load from them.
+#: The largest host-path result (bytes) :func:`result_allocator` puts in SVM.
+SVM_RESULT_BYTES = 1 << 18
+
+_FINE_GRAIN = cl.svm_mem_flags.READ_WRITE | cl.svm_mem_flags.SVM_FINE_GRAIN_BUFFER
+
+#: Alignment of those results: a cache line, and the widest vector (16
+#: doubles) a kernel may load from them.
 _SVM_ALIGNMENT = 128
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
@@ -218,7 +220,7 @@ def test_host_path_works_in_place_on_cpu_devices(queue, mode, monkeypatch):
         pytest.skip(f"{queue.device.name}: no fine-grained buffer SVM")
     monkeypatch.setattr(memory, "uses_system_svm", lambda device: svm)
     if mode == "host-pointer-buffers":
-        monkeypatch.setattr(memory, "result_allocator", lambda device, context: None)
+        monkeypatch.setattr(memory, "result_allocator", lambda device, context, nbytes: None)
 
     def no_copies(*args, **kwargs):
         raise AssertionError("the host path copied an array to the device")
@@ -237,6 +239,38 @@ def test_host_path_works_in_place_on_cpu_devices(queue, mode, monkeypatch):
     assert_close(got, want, np.float32)
     assert mapped == ([got.nbytes] if mode == "host-pointer-buffers" else [])
     assert isinstance(got.base, cl.SVMAllocation) == (mode == "fine-grain-results")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("limit", [-1, 0, 1],
+                         ids=["result-above-limit", "result-at-limit", "result-below-limit"])
+def test_small_host_results_in_fine_grained_svm(queue, limit, dtype, monkeypatch):
+    """Without system SVM, a host-path result up to SVM_RESULT_BYTES is allocated in
+    fine-grained buffer SVM and returned without a map; a larger one lies in a
+    host-pointer buffer, mapped before it is returned. Both are right, poisoned first."""
+    from atrous_cl import memory
+    from atrous_cl.facts import facts
+
+    if not memory.works_in_host_memory(queue.device) or not facts(queue.device).fine_grain_buffers:
+        pytest.skip(f"{queue.device.name}: no host path in place with fine-grained buffer SVM")
+    skip_unsupported(queue, dtype)
+    monkeypatch.setattr(memory, "uses_system_svm", lambda device: False)
+    output_shape = (2, 6, 7, 4)
+    nbytes = math.prod(output_shape) * np.dtype(dtype).itemsize
+    monkeypatch.setattr(memory, "SVM_RESULT_BYTES", nbytes + limit)
+    mapped = []
+    real_map = cl.enqueue_map_buffer
+    monkeypatch.setattr(cl, "enqueue_map_buffer",
+                        lambda queue, buf, *a, **k: mapped.append(buf.size) or real_map(queue, buf, *a, **k))
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 6, 7, 3)).astype(dtype)
+    filters = rng.standard_normal((3, 2, 4, 3)).astype(dtype)
+    got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, 2, "SAME", queue=queue)
+    assert_close(got, reference.atrous_conv2d_transpose(value, filters, output_shape, 2, "SAME"),
+                 dtype)
+    in_svm = limit >= 0
+    assert isinstance(got.base, cl.SVMAllocation) == in_svm
+    assert mapped == ([] if in_svm else [nbytes])
 
 
 @pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])
