@@ -293,8 +293,7 @@ def result(shape, dtype, queue: cl.CommandQueue, on_device: bool,
     gives one (small results on PoCL: no map before the host reads it)."""
     if in_place:
         device = queue.device
-        empty = memory.result_allocator(device, queue.context,
-                                        math.prod(shape) * np.dtype(dtype).itemsize)
+        empty = memory.result_allocator(queue, math.prod(shape) * np.dtype(dtype).itemsize)
         return memory.HostArray(host_result(shape, dtype, empty or np.empty), queue, written=True,
                                 svm=empty is not None or memory.uses_system_svm(device))
     return cl_array.empty(queue, shape, dtype,

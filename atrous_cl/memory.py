@@ -10,7 +10,7 @@ keeps a failing host call from freeing them under a running kernel, and
 from __future__ import annotations
 
 import contextlib
-import functools
+import math
 import threading
 
 import numpy as np
@@ -79,29 +79,62 @@ def uses_system_svm(device: cl.Device) -> bool:
     return facts(device).system_svm
 
 
-def result_allocator(device: cl.Device, context: cl.Context, nbytes: int):
-    """How a host-path result of ``nbytes`` on ``device`` is allocated when
+def result_allocator(queue: cl.CommandQueue, nbytes: int):
+    """How a host-path result of ``nbytes`` on ``queue`` is allocated when
     :func:`works_in_host_memory`: None for :func:`numpy.empty`, or
-    ``empty(shape, dtype)`` in ``context``'s fine-grained buffer SVM.
+    ``empty(shape, dtype)``, a NumPy array in fine-grained buffer SVM from the
+    queue's pool (:func:`svm_pool`).
 
     Without system SVM (PoCL), a result in a host-pointer buffer must be mapped
     and unmapped before the host reads it, two more commands through the
     driver's scheduler; a NumPy array in fine-grained buffer SVM needs neither,
     only the wait. Debian's PoCL 3.1 on the 2-core EPYC, the whole host call
-    with / without, in-process ABBA, 41 rounds of 20 calls: E (128 KiB result)
-    0.84, F (64 KiB) 0.86 back to back, 0.91 and 0.90 each right after an
-    onnxruntime call. Larger results lost (11 and 7 rounds): A (1 MiB) 1.04-1.05,
-    D (4.4 MiB) 1.14-1.8, C (1 MiB) 0.96; hence :data:`SVM_RESULT_BYTES`. The
-    allocation is freed with ``clSVMFree`` when the array is collected.
+    with / without, in-process ABBA, 41 rounds of 20 calls, each SVM result
+    from ``clSVMAlloc``: E (128 KiB result) 0.84, F (64 KiB) 0.86 back to back,
+    0.91 and 0.90 each right after an onnxruntime call. Larger results lost
+    (11 and 7 rounds): A (1 MiB) 1.04-1.05, D (4.4 MiB) 1.14-1.8, C (1 MiB)
+    0.96; hence :data:`SVM_RESULT_BYTES`.
     """
+    device = queue.device
     if (not 0 < nbytes <= SVM_RESULT_BYTES or uses_system_svm(device)
             or not facts(device).fine_grain_buffers):
         return None
-    return functools.partial(cl.svm_empty, context, _FINE_GRAIN, alignment=_SVM_ALIGNMENT)
+    pool = svm_pool(queue)
+
+    def empty(shape, dtype) -> np.ndarray:
+        if pool.held_blocks > _HELD_BLOCKS:
+            pool.free_held()
+        count = math.prod(shape)
+        # The array's base holds the pooled block; it returns to the pool when
+        # the array (the caller's result) is collected.
+        return np.frombuffer(pool(count * np.dtype(dtype).itemsize).buf, dtype, count).reshape(shape)
+    return empty
+
+
+def svm_pool(queue: cl.CommandQueue):
+    """A pool of fine-grained buffer SVM for :func:`result_allocator`, kept on the queue.
+
+    ``clSVMAlloc`` took 10.3 us for 64 KiB on Debian's PoCL 3.1, the pool 0.24.
+    A block returns to the pool when its array is collected, with no driver
+    call (also in a forked child); the pool lets go of the blocks it holds
+    beyond :data:`_HELD_BLOCKS` (at most that many times :data:`SVM_RESULT_BYTES`).
+    """
+    with _pools_lock:
+        pool = getattr(queue, "_atrous_cl_svm_pool", None)
+        if pool is None:
+            import pyopencl.tools
+
+            pool = queue._atrous_cl_svm_pool = pyopencl.tools.SVMPool(
+                pyopencl.tools.SVMAllocator(queue.context, alignment=_SVM_ALIGNMENT,
+                                            flags=_FINE_GRAIN))
+        return pool
 
 
 #: The largest host-path result (bytes) :func:`result_allocator` puts in SVM.
 SVM_RESULT_BYTES = 1 << 18
+
+#: Free blocks an SVM pool keeps for later results (16 MiB at most).
+_HELD_BLOCKS = 64
 
 _FINE_GRAIN = cl.svm_mem_flags.READ_WRITE | cl.svm_mem_flags.SVM_FINE_GRAIN_BUFFER
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -220,7 +221,7 @@ def test_host_path_works_in_place_on_cpu_devices(queue, mode, monkeypatch):
         pytest.skip(f"{queue.device.name}: no fine-grained buffer SVM")
     monkeypatch.setattr(memory, "uses_system_svm", lambda device: svm)
     if mode == "host-pointer-buffers":
-        monkeypatch.setattr(memory, "result_allocator", lambda device, context, nbytes: None)
+        monkeypatch.setattr(memory, "result_allocator", lambda queue, nbytes: None)
 
     def no_copies(*args, **kwargs):
         raise AssertionError("the host path copied an array to the device")
@@ -235,10 +236,12 @@ def test_host_path_works_in_place_on_cpu_devices(queue, mode, monkeypatch):
     monkeypatch.setattr(cl, "enqueue_map_buffer",
                         lambda queue, buf, *a, **k: mapped.append(buf.size) or real_map(queue, buf, *a, **k))
     want = reference.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME")
+    pool = memory.svm_pool(queue)
+    active = pool.active_blocks
     got = atrous_cl.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME", queue=queue)
     assert_close(got, want, np.float32)
     assert mapped == ([got.nbytes] if mode == "host-pointer-buffers" else [])
-    assert isinstance(got.base, cl.SVMAllocation) == (mode == "fine-grain-results")
+    assert pool.active_blocks - active == (mode == "fine-grain-results")
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
@@ -265,12 +268,19 @@ def test_small_host_results_in_fine_grained_svm(queue, limit, dtype, monkeypatch
     rng = np.random.default_rng()
     value = rng.standard_normal((2, 6, 7, 3)).astype(dtype)
     filters = rng.standard_normal((3, 2, 4, 3)).astype(dtype)
+    pool = memory.svm_pool(queue)
+    active = pool.active_blocks
     got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, 2, "SAME", queue=queue)
     assert_close(got, reference.atrous_conv2d_transpose(value, filters, output_shape, 2, "SAME"),
                  dtype)
     in_svm = limit >= 0
-    assert isinstance(got.base, cl.SVMAllocation) == in_svm
+    assert pool.active_blocks - active == in_svm
     assert mapped == ([] if in_svm else [nbytes])
+    assert got.flags.writeable and got.flags.c_contiguous and got.dtype == dtype
+    del got
+    gc.collect()
+    assert pool.active_blocks == active  # the block went back with the array
+
 
 
 @pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])

@@ -374,9 +374,10 @@ def test_a_child_forked_after_opencl_was_used_is_refused_clearly(queue):
 
 
 def test_a_host_result_can_be_read_and_dropped_in_a_forked_child(queue):
-    """A host-path result is the child's to read and free: on PoCL it lies in fine-grained
-    SVM (:func:`atrous_cl.memory.result_allocator`), freed with ``clSVMFree`` when
-    collected, which must neither fail nor hang in a child that cannot use OpenCL."""
+    """A host-path result is the child's to read and free: on PoCL a small one lies in
+    fine-grained SVM from a pool (:func:`atrous_cl.memory.result_allocator`), which it
+    returns to when collected; that must neither fail nor hang in a child that cannot
+    use OpenCL."""
     import gc
 
     value, filters, output_shape, rate, padding = _problem(np.random.default_rng())
