@@ -88,12 +88,13 @@ def result_allocator(queue: cl.CommandQueue, nbytes: int):
     Without system SVM (PoCL), a result in a host-pointer buffer must be mapped
     and unmapped before the host reads it, two more commands through the
     driver's scheduler; a NumPy array in fine-grained buffer SVM needs neither,
-    only the wait. Debian's PoCL 3.1 on the 2-core EPYC, the whole host call
-    with / without, in-process ABBA, 41 rounds of 20 calls, each SVM result
-    from ``clSVMAlloc``: E (128 KiB result) 0.84, F (64 KiB) 0.86 back to back,
-    0.91 and 0.90 each right after an onnxruntime call. Larger results lost
-    (11 and 7 rounds): A (1 MiB) 1.04-1.05, D (4.4 MiB) 1.14-1.8, C (1 MiB)
-    0.96; hence :data:`SVM_RESULT_BYTES`.
+    only the wait. The whole host call with / without on Debian's PoCL 3.1
+    (2-core EPYC, ``benchmarks/svm_results_ab.py 1:0``, 41 rounds of 20
+    calls, two runs): E (128 KiB result) 0.73-0.76, F (64 KiB) 0.73-0.78 back
+    to back, 0.77-0.83 and 0.77-0.80 each right after an onnxruntime call
+    (``--after-ort``). Larger results (``--limit 8388608 --workloads A C D
+    --rounds 9``): A (1 MiB) 0.99-1.00, C (1 MiB) 0.93-0.96, D (4.4 MiB)
+    1.39-1.42, a loss not understood; hence :data:`SVM_RESULT_BYTES`.
     """
     device = queue.device
     if (not 0 < nbytes <= SVM_RESULT_BYTES or uses_system_svm(device)
