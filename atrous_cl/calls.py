@@ -292,9 +292,10 @@ def result(shape, dtype, queue: cl.CommandQueue, on_device: bool,
     context's fine-grained buffer SVM where :func:`~atrous_cl.memory.result_allocator`
     gives one (small results on PoCL: no map before the host reads it)."""
     if in_place:
-        device = queue.device
-        empty = memory.result_allocator(queue, math.prod(shape) * np.dtype(dtype).itemsize)
+        svm = memory.uses_system_svm(queue.device)  # kernels take any NumPy array as it is
+        empty = None if svm else memory.result_allocator(
+            queue, math.prod(shape) * np.dtype(dtype).itemsize)
         return memory.HostArray(host_result(shape, dtype, empty or np.empty), queue, written=True,
-                                svm=empty is not None or memory.uses_system_svm(device))
+                                svm=svm or empty is not None)
     return cl_array.empty(queue, shape, dtype,
                           allocator=None if on_device else memory.memory_pool(queue))
