@@ -98,8 +98,9 @@ def run(inputs: dict[str, Any], results: dict[str, tuple[int, ...]], dtype: np.d
     """
     on_device, queue = queue_for(tuple(inputs.values()), queue, context, device)
     single = len(results) == 1
-    _check_steps(queue.device, dtype, steps, inputs, results)
-    in_place = not on_device and memory.works_in_host_memory(queue.device)
+    runs_on = queue.device
+    _check_steps(runs_on, dtype, steps, inputs, results)
+    in_place = not on_device and memory.works_in_host_memory(runs_on)
     outs = None if out is None else _checked_outs(out, results, dtype, queue, on_device, inputs)
     arrays: dict = {}
     for name, x in inputs.items():
@@ -263,7 +264,7 @@ def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
             x = np.require(x, dtype, ["C_CONTIGUOUS", "ALIGNED"] + (["WRITEABLE"] if svm else []))
         if not svm and any(np.may_share_memory(x, other.array) for other in apart_from):
             x = x.copy()
-        return memory.HostArray(x, queue)
+        return memory.HostArray(x, queue, svm=svm)
     if isinstance(x, cl_array.Array):
         if x.context != queue.context:
             raise ValueError(f"{what} lives in another OpenCL context than the queue it runs on "
@@ -276,17 +277,25 @@ def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
                               allocator=memory.memory_pool(queue))
 
 
-#: Allocates a host-path result that kernels write in place. Tests swap in one
-#: that fills it with NaN, so elements the kernels miss show up.
-host_result = np.empty
+def host_result(shape, dtype, empty=np.empty) -> np.ndarray:
+    """Allocates a host-path result that kernels write in place, with ``empty``
+    (:func:`numpy.empty` or :func:`~atrous_cl.memory.result_allocator`'s). Tests
+    swap in one that fills it with NaN, so elements the kernels miss show up."""
+    return empty(shape, dtype)
 
 
 def result(shape, dtype, queue: cl.CommandQueue, on_device: bool,
            in_place: bool = False) -> cl_array.Array | HostArray:
     """A new result array. Only a host-path result, fetched and dropped by the
     op, comes from the pool: a device result is the caller's, to use on any queue.
-    With ``in_place``, a new NumPy array the kernels write directly."""
+    With ``in_place``, a new NumPy array the kernels write directly: in the
+    context's fine-grained buffer SVM where :func:`~atrous_cl.memory.result_allocator`
+    gives one (small results on PoCL: no map before the host reads it)."""
     if in_place:
-        return memory.HostArray(host_result(shape, dtype), queue, written=True)
+        svm = memory.uses_system_svm(queue.device)  # kernels take any NumPy array as it is
+        empty = None if svm else memory.result_allocator(
+            queue, math.prod(shape) * np.dtype(dtype).itemsize)
+        return memory.HostArray(host_result(shape, dtype, empty or np.empty), queue, written=True,
+                                svm=svm or empty is not None)
     return cl_array.empty(queue, shape, dtype,
                           allocator=None if on_device else memory.memory_pool(queue))

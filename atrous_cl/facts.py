@@ -36,14 +36,14 @@ class Facts(NamedTuple):
     max_alloc: int
     global_mem: int
     system_svm: bool  # kernels may take plain host pointers (fine-grained system SVM)
+    fine_grain_buffers: bool  # SVM allocations the host and kernels share without maps
 
 
-def _system_svm(device) -> bool:
+def _svm_capabilities(device) -> int:
     try:
-        caps = device.svm_capabilities
+        return device.svm_capabilities
     except (cl.Error, AttributeError):  # OpenCL 1.x: no SVM query
-        return False
-    return bool(caps & cl.device_svm_capabilities.FINE_GRAIN_SYSTEM)
+        return 0
 
 
 _facts: dict[int, Facts] = {}
@@ -59,9 +59,12 @@ def facts(device: cl.Device) -> Facts:
     key = device.int_ptr if isinstance(device, cl.Device) else None
     found = _facts.get(key) if key is not None else None
     if found is None:
+        svm = _svm_capabilities(device)
         found = Facts(device.name.strip(), device.platform.name.strip(), device.driver_version,
                       device.version, int(device.type), frozenset(device.extensions.split()),
-                      device.max_mem_alloc_size, device.global_mem_size, _system_svm(device))
+                      device.max_mem_alloc_size, device.global_mem_size,
+                      bool(svm & cl.device_svm_capabilities.FINE_GRAIN_SYSTEM),
+                      bool(svm & cl.device_svm_capabilities.FINE_GRAIN_BUFFER))
         if key is not None:
             _facts[key] = found
     return found

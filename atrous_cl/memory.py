@@ -10,6 +10,7 @@ keeps a failing host call from freeing them under a running kernel, and
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 
 import numpy as np
@@ -78,24 +79,93 @@ def uses_system_svm(device: cl.Device) -> bool:
     return facts(device).system_svm
 
 
+def result_allocator(queue: cl.CommandQueue, nbytes: int):
+    """How a host-path result of ``nbytes`` on ``queue`` is allocated when
+    :func:`works_in_host_memory`: None for :func:`numpy.empty`, or
+    ``empty(shape, dtype)``, a NumPy array in fine-grained buffer SVM from the
+    queue's pool (:func:`svm_pool`).
+
+    Without system SVM (PoCL), a result in a host-pointer buffer must be mapped
+    and unmapped before the host reads it, two more commands through the
+    driver's scheduler; a NumPy array in fine-grained buffer SVM needs neither,
+    only the wait. The whole host call with / without on Debian's PoCL 3.1
+    (2-core EPYC, ``benchmarks/svm_results_ab.py 1:0``, 41 rounds of 20
+    calls, two runs): E (128 KiB result) 0.73-0.76, F (64 KiB) 0.73-0.78 back
+    to back, 0.77-0.83 and 0.77-0.80 each right after an onnxruntime call
+    (``--after-ort``). Larger results (``--limit 8388608 --workloads A C D
+    --rounds 9``): A (1 MiB) 0.99-1.00, C (1 MiB) 0.93-0.96, D (4.4 MiB)
+    1.39-1.42, a loss not understood; hence :data:`SVM_RESULT_BYTES`.
+    """
+    device = queue.device
+    if (not 0 < nbytes <= SVM_RESULT_BYTES or uses_system_svm(device)
+            or not facts(device).fine_grain_buffers):
+        return None
+    pool = svm_pool(queue)
+
+    def empty(shape, dtype) -> np.ndarray:
+        if pool.held_blocks > _HELD_BLOCKS:
+            pool.free_held()
+        count = math.prod(shape)
+        # The array's base holds the pooled block; it returns to the pool when
+        # the array (the caller's result) is collected.
+        return np.frombuffer(pool(count * np.dtype(dtype).itemsize).buf, dtype, count).reshape(shape)
+    return empty
+
+
+def svm_pool(queue: cl.CommandQueue):
+    """A pool of fine-grained buffer SVM for :func:`result_allocator`, kept on the queue.
+
+    ``clSVMAlloc`` took 10.3 us for 64 KiB on Debian's PoCL 3.1, the pool 0.24.
+    A block returns to the pool when its array is collected, with no driver
+    call (also in a forked child); the pool lets go of the blocks it holds
+    beyond :data:`_HELD_BLOCKS` (at most that many times :data:`SVM_RESULT_BYTES`).
+    """
+    with _pools_lock:
+        pool = getattr(queue, "_atrous_cl_svm_pool", None)
+        if pool is None:
+            import pyopencl.tools
+
+            pool = queue._atrous_cl_svm_pool = pyopencl.tools.SVMPool(
+                pyopencl.tools.SVMAllocator(queue.context, alignment=_SVM_ALIGNMENT,
+                                            flags=_FINE_GRAIN))
+        return pool
+
+
+#: The largest host-path result (bytes) :func:`result_allocator` puts in SVM.
+SVM_RESULT_BYTES = 1 << 18
+
+#: Free blocks an SVM pool keeps for later results (16 MiB at most).
+_HELD_BLOCKS = 64
+
+_FINE_GRAIN = cl.svm_mem_flags.READ_WRITE | cl.svm_mem_flags.SVM_FINE_GRAIN_BUFFER
+
+#: Alignment of those results: a cache line, and the widest vector (16
+#: doubles) a kernel may load from them.
+_SVM_ALIGNMENT = 128
+
+
 class HostArray:
     """A C-contiguous, aligned NumPy array that kernels on a CPU device use in place.
 
     It offers what the launches take from a ``pyopencl.array.Array``
     (``base_data``, ``offset``, ``size``, ``dtype``, ``events``, ``add_event``)
     and ``get``, which waits for the queue and returns the array itself. ``base_data`` is the array as
-    system SVM where the device has it (:func:`uses_system_svm`), else a buffer
-    created with ``CL_MEM_USE_HOST_PTR`` on it; either is made on first use
-    (OpenCL has no empty buffers). Such a buffer's memory is defined on the
-    host only once mapped, so ``get`` maps and unmaps a ``written`` one.
+    system SVM where the device has it (:func:`uses_system_svm`) or the array
+    lies in the context's fine-grained buffer SVM (:func:`result_allocator`;
+    the caller says which with ``svm``), else a buffer created with ``CL_MEM_USE_HOST_PTR``
+    on it; either is made on first use (OpenCL has no empty buffers). Such a
+    buffer's memory is defined on the host only once mapped, so ``get`` maps
+    and unmaps a ``written`` one.
     """
 
     offset = 0
 
-    def __init__(self, array: np.ndarray, queue: cl.CommandQueue, written: bool = False):
+    def __init__(self, array: np.ndarray, queue: cl.CommandQueue, written: bool = False,
+                 svm: bool | None = None):
         self.array, self.written = array, written
         self.size, self.dtype, self.shape = array.size, array.dtype, array.shape
-        self._svm = uses_system_svm(queue.device)
+        # svm: whether kernels take the array as an SVM pointer, when the caller knows.
+        self._svm = uses_system_svm(queue.device) if svm is None else svm
         self._context = queue.context
         self._data = None
         self.events: list[cl.Event] = []  # the launches that write it (see launch.transpose)

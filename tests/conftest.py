@@ -52,7 +52,12 @@ def poisoned_host_results(monkeypatch):
     """Host-path results that kernels write in place start as NaN, like poisoned device outputs."""
     from atrous_cl import calls
 
-    monkeypatch.setattr(calls, "host_result", lambda shape, dtype: np.full(shape, np.nan, dtype))
+    def poisoned(shape, dtype, empty=np.empty):
+        array = empty(shape, dtype)
+        array.fill(np.nan)
+        return array
+
+    monkeypatch.setattr(calls, "host_result", poisoned)
 
 
 #: Max |got - want| / max |want| per dtype. float16 is the rounding of one

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import gc
+import math
+
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
@@ -198,20 +201,27 @@ def test_unknown_scalar_argument_type_is_named():
         programs.scalar_arg_dtypes("__kernel void k(__global float *out, const float x) {}")
 
 
-@pytest.mark.parametrize("svm", [True, False], ids=["system-svm", "host-pointer-buffers"])
-def test_host_path_works_in_place_on_cpu_devices(queue, svm, monkeypatch):
+@pytest.mark.parametrize("mode", ["system-svm", "fine-grain-results", "host-pointer-buffers"])
+def test_host_path_works_in_place_on_cpu_devices(queue, mode, monkeypatch):
     """On a CPU device the host API copies nothing to or from the device: with system
-    SVM kernels take the arrays' pointers, elsewhere buffers made on them. OpenCL
-    defines a host-pointer buffer's memory only once it is mapped, so the result
-    must be mapped before it is returned (every CPU runtime here writes the
-    memory directly, so only the recorded map shows it)."""
+    SVM kernels take the arrays' pointers, elsewhere buffers made on the inputs and a
+    result in fine-grained buffer SVM, or (without that) a buffer made on it. OpenCL
+    defines a host-pointer buffer's memory only once it is mapped, so such a result
+    must be mapped before it is returned (every CPU runtime here writes the memory
+    directly, so only the recorded map shows it); an SVM result needs no map."""
     from atrous_cl import memory
+    from atrous_cl.facts import facts
 
     if not memory.works_in_host_memory(queue.device):
         pytest.skip(f"{queue.device.name}: not a CPU device; the host path copies")
+    svm = mode == "system-svm"
     if svm and not memory.uses_system_svm(queue.device):
         pytest.skip(f"{queue.device.name}: no fine-grained system SVM")
+    if mode == "fine-grain-results" and not facts(queue.device).fine_grain_buffers:
+        pytest.skip(f"{queue.device.name}: no fine-grained buffer SVM")
     monkeypatch.setattr(memory, "uses_system_svm", lambda device: svm)
+    if mode == "host-pointer-buffers":
+        monkeypatch.setattr(memory, "result_allocator", lambda queue, nbytes: None)
 
     def no_copies(*args, **kwargs):
         raise AssertionError("the host path copied an array to the device")
@@ -226,9 +236,51 @@ def test_host_path_works_in_place_on_cpu_devices(queue, svm, monkeypatch):
     monkeypatch.setattr(cl, "enqueue_map_buffer",
                         lambda queue, buf, *a, **k: mapped.append(buf.size) or real_map(queue, buf, *a, **k))
     want = reference.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME")
+    pool = memory.svm_pool(queue)
+    active = pool.active_blocks
     got = atrous_cl.atrous_conv2d_transpose(value, filters, (2, 6, 7, 4), 2, "SAME", queue=queue)
     assert_close(got, want, np.float32)
-    assert mapped == ([] if svm else [got.nbytes])
+    assert mapped == ([got.nbytes] if mode == "host-pointer-buffers" else [])
+    assert pool.active_blocks - active == (mode == "fine-grain-results")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("limit", [-1, 0, 1],
+                         ids=["result-above-limit", "result-at-limit", "result-below-limit"])
+def test_small_host_results_in_fine_grained_svm(queue, limit, dtype, monkeypatch):
+    """Without system SVM, a host-path result up to SVM_RESULT_BYTES is allocated in
+    fine-grained buffer SVM and returned without a map; a larger one lies in a
+    host-pointer buffer, mapped before it is returned. Both are right, poisoned first."""
+    from atrous_cl import memory
+    from atrous_cl.facts import facts
+
+    if not memory.works_in_host_memory(queue.device) or not facts(queue.device).fine_grain_buffers:
+        pytest.skip(f"{queue.device.name}: no host path in place with fine-grained buffer SVM")
+    skip_unsupported(queue, dtype)
+    monkeypatch.setattr(memory, "uses_system_svm", lambda device: False)
+    output_shape = (2, 6, 7, 4)
+    nbytes = math.prod(output_shape) * np.dtype(dtype).itemsize
+    monkeypatch.setattr(memory, "SVM_RESULT_BYTES", nbytes + limit)
+    mapped = []
+    real_map = cl.enqueue_map_buffer
+    monkeypatch.setattr(cl, "enqueue_map_buffer",
+                        lambda queue, buf, *a, **k: mapped.append(buf.size) or real_map(queue, buf, *a, **k))
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 6, 7, 3)).astype(dtype)
+    filters = rng.standard_normal((3, 2, 4, 3)).astype(dtype)
+    pool = memory.svm_pool(queue)
+    active = pool.active_blocks
+    got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, 2, "SAME", queue=queue)
+    assert_close(got, reference.atrous_conv2d_transpose(value, filters, output_shape, 2, "SAME"),
+                 dtype)
+    in_svm = limit >= 0
+    assert pool.active_blocks - active == in_svm
+    assert mapped == ([] if in_svm else [nbytes])
+    assert got.flags.writeable and got.flags.c_contiguous and got.dtype == dtype
+    del got
+    gc.collect()
+    assert pool.active_blocks == active  # the block went back with the array
+
 
 
 @pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])

@@ -373,6 +373,28 @@ def test_a_child_forked_after_opencl_was_used_is_refused_clearly(queue):
         assert outcome.startswith("DeviceError:") and "forked from process" in outcome, outcome
 
 
+def test_a_host_result_can_be_read_and_dropped_in_a_forked_child(queue):
+    """A host-path result is the child's to read and free: on PoCL a small one lies in
+    fine-grained SVM from a pool (:func:`atrous_cl.memory.result_allocator`), which it
+    returns to when collected; that must neither fail nor hang in a child that cannot
+    use OpenCL."""
+    import gc
+
+    value, filters, output_shape, rate, padding = _problem(np.random.default_rng())
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    results = [atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
+                                                 queue=queue)]
+
+    def work():
+        got = results.pop()
+        assert_close(got, want, context="in the child")
+        del got
+        gc.collect()
+
+    assert _in_forked_child(work) == "ran"
+    assert_close(results[0], want, context="in the parent")
+
+
 def test_a_child_forked_before_any_opencl_call_works(tmp_path):
     """``import atrous_cl`` makes no OpenCL call, so forking right after it is fine."""
     import subprocess

@@ -1,0 +1,145 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Where a host call's time goes, for small workloads (issue 13: E and F).
+
+``python benchmarks/call_cost.py [--devices 2:0 1:0] [--workloads E F] [--calls 200]``
+
+For each device and workload, medians over ``--calls`` calls of:
+
+- ``call``: the whole host API call, back to back;
+- ``call after ort``: the same, each right after an onnxruntime Conv-form call
+  on the same workload (as in the interleaved bench: the driver's threads
+  have gone to sleep meanwhile, or the cores are someone else's);
+- the host path's Python steps, each timed alone in a loop of its own
+  (validation, queue, the device check's memo, the input and result
+  wrappers, the tile lookup, the plan lookup);
+- ``enqueue``: the launches' enqueue calls on a warm plan (the host filters
+  compared against the last repacked, then the kernel enqueued), measured to
+  the return of :func:`atrous_cl.launch.transpose`;
+- ``wait``: from there to the result's ``get`` returning;
+- ``kernel``: the main kernel's own duration from a profiling queue's event.
+
+Nothing here asserts anything about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import pyopencl as cl
+
+from atrous_cl import bench, calls, discovery, launch, memory, ops, tuning
+from atrous_cl.validation import check_dtypes
+
+
+def _median_us(fn, n: int) -> float:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e6
+
+
+def _loop_us(fn, n: int) -> float:
+    """Per call, of ``n`` calls in one timed loop: for steps too short to time one by one."""
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def measure(device: cl.Device, wl: bench.Workload, value, filters, ort_call, n: int) -> dict:
+    queue = discovery.get_queue(device=device)
+    shape, rate, padding = wl.output_shape, wl.rate, wl.padding
+    full = lambda: ops.atrous_conv2d_transpose(value, filters, shape, rate, padding,  # noqa: E731
+                                               queue=queue)
+    for _ in range(5):
+        full()
+    out = {"call": _median_us(full, n)}
+
+    def after_ort():
+        ort_call()
+        start = time.perf_counter()
+        full()
+        return time.perf_counter() - start
+    out["call after ort"] = statistics.median(after_ort() for _ in range(n)) * 1e6
+
+    dtype = np.dtype(np.float32)
+    args = ops._transpose_args(value.shape, filters.shape, shape, rate, padding)
+    steps = (calls.Transpose(args),)
+    inputs = {"value": value, "filters": filters}
+    out["validate"] = _loop_us(lambda: (calls.host_or_device(value), calls.host_or_device(filters),
+                                        check_dtypes(value.dtype, filters.dtype),
+                                        ops._transpose_args(value.shape, filters.shape, shape,
+                                                            rate, padding)), n * 10)
+    out["queue_for"] = _loop_us(lambda: calls.queue_for((value, filters), queue, None, None), n * 10)
+    out["device check memo"] = _loop_us(
+        lambda: calls._check_steps(queue.device, dtype, steps, inputs, {"out": shape}), n * 10)
+    out["queue.device"] = _loop_us(lambda: queue.device, n * 10)
+    in_place = memory.works_in_host_memory(queue.device)
+    out["works_in_host_memory"] = _loop_us(lambda: memory.works_in_host_memory(queue.device), n * 10)
+    out["inputs + result wrappers"] = _loop_us(
+        lambda: (calls.device_array(queue, "value", value, dtype, in_place),
+                 calls.device_array(queue, "filters", filters, dtype, in_place),
+                 calls.result(shape, dtype, queue, False, in_place)), n * 10)
+    out["tile_for"] = _loop_us(lambda: tuning.tile_for(queue.device, dtype, args), n * 10)
+    tile = tuning.tile_for(queue.device, dtype, args)
+    wide = launch.widens_inputs(queue.device, dtype)
+    out["plan lookup"] = _loop_us(lambda: launch.plan(queue.context, queue.device, dtype, args, tile,
+                                                      False, wide), n * 10)
+
+    enq, wait = [], []
+    for _ in range(n):
+        v = calls.device_array(queue, "value", value, dtype, in_place)
+        f = calls.device_array(queue, "filters", filters, dtype, in_place)
+        r = calls.result(shape, dtype, queue, False, in_place)
+        start = time.perf_counter()
+        launch.transpose(queue, v, f, r, args, tile)
+        mid = time.perf_counter()
+        r.get(queue)
+        enq.append(mid - start)
+        wait.append(time.perf_counter() - mid)
+    out["enqueue (transpose())"] = statistics.median(enq) * 1e6
+    out["wait (get)"] = statistics.median(wait) * 1e6
+
+    prof = cl.CommandQueue(queue.context, queue.device,
+                           properties=cl.command_queue_properties.PROFILING_ENABLE)
+    kernel = []
+    for _ in range(n):
+        v = calls.device_array(prof, "value", value, dtype, in_place)
+        f = calls.device_array(prof, "filters", filters, dtype, in_place)
+        r = calls.result(shape, dtype, prof, False, in_place)
+        event = launch.transpose(prof, v, f, r, args, tile)
+        r.get(prof)
+        kernel.append((event.profile.end - event.profile.start) * 1e-3)
+    out["kernel (profiled)"] = statistics.median(kernel)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", nargs="+", default=["2:0", "1:0"])
+    parser.add_argument("--workloads", nargs="+", default=["E", "F"])
+    parser.add_argument("--calls", type=int, default=200)
+    args = parser.parse_args()
+    ort = bench._onnxruntime("NCHW", conv_form=True)
+    rng = np.random.default_rng(0)
+    results = {}
+    for wl in (w for w in bench.WORKLOADS if w.name in args.workloads):
+        value, filters = bench.inputs("transpose", wl, rng)
+        ort_call = ort(wl, value, filters)
+        for sel in args.devices:
+            results[wl.name, sel] = measure(discovery.select_device(sel), wl, value, filters,
+                                            ort_call, args.calls)
+    keys = list(next(iter(results.values())))
+    print("| us | " + " | ".join(f"{w} {s}" for w, s in results) + " |")
+    print("|---" + "|---:" * len(results) + "|")
+    for k in keys:
+        print(f"| {k} | " + " | ".join(f"{r[k]:.1f}" for r in results.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
