@@ -23,7 +23,7 @@ import pyopencl.array as cl_array
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, facts, status_name
-from atrous_cl.tiles import Tile
+from atrous_cl.tiles import Tile, pixel_vector
 from atrous_cl.validation import ConvArgs, TransposeArgs
 
 #: The kernel file this layer launches.
@@ -85,6 +85,29 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
         (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ())
 
 
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` (>= 1) that is at most ``at_most`` (>= 1)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return max(d for d in small + [n // d for d in small] if d <= at_most)
+
+
+def pixels_geometry(output_shape: tuple[int, int, int, int], vector: int,
+                    intel_cpu: bool) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """``(global_size, local_size)`` of the one-channel kernel: a work-item per ``vector``
+    pixels of a row (axis 0) and output row (axis 1).
+
+    Intel's CPU runtime gets groups of about 32 work-items, a row's vectors
+    times a few rows: F (128x128) ran its kernel in 22-26 us so, against
+    43-53 us with the driver's groups or 128-item ones (2-core EPYC, loaded).
+    """
+    n, oh, ow, _ = output_shape
+    global_size = (-(-ow // vector), n * oh)
+    if not intel_cpu:
+        return global_size, None
+    along_row = largest_divisor(global_size[0], 32)
+    return global_size, (along_row, largest_divisor(global_size[1], max(1, 32 // along_row)))
+
+
 def launch_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_w: int,
                     max_group: int | None = None) -> tuple[tuple[int, int, int], tuple | None]:
     """``(global_size, local_size)`` of the main kernel: one work-item per register tile.
@@ -105,10 +128,6 @@ def launch_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_w:
     channel_tiles, row_tiles, rows = global_size
     if max_group is None or channel_tiles > max_group:
         return global_size, None
-
-    def largest_divisor(n: int, at_most: int) -> int:  # of n (>= 1), at most at_most (>= 1)
-        small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-        return max(d for d in small + [n // d for d in small] if d <= at_most)
 
     along_row = largest_divisor(row_tiles, max_group // channel_tiles)
     # Rows of few tiles go several to a group, up to about 128 work-items,
@@ -161,11 +180,17 @@ def element_offset(x: cl_array.Array) -> int:
     return x.offset // x.dtype.itemsize
 
 
+def _intel_cpu(device: cl.Device) -> bool:
+    f = facts(device)
+    return "intel" in f.platform.lower() and bool(f.type & cl.device_type.CPU)
+
+
 class Plan(NamedTuple):
     """What launching the op takes besides its arrays, fixed by context, device,
     dtype, problem and tile: the kernels, their geometry and scalar arguments."""
 
     kernels: dict
+    main_kernel: str  # its name in kernels
     lock: threading.Lock
     options: tuple[str, ...]
     wide: bool
@@ -189,26 +214,35 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
     dilation = kernel_dilation(args)
     if dilation is None:
         return None
-    # No wider than a phase's columns: E's 8-pixel images at rate 2 have 4,
-    # and an 8-pixel tile would compute as many pixels for nothing.
-    tile = Tile(min(tile.pixels, -(-args.output_shape[2] // dilation[2])), tile.channels)
-    options = build_options(dtype, args, tile, forward_filters, wide)
+    _, oh, ow, _ = args.output_shape
+    vector = pixel_vector(device, dtype) if args.filters_shape[2:] == (1, 1) else None
+    if vector is not None:
+        # One channel in and out: VW consecutive pixels per work-item, a
+        # vector (atrous_conv2d_transpose_pixels), with the driver's groups.
+        options = build_options(dtype, args, Tile(vector, 1), forward_filters, wide) + (f"-DVW={vector}",)
+        main_kernel, tile = "atrous_conv2d_transpose_pixels", Tile(vector, 1)
+        main = pixels_geometry(args.output_shape, vector, _intel_cpu(device))
+    else:
+        # No wider than a phase's columns: E's 8-pixel images at rate 2 have 4,
+        # and an 8-pixel tile would compute as many pixels for nothing.
+        tile = Tile(min(tile.pixels, -(-ow // dilation[2])), tile.channels)
+        options = build_options(dtype, args, tile, forward_filters, wide)
+        main_kernel = "atrous_conv2d_transpose"
     kernels, lock = programs.get_kernels(context, KERNEL_FILE, options)
     itemsize = 4 if wide else np.dtype(dtype).itemsize
-    _, oh, ow, _ = args.output_shape
-    # Intel's CPU runtime, left to choose the work-groups of A, C and F (2048
-    # work-items each), ran them about as slowly as one core would; with a row
-    # per group (benchmarks/kernel_ab.py 2:0 ACDF new:8x16 new:8x16::L=64.64.1)
-    # A 5.06 -> 1.74 ms, C 1.92 -> 1.46, F 0.142 -> 0.096. PoCL: no gain.
-    f = facts(device)
-    max_group = (min(kernels["atrous_conv2d_transpose"].get_work_group_info(
-                         cl.kernel_work_group_info.WORK_GROUP_SIZE, device),
-                     *device.max_work_item_sizes[:2])
-                 if "intel" in f.platform.lower() and f.type & cl.device_type.CPU else None)
+    if vector is None:
+        # Intel's CPU runtime, left to choose the work-groups of A, C and F (2048
+        # work-items each), ran them about as slowly as one core would; with a row
+        # per group (benchmarks/kernel_ab.py 2:0 ACDF new:8x16 new:8x16::L=64.64.1)
+        # A 5.06 -> 1.74 ms, C 1.92 -> 1.46, F 0.142 -> 0.096. PoCL: no gain.
+        max_group = (min(kernels[main_kernel].get_work_group_info(
+                             cl.kernel_work_group_info.WORK_GROUP_SIZE, device),
+                         *device.max_work_item_sizes[:2])
+                     if _intel_cpu(device) else None)
+        main = launch_geometry(args.output_shape, tile, dilation[2], max_group)
     packed_nbytes = packed_elements(args.filters_shape, tile.padded_channels(args.filters_shape[2]))
-    return Plan(kernels, lock, options, wide, packed_nbytes * itemsize,
-                repack_geometry(args.filters_shape, tile),
-                launch_geometry(args.output_shape, tile, dilation[2], max_group),
+    return Plan(kernels, main_kernel, lock, options, wide, packed_nbytes * itemsize,
+                repack_geometry(args.filters_shape, tile), main,
                 (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
                  np.int32(ow)), {})
 
@@ -270,7 +304,7 @@ def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.A
                     if len(p.repacked) >= 8:
                         p.repacked.clear()
                     p.repacked[queue] = (raw.copy(), packed, repacked)
-            done = kernels["atrous_conv2d_transpose"](
+            done = kernels[p.main_kernel](
                 queue, *p.main, value_data, np.int64(value_off), packed, out.base_data,
                 np.int64(element_offset(out)), *p.sizes,
                 wait_for=[repacked, widened] if p.wide else [repacked, *wait])

@@ -57,6 +57,15 @@ def _max_channels(device: cl.Device, dtype, cout: int) -> int:
     return min(pow2_at_least(cout), 32 // acc_bytes if _pocl_narrow(device) else 16)
 
 
+def pixel_vector(device: cl.Device, dtype) -> int | None:
+    """Pixels per work-item of the one-channel kernel (``atrous_conv2d_transpose_pixels``),
+    a vector as wide as :func:`_max_channels` allows; None off CPUs, which keep the
+    register tiles (the one-channel kernel is unmeasured there)."""
+    if not facts(device).type & cl.device_type.CPU:
+        return None
+    return _max_channels(device, dtype, 1 << 10)
+
+
 def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     """The untuned tile: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors,
     8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere; the same for every dtype.

@@ -35,6 +35,11 @@ SHAPES = [
     (1, 7, 19, 1, 9, 2, 3, 2),      # single input channel, width not a tile multiple
     (1, 4, 4, 10, 1, 5, 5, 1),      # single output channel
     (0, 5, 5, 3, 4, 3, 3, 2),       # empty batch
+    # One channel in and out (the one-channel kernel on CPUs, vectors of 8 or 16 pixels):
+    (2, 9, 37, 1, 1, 3, 3, 2),      # whole vectors, a ragged last one, batch 2
+    (1, 6, 16, 1, 1, 5, 5, 3),      # one vector exactly
+    (1, 33, 70, 1, 1, 2, 4, 1),     # even kernel, rate 1
+    (1, 4, 40, 1, 1, 3, 3, 41),     # dilated kernel wider than the input
 ]
 DTYPES = [np.float32, np.float64, np.float16]
 
@@ -187,7 +192,8 @@ def test_every_kernel_declares_its_argument_types(queue, filename):
     source = programs.program_source(filename)
     declared = programs.scalar_arg_dtypes(source)
     options = ("-DT=float", "-DACC=float", "-DBW=2", "-DBC=2", "-DGC=2", "-DCIN=3", "-DCOUT=3",
-               "-DCOUTP=4", "-DKH=2", "-DKW=2", *launch.dilation_options(1, 0, 1, 0))
+               "-DCOUTP=4", "-DKH=2", "-DKW=2", *launch.dilation_options(1, 0, 1, 0),
+               "-DVW=2")  # the one-channel kernel too
     kernels, _ = programs.get_kernels(queue.context, filename, options)
     assert set(declared) == set(kernels)
     for name, kernel in kernels.items():

@@ -537,18 +537,24 @@ def _with_non_finite(rng, shape, where: str, which: str, dtype=np.float32) -> np
 @pytest.mark.parametrize("where", ["corner", "middle"])
 @pytest.mark.parametrize("bad", ["value", "filters", "dy"])
 @pytest.mark.parametrize("op", ["forward", "transpose"])
-def test_zero_padding_times_a_non_finite_factor_is_nan_as_in_tf(queue, op, bad, where, which,
-                                                                  padding):
+@pytest.mark.parametrize("channels", ["3-4", "1-1"])
+def test_zero_padding_times_a_non_finite_factor_is_nan_as_in_tf(queue, channels, op, bad, where,
+                                                                  which, padding):
     """TF's forward conv multiplies its zero padding by the weights, and its filter gradient
     the padded input by dy: 0 * Inf is NaN there, as in the reference. Every output and
-    gradient must have the reference's NaNs exactly, and its numbers elsewhere."""
+    gradient must have the reference's NaNs exactly, and its numbers elsewhere. One
+    channel in and out runs the one-channel kernel, 21 columns wide so that it meets
+    whole vectors and border lanes."""
     rng = np.random.default_rng()
-    value_shape, filters_shape, rate = (2, 7, 9, 3), (3, 2, 4, 3), 2
+    rate = 2
+    c_in, c_out = map(int, channels.split("-"))  # of the transpose op
+    h, w = (7, 9) if c_in > 1 else (7, 21)
+    value_shape, filters_shape = (2, h, w, c_in), (3, 2, c_out, c_in)
     if op == "forward":  # atrous_conv2d: value has the filters' in-channels (shape[2])
-        value_shape = (2, 7, 9, 4)
-        out_shape = (2, *geometry.conv_output_hw((7, 9), (3, 2), rate, padding), 3)
+        value_shape = (2, h, w, c_out)
+        out_shape = (2, *geometry.conv_output_hw((h, w), (3, 2), rate, padding), c_in)
     else:
-        out_shape = (2, *geometry.transpose_output_hw((7, 9), (3, 2), rate, padding), 4)
+        out_shape = (2, *geometry.transpose_output_hw((h, w), (3, 2), rate, padding), c_out)
     value = _with_non_finite(rng, value_shape, where, which) if bad == "value" else \
         rng.standard_normal(value_shape).astype(np.float32)
     filters = _with_non_finite(rng, filters_shape, where, which) if bad == "filters" else \
