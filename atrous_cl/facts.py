@@ -70,6 +70,12 @@ def facts(device: cl.Device) -> Facts:
     return found
 
 
+def is_intel_cpu(device: cl.Device) -> bool:
+    """Whether ``device`` is Intel's CPU runtime (the ``intel`` extra)."""
+    f = facts(device)
+    return "intel" in f.platform.lower() and bool(f.type & cl.device_type.CPU)
+
+
 def describe(device: cl.Device) -> str:
     """``'name (platform, driver version)'`` for messages."""
     f = facts(device)

@@ -22,7 +22,7 @@ import pyopencl.array as cl_array
 
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
-from atrous_cl.facts import describe, facts, status_name
+from atrous_cl.facts import describe, facts, is_intel_cpu, status_name
 from atrous_cl.tiles import Tile, pixel_vector
 from atrous_cl.validation import ConvArgs, TransposeArgs
 
@@ -180,9 +180,19 @@ def element_offset(x: cl_array.Array) -> int:
     return x.offset // x.dtype.itemsize
 
 
-def _intel_cpu(device: cl.Device) -> bool:
-    f = facts(device)
-    return "intel" in f.platform.lower() and bool(f.type & cl.device_type.CPU)
+def _max_group(kernel: cl.Kernel, device: cl.Device) -> int | None:
+    """The register-tile kernel's ``max_group`` (:func:`launch_geometry`): the largest
+    work-group on Intel's CPU runtime, None (the driver's choice) elsewhere.
+
+    Intel's CPU runtime, left to choose the work-groups of A, C and F (2048
+    work-items each), ran them about as slowly as one core would; with a row
+    per group (benchmarks/kernel_ab.py 2:0 ACDF new:8x16 new:8x16::L=64.64.1)
+    A 5.06 -> 1.74 ms, C 1.92 -> 1.46, F 0.142 -> 0.096. PoCL: no gain.
+    """
+    if not is_intel_cpu(device):
+        return None
+    return min(kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device),
+               *device.max_work_item_sizes[:2])
 
 
 class Plan(NamedTuple):
@@ -218,28 +228,20 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
     vector = pixel_vector(device, dtype) if args.filters_shape[2:] == (1, 1) else None
     if vector is not None:
         # One channel in and out: VW consecutive pixels per work-item, a
-        # vector (atrous_conv2d_transpose_pixels), with the driver's groups.
-        options = build_options(dtype, args, Tile(vector, 1), forward_filters, wide) + (f"-DVW={vector}",)
-        main_kernel, tile = "atrous_conv2d_transpose_pixels", Tile(vector, 1)
-        main = pixels_geometry(args.output_shape, vector, _intel_cpu(device))
+        # vector (atrous_conv2d_transpose_pixels).
+        tile, main_kernel = Tile(vector, 1), "atrous_conv2d_transpose_pixels"
+        options = build_options(dtype, args, tile, forward_filters, wide) + (f"-DVW={vector}",)
     else:
         # No wider than a phase's columns: E's 8-pixel images at rate 2 have 4,
         # and an 8-pixel tile would compute as many pixels for nothing.
         tile = Tile(min(tile.pixels, -(-ow // dilation[2])), tile.channels)
-        options = build_options(dtype, args, tile, forward_filters, wide)
         main_kernel = "atrous_conv2d_transpose"
+        options = build_options(dtype, args, tile, forward_filters, wide)
     kernels, lock = programs.get_kernels(context, KERNEL_FILE, options)
     itemsize = 4 if wide else np.dtype(dtype).itemsize
-    if vector is None:
-        # Intel's CPU runtime, left to choose the work-groups of A, C and F (2048
-        # work-items each), ran them about as slowly as one core would; with a row
-        # per group (benchmarks/kernel_ab.py 2:0 ACDF new:8x16 new:8x16::L=64.64.1)
-        # A 5.06 -> 1.74 ms, C 1.92 -> 1.46, F 0.142 -> 0.096. PoCL: no gain.
-        max_group = (min(kernels[main_kernel].get_work_group_info(
-                             cl.kernel_work_group_info.WORK_GROUP_SIZE, device),
-                         *device.max_work_item_sizes[:2])
-                     if _intel_cpu(device) else None)
-        main = launch_geometry(args.output_shape, tile, dilation[2], max_group)
+    main = (pixels_geometry(args.output_shape, vector, is_intel_cpu(device)) if vector is not None
+            else launch_geometry(args.output_shape, tile, dilation[2],
+                                 _max_group(kernels[main_kernel], device)))
     packed_nbytes = packed_elements(args.filters_shape, tile.padded_channels(args.filters_shape[2]))
     return Plan(kernels, main_kernel, lock, options, wide, packed_nbytes * itemsize,
                 repack_geometry(args.filters_shape, tile), main,

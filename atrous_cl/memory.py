@@ -81,9 +81,10 @@ def uses_system_svm(device: cl.Device) -> bool:
 
 def result_allocator(queue: cl.CommandQueue, nbytes: int):
     """How a host-path result of ``nbytes`` on ``queue`` is allocated when
-    :func:`works_in_host_memory`: None for :func:`numpy.empty`, or
-    ``empty(shape, dtype)``, a NumPy array in fine-grained buffer SVM from the
-    queue's pool (:func:`svm_pool`).
+    :func:`works_in_host_memory` and the device has no system SVM (with it,
+    kernels take any NumPy array, so the caller asks for none): None for
+    :func:`numpy.empty`, or ``empty(shape, dtype)``, a NumPy array in
+    fine-grained buffer SVM from the queue's pool (:func:`svm_pool`).
 
     Without system SVM (PoCL), a result in a host-pointer buffer must be mapped
     and unmapped before the host reads it, two more commands through the
@@ -96,9 +97,7 @@ def result_allocator(queue: cl.CommandQueue, nbytes: int):
     --rounds 9``): A (1 MiB) 0.99-1.00, C (1 MiB) 0.93-0.96, D (4.4 MiB)
     1.39-1.42, a loss not understood; hence :data:`SVM_RESULT_BYTES`.
     """
-    device = queue.device
-    if (not 0 < nbytes <= SVM_RESULT_BYTES or uses_system_svm(device)
-            or not facts(device).fine_grain_buffers):
+    if not 0 < nbytes <= SVM_RESULT_BYTES or not facts(queue.device).fine_grain_buffers:
         return None
     pool = svm_pool(queue)
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import pyopencl as cl
 
-from atrous_cl.facts import facts
+from atrous_cl.facts import facts, is_intel_cpu
 
 
 class Tile(NamedTuple):
@@ -50,20 +50,25 @@ def _pocl_narrow(device: cl.Device) -> bool:
     return _is_pocl(device) and "avx512" not in facts(device).version.lower()
 
 
-def _max_channels(device: cl.Device, dtype, cout: int) -> int:
-    """Widest channel vector worth using: no wider than ``cout`` needs, 32 bytes on a
-    PoCL without 512-bit vectors (:func:`_pocl_narrow`)."""
+def _vector_width(device: cl.Device, dtype) -> int:
+    """Widest vector of accumulators the kernels use: 16, or 32 bytes on a PoCL
+    without 512-bit vectors (:func:`_pocl_narrow`)."""
     acc_bytes = 8 if np.dtype(dtype) == np.float64 else 4  # half is summed in float
-    return min(pow2_at_least(cout), 32 // acc_bytes if _pocl_narrow(device) else 16)
+    return 32 // acc_bytes if _pocl_narrow(device) else 16
+
+
+def _max_channels(device: cl.Device, dtype, cout: int) -> int:
+    """Widest channel vector worth using: no wider than ``cout`` needs (:func:`_vector_width`)."""
+    return min(pow2_at_least(cout), _vector_width(device, dtype))
 
 
 def pixel_vector(device: cl.Device, dtype) -> int | None:
     """Pixels per work-item of the one-channel kernel (``atrous_conv2d_transpose_pixels``),
-    a vector as wide as :func:`_max_channels` allows; None off CPUs, which keep the
+    a vector as wide as :func:`_vector_width` allows; None off CPUs, which keep the
     register tiles (the one-channel kernel is unmeasured there)."""
     if not facts(device).type & cl.device_type.CPU:
         return None
-    return _max_channels(device, dtype, 1 << 10)
+    return _vector_width(device, dtype)
 
 
 def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
@@ -78,13 +83,14 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     16x8: 1.52 2.32 1.52 1.44 1.02). float64 has no better tile on both: on
     Intel 8x8 ran C and D in 0.95x and 0.89x of 8x16's time but A 1.11x, E 1.22x
     and B over 3x; on PoCL 16x8 ran B and D in 0.98x and 0.85x but A 1.05x, C
-    1.13x, E 1.23x. F (one channel) runs 8x1. Earlier: PyPI's PoCL 3.0 (AVX2)
+    1.13x, E 1.23x. (F, one channel in and out, runs the one-channel kernel on
+    CPUs: :func:`pixel_vector`.) Earlier: PyPI's PoCL 3.0 (AVX2)
     8x8 best or within 1.04x on A-E; on an NVIDIA H100 (OpenCL 3.0, driver 580)
     GPUs want many small work-items: 4x2 came within 1.09x of each shape's
     best over A-D and E (geometric mean; 4x8 was 1.66x).
     """
     f = facts(device)
-    if "intel" in f.platform.lower() and f.type & cl.device_type.CPU:
+    if is_intel_cpu(device):
         tile = Tile(8, 16)
     elif _is_pocl(device):
         tile = Tile(8, 8) if _pocl_narrow(device) else Tile(8, 16)
