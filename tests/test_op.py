@@ -82,18 +82,23 @@ def test_device_arrays_chain_without_host(queue):
     assert_close(end.get(), want)
 
 
-def test_device_arrays_with_offsets(queue):
-    """Views that start inside a buffer (here value[1:], filters[1:]) are read from their offset."""
+@pytest.mark.parametrize("width, cin, cout", [(5, 3, 2), (37, 1, 1)],
+                         ids=["register-tiles", "one-channel"])
+def test_device_arrays_with_offsets(queue, width, cin, cout):
+    """Views that start inside a buffer (here value[1:], filters[1:]) are read from their
+    offset; one channel in and out (37 columns: whole pixel vectors and a ragged one) runs
+    the one-channel kernel on CPUs, whose vector loads then start at unaligned offsets."""
     rng = np.random.default_rng()
-    value = rng.standard_normal((3, 6, 5, 3)).astype(np.float32)
-    filters = rng.standard_normal((4, 3, 2, 3)).astype(np.float32)
+    value = rng.standard_normal((3, 6, width, cin)).astype(np.float32)
+    filters = rng.standard_normal((4, 3, cout, cin)).astype(np.float32)
     d_value, d_filters = cl_array.to_device(queue, value), cl_array.to_device(queue, filters)
-    got = atrous_cl.atrous_conv2d_transpose(d_value[1:], d_filters[1:], [2, 6, 5, 2], 2, "SAME")
-    want = reference.atrous_conv2d_transpose(value[1:], filters[1:], [2, 6, 5, 2], 2, "SAME")
+    shape = [2, 6, width, cout]
+    got = atrous_cl.atrous_conv2d_transpose(d_value[1:], d_filters[1:], shape, 2, "SAME")
+    want = reference.atrous_conv2d_transpose(value[1:], filters[1:], shape, 2, "SAME")
     assert_close(got.get(), want)
 
-    out_base = poisoned(queue, (3, 6, 5, 2), np.float32)
-    atrous_cl.atrous_conv2d_transpose(d_value[1:], d_filters[1:], [2, 6, 5, 2], 2, "SAME",
+    out_base = poisoned(queue, (3, 6, width, cout), np.float32)
+    atrous_cl.atrous_conv2d_transpose(d_value[1:], d_filters[1:], shape, 2, "SAME",
                                       out=out_base[1:])
     assert np.isnan(out_base.get()[0]).all(), "wrote outside its output view"
     assert_close(out_base.get()[1:], want)
