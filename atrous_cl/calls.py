@@ -8,13 +8,15 @@ that compute them. :func:`run` then
 1. picks the queue (:func:`queue_for`: a device input's own, or the
    caller's queue, context or device, or the default);
 2. refuses a dtype or sizes the device cannot take (:func:`check_device`),
-   before anything is allocated;
+   before anything is allocated, and looks up the tiles and kernels: once per
+   queue and problem (:func:`prepared`);
 3. checks a caller's ``out=`` (:func:`check_out`, :func:`check_apart`) or
    allocates the results;
 4. turns the inputs into device arrays: uploaded, or on a CPU device NumPy
    arrays used in place (:class:`~atrous_cl.memory.HostArray`);
-5. enqueues the steps inside :func:`~atrous_cl.memory.draining`, and returns
-   NumPy arrays for host inputs, device arrays on the same queue otherwise.
+5. enqueues the steps (waiting for them if anything fails, since they may
+   use host arrays in place), and returns NumPy arrays for host inputs,
+   device arrays on the same queue otherwise.
 """
 
 from __future__ import annotations
@@ -45,10 +47,12 @@ class Transpose(NamedTuple):
     def temporaries(self, device: cl.Device, dtype: np.dtype) -> dict[str, int]:
         return launch.temporaries(device, dtype, self.args)
 
-    def __call__(self, queue: cl.CommandQueue, arrays: dict) -> None:
-        out = arrays[self.out]
-        launch.transpose(queue, arrays[self.value], arrays[self.filters], out, self.args,
-                         tuning.tile_for(queue.device, out.dtype, self.args), self.forward_filters)
+    def prepare(self, queue: cl.CommandQueue, dtype: np.dtype) -> Callable[[cl.CommandQueue, dict], None]:
+        device = queue.device
+        run = launch.launcher(queue.context, device, dtype, self.args,
+                              tuning.tile_for(device, dtype, self.args), self.forward_filters)
+        value, filters, out = self.value, self.filters, self.out
+        return lambda queue, arrays: run(queue, arrays[value], arrays[filters], arrays[out])
 
 
 class FilterGrad(NamedTuple):
@@ -64,12 +68,14 @@ class FilterGrad(NamedTuple):
         return {"the filter gradient's partial sums":
                 filter_grad.layout(device, dtype, self.args).partials}
 
-    def __call__(self, queue: cl.CommandQueue, arrays: dict) -> None:
-        filter_grad.launch(queue, arrays[self.x], arrays[self.d], arrays[self.out], self.args)
+    def prepare(self, queue: cl.CommandQueue, dtype: np.dtype) -> Callable[[cl.CommandQueue, dict], None]:
+        x, d, out, args = self.x, self.d, self.out, self.args
+        return lambda queue, arrays: filter_grad.launch(queue, arrays[x], arrays[d], arrays[out], args)
 
 
-#: What :func:`run` launches: :class:`Transpose` or :class:`FilterGrad`.
-Step = Callable[[cl.CommandQueue, dict], None]
+#: What :func:`run` launches: :class:`Transpose` or :class:`FilterGrad`, whose
+#: ``prepare(queue, dtype)`` gives ``launch(queue, arrays)``.
+Step = Transpose | FilterGrad
 
 
 def host_or_device(x):
@@ -97,22 +103,25 @@ def run(inputs: dict[str, Any], results: dict[str, tuple[int, ...]], dtype: np.d
         arrays on the same queue when any input is one.
     """
     on_device, queue = queue_for(tuple(inputs.values()), queue, context, device)
-    single = len(results) == 1
-    runs_on = queue.device
-    _check_steps(runs_on, dtype, steps, inputs, results)
-    in_place = not on_device and memory.works_in_host_memory(runs_on)
+    call = prepared(queue, dtype, steps, inputs, results, on_device)
     outs = None if out is None else _checked_outs(out, results, dtype, queue, on_device, inputs)
     arrays: dict = {}
     for name, x in inputs.items():
-        arrays[name] = device_array(queue, name, x, dtype, in_place, apart_from=tuple(arrays.values()))
+        arrays[name] = device_array(queue, name, x, dtype, call.in_place, call.svm,
+                                    apart_from=tuple(arrays.values()))
     if outs is None:
-        outs = [result(shape, dtype, queue, on_device, in_place) for shape in results.values()]
+        outs = [result(shape, dtype, queue, on_device, call.in_place, call.svm, empty)
+                for shape, empty in zip(results.values(), call.empties)]
     arrays.update(zip(results, outs))
-    with memory.draining(queue):
-        for step in steps:
-            step(queue, arrays)
+    try:
+        for launch_step in call.launches:
+            launch_step(queue, arrays)
         got = outs if on_device else [o.get(queue) for o in outs]
-    return got[0] if single else tuple(got)
+    except BaseException:
+        # Kernels may still use host arrays in place that the unwinding frees.
+        memory.drain(queue)
+        raise
+    return got[0] if len(got) == 1 else tuple(got)
 
 
 def queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:
@@ -126,21 +135,53 @@ def queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:
     return bool(on_device), discovery.get_queue(queue, context, device)
 
 
-#: The (device facts, dtype, steps, input shapes) that passed :func:`_check_steps`.
-_passed_device_checks: set = set()
+class Prepared(NamedTuple):
+    """What a call's queue, dtype, steps and shapes decide, worked out by :func:`prepared`."""
+
+    table: dict  # the tuning table (:func:`atrous_cl.tuning.table`) the tiles came from
+    epoch: int  # :func:`forget_prepared`'s count when it was made
+    in_place: bool  # host inputs and results used in place (memory.works_in_host_memory)
+    svm: bool  # ... as system SVM pointers (memory.uses_system_svm)
+    empties: tuple  # per result: its memory.result_allocator (in place, without system SVM)
+    launches: tuple  # per step: launch(queue, arrays)
 
 
-def _check_steps(device: cl.Device, dtype: np.dtype, steps: tuple, inputs: dict,
-                 results: dict) -> None:
-    """:func:`check_device` for a call: its inputs, results and the steps' temporaries.
+#: Problems a queue remembers (:func:`prepared`); more start the memo afresh.
+_PREPARED_PER_QUEUE = 64
 
-    A pass is remembered by what decides it (the device's facts, which never
-    change for a device, and the steps, which hold the problem), so a model
-    calling the op with the same shapes over and over pays a lookup.
+_epoch = 0
+
+
+def forget_prepared() -> None:
+    """Make every queue work out its calls afresh (:func:`prepared`). What they
+    depend on never changes in a process but in tests, which swap device
+    properties and launches for stand-ins."""
+    global _epoch
+    _epoch += 1
+
+
+def prepared(queue: cl.CommandQueue, dtype: np.dtype, steps: tuple, inputs: dict,
+             results: dict, on_device: bool) -> Prepared:
+    """The call's :class:`Prepared`: its checks (:func:`check_device` for the inputs,
+    results and the steps' temporaries) passed, its tiles and kernels looked up.
+
+    Remembered on the queue by what decides it (the queue's device never
+    changes; the steps hold the problem), and valid for the tuning table its
+    tiles came from, so a model calling the op with the same shapes over and
+    over runs only the launches. Each Python step a call takes costs about ten
+    times as much when the call starts cold (after a pause or another
+    library's work: ``benchmarks/call_cost.py``), so this is most of what the
+    host API's fixed cost was.
     """
-    key = (facts(device), np.dtype(dtype), steps, tuple([x.shape for x in inputs.values()]))
-    if key in _passed_device_checks:
-        return
+    table = tuning.table()
+    memo = getattr(queue, "_atrous_cl_prepared", None)
+    if memo is None:
+        memo = queue._atrous_cl_prepared = {}
+    key = (dtype, steps, tuple([x.shape for x in inputs.values()]), on_device)
+    found = memo.get(key)
+    if found is not None and found.table is table and found.epoch == _epoch:
+        return found
+    device = queue.device
     temporaries = {}
     for step in steps:
         temporaries.update(step.temporaries(device, dtype))
@@ -149,9 +190,16 @@ def _check_steps(device: cl.Device, dtype: np.dtype, steps: tuple, inputs: dict,
               **({"the output": next(iter(results.values()))} if single else results)}
     check_device(device, dtype, shapes, temporaries,
                  together="value, filters and output" if single else None)
-    if len(_passed_device_checks) >= 1024:
-        _passed_device_checks.clear()
-    _passed_device_checks.add(key)
+    in_place = not on_device and memory.works_in_host_memory(device)
+    svm = in_place and memory.uses_system_svm(device)
+    empties = tuple(memory.result_allocator(queue, math.prod(shape) * dtype.itemsize)
+                    if in_place and not svm else None for shape in results.values())
+    found = Prepared(table, _epoch, in_place, svm, empties,
+                     tuple(step.prepare(queue, dtype) for step in steps))
+    if len(memo) >= _PREPARED_PER_QUEUE:
+        memo.clear()
+    memo[key] = found
+    return found
 
 
 def check_device(device: cl.Device, dtype: np.dtype, shapes: dict[str, tuple[int, ...]],
@@ -246,19 +294,20 @@ def check_apart(outputs: dict, inputs: dict) -> None:
 
 
 def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
-                 in_place: bool = False, apart_from=()) -> cl_array.Array | HostArray:
+                 in_place: bool = False, svm: bool = False,
+                 apart_from=()) -> cl_array.Array | HostArray:
     """``x`` as a C-contiguous device array in ``queue``'s context.
 
     With ``in_place`` (a CPU device, :func:`~atrous_cl.memory.works_in_host_memory`),
     a host ``x`` is used where it lies, copied on the host only if it is not
-    C-contiguous and aligned, or for system SVM not writeable (pyopencl's SVM
+    C-contiguous and aligned, or for system SVM (``svm``,
+    :func:`~atrous_cl.memory.uses_system_svm`) not writeable (pyopencl's SVM
     wrapper takes only writeable memory; the kernels never write an input).
     In a host-pointer buffer, it is also copied if it may overlap one of the
     :class:`~atrous_cl.memory.HostArray` ``apart_from``: OpenCL leaves
     commands on buffers over overlapping host memory undefined.
     """
     if in_place:
-        svm = memory.uses_system_svm(queue.device)
         if not (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
                 and x.flags.aligned and (x.flags.writeable or not svm)):
             x = np.require(x, dtype, ["C_CONTIGUOUS", "ALIGNED"] + (["WRITEABLE"] if svm else []))
@@ -284,17 +333,15 @@ def host_result(shape, dtype, empty=np.empty) -> np.ndarray:
     return empty(shape, dtype)
 
 
-def result(shape, dtype, queue: cl.CommandQueue, on_device: bool,
-           in_place: bool = False) -> cl_array.Array | HostArray:
+def result(shape, dtype, queue: cl.CommandQueue, on_device: bool, in_place: bool = False,
+           svm: bool = False, empty=None) -> cl_array.Array | HostArray:
     """A new result array. Only a host-path result, fetched and dropped by the
     op, comes from the pool: a device result is the caller's, to use on any queue.
-    With ``in_place``, a new NumPy array the kernels write directly: in the
-    context's fine-grained buffer SVM where :func:`~atrous_cl.memory.result_allocator`
-    gives one (small results on PoCL: no map before the host reads it)."""
+    With ``in_place``, a new NumPy array the kernels write directly (with
+    ``svm``, system SVM, as it is): in the context's fine-grained buffer SVM
+    where ``empty``, :func:`~atrous_cl.memory.result_allocator`'s, is given
+    (small results on PoCL: no map before the host reads it)."""
     if in_place:
-        svm = memory.uses_system_svm(queue.device)  # kernels take any NumPy array as it is
-        empty = None if svm else memory.result_allocator(
-            queue, math.prod(shape) * np.dtype(dtype).itemsize)
         return memory.HostArray(host_result(shape, dtype, empty or np.empty), queue, written=True,
                                 svm=svm or empty is not None)
     return cl_array.empty(queue, shape, dtype,

@@ -233,7 +233,7 @@ def get_queue(queue: cl.CommandQueue | None = None, context: cl.Context | None =
         DeviceError: in a process forked after OpenCL was used (:func:`check_not_forked`).
     """
     check_not_forked()
-    if sum(x is not None for x in (queue, context, device)) > 1:
+    if (queue is not None) + (context is not None) + (device is not None) > 1:
         raise ValueError("pass at most one of queue, context and device, got "
                          + ", ".join(n for n, x in (("queue", queue), ("context", context),
                                                     ("device", device)) if x is not None))

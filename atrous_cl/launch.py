@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pyopencl as cl
@@ -265,15 +265,27 @@ def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.A
     ``[kh, kw, out, in]``): the forward ``atrous_conv2d`` as
     :func:`forward_as_transpose` describes it.
     """
+    return launcher(queue.context, queue.device, out.dtype, args, tile, forward_filters)(
+        queue, value, filters, out)
+
+
+def launcher(context: cl.Context, device: cl.Device, dtype, args: TransposeArgs, tile: Tile,
+             forward_filters: bool = False) -> Callable:
+    """:func:`transpose` for one problem, ``launch(queue, value, filters, out)``, with its
+    :class:`Plan` looked up once: what a host call that repeats a problem
+    (:mod:`atrous_cl.calls`) keeps, so each call runs only the launch itself."""
+    # An empty sum (no input, no input channels, or no tap landing inside
+    # value) is zero everywhere; an empty output needs no plan.
+    p = None if 0 in args.value_shape + args.filters_shape + args.output_shape else plan(
+        context, device, np.dtype(dtype), args, tile, forward_filters, widens_inputs(device, dtype))
+    return functools.partial(_launch, p)
+
+
+def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.Event | None:
+    """:func:`transpose` with its plan (None: the output is all zeros)."""
     if out.size == 0:
         return None
     wait = [*value.events, *filters.events, *out.events]
-    device = queue.device
-    # An empty sum (no input, no input channels, or no tap landing inside
-    # value) is zero everywhere.
-    p = None if value.size == 0 or filters.size == 0 else plan(
-        queue.context, device, out.dtype, args, tile,
-        forward_filters, widens_inputs(device, out.dtype))
     if p is None:
         return memory.fill(queue, out, 0, wait)
     kernels = p.kernels
@@ -284,7 +296,7 @@ def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.A
     # (benchmarks/repack_reuse.py, E: Intel 0.150 -> 0.120 ms a call, PoCL
     # 3.1 0.172 -> 0.145). Each repack writes a new buffer, so a kernel never
     # reads one that another call is rewriting; the bytes compared are a copy.
-    raw = (filters.array.reshape(-1).view(np.uint8)
+    raw = (filters.array.tobytes()
            if isinstance(filters, memory.HostArray) and filters.array.nbytes <= 1 << 16 else None)
     try:
         with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
@@ -294,7 +306,7 @@ def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.A
                                            np.int64(value_off), value_data, wait_for=wait)
                 value_off = 0
             last = p.repacked.get(queue) if raw is not None else None
-            if last is not None and np.array_equal(last[0], raw):
+            if last is not None and last[0] == raw:
                 _, packed, repacked = last
             else:
                 packed = (cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, p.packed_nbytes)
@@ -305,13 +317,13 @@ def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.A
                 if raw is not None:
                     if len(p.repacked) >= 8:
                         p.repacked.clear()
-                    p.repacked[queue] = (raw.copy(), packed, repacked)
+                    p.repacked[queue] = (raw, packed, repacked)
             done = kernels[p.main_kernel](
                 queue, *p.main, value_data, np.int64(value_off), packed, out.base_data,
                 np.int64(element_offset(out)), *p.sizes,
                 wait_for=[repacked, widened] if p.wide else [repacked, *wait])
     except cl.Error as e:
-        raise DeviceError(f"launching atrous_conv2d_transpose on {describe(device)} "
+        raise DeviceError(f"launching atrous_conv2d_transpose on {describe(queue.device)} "
                           f"failed: {e}", status=status_name(e), source=KERNEL_FILE,
                           options=p.options) from e
     out.add_event(done)

@@ -2,14 +2,13 @@
 """Memory the launches use: buffer pools, scratch buffers, NumPy arrays in place.
 
 On CPU devices the host API hands NumPy arrays to the kernels where they lie
-(:class:`HostArray`: system SVM or host-pointer buffers). :func:`draining`
+(:class:`HostArray`: system SVM or host-pointer buffers). :func:`drain`
 keeps a failing host call from freeing them under a running kernel, and
 :func:`fill` sets an array to one value for every dtype.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 
@@ -165,7 +164,7 @@ class HostArray:
         self.size, self.dtype, self.shape = array.size, array.dtype, array.shape
         # svm: whether kernels take the array as an SVM pointer, when the caller knows.
         self._svm = uses_system_svm(queue.device) if svm is None else svm
-        self._context = queue.context
+        self._queue = queue  # its context makes the buffer, if one is needed
         self._data = None
         self.events: list[cl.Event] = []  # the launches that write it (see launch.transpose)
 
@@ -179,7 +178,7 @@ class HostArray:
                 self._data = cl.SVM(self.array)
             else:
                 access = cl.mem_flags.READ_WRITE if self.written else cl.mem_flags.READ_ONLY
-                self._data = cl.Buffer(self._context, cl.mem_flags.USE_HOST_PTR | access,
+                self._data = cl.Buffer(self._queue.context, cl.mem_flags.USE_HOST_PTR | access,
                                        hostbuf=self.array)
         return self._data
 
@@ -193,20 +192,8 @@ class HostArray:
         return self.array
 
 
-@contextlib.contextmanager
-def draining(queue: cl.CommandQueue):
-    """Around a host call's launches and result: if anything in it raises, wait for the
-    queue before the error unwinds, since kernels may still use host arrays in place
-    that the unwinding frees."""
-    try:
-        yield
-    except BaseException:
-        drain(queue)
-        raise
-
-
 def drain(queue: cl.CommandQueue) -> None:
-    """After a failure in a host call (:func:`draining`): wait for what was enqueued,
+    """After a failure in a host call: wait for what was enqueued,
     which may still use host arrays in place, so none is freed under a running kernel."""
     try:
         queue.finish()

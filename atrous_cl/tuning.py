@@ -186,6 +186,12 @@ def _table() -> dict:
         return _loaded
 
 
+def table() -> dict:
+    """The tuning table in use: a new object whenever it is read afresh or a
+    winner is stored, so what was worked out from an earlier one can tell."""
+    return _table()
+
+
 def _tuned_tile(table: dict, device: cl.Device, dtype, args) -> Tile | None:
     """The stored tile for this problem if it is one :func:`tune` could have chosen here.
 

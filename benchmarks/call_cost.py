@@ -9,9 +9,12 @@ For each device and workload, medians over ``--calls`` calls of:
 - ``call after ort``: the same, each right after an onnxruntime Conv-form call
   on the same workload (as in the interleaved bench: the driver's threads
   have gone to sleep meanwhile, or the cores are someone else's);
+- ``call after 20 ms idle``: each after a sleep (``--pause``), when every
+  step of the call runs from cold caches: the Python steps cost about ten
+  times their warm time there;
 - the host path's Python steps, each timed alone in a loop of its own
-  (validation, queue, the device check's memo, the input and result
-  wrappers, the tile lookup, the plan lookup);
+  (validation, queue, the prepared call's lookup, the input and result
+  wrappers; and what the lookup spares: the tile and plan lookups);
 - ``enqueue``: the launches' enqueue calls on a warm plan (the host filters
   compared against the last repacked, then the kernel enqueued), measured to
   the return of :func:`atrous_cl.launch.transpose`;
@@ -51,7 +54,8 @@ def _loop_us(fn, n: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
-def measure(device: cl.Device, wl: bench.Workload, value, filters, ort_call, n: int) -> dict:
+def measure(device: cl.Device, wl: bench.Workload, value, filters, ort_call, n: int,
+            pause: float = 0.02) -> dict:
     queue = discovery.get_queue(device=device)
     shape, rate, padding = wl.output_shape, wl.rate, wl.padding
     full = lambda: ops.atrous_conv2d_transpose(value, filters, shape, rate, padding,  # noqa: E731
@@ -67,6 +71,14 @@ def measure(device: cl.Device, wl: bench.Workload, value, filters, ort_call, n: 
         return time.perf_counter() - start
     out["call after ort"] = statistics.median(after_ort() for _ in range(n)) * 1e6
 
+    def after_idle():
+        time.sleep(pause)
+        start = time.perf_counter()
+        full()
+        return time.perf_counter() - start
+    out[f"call after {pause * 1e3:.0f} ms idle"] = statistics.median(
+        after_idle() for _ in range(min(n, 50))) * 1e6
+
     dtype = np.dtype(np.float32)
     args = ops._transpose_args(value.shape, filters.shape, shape, rate, padding)
     steps = (calls.Transpose(args),)
@@ -76,15 +88,15 @@ def measure(device: cl.Device, wl: bench.Workload, value, filters, ort_call, n: 
                                         ops._transpose_args(value.shape, filters.shape, shape,
                                                             rate, padding)), n * 10)
     out["queue_for"] = _loop_us(lambda: calls.queue_for((value, filters), queue, None, None), n * 10)
-    out["device check memo"] = _loop_us(
-        lambda: calls._check_steps(queue.device, dtype, steps, inputs, {"out": shape}), n * 10)
+    out["prepared call lookup"] = _loop_us(
+        lambda: calls.prepared(queue, dtype, steps, inputs, {"out": shape}, False), n * 10)
     out["queue.device"] = _loop_us(lambda: queue.device, n * 10)
-    in_place = memory.works_in_host_memory(queue.device)
-    out["works_in_host_memory"] = _loop_us(lambda: memory.works_in_host_memory(queue.device), n * 10)
+    call = calls.prepared(queue, dtype, steps, inputs, {"out": shape}, False)
+    in_place, svm, empty = call.in_place, call.svm, call.empties[0]
     out["inputs + result wrappers"] = _loop_us(
-        lambda: (calls.device_array(queue, "value", value, dtype, in_place),
-                 calls.device_array(queue, "filters", filters, dtype, in_place),
-                 calls.result(shape, dtype, queue, False, in_place)), n * 10)
+        lambda: (calls.device_array(queue, "value", value, dtype, in_place, svm),
+                 calls.device_array(queue, "filters", filters, dtype, in_place, svm),
+                 calls.result(shape, dtype, queue, False, in_place, svm, empty)), n * 10)
     out["tile_for"] = _loop_us(lambda: tuning.tile_for(queue.device, dtype, args), n * 10)
     tile = tuning.tile_for(queue.device, dtype, args)
     wide = launch.widens_inputs(queue.device, dtype)
@@ -93,9 +105,9 @@ def measure(device: cl.Device, wl: bench.Workload, value, filters, ort_call, n: 
 
     enq, wait = [], []
     for _ in range(n):
-        v = calls.device_array(queue, "value", value, dtype, in_place)
-        f = calls.device_array(queue, "filters", filters, dtype, in_place)
-        r = calls.result(shape, dtype, queue, False, in_place)
+        v = calls.device_array(queue, "value", value, dtype, in_place, svm)
+        f = calls.device_array(queue, "filters", filters, dtype, in_place, svm)
+        r = calls.result(shape, dtype, queue, False, in_place, svm, empty)
         start = time.perf_counter()
         launch.transpose(queue, v, f, r, args, tile)
         mid = time.perf_counter()
@@ -109,9 +121,10 @@ def measure(device: cl.Device, wl: bench.Workload, value, filters, ort_call, n: 
                            properties=cl.command_queue_properties.PROFILING_ENABLE)
     kernel = []
     for _ in range(n):
-        v = calls.device_array(prof, "value", value, dtype, in_place)
-        f = calls.device_array(prof, "filters", filters, dtype, in_place)
-        r = calls.result(shape, dtype, prof, False, in_place)
+        prof_empty = calls.prepared(prof, dtype, steps, inputs, {"out": shape}, False).empties[0]
+        v = calls.device_array(prof, "value", value, dtype, in_place, svm)
+        f = calls.device_array(prof, "filters", filters, dtype, in_place, svm)
+        r = calls.result(shape, dtype, prof, False, in_place, svm, prof_empty)
         event = launch.transpose(prof, v, f, r, args, tile)
         r.get(prof)
         kernel.append((event.profile.end - event.profile.start) * 1e-3)
@@ -124,6 +137,7 @@ def main() -> None:
     parser.add_argument("--devices", nargs="+", default=["2:0", "1:0"])
     parser.add_argument("--workloads", nargs="+", default=["E", "F"])
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--pause", type=float, default=0.02, help="seconds idle before the idle calls")
     args = parser.parse_args()
     ort = bench._onnxruntime("NCHW", conv_form=True)
     rng = np.random.default_rng(0)
@@ -133,7 +147,7 @@ def main() -> None:
         ort_call = ort(wl, value, filters)
         for sel in args.devices:
             results[wl.name, sel] = measure(discovery.select_device(sel), wl, value, filters,
-                                            ort_call, args.calls)
+                                            ort_call, args.calls, args.pause)
     keys = list(next(iter(results.values())))
     print("| us | " + " | ".join(f"{w} {s}" for w, s in results) + " |")
     print("|---" + "|---:" * len(results) + "|")

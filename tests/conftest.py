@@ -48,6 +48,15 @@ if os.environ.get("ATROUS_CL_KEEP_BUFFERS"):
     _cl_array.Array.__init__ = _keeping_init
 
 @pytest.fixture(autouse=True)
+def calls_prepared_afresh():
+    """Each test works out its calls afresh: many swap device properties or launches
+    for stand-ins, which a queue's remembered calls (atrous_cl.calls.prepared) would bypass."""
+    from atrous_cl import calls
+
+    calls.forget_prepared()
+
+
+@pytest.fixture(autouse=True)
 def poisoned_host_results(monkeypatch):
     """Host-path results that kernels write in place start as NaN, like poisoned device outputs."""
     from atrous_cl import calls

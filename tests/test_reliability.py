@@ -415,3 +415,101 @@ def test_a_child_forked_before_any_opencl_call_works(tmp_path):
         "sys.exit(0 if ok and os.waitstatus_to_exitcode(status) == 0 else 1)\n")
     done = subprocess.run([sys.executable, str(script)], timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# 7. A problem called again: its checks, tiles and kernels are remembered
+#    (atrous_cl.calls.prepared), never its arrays.
+
+def _counting_checks(monkeypatch) -> list:
+    from atrous_cl import calls
+
+    checked = []
+    real = calls.check_device
+    monkeypatch.setattr(calls, "check_device", lambda *a, **k: checked.append(a[2]) or real(*a, **k))
+    return checked
+
+
+def test_a_repeated_problem_is_checked_once_and_computed_each_call(queue, monkeypatch):
+    """New data of the same shapes (filters too: the packed ones must not be kept by
+    shape) gives each call its own answer; a device call, another dtype or another
+    shape is a new problem."""
+    checked = _counting_checks(monkeypatch)
+    rng = np.random.default_rng()
+    for dtype in (np.float32, np.float32, np.float32, np.float16):
+        value, filters, output_shape, rate, padding = _problem(rng, dtype)
+        got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
+                                                queue=queue)
+        assert_close(got, reference.atrous_conv2d_transpose(value, filters, output_shape, rate,
+                                                            padding), dtype)
+    assert len(checked) == 2
+    value, filters, output_shape, rate, padding = _problem(rng)
+    for _ in range(2):
+        got = atrous_cl.atrous_conv2d_transpose(cl_array.to_device(queue, value), filters,
+                                                output_shape, rate, padding, queue=queue)
+        assert_close(got.get(), reference.atrous_conv2d_transpose(value, filters, output_shape,
+                                                                  rate, padding))
+    value, filters, output_shape, rate, padding = _problem(rng, shape=(1, 6, 8, 5))
+    atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=queue)
+    assert len(checked) == 4
+
+
+@pytest.mark.parametrize("op", ["transpose_vjp", "conv_vjp"])
+def test_a_repeated_vjp_is_computed_each_call(queue, monkeypatch, op):
+    checked = _counting_checks(monkeypatch)
+    rng = np.random.default_rng()
+    for _ in range(3):
+        value, filters, output_shape, rate, padding = _problem(rng)
+        if op == "transpose_vjp":
+            dy = rng.standard_normal(output_shape).astype(np.float32)
+            args = (value, filters, output_shape, rate, padding, dy)
+        else:
+            dy = rng.standard_normal((*value.shape[:3], filters.shape[3])).astype(np.float32)
+            value = rng.standard_normal((*value.shape[:3], filters.shape[2])).astype(np.float32)
+            args = (value, filters, rate, padding, dy)
+        name = {"transpose_vjp": "atrous_conv2d_transpose_vjp", "conv_vjp": "atrous_conv2d_vjp"}[op]
+        got = getattr(atrous_cl, name)(*args, queue=queue)
+        want = getattr(reference, name)(*args)
+        for g, w in zip(got, want):
+            assert_close(g, w, np.float32, atol=1e-5 * np.abs(w).max())
+    assert len(checked) == 1
+
+
+def test_a_failed_check_is_not_remembered(queue, monkeypatch):
+    from atrous_cl import calls
+
+    real = calls.check_device
+    fail = [True]
+
+    def check(*args, **kwargs):
+        if fail[0]:
+            raise ValueError("refused by the stand-in check")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(calls, "check_device", check)
+    value, filters, output_shape, rate, padding = _problem(np.random.default_rng())
+    for _ in range(2):
+        with pytest.raises(ValueError, match="stand-in"):
+            atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=queue)
+    fail[0] = False
+    got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=queue)
+    assert_close(got, reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding))
+
+
+def test_each_queue_remembers_its_own_problems(queue):
+    """The same problem on a second queue of the context runs there, with that queue's own
+    pools, and a queue's memo stays bounded."""
+    from atrous_cl import calls
+
+    other = cl.CommandQueue(queue.context, queue.device)
+    rng = np.random.default_rng()
+    for q in (queue, other, queue):
+        value, filters, output_shape, rate, padding = _problem(rng)
+        got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=q)
+        assert_close(got, reference.atrous_conv2d_transpose(value, filters, output_shape, rate,
+                                                            padding))
+    assert len(other._atrous_cl_prepared) == 1
+    for width in range(1, calls._PREPARED_PER_QUEUE + 6):
+        value, filters, output_shape, rate, padding = _problem(rng, shape=(1, 2, width, 1), k=1,
+                                                               cout=1)
+        atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=other)
+    assert len(other._atrous_cl_prepared) <= calls._PREPARED_PER_QUEUE

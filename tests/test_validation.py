@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 import numpy as np
+import pyopencl as cl
 import pytest
 
 import atrous_cl
@@ -112,13 +113,14 @@ def test_output_larger_than_device_allows_raises_before_launch(queue):
 
 
 def test_a_problem_that_fitted_is_checked_again_on_a_device_that_reports_less(queue, monkeypatch):
-    """Passed device checks are remembered per device facts, not per device object."""
+    """Passed device checks are remembered per queue (atrous_cl.calls.prepared): a new
+    queue checks them against what its device reports."""
     atrous_cl.atrous_conv2d_transpose(**GOOD, queue=queue)
     found = facts.facts(queue.device)
     monkeypatch.setitem(facts._facts, queue.device.int_ptr, found._replace(global_mem=64))
     with pytest.raises(DeviceCapabilityError, match=r"value, filters and output need \d+ bytes "
                                                     r"together, more than the 64 bytes of global memory"):
-        atrous_cl.atrous_conv2d_transpose(**GOOD, queue=queue)
+        atrous_cl.atrous_conv2d_transpose(**GOOD, queue=cl.CommandQueue(queue.context, queue.device))
 
 
 @pytest.mark.parametrize("kwargs, exc, pattern", [
