@@ -29,9 +29,13 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from atrous_cl import discovery, filter_grad, launch, memory, tuning
-from atrous_cl.facts import check_dtype_support, check_fits, describe, facts
+from atrous_cl.facts import check_dtype_support, check_fits, describe
 from atrous_cl.memory import HostArray
 from atrous_cl.validation import ConvArgs, TransposeArgs
+
+
+#: A step's launch on a queue, given the call's arrays by name.
+Launch = Callable[[cl.CommandQueue, dict], None]
 
 
 class Transpose(NamedTuple):
@@ -47,7 +51,7 @@ class Transpose(NamedTuple):
     def temporaries(self, device: cl.Device, dtype: np.dtype) -> dict[str, int]:
         return launch.temporaries(device, dtype, self.args)
 
-    def prepare(self, queue: cl.CommandQueue, dtype: np.dtype) -> Callable[[cl.CommandQueue, dict], None]:
+    def prepare(self, queue: cl.CommandQueue, dtype: np.dtype) -> Launch:
         device = queue.device
         run = launch.launcher(queue.context, device, dtype, self.args,
                               tuning.tile_for(device, dtype, self.args), self.forward_filters)
@@ -68,9 +72,10 @@ class FilterGrad(NamedTuple):
         return {"the filter gradient's partial sums":
                 filter_grad.layout(device, dtype, self.args).partials}
 
-    def prepare(self, queue: cl.CommandQueue, dtype: np.dtype) -> Callable[[cl.CommandQueue, dict], None]:
+    def prepare(self, queue: cl.CommandQueue, dtype: np.dtype) -> Launch:
         x, d, out, args = self.x, self.d, self.out, self.args
-        return lambda queue, arrays: filter_grad.launch(queue, arrays[x], arrays[d], arrays[out], args)
+        return lambda queue, arrays: filter_grad.launch(queue, arrays[x], arrays[d], arrays[out],
+                                                        args)
 
 
 #: What :func:`run` launches: :class:`Transpose` or :class:`FilterGrad`, whose

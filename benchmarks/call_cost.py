@@ -33,7 +33,7 @@ import time
 import numpy as np
 import pyopencl as cl
 
-from atrous_cl import bench, calls, discovery, launch, memory, ops, tuning
+from atrous_cl import bench, calls, discovery, launch, ops, tuning
 from atrous_cl.validation import check_dtypes
 
 
