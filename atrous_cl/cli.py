@@ -141,6 +141,10 @@ def _tune(args) -> int:
     for wl in workloads:
         best, timings = tuning.tune(queue, (wl.n, wl.h, wl.w, wl.cin), (wl.k, wl.k, wl.cout, wl.cin),
                                     wl.rate, wl.padding, args.dtype, repeats=args.repeat)
+        if not timings:
+            print(f"{wl.name}: {wl.describe()}: nothing to tune: one channel in and out runs a "
+                  f"kernel of {best.pixels}-pixel vectors, which has no tile")
+            continue
         default = tiles.default_tile(queue.device, args.dtype, wl.cout)
         t_best, t_default = timings[str(best)], timings.get(str(default))
         gain = f", {t_default / t_best:.2f}x the default {default}" if t_default else ""

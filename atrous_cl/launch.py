@@ -225,7 +225,7 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
     if dilation is None:
         return None
     _, oh, ow, _ = args.output_shape
-    vector = pixel_vector(device, dtype) if args.filters_shape[2:] == (1, 1) else None
+    vector = pixel_vector(device, dtype, args.filters_shape)
     if vector is not None:
         # One channel in and out: VW consecutive pixels per work-item, a
         # vector (atrous_conv2d_transpose_pixels).

@@ -62,11 +62,12 @@ def _max_channels(device: cl.Device, dtype, cout: int) -> int:
     return min(pow2_at_least(cout), _vector_width(device, dtype))
 
 
-def pixel_vector(device: cl.Device, dtype) -> int | None:
+def pixel_vector(device: cl.Device, dtype, filters_shape) -> int | None:
     """Pixels per work-item of the one-channel kernel (``atrous_conv2d_transpose_pixels``),
-    a vector as wide as :func:`_vector_width` allows; None off CPUs, which keep the
-    register tiles (the one-channel kernel is unmeasured there)."""
-    if not facts(device).type & cl.device_type.CPU:
+    a vector as wide as :func:`_vector_width` allows, when the problem runs on it (one
+    channel in and out on a CPU); else None: the register tiles, which are all that GPUs
+    keep (the one-channel kernel is unmeasured there)."""
+    if tuple(filters_shape[2:]) != (1, 1) or not facts(device).type & cl.device_type.CPU:
         return None
     return _vector_width(device, dtype)
 

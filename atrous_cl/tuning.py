@@ -35,7 +35,7 @@ from atrous_cl.cache import cache_dir
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import check_dtype_support, describe, facts
 from atrous_cl.programs import program_source
-from atrous_cl.tiles import Tile, candidates, default_tile, pow2_at_least
+from atrous_cl.tiles import Tile, candidates, default_tile, pixel_vector, pow2_at_least
 
 try:
     import fcntl
@@ -277,8 +277,13 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
     Each candidate is checked against the default tile's result before it is
     timed, so a miscompiled variant can never win.
 
+    One channel in and out on a CPU runs the one-channel kernel
+    (:func:`atrous_cl.tiles.pixel_vector`), which has no tile: nothing is timed
+    or stored, and the timings are empty.
+
     Returns:
-        The winning tile and the median seconds of each candidate.
+        The winning tile and the median seconds of each candidate; for the
+        one-channel kernel, its vector as a tile (pixels x 1 channel) and ``{}``.
 
     Raises:
         ValueError: the shapes are invalid, or have a batch, spatial size or
@@ -300,6 +305,9 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
         raise ValueError(f"tune needs a batch, height, width and channels of at least 1 (a problem "
                          f"without work has nothing to time), got value_shape {list(args.value_shape)} "
                          f"and filters_shape {list(args.filters_shape)}")
+    vector = pixel_vector(queue.device, dtype, args.filters_shape)
+    if vector is not None:
+        return Tile(vector, 1), {}
     rng = np.random.default_rng()
     value = cl_array.to_device(queue, rng.standard_normal(args.value_shape).astype(dtype))
     filters = cl_array.to_device(queue, rng.standard_normal(args.filters_shape).astype(dtype))

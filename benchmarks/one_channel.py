@@ -55,7 +55,7 @@ def main() -> None:
                          for what in ("kernel", "launch", "host")}
                 for r in range(a.rounds):
                     for path in (("tiles", "one-channel") if r % 2 else ("one-channel", "tiles")):
-                        launch.pixel_vector = pixels if path == "one-channel" else (lambda d, t: None)
+                        launch.pixel_vector = pixels if path == "one-channel" else (lambda d, t, f: None)
                         launch.plan.cache_clear()
                         for i in range(12):
                             queue.finish()

@@ -92,6 +92,23 @@ def test_tune_command_caches_a_winner(queue, capsys, monkeypatch, tmp_path):
     tuning._loaded = None
 
 
+def test_tune_command_on_one_channel_says_there_is_nothing_to_tune(queue, capsys, monkeypatch,
+                                                                   tmp_path):
+    from atrous_cl import tiles, tuning
+
+    if tiles.pixel_vector(queue.device, np.float32, (3, 3, 1, 1)) is None:
+        pytest.skip(f"{queue.device.name}: one channel runs on the register tiles, which tune")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(tuning, "_loaded", None)
+    selector = next(d.selector for d in discovery.devices() if d.device == queue.device)
+    code = cli.main(["tune", "--device", selector, "--shape", "1", "6", "9", "1", "1", "3", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "nothing to tune: one channel in and out" in out, out
+    assert not (tmp_path / "atrous-cl" / "tuning.json").exists()
+    tuning._loaded = None
+
+
 def test_bench_prints_a_checked_table(queue, capsys, monkeypatch):
     from atrous_cl import bench
 

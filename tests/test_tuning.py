@@ -97,6 +97,17 @@ def test_a_tile_stored_in_this_process_is_used_at_once(queue, fresh_cache, monke
                  np.float32)
 
 
+def test_one_channel_problems_time_and_store_nothing(queue, fresh_cache, monkeypatch):
+    """One channel in and out on a CPU runs the one-channel kernel, which ignores tiles:
+    timing tiles there would store noise as a winner."""
+    vector = tiles.pixel_vector(queue.device, np.float32, (3, 3, 1, 1))
+    if vector is None:
+        pytest.skip(f"{queue.device.name}: one channel runs on the register tiles, which tune")
+    monkeypatch.setattr(launch, "transpose", None)  # nothing may launch
+    assert tuning.tune(queue, (1, 6, 9, 1), (3, 3, 1, 1), 2, "SAME") == (Tile(vector, 1), {})
+    assert not fresh_cache.exists()
+
+
 def test_untuned_problem_uses_the_default(queue, fresh_cache):
     args = check_transpose_args((1, 5, 5, 3), (3, 3, 2, 3), (1, 5, 5, 2), 1, "SAME")
     assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_tile(queue.device, np.float32, 2)
