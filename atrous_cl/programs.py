@@ -2,19 +2,20 @@
 """Kernel sources, program builds and the on-disk program cache.
 
 Programs are built once per (context, kernel file, build options) and their
-kernels fetched once; both are cached for the life of the context. Builds go
-through pyopencl's binary cache in a folder of our own, guarded by an
-``flock`` (see :func:`_program_cache_held`). Build and driver failures are
+kernels fetched once; both are cached for the life of the context. Across
+processes, our own binary cache keeps each device's binary (see :func:`_build`
+and :func:`_binary_key`, and why not pyopencl's). Build and driver failures are
 re-raised as :class:`atrous_cl.errors.DeviceError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.resources
 import os
 import re
-import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -26,12 +27,6 @@ from pyopencl.tools import context_dependent_memoize
 from atrous_cl.cache import cache_dir
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, status_name
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-
 
 def kernel_source(filename: str) -> str:
     """The text of a ``.cl`` file shipped with the package.
@@ -100,75 +95,108 @@ def get_kernels(context: cl.Context, filename: str,
         return _build_kernels(context, filename, options)
 
 
-def _program_cache() -> Path | None:
-    """Our folder for pyopencl's binary cache (per Python version, like pyopencl's own), or None."""
+#: Bumped when what a cached program file holds changes.
+_BINARY_FORMAT = b"atrous-cl program binary 1\n"
+
+
+def _binary_folder() -> Path | None:
+    """Our folder of program binaries, or None where no cache folder can be written."""
     try:
-        folder = cache_dir() / f"programs-py{sys.version_info[0]}.{sys.version_info[1]}"
+        folder = cache_dir() / "binaries"
         folder.mkdir(exist_ok=True)
     except OSError:
         return None
     return folder
 
 
-@contextlib.contextmanager
-def _program_cache_held():
-    """The ``cache_dir`` to give ``Program.build``: our folder, held, or False (build uncached).
+def _binary_key(device: cl.Device, source: str, options: tuple[str, ...]) -> str:
+    """What decides ``device``'s binary of ``source``: the source, our build options and
+    those pyopencl adds from the environment, the device, its driver and pyopencl's version.
 
-    pyopencl's binary cache guards itself with a lock file that a process
-    killed mid-build (Ctrl-C, kill) leaves behind; every later build by any
-    process then waits 60 s and raises a bare KeyError
-    (:func:`_is_cache_failure`). So builds use a folder of our own, and take
-    an ``flock`` on it first, which the kernel drops with a dead holder. Since every user of the folder holds
-    the flock around pyopencl's work in it, a pyopencl lock file seen under
-    the flock is stale, and is removed. If another process holds the flock
-    (it is building), this build goes uncached rather than waiting on it.
+    Not where pyopencl is installed: pyopencl adds ``-I <its own folder>`` to every
+    build and keys its own binary cache by it, so each new virtual environment (every
+    CI run, every user's new venv) built every program afresh, minutes on PoCL. The
+    kernels include nothing, so that option changes no binary.
     """
-    folder = _program_cache()
-    if folder is None:
-        yield False
-        return
-    if fcntl is None:  # no flock (Windows): cannot tell a stale lock file from a live one
-        yield str(folder)
-        return
+    platform = device.platform
+    parts = (_BINARY_FORMAT.decode(), source, "\0".join(options),
+             os.environ.get("PYOPENCL_BUILD_OPTIONS", ""), cl.VERSION_TEXT,
+             platform.vendor, platform.name, platform.version,
+             device.vendor, device.name, device.version, device.driver_version)
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    return digest.hexdigest()
+
+
+def _entry(key: str, binary: bytes) -> bytes:
+    """A cache file: the format, the key it is stored under and the binary's SHA-256, then the binary."""
+    return _BINARY_FORMAT + f"{key}\n{hashlib.sha256(binary).hexdigest()}\n".encode() + binary
+
+
+def _read_binary(folder: Path, key: str) -> bytes | None:
+    """The binary stored under ``key`` if its file is whole and made for that key (a
+    truncated, damaged, foreign or renamed file is not), else None."""
     try:
-        fd = os.open(folder / ".atrous-cl.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        data = (folder / key[:2] / key).read_bytes()
     except OSError:
-        yield False
+        return None
+    binary = data[len(_BINARY_FORMAT) + 130:]  # after the two 64-digit lines
+    return binary if binary and data == _entry(key, binary) else None
+
+
+def _write_binary(folder: Path, key: str, binary: bytes) -> None:
+    """Store ``binary`` under ``key``: written whole to a temporary file, then renamed into
+    place, so a reader never sees a part; a failure (a full disk) only loses the entry."""
+    if not binary:
         return
+    sub, temporary = folder / key[:2], None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = True
-        except OSError:
-            held = False
-        if held:
-            (folder / "lock").unlink(missing_ok=True)
-        yield str(folder) if held else False
-    finally:
-        os.close(fd)  # drops the flock
+        sub.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=sub, prefix=f".{key}.", delete=False) as f:
+            temporary = f.name
+            f.write(_entry(key, binary))
+        os.replace(temporary, sub / key)
+    except OSError as e:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        _warn_once(f"atrous-cl cannot store a compiled program in {folder} ({e.strerror or e}); "
+                   f"programs are built afresh in each process until it can")
 
 
-def _is_cache_failure(error: KeyError) -> bool:
-    """pyopencl 2024-2026.1 reads ``os.environ["PYOPENCL_CACHE_FAILURE_FATAL"]`` when its binary
-    cache fails, so any cache failure surfaces as this KeyError unless the variable is set."""
-    return error.args == ("PYOPENCL_CACHE_FAILURE_FATAL",)
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def _build(context: cl.Context, source: str, options: tuple[str, ...]) -> cl.Program:
-    """``source`` built with ``options``, through our binary cache where it works, else uncached."""
-    with _program_cache_held() as cache:
-        try:
-            return cl.Program(context, source).build(options=list(options), cache_dir=cache)
-        except KeyError as e:
-            if cache is False or not _is_cache_failure(e):
-                raise
-            failure = e.__context__  # os.environ's own KeyError(b'...'), then the cache's error
-            while isinstance(failure, KeyError) and failure.__context__ is not None:
-                failure = failure.__context__
-    # The cache only saves time: build without it, and say what went wrong with it.
-    warnings.warn(f"pyopencl's binary cache in {cache} failed ({failure!r}); building without it",
-                  RuntimeWarning, stacklevel=4)
-    return cl.Program(context, source).build(options=list(options), cache_dir=False)
+    """``source`` built with ``options`` for every device of ``context``: from our binary
+    cache (:func:`_binary_key`) when it holds every device's binary, else from source,
+    whose binaries it then keeps. A cached binary the driver will not load or build is
+    replaced by a source build; the cache only ever saves time."""
+    devices = context.devices
+    folder = _binary_folder()
+    keys = [_binary_key(device, source, options) for device in devices]
+    if folder is not None:
+        binaries = [_read_binary(folder, key) for key in keys]
+        if all(binary is not None for binary in binaries):
+            try:
+                return cl.Program(context, devices, binaries).build(options=list(options),
+                                                                    cache_dir=False)
+            except (cl.Error, RuntimeError):
+                pass  # a binary from another driver build, say: from source instead
+    program = cl.Program(context, source).build(options=list(options), cache_dir=False)
+    if folder is not None:
+        built = dict(zip((d.int_ptr for d in program.get_info(cl.program_info.DEVICES)),
+                         program.get_info(cl.program_info.BINARIES)))
+        for device, key in zip(devices, keys):
+            _write_binary(folder, key, built.get(device.int_ptr, b""))
+    return program
 
 
 @context_dependent_memoize

@@ -16,7 +16,9 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pyopencl as cl
+import pyopencl.array as cl_array
 import pytest
 from pyopencl.characterize import has_src_build_cache
 
@@ -140,7 +142,8 @@ def _pyopencl_caches(queue) -> None:
 def test_a_stale_pyopencl_cache_lock_does_not_stall_builds(queue, tmp_path):
     """A process killed during a build leaves pyopencl's lock file behind; every later build then
     waited 60 s and raised KeyError('PYOPENCL_CACHE_FAILURE_FATAL'). Planted in pyopencl's own
-    folder and in ours, it must not stop a build."""
+    folder and in the one we once gave pyopencl, it must not stop a build (we keep binaries
+    ourselves now, never through pyopencl's cache)."""
     _pyopencl_caches(queue)
     py = ".".join(map(str, sys.version_info))
     for folder in (tmp_path / "pyopencl" / f"pyopencl-compiler-cache-v2-py{py}",
@@ -154,49 +157,128 @@ def test_a_stale_pyopencl_cache_lock_does_not_stall_builds(queue, tmp_path):
     assert "Could not obtain cache lock" not in stderr
 
 
-def test_a_build_beside_a_live_one_does_not_wait(queue, tmp_path):
-    """While another process holds our folder (it is building), a build goes uncached."""
-    import fcntl
-
-    _pyopencl_caches(queue)
-    env = _child_env(XDG_CACHE_HOME=str(tmp_path), PYOPENCL_CTX=_selector(queue))
-    folder = tmp_path / "atrous-cl" / f"programs-py{sys.version_info[0]}.{sys.version_info[1]}"
-    folder.mkdir(parents=True)
-    (folder / "lock").write_text("")  # the live holder's pyopencl lock: must stay
-    with open(folder / ".atrous-cl.lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        result, stderr = _op_in_child(env)
-        assert (folder / "lock").exists()
-    assert result["error"] <= 1e-5, stderr
+_SOURCE = "__kernel void k(__global float *a) { a[get_global_id(0)] = 2.0f * get_global_id(0); }"
 
 
-def test_a_failing_binary_cache_falls_back_to_an_uncached_build(queue, monkeypatch, tmp_path):
-    """Any failure of pyopencl's cache surfaces as KeyError('PYOPENCL_CACHE_FAILURE_FATAL')
-    (pyopencl reads that variable with os.environ[...]); the build then goes uncached."""
-    # A cache folder of its own: in the shared one another process building at the
-    # same moment holds the flock, and this build would go uncached without trying.
+def _runs(context, program) -> None:
+    """``program``'s kernel ``k`` computes what its source says on the context's first device."""
+    queue = cl.CommandQueue(context)
+    a = cl_array.to_device(queue, np.full(37, np.nan, np.float32))  # fill() would build a program
+    program.k(queue, (37,), None, a.data)
+    np.testing.assert_array_equal(a.get(), 2.0 * np.arange(37, dtype=np.float32))
+
+
+def _build(context, source, options=()):
+    """programs._build as programs builds: Intel's driver returns a log on success, which
+    pyopencl turns into a CompilerWarning (an error under this suite's filters)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cl.CompilerWarning)
+        return programs._build(context, source, options)
+
+
+@pytest.fixture
+def binaries(tmp_path, monkeypatch):
+    """A cache home of the test's own; the folder of program binaries in it."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    real_build = cl.Program.build
-    tried = []
+    monkeypatch.setattr(programs, "_warned", set())
+    return tmp_path / "atrous-cl" / "binaries"
 
-    def build(self, options=None, devices=None, cache_dir=None):
-        tried.append(cache_dir)
-        if cache_dir is not False:  # what pyopencl 2026.1 raises: os.environ[...] in an except
-            try:
-                raise OSError("disk full")
-            except OSError:
-                try:
-                    raise KeyError(b"PYOPENCL_CACHE_FAILURE_FATAL")
-                except KeyError:
-                    raise KeyError("PYOPENCL_CACHE_FAILURE_FATAL") from None  # os.environ's shape
-        return real_build(self, options, devices, cache_dir)
 
-    monkeypatch.setattr(cl.Program, "build", build)
-    source = "__kernel void k(__global float *a) { a[get_global_id(0)] = 2.0f; }"
-    with pytest.warns(RuntimeWarning, match=r"binary cache in .* failed \(OSError\('disk full'\)\)"):
-        program = programs._build(queue.context, source, ())
-    assert [c is False for c in tried] == [False, True]
-    assert program.all_kernels()[0].function_name == "k"
+class _Built:
+    """``cl.Program`` that records whether each program was made from binaries or source."""
+
+    def __init__(self, monkeypatch):
+        self.made = []
+        real = cl.Program
+        made = self.made
+
+        class Program(real):
+            def __init__(self, *args):
+                made.append("binaries" if len(args) == 3 else "source")
+                super().__init__(*args)
+
+        monkeypatch.setattr(cl, "Program", Program)
+
+
+def test_a_program_built_once_comes_from_the_binary_cache(queue, binaries, monkeypatch):
+    """Also after pyopencl moves (a new virtual environment): pyopencl adds ``-I <its own
+    folder>`` to every build and keys its own cache by it, so every new venv built every
+    program afresh (minutes on PoCL in each CI run)."""
+    built = _Built(monkeypatch)
+    _runs(queue.context, _build(queue.context, _SOURCE, ("-DX=1",)))
+    assert len(list(binaries.glob("*/*"))) == len(queue.context.devices)
+    monkeypatch.setattr(cl, "_DEFAULT_INCLUDE_OPTIONS", ["-I", "/elsewhere/pyopencl/cl"])
+    _runs(queue.context, _build(queue.context, _SOURCE, ("-DX=1",)))
+    _runs(queue.context, _build(queue.context, _SOURCE, ("-DX=2",)))  # other options
+    assert built.made == ["source", "binaries", "source"]
+
+
+def test_the_binary_key_names_what_decides_the_binary(queue, monkeypatch):
+    key = programs._binary_key(queue.device, _SOURCE, ("-DX=1",))
+    assert programs._binary_key(queue.device, _SOURCE + " ", ("-DX=1",)) != key
+    assert programs._binary_key(queue.device, _SOURCE, ("-DX=1", "-DY")) != key
+    assert programs._binary_key(queue.device, _SOURCE, ("-DX=1 -DY",)) != \
+        programs._binary_key(queue.device, _SOURCE, ("-DX=1", "-DY"))
+    monkeypatch.setenv("PYOPENCL_BUILD_OPTIONS", "-cl-fast-relaxed-math")
+    assert programs._binary_key(queue.device, _SOURCE, ("-DX=1",)) != key
+    others = [d for p in cl.get_platforms() for d in p.get_devices()
+              if (d.platform.name, d.name) != (queue.device.platform.name, queue.device.name)]
+    assert all(programs._binary_key(d, _SOURCE, ("-DX=1",)) != key for d in others)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "a byte flipped", "empty", "another key's file",
+                                    "refused by the driver"])
+def test_a_damaged_cache_entry_is_built_from_source_and_replaced(queue, binaries, monkeypatch,
+                                                                 damage):
+    """No silent wrong program: a file cut short, changed, copied from another key or
+    holding a binary the driver refuses is never used; the source build replaces it."""
+    _build(queue.context, _SOURCE, ())
+    _build(queue.context, "__kernel void other(__global float *a) { a[0] = 1.0f; }", ())
+    key = programs._binary_key(queue.device, _SOURCE, ())
+    path = binaries / key[:2] / key
+    good = path.read_bytes()
+    other = next(f for f in binaries.glob("*/*") if f.name != key)
+    path.write_bytes({
+        "truncated": good[:len(good) // 2],
+        "a byte flipped": good[:-7] + bytes([good[-7] ^ 1]) + good[-6:],
+        "empty": b"",
+        "another key's file": other.read_bytes(),
+        "refused by the driver": programs._entry(key, b"not a program binary" * 8),
+    }[damage])
+    built = _Built(monkeypatch)
+    _runs(queue.context, _build(queue.context, _SOURCE, ()))
+    assert built.made == (["binaries", "source"] if damage == "refused by the driver" else ["source"])
+    assert path.read_bytes() == good or programs._read_binary(binaries, key) is not None
+
+
+def test_an_unwritable_cache_still_builds(queue, binaries, monkeypatch):
+    """The cache only saves time: a folder that cannot hold the binaries (a file in its
+    place) gives uncached builds and one warning, never a failed op."""
+    binaries.mkdir(parents=True)
+    key = programs._binary_key(queue.device, _SOURCE, ())
+    (binaries / key[:2]).write_text("a file where a folder should be")
+    with pytest.warns(RuntimeWarning, match=r"cannot store a compiled program in .*binaries"):
+        _runs(queue.context, _build(queue.context, _SOURCE, ()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _runs(queue.context, _build(queue.context, _SOURCE, ()))  # warned once
+    assert not list(binaries.glob(f"{key[:2]}/*"))
+
+
+def test_processes_building_at_once_all_get_whole_programs(queue, tmp_path):
+    """Writers rename whole files into place, so concurrent cold builds neither fail nor
+    leave a part behind."""
+    env = _child_env(XDG_CACHE_HOME=str(tmp_path), PYOPENCL_CTX=_selector(queue))
+    children = [subprocess.Popen([sys.executable, "-c", _CHILD], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err
+        assert json.loads(out)["error"] <= 1e-5
+    folder = tmp_path / "atrous-cl" / "binaries"
+    files = list(folder.glob("*/*"))
+    assert files and all(programs._read_binary(folder, f.name) is not None for f in files)
+    assert not list(folder.glob("*/.*"))  # no temporary file left
 
 
 def _register(tmp_path, monkeypatch, system):
