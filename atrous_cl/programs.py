@@ -157,10 +157,12 @@ def _write_binary(folder: Path, key: str, binary: bytes) -> None:
             temporary = f.name
             f.write(_entry(key, binary))
         os.replace(temporary, sub / key)
-    except OSError as e:
+    except BaseException as e:  # Ctrl-C too: no temporary file left behind
         if temporary is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+        if not isinstance(e, OSError):
+            raise
         _warn_once(f"atrous-cl cannot store a compiled program in {folder} ({e.strerror or e}); "
                    f"programs are built afresh in each process until it can")
 

@@ -265,6 +265,16 @@ def test_an_unwritable_cache_still_builds(queue, binaries, monkeypatch):
     assert not list(binaries.glob(f"{key[:2]}/*"))
 
 
+def test_ctrl_c_while_storing_a_program_leaves_no_part_behind(queue, binaries, monkeypatch):
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(programs.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _build(queue.context, _SOURCE, ())
+    assert not [f for f in binaries.rglob("*") if f.is_file()]
+
+
 def test_processes_building_at_once_all_get_whole_programs(queue, tmp_path):
     """Writers rename whole files into place, so concurrent cold builds neither fail nor
     leave a part behind."""
