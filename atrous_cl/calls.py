@@ -173,10 +173,10 @@ def prepared(queue: cl.CommandQueue, dtype: np.dtype, steps: tuple, inputs: dict
     Remembered on the queue by what decides it (the queue's device never
     changes; the steps hold the problem), and valid for the tuning table its
     tiles came from, so a model calling the op with the same shapes over and
-    over runs only the launches. Each Python step a call takes costs about ten
-    times as much when the call starts cold (after a pause or another
-    library's work: ``benchmarks/call_cost.py``), so this is most of what the
-    host API's fixed cost was.
+    over runs only the wrappers and launches: E's host call took 0.82x the time
+    back to back on Intel's runtime. Each Python step left out saves more where
+    a call starts cold (after a pause or another library's work), where it
+    costs several times its warm time (``benchmarks/call_cost.py``).
     """
     table = tuning.table()
     memo = getattr(queue, "_atrous_cl_prepared", None)
