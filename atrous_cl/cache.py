@@ -24,6 +24,18 @@ _cache_dirs: dict[Path, Path] = {}
 _private: Path | None = None
 
 
+#: Warnings already given, so each problem of a cache file or folder is told once a process.
+_warned: set[str] = set()
+
+
+def warn_once(message: str, stacklevel: int = 1) -> None:
+    """A RuntimeWarning with ``message``, unless this process has given it already;
+    ``stacklevel`` as for :func:`warnings.warn`, from the caller."""
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+
+
 def _home_cache() -> Path | None:
     """``$XDG_CACHE_HOME``, else ``~/.cache``; None when there is no home to expand."""
     base = os.environ.get("XDG_CACHE_HOME")

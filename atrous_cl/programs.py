@@ -24,7 +24,7 @@ import numpy as np
 import pyopencl as cl
 from pyopencl.tools import context_dependent_memoize
 
-from atrous_cl.cache import cache_dir
+from atrous_cl.cache import cache_dir, warn_once
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, status_name
 
@@ -141,7 +141,7 @@ def _read_binary(folder: Path, key: str) -> bytes | None:
         data = (folder / key[:2] / key).read_bytes()
     except OSError:
         return None
-    binary = data[len(_BINARY_FORMAT) + 130:]  # after the two 64-digit lines
+    binary = data[len(_entry(key, b"")):]  # the header is as long for every binary
     return binary if binary and data == _entry(key, binary) else None
 
 
@@ -163,17 +163,8 @@ def _write_binary(folder: Path, key: str, binary: bytes) -> None:
                 os.unlink(temporary)
         if not isinstance(e, OSError):
             raise
-        _warn_once(f"atrous-cl cannot store a compiled program in {folder} ({e.strerror or e}); "
-                   f"programs are built afresh in each process until it can")
-
-
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        warn_once(f"atrous-cl cannot store a compiled program in {folder} ({e.strerror or e}); "
+                  f"programs are built afresh in each process until it can")
 
 
 def _build(context: cl.Context, source: str, options: tuple[str, ...]) -> cl.Program:

@@ -22,7 +22,6 @@ import stat
 import statistics
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +30,7 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from atrous_cl import geometry, launch, memory, validation
-from atrous_cl.cache import cache_dir
+from atrous_cl.cache import cache_dir, warn_once
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import check_dtype_support, describe, facts
 from atrous_cl.programs import program_source
@@ -69,19 +68,11 @@ _loaded: dict | None = None
 #: tile_for's answers, valid for the table object ``_memo_table`` only.
 _memo: dict = {}
 _memo_table: dict | None = None
-#: Warnings already given, so each problem of a cache file is told once a process.
-_warned: set[str] = set()
 
 
 def kernel_digest() -> str:
     """A digest of the kernel source the timings are for (prelude included)."""
     return hashlib.sha256(program_source(launch.KERNEL_FILE).encode()).hexdigest()[:16]
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 class _Unusable(Exception):
@@ -167,12 +158,15 @@ def _read_table(path: Path, digest: str) -> dict:
         devices, dropped = {}, [f"it {e}"]
     if dropped:
         more = f" (and {len(dropped) - 1} more)" if len(dropped) > 1 else ""
-        _warn_once(f"atrous-cl ignores what it cannot use in its tuning cache {path}: "
-                   f"{dropped[0]}{more}; default tiles stand in. `atrous-cl tune` rewrites it.")
+        warn_once(f"atrous-cl ignores what it cannot use in its tuning cache {path}: "
+                  f"{dropped[0]}{more}; default tiles stand in. `atrous-cl tune` rewrites it.",
+                  stacklevel=3)
     return {"version": _CACHE_VERSION, "kernel": digest, "devices": devices}
 
 
-def _table() -> dict:
+def table() -> dict:
+    """The tuning table in use: a new object whenever it is read afresh or a
+    winner is stored, so what was worked out from an earlier one can tell."""
     global _loaded
     with _lock:
         if _loaded is None:
@@ -184,12 +178,6 @@ def _table() -> dict:
             else:
                 _loaded = _read_table(path, digest)
         return _loaded
-
-
-def table() -> dict:
-    """The tuning table in use: a new object whenever it is read afresh or a
-    winner is stored, so what was worked out from an earlier one can tell."""
-    return _table()
 
 
 def _tuned_tile(table: dict, device: cl.Device, dtype, args) -> Tile | None:
@@ -206,8 +194,9 @@ def _tuned_tile(table: dict, device: cl.Device, dtype, args) -> Tile | None:
     tile = Tile(*entry["tile"])
     if tile in candidates(device, dtype, args.filters_shape[2]):
         return tile
-    _warn_once(f"atrous-cl ignores the tile {tile} stored for {key} on {device_key(device)} in its "
-               f"tuning cache: not one `atrous-cl tune` tries there; the default tile stands in")
+    warn_once(f"atrous-cl ignores the tile {tile} stored for {key} on {device_key(device)} in its "
+              f"tuning cache: not one `atrous-cl tune` tries there; the default tile stands in",
+              stacklevel=3)
     return None
 
 
@@ -218,14 +207,14 @@ def tile_for(device: cl.Device, dtype, args) -> Tile:
     or a new winner stored starts a new memo.
     """
     global _memo, _memo_table
-    table = _table()
+    current = table()
     key = (device, np.dtype(dtype), args)
     with _lock:  # _store changes the table under it: a lookup never straddles a store
-        if _memo_table is not table:
-            _memo, _memo_table = {}, table
+        if _memo_table is not current:
+            _memo, _memo_table = {}, current
         tile = _memo.get(key)
         if tile is None:
-            tile = _tuned_tile(table, device, dtype, args) or default_tile(device, dtype, args.filters_shape[2])
+            tile = _tuned_tile(current, device, dtype, args) or default_tile(device, dtype, args.filters_shape[2])
             if len(_memo) < 1024:
                 _memo[key] = tile
     return tile

@@ -180,7 +180,7 @@ def _build(context, source, options=()):
 def binaries(tmp_path, monkeypatch):
     """A cache home of the test's own; the folder of program binaries in it."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(programs, "_warned", set())
+    monkeypatch.setattr(cache, "_warned", set())
     return tmp_path / "atrous-cl" / "binaries"
 
 

@@ -10,7 +10,7 @@ import pyopencl.array as cl_array
 import pytest
 from conftest import assert_close, poisoned, skip_unsupported, stub_device
 
-from atrous_cl import discovery, geometry, icd, launch, ops, reference, tiles, tuning
+from atrous_cl import cache, discovery, geometry, icd, launch, ops, reference, tiles, tuning
 from atrous_cl.tiles import Tile
 from atrous_cl.validation import check_transpose_args
 
@@ -19,7 +19,7 @@ from atrous_cl.validation import check_transpose_args
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(tuning, "_loaded", None)
-    monkeypatch.setattr(tuning, "_warned", set(), raising=False)
+    monkeypatch.setattr(cache, "_warned", set())
     yield tmp_path / "atrous-cl" / "tuning.json"
     tuning._loaded = None
 
