@@ -147,6 +147,19 @@ def repack_geometry(filters_shape: tuple[int, int, int, int],
     return (tile.padded_channels(cout), kh * kw), None
 
 
+#: Host filters up to this size whose bytes equal the last ones repacked on a
+#: queue reuse the packed buffer instead of launching ``repack_filters``: the
+#: copy and comparison cost less than the launch. ``python
+#: benchmarks/repack_reuse.py DEVICE`` (host API, back to back, same filters
+#: against filters that change every call): E Intel 0.120 against 0.150 ms a
+#: call, PoCL 3.1 0.145 against 0.172 (when 64 KiB was the limit); A's 144 KiB
+#: (2026-12-03 23:15 UTC) Intel 0.901 against 1.054, PoCL 3.1 1.548 against
+#: 1.579. With the limit raised, B's 576 KiB gained nothing (Intel 6.65
+#: against 6.53 ms, PoCL 7.08 against 7.02, each call after an onnxruntime
+#: one), and each queue would keep a copy, so larger filters repack every call.
+REUSE_BYTES = 1 << 18
+
+
 def packed_elements(filters_shape: tuple[int, int, int, int], padded_cout: int) -> int:
     """Elements of ``repack_filters``' buffer: the packed weights, then a row per tap
     saying which are finite, and CIN zeros (the kernel's FINITE and ZEROS)."""
@@ -291,13 +304,12 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
     kernels = p.kernels
     value_data, value_off = value.base_data, element_offset(value)
     # Host filters (the host path, which waits for its kernels) whose bytes
-    # equal the last ones repacked on this queue reuse that packed buffer:
-    # comparing up to 64 KiB costs less than launching the repack
-    # (benchmarks/repack_reuse.py, E: Intel 0.150 -> 0.120 ms a call, PoCL
-    # 3.1 0.172 -> 0.145). Each repack writes a new buffer, so a kernel never
+    # equal the last ones repacked on this queue reuse that packed buffer
+    # (see REUSE_BYTES). Each repack writes a new buffer, so a kernel never
     # reads one that another call is rewriting; the bytes compared are a copy.
     raw = (filters.array.tobytes()
-           if isinstance(filters, memory.HostArray) and filters.array.nbytes <= 1 << 16 else None)
+           if isinstance(filters, memory.HostArray) and filters.array.nbytes <= REUSE_BYTES
+           else None)
     try:
         with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
             if p.wide:

@@ -124,22 +124,27 @@ def test_the_forward_op_and_its_vjp_keep_non_finite_weights_to_their_taps(queue,
     assert_close(got_dx, want_dx)
 
 
-def test_filters_changed_in_place_between_calls_are_repacked(queue):
-    """The host path reuses packed filters only while the caller's bytes are unchanged."""
+@pytest.mark.parametrize("cout, cin, reused", [(5, 4, True), (64, 64, True), (128, 64, False)])
+def test_filters_changed_in_place_between_calls_are_repacked(queue, cout, cin, reused):
+    """The host path reuses packed filters only while the caller's bytes are unchanged
+    (filters up to launch.REUSE_BYTES; larger ones are repacked every call)."""
     rng = np.random.default_rng()
-    value = rng.standard_normal((2, 6, 19, 4)).astype(np.float32)
-    filters = rng.standard_normal((3, 3, 5, 4)).astype(np.float32)
-    call = lambda: atrous_cl.atrous_conv2d_transpose(value, filters, (2, 6, 19, 5), 2, "SAME",
-                                                     queue=queue)
-    for change in (None, (1, 1, 2, 3, 7.0), (0, 2, 4, 0, np.inf), (0, 2, 4, 0, -0.5), None):
+    value = rng.standard_normal((2, 6, 19, cin)).astype(np.float32)
+    filters = rng.standard_normal((3, 3, cout, cin)).astype(np.float32)
+    assert (filters.nbytes <= launch.REUSE_BYTES) == reused  # the case is on the side it names
+    shape = (2, 6, 19, cout)
+    call = lambda: atrous_cl.atrous_conv2d_transpose(value, filters, shape, 2, "SAME", queue=queue)
+    for change in (None, (1, 1, 2, 3, 7.0), (0, 2, 4, 0, np.inf), (0, 2, 4, 0, -0.5),
+                   (2, 2, cout - 1, cin - 1, 0.25), None):
         if change is not None:
             filters[change[:4]] = change[4]
-        want = reference.atrous_conv2d_transpose(value, filters, (2, 6, 19, 5), 2, "SAME")
+        want = reference.atrous_conv2d_transpose(value, filters, shape, 2, "SAME")
         assert_close(call(), want, context=f"after {change}")
     # The same bytes in another array, and the op with other shapes in between.
-    other = atrous_cl.atrous_conv2d_transpose(value[:1], filters.copy(), (1, 6, 19, 5), 2, "SAME",
-                                              queue=queue)
-    assert_close(other, reference.atrous_conv2d_transpose(value[:1], filters, (1, 6, 19, 5), 2, "SAME"))
+    other = atrous_cl.atrous_conv2d_transpose(value[:1], filters.copy(), (1, 6, 19, cout), 2,
+                                              "SAME", queue=queue)
+    assert_close(other, reference.atrous_conv2d_transpose(value[:1], filters, (1, 6, 19, cout), 2,
+                                                          "SAME"))
 
 
 @pytest.mark.parametrize("output_shape, tile, rate_w, max_group, want", [
