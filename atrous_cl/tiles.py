@@ -112,37 +112,49 @@ class FilterGradTile(NamedTuple):
     gc: int
     items: int
     chunk_bytes: int
+    ov: int = 1
 
 
 def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> FilterGradTile:
     """The filter gradient's untuned split, from the transpose kernel's :func:`default_tile`.
 
-    Output channels as that tile's; input channels 16 on PoCL with 512-bit
-    vectors and that tile's pixels (8) elsewhere. GPUs get about 4096
-    work-items. On CPUs the rows are split by bytes instead, into chunks
-    whose rows of both inputs take 512 KiB at most (a core's L2 holds them):
-    each chunk costs a partial sum of the whole filter gradient, and a CPU's
-    few cores need few work-items (4096 split E, 32x8x8 16->16, into 128
-    chunks of 16 pixels) but chunks the caches hold (B, 8x32x32 128->128,
-    ran in 4 chunks of 1 MiB, now 16).
+    Output channels as that tile's; on Intel's CPU runtime and PoCL with
+    512-bit vectors (float32 and float16), up to 4 such vectors per work-item
+    and 16 // vectors input channels (a register tile of 16 vectors); else one
+    vector and 16 input channels on that PoCL, that tile's pixels (8)
+    elsewhere. GPUs get about 4096 work-items. On CPUs the rows are split by
+    bytes instead, into chunks whose rows of both inputs take 512 KiB at most
+    (a core's L2 holds them): each chunk costs a partial sum of the whole
+    filter gradient, and a CPU's few cores need few work-items (4096 split E,
+    32x8x8 16->16, into 128 chunks of 16 pixels) but chunks the caches hold (B,
+    8x32x32 128->128, ran in 4 chunks of 1 MiB, now 16).
 
     Measured on a 2-core AMD EPYC (``python benchmarks/filter_grad_ab.py
-    --devices 2:0 1:0 --workloads A B C D E --bc 16 --gc 8 16 --items 4096
-    --kib 0``, the transpose vjp's filter gradient, float32, kernels only):
-    the time of the split before (8 input channels, 4096 work-items) over
-    this one's, A-E: Intel 1.08 1.19 1.19 1.01 1.77, Debian's PoCL 3.1 1.39
-    1.15 1.34 1.02 1.83. On Intel, 512 KiB was the fastest chunk bound tried
-    (128 KiB-2 MiB, ``--items 1 --kib ...``) or within 1.02x of it on A-E, and
-    16 input channels ran 1.2-2x slower than 8; on PoCL (whose figures varied
-    up to 1.5x between identical layouts in one run) 8 input channels ran
-    A and B 1.1-1.6x slower than 16, and C 0.8x.
+    --devices 2:0 1:0 --workloads A B C D E --bc 16 --gc 4 8 16 --ov 1 2 4
+    --items 1 --kib 512 --rounds 9``, the transpose vjp's filter gradient,
+    float32, kernels only, 2026-12-03 22:40 UTC): this split's time over one
+    vector's (8 input channels on Intel, 16 on PoCL), A-C: Intel 0.73 (4x4)
+    0.90 (4x4) 0.85 (8x2), Debian's PoCL 3.1 0.78 (4x4) 0.78 (4x4) 0.75 (8x2);
+    D and E have one vector. More vectors than the output channels fill cost
+    1.6-13x (D at 2 or 4). Before, the row split: the time of the split
+    before it (8 input channels, 4096 work-items) over this one's, A-E: Intel
+    1.08 1.19 1.19 1.01 1.77, Debian's PoCL 3.1 1.39 1.15 1.34 1.02 1.83. On
+    Intel, 512 KiB was the fastest chunk bound tried (128 KiB-2 MiB,
+    ``--items 1 --kib ...``) or within 1.02x of it on A-E, and one vector of
+    16 input channels ran 1.2-2x slower than 8; on PoCL one vector of 8 input
+    channels ran A and B 1.1-1.6x slower than 16. float64 keeps one vector
+    (unmeasured with more).
     """
     tile = default_tile(device, dtype, cout)
     wide = _is_pocl(device) and not _pocl_narrow(device)
-    gc = max(1, min(16 if wide else tile.pixels, cin))
+    ov = 1
+    if (is_intel_cpu(device) or wide) and np.dtype(dtype) != np.float64:
+        ov = min(4, tile.padded_channels(cout) // tile.channels)
+    gc = 16 // ov if ov > 1 or wide else tile.pixels
+    gc = max(1, min(gc, cin))
     if facts(device).type & cl.device_type.CPU:
-        return FilterGradTile(tile, gc, 1, 512 << 10)
-    return FilterGradTile(tile, gc, 4096, 0)
+        return FilterGradTile(tile, gc, 1, 512 << 10, ov)
+    return FilterGradTile(tile, gc, 4096, 0, ov)
 
 
 def candidates(device: cl.Device, dtype, cout: int) -> list[Tile]:

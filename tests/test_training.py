@@ -299,7 +299,10 @@ def test_filter_grad_chunks_keep_below_max_rows(rows, tiles, items, max_rows, wa
 # rows into chunks of 512 KiB, so these small problems run in one chunk there,
 # and GPUs into about 4096 work-items): many chunks with a ragged last one, a
 # chunk per row, chunks bounded by bytes, 16 input channels per work-item over
-# a ragged channel count, 16x16 tiles, and one chunk.
+# a ragged channel count, 16x16 tiles, and one chunk; several output-channel
+# vectors per work-item (ov): ragged in both channel counts, the last
+# work-item's vectors partly or wholly past the padded channels (40 -> 48 is 3
+# vectors of 16: ov 2 leaves one past, ov 4 one; 37 -> 40 is 10 vectors of 4).
 LAYOUT_CASES = [
     ((2, 24, 20, 32, 32, 3, 3, 2), "SAME", dict(items=4096, chunk_bytes=0)),
     ((3, 7, 11, 4, 6, 2, 2, 3), "SAME", dict(items=1 << 20, chunk_bytes=0)),
@@ -307,6 +310,10 @@ LAYOUT_CASES = [
     ((2, 24, 20, 17, 20, 3, 3, 2), "SAME", dict(gc=16, items=4096, chunk_bytes=0)),
     ((2, 5, 9, 17, 11, 3, 2, 3), "SAME", dict(gc=16, tile=(8, 16), items=1, chunk_bytes=1000)),
     ((2, 10, 9, 3, 3, 2, 5, 5), "VALID", dict(items=1, chunk_bytes=1 << 30)),
+    ((2, 6, 7, 40, 17, 3, 3, 2), "SAME", dict(gc=4, ov=2, tile=(8, 16), items=4096, chunk_bytes=0)),
+    ((2, 6, 7, 40, 17, 3, 3, 2), "VALID", dict(gc=5, ov=4, tile=(8, 16), items=1, chunk_bytes=3000)),
+    ((3, 5, 6, 37, 6, 2, 2, 3), "SAME", dict(gc=3, ov=3, tile=(8, 4), items=1 << 20, chunk_bytes=0)),
+    ((2, 6, 7, 64, 9, 3, 3, 2), "SAME", dict(gc=4, ov=4, tile=(8, 16), items=1, chunk_bytes=1 << 30)),
 ]
 
 
@@ -537,14 +544,15 @@ def _with_non_finite(rng, shape, where: str, which: str, dtype=np.float32) -> np
 @pytest.mark.parametrize("where", ["corner", "middle"])
 @pytest.mark.parametrize("bad", ["value", "filters", "dy"])
 @pytest.mark.parametrize("op", ["forward", "transpose"])
-@pytest.mark.parametrize("channels", ["3-4", "1-1"])
+@pytest.mark.parametrize("channels", ["3-4", "1-1", "40-36"])
 def test_zero_padding_times_a_non_finite_factor_is_nan_as_in_tf(queue, channels, op, bad, where,
                                                                   which, padding):
     """TF's forward conv multiplies its zero padding by the weights, and its filter gradient
     the padded input by dy: 0 * Inf is NaN there, as in the reference. Every output and
     gradient must have the reference's NaNs exactly, and its numbers elsewhere. One
     channel in and out runs the one-channel kernel, 21 columns wide so that it meets
-    whole vectors and border lanes."""
+    whole vectors and border lanes; 40 and 36 channels give the filter gradient several
+    ragged output-channel vectors per work-item where the device's default has them."""
     rng = np.random.default_rng()
     rate = 2
     c_in, c_out = map(int, channels.split("-"))  # of the transpose op

@@ -313,11 +313,12 @@ def test_default_tile_per_platform(platform, kind, version, want):
 
 
 @pytest.mark.parametrize("platform, kind, version, want", [
-    ("Intel(R) OpenCL", "CPU", "OpenCL 3.0 (Build 0)", (tiles.Tile(8, 16), 8, 1, 512 << 10)),
-    ("Portable Computing Language", "CPU", _POCL_AVX2, (tiles.Tile(8, 8), 8, 1, 512 << 10)),
-    ("Portable Computing Language", "CPU", _POCL_AVX512, (tiles.Tile(8, 16), 16, 1, 512 << 10)),
-    ("NVIDIA CUDA", "GPU", "OpenCL 3.0 CUDA", (tiles.Tile(4, 2), 4, 4096, 0)),
-    ("Some other CPU runtime", "CPU", "OpenCL 3.0", (tiles.Tile(4, 8), 4, 1, 512 << 10)),
+    ("Intel(R) OpenCL", "CPU", "OpenCL 3.0 (Build 0)", (tiles.Tile(8, 16), 4, 1, 512 << 10, 4)),
+    ("Portable Computing Language", "CPU", _POCL_AVX2, (tiles.Tile(8, 8), 8, 1, 512 << 10, 1)),
+    ("Portable Computing Language", "CPU", _POCL_AVX512,
+     (tiles.Tile(8, 16), 4, 1, 512 << 10, 4)),
+    ("NVIDIA CUDA", "GPU", "OpenCL 3.0 CUDA", (tiles.Tile(4, 2), 4, 4096, 0, 1)),
+    ("Some other CPU runtime", "CPU", "OpenCL 3.0", (tiles.Tile(4, 8), 4, 1, 512 << 10, 1)),
 ])
 def test_default_filter_grad_tile_per_platform(platform, kind, version, want):
     import types
@@ -329,6 +330,28 @@ def test_default_filter_grad_tile_per_platform(platform, kind, version, want):
     assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == want
     # Never more input channels per work-item than there are.
     assert tiles.default_filter_grad_tile(stub, np.float32, 3, 64).gc == 3
+
+
+@pytest.mark.parametrize("cout, dtype, want", [
+    (64, np.float32, (4, 4)),    # 4 vectors of 16 output channels: 4 input channels each
+    (32, np.float32, (8, 2)),    # 2 vectors
+    (40, np.float16, (5, 3)),    # 3 vectors (48 padded), float16 summed in float32
+    (16, np.float32, (8, 1)),    # one vector: 8 input channels on Intel
+    (9, np.float32, (8, 1)),     # fewer output channels than a vector
+    (128, np.float32, (4, 4)),   # never more than 4 vectors
+    (64, np.float64, (8, 1)),    # float64 keeps one vector
+])
+def test_default_filter_grad_tile_vectors_fill_the_output_channels(cout, dtype, want):
+    """On Intel's CPU runtime the register tile takes up to 4 output-channel vectors
+    and 16 // vectors input channels, never more vectors than the channels fill."""
+    import types
+
+    import pyopencl as cl
+
+    stub = stub_device(platform=types.SimpleNamespace(name="Intel(R) OpenCL"),
+                       type=cl.device_type.CPU, version="OpenCL 3.0 (Build 0)")
+    got = tiles.default_filter_grad_tile(stub, dtype, 64, cout)
+    assert (got.gc, got.ov) == want
 
 
 @pytest.mark.parametrize("version, widest_float, widest_double",
