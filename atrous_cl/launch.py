@@ -149,15 +149,16 @@ def repack_geometry(filters_shape: tuple[int, int, int, int],
 
 #: Host filters up to this size whose bytes equal the last ones repacked on a
 #: queue reuse the packed buffer instead of launching ``repack_filters``: the
-#: copy and comparison cost less than the launch. ``python
-#: benchmarks/repack_reuse.py DEVICE`` (host API, back to back, same filters
-#: against filters that change every call): E Intel 0.120 against 0.150 ms a
-#: call, PoCL 3.1 0.145 against 0.172 (when 64 KiB was the limit); A's 144 KiB
-#: (2026-12-03 23:15 UTC) Intel 0.901 against 1.054, PoCL 3.1 1.548 against
-#: 1.579. With the limit raised, B's 576 KiB gained nothing (Intel 6.65
-#: against 6.53 ms, PoCL 7.08 against 7.02, each call after an onnxruntime
-#: one), and each queue would keep a copy, so larger filters repack every call.
-REUSE_BYTES = 1 << 18
+#: copy and comparison (about 35 us per MiB) cost less than the repack (B's
+#: 576 KiB: 0.3 ms on Intel's runtime, profiled). ``python
+#: benchmarks/repack_reuse.py 2:0 1:0 --workloads A B --calls 220`` (host API,
+#: back to back, the same filters every call against filters that change every
+#: call, 2026-12-03 22:55 UTC): Intel A 0.772 against 0.956 ms, B 6.13 against
+#: 6.88; Debian's PoCL 3.1 A 0.883 against 0.926, B 6.46 against 6.69 (E, when
+#: the limit was 64 KiB: 0.120 against 0.150 and 0.145 against 0.172). Each
+#: queue keeps a copy of the bytes and the packed buffer per problem, hence a
+#: limit.
+REUSE_BYTES = 1 << 20
 
 
 def packed_elements(filters_shape: tuple[int, int, int, int], padded_cout: int) -> int:

@@ -124,8 +124,8 @@ def test_the_forward_op_and_its_vjp_keep_non_finite_weights_to_their_taps(queue,
     assert_close(got_dx, want_dx)
 
 
-@pytest.mark.parametrize("cout, cin, reused", [(5, 4, True), (64, 64, True), (128, 64, False)],
-                         ids=["5x4", "64x64-144KiB", "128x64-288KiB"])
+@pytest.mark.parametrize("cout, cin, reused", [(5, 4, True), (64, 64, True), (256, 128, False)],
+                         ids=["5x4", "64x64-144KiB", "256x128-1152KiB"])
 def test_filters_changed_in_place_between_calls_are_repacked(queue, cout, cin, reused):
     """The host path reuses packed filters only while the caller's bytes are unchanged
     (filters up to launch.REUSE_BYTES; larger ones are repacked every call)."""
