@@ -222,6 +222,15 @@ def _queue_for_default() -> cl.CommandQueue:
     return _queue_for_device(default_device()[0])
 
 
+def queue_if_made(queue: cl.CommandQueue | None) -> cl.CommandQueue | None:
+    """``queue`` if it is one, the default queue if a call has made it, else None:
+    :func:`get_queue` without its checks, discovery or errors, for a lookup of what
+    a queue remembers (:func:`atrous_cl.calls.transpose_host`)."""
+    if queue is None:
+        return _queue_for_default() if _queue_for_default.cache_info().currsize else None
+    return queue if isinstance(queue, cl.CommandQueue) else None
+
+
 def get_queue(queue: cl.CommandQueue | None = None, context: cl.Context | None = None,
               device: cl.Device | str | None = None) -> cl.CommandQueue:
     """The queue to run on: the given one, one on a given context or device, or the default.

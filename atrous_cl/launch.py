@@ -279,20 +279,53 @@ def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.A
     ``[kh, kw, out, in]``): the forward ``atrous_conv2d`` as
     :func:`forward_as_transpose` describes it.
     """
-    return launcher(queue.context, queue.device, out.dtype, args, tile, forward_filters)(
-        queue, value, filters, out)
+    p = launch_plan(queue.context, queue.device, out.dtype, args, tile, forward_filters)
+    return _launch(p, queue, value, filters, out)
 
 
-def launcher(context: cl.Context, device: cl.Device, dtype, args: TransposeArgs, tile: Tile,
-             forward_filters: bool = False) -> Callable:
-    """:func:`transpose` for one problem, ``launch(queue, value, filters, out)``, with its
-    :class:`Plan` looked up once: what a host call that repeats a problem
+def launch_plan(context: cl.Context, device: cl.Device, dtype, args: TransposeArgs, tile: Tile,
+                forward_filters: bool = False) -> Plan | None:
+    """The :class:`Plan` of :func:`transpose` for one problem; None when the output
+    is all zeros (an empty sum: no input, no input channels, or no tap landing
+    inside value) or empty."""
+    if 0 in args.value_shape + args.filters_shape + args.output_shape:
+        return None
+    return plan(context, device, np.dtype(dtype), args, tile, forward_filters,
+                widens_inputs(device, dtype))
+
+
+def launcher(p: Plan | None) -> Callable:
+    """:func:`transpose` with its :class:`Plan` (:func:`launch_plan`) looked up once,
+    ``launch(queue, value, filters, out)``: what a host call that repeats a problem
     (:mod:`atrous_cl.calls`) keeps, so each call runs only the launch itself."""
-    # An empty sum (no input, no input channels, or no tap landing inside
-    # value) is zero everywhere; an empty output needs no plan.
-    p = None if 0 in args.value_shape + args.filters_shape + args.output_shape else plan(
-        context, device, np.dtype(dtype), args, tile, forward_filters, widens_inputs(device, dtype))
     return functools.partial(_launch, p)
+
+
+def launch_packed(p: Plan, queue: cl.CommandQueue, value_data, filters_bytes: bytes,
+                  out_data) -> cl.Event | None:
+    """The main kernel alone, on host memory from its start (offsets 0), when
+    ``filters_bytes`` are the host filters' bytes last repacked on ``queue`` for
+    ``p`` (:data:`REUSE_BYTES`): what :func:`_launch` does for them, without the
+    arrays' wrappers (:func:`atrous_cl.calls.transpose_host`). None, and nothing
+    enqueued, when they are not: the caller then runs the whole launch, which
+    repacks them. ``value_data`` and ``out_data``: buffers or SVM on the arrays.
+    The returned event follows the repack's (out-of-order queues).
+    """
+    if p.wide:
+        return None
+    try:
+        with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
+            last = p.repacked.get(queue)
+            if last is None or last[0] != filters_bytes:
+                return None
+            _, packed, repacked = last
+            return p.kernels[p.main_kernel](queue, *p.main, value_data, np.int64(0), packed,
+                                            out_data, np.int64(0), *p.sizes,
+                                            wait_for=[repacked])
+    except cl.Error as e:
+        raise DeviceError(f"launching atrous_conv2d_transpose on {describe(queue.device)} "
+                          f"failed: {e}", status=status_name(e), source=KERNEL_FILE,
+                          options=p.options) from e
 
 
 def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.Event | None:

@@ -495,6 +495,115 @@ def test_a_failed_check_is_not_remembered(queue, monkeypatch):
     assert_close(got, reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding))
 
 
+def _counting_repeats(monkeypatch) -> list:
+    """The host calls that ran as a repeat (atrous_cl.calls.transpose_host): one launch."""
+    from atrous_cl import launch
+
+    ran = []
+    real = launch.launch_packed
+
+    def counted(*args):
+        done = real(*args)
+        if done is not None:
+            ran.append(done)
+        return done
+
+    monkeypatch.setattr(launch, "launch_packed", counted)
+    return ran
+
+
+def test_a_repeated_host_call_is_one_launch_on_its_new_data(queue, monkeypatch):
+    """Same shapes, arguments and filters: after the first call, each runs as one launch
+    (output_shape as a tuple or a list alike), on its own value, into a new
+    (poisoned) result, and earlier results stay as they were."""
+    ran = _counting_repeats(monkeypatch)
+    rng = np.random.default_rng()
+    _, filters, output_shape, rate, padding = _problem(rng)
+    results = []
+    for shape in (output_shape, list(output_shape), output_shape, list(output_shape)):
+        value = rng.standard_normal((2, 6, 7, 5)).astype(np.float32)
+        got = atrous_cl.atrous_conv2d_transpose(value, filters, shape, rate, padding, queue=queue)
+        results.append((got, reference.atrous_conv2d_transpose(value, filters, output_shape, rate,
+                                                               padding)))
+    assert len(ran) == 3
+    for got, want in results:
+        assert_close(got, want)
+
+
+def test_a_repeated_host_call_takes_the_whole_call_when_anything_differs(queue, monkeypatch):
+    """After a first call, each variant below must run (or fail) as the whole call does:
+    arrays the whole call copies (reversed, read-only, an ndarray subclass), filters
+    changed in place or of another dtype, output_shape entries that only compare equal
+    to the ints (2.0, NumPy ints), another rate. Only the unchanged call repeats."""
+    ran = _counting_repeats(monkeypatch)
+    rng = np.random.default_rng()
+    value, filters, output_shape, rate, padding = _problem(rng)
+    call = lambda v, f, shape=output_shape, r=rate: atrous_cl.atrous_conv2d_transpose(  # noqa: E731
+        v, f, shape, r, padding, queue=queue)
+    want = lambda v, f, r=rate: reference.atrous_conv2d_transpose(  # noqa: E731
+        np.asarray(v), f, output_shape, r, padding)
+    call(value, filters)
+    assert not ran
+    reversed_value = value[:, ::-1]
+    assert_close(call(reversed_value, filters), want(reversed_value, filters))
+    read_only = value.copy()
+    read_only.flags.writeable = False
+    assert_close(call(read_only, filters), want(read_only, filters))
+
+    class Sub(np.ndarray):
+        pass
+
+    assert_close(call(value.view(Sub), filters), want(value, filters))
+    assert_close(call(value, filters, [np.int64(d) for d in output_shape]), want(value, filters))
+    with pytest.raises(TypeError, match=r"output_shape\[0\] must be an integer"):
+        call(value, filters, (float(output_shape[0]), *output_shape[1:]))
+    with pytest.raises(TypeError, match="same dtype"):
+        call(value, filters.astype(np.float64))
+    assert not ran
+    assert_close(call(value, filters), want(value, filters))
+    assert len(ran) == 1
+    filters[1, 2, 3, 4] = 7.5
+    assert_close(call(value, filters), want(value, filters))
+    assert len(ran) == 1  # repacked by the whole call
+    other_rate = geometry.transpose_output_hw((6, 7), (3, 3), 3, padding)
+    assert other_rate == output_shape[1:3]  # SAME: the same output shape, another problem
+    assert_close(call(value, filters, r=3), want(value, filters, r=3))
+    assert len(ran) == 1
+
+
+def test_a_repeated_host_call_on_an_out_of_order_queue(queue, monkeypatch):
+    if not queue.device.queue_properties & OOO:
+        pytest.skip(f"{queue.device.name}: no out-of-order queues")
+    ran = _counting_repeats(monkeypatch)
+    ooo = cl.CommandQueue(queue.context, queue.device, properties=OOO)
+    rng = np.random.default_rng()
+    _, filters, output_shape, rate, padding = _problem(rng)
+    for _ in range(3):
+        value = rng.standard_normal((2, 6, 7, 5)).astype(np.float32)
+        got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=ooo)
+        assert_close(got, reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding))
+    assert len(ran) == 2
+
+
+def test_repeated_host_calls_from_threads(queue, monkeypatch):
+    """Threads repeating one problem on one queue, each with its own values: every
+    result its own (the kernel's arguments are set and enqueued under one lock)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ran = _counting_repeats(monkeypatch)
+    rng = np.random.default_rng()
+    _, filters, output_shape, rate, padding = _problem(rng)
+    atrous_cl.atrous_conv2d_transpose(np.zeros((2, 6, 7, 5), np.float32), filters, output_shape,
+                                      rate, padding, queue=queue)
+    values = [rng.standard_normal((2, 6, 7, 5)).astype(np.float32) for _ in range(24)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda v: atrous_cl.atrous_conv2d_transpose(
+            v, filters, output_shape, rate, padding, queue=queue), values))
+    for v, g in zip(values, got):
+        assert_close(g, reference.atrous_conv2d_transpose(v, filters, output_shape, rate, padding))
+    assert len(ran) == len(values)
+
+
 def test_each_queue_remembers_its_own_problems(queue):
     """The same problem on a second queue of the context runs there, with that queue's own
     pools, and a queue's memo stays bounded."""
@@ -513,3 +622,4 @@ def test_each_queue_remembers_its_own_problems(queue):
                                                                cout=1)
         atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=other)
     assert len(other._atrous_cl_prepared) <= calls._PREPARED_PER_QUEUE
+    assert len(other._atrous_cl_host) <= calls._PREPARED_PER_QUEUE
