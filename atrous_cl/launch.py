@@ -82,7 +82,8 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
     return TYPE_OPTIONS[np.dtype(dtype).type] + (f"-DBW={tile.pixels}", f"-DBC={tile.channels}",
                     f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
                     f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*kernel_dilation(args)) + \
-        (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ())
+        (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ()) + \
+        ((f"-DOV={tile.vectors}",) if tile.vectors > 1 else ())
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -123,7 +124,7 @@ def launch_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_w:
     n, oh, ow, cout = output_shape
     phases = min(rate_w, ow)
     per_phase = -(-ow // rate_w)  # columns of phase 0, the most any phase has
-    global_size = (tile.padded_channels(cout) // tile.channels,
+    global_size = (tile.padded_channels(cout) // (tile.channels * tile.vectors),
                    phases * -(-per_phase // tile.pixels), n * oh)
     channel_tiles, row_tiles, rows = global_size
     if max_group is None or channel_tiles > max_group:
@@ -182,8 +183,8 @@ def temporaries(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> dict
     """The buffers :func:`transpose` allocates besides its arrays, by name, in ``dtype``'s
     elements: widened (float16 -> float32) buffers count twice."""
     widened = 2 if widens_inputs(device, dtype) else 1
-    counts = {"the packed filters": widened * packed_elements(  # for the widest tile
-        args.filters_shape, -(-args.filters_shape[2] // 16) * 16)}
+    counts = {"the packed filters": widened * packed_elements(  # for the widest tile (16x2)
+        args.filters_shape, -(-args.filters_shape[2] // 32) * 32)}
     if widened > 1:
         counts["the widened value"] = 2 * math.prod(args.value_shape)
     return counts
@@ -248,7 +249,7 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
     else:
         # No wider than a phase's columns: E's 8-pixel images at rate 2 have 4,
         # and an 8-pixel tile would compute as many pixels for nothing.
-        tile = Tile(min(tile.pixels, -(-ow // dilation[2])), tile.channels)
+        tile = tile._replace(pixels=min(tile.pixels, -(-ow // dilation[2])))
         main_kernel = "atrous_conv2d_transpose"
         options = build_options(dtype, args, tile, forward_filters, wide)
     kernels, lock = programs.get_kernels(context, KERNEL_FILE, options)

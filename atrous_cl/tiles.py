@@ -17,17 +17,20 @@ from atrous_cl.facts import facts, is_intel_cpu
 
 
 class Tile(NamedTuple):
-    """Output pixels (along W) x output channels computed by one work-item."""
+    """Output pixels (along W) x output channels computed by one work-item: ``pixels``
+    x ``vectors`` vectors of ``channels`` channels."""
 
     pixels: int
     channels: int
+    vectors: int = 1
 
     def padded_channels(self, cout: int) -> int:
         """``cout`` rounded up to whole channel tiles: the packed filters' width."""
-        return -(-cout // self.channels) * self.channels
+        step = self.channels * self.vectors
+        return -(-cout // step) * step
 
     def __str__(self) -> str:
-        return f"{self.pixels}x{self.channels}"
+        return f"{self.pixels}x{self.channels}" + (f"x{self.vectors}" if self.vectors > 1 else "")
 
 
 def pow2_at_least(n: int) -> int:
@@ -73,8 +76,9 @@ def pixel_vector(device: cl.Device, dtype, filters_shape) -> int | None:
 
 
 def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
-    """The untuned tile: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors,
-    8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere; the same for every dtype.
+    """The untuned tile: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors
+    (two vectors, 8x16x2, for more than 16 output channels but in float64:
+    :func:`_two_vectors`), 8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere.
 
     Measured on a 2-core AMD EPYC (Zen 5) with the phase-tile kernel, kernels
     only, every candidate (``python benchmarks/tile_sweep.py --devices 2:0 1:0
@@ -99,7 +103,26 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
         tile = Tile(4, 2)
     else:
         tile = Tile(4, 8)
-    return Tile(tile.pixels, min(tile.channels, _max_channels(device, dtype, cout)))
+    tile = Tile(tile.pixels, min(tile.channels, _max_channels(device, dtype, cout)))
+    if tile.channels == 16 and cout > 16 and _two_vectors(device, dtype):
+        tile = tile._replace(vectors=2)
+    return tile
+
+
+def _two_vectors(device: cl.Device, dtype) -> bool:
+    """Whether tiles of two 16-channel vectors suit the device and dtype: Intel's CPU
+    runtime and PoCL with 512-bit vectors, summing in float32 (float32, float16).
+
+    ``python benchmarks/tile_ab.py DEVICE --tiles 8x16 8x16x2 [--dtype ...]``
+    (host API, 2026-12-03 23:15-23:25 UTC, 9-21 rounds): 8x16x2 over 8x16's
+    time, float32, A and B (64 and 128 output channels): Intel 0.90-0.93 and
+    0.89-0.92, Debian's PoCL 3.1 0.91-0.94 and 0.89-0.90; float16 on Intel
+    0.91 and 0.92; float64 (two 512-bit registers a vector) 1.89 and 1.59, so
+    it keeps one. 4x16x4 ran 0.96-1.08, 8x16x4 1.68-1.88 (spilled registers),
+    and two vectors where the channels fill one (C, D, E: 16) 1.07-1.66.
+    """
+    wide = is_intel_cpu(device) or (_is_pocl(device) and not _pocl_narrow(device))
+    return wide and np.dtype(dtype) != np.float64
 
 
 class FilterGradTile(NamedTuple):
@@ -145,7 +168,7 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> F
     channels ran A and B 1.1-1.6x slower than 16. float64 keeps one vector
     (unmeasured with more).
     """
-    tile = default_tile(device, dtype, cout)
+    tile = default_tile(device, dtype, cout)._replace(vectors=1)
     wide = _is_pocl(device) and not _pocl_narrow(device)
     ov = 1
     if (is_intel_cpu(device) or wide) and np.dtype(dtype) != np.float64:
@@ -158,7 +181,12 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> F
 
 
 def candidates(device: cl.Device, dtype, cout: int) -> list[Tile]:
-    """The tiles :func:`tune` tries: pixels 2-16 x channel vectors up to the useful width."""
+    """The tiles :func:`tune` tries: pixels 2-16 x a channel vector up to the useful
+    width, and 4 or 8 pixels x two 16-channel vectors where :func:`default_tile` may
+    take them."""
     widest = _max_channels(device, dtype, cout)
-    return [Tile(px, ch) for px in (2, 4, 8, 16) for ch in (1, 2, 4, 8, 16)
-            if ch <= widest and px * ch <= 128]
+    tiles = [Tile(px, ch) for px in (2, 4, 8, 16) for ch in (1, 2, 4, 8, 16)
+             if ch <= widest and px * ch <= 128]
+    if widest == 16 and cout > 16 and _two_vectors(device, dtype):
+        tiles += [Tile(4, 16, 2), Tile(8, 16, 2)]
+    return tiles

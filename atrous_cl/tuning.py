@@ -113,7 +113,8 @@ def _read_json(path: Path):
 
 
 def _valid_tile(tile) -> bool:
-    return (isinstance(tile, list) and len(tile) == 2
+    """``[pixels, channels]`` or ``[pixels, channels, vectors]`` of ints (:class:`Tile`)."""
+    return (isinstance(tile, list) and len(tile) in (2, 3)
             and all(type(t) is int for t in tile))  # not bool, not float
 
 

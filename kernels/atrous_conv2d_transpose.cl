@@ -23,6 +23,8 @@
 //              so it needs no cl_khr_fp16); USE_HALF / USE_FP64 accordingly
 //   BW, BC     the tile: output pixels (RATE_W apart) x output channels; BC
 //              in 1, 2, 4, 8, 16
+//   OV         vectors of BC output channels per work-item (default 1); COUTP
+//              is then a multiple of BC * OV
 //   CIN, COUT, COUTP, KH, KW, RATE_H, RATE_W, PAD_TOP, PAD_LEFT
 //              the problem's channel counts, kernel, rate and crop pads, so
 //              the compiler can unroll the tap and channel loops. The rate
@@ -96,7 +98,7 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
             STORE_WT(wt, ZEROS + o, (ACC)0);
 }
 
-// Global size (COUTP / BC, PHASES * ceil(ceil(OW / RATE_W) / BW), N * OH),
+// Global size (COUTP / (BC * OV), PHASES * ceil(ceil(OW / RATE_W) / BW), N * OH),
 // PHASES = min(RATE_W, OW): one work-item per tile of BW output pixels of one
 // row that lie RATE_W apart (one phase sub-grid of the dilated kernel) times
 // BC output channels. Pixel px of a tile reads, through tap b, input column
@@ -111,12 +113,19 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
 // computes every address, about 3x slower (Intel's runtime: 1.0-1.3x).
 #define WIN (BW + KW - 1)
 
-// acc[px] += x[px - b + KW - 1] * w_a[tap b, channel o] for every tap b of the row.
+#ifndef OV
+#define OV 1
+#endif
+
+// acc[px][v] += x[px - b + KW - 1] * w_a[tap b, channel o, vector v] for every
+// tap b of the row.
 #define TAPS_OF_WINDOW(x, w_a, o)                                               \
     _Pragma("unroll") for (int b = 0; b < KW; ++b) {                            \
-        const VACC w = LOADV_WT(w_a, ((long)b * CIN + (o)) * COUTP);            \
-        _Pragma("unroll") for (int px = 0; px < BW; ++px)                       \
-            acc[px] += x[px - b + KW - 1] * w;                                  \
+        _Pragma("unroll") for (int v = 0; v < OV; ++v) {                        \
+            const VACC w = LOADV_WT(w_a, ((long)b * CIN + (o)) * COUTP + v * BC); \
+            _Pragma("unroll") for (int px = 0; px < BW; ++px)                   \
+                acc[px][v] += x[px - b + KW - 1] * w;                           \
+        }                                                                       \
     }
 
 __kernel void atrous_conv2d_transpose(
@@ -125,7 +134,7 @@ __kernel void atrous_conv2d_transpose(
     __global T *restrict out, const long out_off,
     const int H, const int W, const int OH, const int OW)
 {
-    const int c0 = (int)get_global_id(0) * BC;
+    const int c0 = (int)get_global_id(0) * (BC * OV);
     const long phases = min(RATE_W, (long)OW);
     const long tile = (long)get_global_id(1) / phases;
     // q0 = the tile's first output column: its phase plus whole tiles of
@@ -135,10 +144,12 @@ __kernel void atrous_conv2d_transpose(
     const long n = row_id / OH;
     const int p = (int)(row_id - n * OH);
 
-    VACC acc[BW];
+    VACC acc[BW][OV];
 #pragma unroll
     for (int px = 0; px < BW; ++px)
-        acc[px] = (VACC)0;
+#pragma unroll
+        for (int v = 0; v < OV; ++v)
+            acc[px][v] = (VACC)0;
 
     // Window slot m holds input column j_first + m * RATE_W; pixel px reads
     // slot px - b + KW - 1 through tap b.
@@ -163,7 +174,9 @@ __kernel void atrous_conv2d_transpose(
     if (!interior) {
         VACC z = (VACC)0;
         for (long tap = 0; tap < KH * KW; ++tap)
-            z += LOADV_WT(wt, FINITE + tap * COUTP + c0);
+#pragma unroll
+            for (int v = 0; v < OV; ++v)
+                z += LOADV_WT(wt, FINITE + tap * COUTP + c0 + v * BC);
 #if BC == 1
         zero_slots = z == (ACC)0;
 #else
@@ -235,11 +248,14 @@ __kernel void atrous_conv2d_transpose(
                     x[m] = (ACC)LOAD_VALUE(value, col[m] + o);
 #pragma unroll
                 for (int b = 0; b < KW; ++b) {
-                    const VACC w = LOADV_WT(w_a, ((long)b * CIN + o) * COUTP);
 #pragma unroll
-                    for (int px = 0; px < BW; ++px) {
-                        const VACC sum = acc[px] + x[px - b + KW - 1] * w;
-                        acc[px] = inside[px - b + KW - 1] ? sum : acc[px];
+                    for (int v = 0; v < OV; ++v) {
+                        const VACC w = LOADV_WT(w_a, ((long)b * CIN + o) * COUTP + v * BC);
+#pragma unroll
+                        for (int px = 0; px < BW; ++px) {
+                            const VACC sum = acc[px][v] + x[px - b + KW - 1] * w;
+                            acc[px][v] = inside[px - b + KW - 1] ? sum : acc[px][v];
+                        }
                     }
                 }
             }
@@ -247,8 +263,13 @@ __kernel void atrous_conv2d_transpose(
     }
 
     const long base = out_off + (row_id * OW + q0) * (long)COUT + c0;
-    for (int px = 0; px < BW && q0 + px * RATE_W < OW; ++px) {
-        STORE_CHANNELS(out, base + px * RATE_W * COUT, acc[px], c0);
+#pragma unroll
+    for (int px = 0; px < BW; ++px) {
+        if (q0 + px * RATE_W < OW) {
+#pragma unroll
+            for (int v = 0; v < OV; ++v)
+                STORE_CHANNELS(out, base + px * RATE_W * COUT + v * BC, acc[px][v], c0 + v * BC);
+        }
     }
 }
 

@@ -293,9 +293,9 @@ _POCL_AVX512 = "OpenCL 3.0 PoCL HSTR: pthread-x86_64-pc-linux-gnu-skylake-avx512
 
 
 @pytest.mark.parametrize("platform, kind, version, want", [
-    ("Intel(R) OpenCL", "CPU", "OpenCL 3.0 (Build 0)", tiles.Tile(8, 16)),
+    ("Intel(R) OpenCL", "CPU", "OpenCL 3.0 (Build 0)", tiles.Tile(8, 16, 2)),
     ("Portable Computing Language", "CPU", _POCL_AVX2, tiles.Tile(8, 8)),
-    ("Portable Computing Language", "CPU", _POCL_AVX512, tiles.Tile(8, 16)),
+    ("Portable Computing Language", "CPU", _POCL_AVX512, tiles.Tile(8, 16, 2)),
     ("NVIDIA CUDA", "GPU", "OpenCL 3.0 CUDA", tiles.Tile(4, 2)),
     ("AMD Accelerated Parallel Processing", "GPU", "OpenCL 2.0 AMD-APP", tiles.Tile(4, 2)),
     ("Some other CPU runtime", "CPU", "OpenCL 3.0", tiles.Tile(4, 8)),
@@ -308,8 +308,12 @@ def test_default_tile_per_platform(platform, kind, version, want):
     stub = stub_device(platform=types.SimpleNamespace(name=platform),
                        type=getattr(cl.device_type, kind), version=version)
     assert tiles.default_tile(stub, np.float32, 64) == want
-    # Never wider than the output channels need.
+    # Never wider than the output channels need: one vector for 16 or fewer, and
+    # one for float64, whose vectors take two registers.
     assert tiles.default_tile(stub, np.float32, 1).channels == 1
+    assert tiles.default_tile(stub, np.float32, 16).vectors == 1
+    assert tiles.default_tile(stub, np.float64, 64).vectors == 1
+    assert tiles.default_tile(stub, np.float16, 17).vectors == want.vectors
 
 
 @pytest.mark.parametrize("platform, kind, version, want", [

@@ -29,7 +29,9 @@ SHAPES = [
     (1, 6, 23, 3, 4, 3, 3, 1, "SAME"),     # rate 1: consecutive pixels
     (3, 4, 6, 5, 6, 3, 3, 4, "SAME"),      # phases 1-2 columns wide: tiles wider than a phase
 ]
-TILES = [Tile(1, 1), Tile(3, 4), Tile(8, 16), Tile(16, 8)]
+# With vectors (a third number): several channel vectors per work-item, the
+# last work-item's partly past the output channels (cout 17 in 24 or 32).
+TILES = [Tile(1, 1), Tile(3, 4), Tile(8, 16), Tile(16, 8), Tile(8, 16, 2), Tile(3, 4, 3)]
 
 
 def _problem(shape, dtype, rng):
@@ -62,7 +64,7 @@ def test_other_dtypes_take_the_same_tiles(queue, dtype):
     skip_unsupported(queue, dtype)
     value, filters, output_shape, rate, padding = _problem(SHAPES[0], dtype, np.random.default_rng())
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
-    for tile in (Tile(3, 4), Tile(8, 16)):
+    for tile in (Tile(3, 4), Tile(8, 16), Tile(8, 16, 2)):
         assert_close(_run(queue, value, filters, output_shape, rate, padding, tile), want, dtype,
                      context=f"tile {tile}")
 
@@ -84,7 +86,7 @@ def test_a_non_finite_weight_reaches_only_its_taps_outputs(queue, where, bad):
     output_shape = (2, 7, 27, 13)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, 2, "SAME")
     assert not np.isfinite(want).all() and np.isfinite(want).any()
-    for tile in (Tile(8, 4), Tile(3, 4)):
+    for tile in (Tile(8, 4), Tile(3, 4), Tile(8, 4, 2), Tile(3, 2, 3)):
         assert_close(_run(queue, value, filters, output_shape, 2, "SAME", tile), want,
                      context=f"tile {tile}")
 
@@ -99,7 +101,7 @@ def test_non_finite_inputs_at_the_edges_stay_where_they_land(queue):
     value[0, 2, 12, 0] = -np.inf
     filters = rng.standard_normal((3, 3, 4, 2)).astype(np.float32)
     want = reference.atrous_conv2d_transpose(value, filters, (1, 6, 25, 4), 3, "SAME")
-    for tile in (Tile(8, 4), Tile(2, 1)):
+    for tile in (Tile(8, 4), Tile(2, 1), Tile(8, 2, 2)):
         assert_close(_run(queue, value, filters, (1, 6, 25, 4), 3, "SAME", tile), want,
                      context=f"tile {tile}")
 
