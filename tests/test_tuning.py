@@ -97,6 +97,24 @@ def test_a_tile_stored_in_this_process_is_used_at_once(queue, fresh_cache, monke
                  np.float32)
 
 
+def test_a_stored_two_vector_tile_is_read_back_and_used(queue, fresh_cache):
+    """Tiles of several channel vectors are stored as three numbers; a new process reads
+    them back, and the op computes with them (20 output channels: the second vector
+    mostly padding)."""
+    value_shape, filters_shape = (2, 5, 9, 3), (3, 3, 20, 3)
+    winner = Tile(4, 16, 2)
+    if winner not in tiles.candidates(queue.device, np.float32, 20):
+        pytest.skip(f"{queue.device.name}: no two-vector tiles")
+    args = check_transpose_args(value_shape, filters_shape, (2, 5, 9, 20), 2, "SAME")
+    key = tuning.shape_class(np.float32, value_shape, filters_shape, 2)
+    tuning._store(queue.device, key, winner, {str(winner): 1e-3})
+    saved = json.loads(fresh_cache.read_text())
+    assert saved["devices"][tuning.device_key(queue.device)][key]["tile"] == [4, 16, 2]
+    tuning._loaded = None  # a new process reads it back from disk
+    assert tuning.tile_for(queue.device, np.float32, args) == winner
+    _run_op(queue, args)
+
+
 def test_one_channel_problems_time_and_store_nothing(queue, fresh_cache, monkeypatch):
     """One channel in and out on a CPU runs the one-channel kernel, which ignores tiles:
     timing tiles there would store noise as a winner."""
