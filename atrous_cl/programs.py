@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -134,15 +135,63 @@ def _entry(key: str, binary: bytes) -> bytes:
     return _BINARY_FORMAT + f"{key}\n{hashlib.sha256(binary).hexdigest()}\n".encode() + binary
 
 
+#: Bytes the folder of program binaries may hold: storing a binary past this
+#: deletes the least recently used ones (:func:`_trim`). Every problem's
+#: channel counts, kernel size, rate, tile and dtype make a program, 10-250 KB
+#: each; this project's own test suites leave about 150 MB.
+BINARY_CACHE_BYTES = 512 << 20
+
+#: A temporary file (a store in progress) older than this is a leftover of a
+#: killed process, which :func:`_trim` deletes.
+_STALE_TEMPORARY_SECONDS = 24 * 3600
+
+
 def _read_binary(folder: Path, key: str) -> bytes | None:
     """The binary stored under ``key`` if its file is whole and made for that key (a
-    truncated, damaged, foreign or renamed file is not), else None."""
+    truncated, damaged, foreign or renamed file is not), else None. A binary read
+    is marked used (its modification time), for :func:`_trim`."""
+    path = folder / key[:2] / key
     try:
-        data = (folder / key[:2] / key).read_bytes()
+        data = path.read_bytes()
     except OSError:
         return None
     binary = data[len(_entry(key, b"")):]  # the header is as long for every binary
-    return binary if binary and data == _entry(key, binary) else None
+    if not (binary and data == _entry(key, binary)):
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    return binary
+
+
+def _trim(folder: Path, keep: Path, limit: int | None = None) -> None:
+    """Delete the least recently used binaries (the oldest modification times) until the
+    folder holds at most ``limit`` bytes (:data:`BINARY_CACHE_BYTES`), never ``keep``
+    (the one just stored), and temporary files of stores a killed process left.
+
+    Another process may be reading a file deleted here: it reads it whole or finds it
+    gone and builds from source; the cache only ever saves time.
+    """
+    limit = BINARY_CACHE_BYTES if limit is None else limit
+    now, entries, total = time.time(), [], 0
+    for sub in os.scandir(folder):
+        if not sub.is_dir(follow_symlinks=False):
+            continue
+        for f in os.scandir(sub.path):
+            with contextlib.suppress(OSError):
+                st = f.stat(follow_symlinks=False)
+                if f.name.startswith("."):
+                    if now - st.st_mtime > _STALE_TEMPORARY_SECONDS:
+                        os.unlink(f.path)
+                    continue
+                entries.append((st.st_mtime, st.st_size, f.path))
+                total += st.st_size
+    for _, size, path in sorted(entries):
+        if total <= limit:
+            break
+        if path != str(keep):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                total -= size
 
 
 def _write_binary(folder: Path, key: str, binary: bytes) -> None:
@@ -157,6 +206,9 @@ def _write_binary(folder: Path, key: str, binary: bytes) -> None:
             temporary = f.name
             f.write(_entry(key, binary))
         os.replace(temporary, sub / key)
+        temporary = None
+        with contextlib.suppress(OSError):  # stored; a failed trim only leaves more
+            _trim(folder, sub / key)
     except BaseException as e:  # Ctrl-C too: no temporary file left behind
         if temporary is not None:
             with contextlib.suppress(OSError):

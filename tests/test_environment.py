@@ -213,6 +213,41 @@ def test_a_program_built_once_comes_from_the_binary_cache(queue, binaries, monke
     assert built.made == ["source", "binaries", "source"]
 
 
+def test_the_binary_cache_keeps_to_its_size_dropping_the_least_recently_used(queue, binaries,
+                                                                            monkeypatch):
+    """Past BINARY_CACHE_BYTES, storing a binary deletes the binaries used longest ago
+    (reading one marks it used), never the one just stored; a temporary file a killed
+    process left a day ago goes too, one being written now stays."""
+    import os
+    import time
+
+    built = _Built(monkeypatch)
+    sources = [_SOURCE.replace("2.0f", f"{k}.0f") for k in (2, 3, 4)]
+    _runs(queue.context, _build(queue.context, sources[0]))
+    (entry,) = binaries.glob("*/*")
+    one = entry.stat().st_size
+    monkeypatch.setattr(programs, "BINARY_CACHE_BYTES", 2 * one + one // 2)
+    stale, fresh = entry.parent / ".stale.tmp", entry.parent / ".fresh.tmp"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    day_ago = time.time() - 2 * 24 * 3600
+    os.utime(stale, (day_ago, day_ago))
+    os.utime(entry, (day_ago, day_ago))
+    _build(queue.context, sources[1])
+    time.sleep(0.05)  # file times are as fine as the kernel's clock tick, a few ms
+    _build(queue.context, sources[0])  # read back: now the most recently used
+    assert built.made == ["source", "source", "binaries"]
+    time.sleep(0.05)
+    _build(queue.context, sources[2])  # three binaries: the least recently used goes
+    kept = sorted(p.name for p in binaries.glob("*/*") if not p.name.startswith("."))
+    assert len(kept) == 2 and entry.name in kept
+    assert not stale.exists() and fresh.exists()
+    built.made.clear()
+    _runs(queue.context, _build(queue.context, sources[0]))
+    _build(queue.context, sources[2])
+    assert built.made == ["binaries", "binaries"]  # the two kept load; sources[1] would build
+
+
 def test_the_binary_key_names_what_decides_the_binary(queue, monkeypatch):
     key = programs._binary_key(queue.device, _SOURCE, ("-DX=1",))
     assert programs._binary_key(queue.device, _SOURCE + " ", ("-DX=1",)) != key
