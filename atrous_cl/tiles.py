@@ -78,7 +78,7 @@ def pixel_vector(device: cl.Device, dtype, filters_shape) -> int | None:
 def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     """The untuned tile: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors
     (two vectors, 8x16x2, for more than 16 output channels but in float64:
-    :func:`_two_vectors`), 8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere.
+    :func:`_several_vectors`), 8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere.
 
     Measured on a 2-core AMD EPYC (Zen 5) with the phase-tile kernel, kernels
     only, every candidate (``python benchmarks/tile_sweep.py --devices 2:0 1:0
@@ -104,14 +104,16 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     else:
         tile = Tile(4, 8)
     tile = Tile(tile.pixels, min(tile.channels, _max_channels(device, dtype, cout)))
-    if tile.channels == 16 and cout > 16 and _two_vectors(device, dtype):
+    if tile.channels == 16 and cout > 16 and _several_vectors(device, dtype):
         tile = tile._replace(vectors=2)
     return tile
 
 
-def _two_vectors(device: cl.Device, dtype) -> bool:
-    """Whether tiles of two 16-channel vectors suit the device and dtype: Intel's CPU
-    runtime and PoCL with 512-bit vectors, summing in float32 (float32, float16).
+def _several_vectors(device: cl.Device, dtype) -> bool:
+    """Whether register tiles of several 16-channel vectors suit the device and dtype:
+    Intel's CPU runtime and PoCL with 512-bit vectors, summing in float32 (float32,
+    float16). The transpose kernel then takes two (:func:`default_tile`), the filter
+    gradient up to four (:func:`default_filter_grad_tile`).
 
     ``python benchmarks/tile_ab.py DEVICE --tiles 8x16 8x16x2 [--dtype ...]``
     (host API, 2026-12-03 23:15-23:25 UTC, 9-21 rounds): 8x16x2 over 8x16's
@@ -171,7 +173,7 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> F
     tile = default_tile(device, dtype, cout)._replace(vectors=1)
     wide = _is_pocl(device) and not _pocl_narrow(device)
     ov = 1
-    if (is_intel_cpu(device) or wide) and np.dtype(dtype) != np.float64:
+    if _several_vectors(device, dtype):
         ov = min(4, tile.padded_channels(cout) // tile.channels)
     gc = 16 // ov if ov > 1 or wide else tile.pixels
     gc = max(1, min(gc, cin))
@@ -187,6 +189,6 @@ def candidates(device: cl.Device, dtype, cout: int) -> list[Tile]:
     widest = _max_channels(device, dtype, cout)
     tiles = [Tile(px, ch) for px in (2, 4, 8, 16) for ch in (1, 2, 4, 8, 16)
              if ch <= widest and px * ch <= 128]
-    if widest == 16 and cout > 16 and _two_vectors(device, dtype):
+    if widest == 16 and cout > 16 and _several_vectors(device, dtype):
         tiles += [Tile(4, 16, 2), Tile(8, 16, 2)]
     return tiles
