@@ -191,12 +191,12 @@ def _remember_host_call(queue: cl.CommandQueue, key: tuple, call: Prepared, inpu
     memo[key] = HostCall(call.table, call.epoch, p, call.svm, call.empties[0], key[4], dtype)
 
 
-def transpose_host(value, filters, output_shape, rate, padding,
+def transpose_host(key: tuple, value: np.ndarray, filters: np.ndarray,
                    queue: cl.CommandQueue | None) -> np.ndarray | None:
     """The transpose op's host call, when ``queue`` (or the default queue) ran the same
-    problem before (:func:`host_key`) with the same filters' bytes, as one launch of
-    the main kernel on the arrays in place; None otherwise (and nothing done), for
-    the whole call to run.
+    problem before (``key``, :func:`host_key` of the call's arguments) with the same
+    filters' bytes, as one launch of the main kernel on the arrays in place; None
+    otherwise (and nothing done), for the whole call to run.
 
     What the whole call checked for this key holds again (shapes, dtypes, the
     device's limits); what may differ from call to call is checked here: the
@@ -207,8 +207,7 @@ def transpose_host(value, filters, output_shape, rate, padding,
     runtime A 0.95 B 0.99 C 0.97 D 0.99 E 0.79 F 0.77, Debian's PoCL 3.1 A 0.98
     B 1.00 C 0.89 D 0.95 E 0.88 F 0.83, results identical.
     """
-    key = host_key(value, filters, output_shape, rate, padding)
-    queue = discovery.queue_if_made(queue) if key is not None else None
+    queue = discovery.queue_if_made(queue)
     memo = getattr(queue, "_atrous_cl_host", None)
     known = None if memo is None else memo.get(key)
     if known is None or known.table is not tuning.table() or known.epoch != _epoch:
@@ -221,28 +220,19 @@ def transpose_host(value, filters, output_shape, rate, padding,
             and filters.flags.c_contiguous):
         return None
     filters_bytes = filters.tobytes()
-    result = host_result(known.shape, known.dtype, known.empty or np.empty)
-    mapped = not known.svm and known.empty is None  # a host-pointer buffer on the result
-    if known.svm:
-        value_data = cl.SVM(value)
-    else:
-        value_data = cl.Buffer(queue.context, cl.mem_flags.USE_HOST_PTR | cl.mem_flags.READ_ONLY,
-                               hostbuf=value)
-    out_data = (cl.Buffer(queue.context, cl.mem_flags.USE_HOST_PTR | cl.mem_flags.READ_WRITE,
-                          hostbuf=result) if mapped else cl.SVM(result))
+    value = HostArray(value, queue, svm=known.svm)
+    out = result(known.shape, known.dtype, queue, False, True, known.svm, known.empty)
     try:
-        done = launch.launch_packed(known.plan, queue, value_data, filters_bytes, out_data)
+        done = launch.launch_packed(known.plan, queue, value.base_data, filters_bytes,
+                                    out.base_data)
         if done is None:
             return None
-        if mapped:  # as memory.HostArray.get
-            view, _ = cl.enqueue_map_buffer(queue, out_data, cl.map_flags.READ, 0, result.shape,
-                                            result.dtype, wait_for=[done])
-            view.base.release(queue)
-        queue.finish()  # the kernel uses value and the result in place
+        out.add_event(done)
+        return out.get(queue)
     except BaseException:
+        # The kernel may still use the arrays in place that the unwinding frees.
         memory.drain(queue)
         raise
-    return result
 
 
 def queue_for(arrays, queue, context, device) -> tuple[bool, cl.CommandQueue]:

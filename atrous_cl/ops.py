@@ -82,11 +82,12 @@ def atrous_conv2d_transpose(value, filters, output_shape, rate, padding, name=No
     del name
     host_key = None
     if out is None and context is None and device is None:
-        # A host call this queue ran before, repeated as one launch (calls.transpose_host).
-        got = calls.transpose_host(value, filters, output_shape, rate, padding, queue)
+        host_key = calls.host_key(value, filters, output_shape, rate, padding)
+    if host_key is not None:
+        # A host call this queue ran before, repeated as one launch.
+        got = calls.transpose_host(host_key, value, filters, queue)
         if got is not None:
             return got
-        host_key = calls.host_key(value, filters, output_shape, rate, padding)
     value, filters = calls.host_or_device(value), calls.host_or_device(filters)
     dtype = check_dtypes(value.dtype, filters.dtype)
     args = _transpose_args(value.shape, filters.shape, output_shape, rate, padding)
