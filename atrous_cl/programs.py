@@ -164,15 +164,14 @@ def _read_binary(folder: Path, key: str) -> bytes | None:
     return binary
 
 
-def _trim(folder: Path, keep: Path, limit: int | None = None) -> None:
+def _trim(folder: Path, keep: Path) -> None:
     """Delete the least recently used binaries (the oldest modification times) until the
-    folder holds at most ``limit`` bytes (:data:`BINARY_CACHE_BYTES`), never ``keep``
-    (the one just stored), and temporary files of stores a killed process left.
+    folder holds at most :data:`BINARY_CACHE_BYTES`, never ``keep`` (the one just
+    stored), and temporary files of stores a killed process left.
 
     Another process may be reading a file deleted here: it reads it whole or finds it
     gone and builds from source; the cache only ever saves time.
     """
-    limit = BINARY_CACHE_BYTES if limit is None else limit
     now, entries, total = time.time(), [], 0
     for sub in os.scandir(folder):
         if not sub.is_dir(follow_symlinks=False):
@@ -187,7 +186,7 @@ def _trim(folder: Path, keep: Path, limit: int | None = None) -> None:
                 entries.append((st.st_mtime, st.st_size, f.path))
                 total += st.st_size
     for _, size, path in sorted(entries):
-        if total <= limit:
+        if total <= BINARY_CACHE_BYTES:
             break
         if path != str(keep):
             with contextlib.suppress(OSError):
