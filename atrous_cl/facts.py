@@ -37,6 +37,7 @@ class Facts(NamedTuple):
     global_mem: int
     system_svm: bool  # kernels may take plain host pointers (fine-grained system SVM)
     fine_grain_buffers: bool  # SVM allocations the host and kernels share without maps
+    local_mem: int = 0  # bytes of local memory a work-group may use
 
 
 def _svm_capabilities(device) -> int:
@@ -64,7 +65,8 @@ def facts(device: cl.Device) -> Facts:
                       device.version, int(device.type), frozenset(device.extensions.split()),
                       device.max_mem_alloc_size, device.global_mem_size,
                       bool(svm & cl.device_svm_capabilities.FINE_GRAIN_SYSTEM),
-                      bool(svm & cl.device_svm_capabilities.FINE_GRAIN_BUFFER))
+                      bool(svm & cl.device_svm_capabilities.FINE_GRAIN_BUFFER),
+                      int(getattr(device, "local_mem_size", 0) or 0))
         if key is not None:
             _facts[key] = found
     return found

@@ -23,11 +23,13 @@ import pyopencl.array as cl_array
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, facts, is_intel_cpu, status_name
-from atrous_cl.tiles import Tile, pixel_vector
+from atrous_cl.tiles import Tile, default_tile, pixel_vector, winograd_local_bytes
 from atrous_cl.validation import ConvArgs, TransposeArgs
 
 #: The kernel file this layer launches.
 KERNEL_FILE = "atrous_conv2d_transpose.cl"
+#: The Winograd kernel's file (tiles with ``winograd``), launched the same way.
+WINOGRAD_FILE = "atrous_conv2d_transpose_winograd.cl"
 
 _INT32_MAX = 2**31 - 1
 
@@ -84,6 +86,33 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
                     f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*kernel_dilation(args)) + \
         (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ()) + \
         ((f"-DOV={tile.vectors}",) if tile.vectors > 1 else ())
+
+
+def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
+                     forward_filters: bool = False, wide: bool = False) -> tuple[str, ...]:
+    """``-D`` options of the Winograd kernel file, as :func:`build_options` for the direct one."""
+    _, _, cout, cin = args.filters_shape
+    return TYPE_OPTIONS[np.dtype(dtype).type] + (
+        f"-DTB={tile.pixels}", f"-DBC={tile.channels}", f"-DGV={tile.vectors}",
+        f"-DCIN={cin}", f"-DCINP={-(-cin // tile.channels) * tile.channels}", f"-DCOUT={cout}",
+        f"-DCOUTP={tile.padded_channels(cout)}") + dilation_options(*kernel_dilation(args)) + \
+        (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ())
+
+
+def winograd_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_h: int,
+                      rate_w: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(global_size, local_size)`` of ``winograd_transpose``: one work-item per work-group,
+    each ``tile.pixels`` 2x2 blocks along a row of one phase, every output channel.
+
+    Axis 1 covers the phases of a row (``min(rate_w, OW)``) times their groups of
+    blocks, axis 2 the images times the phases of a column times its rows of blocks
+    (each phase as many as phase 0, which has the most).
+    """
+    n, oh, ow, _ = output_shape
+    blocks_w = -(-(-(-ow // rate_w)) // 2)
+    blocks_h = -(-(-(-oh // rate_h)) // 2)
+    return ((1, min(rate_w, ow) * -(-blocks_w // tile.pixels), n * min(rate_h, oh) * blocks_h),
+            (1, 1, 1))
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -162,10 +191,14 @@ def repack_geometry(filters_shape: tuple[int, int, int, int],
 REUSE_BYTES = 1 << 20
 
 
-def packed_elements(filters_shape: tuple[int, int, int, int], padded_cout: int) -> int:
+def packed_elements(filters_shape: tuple[int, int, int, int], padded_cout: int,
+                    winograd: bool = False) -> int:
     """Elements of ``repack_filters``' buffer: the packed weights, then a row per tap
-    saying which are finite, and CIN zeros (the kernel's FINITE and ZEROS)."""
+    saying which are finite, and CIN zeros (the kernel's FINITE and ZEROS); for the
+    Winograd kernel, its 16 transformed taps, then the 9 weights (its DIRECT_AT)."""
     kh, kw, _, cin = filters_shape
+    if winograd:
+        return (16 + kh * kw) * cin * padded_cout
     return kh * kw * (cin + 1) * padded_cout + cin
 
 
@@ -183,8 +216,10 @@ def temporaries(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> dict
     """The buffers :func:`transpose` allocates besides its arrays, by name, in ``dtype``'s
     elements: widened (float16 -> float32) buffers count twice."""
     widened = 2 if widens_inputs(device, dtype) else 1
-    counts = {"the packed filters": widened * packed_elements(  # for the widest tile (16x2)
-        args.filters_shape, -(-args.filters_shape[2] // 32) * 32)}
+    padded = -(-args.filters_shape[2] // 32) * 32  # for the widest tile (16x2)
+    winograd = args.filters_shape[:2] == (3, 3)
+    counts = {"the packed filters": widened * max(packed_elements(args.filters_shape, padded),
+                                                  packed_elements(args.filters_shape, padded, winograd))}
     if widened > 1:
         counts["the widened value"] = 2 * math.prod(args.value_shape)
     return counts
@@ -226,6 +261,7 @@ class Plan(NamedTuple):
     # Per queue, the host filters' bytes last repacked, their packed buffer and
     # its repack's event (see transpose); changed under lock.
     repacked: dict
+    source: str = KERNEL_FILE  # the kernel file, for errors
 
 
 @functools.lru_cache(maxsize=256)
@@ -241,6 +277,11 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
         return None
     _, oh, ow, _ = args.output_shape
     vector = pixel_vector(device, dtype, args.filters_shape)
+    if tile.winograd and vector is None:
+        if winograd_runs(device, dtype, args, tile, wide):
+            return _winograd_plan(context, device, dtype, args, tile, forward_filters, wide,
+                                  dilation)
+        tile = default_tile(device, dtype, args.filters_shape[2])
     if vector is not None:
         # One channel in and out: VW consecutive pixels per work-item, a
         # vector (atrous_conv2d_transpose_pixels).
@@ -262,6 +303,34 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
                 repack_geometry(args.filters_shape, tile), main,
                 (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
                  np.int32(ow)), {})
+
+
+def winograd_runs(device: cl.Device, dtype, args: TransposeArgs, tile: Tile, wide: bool) -> bool:
+    """Whether the Winograd kernel can run a problem with ``tile``: 3x3 filters, float32 or
+    float16 widened (``wide``), and a work-group's local memory within the device's. A
+    Winograd tile where it cannot (a tuning file from another machine, float16 loaded as
+    stored) runs the direct kernel with :func:`atrous_cl.tiles.default_tile` instead."""
+    kh, kw, _, cin = args.filters_shape
+    dtype = np.dtype(dtype)
+    return ((kh, kw) == (3, 3) and (dtype == np.float32 or (dtype == np.float16 and wide))
+            and winograd_local_bytes(tile, cin) <= facts(device).local_mem)
+
+
+def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: TransposeArgs,
+                   tile: Tile, forward_filters: bool, wide: bool, dilation) -> Plan:
+    """:func:`plan` for a Winograd tile: the same arguments, the Winograd kernel file."""
+    kh, kw, cout, cin = args.filters_shape
+    n, oh, ow, _ = args.output_shape
+    # No more blocks per group than a phase's row has (E: 2).
+    tile = tile._replace(pixels=min(tile.pixels, -(-(-(-ow // dilation[2])) // 2)))
+    options = winograd_options(dtype, args, tile, forward_filters, wide)
+    kernels, lock = programs.get_kernels(context, WINOGRAD_FILE, options)
+    packed = packed_elements(args.filters_shape, tile.padded_channels(cout), winograd=True)
+    return Plan(kernels, "winograd_transpose", lock, options, wide, packed * 4,
+                ((tile.padded_channels(cout), cin), None),
+                winograd_geometry(args.output_shape, tile, dilation[0], dilation[2]),
+                (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
+                 np.int32(ow)), {}, WINOGRAD_FILE)
 
 
 def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
@@ -324,8 +393,8 @@ def launch_packed(p: Plan, queue: cl.CommandQueue, value_data, filters_bytes: by
                                             out_data, np.int64(0), *p.sizes,
                                             wait_for=[repacked])
     except cl.Error as e:
-        raise DeviceError(f"launching atrous_conv2d_transpose on {describe(queue.device)} "
-                          f"failed: {e}", status=status_name(e), source=KERNEL_FILE,
+        raise DeviceError(f"launching {p.main_kernel} on {describe(queue.device)} "
+                          f"failed: {e}", status=status_name(e), source=p.source,
                           options=p.options) from e
 
 
@@ -370,8 +439,8 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
                 np.int64(element_offset(out)), *p.sizes,
                 wait_for=[repacked, widened] if p.wide else [repacked, *wait])
     except cl.Error as e:
-        raise DeviceError(f"launching atrous_conv2d_transpose on {describe(queue.device)} "
-                          f"failed: {e}", status=status_name(e), source=KERNEL_FILE,
+        raise DeviceError(f"launching {p.main_kernel} on {describe(queue.device)} "
+                          f"failed: {e}", status=status_name(e), source=p.source,
                           options=p.options) from e
     out.add_event(done)
     return done

@@ -8,6 +8,7 @@ vector widths the device's compiler handles.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -18,11 +19,18 @@ from atrous_cl.facts import facts, is_intel_cpu
 
 class Tile(NamedTuple):
     """Output pixels (along W) x output channels computed by one work-item: ``pixels``
-    x ``vectors`` vectors of ``channels`` channels."""
+    x ``vectors`` vectors of ``channels`` channels.
+
+    With ``winograd``, a tile of the Winograd kernel
+    (``kernels/atrous_conv2d_transpose_winograd.cl``, 3x3 filters): ``pixels``
+    blocks of 2x2 output pixels along a row per work-group, times ``vectors``
+    vectors of ``channels`` channels per register tile; written ``8x16x2w``.
+    """
 
     pixels: int
     channels: int
     vectors: int = 1
+    winograd: bool = False
 
     def padded_channels(self, cout: int) -> int:
         """``cout`` rounded up to whole channel tiles: the packed filters' width."""
@@ -30,7 +38,14 @@ class Tile(NamedTuple):
         return -(-cout // step) * step
 
     def __str__(self) -> str:
-        return f"{self.pixels}x{self.channels}" + (f"x{self.vectors}" if self.vectors > 1 else "")
+        return (f"{self.pixels}x{self.channels}" + (f"x{self.vectors}" if self.vectors > 1 else "")
+                + ("w" if self.winograd else ""))
+
+    @classmethod
+    def parse(cls, text: str) -> Tile:
+        """The tile :meth:`__str__` writes: ``PxC``, ``PxCxV``, with ``w`` for Winograd's."""
+        winograd = text.endswith("w")
+        return cls(*map(int, text.removesuffix("w").split("x")), winograd=winograd)
 
 
 def pow2_at_least(n: int) -> int:
@@ -109,6 +124,24 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     return tile
 
 
+def default_for(device: cl.Device, dtype, args) -> Tile:
+    """The untuned tile of a problem (``args``: :class:`atrous_cl.validation.TransposeArgs`):
+    on a CPU, the Winograd kernel's (:func:`winograd_tile`) where it runs, each phase
+    has two rows and columns or more (a 2x2 block), and :func:`winograd_enabled`;
+    else :func:`default_tile`.
+
+    WINOGRAD_MEASURED
+    """
+    kh, kw, cout, cin = args.filters_shape
+    _, oh, ow, _ = args.output_shape
+    if (winograd_enabled() and facts(device).type & cl.device_type.CPU
+            and min(-(-oh // args.rate), -(-ow // args.rate)) >= 2):
+        tile = winograd_tile(device, dtype, args.filters_shape)
+        if tile is not None:
+            return tile
+    return default_tile(device, dtype, cout)
+
+
 def _several_vectors(device: cl.Device, dtype) -> bool:
     """Whether register tiles of several 16-channel vectors suit the device and dtype:
     Intel's CPU runtime and PoCL with 512-bit vectors, summing in float32 (float32,
@@ -182,13 +215,55 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> F
     return FilterGradTile(tile, gc, 4096, 0, ov)
 
 
-def candidates(device: cl.Device, dtype, cout: int) -> list[Tile]:
+def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[Tile]:
     """The tiles :func:`tune` tries: pixels 2-16 x a channel vector up to the useful
     width, and 4 or 8 pixels x two 16-channel vectors where :func:`default_tile` may
-    take them."""
+    take them; with ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks
+    where it runs (:func:`winograd_tile`)."""
     widest = _max_channels(device, dtype, cout)
     tiles = [Tile(px, ch) for px in (2, 4, 8, 16) for ch in (1, 2, 4, 8, 16)
              if ch <= widest and px * ch <= 128]
     if widest == 16 and cout > 16 and _several_vectors(device, dtype):
         tiles += [Tile(4, 16, 2), Tile(8, 16, 2)]
+    if filters_shape is not None:
+        tiles += [t for t in (winograd_tile(device, dtype, filters_shape, blocks)
+                              for blocks in (4, 8)) if t is not None]
     return tiles
+
+
+#: 2x2 output blocks per work-group of the Winograd kernel (:func:`winograd_tile`).
+WINOGRAD_BLOCKS = 8
+
+
+def winograd_enabled() -> bool:
+    """Whether the default may be the Winograd kernel: unless ``ATROUS_CL_WINOGRAD=0``
+    (read when a problem's tile is first chosen in a process; see
+    :func:`default_for`). Tuned tiles are used as stored."""
+    return os.environ.get("ATROUS_CL_WINOGRAD", "1").strip() != "0"
+
+
+def winograd_local_bytes(tile: Tile, cin: int) -> int:
+    """The local memory a work-group of the Winograd kernel takes with ``tile``: the
+    input transforms of its blocks (16 per block and input channel, the channels
+    rounded up to a vector) and the products of one register tile's channels."""
+    cinp = -(-cin // tile.channels) * tile.channels
+    return 4 * 16 * tile.pixels * (cinp + tile.channels * tile.vectors)
+
+
+def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int = WINOGRAD_BLOCKS) -> Tile | None:
+    """The Winograd kernel's tile of ``blocks`` 2x2 blocks for a problem, where that
+    kernel runs: 3x3 filters, float32 or float16 widened to float32 on a CPU
+    (:func:`atrous_cl.launch.widens_inputs`), and a work-group's local memory
+    (:func:`winograd_local_bytes`) within the device's; else None. Channel vectors
+    as wide as :func:`_vector_width` allows, two of them for more output channels
+    than one holds."""
+    kh, kw, cout, cin = filters_shape
+    dtype = np.dtype(dtype)
+    cpu = bool(facts(device).type & cl.device_type.CPU)
+    if (kh, kw) != (3, 3) or not (dtype == np.float32 or (dtype == np.float16 and cpu)):
+        return None
+    width = _vector_width(device, np.float32)
+    tile = Tile(blocks, width, 2 if cout > width else 1, True)
+    if winograd_local_bytes(tile, cin) > facts(device).local_mem:
+        return None
+    return tile

@@ -6,7 +6,7 @@ The kernel's register tile (output pixels x output channels per work-item,
 implementation. :func:`tune` times every candidate once per (device, driver,
 dtype, shape class) through the launch layer (:func:`atrous_cl.launch.transpose`)
 and stores the winner in ``$XDG_CACHE_HOME/atrous-cl/tuning.json``; the op
-then uses it (:func:`tile_for`), and :func:`atrous_cl.tiles.default_tile`
+then uses it (:func:`tile_for`), and :func:`atrous_cl.tiles.default_for`
 without a tuned entry. The file records a digest of the kernel source it was
 timed with: a changed kernel (a new version of this package) starts from the
 defaults again.
@@ -34,7 +34,7 @@ from atrous_cl.cache import cache_dir, warn_once
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import check_dtype_support, describe, facts
 from atrous_cl.programs import program_source
-from atrous_cl.tiles import Tile, candidates, default_tile, pixel_vector, pow2_at_least
+from atrous_cl.tiles import Tile, candidates, default_for, default_tile, pixel_vector, pow2_at_least
 
 try:
     import fcntl
@@ -71,8 +71,9 @@ _memo_table: dict | None = None
 
 
 def kernel_digest() -> str:
-    """A digest of the kernel source the timings are for (prelude included)."""
-    return hashlib.sha256(program_source(launch.KERNEL_FILE).encode()).hexdigest()[:16]
+    """A digest of the kernel sources the timings are for (prelude included)."""
+    sources = program_source(launch.KERNEL_FILE) + program_source(launch.WINOGRAD_FILE)
+    return hashlib.sha256(sources.encode()).hexdigest()[:16]
 
 
 class _Unusable(Exception):
@@ -113,7 +114,10 @@ def _read_json(path: Path):
 
 
 def _valid_tile(tile) -> bool:
-    """``[pixels, channels]`` or ``[pixels, channels, vectors]`` of ints (:class:`Tile`)."""
+    """``[pixels, channels]`` or ``[pixels, channels, vectors]`` of ints, or those three and
+    whether it is a Winograd tile, ``true`` or ``false`` (:class:`Tile`)."""
+    if isinstance(tile, list) and len(tile) == 4 and type(tile[3]) is bool:
+        tile = tile[:3]
     return (isinstance(tile, list) and len(tile) in (2, 3)
             and all(type(t) is int for t in tile))  # not bool, not float
 
@@ -193,7 +197,7 @@ def _tuned_tile(table: dict, device: cl.Device, dtype, args) -> Tile | None:
     if entry is None:
         return None
     tile = Tile(*entry["tile"])
-    if tile in candidates(device, dtype, args.filters_shape[2]):
+    if tile in candidates(device, dtype, args.filters_shape[2], args.filters_shape):
         return tile
     warn_once(f"atrous-cl ignores the tile {tile} stored for {key} on {device_key(device)} in its "
               f"tuning cache: not one `atrous-cl tune` tries there; the default tile stands in",
@@ -202,7 +206,7 @@ def _tuned_tile(table: dict, device: cl.Device, dtype, args) -> Tile | None:
 
 
 def tile_for(device: cl.Device, dtype, args) -> Tile:
-    """The tuned tile for this problem on this device, else :func:`default_tile`.
+    """The tuned tile for this problem on this device, else :func:`default_for`'s.
 
     Answers are remembered for the table they came from: a table read afresh
     or a new winner stored starts a new memo.
@@ -215,7 +219,7 @@ def tile_for(device: cl.Device, dtype, args) -> Tile:
             _memo, _memo_table = {}, current
         tile = _memo.get(key)
         if tile is None:
-            tile = _tuned_tile(current, device, dtype, args) or default_tile(device, dtype, args.filters_shape[2])
+            tile = _tuned_tile(current, device, dtype, args) or default_for(device, dtype, args)
             if len(_memo) < 1024:
                 _memo[key] = tile
     return tile
@@ -306,7 +310,7 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
     expected = out.get()
     scale = max(float(np.max(np.abs(expected.astype(np.float64)))), 1e-30)
     timings: dict[str, float] = {}
-    for tile in candidates(queue.device, dtype, cout):
+    for tile in candidates(queue.device, dtype, cout, args.filters_shape):
         if progress:
             progress(tile)
         memory.fill(queue, out, np.nan)
@@ -324,7 +328,7 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
     if not timings:
         raise DeviceError(f"no candidate tile reproduced the default tile's result on "
                           f"{describe(queue.device)}; nothing stored")
-    best = Tile(*map(int, min(timings, key=timings.get).split("x")))
+    best = Tile.parse(min(timings, key=timings.get))
     _store(queue.device, shape_class(dtype, args.value_shape, args.filters_shape, args.rate),
            best, timings)
     return best, timings

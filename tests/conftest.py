@@ -50,10 +50,13 @@ if os.environ.get("ATROUS_CL_KEEP_BUFFERS"):
 @pytest.fixture(autouse=True)
 def calls_prepared_afresh():
     """Each test works out its calls afresh: many swap device properties or launches
-    for stand-ins, which a queue's remembered calls (atrous_cl.calls.prepared) would bypass."""
-    from atrous_cl import calls
+    for stand-ins, which a queue's remembered calls (atrous_cl.calls.prepared) would bypass;
+    and the tiles chosen, which ATROUS_CL_WINOGRAD (read when a tile is first chosen) decides."""
+    from atrous_cl import calls, tuning
 
     calls.forget_prepared()
+    with tuning._lock:
+        tuning._memo_table = None
 
 
 @pytest.fixture(autouse=True)

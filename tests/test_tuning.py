@@ -38,7 +38,7 @@ def test_every_candidate_tile_is_correct(queue, shape, dtype):
     args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
     d_value, d_filters = cl_array.to_device(queue, value), cl_array.to_device(queue, filters)
-    candidates = tiles.candidates(queue.device, dtype, cout)
+    candidates = tiles.candidates(queue.device, dtype, cout, filters.shape)
     assert tiles.default_tile(queue.device, dtype, cout) in candidates
     for tile in candidates:
         out = poisoned(queue, output_shape, dtype)
@@ -51,7 +51,7 @@ def test_tune_caches_the_winner_and_the_op_uses_it(queue, fresh_cache):
     assert str(best) in timings and timings[str(best)] == min(timings.values())
     saved = json.loads(fresh_cache.read_text())
     entry = saved["devices"][tuning.device_key(queue.device)]["float32 cin4 cout5 k3x3 r2 w16"]
-    assert entry["tile"] == list(best)
+    assert Tile(*entry["tile"]) == best
     args = check_transpose_args((3, 7, 12, 4), (3, 3, 5, 4), (3, 7, 12, 5), 2, "SAME")
     tuning._loaded = None  # a new process reads it back from disk
     assert tuning.tile_for(queue.device, np.float32, args) == best
@@ -71,14 +71,14 @@ def test_tiles_tuned_for_another_kernel_are_dropped(queue, fresh_cache, monkeypa
     saved["kernel"] = "0" * 16
     fresh_cache.write_text(json.dumps(saved))
     tuning._loaded = None
-    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_tile(queue.device, np.float32, 5)
+    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_for(queue.device, np.float32, args)
 
 
 def test_a_tile_stored_in_this_process_is_used_at_once(queue, fresh_cache, monkeypatch):
     """tile_for remembers its answers, and each queue the tiles of the problems it ran;
     a new winner must replace the remembered default, and the op must launch with it."""
     args = check_transpose_args((1, 6, 10, 4), (3, 3, 5, 4), (1, 6, 10, 5), 2, "SAME")
-    default = tiles.default_tile(queue.device, np.float32, 5)
+    default = tiles.default_for(queue.device, np.float32, args)
     assert tuning.tile_for(queue.device, np.float32, args) == default
     rng = np.random.default_rng()
     value = rng.standard_normal(args.value_shape).astype(np.float32)
@@ -109,7 +109,7 @@ def test_a_stored_two_vector_tile_is_read_back_and_used(queue, fresh_cache):
     key = tuning.shape_class(np.float32, value_shape, filters_shape, 2)
     tuning._store(queue.device, key, winner, {str(winner): 1e-3})
     saved = json.loads(fresh_cache.read_text())
-    assert saved["devices"][tuning.device_key(queue.device)][key]["tile"] == [4, 16, 2]
+    assert saved["devices"][tuning.device_key(queue.device)][key]["tile"] == [4, 16, 2, False]
     tuning._loaded = None  # a new process reads it back from disk
     assert tuning.tile_for(queue.device, np.float32, args) == winner
     _run_op(queue, args)
@@ -128,7 +128,7 @@ def test_one_channel_problems_time_and_store_nothing(queue, fresh_cache, monkeyp
 
 def test_untuned_problem_uses_the_default(queue, fresh_cache):
     args = check_transpose_args((1, 5, 5, 3), (3, 3, 2, 3), (1, 5, 5, 2), 1, "SAME")
-    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_tile(queue.device, np.float32, 2)
+    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_for(queue.device, np.float32, args)
     assert not fresh_cache.exists()
 
 
@@ -137,7 +137,7 @@ def test_corrupt_cache_falls_back_to_defaults(queue, fresh_cache):
     fresh_cache.write_text("{not json")
     args = check_transpose_args((1, 5, 5, 3), (3, 3, 2, 3), (1, 5, 5, 2), 1, "SAME")
     with pytest.warns(RuntimeWarning, match="not valid JSON"):
-        assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_tile(queue.device, np.float32, 2)
+        assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_for(queue.device, np.float32, args)
 
 
 _KEY = "float32 cin4 cout5 k3x3 r2 w16"
@@ -185,7 +185,7 @@ def test_malformed_cache_is_ignored_with_one_warning(queue, fresh_cache, what, r
     fresh_cache.parent.mkdir(parents=True)
     fresh_cache.write_text(json.dumps(_malformed(tuning.device_key(queue.device))[what]))
     args = check_transpose_args(*_ARGS)
-    default = tiles.default_tile(queue.device, np.float32, 5)
+    default = tiles.default_for(queue.device, np.float32, args)
     launched = []
     real_plan = launch.plan
     launch.plan.cache_clear()
@@ -208,8 +208,8 @@ def test_a_bad_entry_leaves_the_good_ones(queue, fresh_cache, recwarn):
     entries = {_KEY: 5, good_key: {"tile": [2, 1]}}
     fresh_cache.write_text(json.dumps(_file_with({tuning.device_key(queue.device): entries})))
     assert tuning.tile_for(queue.device, np.float32, good) == Tile(2, 1)
-    assert tuning.tile_for(queue.device, np.float32, check_transpose_args(*_ARGS)) == \
-        tiles.default_tile(queue.device, np.float32, 5)
+    args = check_transpose_args(*_ARGS)
+    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_for(queue.device, np.float32, args)
     assert len([w for w in recwarn.list if "tuning cache" in str(w.message)]) == 1
 
 
@@ -229,7 +229,7 @@ def test_tuning_file_that_is_a_fifo_does_not_hang(queue, tmp_path):
              "from atrous_cl.validation import check_transpose_args\n"
              f"args = check_transpose_args(*{_ARGS!r})\n"
              "d = atrous_cl.get_queue().device\n"
-             "assert tuning.tile_for(d, np.float32, args) == tiles.default_tile(d, np.float32, 5)\n"
+             "assert tuning.tile_for(d, np.float32, args) == tiles.default_for(d, np.float32, args)\n"
              "print('ok')\n")
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYOPENCL_CTX=selector)
     try:
@@ -246,7 +246,7 @@ def test_oversized_tuning_file_is_not_read(queue, fresh_cache, recwarn):
     entries = {tuning.device_key(queue.device): {_KEY: {"tile": [2, 1]}}}
     fresh_cache.write_text(json.dumps(_file_with(entries)) + " " * (tuning._MAX_FILE_BYTES + 1))
     args = check_transpose_args(*_ARGS)
-    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_tile(queue.device, np.float32, 5)
+    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_for(queue.device, np.float32, args)
     assert any("larger than" in str(w.message) for w in recwarn.list)
 
 

@@ -1,0 +1,326 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Transposed atrous (dilated) 2-D convolution with 3x3 filters, stride 1, TF
+// semantics, by Winograd's minimal filtering F(2x2, 3x3) on the phase
+// sub-grids: the same sum as kernels/atrous_conv2d_transpose.cl,
+//
+//   out[n, p, q, c] = sum_{a, b, o} value[n, p + PAD_TOP - a*RATE_H, q + PAD_LEFT - b*RATE_W, o]
+//                                   * filters[a, b, c, o]
+//
+// over the taps whose input pixel lies inside value, with 16 multiplies per
+// input and output channel for every 2x2 outputs where that kernel takes 36.
+//
+// The output pixels of one phase, p = ph + RATE_H * i, read the input rows
+// ph + PAD_TOP + RATE_H * (i - a) only: an undilated 3x3 correlation on that
+// sub-grid with the taps flipped, g[k][l] = filters[2 - k, 2 - l]. A block of
+// 2x2 such outputs (RATE apart) reads a 4x4 block of inputs d, rows p0 +
+// PAD_TOP - (2 - m) * RATE_H, and is A^T [(G g G^T) . (B^T d B)] A.
+//
+// repack_filters writes U = G g G^T as wt[16][CIN][COUTP] (output channels
+// innermost, zero-padded to COUTP, a multiple of BC * GV) and, after it, the
+// filters themselves as wt[9][CIN][COUTP] for the fallback below.
+//
+// One work-item per work-group (CPUs: a work-group runs on one core) computes
+// TB blocks along a row of one phase, for every output channel:
+//   1. the input transform V = B^T d B of its TB blocks, every input channel,
+//      into local memory, vl[16][TB][CINP] (adds only, BC channels at a time);
+//   2. per BC * GV output channels, 16 products M[k] = V[k] U[k] (a register
+//      tile of TB blocks x GV vectors of BC channels: GV + TB loads feed
+//      TB * GV multiply-adds, as in the direct kernel's tile) into ml;
+//   3. the output transform Y = A^T M A and the store.
+// V and M stay in local memory (a core's L1 and L2), so none of the
+// transforms' traffic reaches main memory: the textbook split through
+// global memory lost to the direct kernel (docs/performance.md).
+//
+// Non-finite values: Winograd spreads a non-finite input or weight over its
+// block (Inf - Inf = NaN), and a non-finite weight times a zero read for an
+// input outside value gives NaN where the op adds no term. So an output
+// whose Winograd value is not finite is recomputed by the direct sum, over
+// the same terms the direct kernel adds, in its order. That is exact: a
+// non-finite term of the direct sum (a non-finite input, or a non-finite
+// weight times an input inside value) always gives a non-finite Winograd
+// value, since each input an output reads has a non-zero coefficient in a
+// row of B^T d B that its row of A^T sums (rows 0-2 for the first output of
+// a pair, reading d0-d2; rows 1-3 for the second, reading d1-d3), each weight
+// a non-zero one in the rows of G g G^T it meets, and IEEE adds and
+// multiplies never turn a non-finite operand finite (Inf * 0 and Inf - Inf
+// are NaN). An intermediate that overflows is Inf, so its outputs take the
+// fallback too. Each output's Winograd value reads only the inputs in its
+// own window (the rows above), never a neighbour's.
+//
+// Accuracy: float32 relative errors like the direct sum's on the tests'
+// data (docs/performance.md). Its rounding error is bounded by the inputs
+// and weights of the whole window, including taps whose weight is zero,
+// where the direct sum's counts only the terms it adds: an input many
+// orders of magnitude above its neighbours, under a zero tap, may cost the
+// neighbours' outputs their low digits. ATROUS_CL_WINOGRAD=0 turns it off
+// (atrous_cl.tiles.winograd_enabled).
+//
+// Build options (-D):
+//   T, ACC      storage and accumulation types (float/float; half/float with
+//               WIDE_INPUTS: value arrives widened to ACC); USE_HALF as in prelude
+//   BC          channels per vector (8 or 16); GV vectors per register tile
+//   TB          2x2 blocks per work-group
+//   CIN, COUT, COUTP, CINP (CIN rounded up to BC), RATE_H, RATE_W, PAD_TOP,
+//   PAD_LEFT    as in the direct kernel (rates and pads long literals)
+//   FORWARD_FILTERS, WIDE_INPUTS    as in the direct kernel
+// Spatial sizes stay run-time arguments; offsets are 64-bit.
+
+// The type and vector macros (LOAD, STORE_CHANNELS, VACC, ...) come from prelude.cl.
+
+#ifdef WIDE_INPUTS
+#define VALUE_T ACC
+#define LOAD_VALUE(p, i) ((p)[i])
+#else
+#define VALUE_T T
+#define LOAD_VALUE(p, i) LOAD(p, i)
+#endif
+
+// BC channels of value from any element: T is ACC here (float32, or float16 widened).
+#ifdef __clang__
+typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
+#define LOADV_VALUE(p, i) (*(__global const wino_unaligned *)((p) + (i)))
+#else
+#define LOADV_VALUE(p, i) CAT(vload, BC)(0, (p) + (i))
+#endif
+#define LOADV_LOCAL(p, i) CAT(vload, BC)(0, (p) + (i))
+#define STOREV_LOCAL(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
+
+#define DIRECT_AT (16L * CIN * COUTP)
+
+// wide[i] = x[x_off + i] in ACC. Global size: the element count.
+__kernel void widen(__global const T *restrict x, const long x_off, __global ACC *restrict wide)
+{
+    const long i = get_global_id(0);
+    wide[i] = (ACC)LOAD(x, x_off + i);
+}
+
+// wt[k][o][c] = (G g G^T)[k] for output channel c and input channel o, then
+// wt[DIRECT_AT + (tap * CIN + o) * COUTP + c] = filters[tap, c, o]; 0 for
+// COUT <= c < COUTP. With FORWARD_FILTERS the filters are the forward
+// atrous_conv2d's, [3, 3, CIN, COUT], read with the taps flipped, as the
+// direct kernel's repack_filters does. Global size (COUTP, CIN).
+__kernel void repack_filters(__global const T *restrict filters, const long filters_off,
+                             __global ACC *restrict wt)
+{
+    const int c = (int)get_global_id(0);
+    const int o = (int)get_global_id(1);
+    ACC g[3][3];
+    // Two loops, no tap / 3 and tap % 3: clang pairs those through an LLVM
+    // 'freeze', which Oclgrind's uninitialised-value checker cannot run.
+    for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b) {
+            const int tap = a * 3 + b;
+#ifdef FORWARD_FILTERS
+            const long from = filters_off + ((8 - tap) * CIN + o) * (long)COUT + c;
+#else
+            const long from = filters_off + (tap * (long)COUT + c) * CIN + o;
+#endif
+            const ACC w = c < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
+            wt[DIRECT_AT + (tap * (long)CIN + o) * COUTP + c] = w;
+            g[2 - a][2 - b] = w;  // flipped: the sub-grid correlation's taps
+        }
+    // G g, then (G g) G^T; G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+    ACC gg[4][3];
+    for (int l = 0; l < 3; ++l) {
+        gg[0][l] = g[0][l];
+        gg[1][l] = (ACC)0.5 * (g[0][l] + g[1][l] + g[2][l]);
+        gg[2][l] = (ACC)0.5 * (g[0][l] - g[1][l] + g[2][l]);
+        gg[3][l] = g[2][l];
+    }
+    for (int k = 0; k < 4; ++k) {
+        const ACC r[4] = {gg[k][0], (ACC)0.5 * (gg[k][0] + gg[k][1] + gg[k][2]),
+                          (ACC)0.5 * (gg[k][0] - gg[k][1] + gg[k][2]), gg[k][2]};
+        for (int l = 0; l < 4; ++l)
+            wt[((k * 4 + l) * (long)CIN + o) * COUTP + c] = r[l];
+    }
+}
+
+#define NONFINITE(v) any(isinf(v) | isnan(v))
+
+// The direct kernel's sum for output pixel (n, p, q), channels c .. c + BC,
+// in its order (tap rows, input channels, tap columns): the fallback.
+VACC direct_sum(__global const VALUE_T *restrict value, const long value_off,
+                __global const ACC *restrict wt, const long n, const long p, const long q,
+                const int c, const int H, const int W)
+{
+    __global const ACC *w = wt + DIRECT_AT + c;
+    VACC acc = (VACC)0;
+    for (int a = 0; a < 3; ++a) {
+        const long i = p + PAD_TOP - a * RATE_H;
+        const bool row_inside = i >= 0 && i < H;
+#ifndef FORWARD_FILTERS
+        if (!row_inside)
+            continue;
+#endif
+        for (int o = 0; o < CIN; ++o)
+            for (int b = 0; b < 3; ++b) {
+                const long j = q + PAD_LEFT - b * RATE_W;
+                const VACC wv = LOADV_ACC_ALIGNED(w, ((a * 3L + b) * CIN + o) * COUTP);
+                if (row_inside && j >= 0 && j < W)
+                    acc += (ACC)LOAD_VALUE(value, value_off + ((n * H + i) * W + j) * CIN + o) * wv;
+#ifdef FORWARD_FILTERS
+                else
+                    acc += (ACC)0 * wv;  // TF's zero padding times the weight
+#endif
+            }
+    }
+    return acc;
+}
+
+// Global size (1, PHASES_W * ceil(BLOCKS_W / TB), N * PHASES_H * BLOCKS_H),
+// local size (1, 1, 1); PHASES = min(RATE, O) per axis, BLOCKS = ceil(ceil(O /
+// RATE) / 2) per axis (phase 0's, the most any phase has). Axis 1 counts the
+// phases fastest, then the work-groups of one phase along the row; axis 2
+// likewise for rows of blocks, per image.
+__kernel void winograd_transpose(
+    __global const VALUE_T *restrict value, const long value_off,
+    __global const ACC *restrict wt,
+    __global T *restrict out, const long out_off,
+    const int H, const int W, const int OH, const int OW)
+{
+    __local ACC vl[16 * TB * CINP];
+    __local ACC ml[16 * TB * BC * GV];
+
+    // Remainders written out (see the direct kernel).
+    const long phases_w = min(RATE_W, (long)OW);
+    const long col_item = (long)get_global_id(1) / phases_w;
+    const long q0 = (long)get_global_id(1) - col_item * phases_w + col_item * 2 * TB * RATE_W;
+    const long phases_h = min(RATE_H, (long)OH);
+    const long row_items = phases_h * ((((OH + RATE_H - 1) / RATE_H) + 1) / 2);
+    const long n = (long)get_global_id(2) / row_items;
+    const long row_item = (long)get_global_id(2) - n * row_items;
+    const long row_block = row_item / phases_h;
+    const long p0 = row_item - row_block * phases_h + row_block * 2 * RATE_H;
+
+    // 1. V = B^T d B for every block and input channel. d[m][m'] is the input
+    // at row p0 + PAD_TOP - (2 - m) * RATE_H, column q0 + (2 t + m' - 2) * RATE_W
+    // + PAD_LEFT for block t; 0 outside value (the fallback repairs what a
+    // zero times a non-finite weight does). Input channels past CIN are 0.
+    long rows[4];
+    bool row_in[4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+        rows[m] = p0 + PAD_TOP - (2 - m) * RATE_H;
+        row_in[m] = rows[m] >= 0 && rows[m] < H;
+    }
+    for (int t = 0; t < TB; ++t) {
+        long at[16];
+        bool in[16];
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int mm = 0; mm < 4; ++mm) {
+                const long j = q0 + (2 * t + mm - 2) * RATE_W + PAD_LEFT;
+                in[m * 4 + mm] = row_in[m] && j >= 0 && j < W;
+                at[m * 4 + mm] = value_off + ((n * H + rows[m]) * W + j) * CIN;
+            }
+        for (int o = 0; o < CINP; o += BC) {
+            VACC d[16];
+            if (o + BC <= CIN) {
+#pragma unroll
+                for (int k = 0; k < 16; ++k)
+                    d[k] = in[k] ? LOADV_VALUE(value, at[k] + o) : (VACC)0;
+            } else {  // the last, ragged vector of input channels
+#pragma unroll
+                for (int k = 0; k < 16; ++k) {
+                    union { VACC v; ACC s[BC]; } lanes;
+                    for (int l = 0; l < BC; ++l)
+                        lanes.s[l] = in[k] && o + l < CIN ? (ACC)LOAD_VALUE(value, at[k] + o + l)
+                                                          : (ACC)0;
+                    d[k] = lanes.v;
+                }
+            }
+            // B^T d, on columns: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+            VACC e[16];
+#pragma unroll
+            for (int l = 0; l < 4; ++l) {
+                e[0 * 4 + l] = d[0 * 4 + l] - d[2 * 4 + l];
+                e[1 * 4 + l] = d[1 * 4 + l] + d[2 * 4 + l];
+                e[2 * 4 + l] = d[2 * 4 + l] - d[1 * 4 + l];
+                e[3 * 4 + l] = d[1 * 4 + l] - d[3 * 4 + l];
+            }
+            // (B^T d) B, on rows.
+            __local ACC *to = vl + t * CINP + o;
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                STOREV_LOCAL(to, (k * 4 + 0) * TB * CINP, e[k * 4 + 0] - e[k * 4 + 2]);
+                STOREV_LOCAL(to, (k * 4 + 1) * TB * CINP, e[k * 4 + 1] + e[k * 4 + 2]);
+                STOREV_LOCAL(to, (k * 4 + 2) * TB * CINP, e[k * 4 + 2] - e[k * 4 + 1]);
+                STOREV_LOCAL(to, (k * 4 + 3) * TB * CINP, e[k * 4 + 1] - e[k * 4 + 3]);
+            }
+        }
+    }
+
+    for (int cb = 0; cb < COUTP; cb += BC * GV) {
+        // 2. M[k] = V[k] U[k] for GV vectors of output channels from cb.
+        for (int k = 0; k < 16; ++k) {
+            VACC acc[TB][GV];
+#pragma unroll
+            for (int t = 0; t < TB; ++t)
+#pragma unroll
+                for (int g = 0; g < GV; ++g)
+                    acc[t][g] = (VACC)0;
+            __global const ACC *uk = wt + (long)k * CIN * COUTP + cb;
+            __local const ACC *vk = vl + k * TB * CINP;
+            for (int o = 0; o < CIN; ++o) {
+                VACC w[GV];
+#pragma unroll
+                for (int g = 0; g < GV; ++g)
+                    w[g] = LOADV_ACC_ALIGNED(uk, (long)o * COUTP + g * BC);
+#pragma unroll
+                for (int t = 0; t < TB; ++t) {
+                    const ACC x = vk[t * CINP + o];
+#pragma unroll
+                    for (int g = 0; g < GV; ++g)
+                        acc[t][g] += x * w[g];
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < TB; ++t)
+#pragma unroll
+                for (int g = 0; g < GV; ++g)
+                    STOREV_LOCAL(ml, (k * TB + t) * (BC * GV) + g * BC, acc[t][g]);
+        }
+
+        // 3. Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1], stored (rows, columns and
+        // channels past the output skipped), with the fallback.
+        for (int t = 0; t < TB; ++t) {
+            if (q0 + 2 * t * RATE_W >= OW)
+                break;
+            for (int g = 0; g < GV; ++g) {
+                const int c = cb + g * BC;
+                if (c >= COUT)
+                    break;
+                VACC mk[16];
+#pragma unroll
+                for (int k = 0; k < 16; ++k)
+                    mk[k] = LOADV_LOCAL(ml, (k * TB + t) * (BC * GV) + g * BC);
+                VACC s[8];  // A^T M: 2 x 4
+#pragma unroll
+                for (int l = 0; l < 4; ++l) {
+                    s[l] = mk[l] + mk[4 + l] + mk[8 + l];
+                    s[4 + l] = mk[4 + l] - mk[8 + l] - mk[12 + l];
+                }
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const long p = p0 + r * RATE_H;
+                    if (p >= OH)
+                        break;
+                    const VACC y[2] = {s[r * 4] + s[r * 4 + 1] + s[r * 4 + 2],
+                                       s[r * 4 + 1] - s[r * 4 + 2] - s[r * 4 + 3]};
+#pragma unroll
+                    for (int x = 0; x < 2; ++x) {
+                        const long q = q0 + (2 * t + x) * RATE_W;
+                        if (q >= OW)
+                            break;
+                        VACC yx = y[x];
+                        if (NONFINITE(yx))
+                            yx = direct_sum(value, value_off, wt, n, p, q, c, H, W);
+                        STORE_CHANNELS(out, out_off + ((n * OH + p) * OW + q) * (long)COUT + c, yx, c);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Winograd kernel (F(2x2, 3x3) on the phase sub-grids, 3x3 filters): its tiles over
+shapes it treats differently, the direct-sum fallback for non-finite values and
+overflow, the forward op's flipped taps, and when the default takes it.
+
+Tiles are small (2-4 blocks, 8-16 channels) so that a work-group's local memory fits
+Oclgrind's 32 KiB, where CI checks these launches for races and out-of-bounds access.
+On CPUs the op's default takes this kernel for 3x3 float32 problems, so the whole
+shape table of tests/test_op.py runs it as well.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+import pytest
+from conftest import assert_close, poisoned, stub_device
+
+import atrous_cl
+from atrous_cl import calls, geometry, launch, reference, tiles, tuning
+from atrous_cl.tiles import Tile
+from atrous_cl.validation import check_conv_args, check_transpose_args
+
+#: n, h, w, cin, cout, rate, padding
+SHAPES = [
+    (1, 9, 13, 3, 5, 2, "SAME"),      # odd sizes: blocks past the bottom and right edges
+    (2, 6, 7, 17, 20, 1, "VALID"),    # rate 1, input channels past a vector, two vectors
+    (1, 10, 23, 4, 33, 3, "SAME"),    # phases of 8 and 7 columns, cout past two vectors
+    (3, 4, 6, 2, 3, 4, "SAME"),       # phases one column wide, half-empty blocks
+    (1, 5, 40, 16, 16, 5, "VALID"),   # whole vectors in and out, rows of one phase each
+]
+#: Winograd tiles: blocks x channels (x vectors). 8-channel vectors are PoCL-AVX2's.
+TILES = [Tile(2, 16, 1, True), Tile(4, 16, 2, True), Tile(3, 8, 2, True), Tile(1, 8, 1, True)]
+
+
+def _problem(shape, dtype=np.float32, rng=None):
+    n, h, w, cin, cout, rate, padding = shape
+    rng = rng or np.random.default_rng()
+    value = rng.standard_normal((n, h, w, cin)).astype(dtype)
+    filters = rng.standard_normal((3, 3, cout, cin)).astype(dtype)
+    output_shape = (n, *geometry.transpose_output_hw((h, w), (3, 3), rate, padding), cout)
+    return value, filters, output_shape, rate, padding
+
+
+def _run(queue, value, filters, output_shape, rate, padding, tile, forward_filters=False):
+    """The launch layer with ``tile`` into a poisoned output; also its plan's main kernel."""
+    if forward_filters:
+        args = launch.forward_as_transpose(check_conv_args(value.shape, filters.shape, rate, padding))
+    else:
+        args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
+    out = poisoned(queue, args.output_shape, value.dtype)
+    launch.transpose(queue, cl_array.to_device(queue, value), cl_array.to_device(queue, filters),
+                     out, args, tile, forward_filters)
+    p = launch.launch_plan(queue.context, queue.device, value.dtype, args, tile, forward_filters)
+    return out.get(), p.main_kernel
+
+
+def _fits(queue, tile, cin):
+    if tiles.winograd_local_bytes(tile, cin) > queue.device.local_mem_size:
+        pytest.skip(f"{queue.device.name}: {queue.device.local_mem_size} bytes of local memory")
+
+
+@pytest.mark.parametrize("tile", TILES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_every_winograd_tile_matches_the_reference(queue, shape, tile):
+    _fits(queue, tile, shape[3])
+    value, filters, output_shape, rate, padding = _problem(shape)
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    got, kernel = _run(queue, value, filters, output_shape, rate, padding, tile)
+    assert kernel == "winograd_transpose"
+    assert_close(got, want, context=f"tile {tile}")
+
+
+def test_huge_rates_and_views(queue):
+    """A rate past the image (the kernel is built with a small equivalent: phases of one
+    row and column) and arrays that start inside their buffers."""
+    tile = Tile(2, 16, 1, True)
+    rng = np.random.default_rng()
+    value, filters, output_shape, _, _ = _problem((2, 5, 6, 3, 4, 1, "SAME"), rng=rng)
+    rate = 9
+    args = check_transpose_args(value.shape, filters.shape, (2, 5, 6, 4), rate, "SAME")
+    want = reference.atrous_conv2d_transpose(value, filters, (2, 5, 6, 4), rate, "SAME")
+    whole_v = cl_array.to_device(queue, np.concatenate([value[:1], value]))
+    whole_f = cl_array.to_device(queue, np.concatenate([filters[:1], filters]))
+    whole_o = poisoned(queue, (3, 5, 6, 4), np.float32)
+    launch.transpose(queue, whole_v[1:], whole_f[1:], whole_o[1:], args, tile)
+    got = whole_o.get()
+    assert_close(got[1:], want)
+    assert np.isnan(got[0]).all()  # nothing written before the view
+
+
+NON_FINITE_AT = [(0, 0, 5, 1), (2, 2, 0, 0), (1, 1, 12, 2), (2, 1, 9, 1), (0, 2, 17, 0)]
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=str)
+@pytest.mark.parametrize("where", NON_FINITE_AT, ids=lambda w: "a%db%dc%do%d" % w)
+def test_a_non_finite_weight_reaches_only_its_taps_outputs(queue, where, bad):
+    """Winograd spreads a non-finite weight over its block and times the zeros outside
+    the image; the direct-sum fallback must give exactly the op's terms: NaN and Inf
+    only where the reference has them, and the other outputs right."""
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 7, 11, 3)).astype(np.float32)
+    filters = rng.standard_normal((3, 3, 18, 3)).astype(np.float32)
+    filters[where] = bad
+    want = reference.atrous_conv2d_transpose(value, filters, (2, 7, 11, 18), 2, "SAME")
+    assert not np.isfinite(want).all() and np.isfinite(want).any()
+    for tile in (Tile(2, 16, 1, True), Tile(3, 8, 2, True)):
+        got, _ = _run(queue, value, filters, (2, 7, 11, 18), 2, "SAME", tile)
+        assert_close(got, want, context=f"tile {tile}")
+
+
+def test_non_finite_inputs_stay_where_they_land(queue):
+    """An Inf or NaN input reaches the outputs whose windows hold it (with Inf - Inf
+    and Inf * 0 = NaN as the direct sum has them), not the rest of its block."""
+    rng = np.random.default_rng()
+    value = rng.standard_normal((1, 8, 12, 2)).astype(np.float32)
+    value[0, :, 0, 0] = np.inf
+    value[0, :, -1, 1] = np.nan
+    value[0, 3, 5, 0] = -np.inf
+    value[0, 4, 5, 0] = np.inf
+    filters = rng.standard_normal((3, 3, 4, 2)).astype(np.float32)
+    filters[1, 1, 2, 0] = 0.0  # Inf * 0: NaN where the centre tap meets an Inf
+    for rate, padding in ((1, "SAME"), (2, "VALID"), (3, "SAME")):
+        output_shape = (1, *geometry.transpose_output_hw((8, 12), (3, 3), rate, padding), 4)
+        want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+        got, _ = _run(queue, value, filters, output_shape, rate, padding, Tile(2, 16, 1, True))
+        assert_close(got, want, context=f"rate {rate} {padding}")
+
+
+def test_an_overflowing_transform_takes_the_direct_sum(queue):
+    """Inputs near float32's largest value overflow the input transform (d1 + d2) where
+    the direct sum does not (+w and -w taps cancel): the fallback's sum is the direct
+    kernel's, bit for bit, and finite."""
+    big = np.float32(3e38)
+    value = np.zeros((1, 4, 4, 1), np.float32)
+    value[0, :, 1:3, 0] = big
+    filters = np.zeros((3, 3, 2, 1), np.float32)  # two channels: one is the one-channel kernel's
+    filters[1, 0, :, 0], filters[1, 1, :, 0] = 1.0, -1.0  # out[p, q] = value[p, q + 1] - value[p, q]
+    output_shape = (1, 4, 4, 2)
+    direct, _ = _run(queue, value, filters, output_shape, 1, "SAME", Tile(4, 1))
+    assert np.isfinite(direct).all()
+    got, kernel = _run(queue, value, filters, output_shape, 1, "SAME", Tile(2, 8, 1, True))
+    assert kernel == "winograd_transpose"
+    np.testing.assert_array_equal(got, direct)
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_the_forward_op_multiplies_the_zero_padding(queue, padding):
+    """The forward conv runs this kernel with the taps flipped (FORWARD_FILTERS); with
+    SAME, TF multiplies its zero padding by the weights, so an Inf weight makes NaN
+    there, and the fallback must add those terms too."""
+    rng = np.random.default_rng()
+    value = rng.standard_normal((1, 9, 10, 3)).astype(np.float32)
+    filters = rng.standard_normal((3, 3, 3, 6)).astype(np.float32)  # [kh, kw, in, out]
+    want = reference.atrous_conv2d(value, filters, 2, padding)
+    got, kernel = _run(queue, value, filters, None, 2, padding, Tile(2, 16, 1, True), True)
+    assert kernel == "winograd_transpose"
+    assert_close(got, want)
+    filters[0, 2, 1, 4] = np.inf
+    want = reference.atrous_conv2d(value, filters, 2, padding)
+    got, _ = _run(queue, value, filters, None, 2, padding, Tile(2, 16, 1, True), True)
+    assert_close(got, want)
+
+
+def test_float16_widened_on_cpus(queue):
+    """float16 on a CPU is widened to float32 before the main kernel, Winograd's too;
+    loaded as stored (GPUs), a Winograd tile runs the direct kernel instead."""
+    value, filters, output_shape, rate, padding = _problem(SHAPES[0], np.float16)
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    got, kernel = _run(queue, value, filters, output_shape, rate, padding, Tile(2, 16, 1, True))
+    assert_close(got, want, np.float16)
+    wide = launch.widens_inputs(queue.device, np.float16)
+    assert kernel == ("winograd_transpose" if wide else "atrous_conv2d_transpose")
+
+
+def test_without_room_or_3x3_the_direct_kernel_runs(queue):
+    """A Winograd tile whose work-group needs more local memory than the device has, or
+    in float64, runs the direct kernel (a tuning file from another machine may name one)."""
+    cin = queue.device.local_mem_size // (4 * 16 * 2) + 1
+    args = check_transpose_args((1, 4, 4, cin), (3, 3, 2, cin), (1, 4, 4, 2), 1, "SAME")
+    p = launch.launch_plan(queue.context, queue.device, np.float32, args, Tile(2, 16, 1, True))
+    assert p.main_kernel == "atrous_conv2d_transpose"
+    args = check_transpose_args((1, 4, 4, 3), (3, 3, 2, 3), (1, 4, 4, 2), 1, "SAME")
+    for dtype in (np.float64, np.float16):
+        if dtype == np.float16 and launch.widens_inputs(queue.device, dtype):
+            continue
+        p = launch.plan(queue.context, queue.device, np.dtype(dtype), args, Tile(2, 16, 1, True),
+                        False, False)
+        assert p.main_kernel == "atrous_conv2d_transpose"
+
+
+def test_winograd_tile_needs_3x3_float32_and_room():
+    cpu = stub_device(type=cl.device_type.CPU, local_mem_size=256 << 10,
+                      platform=type("P", (), {"name": "Intel(R) OpenCL"})(), name="Intel(R) Xeon")
+    assert tiles.winograd_tile(cpu, np.float32, (3, 3, 64, 64)) == Tile(8, 16, 2, True)
+    assert tiles.winograd_tile(cpu, np.float32, (3, 3, 16, 32)) == Tile(8, 16, 1, True)
+    assert tiles.winograd_tile(cpu, np.float16, (3, 3, 64, 64)) is not None  # widened
+    for dtype, shape in ((np.float64, (3, 3, 8, 8)), (np.float32, (5, 5, 8, 8)),
+                         (np.float32, (3, 1, 8, 8)), (np.float32, (3, 3, 8, 4096))):
+        assert tiles.winograd_tile(cpu, dtype, shape) is None, (dtype, shape)
+    gpu = stub_device(local_mem_size=48 << 10)
+    assert tiles.winograd_tile(gpu, np.float16, (3, 3, 8, 8)) is None  # not widened there
+    assert Tile.parse("8x16x2w") == Tile(8, 16, 2, True) and str(Tile(8, 16, 2, True)) == "8x16x2w"
+    assert Tile.parse("8x16") == Tile(8, 16)
+
+
+def test_the_default_takes_winograd_on_cpus_unless_turned_off(queue, monkeypatch):
+    """3x3 float32 problems of two rows and columns per phase or more take the Winograd
+    kernel on CPUs; ATROUS_CL_WINOGRAD=0 turns it off for problems not yet run."""
+    args = check_transpose_args((1, 8, 8, 4), (3, 3, 5, 4), (1, 8, 8, 5), 2, "SAME")
+    cpu = bool(queue.device.type & cl.device_type.CPU)
+    want = tiles.winograd_tile(queue.device, np.float32, args.filters_shape) if cpu else None
+    assert tiles.default_for(queue.device, np.float32, args) == (
+        want or tiles.default_tile(queue.device, np.float32, 5))
+    one_row = check_transpose_args((1, 8, 8, 4), (3, 3, 5, 4), (1, 8, 8, 5), 8, "SAME")
+    assert not tiles.default_for(queue.device, np.float32, one_row).winograd
+    monkeypatch.setenv("ATROUS_CL_WINOGRAD", "0")
+    assert tiles.default_for(queue.device, np.float32, args) == tiles.default_tile(queue.device,
+                                                                                   np.float32, 5)
+
+
+def test_the_op_computes_the_same_with_winograd_off(queue, monkeypatch):
+    """The host call with the default tile and with ATROUS_CL_WINOGRAD=0 (a new process
+    stands in: the memos forgotten) agree to float32's bound."""
+    value, filters, output_shape, rate, padding = _problem((2, 12, 14, 20, 24, 2, "SAME"))
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    on = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=queue)
+    monkeypatch.setenv("ATROUS_CL_WINOGRAD", "0")
+    tuning._memo_table = None
+    calls.forget_prepared()
+    off = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=queue)
+    assert_close(on, want)
+    assert_close(off, want)
