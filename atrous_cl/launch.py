@@ -23,7 +23,7 @@ import pyopencl.array as cl_array
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, facts, is_intel_cpu, status_name
-from atrous_cl.tiles import Tile, default_tile, pixel_vector, winograd_local_bytes
+from atrous_cl.tiles import Tile, default_tile, pixel_vector, winograd_local_bytes, winograd_parts
 from atrous_cl.validation import ConvArgs, TransposeArgs
 
 #: The kernel file this layer launches.
@@ -91,9 +91,10 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
 def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
                      forward_filters: bool = False, wide: bool = False) -> tuple[str, ...]:
     """``-D`` options of the Winograd kernel file, as :func:`build_options` for the direct one."""
-    _, _, cout, cin = args.filters_shape
+    kh, kw, cout, cin = args.filters_shape
     return TYPE_OPTIONS[np.dtype(dtype).type] + (
         f"-DTB={tile.pixels}", f"-DBC={tile.channels}", f"-DGV={tile.vectors}",
+        f"-DKH={kh}", f"-DKW={kw}", f"-DSH={-(-kh // 3)}", f"-DSW={-(-kw // 3)}",
         f"-DCIN={cin}", f"-DCINP={-(-cin // tile.channels) * tile.channels}", f"-DCOUT={cout}",
         f"-DCOUTP={tile.padded_channels(cout)}") + dilation_options(*kernel_dilation(args)) + \
         (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ())
@@ -195,10 +196,10 @@ def packed_elements(filters_shape: tuple[int, int, int, int], padded_cout: int,
                     winograd: bool = False) -> int:
     """Elements of ``repack_filters``' buffer: the packed weights, then a row per tap
     saying which are finite, and CIN zeros (the kernel's FINITE and ZEROS); for the
-    Winograd kernel, its 16 transformed taps, then the 9 weights (its DIRECT_AT)."""
+    Winograd kernel, 16 transformed taps per 3x3 part, then the weights (its DIRECT_AT)."""
     kh, kw, _, cin = filters_shape
     if winograd:
-        return (16 + kh * kw) * cin * padded_cout
+        return (16 * -(-kh // 3) * -(-kw // 3) + kh * kw) * cin * padded_cout
     return kh * kw * (cin + 1) * padded_cout + cin
 
 
@@ -217,7 +218,7 @@ def temporaries(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> dict
     elements: widened (float16 -> float32) buffers count twice."""
     widened = 2 if widens_inputs(device, dtype) else 1
     padded = -(-args.filters_shape[2] // 32) * 32  # for the widest tile (16x2)
-    winograd = args.filters_shape[:2] == (3, 3)
+    winograd = winograd_parts(*args.filters_shape[:2]) is not None
     counts = {"the packed filters": widened * max(packed_elements(args.filters_shape, padded),
                                                   packed_elements(args.filters_shape, padded, winograd))}
     if widened > 1:
@@ -306,14 +307,16 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
 
 
 def winograd_runs(device: cl.Device, dtype, args: TransposeArgs, tile: Tile, wide: bool) -> bool:
-    """Whether the Winograd kernel can run a problem with ``tile``: 3x3 filters, float32 or
-    float16 widened (``wide``), and a work-group's local memory within the device's. A
+    """Whether the Winograd kernel can run a problem with ``tile``: filters it splits
+    (:func:`atrous_cl.tiles.winograd_parts`), float32 or float16 widened (``wide``), and
+    a work-group's local memory within the device's. A
     Winograd tile where it cannot (a tuning file from another machine, float16 loaded as
     stored) runs the direct kernel with :func:`atrous_cl.tiles.default_tile` instead."""
     kh, kw, _, cin = args.filters_shape
     dtype = np.dtype(dtype)
-    return ((kh, kw) == (3, 3) and (dtype == np.float32 or (dtype == np.float16 and wide))
-            and winograd_local_bytes(tile, cin) <= facts(device).local_mem)
+    parts = winograd_parts(kh, kw)
+    return (parts is not None and (dtype == np.float32 or (dtype == np.float16 and wide))
+            and winograd_local_bytes(tile, cin, parts) <= facts(device).local_mem)
 
 
 def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: TransposeArgs,

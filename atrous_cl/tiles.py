@@ -22,7 +22,7 @@ class Tile(NamedTuple):
     x ``vectors`` vectors of ``channels`` channels.
 
     With ``winograd``, a tile of the Winograd kernel
-    (``kernels/atrous_conv2d_transpose_winograd.cl``, 3x3 filters): ``pixels``
+    (``kernels/atrous_conv2d_transpose_winograd.cl``): ``pixels``
     blocks of 2x2 output pixels along a row per work-group, times ``vectors``
     vectors of ``channels`` channels per register tile; written ``8x16x2w``.
     """
@@ -126,15 +126,27 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
 
 def default_for(device: cl.Device, dtype, args) -> Tile:
     """The untuned tile of a problem (``args``: :class:`atrous_cl.validation.TransposeArgs`):
-    on a CPU, the Winograd kernel's (:func:`winograd_tile`) where it runs, each phase
-    has two rows and columns or more (a 2x2 block), and :func:`winograd_enabled`;
-    else :func:`default_tile`.
+    on a CPU, the Winograd kernel's (:func:`winograd_tile`) where it runs with at most
+    half the direct sum's multiplies (3x3 filters, 6x6, 9x9, 3x6: one 3x3 part per 9
+    taps or fewer), each phase has two rows and columns or more (a 2x2 block), and
+    :func:`winograd_enabled`; else :func:`default_tile`.
 
-    WINOGRAD_MEASURED
+    Host API, back to back, the Winograd tile's time over the direct default's
+    (``python benchmarks/tile_ab.py DEVICE --workloads ... --tiles ...``, 2026-12-04
+    01:50-02:00 UTC, 9-11 rounds): Intel's runtime float32 A 0.56, B 0.65, C 0.76, E
+    0.80, float16 A 0.69, B 0.60, C 0.65; Debian's PoCL 3.1 A 0.67, B 0.66, C 0.73, E
+    0.91. Tiles of 8 blocks were the fastest or within 3% of it against 4, 12 and 16.
+    5x5 (D: four parts, 64 multiplies for 100, 16 output channels) ran 1.22x (Intel)
+    and 1.12x (PoCL) the direct kernel's time: one channel vector leaves the Winograd
+    products a load per multiply-add, where the direct kernel's window shares its loads
+    among the taps. ``atrous-cl tune`` tries Winograd tiles wherever
+    :func:`winograd_parts` allows them.
     """
     kh, kw, cout, cin = args.filters_shape
     _, oh, ow, _ = args.output_shape
+    parts = winograd_parts(kh, kw)
     if (winograd_enabled() and facts(device).type & cl.device_type.CPU
+            and parts is not None and 8 * parts <= kh * kw
             and min(-(-oh // args.rate), -(-ow // args.rate)) >= 2):
         tile = winograd_tile(device, dtype, args.filters_shape)
         if tile is not None:
@@ -242,28 +254,39 @@ def winograd_enabled() -> bool:
     return os.environ.get("ATROUS_CL_WINOGRAD", "1").strip() != "0"
 
 
-def winograd_local_bytes(tile: Tile, cin: int) -> int:
+def winograd_parts(kh: int, kw: int) -> int | None:
+    """How many 3x3 parts the Winograd kernel splits ``kh`` x ``kw`` filters into, where
+    that saves multiplies: 16 per part and 2x2 outputs against the direct sum's 4 * kh *
+    kw, at most 3/4 of them (3x3: 16 of 36, 5x5: 64 of 100, 7x7: 144 of 196; 2x2 and
+    4x4 would save none, 1xN or Nx1 lose). None where it does not."""
+    parts = -(-kh // 3) * -(-kw // 3)
+    return parts if kh > 1 and kw > 1 and 16 * parts * 4 <= 3 * 4 * kh * kw else None
+
+
+def winograd_local_bytes(tile: Tile, cin: int, parts: int = 1) -> int:
     """The local memory a work-group of the Winograd kernel takes with ``tile``: the
-    input transforms of its blocks (16 per block and input channel, the channels
-    rounded up to a vector) and the products of one register tile's channels."""
+    input transforms of its blocks (16 per block, part of the filters and input
+    channel, the channels rounded up to a vector) and the products of one register
+    tile's channels."""
     cinp = -(-cin // tile.channels) * tile.channels
-    return 4 * 16 * tile.pixels * (cinp + tile.channels * tile.vectors)
+    return 4 * 16 * tile.pixels * (parts * cinp + tile.channels * tile.vectors)
 
 
 def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int = WINOGRAD_BLOCKS) -> Tile | None:
     """The Winograd kernel's tile of ``blocks`` 2x2 blocks for a problem, where that
-    kernel runs: 3x3 filters, float32 or float16 widened to float32 on a CPU
-    (:func:`atrous_cl.launch.widens_inputs`), and a work-group's local memory
-    (:func:`winograd_local_bytes`) within the device's; else None. Channel vectors
-    as wide as :func:`_vector_width` allows, two of them for more output channels
-    than one holds."""
+    kernel runs and saves multiplies (:func:`winograd_parts`): float32 or float16
+    widened to float32 on a CPU (:func:`atrous_cl.launch.widens_inputs`), and a
+    work-group's local memory (:func:`winograd_local_bytes`) within the device's;
+    else None. Channel vectors as wide as :func:`_vector_width` allows, two of them
+    for more output channels than one holds."""
     kh, kw, cout, cin = filters_shape
     dtype = np.dtype(dtype)
     cpu = bool(facts(device).type & cl.device_type.CPU)
-    if (kh, kw) != (3, 3) or not (dtype == np.float32 or (dtype == np.float16 and cpu)):
+    parts = winograd_parts(kh, kw)
+    if parts is None or not (dtype == np.float32 or (dtype == np.float16 and cpu)):
         return None
     width = _vector_width(device, np.float32)
     tile = Tile(blocks, width, 2 if cout > width else 1, True)
-    if winograd_local_bytes(tile, cin) > facts(device).local_mem:
+    if winograd_local_bytes(tile, cin, parts) > facts(device).local_mem:
         return None
     return tile

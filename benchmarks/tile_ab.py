@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     queue = atrous_cl.get_queue(device=args.device)
     dtype = np.dtype(args.dtype)
-    tiles = [Tile(*map(int, t.split("x"))) for t in args.tiles]
+    tiles = [Tile.parse(t) for t in args.tiles]
     rng = np.random.default_rng(0)
     real = tuning.tile_for
     try:

@@ -70,7 +70,7 @@ def main() -> None:
                 if wl.name not in args.workloads:
                     continue
                 default = tiles.default_tile(queue.device, dtype, wl.cout)
-                tile_list = ([tiles.Tile(*map(int, t.split("x"))) for t in args.tiles] if args.tiles
+                tile_list = ([tiles.Tile.parse(t) for t in args.tiles] if args.tiles
                              else tiles.candidates(queue.device, dtype, wl.cout))
                 tile_list = list(dict.fromkeys([default, *tile_list]))
                 ms = sweep(queue, dtype, wl, tile_list, args.rounds)

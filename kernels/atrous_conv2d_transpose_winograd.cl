@@ -1,29 +1,34 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// Transposed atrous (dilated) 2-D convolution with 3x3 filters, stride 1, TF
-// semantics, by Winograd's minimal filtering F(2x2, 3x3) on the phase
-// sub-grids: the same sum as kernels/atrous_conv2d_transpose.cl,
+// Transposed atrous (dilated) 2-D convolution, stride 1, TF semantics, by
+// Winograd's minimal filtering F(2x2, 3x3) on the phase sub-grids: the same
+// sum as kernels/atrous_conv2d_transpose.cl,
 //
 //   out[n, p, q, c] = sum_{a, b, o} value[n, p + PAD_TOP - a*RATE_H, q + PAD_LEFT - b*RATE_W, o]
 //                                   * filters[a, b, c, o]
 //
 // over the taps whose input pixel lies inside value, with 16 multiplies per
-// input and output channel for every 2x2 outputs where that kernel takes 36.
+// input and output channel for every 2x2 outputs where that kernel takes 36
+// (3x3 filters). Larger filters are split into SH x SW filters of 3x3 (the
+// taps flipped and zero-padded to 3 SH x 3 SW), whose products add up in the
+// same sums: 5x5 takes 4 x 16 = 64 multiplies per 2x2 outputs for 100.
 //
 // The output pixels of one phase, p = ph + RATE_H * i, read the input rows
 // ph + PAD_TOP + RATE_H * (i - a) only: an undilated 3x3 correlation on that
-// sub-grid with the taps flipped, g[k][l] = filters[2 - k, 2 - l]. A block of
-// 2x2 such outputs (RATE apart) reads a 4x4 block of inputs d, rows p0 +
-// PAD_TOP - (2 - m) * RATE_H, and is A^T [(G g G^T) . (B^T d B)] A.
+// sub-grid with the taps flipped, g[k][l] = filters[KH - 1 - k, KW - 1 - l]. A
+// block of 2x2 such outputs (RATE apart) and a 3x3 part of g, rows 3 sy ..
+// 3 sy + 2 and columns 3 sx .. 3 sx + 2, read a 4x4 block of inputs d, rows p0
+// + PAD_TOP - (KH - 1 - 3 sy - m) * RATE_H, and add A^T [(G g G^T) . (B^T d B)] A.
 //
-// repack_filters writes U = G g G^T as wt[16][CIN][COUTP] (output channels
-// innermost, zero-padded to COUTP, a multiple of BC * GV) and, after it, the
-// filters themselves as wt[9][CIN][COUTP] for the fallback below.
+// repack_filters writes U = G g G^T as wt[16][SH * SW][CIN][COUTP] (output
+// channels innermost, zero-padded to COUTP, a multiple of BC * GV) and, after
+// it, the filters themselves as wt[KH * KW][CIN][COUTP] for the fallback below.
 //
 // One work-item per work-group (CPUs: a work-group runs on one core) computes
 // TB blocks along a row of one phase, for every output channel:
-//   1. the input transform V = B^T d B of its TB blocks, every input channel,
-//      into local memory, vl[16][TB][CINP] (adds only, BC channels at a time);
+//   1. the input transform V = B^T d B of its TB blocks, every part of the
+//      filters and input channel, into local memory, vl[16][TB][SH * SW *
+//      CINP] (adds only, BC channels at a time);
 //   2. per BC * GV output channels, 16 products M[k] = V[k] U[k] (a register
 //      tile of TB blocks x GV vectors of BC channels: GV + TB loads feed
 //      TB * GV multiply-adds, as in the direct kernel's tile) into ml;
@@ -45,8 +50,9 @@
 // a non-zero one in the rows of G g G^T it meets, and IEEE adds and
 // multiplies never turn a non-finite operand finite (Inf * 0 and Inf - Inf
 // are NaN). An intermediate that overflows is Inf, so its outputs take the
-// fallback too. Each output's Winograd value reads only the inputs in its
-// own window (the rows above), never a neighbour's.
+// fallback too; so does a non-finite input under a padding tap of a split
+// filter (zero times it). Each output's Winograd value reads only the inputs
+// in its own window (the rows above), never a neighbour's.
 //
 // Accuracy: float32 relative errors like the direct sum's on the tests'
 // data (docs/performance.md). Its rounding error is bounded by the inputs
@@ -61,6 +67,7 @@
 //               WIDE_INPUTS: value arrives widened to ACC); USE_HALF as in prelude
 //   BC          channels per vector (8 or 16); GV vectors per register tile
 //   TB          2x2 blocks per work-group
+//   KH, KW      the filters' size; SH, SW = ceil(KH / 3), ceil(KW / 3)
 //   CIN, COUT, COUTP, CINP (CIN rounded up to BC), RATE_H, RATE_W, PAD_TOP,
 //   PAD_LEFT    as in the direct kernel (rates and pads long literals)
 //   FORWARD_FILTERS, WIDE_INPUTS    as in the direct kernel
@@ -86,7 +93,9 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 #define LOADV_LOCAL(p, i) CAT(vload, BC)(0, (p) + (i))
 #define STOREV_LOCAL(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
 
-#define DIRECT_AT (16L * CIN * COUTP)
+#define PARTS (SH * SW)
+#define KP (PARTS * CINP)  // a row of vl: every part's input channels
+#define DIRECT_AT (16L * PARTS * CIN * COUTP)
 
 // wide[i] = x[x_off + i] in ACC. Global size: the element count.
 __kernel void widen(__global const T *restrict x, const long x_off, __global ACC *restrict wide)
@@ -95,45 +104,55 @@ __kernel void widen(__global const T *restrict x, const long x_off, __global ACC
     wide[i] = (ACC)LOAD(x, x_off + i);
 }
 
-// wt[k][o][c] = (G g G^T)[k] for output channel c and input channel o, then
-// wt[DIRECT_AT + (tap * CIN + o) * COUTP + c] = filters[tap, c, o]; 0 for
-// COUT <= c < COUTP. With FORWARD_FILTERS the filters are the forward
-// atrous_conv2d's, [3, 3, CIN, COUT], read with the taps flipped, as the
-// direct kernel's repack_filters does. Global size (COUTP, CIN).
+// wt[k][part][o][c] = (G g G^T)[k] of one 3x3 part of the flipped filters
+// for output channel c and input channel o, then wt[DIRECT_AT + (tap * CIN +
+// o) * COUTP + c] = filters[tap, c, o]; 0 for COUT <= c < COUTP. With
+// FORWARD_FILTERS the filters are the forward atrous_conv2d's, [KH, KW, CIN,
+// COUT], read with the taps flipped, as the direct kernel's repack_filters
+// does. Global size (COUTP, CIN).
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
                              __global ACC *restrict wt)
 {
     const int c = (int)get_global_id(0);
     const int o = (int)get_global_id(1);
-    ACC g[3][3];
-    // Two loops, no tap / 3 and tap % 3: clang pairs those through an LLVM
+    ACC gp[3 * SH][3 * SW];  // the flipped taps, zero-padded
+    for (int k = 0; k < 3 * SH; ++k)
+        for (int l = 0; l < 3 * SW; ++l)
+            gp[k][l] = (ACC)0;
+    // Two loops, no tap / KW and tap % KW: clang pairs those through an LLVM
     // 'freeze', which Oclgrind's uninitialised-value checker cannot run.
-    for (int a = 0; a < 3; ++a)
-        for (int b = 0; b < 3; ++b) {
-            const int tap = a * 3 + b;
+    for (int a = 0; a < KH; ++a)
+        for (int b = 0; b < KW; ++b) {
+            const int tap = a * KW + b;
 #ifdef FORWARD_FILTERS
-            const long from = filters_off + ((8 - tap) * CIN + o) * (long)COUT + c;
+            const long from = filters_off + ((KH * KW - 1 - tap) * CIN + o) * (long)COUT + c;
 #else
             const long from = filters_off + (tap * (long)COUT + c) * CIN + o;
 #endif
             const ACC w = c < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
             wt[DIRECT_AT + (tap * (long)CIN + o) * COUTP + c] = w;
-            g[2 - a][2 - b] = w;  // flipped: the sub-grid correlation's taps
+            gp[KH - 1 - a][KW - 1 - b] = w;  // flipped: the sub-grid correlation's taps
         }
-    // G g, then (G g) G^T; G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
-    ACC gg[4][3];
-    for (int l = 0; l < 3; ++l) {
-        gg[0][l] = g[0][l];
-        gg[1][l] = (ACC)0.5 * (g[0][l] + g[1][l] + g[2][l]);
-        gg[2][l] = (ACC)0.5 * (g[0][l] - g[1][l] + g[2][l]);
-        gg[3][l] = g[2][l];
-    }
-    for (int k = 0; k < 4; ++k) {
-        const ACC r[4] = {gg[k][0], (ACC)0.5 * (gg[k][0] + gg[k][1] + gg[k][2]),
-                          (ACC)0.5 * (gg[k][0] - gg[k][1] + gg[k][2]), gg[k][2]};
-        for (int l = 0; l < 4; ++l)
-            wt[((k * 4 + l) * (long)CIN + o) * COUTP + c] = r[l];
-    }
+    for (int sy = 0; sy < SH; ++sy)
+        for (int sx = 0; sx < SW; ++sx) {
+            // G g, then (G g) G^T for the part g; G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+            ACC gg[4][3];
+            for (int l = 0; l < 3; ++l) {
+                const ACC g0 = gp[3 * sy][3 * sx + l], g1 = gp[3 * sy + 1][3 * sx + l],
+                          g2 = gp[3 * sy + 2][3 * sx + l];
+                gg[0][l] = g0;
+                gg[1][l] = (ACC)0.5 * (g0 + g1 + g2);
+                gg[2][l] = (ACC)0.5 * (g0 - g1 + g2);
+                gg[3][l] = g2;
+            }
+            const long part = sy * SW + sx;
+            for (int k = 0; k < 4; ++k) {
+                const ACC r[4] = {gg[k][0], (ACC)0.5 * (gg[k][0] + gg[k][1] + gg[k][2]),
+                                  (ACC)0.5 * (gg[k][0] - gg[k][1] + gg[k][2]), gg[k][2]};
+                for (int l = 0; l < 4; ++l)
+                    wt[(((k * 4 + l) * PARTS + part) * CIN + o) * COUTP + c] = r[l];
+            }
+        }
 }
 
 #define NONFINITE(v) any(isinf(v) | isnan(v))
@@ -146,7 +165,7 @@ VACC direct_sum(__global const VALUE_T *restrict value, const long value_off,
 {
     __global const ACC *w = wt + DIRECT_AT + c;
     VACC acc = (VACC)0;
-    for (int a = 0; a < 3; ++a) {
+    for (int a = 0; a < KH; ++a) {
         const long i = p + PAD_TOP - a * RATE_H;
         const bool row_inside = i >= 0 && i < H;
 #ifndef FORWARD_FILTERS
@@ -154,9 +173,9 @@ VACC direct_sum(__global const VALUE_T *restrict value, const long value_off,
             continue;
 #endif
         for (int o = 0; o < CIN; ++o)
-            for (int b = 0; b < 3; ++b) {
+            for (int b = 0; b < KW; ++b) {
                 const long j = q + PAD_LEFT - b * RATE_W;
-                const VACC wv = LOADV_ACC_ALIGNED(w, ((a * 3L + b) * CIN + o) * COUTP);
+                const VACC wv = LOADV_ACC_ALIGNED(w, (((long)a * KW + b) * CIN + o) * COUTP);
                 if (row_inside && j >= 0 && j < W)
                     acc += (ACC)LOAD_VALUE(value, value_off + ((n * H + i) * W + j) * CIN + o) * wv;
 #ifdef FORWARD_FILTERS
@@ -179,7 +198,7 @@ __kernel void winograd_transpose(
     __global T *restrict out, const long out_off,
     const int H, const int W, const int OH, const int OW)
 {
-    __local ACC vl[16 * TB * CINP];
+    __local ACC vl[16 * TB * KP];
     __local ACC ml[16 * TB * BC * GV];
 
     // Remainders written out (see the direct kernel).
@@ -193,28 +212,27 @@ __kernel void winograd_transpose(
     const long row_block = row_item / phases_h;
     const long p0 = row_item - row_block * phases_h + row_block * 2 * RATE_H;
 
-    // 1. V = B^T d B for every block and input channel. d[m][m'] is the input
-    // at row p0 + PAD_TOP - (2 - m) * RATE_H, column q0 + (2 t + m' - 2) * RATE_W
-    // + PAD_LEFT for block t; 0 outside value (the fallback repairs what a
-    // zero times a non-finite weight does). Input channels past CIN are 0.
-    long rows[4];
-    bool row_in[4];
-#pragma unroll
-    for (int m = 0; m < 4; ++m) {
-        rows[m] = p0 + PAD_TOP - (2 - m) * RATE_H;
-        row_in[m] = rows[m] >= 0 && rows[m] < H;
-    }
+    // 1. V = B^T d B for every block, part and input channel. d[m][m'] is the
+    // input at row p0 + PAD_TOP - (KH - 1 - 3 sy - m) * RATE_H, column q0 + (2 t
+    // + m' - (KW - 1 - 3 sx)) * RATE_W + PAD_LEFT for block t and part (sy, sx);
+    // 0 outside value (the fallback repairs what a zero times a non-finite
+    // weight does). Input channels past CIN are 0.
+    for (int part = 0; part < PARTS; ++part)
     for (int t = 0; t < TB; ++t) {
+        const int sy = part / SW;
+        const int sx = part - sy * SW;
         long at[16];
         bool in[16];
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
+        for (int m = 0; m < 4; ++m) {
+            const long i = p0 + PAD_TOP - (KH - 1 - 3 * sy - m) * RATE_H;
 #pragma unroll
             for (int mm = 0; mm < 4; ++mm) {
-                const long j = q0 + (2 * t + mm - 2) * RATE_W + PAD_LEFT;
-                in[m * 4 + mm] = row_in[m] && j >= 0 && j < W;
-                at[m * 4 + mm] = value_off + ((n * H + rows[m]) * W + j) * CIN;
+                const long j = q0 + (2 * t + mm - (KW - 1 - 3 * sx)) * RATE_W + PAD_LEFT;
+                in[m * 4 + mm] = i >= 0 && i < H && j >= 0 && j < W;
+                at[m * 4 + mm] = value_off + ((n * H + i) * W + j) * CIN;
             }
+        }
         for (int o = 0; o < CINP; o += BC) {
             VACC d[16];
             if (o + BC <= CIN) {
@@ -241,13 +259,13 @@ __kernel void winograd_transpose(
                 e[3 * 4 + l] = d[1 * 4 + l] - d[3 * 4 + l];
             }
             // (B^T d) B, on rows.
-            __local ACC *to = vl + t * CINP + o;
+            __local ACC *to = vl + t * KP + part * CINP + o;
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                STOREV_LOCAL(to, (k * 4 + 0) * TB * CINP, e[k * 4 + 0] - e[k * 4 + 2]);
-                STOREV_LOCAL(to, (k * 4 + 1) * TB * CINP, e[k * 4 + 1] + e[k * 4 + 2]);
-                STOREV_LOCAL(to, (k * 4 + 2) * TB * CINP, e[k * 4 + 2] - e[k * 4 + 1]);
-                STOREV_LOCAL(to, (k * 4 + 3) * TB * CINP, e[k * 4 + 1] - e[k * 4 + 3]);
+                STOREV_LOCAL(to, (k * 4 + 0) * TB * KP, e[k * 4 + 0] - e[k * 4 + 2]);
+                STOREV_LOCAL(to, (k * 4 + 1) * TB * KP, e[k * 4 + 1] + e[k * 4 + 2]);
+                STOREV_LOCAL(to, (k * 4 + 2) * TB * KP, e[k * 4 + 2] - e[k * 4 + 1]);
+                STOREV_LOCAL(to, (k * 4 + 3) * TB * KP, e[k * 4 + 1] - e[k * 4 + 3]);
             }
         }
     }
@@ -261,19 +279,21 @@ __kernel void winograd_transpose(
 #pragma unroll
                 for (int g = 0; g < GV; ++g)
                     acc[t][g] = (VACC)0;
-            __global const ACC *uk = wt + (long)k * CIN * COUTP + cb;
-            __local const ACC *vk = vl + k * TB * CINP;
-            for (int o = 0; o < CIN; ++o) {
-                VACC w[GV];
-#pragma unroll
-                for (int g = 0; g < GV; ++g)
-                    w[g] = LOADV_ACC_ALIGNED(uk, (long)o * COUTP + g * BC);
-#pragma unroll
-                for (int t = 0; t < TB; ++t) {
-                    const ACC x = vk[t * CINP + o];
+            for (int part = 0; part < PARTS; ++part) {
+                __global const ACC *uk = wt + ((long)k * PARTS + part) * CIN * COUTP + cb;
+                __local const ACC *vk = vl + k * TB * KP + part * CINP;
+                for (int o = 0; o < CIN; ++o) {
+                    VACC w[GV];
 #pragma unroll
                     for (int g = 0; g < GV; ++g)
-                        acc[t][g] += x * w[g];
+                        w[g] = LOADV_ACC_ALIGNED(uk, (long)o * COUTP + g * BC);
+#pragma unroll
+                    for (int t = 0; t < TB; ++t) {
+                        const ACC x = vk[t * KP + o];
+#pragma unroll
+                        for (int g = 0; g < GV; ++g)
+                            acc[t][g] += x * w[g];
+                    }
                 }
             }
 #pragma unroll

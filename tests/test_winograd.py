@@ -22,24 +22,27 @@ from atrous_cl import calls, geometry, launch, reference, tiles, tuning
 from atrous_cl.tiles import Tile
 from atrous_cl.validation import check_conv_args, check_transpose_args
 
-#: n, h, w, cin, cout, rate, padding
+#: n, h, w, cin, cout, rate, padding, kh, kw
 SHAPES = [
-    (1, 9, 13, 3, 5, 2, "SAME"),      # odd sizes: blocks past the bottom and right edges
-    (2, 6, 7, 17, 20, 1, "VALID"),    # rate 1, input channels past a vector, two vectors
-    (1, 10, 23, 4, 33, 3, "SAME"),    # phases of 8 and 7 columns, cout past two vectors
-    (3, 4, 6, 2, 3, 4, "SAME"),       # phases one column wide, half-empty blocks
-    (1, 5, 40, 16, 16, 5, "VALID"),   # whole vectors in and out, rows of one phase each
+    (1, 9, 13, 3, 5, 2, "SAME", 3, 3),      # odd sizes: blocks past the bottom and right edges
+    (2, 6, 7, 17, 20, 1, "VALID", 3, 3),    # rate 1, input channels past a vector, two vectors
+    (1, 10, 23, 4, 33, 3, "SAME", 3, 3),    # phases of 8 and 7 columns, cout past two vectors
+    (3, 4, 6, 2, 3, 4, "SAME", 3, 3),       # phases one column wide, half-empty blocks
+    (1, 5, 40, 16, 16, 5, "VALID", 3, 3),   # whole vectors in and out, rows of one phase each
+    (1, 11, 9, 5, 6, 2, "SAME", 5, 5),      # four 3x3 parts, the last row and column padding
+    (2, 7, 10, 3, 17, 1, "VALID", 3, 5),    # two parts along the row only
+    (1, 12, 12, 2, 3, 2, "SAME", 7, 7),     # nine parts
 ]
 #: Winograd tiles: blocks x channels (x vectors). 8-channel vectors are PoCL-AVX2's.
 TILES = [Tile(2, 16, 1, True), Tile(4, 16, 2, True), Tile(3, 8, 2, True), Tile(1, 8, 1, True)]
 
 
 def _problem(shape, dtype=np.float32, rng=None):
-    n, h, w, cin, cout, rate, padding = shape
+    n, h, w, cin, cout, rate, padding, kh, kw = shape
     rng = rng or np.random.default_rng()
     value = rng.standard_normal((n, h, w, cin)).astype(dtype)
-    filters = rng.standard_normal((3, 3, cout, cin)).astype(dtype)
-    output_shape = (n, *geometry.transpose_output_hw((h, w), (3, 3), rate, padding), cout)
+    filters = rng.standard_normal((kh, kw, cout, cin)).astype(dtype)
+    output_shape = (n, *geometry.transpose_output_hw((h, w), (kh, kw), rate, padding), cout)
     return value, filters, output_shape, rate, padding
 
 
@@ -56,15 +59,15 @@ def _run(queue, value, filters, output_shape, rate, padding, tile, forward_filte
     return out.get(), p.main_kernel
 
 
-def _fits(queue, tile, cin):
-    if tiles.winograd_local_bytes(tile, cin) > queue.device.local_mem_size:
+def _fits(queue, tile, cin, kh=3, kw=3):
+    if tiles.winograd_local_bytes(tile, cin, tiles.winograd_parts(kh, kw)) > queue.device.local_mem_size:
         pytest.skip(f"{queue.device.name}: {queue.device.local_mem_size} bytes of local memory")
 
 
 @pytest.mark.parametrize("tile", TILES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_every_winograd_tile_matches_the_reference(queue, shape, tile):
-    _fits(queue, tile, shape[3])
+    _fits(queue, tile, shape[3], *shape[7:])
     value, filters, output_shape, rate, padding = _problem(shape)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
     got, kernel = _run(queue, value, filters, output_shape, rate, padding, tile)
@@ -77,7 +80,7 @@ def test_huge_rates_and_views(queue):
     row and column) and arrays that start inside their buffers."""
     tile = Tile(2, 16, 1, True)
     rng = np.random.default_rng()
-    value, filters, output_shape, _, _ = _problem((2, 5, 6, 3, 4, 1, "SAME"), rng=rng)
+    value, filters, output_shape, _, _ = _problem((2, 5, 6, 3, 4, 1, "SAME", 3, 3), rng=rng)
     rate = 9
     args = check_transpose_args(value.shape, filters.shape, (2, 5, 6, 4), rate, "SAME")
     want = reference.atrous_conv2d_transpose(value, filters, (2, 5, 6, 4), rate, "SAME")
@@ -196,7 +199,10 @@ def test_winograd_tile_needs_3x3_float32_and_room():
     assert tiles.winograd_tile(cpu, np.float32, (3, 3, 64, 64)) == Tile(8, 16, 2, True)
     assert tiles.winograd_tile(cpu, np.float32, (3, 3, 16, 32)) == Tile(8, 16, 1, True)
     assert tiles.winograd_tile(cpu, np.float16, (3, 3, 64, 64)) is not None  # widened
-    for dtype, shape in ((np.float64, (3, 3, 8, 8)), (np.float32, (5, 5, 8, 8)),
+    assert tiles.winograd_tile(cpu, np.float32, (5, 5, 16, 16)) == Tile(8, 16, 1, True)
+    assert [tiles.winograd_parts(k, k) for k in range(1, 10)] == [None, None, 1, None, 4, 4, 9, 9, 9]
+    assert tiles.winograd_parts(3, 5) == 2 and tiles.winograd_parts(1, 3) is None
+    for dtype, shape in ((np.float64, (3, 3, 8, 8)), (np.float32, (4, 4, 8, 8)),
                          (np.float32, (3, 1, 8, 8)), (np.float32, (3, 3, 8, 4096))):
         assert tiles.winograd_tile(cpu, dtype, shape) is None, (dtype, shape)
     gpu = stub_device(local_mem_size=48 << 10)
@@ -215,6 +221,10 @@ def test_the_default_takes_winograd_on_cpus_unless_turned_off(queue, monkeypatch
         want or tiles.default_tile(queue.device, np.float32, 5))
     one_row = check_transpose_args((1, 8, 8, 4), (3, 3, 5, 4), (1, 8, 8, 5), 8, "SAME")
     assert not tiles.default_for(queue.device, np.float32, one_row).winograd
+    five = check_transpose_args((1, 8, 8, 4), (5, 5, 5, 4), (1, 8, 8, 5), 2, "SAME")
+    assert not tiles.default_for(queue.device, np.float32, five).winograd  # 64 of 100: slower
+    six = check_transpose_args((1, 8, 8, 4), (6, 6, 5, 4), (1, 8, 8, 5), 2, "SAME")
+    assert tiles.default_for(queue.device, np.float32, six).winograd == (want is not None)
     monkeypatch.setenv("ATROUS_CL_WINOGRAD", "0")
     assert tiles.default_for(queue.device, np.float32, args) == tiles.default_tile(queue.device,
                                                                                    np.float32, 5)
@@ -223,7 +233,7 @@ def test_the_default_takes_winograd_on_cpus_unless_turned_off(queue, monkeypatch
 def test_the_op_computes_the_same_with_winograd_off(queue, monkeypatch):
     """The host call with the default tile and with ATROUS_CL_WINOGRAD=0 (a new process
     stands in: the memos forgotten) agree to float32's bound."""
-    value, filters, output_shape, rate, padding = _problem((2, 12, 14, 20, 24, 2, "SAME"))
+    value, filters, output_shape, rate, padding = _problem((2, 12, 14, 20, 24, 2, "SAME", 3, 3))
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
     on = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=queue)
     monkeypatch.setenv("ATROUS_CL_WINOGRAD", "0")
