@@ -231,13 +231,13 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
     """The tiles :func:`tune` tries: pixels 2-16 x a channel vector up to the useful
     width, and 4 or 8 pixels x two 16-channel vectors where :func:`default_tile` may
     take them; with ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks
-    where it runs (:func:`winograd_tile`)."""
+    where it runs (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`)."""
     widest = _max_channels(device, dtype, cout)
     tiles = [Tile(px, ch) for px in (2, 4, 8, 16) for ch in (1, 2, 4, 8, 16)
              if ch <= widest and px * ch <= 128]
     if widest == 16 and cout > 16 and _several_vectors(device, dtype):
         tiles += [Tile(4, 16, 2), Tile(8, 16, 2)]
-    if filters_shape is not None:
+    if filters_shape is not None and winograd_enabled():
         tiles += [t for t in (winograd_tile(device, dtype, filters_shape, blocks)
                               for blocks in (4, 8)) if t is not None]
     return tiles
@@ -248,9 +248,9 @@ WINOGRAD_BLOCKS = 8
 
 
 def winograd_enabled() -> bool:
-    """Whether the default may be the Winograd kernel: unless ``ATROUS_CL_WINOGRAD=0``
-    (read when a problem's tile is first chosen in a process; see
-    :func:`default_for`). Tuned tiles are used as stored."""
+    """Whether the Winograd kernel may run: unless ``ATROUS_CL_WINOGRAD=0`` (read when a
+    problem's tile is first chosen in a process): then neither the default
+    (:func:`default_for`) nor a tuned entry nor ``tune`` takes it (docs/semantics.md)."""
     return os.environ.get("ATROUS_CL_WINOGRAD", "1").strip() != "0"
 
 

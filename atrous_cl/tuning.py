@@ -34,7 +34,8 @@ from atrous_cl.cache import cache_dir, warn_once
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import check_dtype_support, describe, facts
 from atrous_cl.programs import program_source
-from atrous_cl.tiles import Tile, candidates, default_for, default_tile, pixel_vector, pow2_at_least
+from atrous_cl.tiles import (Tile, candidates, default_for, default_tile, pixel_vector, pow2_at_least,
+                             winograd_enabled)
 
 try:
     import fcntl
@@ -197,6 +198,8 @@ def _tuned_tile(table: dict, device: cl.Device, dtype, args) -> Tile | None:
     if entry is None:
         return None
     tile = Tile(*entry["tile"])
+    if tile.winograd and not winograd_enabled():
+        return None  # ATROUS_CL_WINOGRAD=0: the direct sum everywhere, tuned or not
     if tile in candidates(device, dtype, args.filters_shape[2], args.filters_shape):
         return tile
     warn_once(f"atrous-cl ignores the tile {tile} stored for {key} on {device_key(device)} in its "

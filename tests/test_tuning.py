@@ -10,7 +10,7 @@ import pyopencl.array as cl_array
 import pytest
 from conftest import assert_close, poisoned, skip_unsupported, stub_device
 
-from atrous_cl import cache, discovery, geometry, icd, launch, ops, reference, tiles, tuning
+from atrous_cl import cache, calls, discovery, geometry, icd, launch, ops, reference, tiles, tuning
 from atrous_cl.tiles import Tile
 from atrous_cl.validation import check_transpose_args
 
@@ -113,6 +113,35 @@ def test_a_stored_two_vector_tile_is_read_back_and_used(queue, fresh_cache):
     tuning._loaded = None  # a new process reads it back from disk
     assert tuning.tile_for(queue.device, np.float32, args) == winner
     _run_op(queue, args)
+
+
+def test_a_stored_winograd_tile_is_used_unless_winograd_is_off(queue, fresh_cache, monkeypatch):
+    """A Winograd tile is stored with its flag; a new process reads it back and the op
+    launches the Winograd kernel with it; with ATROUS_CL_WINOGRAD=0 the entry is ignored
+    and the direct kernel runs."""
+    value_shape, filters_shape = (2, 6, 9, 3), (3, 3, 20, 3)
+    winner = tiles.winograd_tile(queue.device, np.float32, filters_shape, 4)
+    if winner is None:
+        pytest.skip(f"{queue.device.name}: no room for the Winograd kernel")
+    args = check_transpose_args(value_shape, filters_shape, (2, 6, 9, 20), 2, "SAME")
+    key = tuning.shape_class(np.float32, value_shape, filters_shape, 2)
+    tuning._store(queue.device, key, winner, {str(winner): 1e-3})
+    saved = json.loads(fresh_cache.read_text())
+    assert saved["devices"][tuning.device_key(queue.device)][key]["tile"][3] is True
+    tuning._loaded = None  # a new process reads it back from disk
+    assert tuning.tile_for(queue.device, np.float32, args) == winner
+    launched = []
+    real_plan = launch.plan
+    monkeypatch.setattr(launch, "plan", lambda *a: launched.append(real_plan(*a)) or launched[-1])
+    _run_op(queue, args)
+    assert [p.main_kernel for p in launched] == ["winograd_transpose"]
+    monkeypatch.setenv("ATROUS_CL_WINOGRAD", "0")
+    tuning._loaded = None
+    calls.forget_prepared()
+    assert not tuning.tile_for(queue.device, np.float32, args).winograd
+    assert winner not in tiles.candidates(queue.device, np.float32, 20, filters_shape)
+    _run_op(queue, args)
+    assert launched[-1].main_kernel == "atrous_conv2d_transpose"
 
 
 def test_one_channel_problems_time_and_store_nothing(queue, fresh_cache, monkeypatch):
