@@ -308,15 +308,15 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
 
 def winograd_runs(device: cl.Device, dtype, args: TransposeArgs, tile: Tile, wide: bool) -> bool:
     """Whether the Winograd kernel can run a problem with ``tile``: filters it splits
-    (:func:`atrous_cl.tiles.winograd_parts`), float32 or float16 widened (``wide``), and
+    (:func:`atrous_cl.tiles.winograd_parts`), float32, float64 or float16 widened (``wide``), and
     a work-group's local memory within the device's. A
     Winograd tile where it cannot (a tuning file from another machine, float16 loaded as
     stored) runs the direct kernel with :func:`atrous_cl.tiles.default_tile` instead."""
     kh, kw, _, cin = args.filters_shape
     dtype = np.dtype(dtype)
     parts = winograd_parts(kh, kw)
-    return (parts is not None and (dtype == np.float32 or (dtype == np.float16 and wide))
-            and winograd_local_bytes(tile, cin, parts) <= facts(device).local_mem)
+    return (parts is not None and (dtype != np.float16 or wide)
+            and winograd_local_bytes(tile, cin, parts, dtype) <= facts(device).local_mem)
 
 
 def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: TransposeArgs,
@@ -329,7 +329,8 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
     options = winograd_options(dtype, args, tile, forward_filters, wide)
     kernels, lock = programs.get_kernels(context, WINOGRAD_FILE, options)
     packed = packed_elements(args.filters_shape, tile.padded_channels(cout), winograd=True)
-    return Plan(kernels, "winograd_transpose", lock, options, wide, packed * 4,
+    itemsize = 8 if np.dtype(dtype) == np.float64 else 4  # the accumulation type's
+    return Plan(kernels, "winograd_transpose", lock, options, wide, packed * itemsize,
                 ((tile.padded_channels(cout), cin), None),
                 winograd_geometry(args.output_shape, tile, dilation[0], dilation[2]),
                 (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),

@@ -263,19 +263,20 @@ def winograd_parts(kh: int, kw: int) -> int | None:
     return parts if kh > 1 and kw > 1 and 16 * parts * 4 <= 3 * 4 * kh * kw else None
 
 
-def winograd_local_bytes(tile: Tile, cin: int, parts: int = 1) -> int:
+def winograd_local_bytes(tile: Tile, cin: int, parts: int = 1, dtype=np.float32) -> int:
     """The local memory a work-group of the Winograd kernel takes with ``tile``: the
     input transforms of its blocks (16 per block, part of the filters and input
     channel, the channels rounded up to a vector) and the products of one register
-    tile's channels."""
+    tile's channels, in the accumulation type (float32 for float16)."""
     cinp = -(-cin // tile.channels) * tile.channels
-    return 4 * 16 * tile.pixels * (parts * cinp + tile.channels * tile.vectors)
+    acc = 8 if np.dtype(dtype) == np.float64 else 4
+    return acc * 16 * tile.pixels * (parts * cinp + tile.channels * tile.vectors)
 
 
 def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int = WINOGRAD_BLOCKS) -> Tile | None:
     """The Winograd kernel's tile of ``blocks`` 2x2 blocks for a problem, where that
-    kernel runs and saves multiplies (:func:`winograd_parts`): float32 or float16
-    widened to float32 on a CPU (:func:`atrous_cl.launch.widens_inputs`), and a
+    kernel runs and saves multiplies (:func:`winograd_parts`): float32, float64, or
+    float16 widened to float32 on a CPU (:func:`atrous_cl.launch.widens_inputs`), and a
     work-group's local memory (:func:`winograd_local_bytes`) within the device's;
     else None. Channel vectors as wide as :func:`_vector_width` allows, two of them
     for more output channels than one holds."""
@@ -283,10 +284,10 @@ def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int = WINOGRA
     dtype = np.dtype(dtype)
     cpu = bool(facts(device).type & cl.device_type.CPU)
     parts = winograd_parts(kh, kw)
-    if parts is None or not (dtype == np.float32 or (dtype == np.float16 and cpu)):
+    if parts is None or not (dtype != np.float16 or cpu):
         return None
-    width = _vector_width(device, np.float32)
+    width = _vector_width(device, np.float64 if dtype == np.float64 else np.float32)
     tile = Tile(blocks, width, 2 if cout > width else 1, True)
-    if winograd_local_bytes(tile, cin, parts) > facts(device).local_mem:
+    if winograd_local_bytes(tile, cin, parts, dtype) > facts(device).local_mem:
         return None
     return tile

@@ -15,7 +15,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, stub_device
+from conftest import assert_close, poisoned, skip_unsupported, stub_device
 
 import atrous_cl
 from atrous_cl import calls, geometry, launch, reference, tiles, tuning
@@ -59,8 +59,9 @@ def _run(queue, value, filters, output_shape, rate, padding, tile, forward_filte
     return out.get(), p.main_kernel
 
 
-def _fits(queue, tile, cin, kh=3, kw=3):
-    if tiles.winograd_local_bytes(tile, cin, tiles.winograd_parts(kh, kw)) > queue.device.local_mem_size:
+def _fits(queue, tile, cin, kh=3, kw=3, dtype=np.float32):
+    parts = tiles.winograd_parts(kh, kw)
+    if tiles.winograd_local_bytes(tile, cin, parts, dtype) > queue.device.local_mem_size:
         pytest.skip(f"{queue.device.name}: {queue.device.local_mem_size} bytes of local memory")
 
 
@@ -166,6 +167,19 @@ def test_the_forward_op_multiplies_the_zero_padding(queue, padding):
     assert_close(got, want)
 
 
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5]], ids=lambda s: "x".join(map(str, s)))
+def test_float64(queue, shape):
+    """float64 sums in double, vectors of 8 (two for more output channels)."""
+    skip_unsupported(queue, np.float64)
+    tile = Tile(2, 8, 2, True)
+    _fits(queue, tile, shape[3], *shape[7:], dtype=np.float64)
+    value, filters, output_shape, rate, padding = _problem(shape, np.float64)
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    got, kernel = _run(queue, value, filters, output_shape, rate, padding, tile)
+    assert kernel == "winograd_transpose"
+    assert_close(got, want, np.float64)
+
+
 def test_float16_widened_on_cpus(queue):
     """float16 on a CPU is widened to float32 before the main kernel, Winograd's too;
     loaded as stored (GPUs), a Winograd tile runs the direct kernel instead."""
@@ -177,20 +191,18 @@ def test_float16_widened_on_cpus(queue):
     assert kernel == ("winograd_transpose" if wide else "atrous_conv2d_transpose")
 
 
-def test_without_room_or_3x3_the_direct_kernel_runs(queue):
+def test_without_room_the_direct_kernel_runs(queue):
     """A Winograd tile whose work-group needs more local memory than the device has, or
-    in float64, runs the direct kernel (a tuning file from another machine may name one)."""
+    float16 loaded as stored, runs the direct kernel (a tuning file from another machine
+    may name one)."""
     cin = queue.device.local_mem_size // (4 * 16 * 2) + 1
     args = check_transpose_args((1, 4, 4, cin), (3, 3, 2, cin), (1, 4, 4, 2), 1, "SAME")
     p = launch.launch_plan(queue.context, queue.device, np.float32, args, Tile(2, 16, 1, True))
     assert p.main_kernel == "atrous_conv2d_transpose"
     args = check_transpose_args((1, 4, 4, 3), (3, 3, 2, 3), (1, 4, 4, 2), 1, "SAME")
-    for dtype in (np.float64, np.float16):
-        if dtype == np.float16 and launch.widens_inputs(queue.device, dtype):
-            continue
-        p = launch.plan(queue.context, queue.device, np.dtype(dtype), args, Tile(2, 16, 1, True),
-                        False, False)
-        assert p.main_kernel == "atrous_conv2d_transpose"
+    p = launch.plan(queue.context, queue.device, np.dtype(np.float16), args, Tile(2, 16, 1, True),
+                    False, False)
+    assert p.main_kernel == "atrous_conv2d_transpose"
 
 
 def test_winograd_tile_needs_3x3_float32_and_room():
@@ -202,7 +214,8 @@ def test_winograd_tile_needs_3x3_float32_and_room():
     assert tiles.winograd_tile(cpu, np.float32, (5, 5, 16, 16)) == Tile(8, 16, 1, True)
     assert [tiles.winograd_parts(k, k) for k in range(1, 10)] == [None, None, 1, None, 4, 4, 9, 9, 9]
     assert tiles.winograd_parts(3, 5) == 2 and tiles.winograd_parts(1, 3) is None
-    for dtype, shape in ((np.float64, (3, 3, 8, 8)), (np.float32, (4, 4, 8, 8)),
+    assert tiles.winograd_tile(cpu, np.float64, (3, 3, 64, 64)) == Tile(8, 16, 2, True)
+    for dtype, shape in ((np.float64, (3, 3, 8, 2048)), (np.float32, (4, 4, 8, 8)),
                          (np.float32, (3, 1, 8, 8)), (np.float32, (3, 3, 8, 4096))):
         assert tiles.winograd_tile(cpu, dtype, shape) is None, (dtype, shape)
     gpu = stub_device(local_mem_size=48 << 10)
@@ -224,7 +237,8 @@ def test_the_default_takes_winograd_on_cpus_unless_turned_off(queue, monkeypatch
     five = check_transpose_args((1, 8, 8, 4), (5, 5, 5, 4), (1, 8, 8, 5), 2, "SAME")
     assert not tiles.default_for(queue.device, np.float32, five).winograd  # 64 of 100: slower
     six = check_transpose_args((1, 8, 8, 4), (6, 6, 5, 4), (1, 8, 8, 5), 2, "SAME")
-    assert tiles.default_for(queue.device, np.float32, six).winograd == (want is not None)
+    fits = tiles.winograd_tile(queue.device, np.float32, six.filters_shape) is not None
+    assert tiles.default_for(queue.device, np.float32, six).winograd == (cpu and fits)
     monkeypatch.setenv("ATROUS_CL_WINOGRAD", "0")
     assert tiles.default_for(queue.device, np.float32, args) == tiles.default_tile(queue.device,
                                                                                    np.float32, 5)
