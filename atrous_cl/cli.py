@@ -127,7 +127,7 @@ def _demo(args) -> int:
 
 
 def _tune(args) -> int:
-    from atrous_cl import bench, tiles, tuning
+    from atrous_cl import bench, tiles, tuning, validation
     from atrous_cl.discovery import get_queue
     from atrous_cl.facts import describe
 
@@ -145,7 +145,9 @@ def _tune(args) -> int:
             print(f"{wl.name}: {wl.describe()}: nothing to tune: one channel in and out runs a "
                   f"kernel of {best.pixels}-pixel vectors, which has no tile")
             continue
-        default = tiles.default_tile(queue.device, args.dtype, wl.cout)
+        default = tiles.default_for(queue.device, args.dtype, validation.check_transpose_args(
+            (wl.n, wl.h, wl.w, wl.cin), (wl.k, wl.k, wl.cout, wl.cin), wl.output_shape, wl.rate,
+            wl.padding))
         t_best, t_default = timings[str(best)], timings.get(str(default))
         gain = f", {t_default / t_best:.2f}x the default {default}" if t_default else ""
         print(f"{wl.name}: {wl.describe()}: best tile {best} {t_best * 1e3:.2f} ms{gain} "

@@ -90,6 +90,12 @@ def test_tune_command_caches_a_winner(queue, capsys, monkeypatch, tmp_path):
     assert code == 0, out
     assert "best tile" in out and (tmp_path / "atrous-cl" / "tuning.json").is_file()
     tuning._loaded = None
+    # The gain is over the op's own default (the Winograd tile on CPUs), which tune also times.
+    from atrous_cl import tiles
+    from atrous_cl.validation import check_transpose_args
+    default = tiles.default_for(queue.device, np.float32, check_transpose_args(
+        (1, 6, 9, 3), (3, 3, 4, 3), (1, 6, 9, 4), 2, "SAME"))
+    assert f"the default {default} (" in out, out
 
 
 def test_tune_command_on_one_channel_says_there_is_nothing_to_tune(queue, capsys, monkeypatch,
