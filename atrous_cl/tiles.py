@@ -248,10 +248,11 @@ WINOGRAD_BLOCKS = 8
 
 
 def winograd_enabled() -> bool:
-    """Whether the Winograd kernel may run: unless ``ATROUS_CL_WINOGRAD=0`` (read when a
+    """Whether the Winograd kernel may run: unless ``ATROUS_CL_WINOGRAD=0`` (or ``false``,
+    ``off``, ``no``; read when a
     problem's tile is first chosen in a process): then neither the default
     (:func:`default_for`) nor a tuned entry nor ``tune`` takes it (docs/semantics.md)."""
-    return os.environ.get("ATROUS_CL_WINOGRAD", "1").strip() != "0"
+    return os.environ.get("ATROUS_CL_WINOGRAD", "1").strip().lower() not in ("0", "false", "off", "no")
 
 
 def winograd_parts(kh: int, kw: int) -> int | None:

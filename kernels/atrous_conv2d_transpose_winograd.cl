@@ -125,7 +125,7 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
         for (int b = 0; b < KW; ++b) {
             const int tap = a * KW + b;
 #ifdef FORWARD_FILTERS
-            const long from = filters_off + ((KH * KW - 1 - tap) * CIN + o) * (long)COUT + c;
+            const long from = filters_off + ((KH * KW - 1L - tap) * CIN + o) * COUT + c;
 #else
             const long from = filters_off + (tap * (long)COUT + c) * CIN + o;
 #endif
