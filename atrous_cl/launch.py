@@ -308,14 +308,14 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
 
 def winograd_runs(device: cl.Device, dtype, args: TransposeArgs, tile: Tile, wide: bool) -> bool:
     """Whether the Winograd kernel can run a problem with ``tile``: filters it splits
-    (:func:`atrous_cl.tiles.winograd_parts`), float32, float64 or float16 widened (``wide``), and
-    a work-group's local memory within the device's. A
-    Winograd tile where it cannot (a tuning file from another machine, float16 loaded as
-    stored) runs the direct kernel with :func:`atrous_cl.tiles.default_tile` instead."""
+    (:func:`atrous_cl.tiles.winograd_parts`) and a work-group's local memory within the
+    device's. A Winograd tile where it cannot (a tuning file from another machine) runs
+    the direct kernel with :func:`atrous_cl.tiles.default_tile` instead. float16 runs as
+    stored, never widened (``wide`` is unused)."""
     kh, kw, _, cin = args.filters_shape
     dtype = np.dtype(dtype)
     parts = winograd_parts(kh, kw)
-    return (parts is not None and (dtype != np.float16 or wide)
+    return (parts is not None
             and winograd_local_bytes(tile, cin, parts, dtype) <= facts(device).local_mem)
 
 
@@ -326,6 +326,9 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
     n, oh, ow, _ = args.output_shape
     # No more blocks per group than a phase's row has (E: 2).
     tile = tile._replace(pixels=min(tile.pixels, -(-(-(-ow // dilation[2])) // 2)))
+    # float16 is loaded as stored: the input transform converts it (see the kernel file),
+    # cheaper than widening value in a pass of its own first.
+    wide = False
     options = winograd_options(dtype, args, tile, forward_filters, wide)
     kernels, lock = programs.get_kernels(context, WINOGRAD_FILE, options)
     packed = packed_elements(args.filters_shape, tile.padded_channels(cout), winograd=True)

@@ -277,7 +277,7 @@ def winograd_local_bytes(tile: Tile, cin: int, parts: int = 1, dtype=np.float32)
 def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int = WINOGRAD_BLOCKS) -> Tile | None:
     """The Winograd kernel's tile of ``blocks`` 2x2 blocks for a problem, where that
     kernel runs and saves multiplies (:func:`winograd_parts`): float32, float64, or
-    float16 widened to float32 on a CPU (:func:`atrous_cl.launch.widens_inputs`), and a
+    float16 on a CPU (GPUs load halves in hardware, and keep the direct kernel), and a
     work-group's local memory (:func:`winograd_local_bytes`) within the device's;
     else None. Channel vectors as wide as :func:`_vector_width` allows, two of them
     for more output channels than one holds."""
@@ -287,7 +287,9 @@ def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int = WINOGRA
     parts = winograd_parts(kh, kw)
     if parts is None or not (dtype != np.float16 or cpu):
         return None
-    width = _vector_width(device, np.float64 if dtype == np.float64 else np.float32)
+    width = _vector_width(device, np.float32)
+    if dtype == np.float64:  # one 512-bit register of doubles a vector: 16 spilled the tile
+        width = min(_vector_width(device, np.float64), 8)
     tile = Tile(blocks, width, 2 if cout > width else 1, True)
     if winograd_local_bytes(tile, cin, parts, dtype) > facts(device).local_mem:
         return None

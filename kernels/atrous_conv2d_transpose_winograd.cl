@@ -63,8 +63,10 @@
 // (atrous_cl.tiles.winograd_enabled).
 //
 // Build options (-D):
-//   T, ACC      storage and accumulation types (float/float; half/float with
-//               WIDE_INPUTS: value arrives widened to ACC); USE_HALF as in prelude
+//   T, ACC      storage and accumulation types (float/float, double/double,
+//               half/float); USE_HALF, USE_FP64 as in prelude. WIDE_INPUTS: value
+//               arrives widened to ACC (unused by atrous_cl.launch, which passes
+//               halves as stored)
 //   BC          channels per vector (8 or 16); GV vectors per register tile
 //   TB          2x2 blocks per work-group
 //   KH, KW      the filters' size; SH, SW = ceil(KH / 3), ceil(KW / 3)
@@ -83,8 +85,13 @@
 #define LOAD_VALUE(p, i) LOAD(p, i)
 #endif
 
-// BC channels of value from any element: T is ACC here (float32, or float16 widened).
-#ifdef __clang__
+// BC channels of value from any element, as ACC. Halves are converted here, in
+// the input transform, which loads each input 4 times per output channel
+// tile's 16 * CIN products; the direct kernel converts per multiply-add, which
+// is why it takes float16 widened by a pass of its own on CPUs.
+#if defined(USE_HALF) && !defined(WIDE_INPUTS)
+#define LOADV_VALUE(p, i) CAT(vload_half, BC)(0, (p) + (i))
+#elif defined(__clang__)
 typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 #define LOADV_VALUE(p, i) (*(__global const wino_unaligned *)((p) + (i)))
 #else

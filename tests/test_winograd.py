@@ -183,28 +183,26 @@ def test_float64(queue, shape):
     assert_close(got, want, np.float64)
 
 
-def test_float16_widened_on_cpus(queue):
-    """float16 on a CPU is widened to float32 before the main kernel, Winograd's too;
-    loaded as stored (GPUs), a Winograd tile runs the direct kernel instead."""
-    value, filters, output_shape, rate, padding = _problem(SHAPES[0], np.float16)
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[6]], ids=lambda s: "x".join(map(str, s)))
+def test_float16_as_stored(queue, shape):
+    """float16 reaches the Winograd kernel as stored, never widened (the input transform
+    converts it), summed in float32: ragged channels take the halves one by one."""
+    value, filters, output_shape, rate, padding = _problem(shape, np.float16)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
     got, kernel = _run(queue, value, filters, output_shape, rate, padding, Tile(2, 16, 1, True))
+    assert kernel == "winograd_transpose"
     assert_close(got, want, np.float16)
-    wide = launch.widens_inputs(queue.device, np.float16)
-    assert kernel == ("winograd_transpose" if wide else "atrous_conv2d_transpose")
+    args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
+    p = launch.launch_plan(queue.context, queue.device, np.float16, args, Tile(2, 16, 1, True))
+    assert not p.wide and "-DWIDE_INPUTS" not in p.options
 
 
 def test_without_room_the_direct_kernel_runs(queue):
-    """A Winograd tile whose work-group needs more local memory than the device has, or
-    float16 loaded as stored, runs the direct kernel (a tuning file from another machine
-    may name one)."""
+    """A Winograd tile whose work-group needs more local memory than the device has runs
+    the direct kernel (a tuning file from another machine may name one)."""
     cin = queue.device.local_mem_size // (4 * 16 * 2) + 1
     args = check_transpose_args((1, 4, 4, cin), (3, 3, 2, cin), (1, 4, 4, 2), 1, "SAME")
     p = launch.launch_plan(queue.context, queue.device, np.float32, args, Tile(2, 16, 1, True))
-    assert p.main_kernel == "atrous_conv2d_transpose"
-    args = check_transpose_args((1, 4, 4, 3), (3, 3, 2, 3), (1, 4, 4, 2), 1, "SAME")
-    p = launch.plan(queue.context, queue.device, np.dtype(np.float16), args, Tile(2, 16, 1, True),
-                    False, False)
     assert p.main_kernel == "atrous_conv2d_transpose"
 
 
@@ -217,7 +215,7 @@ def test_winograd_tile_needs_3x3_float32_and_room():
     assert tiles.winograd_tile(cpu, np.float32, (5, 5, 16, 16)) == Tile(8, 16, 1, True)
     assert [tiles.winograd_parts(k, k) for k in range(1, 10)] == [None, None, 1, None, 4, 4, 9, 9, 9]
     assert tiles.winograd_parts(3, 5) == 2 and tiles.winograd_parts(1, 3) is None
-    assert tiles.winograd_tile(cpu, np.float64, (3, 3, 64, 64)) == Tile(8, 16, 2, True)
+    assert tiles.winograd_tile(cpu, np.float64, (3, 3, 64, 64)) == Tile(8, 8, 2, True)
     for dtype, shape in ((np.float64, (3, 3, 8, 2048)), (np.float32, (4, 4, 8, 8)),
                          (np.float32, (3, 1, 8, 8)), (np.float32, (3, 3, 8, 4096))):
         assert tiles.winograd_tile(cpu, dtype, shape) is None, (dtype, shape)
