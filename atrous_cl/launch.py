@@ -89,15 +89,16 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
 
 
 def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
-                     forward_filters: bool = False, wide: bool = False) -> tuple[str, ...]:
-    """``-D`` options of the Winograd kernel file, as :func:`build_options` for the direct one."""
+                     forward_filters: bool = False) -> tuple[str, ...]:
+    """``-D`` options of the Winograd kernel file, as :func:`build_options` for the direct
+    one; float16 is never widened for it (:func:`_winograd_plan`)."""
     kh, kw, cout, cin = args.filters_shape
     return TYPE_OPTIONS[np.dtype(dtype).type] + (
         f"-DTB={tile.pixels}", f"-DBC={tile.channels}", f"-DGV={tile.vectors}",
         f"-DKH={kh}", f"-DKW={kw}", f"-DSH={-(-kh // 3)}", f"-DSW={-(-kw // 3)}",
         f"-DCIN={cin}", f"-DCINP={-(-cin // tile.channels) * tile.channels}", f"-DCOUT={cout}",
         f"-DCOUTP={tile.padded_channels(cout)}") + dilation_options(*kernel_dilation(args)) + \
-        (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ())
+        (("-DFORWARD_FILTERS",) if forward_filters else ())
 
 
 def winograd_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_h: int,
@@ -279,9 +280,8 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
     _, oh, ow, _ = args.output_shape
     vector = pixel_vector(device, dtype, args.filters_shape)
     if tile.winograd and vector is None:
-        if winograd_runs(device, dtype, args, tile, wide):
-            return _winograd_plan(context, device, dtype, args, tile, forward_filters, wide,
-                                  dilation)
+        if winograd_runs(device, dtype, args, tile):
+            return _winograd_plan(context, device, dtype, args, tile, forward_filters, dilation)
         tile = default_tile(device, dtype, args.filters_shape[2])
     if vector is not None:
         # One channel in and out: VW consecutive pixels per work-item, a
@@ -306,12 +306,11 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
                  np.int32(ow)), {})
 
 
-def winograd_runs(device: cl.Device, dtype, args: TransposeArgs, tile: Tile, wide: bool) -> bool:
+def winograd_runs(device: cl.Device, dtype, args: TransposeArgs, tile: Tile) -> bool:
     """Whether the Winograd kernel can run a problem with ``tile``: filters it splits
     (:func:`atrous_cl.tiles.winograd_parts`) and a work-group's local memory within the
     device's. A Winograd tile where it cannot (a tuning file from another machine) runs
-    the direct kernel with :func:`atrous_cl.tiles.default_tile` instead. float16 runs as
-    stored, never widened (``wide`` is unused)."""
+    the direct kernel with :func:`atrous_cl.tiles.default_tile` instead."""
     kh, kw, _, cin = args.filters_shape
     dtype = np.dtype(dtype)
     parts = winograd_parts(kh, kw)
@@ -320,20 +319,20 @@ def winograd_runs(device: cl.Device, dtype, args: TransposeArgs, tile: Tile, wid
 
 
 def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: TransposeArgs,
-                   tile: Tile, forward_filters: bool, wide: bool, dilation) -> Plan:
-    """:func:`plan` for a Winograd tile: the same arguments, the Winograd kernel file."""
+                   tile: Tile, forward_filters: bool, dilation) -> Plan:
+    """:func:`plan` for a Winograd tile: the same arguments, the Winograd kernel file; never
+    widened (float16 is converted as the kernel loads it)."""
     kh, kw, cout, cin = args.filters_shape
     n, oh, ow, _ = args.output_shape
     # No more blocks per group than a phase's row has (E: 2).
     tile = tile._replace(pixels=min(tile.pixels, -(-(-(-ow // dilation[2])) // 2)))
     # float16 is loaded as stored: the input transform converts it (see the kernel file),
     # cheaper than widening value in a pass of its own first.
-    wide = False
-    options = winograd_options(dtype, args, tile, forward_filters, wide)
+    options = winograd_options(dtype, args, tile, forward_filters)
     kernels, lock = programs.get_kernels(context, WINOGRAD_FILE, options)
     packed = packed_elements(args.filters_shape, tile.padded_channels(cout), winograd=True)
     itemsize = 8 if np.dtype(dtype) == np.float64 else 4  # the accumulation type's
-    return Plan(kernels, "winograd_transpose", lock, options, wide, packed * itemsize,
+    return Plan(kernels, "winograd_transpose", lock, options, False, packed * itemsize,
                 ((tile.padded_channels(cout), cin), None),
                 winograd_geometry(args.output_shape, tile, dilation[0], dilation[2]),
                 (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),

@@ -64,32 +64,25 @@
 //
 // Build options (-D):
 //   T, ACC      storage and accumulation types (float/float, double/double,
-//               half/float); USE_HALF, USE_FP64 as in prelude. WIDE_INPUTS: value
-//               arrives widened to ACC (unused by atrous_cl.launch, which passes
-//               halves as stored)
+//               half/float); USE_HALF, USE_FP64 as in prelude
 //   BC          channels per vector (8 or 16); GV vectors per register tile
 //   TB          2x2 blocks per work-group
 //   KH, KW      the filters' size; SH, SW = ceil(KH / 3), ceil(KW / 3)
 //   CIN, COUT, COUTP, CINP (CIN rounded up to BC), RATE_H, RATE_W, PAD_TOP,
 //   PAD_LEFT    as in the direct kernel (rates and pads long literals)
-//   FORWARD_FILTERS, WIDE_INPUTS    as in the direct kernel
+//   FORWARD_FILTERS                 as in the direct kernel
 // Spatial sizes stay run-time arguments; offsets are 64-bit.
 
 // The type and vector macros (LOAD, STORE_CHANNELS, VACC, ...) come from prelude.cl.
 
-#ifdef WIDE_INPUTS
-#define VALUE_T ACC
-#define LOAD_VALUE(p, i) ((p)[i])
-#else
 #define VALUE_T T
 #define LOAD_VALUE(p, i) LOAD(p, i)
-#endif
 
 // BC channels of value from any element, as ACC. Halves are converted here, in
 // the input transform, which loads each input 4 times per output channel
 // tile's 16 * CIN products; the direct kernel converts per multiply-add, which
 // is why it takes float16 widened by a pass of its own on CPUs.
-#if defined(USE_HALF) && !defined(WIDE_INPUTS)
+#ifdef USE_HALF
 #define LOADV_VALUE(p, i) CAT(vload_half, BC)(0, (p) + (i))
 #elif defined(__clang__)
 typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
@@ -103,13 +96,6 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 #define PARTS (SH * SW)
 #define KP (PARTS * CINP)  // a row of vl: every part's input channels
 #define DIRECT_AT (16L * PARTS * CIN * COUTP)
-
-// wide[i] = x[x_off + i] in ACC. Global size: the element count.
-__kernel void widen(__global const T *restrict x, const long x_off, __global ACC *restrict wide)
-{
-    const long i = get_global_id(0);
-    wide[i] = (ACC)LOAD(x, x_off + i);
-}
 
 // wt[k][part][o][c] = (G g G^T)[k] of one 3x3 part of the flipped filters
 // for output channel c and input channel o, then wt[DIRECT_AT + (tap * CIN +
@@ -165,7 +151,9 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
 #define NONFINITE(v) any(isinf(v) | isnan(v))
 
 // The direct kernel's sum for output pixel (n, p, q), channels c .. c + BC,
-// in its order (tap rows, input channels, tap columns): the fallback.
+// in its order (tap rows, input channels, tap columns): the fallback. Its
+// row loop mirrors the direct kernel's on purpose (the same terms, the same
+// order), which keeps the fallback's results those of the direct kernel.
 VACC direct_sum(__global const VALUE_T *restrict value, const long value_off,
                 __global const ACC *restrict wt, const long n, const long p, const long q,
                 const int c, const int H, const int W)
