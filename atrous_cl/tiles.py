@@ -133,9 +133,11 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
 
     Host API, back to back, the Winograd tile's time over the direct default's
     (``python benchmarks/tile_ab.py DEVICE --workloads ... --tiles ...``, 2026-12-04
-    01:50-02:00 UTC, 9-11 rounds): Intel's runtime float32 A 0.56, B 0.65, C 0.76, E
-    0.80, float16 A 0.69, B 0.60, C 0.65; Debian's PoCL 3.1 A 0.67, B 0.66, C 0.73, E
-    0.91. Tiles of 8 blocks were the fastest or within 3% of it against 4, 12 and 16.
+    01:50-02:40 UTC, 7-11 rounds): Intel's runtime float32 A 0.56, B 0.65, C 0.76, E
+    0.80, float64 (8 doubles a vector) A 0.61-0.66, B 0.65-0.69, C 0.65; Debian's PoCL
+    3.1 A 0.67, B 0.66, C 0.73, E 0.91. float16, as stored, then runs about as fast as
+    float32 (``python benchmarks/dtype_speed.py 2:0 --workloads A B C``: 1.01, 0.97, 0.84
+    of float32's time). Tiles of 8 blocks were the fastest or within 3% of it against 4, 12 and 16.
     5x5 (D: four parts, 64 multiplies for 100, 16 output channels) ran 1.22x (Intel)
     and 1.12x (PoCL) the direct kernel's time: one channel vector leaves the Winograd
     products a load per multiply-add, where the direct kernel's window shares its loads
