@@ -23,7 +23,8 @@ import pyopencl.array as cl_array
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, facts, is_intel_cpu, status_name
-from atrous_cl.tiles import Tile, default_tile, pixel_vector, winograd_local_bytes, winograd_parts
+from atrous_cl.tiles import (Tile, acc_itemsize, default_tile, pixel_vector, winograd_local_bytes,
+                             winograd_parts)
 from atrous_cl.validation import ConvArgs, TransposeArgs
 
 #: The kernel file this layer launches.
@@ -111,10 +112,18 @@ def winograd_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_
     (each phase as many as phase 0, which has the most).
     """
     n, oh, ow, _ = output_shape
-    blocks_w = -(-(-(-ow // rate_w)) // 2)
-    blocks_h = -(-(-(-oh // rate_h)) // 2)
-    return ((1, min(rate_w, ow) * -(-blocks_w // tile.pixels), n * min(rate_h, oh) * blocks_h),
-            (1, 1, 1))
+    return ((1, min(rate_w, ow) * -(-_blocks(ow, rate_w) // tile.pixels),
+             n * min(rate_h, oh) * _blocks(oh, rate_h)), (1, 1, 1))
+
+
+def _blocks(size: int, rate: int) -> int:
+    """2x2 blocks along an output axis of ``size`` in phase 0 (which has the most) at ``rate``."""
+    return -(-(-(-size // rate)) // 2)
+
+
+def _sizes(args: TransposeArgs) -> tuple:
+    """The main kernels' spatial arguments: value's height and width, the output's."""
+    return tuple(np.int32(s) for s in (*args.value_shape[1:3], *args.output_shape[1:3]))
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -219,9 +228,10 @@ def temporaries(device: cl.Device, dtype: np.dtype, args: TransposeArgs) -> dict
     elements: widened (float16 -> float32) buffers count twice."""
     widened = 2 if widens_inputs(device, dtype) else 1
     padded = -(-args.filters_shape[2] // 32) * 32  # for the widest tile (16x2)
-    winograd = winograd_parts(*args.filters_shape[:2]) is not None
-    counts = {"the packed filters": widened * max(packed_elements(args.filters_shape, padded),
-                                                  packed_elements(args.filters_shape, padded, winograd))}
+    packed = packed_elements(args.filters_shape, padded)
+    if winograd_parts(*args.filters_shape[:2]) is not None:  # the default may be Winograd's
+        packed = max(packed, packed_elements(args.filters_shape, padded, winograd=True))
+    counts = {"the packed filters": widened * packed}
     if widened > 1:
         counts["the widened value"] = 2 * math.prod(args.value_shape)
     return counts
@@ -277,7 +287,7 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
     dilation = kernel_dilation(args)
     if dilation is None:
         return None
-    _, oh, ow, _ = args.output_shape
+    ow = args.output_shape[2]
     vector = pixel_vector(device, dtype, args.filters_shape)
     if tile.winograd and vector is None:
         if winograd_runs(device, dtype, args, tile):
@@ -301,9 +311,7 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
                                  _max_group(kernels[main_kernel], device)))
     packed_nbytes = packed_elements(args.filters_shape, tile.padded_channels(args.filters_shape[2]))
     return Plan(kernels, main_kernel, lock, options, wide, packed_nbytes * itemsize,
-                repack_geometry(args.filters_shape, tile), main,
-                (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
-                 np.int32(ow)), {})
+                repack_geometry(args.filters_shape, tile), main, _sizes(args), {})
 
 
 def winograd_runs(device: cl.Device, dtype, args: TransposeArgs, tile: Tile) -> bool:
@@ -322,21 +330,18 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
                    tile: Tile, forward_filters: bool, dilation) -> Plan:
     """:func:`plan` for a Winograd tile: the same arguments, the Winograd kernel file; never
     widened (float16 is converted as the kernel loads it)."""
-    kh, kw, cout, cin = args.filters_shape
-    n, oh, ow, _ = args.output_shape
+    _, _, cout, cin = args.filters_shape
     # No more blocks per group than a phase's row has (E: 2).
-    tile = tile._replace(pixels=min(tile.pixels, -(-(-(-ow // dilation[2])) // 2)))
+    tile = tile._replace(pixels=min(tile.pixels, _blocks(args.output_shape[2], dilation[2])))
     # float16 is loaded as stored: the input transform converts it (see the kernel file),
     # cheaper than widening value in a pass of its own first.
     options = winograd_options(dtype, args, tile, forward_filters)
     kernels, lock = programs.get_kernels(context, WINOGRAD_FILE, options)
     packed = packed_elements(args.filters_shape, tile.padded_channels(cout), winograd=True)
-    itemsize = 8 if np.dtype(dtype) == np.float64 else 4  # the accumulation type's
-    return Plan(kernels, "winograd_transpose", lock, options, False, packed * itemsize,
+    return Plan(kernels, "winograd_transpose", lock, options, False, packed * acc_itemsize(dtype),
                 ((tile.padded_channels(cout), cin), None),
                 winograd_geometry(args.output_shape, tile, dilation[0], dilation[2]),
-                (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
-                 np.int32(ow)), {}, WINOGRAD_FILE)
+                _sizes(args), {}, WINOGRAD_FILE)
 
 
 def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,

@@ -30,7 +30,7 @@ from atrous_cl.facts import describe, status_name
 from atrous_cl.launch import KERNEL_FILE as REPACK_FILE
 from atrous_cl.launch import build_options as register_build_options
 from atrous_cl.launch import kernel_dilation, packed_elements, repack_geometry
-from atrous_cl.tiles import Tile
+from atrous_cl.tiles import Tile, acc_itemsize
 from atrous_cl.validation import TransposeArgs
 
 _KERNEL_FILE = "atrous_conv2d_transpose_local.cl"
@@ -80,17 +80,13 @@ class Staging(NamedTuple):
     taps: int
 
 
-def _acc_bytes(dtype) -> int:
-    return 8 if np.dtype(dtype) == np.float64 else 4  # float16 is staged as float
-
-
 def staging_bytes(dtype, args: TransposeArgs, tile: LocalTile, staging: Staging) -> int:
     """Local memory the kernel declares: the input window, its inside-value mask and the
     weights of one stage."""
     rate_w = kernel_dilation(args)[2]
     span = tile.width * tile.pixels + (staging.taps - 1) * rate_w
     words = tile.height * span * staging.chunk + staging.taps * staging.chunk * tile.slices * tile.channels
-    return words * _acc_bytes(dtype) + tile.height * span  # and a byte a pixel: inside value?
+    return words * acc_itemsize(dtype) + tile.height * span  # and a byte a pixel: inside value?
 
 
 def choose_staging(dtype, args: TransposeArgs, tile: LocalTile, budget: int) -> Staging | None:
@@ -181,7 +177,7 @@ def candidates(device: cl.Device, dtype, cout: int) -> list[LocalTile]:
                 for channels in (c for c in _VECTOR_WIDTHS if c <= widest):
                     tile = LocalTile(width, height, slices, pixels, channels)
                     pixels_staged = height * width * pixels
-                    window = (pixels_staged + slices * channels) * _acc_bytes(dtype) + pixels_staged
+                    window = (pixels_staged + slices * channels) * acc_itemsize(dtype) + pixels_staged
                     if ((slices - 1) * channels >= cout or tile.group_size > limits.max_group
                             or any(s > m for s, m in zip((slices, width, height), limits.max_items))
                             or window > budget):

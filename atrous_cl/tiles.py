@@ -68,11 +68,16 @@ def _pocl_narrow(device: cl.Device) -> bool:
     return _is_pocl(device) and "avx512" not in facts(device).version.lower()
 
 
+def acc_itemsize(dtype) -> int:
+    """Bytes of the type the kernels sum ``dtype`` in: 8 for float64, else 4 (float16 is
+    summed in float32)."""
+    return 8 if np.dtype(dtype) == np.float64 else 4
+
+
 def _vector_width(device: cl.Device, dtype) -> int:
     """Widest vector of accumulators the kernels use: 16, or 32 bytes on a PoCL
     without 512-bit vectors (:func:`_pocl_narrow`)."""
-    acc_bytes = 8 if np.dtype(dtype) == np.float64 else 4  # half is summed in float
-    return 32 // acc_bytes if _pocl_narrow(device) else 16
+    return 32 // acc_itemsize(dtype) if _pocl_narrow(device) else 16
 
 
 def _max_channels(device: cl.Device, dtype, cout: int) -> int:
@@ -272,8 +277,7 @@ def winograd_local_bytes(tile: Tile, cin: int, parts: int = 1, dtype=np.float32)
     channel, the channels rounded up to a vector) and the products of one register
     tile's channels, in the accumulation type (float32 for float16)."""
     cinp = -(-cin // tile.channels) * tile.channels
-    acc = 8 if np.dtype(dtype) == np.float64 else 4
-    return acc * 16 * tile.pixels * (parts * cinp + tile.channels * tile.vectors)
+    return acc_itemsize(dtype) * 16 * tile.pixels * (parts * cinp + tile.channels * tile.vectors)
 
 
 def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int = WINOGRAD_BLOCKS) -> Tile | None:
