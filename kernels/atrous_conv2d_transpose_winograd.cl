@@ -75,9 +75,6 @@
 
 // The type and vector macros (LOAD, STORE_CHANNELS, VACC, ...) come from prelude.cl.
 
-#define VALUE_T T
-#define LOAD_VALUE(p, i) LOAD(p, i)
-
 // BC channels of value from any element, as ACC. Halves are converted here, in
 // the input transform, which loads each input 4 times per output channel
 // tile's 16 * CIN products; the direct kernel converts per multiply-add, which
@@ -154,7 +151,7 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
 // in its order (tap rows, input channels, tap columns): the fallback. Its
 // row loop mirrors the direct kernel's on purpose (the same terms, the same
 // order), which keeps the fallback's results those of the direct kernel.
-VACC direct_sum(__global const VALUE_T *restrict value, const long value_off,
+VACC direct_sum(__global const T *restrict value, const long value_off,
                 __global const ACC *restrict wt, const long n, const long p, const long q,
                 const int c, const int H, const int W)
 {
@@ -172,7 +169,7 @@ VACC direct_sum(__global const VALUE_T *restrict value, const long value_off,
                 const long j = q + PAD_LEFT - b * RATE_W;
                 const VACC wv = LOADV_ACC_ALIGNED(w, (((long)a * KW + b) * CIN + o) * COUTP);
                 if (row_inside && j >= 0 && j < W)
-                    acc += (ACC)LOAD_VALUE(value, value_off + ((n * H + i) * W + j) * CIN + o) * wv;
+                    acc += (ACC)LOAD(value, value_off + ((n * H + i) * W + j) * CIN + o) * wv;
 #ifdef FORWARD_FILTERS
                 else
                     acc += (ACC)0 * wv;  // TF's zero padding times the weight
@@ -188,7 +185,7 @@ VACC direct_sum(__global const VALUE_T *restrict value, const long value_off,
 // phases fastest, then the work-groups of one phase along the row; axis 2
 // likewise for rows of blocks, per image.
 __kernel void winograd_transpose(
-    __global const VALUE_T *restrict value, const long value_off,
+    __global const T *restrict value, const long value_off,
     __global const ACC *restrict wt,
     __global T *restrict out, const long out_off,
     const int H, const int W, const int OH, const int OW)
@@ -239,7 +236,7 @@ __kernel void winograd_transpose(
                 for (int k = 0; k < 16; ++k) {
                     union { VACC v; ACC s[BC]; } lanes;
                     for (int l = 0; l < BC; ++l)
-                        lanes.s[l] = in[k] && o + l < CIN ? (ACC)LOAD_VALUE(value, at[k] + o + l)
+                        lanes.s[l] = in[k] && o + l < CIN ? (ACC)LOAD(value, at[k] + o + l)
                                                           : (ACC)0;
                     d[k] = lanes.v;
                 }
