@@ -95,9 +95,9 @@ def pixel_vector(device: cl.Device, dtype, filters_shape) -> int | None:
     return _vector_width(device, dtype)
 
 
-def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
-    """The untuned tile: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors
-    (two vectors, 8x16x2, for more than 16 output channels but in float64:
+def _platform_tile(device: cl.Device, dtype, cout: int) -> Tile:
+    """The untuned tile per platform, before :func:`default_tile` adjusts it to few
+    output channels: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors (two vectors, 8x16x2, for more than 16 output channels but in float64:
     :func:`_several_vectors`), 8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere.
 
     Measured on a 2-core AMD EPYC (Zen 5) with the phase-tile kernel, kernels
@@ -129,12 +129,49 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     return tile
 
 
+#: Output channels up to which Intel's CPU runtime runs the direct kernel fastest
+#: with one channel per work-item (:func:`default_tile`), per accumulation type.
+_INTEL_SCALAR_UP_TO = {4: 4, 8: 2}
+
+
+def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
+    """The untuned tile of the direct kernel: :func:`_platform_tile`'s, but on Intel's
+    CPU runtime, for 16 output channels or fewer, one channel per work-item (8x1) up
+    to 4 of them (2 in float64), else a whole 16-channel vector (float32, float16).
+
+    Intel's compiler vectorises a work-item's scalar code across work-items, and
+    narrow vectors (2, 4, 8 channels) badly: kernels only, 2026-12-04 (``python
+    benchmarks/tile_sweep.py --devices 2:0 --dtypes float32 float64 --shapes
+    N,H,W,CIN,COUT,K,RATE,PADDING ... --tiles ...``), the best tile's time over
+    the platform tile's, float32: 1x128x128, 32->2, 3, 4, 5x5 rate 2: 8x1 0.41,
+    0.61, 0.73; 32->6, 8: 8x16 0.83, 0.93; 2x128x128 16->2 5x5 VALID 8x1 0.62;
+    16->3 7x7 rate 3 8x1 0.61; float64 1x256x256 64->2 3x3 8x1 0.52, 16->2 5x5
+    0.56, but 64->3, 4 the platform's 8x4 best. One output channel already took
+    8x1. Debian's PoCL 3.1 runs scalar tiles 2-8x slower and keeps its own.
+    """
+    tile = _platform_tile(device, dtype, cout)
+    if _intel_scalar(device, dtype, cout):
+        return Tile(8, 1)
+    if is_intel_cpu(device) and cout <= 16 and acc_itemsize(dtype) == 4:
+        return Tile(8, 16)
+    return tile
+
+
+def _intel_scalar(device: cl.Device, dtype, cout: int) -> bool:
+    """Whether :func:`default_tile` takes one output channel per work-item: Intel's CPU
+    runtime, :data:`_INTEL_SCALAR_UP_TO` output channels or fewer."""
+    return is_intel_cpu(device) and cout <= _INTEL_SCALAR_UP_TO[acc_itemsize(dtype)]
+
+
 def default_for(device: cl.Device, dtype, args) -> Tile:
     """The untuned tile of a problem (``args``: :class:`atrous_cl.validation.TransposeArgs`):
     on a CPU, the Winograd kernel's (:func:`winograd_tile`) where it runs with at most
     half the direct sum's multiplies (3x3 filters, 6x6, 9x9, 3x6: one 3x3 part per 9
     taps or fewer), each phase has two rows and columns or more (a 2x2 block), and
-    :func:`winograd_enabled`; else :func:`default_tile`.
+    :func:`winograd_enabled`, unless :func:`default_tile` takes one channel per
+    work-item (Intel's runtime, 4 output channels or fewer, 2 in float64: 3x3 filters,
+    1x256x256 64->1, 2, 3 rate 2, float32, 8x1 took 0.54, 0.65, 0.90 of the Winograd
+    tile's time, 64->4 1.04; float64 64->1, 2: 0.58, 0.54); else :func:`default_tile`.
 
     Host API, back to back, the Winograd tile's time over the direct default's
     (``python benchmarks/tile_ab.py DEVICE --workloads ... --tiles ...``, 2026-12-04
@@ -152,13 +189,15 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     kh, kw, cout, cin = args.filters_shape
     _, oh, ow, _ = args.output_shape
     parts = winograd_parts(kh, kw)
+    direct = default_tile(device, dtype, cout)
     if (winograd_enabled() and facts(device).type & cl.device_type.CPU
+            and not _intel_scalar(device, dtype, cout)
             and parts is not None and 8 * parts <= kh * kw
             and min(-(-oh // args.rate), -(-ow // args.rate)) >= 2):
         tile = winograd_tile(device, dtype, args.filters_shape)
         if tile is not None:
             return tile
-    return default_tile(device, dtype, cout)
+    return direct
 
 
 def _several_vectors(device: cl.Device, dtype) -> bool:
@@ -193,7 +232,8 @@ class FilterGradTile(NamedTuple):
 
 
 def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> FilterGradTile:
-    """The filter gradient's untuned split, from the transpose kernel's :func:`default_tile`.
+    """The filter gradient's untuned split, from the transpose kernel's :func:`_platform_tile`
+    (not :func:`default_tile`'s narrower choices for few output channels, unmeasured here).
 
     Output channels as that tile's; on Intel's CPU runtime and PoCL with
     512-bit vectors (float32 and float16), up to 4 such vectors per work-item
@@ -222,7 +262,7 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> F
     channels ran A and B 1.1-1.6x slower than 16. float64 keeps one vector
     (unmeasured with more).
     """
-    tile = default_tile(device, dtype, cout)._replace(vectors=1)
+    tile = _platform_tile(device, dtype, cout)._replace(vectors=1)
     wide = _is_pocl(device) and not _pocl_narrow(device)
     ov = 1
     if _several_vectors(device, dtype):
@@ -236,12 +276,17 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> F
 
 def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[Tile]:
     """The tiles :func:`tune` tries: pixels 2-16 x a channel vector up to the useful
-    width, and 4 or 8 pixels x two 16-channel vectors where :func:`default_tile` may
-    take them; with ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks
+    width (on Intel's runtime 16 channels, float32 and float16, unless it takes one
+    channel), 12x16 where 16 channels are tried, and 4 or 8 pixels x two 16-channel
+    vectors where :func:`default_tile` may take them; with ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks
     where it runs (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`)."""
     widest = _max_channels(device, dtype, cout)
+    if is_intel_cpu(device) and acc_itemsize(dtype) == 4 and not _intel_scalar(device, dtype, cout):
+        widest = 16  # a whole vector beats narrower ones there (default_tile)
     tiles = [Tile(px, ch) for px in (2, 4, 8, 16) for ch in (1, 2, 4, 8, 16)
              if ch <= widest and px * ch <= 128]
+    if widest == 16:
+        tiles.append(Tile(12, 16))  # D: 0.81-0.87 of 8x16's kernel time on Intel, others 0.9-1.05
     if widest == 16 and cout > 16 and _several_vectors(device, dtype):
         tiles += [Tile(4, 16, 2), Tile(8, 16, 2)]
     if filters_shape is not None and winograd_enabled():

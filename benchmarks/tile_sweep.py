@@ -2,7 +2,7 @@
 """Register tiles of the transpose kernel, kernel-only: ``python benchmarks/tile_sweep.py``.
 
 ``python benchmarks/tile_sweep.py [--devices 2:0 1:0] [--dtypes float64] [--workloads A C D]
-[--tiles 8x16 8x8 4x16] [--rounds 9]``
+[--shapes 1,128,128,32,4,5,2,SAME ...] [--tiles 8x16 8x8 4x16] [--rounds 9]``
 
 For each device, dtype and workload, times the launch layer
 (:func:`atrous_cl.launch.transpose`: repack, main kernel, wait) on arrays
@@ -11,6 +11,8 @@ or ``--tiles``), interleaved round by round in a new order each round, and
 prints the median ms of each tile and its time over the default tile's
 (:func:`atrous_cl.tiles.default_tile`). Every tile's result is checked against
 the NumPy reference before it is timed. The tuning cache is not read or written.
+``--shapes`` adds problems of its own, each ``N,H,W,CIN,COUT,K,RATE,PADDING`` (named
+by that text), to the workloads named (none by default when shapes are given).
 """
 
 import argparse
@@ -58,17 +60,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", default=["2:0", "1:0"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
-    parser.add_argument("--workloads", nargs="+", default=["A", "B", "C", "D", "E", "F"])
+    parser.add_argument("--workloads", nargs="*", default=None,
+                        help="of atrous-cl bench (default: A-F, none with --shapes)")
+    parser.add_argument("--shapes", nargs="*", default=[], help="N,H,W,CIN,COUT,K,RATE,PADDING")
     parser.add_argument("--tiles", nargs="*", help="PxC tiles to time (default: the candidates)")
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
+    names = args.workloads if args.workloads is not None else (
+        [] if args.shapes else [wl.name for wl in bench.WORKLOADS])
+    workloads = [wl for wl in bench.WORKLOADS if wl.name in names]
+    for text in args.shapes:
+        *sizes, padding = text.split(",")
+        if len(sizes) != 7:
+            parser.error(f"--shapes wants N,H,W,CIN,COUT,K,RATE,PADDING, got {text!r}")
+        workloads.append(bench.Workload(text, *map(int, sizes), padding.upper()))
     for device in args.devices:
         queue = atrous_cl.get_queue(device=device)
         for name in args.dtypes:
             dtype = np.dtype(name)
-            for wl in bench.WORKLOADS:
-                if wl.name not in args.workloads:
-                    continue
+            for wl in workloads:
                 default = tiles.default_tile(queue.device, dtype, wl.cout)
                 tile_list = ([tiles.Tile.parse(t) for t in args.tiles] if args.tiles
                              else tiles.candidates(queue.device, dtype, wl.cout))

@@ -363,6 +363,40 @@ def test_default_tile_per_platform(platform, kind, version, want):
     assert tiles.default_tile(stub, np.float16, 17).vectors == want.vectors
 
 
+@pytest.mark.parametrize("cout, dtype, want", [
+    (1, np.float32, tiles.Tile(8, 1)),
+    (2, np.float32, tiles.Tile(8, 1)),
+    (4, np.float16, tiles.Tile(8, 1)),   # float16 is summed in float32
+    (5, np.float32, tiles.Tile(8, 16)),  # a whole vector, 11 lanes of padding
+    (8, np.float16, tiles.Tile(8, 16)),
+    (16, np.float32, tiles.Tile(8, 16)),
+    (17, np.float32, tiles.Tile(8, 16, 2)),
+    (2, np.float64, tiles.Tile(8, 1)),
+    (3, np.float64, tiles.Tile(8, 4)),   # the platform's: float64 keeps its narrow vectors
+    (9, np.float64, tiles.Tile(8, 16)),
+])
+def test_intel_default_tile_for_few_output_channels(cout, dtype, want):
+    """Intel's CPU runtime takes one output channel per work-item up to 4 (float64: 2), then
+    a whole 16-channel vector; its 3x3 problems then skip Winograd where the tile is scalar.
+    Other platforms keep their tiles."""
+    import types
+
+    import pyopencl as cl
+
+    intel = stub_device(platform=types.SimpleNamespace(name="Intel(R) OpenCL"),
+                        type=cl.device_type.CPU, version="OpenCL 3.0 (Build 0)",
+                        local_mem_size=256 << 10)
+    assert tiles.default_tile(intel, dtype, cout) == want
+    assert want in tiles.candidates(intel, dtype, cout)
+    args = check_transpose_args((1, 16, 16, 32), (3, 3, cout, 32), (1, 16, 16, cout), 2, "SAME")
+    got = tiles.default_for(intel, dtype, args)
+    assert got.winograd == (want.channels > 1), got
+    pocl = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
+                       type=cl.device_type.CPU, version=_POCL_AVX512, local_mem_size=1 << 20)
+    assert tiles.default_tile(pocl, dtype, cout) == tiles._platform_tile(pocl, dtype, cout)
+    assert tiles.default_for(pocl, dtype, args).winograd  # PoCL: Winograd beats scalar tiles
+
+
 @pytest.mark.parametrize("platform, kind, version, want", [
     ("Intel(R) OpenCL", "CPU", "OpenCL 3.0 (Build 0)", (tiles.Tile(8, 16), 4, 1, 512 << 10, 4)),
     ("Portable Computing Language", "CPU", _POCL_AVX2, (tiles.Tile(8, 8), 8, 1, 512 << 10, 1)),
