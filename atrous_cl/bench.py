@@ -69,6 +69,20 @@ WORKLOADS = [
     Workload("F", 1, 128, 128, 1, 1, 3, 2, "SAME"),     # one channel
 ]
 
+
+def parse_workload(text: str) -> Workload:
+    """A workload of its own from ``N,H,W,CIN,COUT,K,RATE,PADDING`` (named by that text),
+    for the benchmark scripts' ``--shapes``.
+
+    Raises:
+        ValueError: not 7 integers and a padding.
+    """
+    *sizes, padding = text.split(",")
+    if len(sizes) != 7 or not all(s.strip().isdigit() for s in sizes):
+        raise ValueError(f"a shape is N,H,W,CIN,COUT,K,RATE,PADDING, got {text!r}")
+    return Workload(text, *map(int, sizes), padding.strip().upper())
+
+
 #: What ``run`` can time: the op and its two vjps (see the module docstring).
 OPS = ("transpose", "transpose_vjp", "conv_vjp")
 

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The filter gradient alone, per tile: ``python benchmarks/filter_grad_ab.py``.
 
-``python benchmarks/filter_grad_ab.py [--devices 2:0 1:0] [--workloads A B] [--dtype float32]
+``python benchmarks/filter_grad_ab.py [--devices 2:0 1:0] [--workloads A B]
+[--shapes N,H,W,CIN,COUT,K,RATE,PADDING ...] [--dtype float32]
 [--bc 8 16] [--gc 4 8 16] [--ov 1 2] [--items 1 4096] [--kib 0 512] [--rounds 7]``
 
 For each device and workload, the filter gradient of the transpose vjp (the
@@ -47,7 +48,9 @@ def _time(queue, call, rounds, order_seed=1):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", default=["2:0", "1:0"])
-    parser.add_argument("--workloads", nargs="+", default=["A", "B", "C", "D", "E", "F"])
+    parser.add_argument("--workloads", nargs="*", default=None,
+                        help="of atrous-cl bench (default: A-F, none with --shapes)")
+    parser.add_argument("--shapes", nargs="*", default=[], help="N,H,W,CIN,COUT,K,RATE,PADDING")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--bc", nargs="+", type=int, default=[8, 16])
     parser.add_argument("--gc", nargs="+", type=int, default=[4, 8, 16])
@@ -58,13 +61,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--show", type=int, default=8, help="how many of the fastest to print")
     args = parser.parse_args()
+    names = args.workloads if args.workloads is not None else (
+        [] if args.shapes else [wl.name for wl in bench.WORKLOADS])
+    workloads = ([wl for wl in bench.WORKLOADS if wl.name in names]
+                 + [bench.parse_workload(text) for text in args.shapes])
     dtype = np.dtype(args.dtype)
     rng = np.random.default_rng(0)
     for device in args.devices:
         queue = atrous_cl.get_queue(device=device)
-        for wl in bench.WORKLOADS:
-            if wl.name not in args.workloads:
-                continue
+        for wl in workloads:
             value = rng.standard_normal((wl.n, wl.h, wl.w, wl.cin)).astype(dtype)
             filters = rng.standard_normal((wl.k, wl.k, wl.cout, wl.cin)).astype(dtype)
             dy = rng.standard_normal(wl.output_shape).astype(dtype)

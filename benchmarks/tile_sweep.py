@@ -69,11 +69,7 @@ def main() -> None:
     names = args.workloads if args.workloads is not None else (
         [] if args.shapes else [wl.name for wl in bench.WORKLOADS])
     workloads = [wl for wl in bench.WORKLOADS if wl.name in names]
-    for text in args.shapes:
-        *sizes, padding = text.split(",")
-        if len(sizes) != 7:
-            parser.error(f"--shapes wants N,H,W,CIN,COUT,K,RATE,PADDING, got {text!r}")
-        workloads.append(bench.Workload(text, *map(int, sizes), padding.upper()))
+    workloads += [bench.parse_workload(text) for text in args.shapes]
     for device in args.devices:
         queue = atrous_cl.get_queue(device=device)
         for name in args.dtypes:
