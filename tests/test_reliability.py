@@ -604,6 +604,30 @@ def test_repeated_host_calls_from_threads(queue, monkeypatch):
     assert len(ran) == len(values)
 
 
+def test_a_repeated_host_call_sets_every_kernel_argument(queue, monkeypatch):
+    """A kernel object is shared by every launch of its program: a device call on views
+    (element offsets past 0) and a host call of another image size (the same build,
+    other sizes) set its arguments in between; the repeat must set them all again."""
+    ran = _counting_repeats(monkeypatch)
+    rng = np.random.default_rng()
+    value, filters, output_shape, rate, padding = _problem(rng)
+    for _ in range(2):
+        got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
+                                                queue=queue)
+    big = cl_array.to_device(queue, rng.standard_normal(value.size + 7).astype(np.float32))
+    view = big[7:].reshape(value.shape)
+    out = poisoned(queue, (3 + int(np.prod(output_shape)),), np.float32)[3:].reshape(output_shape)
+    atrous_cl.atrous_conv2d_transpose(view, filters, output_shape, rate, padding, out=out)
+    assert_close(out.get(), reference.atrous_conv2d_transpose(view.get(), filters, output_shape,
+                                                              rate, padding))
+    wide = _problem(rng, shape=(1, 9, 13, 5))
+    atrous_cl.atrous_conv2d_transpose(*wide, queue=queue)
+    value = rng.standard_normal(value.shape).astype(np.float32)
+    got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=queue)
+    assert len(ran) == 2
+    assert_close(got, reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding))
+
+
 def test_each_queue_remembers_its_own_problems(queue):
     """The same problem on a second queue of the context runs there, with that queue's own
     pools, and a queue's memo stays bounded."""
