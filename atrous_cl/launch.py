@@ -385,6 +385,19 @@ def launcher(p: Plan | None) -> Callable:
 _ZERO = np.int64(0)
 
 
+def _enqueue(kernel: cl.Kernel, queue: cl.CommandQueue, geometry: tuple, args: tuple,
+             wait_for: list) -> cl.Event:
+    """``kernel`` on ``queue`` with ``geometry`` (global and local size) and every one of
+    its arguments: the kernel object serves every launch of its program (views at
+    offsets, other image sizes, other queues), so none may be left from another.
+    Call under the program's lock. set_args and the enqueue took 11 us where the
+    kernel's ``__call__`` took 17.6 (E, Intel's runtime, ad hoc); a repeated host call
+    (:func:`launch_packed`) then took 0.94 (E) and 0.93 (F) of its time
+    (``python benchmarks/compare_installs.py``, 2026-12-04)."""
+    kernel.set_args(*args)
+    return cl.enqueue_nd_range_kernel(queue, kernel, *geometry, wait_for=wait_for)
+
+
 def launch_packed(p: Plan, queue: cl.CommandQueue, value_data, filters_bytes: bytes,
                   out_data) -> cl.Event | None:
     """The main kernel alone, on host memory from its start (offsets 0), when
@@ -403,13 +416,8 @@ def launch_packed(p: Plan, queue: cl.CommandQueue, value_data, filters_bytes: by
             if last is None or last[0] != filters_bytes:
                 return None
             _, packed, repacked = last
-            # Every argument, not only the arrays: the kernel object serves every launch
-            # of its program (views at offsets, other image sizes). set_args and the
-            # enqueue took 11 us where the kernel's __call__ took 17.6 (E, Intel's
-            # runtime, ad hoc): compare_installs.py, E 0.94 and F 0.93 of the time.
-            kernel = p.kernels[p.main_kernel]
-            kernel.set_args(value_data, _ZERO, packed, out_data, _ZERO, *p.sizes)
-            return cl.enqueue_nd_range_kernel(queue, kernel, *p.main, wait_for=[repacked])
+            return _enqueue(p.kernels[p.main_kernel], queue, p.main,
+                            (value_data, _ZERO, packed, out_data, _ZERO, *p.sizes), [repacked])
     except cl.Error as e:
         raise DeviceError(f"launching {p.main_kernel} on {describe(queue.device)} "
                           f"failed: {e}", status=status_name(e), source=p.source,
@@ -436,8 +444,8 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
         with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
             if p.wide:
                 value_data = memory.scratch(queue, value.size * 4)
-                widened = kernels["widen"](queue, (value.size,), None, value.base_data,
-                                           np.int64(value_off), value_data, wait_for=wait)
+                widened = _enqueue(kernels["widen"], queue, ((value.size,), None),
+                                   (value.base_data, np.int64(value_off), value_data), wait)
                 value_off = 0
             last = p.repacked.get(queue) if raw is not None else None
             if last is not None and last[0] == raw:
@@ -445,17 +453,17 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
             else:
                 packed = (cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, p.packed_nbytes)
                           if raw is not None else memory.scratch(queue, p.packed_nbytes))
-                repacked = kernels["repack_filters"](queue, *p.repack, filters.base_data,
-                                                     np.int64(element_offset(filters)), packed,
-                                                     wait_for=wait)
+                repacked = _enqueue(kernels["repack_filters"], queue, p.repack,
+                                    (filters.base_data, np.int64(element_offset(filters)), packed),
+                                    wait)
                 if raw is not None:
                     if len(p.repacked) >= 8:
                         p.repacked.clear()
                     p.repacked[queue] = (raw, packed, repacked)
-            done = kernels[p.main_kernel](
-                queue, *p.main, value_data, np.int64(value_off), packed, out.base_data,
-                np.int64(element_offset(out)), *p.sizes,
-                wait_for=[repacked, widened] if p.wide else [repacked, *wait])
+            done = _enqueue(kernels[p.main_kernel], queue, p.main,
+                            (value_data, np.int64(value_off), packed, out.base_data,
+                             np.int64(element_offset(out)), *p.sizes),
+                            [repacked, widened] if p.wide else [repacked, *wait])
     except cl.Error as e:
         raise DeviceError(f"launching {p.main_kernel} on {describe(queue.device)} "
                           f"failed: {e}", status=status_name(e), source=p.source,
