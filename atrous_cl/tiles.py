@@ -97,7 +97,8 @@ def pixel_vector(device: cl.Device, dtype, filters_shape) -> int | None:
 
 def _platform_tile(device: cl.Device, dtype, cout: int) -> Tile:
     """The untuned tile per platform, before :func:`default_tile` adjusts it to few
-    output channels: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors (two vectors, 8x16x2, for more than 16 output channels but in float64:
+    output channels: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors (two
+    vectors, 8x16x2, for more than 16 output channels but in float64:
     :func:`_several_vectors`), 8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere.
 
     Measured on a 2-core AMD EPYC (Zen 5) with the phase-tile kernel, kernels
@@ -163,13 +164,23 @@ def _intel_scalar(device: cl.Device, dtype, cout: int) -> bool:
     return is_intel_cpu(device) and cout <= _INTEL_SCALAR_UP_TO[acc_itemsize(dtype)]
 
 
+#: Output channels up to which :func:`default_for` prefers the direct 8x1 tile to the
+#: Winograd kernel on Intel's CPU runtime: float32 and float64 only (float16 would
+#: take the direct kernel's widening pass; unmeasured).
+_INTEL_DIRECT_UP_TO = {np.dtype(np.float32): 3, np.dtype(np.float64): 2}
+
+
+def _intel_direct(device: cl.Device, dtype, cout: int) -> bool:
+    return is_intel_cpu(device) and cout <= _INTEL_DIRECT_UP_TO.get(np.dtype(dtype), 0)
+
+
 def default_for(device: cl.Device, dtype, args) -> Tile:
     """The untuned tile of a problem (``args``: :class:`atrous_cl.validation.TransposeArgs`):
     on a CPU, the Winograd kernel's (:func:`winograd_tile`) where it runs with at most
     half the direct sum's multiplies (3x3 filters, 6x6, 9x9, 3x6: one 3x3 part per 9
     taps or fewer), each phase has two rows and columns or more (a 2x2 block), and
-    :func:`winograd_enabled`, unless :func:`default_tile` takes one channel per
-    work-item (Intel's runtime, 4 output channels or fewer, 2 in float64: 3x3 filters,
+    :func:`winograd_enabled`, unless Intel's runtime runs the direct 8x1 tile faster (3
+    output channels or fewer in float32, 2 in float64; float16 keeps Winograd: 3x3 filters,
     1x256x256 64->1, 2, 3 rate 2, float32, 8x1 took 0.54, 0.65, 0.90 of the Winograd
     tile's time, 64->4 1.04; float64 64->1, 2: 0.58, 0.54); else :func:`default_tile`.
 
@@ -191,7 +202,7 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     parts = winograd_parts(kh, kw)
     direct = default_tile(device, dtype, cout)
     if (winograd_enabled() and facts(device).type & cl.device_type.CPU
-            and not _intel_scalar(device, dtype, cout)
+            and not _intel_direct(device, dtype, cout)
             and parts is not None and 8 * parts <= kh * kw
             and min(-(-oh // args.rate), -(-ow // args.rate)) >= 2):
         tile = winograd_tile(device, dtype, args.filters_shape)
@@ -277,15 +288,17 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> F
 def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[Tile]:
     """The tiles :func:`tune` tries: pixels 2-16 x a channel vector up to the useful
     width (on Intel's runtime 16 channels, float32 and float16, unless it takes one
-    channel), 12x16 where 16 channels are tried, and 4 or 8 pixels x two 16-channel
-    vectors where :func:`default_tile` may take them; with ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks
-    where it runs (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`)."""
+    channel), 12x16 on CPUs where 16 channels are tried (float32, float16), and 4 or 8
+    pixels x two 16-channel vectors where :func:`default_tile` may take them; with
+    ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks where it runs
+    (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`)."""
     widest = _max_channels(device, dtype, cout)
-    if is_intel_cpu(device) and acc_itemsize(dtype) == 4 and not _intel_scalar(device, dtype, cout):
+    if (is_intel_cpu(device) and acc_itemsize(dtype) == 4
+            and not _intel_scalar(device, dtype, cout)):
         widest = 16  # a whole vector beats narrower ones there (default_tile)
     tiles = [Tile(px, ch) for px in (2, 4, 8, 16) for ch in (1, 2, 4, 8, 16)
              if ch <= widest and px * ch <= 128]
-    if widest == 16:
+    if widest == 16 and facts(device).type & cl.device_type.CPU and acc_itemsize(dtype) == 4:
         tiles.append(Tile(12, 16))  # D: 0.81-0.87 of 8x16's kernel time on Intel, others 0.9-1.05
     if widest == 16 and cout > 16 and _several_vectors(device, dtype):
         tiles += [Tile(4, 16, 2), Tile(8, 16, 2)]

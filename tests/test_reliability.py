@@ -18,6 +18,7 @@ from conftest import assert_close, poisoned, skip_unsupported
 
 import atrous_cl
 from atrous_cl import geometry, reference
+from atrous_cl.validation import check_transpose_args
 
 OOO = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
 
@@ -611,11 +612,21 @@ def test_repeated_host_calls_from_threads(queue, monkeypatch):
 
 def test_a_repeated_host_call_sets_every_kernel_argument(queue, monkeypatch):
     """A kernel object is shared by every launch of its program: a device call on views
-    (element offsets past 0) and a host call of another image size (the same build,
-    other sizes) set its arguments in between; the repeat must set them all again."""
+    (element offsets past 0) and a host call of a smaller image (the same build, other
+    sizes) set its arguments in between; the repeat must set them all again."""
+    from atrous_cl import launch, tuning
+
     ran = _counting_repeats(monkeypatch, queue)
     rng = np.random.default_rng()
-    value, filters, output_shape, rate, padding = _problem(rng)
+    value, filters, output_shape, rate, padding = _problem(rng, shape=(2, 6, 8, 5))
+    small = _problem(rng, shape=(1, 4, 7, 5))  # as many pixels or blocks per phase row
+
+    def kernels(problem):
+        args = check_transpose_args(problem[0].shape, problem[1].shape, *problem[2:])
+        tile = tuning.tile_for(queue.device, np.float32, args)
+        return launch.launch_plan(queue.context, queue.device, np.float32, args, tile).kernels
+
+    assert kernels(small) is kernels((value, filters, output_shape, rate, padding))
     for _ in range(2):
         got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
                                                 queue=queue)
@@ -625,7 +636,6 @@ def test_a_repeated_host_call_sets_every_kernel_argument(queue, monkeypatch):
     atrous_cl.atrous_conv2d_transpose(view, filters, output_shape, rate, padding, out=out)
     assert_close(out.get(), reference.atrous_conv2d_transpose(view.get(), filters, output_shape,
                                                               rate, padding))
-    small = _problem(rng, shape=(1, 4, 6, 5))  # as many blocks per row: the same build
     atrous_cl.atrous_conv2d_transpose(*small, queue=queue)
     value = rng.standard_normal(value.shape).astype(np.float32)
     got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=queue)
