@@ -83,6 +83,14 @@ def parse_workload(text: str) -> Workload:
     return Workload(text, *map(int, sizes), padding.strip().upper())
 
 
+def selected_workloads(names: list[str] | None, shapes: list[str]) -> list[Workload]:
+    """The benchmark scripts' ``--workloads`` (None: all of :data:`WORKLOADS`, none when
+    ``shapes`` are given) and then their ``--shapes`` (:func:`parse_workload`)."""
+    if names is None:
+        names = [] if shapes else [wl.name for wl in WORKLOADS]
+    return [wl for wl in WORKLOADS if wl.name in names] + [parse_workload(t) for t in shapes]
+
+
 #: What ``run`` can time: the op and its two vjps (see the module docstring).
 OPS = ("transpose", "transpose_vjp", "conv_vjp")
 

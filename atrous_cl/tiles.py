@@ -150,12 +150,11 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     0.56, but 64->3, 4 the platform's 8x4 best. One output channel already took
     8x1. Debian's PoCL 3.1 runs scalar tiles 2-8x slower and keeps its own.
     """
-    tile = _platform_tile(device, dtype, cout)
     if _intel_scalar(device, dtype, cout):
         return Tile(8, 1)
     if is_intel_cpu(device) and cout <= 16 and acc_itemsize(dtype) == 4:
         return Tile(8, 16)
-    return tile
+    return _platform_tile(device, dtype, cout)
 
 
 def _intel_scalar(device: cl.Device, dtype, cout: int) -> bool:
@@ -200,7 +199,6 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     kh, kw, cout, cin = args.filters_shape
     _, oh, ow, _ = args.output_shape
     parts = winograd_parts(kh, kw)
-    direct = default_tile(device, dtype, cout)
     if (winograd_enabled() and facts(device).type & cl.device_type.CPU
             and not _intel_direct(device, dtype, cout)
             and parts is not None and 8 * parts <= kh * kw
@@ -208,7 +206,7 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
         tile = winograd_tile(device, dtype, args.filters_shape)
         if tile is not None:
             return tile
-    return direct
+    return default_tile(device, dtype, cout)
 
 
 def _several_vectors(device: cl.Device, dtype) -> bool:

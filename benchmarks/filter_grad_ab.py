@@ -61,10 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--show", type=int, default=8, help="how many of the fastest to print")
     args = parser.parse_args()
-    names = args.workloads if args.workloads is not None else (
-        [] if args.shapes else [wl.name for wl in bench.WORKLOADS])
-    workloads = ([wl for wl in bench.WORKLOADS if wl.name in names]
-                 + [bench.parse_workload(text) for text in args.shapes])
+    workloads = bench.selected_workloads(args.workloads, args.shapes)
     dtype = np.dtype(args.dtype)
     rng = np.random.default_rng(0)
     for device in args.devices:

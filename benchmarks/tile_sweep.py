@@ -66,10 +66,7 @@ def main() -> None:
     parser.add_argument("--tiles", nargs="*", help="PxC tiles to time (default: the candidates)")
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
-    names = args.workloads if args.workloads is not None else (
-        [] if args.shapes else [wl.name for wl in bench.WORKLOADS])
-    workloads = [wl for wl in bench.WORKLOADS if wl.name in names]
-    workloads += [bench.parse_workload(text) for text in args.shapes]
+    workloads = bench.selected_workloads(args.workloads, args.shapes)
     for device in args.devices:
         queue = atrous_cl.get_queue(device=device)
         for name in args.dtypes:

@@ -24,12 +24,9 @@ def fresh_cache(tmp_path, monkeypatch):
     tuning._loaded = None
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape", [(2, 5, 9, 3, 5, 3, 2, 2, "SAME"), (1, 4, 3, 6, 17, 2, 3, 3, "VALID")],
-                         ids=["small", "cout17"])
-def test_every_candidate_tile_is_correct(queue, shape, dtype):
-    """The tuner may pick any candidate, so each must match the reference exactly like the default."""
-    skip_unsupported(queue, dtype)
+def _tile_case(queue, shape, dtype):
+    """Fresh random inputs of ``shape`` (n, h, w, cin, cout, kh, kw, rate, padding) on the
+    device, the launch's arguments and the reference's result."""
     n, h, w, cin, cout, kh, kw, rate, padding = shape
     rng = np.random.default_rng()
     value = rng.standard_normal((n, h, w, cin)).astype(dtype)
@@ -37,8 +34,18 @@ def test_every_candidate_tile_is_correct(queue, shape, dtype):
     output_shape = (n, *geometry.transpose_output_hw((h, w), (kh, kw), rate, padding), cout)
     args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
-    d_value, d_filters = cl_array.to_device(queue, value), cl_array.to_device(queue, filters)
-    candidates = tiles.candidates(queue.device, dtype, cout, filters.shape)
+    return cl_array.to_device(queue, value), cl_array.to_device(queue, filters), args, want
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(2, 5, 9, 3, 5, 3, 2, 2, "SAME"), (1, 4, 3, 6, 17, 2, 3, 3, "VALID")],
+                         ids=["small", "cout17"])
+def test_every_candidate_tile_is_correct(queue, shape, dtype):
+    """The tuner may pick any candidate, so each must match the reference exactly like the default."""
+    skip_unsupported(queue, dtype)
+    d_value, d_filters, args, want = _tile_case(queue, shape, dtype)
+    cout, output_shape = shape[4], args.output_shape
+    candidates = tiles.candidates(queue.device, dtype, cout, args.filters_shape)
     assert tiles.default_tile(queue.device, dtype, cout) in candidates
     for tile in candidates:
         out = poisoned(queue, output_shape, dtype)
@@ -50,18 +57,10 @@ def test_every_candidate_tile_is_correct(queue, shape, dtype):
 def test_twelve_pixel_tiles_are_correct(queue, dtype):
     """12x16, which tune tries on CPUs: whole and ragged 12-pixel tiles (15 columns per
     phase), 10 of 16 lanes used, into a poisoned output."""
-    shape = (2, 5, 30, 3, 10, 3, 3, 2, "SAME")
-    n, h, w, cin, cout, kh, kw, rate, padding = shape
-    rng = np.random.default_rng()
-    value = rng.standard_normal((n, h, w, cin)).astype(dtype)
-    filters = rng.standard_normal((kh, kw, cout, cin)).astype(dtype)
-    output_shape = (n, *geometry.transpose_output_hw((h, w), (kh, kw), rate, padding), cout)
-    args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
-    out = poisoned(queue, output_shape, dtype)
-    launch.transpose(queue, cl_array.to_device(queue, value), cl_array.to_device(queue, filters),
-                     out, args, Tile(12, 16))
-    assert_close(out.get(), reference.atrous_conv2d_transpose(value, filters, output_shape, rate,
-                                                              padding), dtype)
+    d_value, d_filters, args, want = _tile_case(queue, (2, 5, 30, 3, 10, 3, 3, 2, "SAME"), dtype)
+    out = poisoned(queue, args.output_shape, dtype)
+    launch.transpose(queue, d_value, d_filters, out, args, Tile(12, 16))
+    assert_close(out.get(), want, dtype)
 
 
 def test_tune_caches_the_winner_and_the_op_uses_it(queue, fresh_cache):
