@@ -177,11 +177,41 @@ def _build(context, source, options=()):
 
 
 @pytest.fixture
-def binaries(tmp_path, monkeypatch):
+def cache_home(tmp_path, monkeypatch):
     """A cache home of the test's own; the folder of program binaries in it."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(cache, "_warned", set())
     return tmp_path / "atrous-cl" / "binaries"
+
+
+@pytest.fixture
+def binaries(queue, cache_home):
+    """:func:`cache_home`, for a device whose binaries we keep ourselves."""
+    if programs.keeps_own_builds(queue.device):
+        pytest.skip(f"{queue.device.platform.name} keeps its own builds (test below)")
+    return cache_home
+
+
+def test_a_driver_that_keeps_its_own_builds_gets_the_same_options_from_every_venv(
+        queue, cache_home, monkeypatch):
+    """PoCL caches builds from source by their options: pyopencl's ``-I <its own folder>``
+    would make every new virtual environment miss (minutes per CI run); asking for the
+    binaries to keep ourselves compiled every kernel once more (programs.keeps_own_builds)."""
+    if not programs.keeps_own_builds(queue.device):
+        pytest.skip(f"{queue.device.platform.name}: we keep its binaries (tests above)")
+
+    def options(program):
+        return program.get_build_info(queue.device, cl.program_build_info.OPTIONS).strip()
+
+    monkeypatch.delenv("PYOPENCL_BUILD_OPTIONS", raising=False)
+    first = _build(queue.context, _SOURCE, ("-DX=1",))
+    monkeypatch.setattr(cl, "_DEFAULT_INCLUDE_OPTIONS", ["-I", "/elsewhere/pyopencl/cl"])
+    again = _build(queue.context, _SOURCE, ("-DX=1",))
+    _runs(queue.context, again)
+    assert options(first) == options(again) == "-DX=1"
+    monkeypatch.setenv("PYOPENCL_BUILD_OPTIONS", "-cl-fast-relaxed-math")
+    assert options(_build(queue.context, _SOURCE, ("-DX=1",))) == "-DX=1 -cl-fast-relaxed-math"
+    assert not cache_home.exists()  # nothing of ours: the driver keeps the build
 
 
 class _Built:
@@ -313,13 +343,16 @@ def test_ctrl_c_while_storing_a_program_leaves_no_part_behind(queue, binaries, m
 def test_processes_building_at_once_all_get_whole_programs(queue, tmp_path):
     """Writers rename whole files into place, so concurrent cold builds neither fail nor
     leave a part behind."""
-    env = _child_env(XDG_CACHE_HOME=str(tmp_path), PYOPENCL_CTX=_selector(queue))
+    env = _child_env(XDG_CACHE_HOME=str(tmp_path), PYOPENCL_CTX=_selector(queue),
+                     POCL_CACHE_DIR=str(tmp_path / "pocl"))  # PoCL's builds cold too
     children = [subprocess.Popen([sys.executable, "-c", _CHILD], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
     for child in children:
         out, err = child.communicate(timeout=300)
         assert child.returncode == 0, err
         assert json.loads(out)["error"] <= 1e-5
+    if programs.keeps_own_builds(queue.device):
+        return  # the binaries are PoCL's
     folder = tmp_path / "atrous-cl" / "binaries"
     files = list(folder.glob("*/*"))
     assert files and all(programs._read_binary(folder, f.name) is not None for f in files)
