@@ -38,6 +38,7 @@ class Facts(NamedTuple):
     system_svm: bool  # kernels may take plain host pointers (fine-grained system SVM)
     fine_grain_buffers: bool  # SVM allocations the host and kernels share without maps
     local_mem: int = 0  # bytes of local memory a work-group may use
+    float_width: int = 0  # CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT: 8 for AVX2, 0 unknown
 
 
 def _svm_capabilities(device) -> int:
@@ -66,7 +67,8 @@ def facts(device: cl.Device) -> Facts:
                       device.max_mem_alloc_size, device.global_mem_size,
                       bool(svm & cl.device_svm_capabilities.FINE_GRAIN_SYSTEM),
                       bool(svm & cl.device_svm_capabilities.FINE_GRAIN_BUFFER),
-                      int(getattr(device, "local_mem_size", 0) or 0))
+                      int(getattr(device, "local_mem_size", 0) or 0),
+                      int(getattr(device, "native_vector_width_float", 0) or 0))
         if key is not None:
             _facts[key] = found
     return found

@@ -8,6 +8,7 @@ vector widths the device's compiler handles.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -68,6 +69,40 @@ def _pocl_narrow(device: cl.Device) -> bool:
     return _is_pocl(device) and "avx512" not in facts(device).version.lower()
 
 
+@functools.cache
+def _host_avx512() -> bool:
+    """Whether this machine's CPU has AVX-512 (``avx512f`` in ``/proc/cpuinfo``); False
+    where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and "avx512f" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def _intel_narrow(device: cl.Device) -> bool:
+    """Intel's CPU runtime on a CPU without 512-bit vectors: it reports a native float
+    vector of 8 (AMD EPYC Zen 3, AVX2), and the host CPU has no AVX-512 (the runtime runs
+    on it; a report of 8 alone would also narrow an AVX-512 machine if the runtime said
+    so there, unseen here).
+
+    Its tiles then keep to 8-channel vectors like PyPI's PoCL: on a 2-core EPYC Zen 3,
+    kernels only (``python benchmarks/tile_sweep.py --devices 1:0 --workloads ...
+    --tiles ...``, 2026-12-04 16:35-16:45 UTC, 5-7 rounds), the 16-channel defaults ran
+    D (5x5) 8x16 11.3 ms against 8x8 6.7 and 4x16 6.3; Winograd 8x16x2w A 2.78, B 17.8,
+    C (8x16w) 1.68, E (8x16w) 0.124 against one 8-channel vector 8x8w 2.42, 15.6, 1.07,
+    0.121 (two, 8x8x2w: 2.98, 20.2, 1.71, 0.142).
+    """
+    width = facts(device).float_width
+    return is_intel_cpu(device) and 0 < width < 16 and not _host_avx512()
+
+
+def _narrow(device: cl.Device) -> bool:
+    """A CPU device whose kernels keep to 256-bit vectors (:func:`_pocl_narrow`,
+    :func:`_intel_narrow`)."""
+    return _pocl_narrow(device) or _intel_narrow(device)
+
+
 def acc_itemsize(dtype) -> int:
     """Bytes of the type the kernels sum ``dtype`` in: 8 for float64, else 4 (float16 is
     summed in float32)."""
@@ -75,9 +110,9 @@ def acc_itemsize(dtype) -> int:
 
 
 def _vector_width(device: cl.Device, dtype) -> int:
-    """Widest vector of accumulators the kernels use: 16, or 32 bytes on a PoCL
-    without 512-bit vectors (:func:`_pocl_narrow`)."""
-    return 32 // acc_itemsize(dtype) if _pocl_narrow(device) else 16
+    """Widest vector of accumulators the kernels use: 16, or 32 bytes on a CPU device
+    without 512-bit vectors (:func:`_narrow`)."""
+    return 32 // acc_itemsize(dtype) if _narrow(device) else 16
 
 
 def _max_channels(device: cl.Device, dtype, cout: int) -> int:
@@ -152,7 +187,7 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     """
     if _intel_scalar(device, dtype, cout):
         return Tile(8, 1)
-    if is_intel_cpu(device) and cout <= 16 and acc_itemsize(dtype) == 4:
+    if is_intel_cpu(device) and cout <= 16 and acc_itemsize(dtype) == 4 and not _narrow(device):
         return Tile(8, 16)
     return _platform_tile(device, dtype, cout)
 
@@ -223,7 +258,7 @@ def _several_vectors(device: cl.Device, dtype) -> bool:
     it keeps one. 4x16x4 ran 0.96-1.08, 8x16x4 1.68-1.88 (spilled registers),
     and two vectors where the channels fill one (C, D, E: 16) 1.07-1.66.
     """
-    wide = is_intel_cpu(device) or (_is_pocl(device) and not _pocl_narrow(device))
+    wide = (is_intel_cpu(device) or _is_pocl(device)) and not _narrow(device)
     return wide and np.dtype(dtype) != np.float64
 
 
@@ -272,6 +307,12 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> F
     (unmeasured with more).
     """
     tile = _platform_tile(device, dtype, cout)._replace(vectors=1)
+    if _intel_narrow(device) and acc_itemsize(dtype) == 4:
+        # One 16-channel vector, 8 input channels: on the Zen 3 of _intel_narrow
+        # (filter_grad_ab.py --devices 1:0 --workloads A C D --bc 8 16 --gc 4 8 --ov 1 4,
+        # 5 rounds) A 4.00 ms, C 1.71, D 8.91 against 8x8x1's 5.21, 1.91, 8.79 and the
+        # 16-channel rule's 16x4x4 on A 5.86.
+        tile = tile._replace(channels=min(pow2_at_least(cout), 16))
     wide = _is_pocl(device) and not _pocl_narrow(device)
     ov = 1
     if _several_vectors(device, dtype):
@@ -291,7 +332,7 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
     ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks where it runs
     (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`)."""
     widest = _max_channels(device, dtype, cout)
-    if (is_intel_cpu(device) and acc_itemsize(dtype) == 4
+    if (is_intel_cpu(device) and acc_itemsize(dtype) == 4 and not _narrow(device)
             and not _intel_scalar(device, dtype, cout)):
         widest = 16  # a whole vector beats narrower ones there (default_tile)
     tiles = [Tile(px, ch) for px in (2, 4, 8, 16) for ch in (1, 2, 4, 8, 16)
@@ -352,7 +393,10 @@ def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int = WINOGRA
     width = _vector_width(device, np.float32)
     if dtype == np.float64:  # one 512-bit register of doubles a vector: 16 spilled the tile
         width = min(_vector_width(device, np.float64), 8)
-    tile = Tile(blocks, width, 2 if cout > width else 1, True)
+    # Two vectors where the channels fill them, but one on Intel's runtime without
+    # 512-bit vectors (:func:`_intel_narrow`: 8x8w ran A-E faster than 8x8x2w there).
+    vectors = 2 if cout > width and not _intel_narrow(device) else 1
+    tile = Tile(blocks, width, vectors, True)
     if winograd_local_bytes(tile, cin, parts, dtype) > facts(device).local_mem:
         return None
     return tile

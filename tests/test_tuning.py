@@ -415,6 +415,45 @@ def test_intel_default_tile_for_few_output_channels(cout, dtype, want):
     assert tiles.default_for(pocl, dtype, args).winograd  # PoCL: Winograd beats scalar tiles
 
 
+@pytest.mark.parametrize("host_avx512", [False, True])
+def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx512):
+    """Intel's runtime reporting native vectors of 8 floats on a host without AVX-512 (AMD
+    Zen 3) takes 8-channel vectors as PyPI's PoCL does there, one of them in the Winograd
+    tile, and a 16-channel vector in the filter gradient (tiles._intel_narrow); an AVX-512
+    host keeps the 16-channel tiles whatever the runtime reports."""
+    import types
+
+    import pyopencl as cl
+
+    monkeypatch.setattr(tiles, "_host_avx512", lambda: host_avx512)
+    intel = stub_device(platform=types.SimpleNamespace(name="Intel(R) OpenCL"),
+                        type=cl.device_type.CPU, version="OpenCL 3.0 (Build 0)",
+                        local_mem_size=256 << 10, native_vector_width_float=8)
+    a = check_transpose_args((1, 64, 64, 64), (3, 3, 64, 64), (1, 64, 64, 64), 2, "SAME")
+    d = check_transpose_args((1, 256, 256, 16), (5, 5, 16, 16), (1, 264, 264, 16), 2, "VALID")
+    f32, f64 = np.float32, np.float64
+    if host_avx512:
+        assert tiles.default_tile(intel, f32, 64) == tiles.Tile(8, 16, 2)
+        assert tiles.default_for(intel, f32, a) == tiles.Tile(8, 16, 2, True)
+        assert tiles.default_for(intel, f32, d) == tiles.Tile(8, 16)
+        assert tuple(tiles.default_filter_grad_tile(intel, f32, 64, 64)) == \
+            (tiles.Tile(8, 16), 4, 1, 512 << 10, 4)
+        return
+    assert tiles.default_tile(intel, f32, 64) == tiles.Tile(8, 8)
+    assert tiles.default_tile(intel, f32, 16) == tiles.Tile(8, 8)  # no 16-channel vector
+    assert tiles.default_tile(intel, f32, 2) == tiles.Tile(8, 1)   # one channel per item stays
+    assert tiles.default_tile(intel, f64, 64) == tiles.Tile(8, 4)
+    assert tiles.default_for(intel, f32, a) == tiles.Tile(8, 8, 1, True)
+    assert tiles.default_for(intel, np.float16, a) == tiles.Tile(8, 8, 1, True)
+    assert tiles.default_for(intel, f64, a) == tiles.Tile(8, 4, 1, True)
+    assert tiles.default_for(intel, f32, d) == tiles.Tile(8, 8)
+    assert max(t.channels for t in tiles.candidates(intel, f32, 64, a.filters_shape)) == 8
+    assert tuple(tiles.default_filter_grad_tile(intel, f32, 64, 64)) == \
+        (tiles.Tile(8, 16), 8, 1, 512 << 10, 1)
+    assert tiles.default_filter_grad_tile(intel, f32, 8, 2).tile.channels == 2
+    assert tiles.default_filter_grad_tile(intel, f64, 64, 64).tile == tiles.Tile(8, 4)
+
+
 @pytest.mark.parametrize("platform, kind, version, want", [
     ("Intel(R) OpenCL", "CPU", "OpenCL 3.0 (Build 0)", (tiles.Tile(8, 16), 4, 1, 512 << 10, 4)),
     ("Portable Computing Language", "CPU", _POCL_AVX2, (tiles.Tile(8, 8), 8, 1, 512 << 10, 1)),
