@@ -189,7 +189,20 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
         return Tile(8, 1)
     if is_intel_cpu(device) and cout <= 16 and acc_itemsize(dtype) == 4 and not _narrow(device):
         return Tile(8, 16)
+    if _pocl_narrow(device) and cout > 8 and acc_itemsize(dtype) == 4:
+        return _POCL_NARROW_DIRECT
     return _platform_tile(device, dtype, cout)
+
+
+#: Why :func:`default_tile` gives PyPI's PoCL 3.0 on AVX2 4 pixels x two 8-channel
+#: vectors (float32, float16) where the output channels fill more than one vector:
+#: kernels only, time over 8x8's, AMD EPYC Zen 3 (``python benchmarks/tile_sweep.py
+#: --devices 2:0 --workloads D --shapes ... --tiles 8x8 4x8 4x8x2 8x8x2 4x8x4 4x16``,
+#: 5 rounds, 2026-12-04 16:45-16:55 UTC): D (5x5, 16->16) 0.63, 5x5 32->32 0.78,
+#: 64->64 0.85, 7x7 16->16 rate 3 0.68, 5x5 16->24 VALID 0.69 (8x8x2 1.33-1.58, 4x8x4
+#: 1.06-1.88). Intel's runtime on the same CPU ran 4x8x2 in 0.81-1.16 of 8x8's time and
+#: keeps 8x8; float64 is unmeasured and keeps 8x4.
+_POCL_NARROW_DIRECT = Tile(4, 8, 2)
 
 
 def _intel_scalar(device: cl.Device, dtype, cout: int) -> bool:
@@ -206,6 +219,18 @@ _INTEL_DIRECT_UP_TO = {np.dtype(np.float32): 3, np.dtype(np.float64): 2}
 
 def _intel_direct(device: cl.Device, dtype, cout: int) -> bool:
     return is_intel_cpu(device) and cout <= _INTEL_DIRECT_UP_TO.get(np.dtype(dtype), 0)
+
+
+def _pocl_direct(device: cl.Device, dtype, cout: int) -> bool:
+    """Whether :func:`default_for` prefers the direct kernel's two 8-channel vectors
+    (:data:`_POCL_NARROW_DIRECT`) to the Winograd kernel on PyPI's PoCL for AVX2: 16
+    output channels or fewer, float32 and float16. Kernels only, the Winograd tile
+    4x8x2w's time over 4x8x2's, two runs of 15 rounds (``python
+    benchmarks/tile_sweep.py --devices 2:0 --workloads A C E --shapes ... --tiles 4x8x2w
+    8x8x2w 4x8x2``, AMD EPYC Zen 3, 2026-12-04 16:42 UTC): C (32->16) 1.35, 1.07; E
+    (16->16) 1.52, 1.38; 1x64x64 16->16 1.29, 1.39; but 2x64x64 32->32 0.99, 0.96, A
+    (64->64) 0.72, 0.97, B (128->128, 4x8x4w) 0.56."""
+    return _pocl_narrow(device) and acc_itemsize(dtype) == 4 and cout <= 16
 
 
 def default_for(device: cl.Device, dtype, args) -> Tile:
@@ -236,6 +261,7 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     parts = winograd_parts(kh, kw)
     if (winograd_enabled() and facts(device).type & cl.device_type.CPU
             and not _intel_direct(device, dtype, cout)
+            and not _pocl_direct(device, dtype, cout)
             and parts is not None and 8 * parts <= kh * kw
             and min(-(-oh // args.rate), -(-ow // args.rate)) >= 2):
         tile = winograd_tile(device, dtype, args.filters_shape)
@@ -328,7 +354,8 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
     """The tiles :func:`tune` tries: pixels 2-16 x a channel vector up to the useful
     width (on Intel's runtime 16 channels, float32 and float16, unless it takes one
     channel), 12x16 on CPUs where 16 channels are tried (float32, float16), and 4 or 8
-    pixels x two 16-channel vectors where :func:`default_tile` may take them; with
+    pixels x two 16-channel vectors where :func:`default_tile` may take them (two
+    8-channel vectors on PyPI's PoCL for AVX2); with
     ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks where it runs
     (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`)."""
     widest = _max_channels(device, dtype, cout)
@@ -341,6 +368,8 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
         tiles.append(Tile(12, 16))  # D: 0.81-0.87 of 8x16's kernel time on Intel, others 0.9-1.05
     if widest == 16 and cout > 16 and _several_vectors(device, dtype):
         tiles += [Tile(4, 16, 2), Tile(8, 16, 2)]
+    if _pocl_narrow(device) and cout > 8 and acc_itemsize(dtype) == 4:
+        tiles += [_POCL_NARROW_DIRECT, Tile(8, 8, 2)]
     if filters_shape is not None and winograd_enabled():
         tiles += [t for t in (winograd_tile(device, dtype, filters_shape, blocks)
                               for blocks in (4, 8)) if t is not None]
@@ -377,7 +406,7 @@ def winograd_local_bytes(tile: Tile, cin: int, parts: int = 1, dtype=np.float32)
     return acc_itemsize(dtype) * 16 * tile.pixels * (parts * cinp + tile.channels * tile.vectors)
 
 
-def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int = WINOGRAD_BLOCKS) -> Tile | None:
+def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int | None = None) -> Tile | None:
     """The Winograd kernel's tile of ``blocks`` 2x2 blocks for a problem, where that
     kernel runs and saves multiplies (:func:`winograd_parts`): float32, float64, or
     float16 on a CPU (GPUs load halves in hardware, and keep the direct kernel), and a
@@ -396,7 +425,18 @@ def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int = WINOGRA
     # Two vectors where the channels fill them, but one on Intel's runtime without
     # 512-bit vectors (:func:`_intel_narrow`: 8x8w ran A-E faster than 8x8x2w there).
     vectors = 2 if cout > width and not _intel_narrow(device) else 1
-    tile = Tile(blocks, width, vectors, True)
+    if _pocl_narrow(device):
+        # PyPI's PoCL 3.0 on AVX2: 4 blocks, 4 vectors from 16 vectors' worth of channels.
+        # Kernels only, time over 8x8x2w's, float32, AMD EPYC Zen 3 (tile_sweep.py
+        # --devices 2:0 --shapes ... --tiles 8x8x2w 4x8x2w 8x8w 4x8x4w 8x8, 5 rounds,
+        # 2026-12-04 16:40-16:55 UTC): 4x8x2w A 0.93, C 0.80, 1x128x128 64->64 0.90,
+        # 2x64x64 32->32 0.89, 4x32x32 64->64 0.81, 1x96x96 32->64 rate 1 0.82, 16->16
+        # 0.85-0.91; 128->128 (B, 1x64x64) 4x8x4w 0.98 and 0.74 (4x8x2w 1.09 and 0.76).
+        # float64 (8x4x2w's time): A 4x4x2w 0.87, 4x4x4w 0.79; C 4x4x2w 0.88.
+        blocks = blocks or 4
+        if vectors > 1 and cout >= 16 * width:
+            vectors = 4
+    tile = Tile(blocks or WINOGRAD_BLOCKS, width, vectors, True)
     if winograd_local_bytes(tile, cin, parts, dtype) > facts(device).local_mem:
         return None
     return tile

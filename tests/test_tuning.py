@@ -358,7 +358,7 @@ _POCL_AVX512 = "OpenCL 3.0 PoCL HSTR: pthread-x86_64-pc-linux-gnu-skylake-avx512
 
 @pytest.mark.parametrize("platform, kind, version, want", [
     ("Intel(R) OpenCL", "CPU", "OpenCL 3.0 (Build 0)", tiles.Tile(8, 16, 2)),
-    ("Portable Computing Language", "CPU", _POCL_AVX2, tiles.Tile(8, 8)),
+    ("Portable Computing Language", "CPU", _POCL_AVX2, tiles.Tile(4, 8, 2)),
     ("Portable Computing Language", "CPU", _POCL_AVX512, tiles.Tile(8, 16, 2)),
     ("NVIDIA CUDA", "GPU", "OpenCL 3.0 CUDA", tiles.Tile(4, 2)),
     ("AMD Accelerated Parallel Processing", "GPU", "OpenCL 2.0 AMD-APP", tiles.Tile(4, 2)),
@@ -372,10 +372,11 @@ def test_default_tile_per_platform(platform, kind, version, want):
     stub = stub_device(platform=types.SimpleNamespace(name=platform),
                        type=getattr(cl.device_type, kind), version=version)
     assert tiles.default_tile(stub, np.float32, 64) == want
-    # Never wider than the output channels need: one vector for 16 or fewer, and
-    # one for float64, whose vectors take two registers.
+    # Never wider than the output channels need, and one vector for float64, whose
+    # vectors take two registers.
     assert tiles.default_tile(stub, np.float32, 1).channels == 1
-    assert tiles.default_tile(stub, np.float32, 16).vectors == 1
+    sixteen = tiles.default_tile(stub, np.float32, 16)
+    assert sixteen.channels * sixteen.vectors <= 16
     assert tiles.default_tile(stub, np.float64, 64).vectors == 1
     assert tiles.default_tile(stub, np.float16, 17).vectors == want.vectors
 
@@ -413,6 +414,34 @@ def test_intel_default_tile_for_few_output_channels(cout, dtype, want):
                        type=cl.device_type.CPU, version=_POCL_AVX512, local_mem_size=1 << 20)
     assert tiles.default_tile(pocl, dtype, cout) == tiles._platform_tile(pocl, dtype, cout)
     assert tiles.default_for(pocl, dtype, args).winograd  # PoCL: Winograd beats scalar tiles
+
+
+def test_pocl_for_avx2_takes_two_8_channel_vectors_and_winograd_from_17_channels():
+    """PyPI's PoCL 3.0 on AVX2: the direct kernel with two 8-channel vectors (4x8x2) where
+    the channels fill more than one, and for 3x3 filters up to 16 output channels (its
+    Winograd tiles there have a single channel group); Winograd from 17, in 4-block
+    tiles, 4 vectors from 128 channels; float64 keeps 8x4 and Winograd."""
+    import types
+
+    import pyopencl as cl
+
+    pocl = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
+                       type=cl.device_type.CPU, version=_POCL_AVX2, local_mem_size=4 << 20)
+
+    def three(cout, dtype=np.float32):
+        args = check_transpose_args((1, 32, 32, 32), (3, 3, cout, 32), (1, 32, 32, cout), 2, "SAME")
+        return tiles.default_for(pocl, dtype, args)
+
+    assert tiles.default_tile(pocl, np.float32, 8) == tiles.Tile(8, 8)
+    assert tiles.default_tile(pocl, np.float32, 9) == tiles.Tile(4, 8, 2)
+    assert tiles.default_tile(pocl, np.float16, 64) == tiles.Tile(4, 8, 2)
+    assert tiles.default_tile(pocl, np.float64, 64) == tiles.Tile(8, 4)
+    assert tiles.Tile(4, 8, 2) in tiles.candidates(pocl, np.float32, 64)
+    assert three(16) == tiles.Tile(4, 8, 2) and three(8) == tiles.Tile(8, 8)
+    assert three(17) == tiles.Tile(4, 8, 2, True) and three(128) == tiles.Tile(4, 8, 4, True)
+    assert three(16, np.float64) == tiles.Tile(4, 4, 2, True)
+    # The filter gradient keeps the platform tile's 8 pixels and channels.
+    assert tuple(tiles.default_filter_grad_tile(pocl, np.float32, 64, 64))[:2] == (tiles.Tile(8, 8), 8)
 
 
 @pytest.mark.parametrize("host_avx512", [False, True])

@@ -206,7 +206,7 @@ def test_without_room_the_direct_kernel_runs(queue):
     assert p.main_kernel == "atrous_conv2d_transpose"
 
 
-def test_winograd_tile_needs_3x3_float32_and_room():
+def test_winograd_tile_needs_3x3_float32_and_room(monkeypatch):
     cpu = stub_device(type=cl.device_type.CPU, local_mem_size=256 << 10,
                       platform=type("P", (), {"name": "Intel(R) OpenCL"})(), name="Intel(R) Xeon")
     assert tiles.winograd_tile(cpu, np.float32, (3, 3, 64, 64)) == Tile(8, 16, 2, True)
@@ -221,29 +221,46 @@ def test_winograd_tile_needs_3x3_float32_and_room():
         assert tiles.winograd_tile(cpu, dtype, shape) is None, (dtype, shape)
     gpu = stub_device(local_mem_size=48 << 10)
     assert tiles.winograd_tile(gpu, np.float16, (3, 3, 8, 8)) is None  # not widened there
+    # PyPI's PoCL on AVX2: 8-channel vectors in 4 blocks, 4 vectors from 128 channels
+    # (32 doubles); Intel's runtime there: one 8-channel vector of 8 blocks.
+    pocl = stub_device(type=cl.device_type.CPU, local_mem_size=4 << 20,
+                       platform=type("P", (), {"name": "Portable Computing Language"})(),
+                       version="OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3")
+    for dtype, cout, want in ((np.float32, 8, Tile(4, 8, 1, True)), (np.float32, 64, Tile(4, 8, 2, True)),
+                              (np.float32, 127, Tile(4, 8, 2, True)), (np.float32, 128, Tile(4, 8, 4, True)),
+                              (np.float16, 128, Tile(4, 8, 4, True)), (np.float64, 63, Tile(4, 4, 2, True)),
+                              (np.float64, 64, Tile(4, 4, 4, True))):
+        assert tiles.winograd_tile(pocl, dtype, (3, 3, cout, 64)) == want, (dtype, cout)
+    assert tiles.winograd_tile(pocl, np.float32, (3, 3, 64, 64), 8) == Tile(8, 8, 2, True)
+    narrow_intel = stub_device(type=cl.device_type.CPU, local_mem_size=256 << 10,
+                               platform=type("P", (), {"name": "Intel(R) OpenCL"})(),
+                               native_vector_width_float=8)
+    monkeypatch.setattr(tiles, "_host_avx512", lambda: False)
+    assert tiles.winograd_tile(narrow_intel, np.float32, (3, 3, 64, 64)) == Tile(8, 8, 1, True)
     assert Tile.parse("8x16x2w") == Tile(8, 16, 2, True) and str(Tile(8, 16, 2, True)) == "8x16x2w"
     assert Tile.parse("8x16") == Tile(8, 16)
 
 
 def test_the_default_takes_winograd_on_cpus_unless_turned_off(queue, monkeypatch):
     """3x3 float32 problems of two rows and columns per phase or more take the Winograd
-    kernel on CPUs; ATROUS_CL_WINOGRAD=0 turns it off for problems not yet run."""
-    args = check_transpose_args((1, 8, 8, 4), (3, 3, 5, 4), (1, 8, 8, 5), 2, "SAME")
+    kernel on CPUs (24 output channels: fewer keep the direct kernel on some, test_tuning);
+    ATROUS_CL_WINOGRAD=0 turns it off for problems not yet run."""
+    args = check_transpose_args((1, 8, 8, 4), (3, 3, 24, 4), (1, 8, 8, 24), 2, "SAME")
     cpu = bool(queue.device.type & cl.device_type.CPU)
     want = tiles.winograd_tile(queue.device, np.float32, args.filters_shape) if cpu else None
     assert tiles.default_for(queue.device, np.float32, args) == (
-        want or tiles.default_tile(queue.device, np.float32, 5))
-    one_row = check_transpose_args((1, 8, 8, 4), (3, 3, 5, 4), (1, 8, 8, 5), 8, "SAME")
+        want or tiles.default_tile(queue.device, np.float32, 24))
+    one_row = check_transpose_args((1, 8, 8, 4), (3, 3, 24, 4), (1, 8, 8, 24), 8, "SAME")
     assert not tiles.default_for(queue.device, np.float32, one_row).winograd
-    five = check_transpose_args((1, 8, 8, 4), (5, 5, 5, 4), (1, 8, 8, 5), 2, "SAME")
+    five = check_transpose_args((1, 8, 8, 4), (5, 5, 24, 4), (1, 8, 8, 24), 2, "SAME")
     assert not tiles.default_for(queue.device, np.float32, five).winograd  # 64 of 100: slower
-    six = check_transpose_args((1, 8, 8, 4), (6, 6, 5, 4), (1, 8, 8, 5), 2, "SAME")
+    six = check_transpose_args((1, 8, 8, 4), (6, 6, 24, 4), (1, 8, 8, 24), 2, "SAME")
     fits = tiles.winograd_tile(queue.device, np.float32, six.filters_shape) is not None
     assert tiles.default_for(queue.device, np.float32, six).winograd == (cpu and fits)
     for off in ("0", "false", " OFF", "no"):
         monkeypatch.setenv("ATROUS_CL_WINOGRAD", off)
         assert tiles.default_for(queue.device, np.float32, args) == tiles.default_tile(
-            queue.device, np.float32, 5), off
+            queue.device, np.float32, 24), off
 
 
 def test_the_op_computes_the_same_with_winograd_off(queue, monkeypatch):
