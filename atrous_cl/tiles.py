@@ -189,8 +189,9 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
         return Tile(8, 1)
     if is_intel_cpu(device) and cout <= 16 and acc_itemsize(dtype) == 4 and not _narrow(device):
         return Tile(8, 16)
-    if _pocl_narrow(device) and cout > 8 and acc_itemsize(dtype) == 4:
-        return _POCL_NARROW_DIRECT
+    width = _vector_width(device, dtype)
+    if _pocl_narrow(device) and cout > width:
+        return _POCL_NARROW_DIRECT._replace(channels=width)  # 4x4x2 in float64
     return _platform_tile(device, dtype, cout)
 
 
@@ -201,7 +202,9 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
 #: 5 rounds, 2026-12-04 16:45-16:55 UTC): D (5x5, 16->16) 0.63, 5x5 32->32 0.78,
 #: 64->64 0.85, 7x7 16->16 rate 3 0.68, 5x5 16->24 VALID 0.69 (8x8x2 1.33-1.58, 4x8x4
 #: 1.06-1.88). Intel's runtime on the same CPU ran 4x8x2 in 0.81-1.16 of 8x8's time and
-#: keeps 8x8; float64 is unmeasured and keeps 8x4.
+#: keeps 8x8. float64 takes two 4-double vectors: 4x4x2 over 8x4, D 0.81, 5x5 32->32
+#: 0.83, 7x7 16->16 0.85, 5x5 8->8 0.91 (4x8, one 8-double vector, 0.72 on D, but PoCL
+#: 3.0 has built such vectors into empty programs).
 _POCL_NARROW_DIRECT = Tile(4, 8, 2)
 
 
@@ -224,13 +227,15 @@ def _intel_direct(device: cl.Device, dtype, cout: int) -> bool:
 def _pocl_direct(device: cl.Device, dtype, cout: int) -> bool:
     """Whether :func:`default_for` prefers the direct kernel's two 8-channel vectors
     (:data:`_POCL_NARROW_DIRECT`) to the Winograd kernel on PyPI's PoCL for AVX2: 16
-    output channels or fewer, float32 and float16. Kernels only, the Winograd tile
+    output channels or fewer, float32 and float64 (float16 would take the direct kernel's
+    widening pass: C 4x8x2w 0.74 of 4x8x2's time). float64, 4x4x2w over 4x4x2: C 1.21, E
+    1.56 (9 rounds). Kernels only, the Winograd tile
     4x8x2w's time over 4x8x2's, two runs of 15 rounds (``python
     benchmarks/tile_sweep.py --devices 2:0 --workloads A C E --shapes ... --tiles 4x8x2w
     8x8x2w 4x8x2``, AMD EPYC Zen 3, 2026-12-04 16:42 UTC): C (32->16) 1.35, 1.07; E
     (16->16) 1.52, 1.38; 1x64x64 16->16 1.29, 1.39; but 2x64x64 32->32 0.99, 0.96, A
     (64->64) 0.72, 0.97, B (128->128, 4x8x4w) 0.56."""
-    return _pocl_narrow(device) and acc_itemsize(dtype) == 4 and cout <= 16
+    return _pocl_narrow(device) and np.dtype(dtype) != np.float16 and cout <= 16
 
 
 def default_for(device: cl.Device, dtype, args) -> Tile:
@@ -368,8 +373,8 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
         tiles.append(Tile(12, 16))  # D: 0.81-0.87 of 8x16's kernel time on Intel, others 0.9-1.05
     if widest == 16 and cout > 16 and _several_vectors(device, dtype):
         tiles += [Tile(4, 16, 2), Tile(8, 16, 2)]
-    if _pocl_narrow(device) and cout > 8 and acc_itemsize(dtype) == 4:
-        tiles += [_POCL_NARROW_DIRECT, Tile(8, 8, 2)]
+    if _pocl_narrow(device) and cout > widest:
+        tiles += [Tile(4, widest, 2), Tile(8, widest, 2)]
     if filters_shape is not None and winograd_enabled():
         tiles += [t for t in (winograd_tile(device, dtype, filters_shape, blocks)
                               for blocks in (4, 8)) if t is not None]
