@@ -80,6 +80,11 @@ def is_intel_cpu(device: cl.Device) -> bool:
     return "intel" in f.platform.lower() and bool(f.type & cl.device_type.CPU)
 
 
+def is_pocl(device: cl.Device) -> bool:
+    """Whether ``device`` is PoCL's (any of its drivers: PyPI's, Debian's, ...)."""
+    return "portable computing language" in facts(device).platform.lower()
+
+
 def describe(device: cl.Device) -> str:
     """``'name (platform, driver version)'`` for messages."""
     f = facts(device)

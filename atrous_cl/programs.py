@@ -28,7 +28,7 @@ from pyopencl.tools import context_dependent_memoize
 
 from atrous_cl.cache import cache_dir, warn_once
 from atrous_cl.errors import DeviceError
-from atrous_cl.facts import describe, status_name
+from atrous_cl.facts import describe, is_pocl, status_name
 
 def kernel_source(filename: str) -> str:
     """The text of a ``.cl`` file shipped with the package.
@@ -232,7 +232,7 @@ def keeps_own_builds(device: cl.Device) -> bool:
     the launch's compile 1.0), 3x3 0.74 of 2.5; with PoCL's cache and not ours,
     0.12 s. A test suite's worth of problems took minutes more.
     """
-    return "portable computing language" in device.platform.name.lower()
+    return is_pocl(device)
 
 
 def _options_text(options: tuple[str, ...]) -> bytes:

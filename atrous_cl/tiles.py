@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import pyopencl as cl
 
-from atrous_cl.facts import facts, is_intel_cpu
+from atrous_cl.facts import facts, is_intel_cpu, is_pocl
 
 
 class Tile(NamedTuple):
@@ -53,10 +53,6 @@ def pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _is_pocl(device: cl.Device) -> bool:
-    return "portable computing language" in facts(device).platform.lower()
-
-
 def _pocl_narrow(device: cl.Device) -> bool:
     """PoCL building for a CPU target without 512-bit vectors.
 
@@ -66,7 +62,7 @@ def _pocl_narrow(device: cl.Device) -> bool:
     tiles fine, and 1.7-2.4x faster than 8-wide ones. PoCL names its target
     in the device version (``HSTR: pthread-<triple>-<cpu>``).
     """
-    return _is_pocl(device) and "avx512" not in facts(device).version.lower()
+    return is_pocl(device) and "avx512" not in facts(device).version.lower()
 
 
 @functools.cache
@@ -153,7 +149,7 @@ def _platform_tile(device: cl.Device, dtype, cout: int) -> Tile:
     f = facts(device)
     if is_intel_cpu(device):
         tile = Tile(8, 16)
-    elif _is_pocl(device):
+    elif is_pocl(device):
         tile = Tile(8, 8) if _pocl_narrow(device) else Tile(8, 16)
     elif f.type & cl.device_type.GPU:
         tile = Tile(4, 2)
@@ -289,7 +285,7 @@ def _several_vectors(device: cl.Device, dtype) -> bool:
     it keeps one. 4x16x4 ran 0.96-1.08, 8x16x4 1.68-1.88 (spilled registers),
     and two vectors where the channels fill one (C, D, E: 16) 1.07-1.66.
     """
-    wide = (is_intel_cpu(device) or _is_pocl(device)) and not _narrow(device)
+    wide = (is_intel_cpu(device) or is_pocl(device)) and not _narrow(device)
     return wide and np.dtype(dtype) != np.float64
 
 
@@ -344,7 +340,7 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> F
         # 5 rounds) A 4.00 ms, C 1.71, D 8.91 against 8x8x1's 5.21, 1.91, 8.79 and the
         # 16-channel rule's 16x4x4 on A 5.86.
         tile = tile._replace(channels=min(pow2_at_least(cout), 16))
-    wide = _is_pocl(device) and not _pocl_narrow(device)
+    wide = is_pocl(device) and not _pocl_narrow(device)
     ov = 1
     if _several_vectors(device, dtype):
         ov = min(4, tile.padded_channels(cout) // tile.channels)
@@ -438,10 +434,11 @@ def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int | None = 
         # 2x64x64 32->32 0.89, 4x32x32 64->64 0.81, 1x96x96 32->64 rate 1 0.82, 16->16
         # 0.85-0.91; 128->128 (B, 1x64x64) 4x8x4w 0.98 and 0.74 (4x8x2w 1.09 and 0.76).
         # float64 (8x4x2w's time): A 4x4x2w 0.87, 4x4x4w 0.79; C 4x4x2w 0.88.
-        blocks = blocks or 4
         if vectors > 1 and cout >= 16 * width:
             vectors = 4
-    tile = Tile(blocks or WINOGRAD_BLOCKS, width, vectors, True)
+    if blocks is None:
+        blocks = 4 if _pocl_narrow(device) else WINOGRAD_BLOCKS
+    tile = Tile(blocks, width, vectors, True)
     if winograd_local_bytes(tile, cin, parts, dtype) > facts(device).local_mem:
         return None
     return tile
