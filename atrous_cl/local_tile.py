@@ -74,10 +74,19 @@ class LocalTile(NamedTuple):
 
 
 class Staging(NamedTuple):
-    """What one stage copies: ``chunk`` input channels (OC) of ``taps`` tap columns (ST)."""
+    """What one stage copies: ``chunk`` input channels (OC) of ``taps`` tap columns (ST),
+    the staged pixels ``stride`` (OCS) words apart."""
 
     chunk: int
     taps: int
+    padded: bool = True
+
+    @property
+    def stride(self) -> int:
+        """Words between staged pixels: an even chunk gets one spare word, so that the
+        work-items of a row read one channel from as many banks of a GPU's local
+        memory as they are pixels (a stride of 16 falls in 2 of 32 banks)."""
+        return self.chunk + (1 if self.padded and self.chunk % 2 == 0 else 0)
 
 
 def staging_bytes(dtype, args: TransposeArgs, tile: LocalTile, staging: Staging) -> int:
@@ -85,11 +94,12 @@ def staging_bytes(dtype, args: TransposeArgs, tile: LocalTile, staging: Staging)
     weights of one stage."""
     rate_w = kernel_dilation(args)[2]
     span = tile.width * tile.pixels + (staging.taps - 1) * rate_w
-    words = tile.height * span * staging.chunk + staging.taps * staging.chunk * tile.slices * tile.channels
+    words = tile.height * span * staging.stride + staging.taps * staging.chunk * tile.slices * tile.channels
     return words * acc_itemsize(dtype) + tile.height * span  # and a byte a pixel: inside value?
 
 
-def choose_staging(dtype, args: TransposeArgs, tile: LocalTile, budget: int) -> Staging | None:
+def choose_staging(dtype, args: TransposeArgs, tile: LocalTile, budget: int,
+                   padded: bool = True) -> Staging | None:
     """The stage that reuses most within ``budget`` bytes, or None when not even one
     channel of one tap fits.
 
@@ -101,8 +111,8 @@ def choose_staging(dtype, args: TransposeArgs, tile: LocalTile, budget: int) -> 
     """
     kw, cin = args.filters_shape[1], args.filters_shape[3]
     chunks = sorted({min(cin, c) for c in (_MAX_CHUNK, 8, 4, 2, 1)}, reverse=True)
-    fitting = [Staging(chunk, taps) for taps in {kw, 1} for chunk in chunks
-               if staging_bytes(dtype, args, tile, Staging(chunk, taps)) <= budget]
+    fitting = [Staging(chunk, taps, padded) for taps in {kw, 1} for chunk in chunks
+               if staging_bytes(dtype, args, tile, Staging(chunk, taps, padded)) <= budget]
     return max(fitting, key=lambda s: (s.chunk * s.taps, s.chunk), default=None)
 
 
@@ -187,7 +197,7 @@ def candidates(device: cl.Device, dtype, cout: int) -> list[LocalTile]:
 
 
 def build_options(dtype, args: TransposeArgs, tile: LocalTile, forward_filters: bool = False,
-                  budget: int = LOCAL_MEM_BUDGET) -> tuple[str, ...]:
+                  budget: int = LOCAL_MEM_BUDGET, padded: bool = True) -> tuple[str, ...]:
     """``-D`` options for both kernel files: the CPU kernel's shared ones (its ``repack_filters``
     packs the weights) and the work-group's shape and staging.
 
@@ -196,14 +206,14 @@ def build_options(dtype, args: TransposeArgs, tile: LocalTile, forward_filters: 
     Raises:
         ValueError: the tile's staging does not fit in ``budget`` bytes of local memory.
     """
-    staging = choose_staging(dtype, args, tile, budget)
+    staging = choose_staging(dtype, args, tile, budget, padded)
     if staging is None:
         raise ValueError(f"tile {tile} needs {staging_bytes(dtype, args, tile, Staging(1, 1))} "
                          f"bytes of local memory for {np.dtype(dtype).name}, more than the "
                          f"{budget} it may take; use a smaller work-group or fewer pixels")
     shared = register_build_options(dtype, args, Tile(tile.pixels, tile.channels), forward_filters)
     return shared + (f"-DLX={tile.width}", f"-DLY={tile.height}", f"-DLC={tile.slices}",
-                     f"-DOC={staging.chunk}", f"-DST={staging.taps}")
+                     f"-DOC={staging.chunk}", f"-DOCS={staging.stride}", f"-DST={staging.taps}")
 
 
 def geometry(output_shape, tile: LocalTile) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -236,12 +246,12 @@ class _Plan(NamedTuple):
 
 @functools.lru_cache(maxsize=256)
 def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: TransposeArgs,
-          tile: LocalTile, forward_filters: bool, budget: int) -> _Plan | None:
+          tile: LocalTile, forward_filters: bool, budget: int, padded: bool) -> _Plan | None:
     """Kernels, geometry and scalar arguments of a launch, built once; None when no
     tap lands inside ``value``."""
     if kernel_dilation(args) is None:
         return None
-    options = build_options(dtype, args, tile, forward_filters, budget)
+    options = build_options(dtype, args, tile, forward_filters, budget, padded)
     repack, repack_lock = programs.get_kernels(context, REPACK_FILE, options)
     main, main_lock = programs.get_kernels(context, _KERNEL_FILE, options)
     kernel = main[_MAIN]
@@ -265,7 +275,8 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
 
 
 def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
-           tile: LocalTile | None = None, forward_filters: bool = False) -> cl.Event | None:
+           tile: LocalTile | None = None, forward_filters: bool = False, *,
+           padded: bool = True) -> cl.Event | None:
     """Run the op on device arrays with the local-memory kernel.
 
     The contract of :func:`atrous_cl.launch.transpose`: the launches wait for the
@@ -277,6 +288,8 @@ def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
 
     Args:
         tile: the work-group tile; :func:`default_tile` when None.
+        padded: stage pixels :attr:`Staging.stride` apart (False: ``chunk`` apart, for
+            measuring what the spare word saves).
 
     Raises:
         TypeError, ValueError: a tile the device cannot run (:func:`check_tile`,
@@ -291,7 +304,7 @@ def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
     check_tile(device, tile)
     p = None if value.size == 0 or filters.size == 0 else _plan(
         queue.context, device, np.dtype(out.dtype), args, tile, forward_filters,
-        local_budget(device))
+        local_budget(device), padded)
     if p is None:  # an empty sum everywhere
         return memory.fill(queue, out, 0, wait)
     packed = memory.scratch(queue, p.packed_nbytes)

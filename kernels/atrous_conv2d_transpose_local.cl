@@ -21,7 +21,7 @@
 // For each tap row a, the taps b come in stages of ST (1 or KW) columns, and
 // the input channels in chunks of OC. Per stage and chunk the work-group
 // copies to __local, with barriers around:
-//   vin  LY rows x SPAN columns x OC channels of value: the columns that the
+//   vin  LY rows x SPAN columns x OC channels (OCS apart) of value: the columns that the
 //        stage's ST taps read for the group's LX * BW pixels, each tap's
 //        window RATE_W further left than the previous one (ACC, so float16
 //        is converted once, at staging);
@@ -41,6 +41,10 @@
 // halves as they load them), and
 //   LX, LY, LC  the work-group's shape: columns, rows, channel slices
 //   OC          input channels staged at a time (1 <= OC <= CIN)
+//   OCS         vin's stride between pixels: OC, or OC + 1 where OC is even,
+//               so that neighbouring work-items' reads of one channel fall in
+//               different banks of a GPU's local memory (a stride of 16 words
+//               put the 16 pixels of a row in 2 of 32 banks)
 //   ST          taps b staged at a time: 1 or KW
 // atrous_cl.local_tile chooses OC and ST so that vin, vok and wl fit in its
 // local-memory budget. Rows and columns are 64-bit, as in the other file.
@@ -54,6 +58,9 @@
 #define CB (LC * BC)                          // output channels per work-group
 #define GROUP (LC * LX * LY)                  // work-items per work-group
 #define NSTAGES (KW / ST)
+#ifndef OCS
+#define OCS OC
+#endif
 
 // floor(x / y) and ceil(x / y) for y > 0 (OpenCL's / truncates).
 static long floor_div(const long x, const long y) { return x >= 0 ? x / y : -((-x + y - 1) / y); }
@@ -66,7 +73,7 @@ void atrous_conv2d_transpose_local(
     __global T *restrict out, const long out_off,
     const int H, const int W, const int OH, const int OW)
 {
-    __local ACC vin[LY * SPAN * OC];
+    __local ACC vin[LY * SPAN * OCS];
     __local uchar vok[LY * SPAN];  // whether vin's pixel lies inside value
     __local VACC wl[ST * OC * LC];
 
@@ -120,7 +127,7 @@ void atrous_conv2d_transpose_local(
                     ACC v = (ACC)0;
                     if (inside && o0 + o < CIN)
                         v = (ACC)LOAD(value, value_off + ((n * H + ii) * W + jj) * CIN + o0 + o);
-                    vin[k] = v;
+                    vin[k_o * OCS + o] = v;
                     if (o == 0)
                         vok[k_o] = inside;
                 }
@@ -150,12 +157,12 @@ void atrous_conv2d_transpose_local(
 #pragma unroll
                     for (int px = 0; px < BW; ++px)
                         inside[px] = vok[at + px * LX];
-                    __local const ACC *v = vin + (long)at * OC;
+                    __local const ACC *v = vin + (long)at * OCS;
                     for (int o = 0; o < OC; ++o) {
                         const VACC w = wl[(t * OC + o) * LC + lc];
 #pragma unroll
                         for (int px = 0; px < BW; ++px) {
-                            const VACC sum = acc[px] + v[px * LX * OC + o] * w;
+                            const VACC sum = acc[px] + v[px * LX * OCS + o] * w;
                             acc[px] = inside[px] ? sum : acc[px];
                         }
                     }
