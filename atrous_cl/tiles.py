@@ -9,6 +9,7 @@ vector widths the device's compiler handles.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import NamedTuple
 
@@ -255,10 +256,12 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     and 1.12x (PoCL) the direct kernel's time: one channel vector leaves the Winograd
     products a load per multiply-add, where the direct kernel's window shares its loads
     among the taps. ``atrous-cl tune`` tries Winograd tiles wherever
-    :func:`winograd_parts` allows them.
+    :func:`winograd_parts` allows them. On a GPU: :func:`gpu_tile`.
     """
     kh, kw, cout, cin = args.filters_shape
     _, oh, ow, _ = args.output_shape
+    if facts(device).type & cl.device_type.GPU:
+        return gpu_tile(args)
     parts = winograd_parts(kh, kw)
     if (winograd_enabled() and facts(device).type & cl.device_type.CPU
             and not _intel_direct(device, dtype, cout)
@@ -269,6 +272,35 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
         if tile is not None:
             return tile
     return default_tile(device, dtype, cout)
+
+
+#: Outputs from which a GPU's untuned tile takes two output channels where there are 64
+#: to 127 of them (:func:`gpu_tile`).
+GPU_TWO_CHANNELS_FROM = 1 << 21
+
+
+def gpu_tile(args) -> Tile:
+    """The untuned tile of a problem on a GPU: 4 output pixels a work-item (16 for filters
+    5 or more taps wide, whose pixels share more input columns), in one output channel;
+    4 channels from 128 of them, 2 from 64 where the output has
+    :data:`GPU_TWO_CHANNELS_FROM` elements or more.
+
+    Kernels only, back to back, on an NVIDIA H200 (OpenCL 3.0, driver 580.159.04;
+    ``python benchmarks/gpu_sweep.py``, 3 rounds, 2026-12-04), this tile's time over the
+    fastest register tile's (which in brackets), and 4x2's (the default before): A 1.00
+    (4x1; 4x2 1.14), B 1.00 (4x4; 1.55), C 1.07 (8x1; 1.33), D 1.00 (16x1; 1.55),
+    1x256x256 64->64 3x3 1.00 (4x2), 1x512x512 16->16 1.01 (16x1; 1.59), 2x128x128
+    32->32 1.00 (4x1; 1.31); the tiny E and F take 0.048-0.055 ms with any tile (F 4x1
+    1.10 of the fastest; E's 4x1 was not among its 14 fastest, which reached 0.0525 ms
+    from 0.0484). Fitted on these nine problems; ``atrous-cl tune`` finds the best for
+    others.
+    Outputs per work-item did not decide it: 1x256x256 64->64 ran 4x4 in 1.75x 4x2's
+    time, where B, with as many outputs per channel and twice the channels, took 4x4.
+    """
+    _, kw, cout, _ = args.filters_shape
+    outputs = math.prod(args.output_shape)
+    channels = 4 if cout >= 128 else 2 if cout >= 64 and outputs >= GPU_TWO_CHANNELS_FROM else 1
+    return Tile(16 if kw >= 5 else 4, channels)
 
 
 def _several_vectors(device: cl.Device, dtype) -> bool:

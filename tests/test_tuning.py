@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pyopencl.array as cl_array
@@ -380,6 +381,30 @@ def test_default_tile_per_platform(platform, kind, version, want):
     doubles = tiles.default_tile(stub, np.float64, 64)
     assert doubles.vectors == 1 or doubles == tiles.Tile(4, 4, 2) and version == _POCL_AVX2
     assert tiles.default_tile(stub, np.float16, 17).vectors == want.vectors
+
+
+@pytest.mark.parametrize("problem, want", [
+    # (n, h, w, cin, cout, k, rate, padding): the fastest register tile of each on an
+    # NVIDIA H200 (gpu_tile's docstring), but C (8x1, 1.07x faster than 4x1) and the tiny E, F.
+    ((1, 64, 64, 64, 64, 3, 2, "SAME"), Tile(4, 1)),       # A
+    ((8, 32, 32, 128, 128, 3, 2, "SAME"), Tile(4, 4)),     # B
+    ((1, 128, 128, 32, 16, 3, 4, "SAME"), Tile(4, 1)),     # C
+    ((1, 256, 256, 16, 16, 5, 2, "VALID"), Tile(16, 1)),   # D
+    ((1, 256, 256, 64, 64, 3, 2, "SAME"), Tile(4, 2)),
+    ((1, 512, 512, 16, 16, 3, 2, "SAME"), Tile(4, 1)),
+    ((2, 128, 128, 32, 32, 3, 2, "SAME"), Tile(4, 1)),
+    ((32, 8, 8, 16, 16, 3, 2, "SAME"), Tile(4, 1)),        # E
+    ((1, 128, 128, 1, 1, 3, 2, "SAME"), Tile(4, 1)),       # F
+])
+def test_gpus_take_the_measured_tiles_without_winograd(problem, want):
+    """A GPU's untuned tile (tiles.gpu_tile): the direct kernel, whatever the filters."""
+    n, h, w, cin, cout, k, rate, padding = problem
+    hw = geometry.transpose_output_hw((h, w), (k, k), rate, padding)
+    args = check_transpose_args((n, h, w, cin), (k, k, cout, cin), (n, *hw, cout), rate, padding)
+    gpu = stub_device(platform=types.SimpleNamespace(name="NVIDIA CUDA"))
+    assert tiles.gpu_tile(args) == want
+    assert tiles.default_for(gpu, np.float32, args) == want
+    assert tiles.default_for(gpu, np.float64, args) == want
 
 
 @pytest.mark.parametrize("cout, dtype, want", [

@@ -248,8 +248,9 @@ def test_the_default_takes_winograd_on_cpus_unless_turned_off(queue, monkeypatch
     args = check_transpose_args((1, 8, 8, 4), (3, 3, 24, 4), (1, 8, 8, 24), 2, "SAME")
     cpu = bool(queue.device.type & cl.device_type.CPU)
     want = tiles.winograd_tile(queue.device, np.float32, args.filters_shape) if cpu else None
-    assert tiles.default_for(queue.device, np.float32, args) == (
-        want or tiles.default_tile(queue.device, np.float32, 24))
+    direct = (tiles.gpu_tile(args) if queue.device.type & cl.device_type.GPU
+              else tiles.default_tile(queue.device, np.float32, 24))
+    assert tiles.default_for(queue.device, np.float32, args) == (want or direct)
     one_row = check_transpose_args((1, 8, 8, 4), (3, 3, 24, 4), (1, 8, 8, 24), 8, "SAME")
     assert not tiles.default_for(queue.device, np.float32, one_row).winograd
     five = check_transpose_args((1, 8, 8, 4), (5, 5, 24, 4), (1, 8, 8, 24), 2, "SAME")
@@ -259,8 +260,7 @@ def test_the_default_takes_winograd_on_cpus_unless_turned_off(queue, monkeypatch
     assert tiles.default_for(queue.device, np.float32, six).winograd == (cpu and fits)
     for off in ("0", "false", " OFF", "no"):
         monkeypatch.setenv("ATROUS_CL_WINOGRAD", off)
-        assert tiles.default_for(queue.device, np.float32, args) == tiles.default_tile(
-            queue.device, np.float32, 24), off
+        assert tiles.default_for(queue.device, np.float32, args) == direct, off
 
 
 def test_the_op_computes_the_same_with_winograd_off(queue, monkeypatch):
