@@ -364,7 +364,7 @@ def test_bench_plot_writes_the_file(tmp_path, capsys, monkeypatch):
     exact = bench.Impl(lambda wl, value, filters: lambda: reference.atrous_conv2d_transpose(
         value, filters, wl.output_shape, wl.rate, wl.padding))
     monkeypatch.setattr(bench, "WORKLOADS", [tiny])
-    monkeypatch.setattr(bench, "implementations", lambda: {"reference": exact})
+    monkeypatch.setattr(bench, "implementations", lambda **_: {"reference": exact})
     monkeypatch.setattr(bench, "sgemm_gflops", lambda: 100.0)
     assert run_main(["bench", "--rounds", "1", "--plot", str(tmp_path / "p.svg")]) == 0
     assert (tmp_path / "p.svg").read_bytes().lstrip().startswith(b"<?xml")

@@ -661,4 +661,5 @@ def test_each_queue_remembers_its_own_problems(queue):
                                                                cout=1)
         atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=other)
     assert len(other._atrous_cl_prepared) <= calls._PREPARED_PER_QUEUE
-    assert len(other._atrous_cl_host) <= calls._PREPARED_PER_QUEUE
+    # Host calls are remembered only where kernels work on host arrays in place (CPUs).
+    assert len(getattr(other, "_atrous_cl_host", {})) <= calls._PREPARED_PER_QUEUE
