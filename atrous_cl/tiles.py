@@ -131,7 +131,8 @@ def _platform_tile(device: cl.Device, dtype, cout: int) -> Tile:
     """The untuned tile per platform, before :func:`default_tile` adjusts it to few
     output channels: 8x16 on Intel's CPU runtime and on PoCL with 512-bit vectors (two
     vectors, 8x16x2, for more than 16 output channels but in float64:
-    :func:`_several_vectors`), 8x8 on other PoCL, 4x2 on GPUs, 4x8 elsewhere.
+    :func:`_several_vectors`), 8x8 on other PoCL, 4x2 on GPUs (where
+    :func:`default_for` takes :func:`gpu_tile` instead), 4x8 elsewhere.
 
     Measured on a 2-core AMD EPYC (Zen 5) with the phase-tile kernel, kernels
     only, every candidate (``python benchmarks/tile_sweep.py --devices 2:0 1:0
