@@ -234,6 +234,51 @@ def _torch(op: str = "transpose") -> Callable | None:
     return prepare
 
 
+def block_seconds(launch: Callable, wait: Callable, min_seconds: float = 0.02) -> float:
+    """Seconds per ``launch()`` over a block of launches lasting at least ``min_seconds``,
+    ended by ``wait()`` (kernels back to back: throughput, not a call's latency)."""
+    count, start = 0, time.perf_counter()
+    while True:
+        launch()
+        count += 1
+        if count & (count - 1) == 0:  # a power of two: wait, and look at the clock
+            wait()
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds or count >= 1024:
+                return elapsed / count
+
+
+def torch_conv_transpose(wl: Workload) -> Callable:
+    """``conv(x, weight)``: the workload's op on NCHW torch tensors (``weight``:
+    ``filters.transpose(3, 2, 0, 1)``) by ``conv_transpose2d`` with symmetric pads, then the
+    crop of TF's odd pad; the pads worked out here, not in the timed call."""
+    import torch
+
+    pads = geometry.pads((wl.k, wl.k), wl.rate, wl.padding)
+    ph, pw = min(pads.top, pads.bottom), min(pads.left, pads.right)
+    oh, ow = wl.output_shape[1:3]
+    top, left = pads.top - ph, pads.left - pw
+
+    def conv(x, weight):
+        y = torch.nn.functional.conv_transpose2d(x, weight, padding=(ph, pw), dilation=wl.rate)
+        return y[:, :, top:top + oh, left:left + ow]
+    return conv
+
+
+def cuda_torch():
+    """PyTorch, where it sees a CUDA GPU, with cuDNN's TF32 off; else None. cuDNN convolves
+    float32 in TF32 (10-bit mantissa) by default; ours is true float32, and so must the
+    peer be to compute the same thing."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cudnn.allow_tf32 = False
+    return torch
+
+
 def _torch_cuda(resident: bool = False) -> Callable | None:
     """PyTorch (cuDNN) on a CUDA GPU, when there is one: the peer for our op on a GPU.
 
@@ -241,30 +286,20 @@ def _torch_cuda(resident: bool = False) -> Callable | None:
     (transfers included); with it, tensors stay on the GPU and the call waits
     for the GPU to finish, like our "on device" row.
     """
-    try:
-        import torch
-    except ImportError:
+    torch = cuda_torch()
+    if torch is None:
         return None
-    if not torch.cuda.is_available():
-        return None
-    # cuDNN convolves float32 in TF32 (10-bit mantissa) by default; ours is
-    # true float32, and so must the peer be to compute the same thing.
-    torch.backends.cudnn.allow_tf32 = False
 
     def prepare(wl: Workload, value, filters):
-        pads = geometry.pads((wl.k, wl.k), wl.rate, wl.padding)
-        ph, pw = min(pads.top, pads.bottom), min(pads.left, pads.right)
-        oh, ow = wl.output_shape[1:3]
-        top, left = pads.top - ph, pads.left - pw
         weight = torch.from_numpy(np.ascontiguousarray(filters.transpose(3, 2, 0, 1))).cuda()
         x_host = np.ascontiguousarray(value.transpose(0, 3, 1, 2))
         x_dev = torch.from_numpy(x_host).cuda()
+        conv = torch_conv_transpose(wl)
 
         def call():
             with torch.no_grad():
                 x = x_dev if resident else torch.from_numpy(x_host).cuda()
-                y = torch.nn.functional.conv_transpose2d(x, weight, padding=(ph, pw), dilation=wl.rate)
-                y = y[:, :, top:top + oh, left:left + ow]
+                y = conv(x, weight)
                 if resident:
                     torch.cuda.synchronize()
                     return y

@@ -72,6 +72,15 @@ class LocalTile(NamedTuple):
     def __str__(self) -> str:
         return f"{self.slices}x{self.width}x{self.height}/{self.pixels}x{self.channels}"
 
+    @classmethod
+    def parse(cls, text: str) -> LocalTile:
+        """The tile :meth:`__str__` writes, ``SxWxH/PxC``: slices x width x height
+        work-items, pixels x channels a work-item (the benchmarks' ``--tiles``)."""
+        group, item = text.split("/")
+        slices, width, height = map(int, group.split("x"))
+        pixels, channels = map(int, item.split("x"))
+        return cls(width, height, slices, pixels, channels)
+
 
 class Staging(NamedTuple):
     """What one stage copies: ``chunk`` input channels (OC) of ``taps`` tap columns (ST),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import time
 
 import numpy as np
 import pyopencl.array as cl_array
@@ -27,27 +26,6 @@ import pyopencl.array as cl_array
 import atrous_cl
 from atrous_cl import bench, launch, local_tile, tuning
 from atrous_cl.validation import check_transpose_args
-
-
-def _parse_tile(text: str) -> local_tile.LocalTile:
-    """``SxWxH/PxC``: slices x width x height work-items, pixels x channels a work-item."""
-    group, item = text.split("/")
-    slices, width, height = map(int, group.split("x"))
-    pixels, channels = map(int, item.split("x"))
-    return local_tile.LocalTile(width, height, slices, pixels, channels)
-
-
-def _sample(queue, launch, min_seconds: float = 0.02) -> float:
-    """Seconds per launch over a block of launches lasting at least ``min_seconds``."""
-    count, start = 0, time.perf_counter()
-    while True:
-        launch()
-        count += 1
-        if count in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
-            queue.finish()
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds or count == 512:
-                return elapsed / count
 
 
 def main() -> None:
@@ -66,7 +44,7 @@ def main() -> None:
                                                                 np.float32))
         args = check_transpose_args(value.shape, filters.shape, w.output_shape, w.rate, w.padding)
         out = cl_array.empty(queue, w.output_shape, np.float32)
-        tiles = ([_parse_tile(t) for t in opts.tiles.split(",")] if opts.tiles else
+        tiles = ([local_tile.LocalTile.parse(t) for t in opts.tiles.split(",")] if opts.tiles else
                  [local_tile.default_tile(queue.device, np.float32, w.cout)])
         tile_ops = tuning.tile_for(queue.device, np.float32, args)
         calls = {"ops": lambda: launch.transpose(queue, value, filters, out, args, tile_ops)}
@@ -80,7 +58,7 @@ def main() -> None:
         times = {name: [] for name in calls}
         for _ in range(opts.rounds):
             for name in random.sample(list(calls), len(calls)):
-                times[name].append(_sample(queue, calls[name]))
+                times[name].append(bench.block_seconds(calls[name], queue.finish))
         print(f"{w.name} {w.describe()}")
         for name, samples in times.items():
             ms = statistics.median(samples) * 1e3

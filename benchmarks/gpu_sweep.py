@@ -34,55 +34,26 @@ import numpy as np
 import pyopencl.array as cl_array
 
 import atrous_cl
-from atrous_cl import bench, geometry, launch, local_tile, tiles
+from atrous_cl import bench, launch, local_tile, tiles
 from atrous_cl.validation import check_transpose_args
 
 LOCAL = [f"{s}x{x}x{y}/{p}x{c}" for (x, y) in ((16, 16), (32, 8), (16, 8), (32, 4))
          for s in (1, 2) for p in (1, 2, 4) for c in (4, 8)]
 
 
-def parse_local(text: str) -> local_tile.LocalTile:
-    """``SxWxH/PxC``: slices x width x height work-items, pixels x channels a work-item."""
-    group, item = text.split("/")
-    slices, width, height = map(int, group.split("x"))
-    pixels, channels = map(int, item.split("x"))
-    return local_tile.LocalTile(width, height, slices, pixels, channels)
-
-
-def block(launch_once, wait, min_seconds: float = 0.02) -> float:
-    """Seconds per launch over a block of launches lasting at least ``min_seconds``."""
-    count, start = 0, time.perf_counter()
-    while True:
-        launch_once()
-        count += 1
-        if count & (count - 1) == 0:
-            wait()
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds or count >= 1024:
-                return elapsed / count
-
-
 def torch_call(wl, value, filters):
-    """cuDNN's transposed convolution of the workload, NCHW, as the bench runs it; None
-    without a CUDA GPU."""
-    try:
-        import torch
-    except ImportError:
+    """cuDNN's transposed convolution of the workload (NCHW, as the bench runs it):
+    ``(call, wait, result)``, or None without a CUDA GPU."""
+    torch = bench.cuda_torch()
+    if torch is None:
         return None
-    if not torch.cuda.is_available():
-        return None
-    torch.backends.cudnn.allow_tf32 = False
-    pads = geometry.pads((wl.k, wl.k), wl.rate, wl.padding)
-    ph, pw = min(pads.top, pads.bottom), min(pads.left, pads.right)
-    oh, ow = wl.output_shape[1:3]
-    top, left = pads.top - ph, pads.left - pw
     weight = torch.from_numpy(np.ascontiguousarray(filters.transpose(3, 2, 0, 1))).cuda()
     x = torch.from_numpy(np.ascontiguousarray(value.transpose(0, 3, 1, 2))).cuda()
+    conv = bench.torch_conv_transpose(wl)
 
     def call():
         with torch.no_grad():
-            y = torch.nn.functional.conv_transpose2d(x, weight, padding=(ph, pw), dilation=wl.rate)
-            return y[:, :, top:top + oh, left:left + ow]
+            return conv(x, weight)
     return call, torch.cuda.synchronize, lambda: call().permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -123,7 +94,7 @@ def main() -> None:
             calls[f"reg {tile}"] = (lambda t=tile: launch.transpose(queue, d_value, d_filters, out,
                                                                    args, t))
         for text in opts.local:
-            tile = parse_local(text)
+            tile = local_tile.LocalTile.parse(text)
             try:
                 local_tile.check_tile(dev, tile)
                 local_tile.build_options(np.float32, args, tile, budget=local_tile.local_budget(dev))
@@ -158,13 +129,13 @@ def main() -> None:
             times = {n: [] for n in names}
             for _ in range(rounds):
                 for n in random.sample(names, len(names)):
-                    times[n].append(block(calls[n], waits.get(n, finish)))
+                    times[n].append(bench.block_seconds(calls[n], waits.get(n, finish)))
             return {n: statistics.median(t) for n, t in times.items()}
 
         med = sweep(list(calls), opts.rounds)
         ours = sorted((n for n in med if n != "cudnn"), key=med.get)
         if not opts.no_unpadded:
-            by_name = {str(t): t for t in map(parse_local, opts.local)}
+            by_name = {str(t): t for t in map(local_tile.LocalTile.parse, opts.local)}
             for n in [n for n in ours if n.startswith("loc")][:4]:
                 tile = by_name[n[4:]]
                 calls[f"unp {tile}"] = (lambda t=tile: local_tile.launch(

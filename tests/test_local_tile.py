@@ -223,6 +223,12 @@ def test_geometry_covers_the_output_in_whole_work_groups(output_shape, tile):
     assert (groups_per_image - 1) * tile.height < oh
 
 
+def test_tiles_read_back_as_written():
+    for tile in TILES:
+        assert LocalTile.parse(str(tile)) == tile
+    assert LocalTile.parse("2x16x8/1x8") == LocalTile(16, 8, 2, 1, 8)
+
+
 def test_choose_staging_prefers_a_whole_tap_row_and_respects_the_budget():
     args = check_transpose_args((1, 8, 40, 32), (3, 3, 8, 32), (1, 8, 40, 8), 2, "SAME")
     tile = LocalTile(16, 16, 1, 1, 4)
