@@ -257,11 +257,13 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     and 1.12x (PoCL) the direct kernel's time: one channel vector leaves the Winograd
     products a load per multiply-add, where the direct kernel's window shares its loads
     among the taps. ``atrous-cl tune`` tries Winograd tiles wherever
-    :func:`winograd_parts` allows them. On a GPU: :func:`gpu_tile`.
+    :func:`winograd_parts` allows them. On a GPU (not also a CPU, as Oclgrind calls
+    itself): :func:`gpu_tile`.
     """
     kh, kw, cout, cin = args.filters_shape
     _, oh, ow, _ = args.output_shape
-    if facts(device).type & cl.device_type.GPU:
+    kind = facts(device).type
+    if kind & cl.device_type.GPU and not kind & cl.device_type.CPU:  # Oclgrind says both
         return gpu_tile(args)
     parts = winograd_parts(kh, kw)
     if (winograd_enabled() and facts(device).type & cl.device_type.CPU
