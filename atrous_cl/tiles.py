@@ -266,7 +266,7 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     if kind & cl.device_type.GPU and not kind & cl.device_type.CPU:  # Oclgrind says both
         return gpu_tile(args)
     parts = winograd_parts(kh, kw)
-    if (winograd_enabled() and facts(device).type & cl.device_type.CPU
+    if (winograd_enabled() and kind & cl.device_type.CPU
             and not _intel_direct(device, dtype, cout)
             and not _pocl_direct(device, dtype, cout)
             and parts is not None and 8 * parts <= kh * kw

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -93,6 +92,7 @@ def main() -> None:
         for tile in register:
             calls[f"reg {tile}"] = (lambda t=tile: launch.transpose(queue, d_value, d_filters, out,
                                                                    args, t))
+        local = {}
         for text in opts.local:
             tile = local_tile.LocalTile.parse(text)
             try:
@@ -100,48 +100,47 @@ def main() -> None:
                 local_tile.build_options(np.float32, args, tile, budget=local_tile.local_budget(dev))
             except ValueError:
                 continue
+            local[f"loc {tile}"] = tile
             calls[f"loc {tile}"] = (lambda t=tile: local_tile.launch(queue, d_value, d_filters,
                                                                      out, args, t))
         print(f"\n{wl.name} {wl.describe()}: {wl.flops / 1e9:.3f} GFLOP, default {default}, "
               f"{len(calls)} candidates", flush=True)
-        t0 = time.perf_counter()
-        for name in list(calls):
-            if name == "cudnn":
-                continue
-            try:
-                out.fill(np.float32(np.nan)).finish()
-                calls[name]()
-                got = out.get()
-            except Exception as e:  # a tile that does not build or run here: reported, skipped
-                print(f"  {name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
-                del calls[name]
-                continue
-            err = float(np.max(np.abs(got - want))) / scale
-            if not err < 1e-4:
-                print(f"  {name}: WRONG, max error {err:.2e} of the largest output", flush=True)
-                del calls[name]
-        print(f"  built and checked in {time.perf_counter() - t0:.1f} s", flush=True)
 
-        def finish():
-            queue.finish()
+        def checked(names):
+            """``names`` whose launch builds, runs and matches ``want``; the others reported."""
+            kept = []
+            for name in names:
+                try:
+                    out.fill(np.float32(np.nan)).finish()
+                    calls[name]()
+                    got = out.get()
+                except Exception as e:  # a tile that does not build or run here
+                    print(f"  {name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                    continue
+                err = float(np.max(np.abs(got - want))) / scale
+                if not err < 1e-4:
+                    print(f"  {name}: WRONG, max error {err:.2e} of the largest output", flush=True)
+                    continue
+                kept.append(name)
+            return kept
 
         def sweep(names, rounds):
             times = {n: [] for n in names}
             for _ in range(rounds):
                 for n in random.sample(names, len(names)):
-                    times[n].append(bench.block_seconds(calls[n], waits.get(n, finish)))
+                    times[n].append(bench.block_seconds(calls[n], waits.get(n, queue.finish)))
             return {n: statistics.median(t) for n, t in times.items()}
 
-        med = sweep(list(calls), opts.rounds)
-        ours = sorted((n for n in med if n != "cudnn"), key=med.get)
+        t0 = time.perf_counter()
+        names = checked([n for n in calls if n != "cudnn"]) + (["cudnn"] if peer else [])
+        print(f"  built and checked in {time.perf_counter() - t0:.1f} s", flush=True)
+        med = sweep(names, opts.rounds)
         if not opts.no_unpadded:
-            by_name = {str(t): t for t in map(local_tile.LocalTile.parse, opts.local)}
-            for n in [n for n in ours if n.startswith("loc")][:4]:
-                tile = by_name[n[4:]]
-                calls[f"unp {tile}"] = (lambda t=tile: local_tile.launch(
+            best_local = sorted((n for n in med if n in local), key=med.get)[:4]
+            for n in best_local:
+                calls[f"unp {n[4:]}"] = (lambda t=local[n]: local_tile.launch(
                     queue, d_value, d_filters, out, args, t, padded=False))
-                calls[f"unp {tile}"]()
-            pairs = [n for n in calls if n.startswith("unp")]
+            pairs = checked([f"unp {n[4:]}" for n in best_local])
             if pairs:
                 med.update(sweep(pairs + [f"loc {n[4:]}" for n in pairs], opts.rounds))
         base = med.get("cudnn")
@@ -173,13 +172,12 @@ def main() -> None:
             for n in random.sample(list(lat), len(lat)):
                 t = time.perf_counter()
                 lat[n]()
-                waits.get(n, finish)()
+                waits.get(n, queue.finish)()
                 samples[n].append(time.perf_counter() - t)
         line = "  latency (one call + wait, median ms):"
         for n, s in samples.items():
             line += f" {n} {statistics.median(s) * 1e3:.4f};"
         print(line, flush=True)
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":
