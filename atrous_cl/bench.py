@@ -75,12 +75,15 @@ def parse_workload(text: str) -> Workload:
     for the benchmark scripts' ``--shapes``.
 
     Raises:
-        ValueError: not 7 integers and a padding.
+        ValueError: not 7 positive integers and SAME or VALID.
     """
     *sizes, padding = text.split(",")
-    if len(sizes) != 7 or not all(s.strip().isdigit() for s in sizes):
-        raise ValueError(f"a shape is N,H,W,CIN,COUT,K,RATE,PADDING, got {text!r}")
-    return Workload(text, *map(int, sizes), padding.strip().upper())
+    padding = padding.strip().upper()
+    if (len(sizes) != 7 or not all(s.strip().isdigit() and int(s) > 0 for s in sizes)
+            or padding not in ("SAME", "VALID")):
+        raise ValueError("a shape is N,H,W,CIN,COUT,K,RATE,PADDING: seven positive integers "
+                         f"and SAME or VALID, got {text!r}")
+    return Workload(text, *map(int, sizes), padding)
 
 
 def selected_workloads(names: list[str] | None, shapes: list[str]) -> list[Workload]:

@@ -214,6 +214,25 @@ def test_bench_run_refuses_bad_counts_before_running(kwargs, pattern):
         bench.run([wl], impls={"x": bench.Impl(never)}, **kwargs)
 
 
+def test_bench_shapes_parse_into_workloads():
+    from atrous_cl import bench
+
+    wl = bench.parse_workload("2,16,12,3,5,3,2,valid")
+    assert wl == bench.Workload("2,16,12,3,5,3,2,valid", 2, 16, 12, 3, 5, 3, 2, "VALID")
+    assert wl.output_shape == (2, 20, 16, 5)
+
+
+@pytest.mark.parametrize("text", [
+    "1,8,8,4,4,3,2", "1,8,8,4,4,3,SAME", "1,8,8,4,4,3,2,2,SAME", "1,8,8,4,-4,3,2,SAME",
+    "1,8,8,4,4,3,0,SAME", "0,8,8,4,4,3,2,SAME", "1,8,8,4,4,3,2,FULL", "1,8.5,8,4,4,3,2,SAME",
+])
+def test_bench_shapes_refuse_what_is_not_a_problem(text):
+    from atrous_cl import bench
+
+    with pytest.raises(ValueError, match="seven positive integers and SAME or VALID"):
+        bench.parse_workload(text)
+
+
 def test_bench_rejects_a_peer_that_computes_something_else():
     from atrous_cl import bench
 
