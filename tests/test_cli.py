@@ -121,11 +121,12 @@ def test_bench_prints_a_checked_table(queue, capsys, monkeypatch):
     tiny = bench.Workload("T", 2, 6, 7, 3, 4, 3, 2, "SAME")
     monkeypatch.setattr(bench, "WORKLOADS", [tiny])
     monkeypatch.setattr(bench, "sgemm_gflops", lambda: 100.0)
-    # Ours on the device under test only (with the peers), as every device test runs.
+    # Ours on the device under test only (with the peers), as every device test runs;
+    # a simulator too, which the bench itself leaves out.
     selector = next(d.selector for d in discovery.devices() if d.device == queue.device)
     every = bench.implementations
     monkeypatch.setattr(bench, "implementations", lambda **kw: {
-        name: impl for name, impl in every(**kw).items()
+        name: impl for name, impl in every(**{**kw, "include_simulators": True}).items()
         if not name.startswith("atrous-cl") or name.startswith(f"atrous-cl {selector} ")})
     assert cli.main(["bench", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
@@ -141,7 +142,7 @@ def test_bench_times_the_vjps_checked_against_the_reference(queue, op, padding):
 
     wl = bench.Workload("T", 2, 6, 7, 3, 4, 3, 2, padding)
     selector = next(d.selector for d in discovery.devices() if d.device == queue.device)
-    impls = {name: impl for name, impl in bench.implementations(op=op).items()
+    impls = {name: impl for name, impl in bench.implementations(True, op=op).items()
              if not name.startswith("atrous-cl") or name.startswith(f"atrous-cl {selector} ")}
     assert sum(name.startswith("atrous-cl") for name in impls) == 2
     times, _ = bench.run([wl], rounds=1, warmup=0, impls=impls, op=op)
