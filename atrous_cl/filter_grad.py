@@ -20,7 +20,7 @@ import pyopencl.array as cl_array
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, status_name
-from atrous_cl.launch import TYPE_OPTIONS, dilation_options, element_offset
+from atrous_cl.launch import TYPE_OPTIONS, dilation_options, element_offset, enqueue
 from atrous_cl.tiles import Tile, default_filter_grad_tile
 from atrous_cl.validation import ConvArgs
 
@@ -172,17 +172,18 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
     partial = memory.scratch(queue, count * out.dtype.itemsize)
     try:
         with lock:
-            summed = kernels["filter_grad_partial"](
-                queue, *launch_geometry(args.filters_shape, tile, gc, chunks, ov),
-                x.base_data, np.int64(element_offset(x)),
-                d.base_data, np.int64(element_offset(d)), partial,
-                np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
-                np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk),
-                wait_for=wait)
-            done = kernels["filter_grad_sum"](queue, (cout, cin, kh * kw), None, partial,
-                                              np.int32(chunks), out.base_data,
-                                              np.int64(element_offset(out)),
-                                              wait_for=[summed, *wait])
+            summed = enqueue(
+                kernels["filter_grad_partial"], queue,
+                launch_geometry(args.filters_shape, tile, gc, chunks, ov),
+                (x.base_data, np.int64(element_offset(x)),
+                 d.base_data, np.int64(element_offset(d)), partial,
+                 np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
+                 np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk)),
+                wait)
+            done = enqueue(kernels["filter_grad_sum"], queue, ((cout, cin, kh * kw), None),
+                            (partial, np.int32(chunks), out.base_data,
+                             np.int64(element_offset(out))),
+                            [summed, *wait])
     except cl.Error as e:
         raise _device_error(queue, "the filter gradient", e, options) from e
     out.add_event(done)

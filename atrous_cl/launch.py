@@ -385,8 +385,8 @@ def launcher(p: Plan | None) -> Callable:
 _ZERO = np.int64(0)
 
 
-def _enqueue(kernel: cl.Kernel, queue: cl.CommandQueue, geometry: tuple, args: tuple,
-             wait_for: list) -> cl.Event:
+def enqueue(kernel: cl.Kernel, queue: cl.CommandQueue, geometry: tuple, args: tuple,
+            wait_for: list) -> cl.Event:
     """``kernel`` on ``queue`` with ``geometry`` (global and local size) and every one of
     its arguments: the kernel object serves every launch of its program (views at
     offsets, other image sizes, other queues), so none may be left from another.
@@ -416,8 +416,8 @@ def launch_packed(p: Plan, queue: cl.CommandQueue, value_data, filters_bytes: by
             if last is None or last[0] != filters_bytes:
                 return None
             _, packed, repacked = last
-            return _enqueue(p.kernels[p.main_kernel], queue, p.main,
-                            (value_data, _ZERO, packed, out_data, _ZERO, *p.sizes), [repacked])
+            return enqueue(p.kernels[p.main_kernel], queue, p.main,
+                           (value_data, _ZERO, packed, out_data, _ZERO, *p.sizes), [repacked])
     except cl.Error as e:
         raise DeviceError(f"launching {p.main_kernel} on {describe(queue.device)} "
                           f"failed: {e}", status=status_name(e), source=p.source,
@@ -444,8 +444,8 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
         with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
             if p.wide:
                 value_data = memory.scratch(queue, value.size * 4)
-                widened = _enqueue(kernels["widen"], queue, ((value.size,), None),
-                                   (value.base_data, np.int64(value_off), value_data), wait)
+                widened = enqueue(kernels["widen"], queue, ((value.size,), None),
+                                  (value.base_data, np.int64(value_off), value_data), wait)
                 value_off = 0
             last = p.repacked.get(queue) if raw is not None else None
             if last is not None and last[0] == raw:
@@ -453,17 +453,17 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
             else:
                 packed = (cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, p.packed_nbytes)
                           if raw is not None else memory.scratch(queue, p.packed_nbytes))
-                repacked = _enqueue(kernels["repack_filters"], queue, p.repack,
-                                    (filters.base_data, np.int64(element_offset(filters)), packed),
-                                    wait)
+                repacked = enqueue(kernels["repack_filters"], queue, p.repack,
+                                   (filters.base_data, np.int64(element_offset(filters)), packed),
+                                   wait)
                 if raw is not None:
                     if len(p.repacked) >= 8:
                         p.repacked.clear()
                     p.repacked[queue] = (raw, packed, repacked)
-            done = _enqueue(kernels[p.main_kernel], queue, p.main,
-                            (value_data, np.int64(value_off), packed, out.base_data,
-                             np.int64(element_offset(out)), *p.sizes),
-                            [repacked, widened] if p.wide else [repacked, *wait])
+            done = enqueue(kernels[p.main_kernel], queue, p.main,
+                           (value_data, np.int64(value_off), packed, out.base_data,
+                            np.int64(element_offset(out)), *p.sizes),
+                           [repacked, widened] if p.wide else [repacked, *wait])
     except cl.Error as e:
         raise DeviceError(f"launching {p.main_kernel} on {describe(queue.device)} "
                           f"failed: {e}", status=status_name(e), source=p.source,
