@@ -19,7 +19,10 @@ For each device and workload, medians over ``--calls`` calls of:
   compared against the last repacked, then the kernel enqueued), measured to
   the return of :func:`atrous_cl.launch.transpose`;
 - ``wait``: from there to the result's ``get`` returning;
-- ``kernel``: the main kernel's own duration from a profiling queue's event.
+- ``kernel``: the main kernel's own duration from a profiling queue's event;
+- ``empty kernel``: a one-work-item kernel enqueued and waited for, back to
+  back: what the driver takes per command whatever the kernel;
+- ``onnxruntime``: its Conv-form call back to back, for scale.
 
 Nothing here asserts anything about time.
 """
@@ -129,7 +132,26 @@ def measure(device: cl.Device, wl: bench.Workload, value, filters, ort_call, n: 
         r.get(prof)
         kernel.append((event.profile.end - event.profile.start) * 1e-3)
     out["kernel (profiled)"] = statistics.median(kernel)
+
+    # The driver's own floor per command: one work-item writing one float,
+    # enqueued and waited for; and onnxruntime's whole call, for scale.
+    empty_kernel = cl.Program(queue.context, _EMPTY_KERNEL).build().one
+    one = cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, 4)
+    empty_kernel.set_args(one)
+
+    def floor():
+        cl.enqueue_nd_range_kernel(queue, empty_kernel, (1,), None)
+        queue.finish()
+    for _ in range(5):
+        floor()
+    out["empty kernel: enqueue + finish"] = _median_us(floor, n)
+    for _ in range(5):
+        ort_call()
+    out["onnxruntime Conv form call"] = _median_us(ort_call, n)
     return out
+
+
+_EMPTY_KERNEL = "__kernel void one(__global float *x) { x[0] = 1.0f; }"
 
 
 def main() -> None:
