@@ -442,13 +442,34 @@ def winograd_local_bytes(tile: Tile, cin: int, parts: int = 1, dtype=np.float32)
     return acc_itemsize(dtype) * 16 * tile.pixels * (parts * cinp + tile.channels * tile.vectors)
 
 
+#: Output channels above which the Winograd tile on 256-bit vectors (:func:`_narrow`)
+#: takes three vectors a block, not two. AMD EPYC Zen 3 (AVX2), kernels only, time of
+#: 4 blocks x 3 vectors over the tile before (``python benchmarks/tile_sweep.py --devices
+#: 1:0 2:0 --dtypes ... --workloads A B C E --shapes ... --tiles ...``, 7 rounds, two
+#: sweeps, 2026-12-04 21:20-21:25 UTC). Intel's runtime, over one vector of 8 blocks
+#: (8x8w): float32 B 0.88, 0.85; 1x64x64 128->128 0.81, 0.80; 2x32x32 256->256 0.78,
+#: 0.85; 96->96 3x3 rate 3 VALID 0.78, 0.84; float16 B 0.87, 128->128 0.85; float64
+#: (4x4x3w over 8x4w) B 0.79, 128->128 0.77, 256->256 0.65. PyPI's PoCL 3.0, over 4x8x4w
+#: (4 vectors, its tile before from 128 channels): B 0.96, 128->128 0.95, 256->256 0.93;
+#: float64 4x4x3w over 4x4x4w B 0.93, 128->128 0.91. Up to 64 channels two vectors
+#: (4x8x2w) were fastest or within noise of it: Intel float32 over 8x8w A 0.81 and 0.99,
+#: C 0.87, 0.90, E 0.84, 0.94, 1x128x128 64->64 0.92, 0.94, 2x64x64 32->32 0.92, 0.99,
+#: 1x96x96 32->64 rate 1 0.93, 0.92, but 1x64x64 16->16 1.33 and 0.98 (three vectors
+#: took 0.97-1.43 of two's time on these); float16 A 0.85 (three 0.78), C 0.94, E 0.82;
+#: float64 4x4x2w over 8x4w A 0.91, C 0.79, E 0.82; PoCL float32 A, 1x128x128 64->64
+#: three vectors 1.18 and 1.11 of two's time, 64->48 0.97, float64 A 1.14.
+_NARROW_THREE_VECTORS_ABOVE = 64
+
+
 def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int | None = None) -> Tile | None:
     """The Winograd kernel's tile of ``blocks`` 2x2 blocks for a problem, where that
     kernel runs and saves multiplies (:func:`winograd_parts`): float32, float64, or
     float16 on a CPU (GPUs load halves in hardware, and keep the direct kernel), and a
     work-group's local memory (:func:`winograd_local_bytes`) within the device's;
     else None. Channel vectors as wide as :func:`_vector_width` allows, two of them
-    for more output channels than one holds."""
+    for more output channels than one holds; with 256-bit vectors (:func:`_narrow`) in
+    4 blocks, and three of them for more than :data:`_NARROW_THREE_VECTORS_ABOVE`
+    channels."""
     kh, kw, cout, cin = filters_shape
     dtype = np.dtype(dtype)
     cpu = bool(facts(device).type & cl.device_type.CPU)
@@ -458,21 +479,13 @@ def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int | None = 
     width = _vector_width(device, np.float32)
     if dtype == np.float64:  # one 512-bit register of doubles a vector: 16 spilled the tile
         width = min(_vector_width(device, np.float64), 8)
-    # Two vectors where the channels fill them, but one on Intel's runtime without
-    # 512-bit vectors (:func:`_intel_narrow`: 8x8w ran A-E faster than 8x8x2w there).
-    vectors = 2 if cout > width and not _intel_narrow(device) else 1
-    if _pocl_narrow(device):
-        # PyPI's PoCL 3.0 on AVX2: 4 blocks, 4 vectors from 16 vectors' worth of channels.
-        # Kernels only, time over 8x8x2w's, float32, AMD EPYC Zen 3 (tile_sweep.py
-        # --devices 2:0 --shapes ... --tiles 8x8x2w 4x8x2w 8x8w 4x8x4w 8x8, 5 rounds,
-        # 2026-12-04 16:40-16:55 UTC): 4x8x2w A 0.93, C 0.80, 1x128x128 64->64 0.90,
-        # 2x64x64 32->32 0.89, 4x32x32 64->64 0.81, 1x96x96 32->64 rate 1 0.82, 16->16
-        # 0.85-0.91; 128->128 (B, 1x64x64) 4x8x4w 0.98 and 0.74 (4x8x2w 1.09 and 0.76).
-        # float64 (8x4x2w's time): A 4x4x2w 0.87, 4x4x4w 0.79; C 4x4x2w 0.88.
-        if vectors > 1 and cout >= 16 * width:
-            vectors = 4
+    # Two vectors where the channels fill them; with 256-bit vectors (_narrow), 4 blocks
+    # of them, and 3 (12 accumulator registers of AVX2's 16) for more than 64 channels.
+    vectors = 2 if cout > width else 1
+    if _narrow(device) and vectors > 1 and cout > _NARROW_THREE_VECTORS_ABOVE:
+        vectors = 3
     if blocks is None:
-        blocks = 4 if _pocl_narrow(device) else WINOGRAD_BLOCKS
+        blocks = 4 if _narrow(device) else WINOGRAD_BLOCKS
     tile = Tile(blocks, width, vectors, True)
     if winograd_local_bytes(tile, cin, parts, dtype) > facts(device).local_mem:
         return None

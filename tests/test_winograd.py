@@ -33,8 +33,10 @@ SHAPES = [
     (2, 7, 10, 3, 17, 1, "VALID", 3, 5),    # two parts along the row only
     (1, 12, 12, 2, 3, 2, "SAME", 7, 7),     # nine parts
 ]
-#: Winograd tiles: blocks x channels (x vectors). 8-channel vectors are PoCL-AVX2's.
-TILES = [Tile(2, 16, 1, True), Tile(4, 16, 2, True), Tile(3, 8, 2, True), Tile(1, 8, 1, True)]
+#: Winograd tiles: blocks x channels (x vectors). 8-channel vectors are AVX2's (three of
+#: them above 64 output channels there).
+TILES = [Tile(2, 16, 1, True), Tile(4, 16, 2, True), Tile(3, 8, 2, True), Tile(1, 8, 1, True),
+         Tile(4, 8, 3, True)]
 
 
 def _problem(shape, dtype=np.float32, rng=None):
@@ -221,22 +223,24 @@ def test_winograd_tile_needs_3x3_float32_and_room(monkeypatch):
         assert tiles.winograd_tile(cpu, dtype, shape) is None, (dtype, shape)
     gpu = stub_device(local_mem_size=48 << 10)
     assert tiles.winograd_tile(gpu, np.float16, (3, 3, 8, 8)) is None  # not widened there
-    # PyPI's PoCL on AVX2: 8-channel vectors in 4 blocks, 4 vectors from 128 channels
-    # (32 doubles); Intel's runtime there: one 8-channel vector of 8 blocks.
+    # 256-bit vectors (PyPI's PoCL, Intel's runtime on AVX2): 8 floats or 4 doubles a
+    # vector, 4 blocks, two vectors where the channels fill them, three above 64 channels.
     pocl = stub_device(type=cl.device_type.CPU, local_mem_size=4 << 20,
                        platform=type("P", (), {"name": "Portable Computing Language"})(),
                        version="OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3")
-    for dtype, cout, want in ((np.float32, 8, Tile(4, 8, 1, True)), (np.float32, 64, Tile(4, 8, 2, True)),
-                              (np.float32, 127, Tile(4, 8, 2, True)), (np.float32, 128, Tile(4, 8, 4, True)),
-                              (np.float16, 128, Tile(4, 8, 4, True)), (np.float64, 63, Tile(4, 4, 2, True)),
-                              (np.float64, 64, Tile(4, 4, 4, True))):
-        assert tiles.winograd_tile(pocl, dtype, (3, 3, cout, 64)) == want, (dtype, cout)
-    assert tiles.winograd_tile(pocl, np.float32, (3, 3, 64, 64), 8) == Tile(8, 8, 2, True)
     narrow_intel = stub_device(type=cl.device_type.CPU, local_mem_size=256 << 10,
                                platform=type("P", (), {"name": "Intel(R) OpenCL"})(),
                                native_vector_width_float=8)
     monkeypatch.setattr(tiles, "_host_avx512", lambda: False)
-    assert tiles.winograd_tile(narrow_intel, np.float32, (3, 3, 64, 64)) == Tile(8, 8, 1, True)
+    for device in (pocl, narrow_intel):
+        for dtype, cout, want in (
+                (np.float32, 8, Tile(4, 8, 1, True)), (np.float32, 9, Tile(4, 8, 2, True)),
+                (np.float32, 64, Tile(4, 8, 2, True)), (np.float32, 65, Tile(4, 8, 3, True)),
+                (np.float32, 128, Tile(4, 8, 3, True)), (np.float16, 64, Tile(4, 8, 2, True)),
+                (np.float16, 128, Tile(4, 8, 3, True)), (np.float64, 4, Tile(4, 4, 1, True)),
+                (np.float64, 64, Tile(4, 4, 2, True)), (np.float64, 65, Tile(4, 4, 3, True))):
+            assert tiles.winograd_tile(device, dtype, (3, 3, cout, 64)) == want, (device, dtype, cout)
+        assert tiles.winograd_tile(device, np.float32, (3, 3, 64, 64), 8) == Tile(8, 8, 2, True)
     assert Tile.parse("8x16x2w") == Tile(8, 16, 2, True) and str(Tile(8, 16, 2, True)) == "8x16x2w"
     assert Tile.parse("8x16") == Tile(8, 16)
 
