@@ -88,7 +88,8 @@ def _intel_narrow(device: cl.Device) -> bool:
     --tiles ...``, 2026-12-04 16:35-16:45 UTC, 5-7 rounds), the 16-channel defaults ran
     D (5x5) 8x16 11.3 ms against 8x8 6.7 and 4x16 6.3; Winograd 8x16x2w A 2.78, B 17.8,
     C (8x16w) 1.68, E (8x16w) 0.124 against one 8-channel vector 8x8w 2.42, 15.6, 1.07,
-    0.121 (two, 8x8x2w: 2.98, 20.2, 1.71, 0.142).
+    0.121 (two, 8x8x2w: 2.98, 20.2, 1.71, 0.142). Its Winograd tiles have since taken
+    4 blocks of two or three such vectors (:data:`_NARROW_THREE_VECTORS_ABOVE`).
     """
     width = facts(device).float_width
     return is_intel_cpu(device) and 0 < width < 16 and not _host_avx512()
