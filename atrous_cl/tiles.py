@@ -394,7 +394,8 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
     pixels x two 16-channel vectors where :func:`default_tile` may take them (two
     8-channel vectors on PyPI's PoCL for AVX2); with
     ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks where it runs
-    (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`)."""
+    (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`), and on
+    256-bit vectors its 4 blocks of two and of three vectors where the channels fill two."""
     widest = _max_channels(device, dtype, cout)
     if (is_intel_cpu(device) and acc_itemsize(dtype) == 4 and not _narrow(device)
             and not _intel_scalar(device, dtype, cout)):
@@ -408,8 +409,16 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
     if _pocl_narrow(device) and cout > widest:
         tiles += [Tile(4, widest, 2), Tile(8, widest, 2)]
     if filters_shape is not None and winograd_enabled():
-        tiles += [t for t in (winograd_tile(device, dtype, filters_shape, blocks)
-                              for blocks in (4, 8)) if t is not None]
+        wino = [t for t in (winograd_tile(device, dtype, filters_shape, blocks)
+                            for blocks in (4, 8)) if t is not None]
+        if _narrow(device) and wino and wino[0].vectors in (2, 3):
+            # Two and three vectors a block ran within noise of each other at 48-96
+            # channels there (_NARROW_THREE_VECTORS_ABOVE): tune tries the other too.
+            other = wino[0]._replace(vectors=5 - wino[0].vectors)
+            parts = winograd_parts(*filters_shape[:2])
+            if winograd_local_bytes(other, filters_shape[3], parts, dtype) <= facts(device).local_mem:
+                wino.append(other)
+        tiles += wino
     return tiles
 
 

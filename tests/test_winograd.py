@@ -241,6 +241,12 @@ def test_winograd_tile_needs_3x3_float32_and_room(monkeypatch):
                 (np.float64, 64, Tile(4, 4, 2, True)), (np.float64, 65, Tile(4, 4, 3, True))):
             assert tiles.winograd_tile(device, dtype, (3, 3, cout, 64)) == want, (device, dtype, cout)
         assert tiles.winograd_tile(device, np.float32, (3, 3, 64, 64), 8) == Tile(8, 8, 2, True)
+        # tune tries both two and three vectors there, one vector alone where one holds them
+        for cout, want in ((64, Tile(4, 8, 3, True)), (96, Tile(4, 8, 2, True))):
+            assert {want, tiles.winograd_tile(device, np.float32, (3, 3, cout, 64))} <= \
+                set(tiles.candidates(device, np.float32, cout, (3, 3, cout, 64)))
+        assert [t for t in tiles.candidates(device, np.float32, 8, (3, 3, 8, 64)) if t.winograd] \
+            == [Tile(4, 8, 1, True), Tile(8, 8, 1, True)]
     assert Tile.parse("8x16x2w") == Tile(8, 16, 2, True) and str(Tile(8, 16, 2, True)) == "8x16x2w"
     assert Tile.parse("8x16") == Tile(8, 16)
 
