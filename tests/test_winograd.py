@@ -154,8 +154,9 @@ def test_an_overflowing_transform_takes_the_direct_sum(queue):
     assert_close(got, direct)  # the same sum (bit for bit where both contract alike)
 
 
+@pytest.mark.parametrize("tile", [Tile(2, 16, 1, True), Tile(4, 8, 3, True)], ids=str)
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
-def test_the_forward_op_multiplies_the_zero_padding(queue, padding):
+def test_the_forward_op_multiplies_the_zero_padding(queue, padding, tile):
     """The forward conv runs this kernel with the taps flipped (FORWARD_FILTERS); with
     SAME, TF multiplies its zero padding by the weights, so an Inf weight makes NaN
     there, and the fallback must add those terms too."""
@@ -163,20 +164,21 @@ def test_the_forward_op_multiplies_the_zero_padding(queue, padding):
     value = rng.standard_normal((1, 9, 10, 3)).astype(np.float32)
     filters = rng.standard_normal((3, 3, 3, 6)).astype(np.float32)  # [kh, kw, in, out]
     want = reference.atrous_conv2d(value, filters, 2, padding)
-    got, kernel = _run(queue, value, filters, None, 2, padding, Tile(2, 16, 1, True), True)
+    got, kernel = _run(queue, value, filters, None, 2, padding, tile, True)
     assert kernel == "winograd_transpose"
     assert_close(got, want)
     filters[0, 2, 1, 4] = np.inf
     want = reference.atrous_conv2d(value, filters, 2, padding)
-    got, _ = _run(queue, value, filters, None, 2, padding, Tile(2, 16, 1, True), True)
+    got, _ = _run(queue, value, filters, None, 2, padding, tile, True)
     assert_close(got, want)
 
 
+@pytest.mark.parametrize("tile", [Tile(2, 8, 2, True), Tile(4, 4, 3, True)], ids=str)
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5]], ids=lambda s: "x".join(map(str, s)))
-def test_float64(queue, shape):
-    """float64 sums in double, vectors of 8 (two for more output channels)."""
+def test_float64(queue, shape, tile):
+    """float64 sums in double, vectors of 8 (two for more output channels; three vectors
+    of 4 on AVX2)."""
     skip_unsupported(queue, np.float64)
-    tile = Tile(2, 8, 2, True)
     _fits(queue, tile, shape[3], *shape[7:], dtype=np.float64)
     value, filters, output_shape, rate, padding = _problem(shape, np.float64)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
@@ -185,17 +187,18 @@ def test_float64(queue, shape):
     assert_close(got, want, np.float64)
 
 
+@pytest.mark.parametrize("tile", [Tile(2, 16, 1, True), Tile(4, 8, 3, True)], ids=str)
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[6]], ids=lambda s: "x".join(map(str, s)))
-def test_float16_as_stored(queue, shape):
+def test_float16_as_stored(queue, shape, tile):
     """float16 reaches the Winograd kernel as stored, never widened (the input transform
     converts it), summed in float32: ragged channels take the halves one by one."""
     value, filters, output_shape, rate, padding = _problem(shape, np.float16)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
-    got, kernel = _run(queue, value, filters, output_shape, rate, padding, Tile(2, 16, 1, True))
+    got, kernel = _run(queue, value, filters, output_shape, rate, padding, tile)
     assert kernel == "winograd_transpose"
     assert_close(got, want, np.float16)
     args = check_transpose_args(value.shape, filters.shape, output_shape, rate, padding)
-    p = launch.launch_plan(queue.context, queue.device, np.float16, args, Tile(2, 16, 1, True))
+    p = launch.launch_plan(queue.context, queue.device, np.float16, args, tile)
     assert not p.wide and "-DWIDE_INPUTS" not in p.options
 
 
