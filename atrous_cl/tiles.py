@@ -394,8 +394,8 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
     pixels x two 16-channel vectors where :func:`default_tile` may take them (two
     8-channel vectors on PyPI's PoCL for AVX2); with
     ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks where it runs
-    (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`), and on
-    256-bit vectors its 4 blocks of two and of three vectors where the channels fill two."""
+    (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`), on 256-bit
+    vectors with one to four vectors a block, as many as the channels fill."""
     widest = _max_channels(device, dtype, cout)
     if (is_intel_cpu(device) and acc_itemsize(dtype) == 4 and not _narrow(device)
             and not _intel_scalar(device, dtype, cout)):
@@ -411,13 +411,17 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
     if filters_shape is not None and winograd_enabled():
         wino = [t for t in (winograd_tile(device, dtype, filters_shape, blocks)
                             for blocks in (4, 8)) if t is not None]
-        if _narrow(device) and wino and wino[0].vectors in (2, 3):
-            # Two and three vectors a block ran within noise of each other at 48-96
-            # channels there (_NARROW_THREE_VECTORS_ABOVE): tune tries the other too.
-            other = wino[0]._replace(vectors=5 - wino[0].vectors)
+        if _narrow(device):
+            # One to four vectors a block, as many as the channels fill: two and three
+            # tie at 48-96 channels (_NARROW_THREE_VECTORS_ABOVE), and the defaults
+            # before took one (Intel's runtime) or four (PoCL), which tuning files keep.
             parts = winograd_parts(*filters_shape[:2])
-            if winograd_local_bytes(other, filters_shape[3], parts, dtype) <= facts(device).local_mem:
-                wino.append(other)
+            for tile in list(wino):
+                for vectors in range(1, min(4, -(-cout // tile.channels)) + 1):
+                    other = tile._replace(vectors=vectors)
+                    room = winograd_local_bytes(other, filters_shape[3], parts, dtype)
+                    if other not in wino and room <= facts(device).local_mem:
+                        wino.append(other)
         tiles += wino
     return tiles
 
@@ -467,7 +471,8 @@ def winograd_local_bytes(tile: Tile, cin: int, parts: int = 1, dtype=np.float32)
 #: 1x96x96 32->64 rate 1 0.93, 0.92, but 1x64x64 16->16 1.33 and 0.98 (three vectors
 #: took 0.97-1.43 of two's time on these); float16 A 0.85 (three 0.78), C 0.94, E 0.82;
 #: float64 4x4x2w over 8x4w A 0.91, C 0.79, E 0.82; PoCL float32 A, 1x128x128 64->64
-#: three vectors 1.18 and 1.11 of two's time, 64->48 0.97, float64 A 1.14.
+#: three vectors 1.18 and 1.11 of two's time, 64->48 0.97, float64 A 1.14 (and 4x4x2w 0.94
+#: of 4x4x4w, PoCL's tile there before; 1x64x64 32->32 0.79).
 _NARROW_THREE_VECTORS_ABOVE = 64
 
 

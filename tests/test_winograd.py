@@ -244,12 +244,19 @@ def test_winograd_tile_needs_3x3_float32_and_room(monkeypatch):
                 (np.float64, 64, Tile(4, 4, 2, True)), (np.float64, 65, Tile(4, 4, 3, True))):
             assert tiles.winograd_tile(device, dtype, (3, 3, cout, 64)) == want, (device, dtype, cout)
         assert tiles.winograd_tile(device, np.float32, (3, 3, 64, 64), 8) == Tile(8, 8, 2, True)
-        # tune tries both two and three vectors there, one vector alone where one holds them
-        for cout, want in ((64, Tile(4, 8, 3, True)), (96, Tile(4, 8, 2, True))):
-            assert {want, tiles.winograd_tile(device, np.float32, (3, 3, cout, 64))} <= \
-                set(tiles.candidates(device, np.float32, cout, (3, 3, cout, 64)))
-        assert [t for t in tiles.candidates(device, np.float32, 8, (3, 3, 8, 64)) if t.winograd] \
-            == [Tile(4, 8, 1, True), Tile(8, 8, 1, True)]
+        # tune tries one to four vectors there (tiles tuned before took one or four), as
+        # many as the channels fill, where a work-group's local memory holds them
+        def wino(device, cout):
+            return [t for t in tiles.candidates(device, np.float32, cout, (3, 3, cout, 64))
+                    if t.winograd]
+        assert set(wino(device, 128)) == {Tile(b, 8, v, True) for b in (4, 8) for v in (1, 2, 3, 4)}
+        assert set(wino(device, 17)) == {Tile(b, 8, v, True) for b in (4, 8) for v in (1, 2, 3)}
+        assert wino(device, 8) == [Tile(4, 8, 1, True), Tile(8, 8, 1, True)]
+    # 4 blocks of 64 input channels and 4 vectors need 24 KiB, 3 vectors 22 KiB; 8 blocks more
+    small = stub_device(type=cl.device_type.CPU, local_mem_size=23000,
+                        platform=type("P", (), {"name": "Portable Computing Language"})(),
+                        version="OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3")
+    assert wino(small, 128) == [Tile(4, 8, 3, True), Tile(4, 8, 1, True), Tile(4, 8, 2, True)]
     assert Tile.parse("8x16x2w") == Tile(8, 16, 2, True) and str(Tile(8, 16, 2, True)) == "8x16x2w"
     assert Tile.parse("8x16") == Tile(8, 16)
 
