@@ -3,20 +3,22 @@
 # The checks a session with a lent NVIDIA GPU machine runs, prepared so that one device call does
 # them all (device time is short: docs/performance.md, "Issue 13 on a GPU").
 #
-#   bash benchmarks/gpu_session.sh fetch   # here, with PyPI: pyopencl and its pure-Python
-#                                          # dependencies as cp312 wheels into .whl/
+#   bash benchmarks/gpu_session.sh fetch   # here, with PyPI: pyopencl and its dependencies
+#                                          # as cp312 wheels into .whl/ (emptied first)
 #   bash benchmarks/gpu_session.sh run     # there (no network; carry .whl): writes
 #                                          # its logs under $OUT (or ./gpu-logs)
 #
 # `run` installs the wheels into /tmp/site, registers NVIDIA's OpenCL library with the ICD
 # loader (OCL_ICD_VENDORS), runs the source tree from PYTHONPATH, and then: the queue tests
 # serially (test_reliability.py, whose user-event tests crashed a worker there once), the
-# global-LLVM test with its traceback, `atrous-cl bench --rounds 9` twice, and call_cost.py on
-# the GPU. Each step has its own timeout; a failing step does not stop the next.
-set -u
+# global-LLVM test with its traceback, call_cost.py on the GPU, and `atrous-cl bench --rounds 9`
+# twice. Each step has its own timeout (550 s in all, under a device command's 600); a failing
+# step does not stop the next.
+set -u -o pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = fetch ]; then
+    rm -f .whl/*.whl
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
@@ -44,22 +46,23 @@ quiet() { grep -v "CompilerWarning\|prg.build\|timed$"; }
 step() { echo "== $1 $(date +%T)"; }
 
 step "queue tests, serially"
-timeout 240 python3 -m pytest -p no:cacheprovider -q --tb=short -W ignore -o faulthandler_timeout=60 \
+timeout 150 python3 -m pytest -p no:cacheprovider -q --tb=short -W ignore -o faulthandler_timeout=60 \
     tests/test_reliability.py > "$out/reliability.log" 2>&1
 echo "exit $?"; tail -5 "$out/reliability.log"
 
 step "global LLVM"
-timeout 120 python3 -m pytest -p no:cacheprovider -q --tb=long -W ignore \
+timeout 60 python3 -m pytest -p no:cacheprovider -q --tb=long -W ignore \
     tests/test_environment.py::test_drivers_run_beside_a_global_llvm > "$out/global_llvm.log" 2>&1
 echo "exit $?"; tail -3 "$out/global_llvm.log"
 
+step "call cost on $gpu"
+timeout 60 python3 benchmarks/call_cost.py --devices "$gpu" --workloads A B C D E F --calls 100 2>&1 \
+    | quiet | tee "$out/call_cost.log"
+
 for i in 1 2; do
     step "bench $i"
-    timeout 200 python3 -m atrous_cl.cli bench --rounds 9 2>&1 | quiet > "$out/bench$i.log"
+    timeout 140 python3 -m atrous_cl.cli bench --rounds 9 2>&1 | quiet > "$out/bench$i.log"
     echo "exit $?"; grep -c '^| [A-F]:' "$out/bench$i.log"
 done
 
-step "call cost on $gpu"
-timeout 120 python3 benchmarks/call_cost.py --devices "$gpu" --workloads A B C D E F --calls 100 2>&1 \
-    | quiet | tee "$out/call_cost.log"
 step end
