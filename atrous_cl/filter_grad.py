@@ -181,9 +181,9 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
                  np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk)),
                 wait)
             done = enqueue(kernels["filter_grad_sum"], queue, ((cout, cin, kh * kw), None),
-                            (partial, np.int32(chunks), out.base_data,
-                             np.int64(element_offset(out))),
-                            [summed, *wait])
+                           (partial, np.int32(chunks), out.base_data,
+                            np.int64(element_offset(out))),
+                           [summed, *wait])
     except cl.Error as e:
         raise _device_error(queue, "the filter gradient", e, options) from e
     out.add_event(done)
