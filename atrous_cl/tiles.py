@@ -471,8 +471,9 @@ def winograd_local_bytes(tile: Tile, cin: int, parts: int = 1, dtype=np.float32)
 #: 1x96x96 32->64 rate 1 0.93, 0.92, but 1x64x64 16->16 1.33 and 0.98 (three vectors
 #: took 0.97-1.43 of two's time on these); float16 A 0.85 (three 0.78), C 0.94, E 0.82;
 #: float64 4x4x2w over 8x4w A 0.91, C 0.79, E 0.82; PoCL float32 A, 1x128x128 64->64
-#: three vectors 1.18 and 1.11 of two's time, 64->48 0.97, float64 A 1.14 (and 4x4x2w 0.94
-#: of 4x4x4w, PoCL's tile there before; 1x64x64 32->32 0.79).
+#: three vectors 1.18 and 1.11 of two's time, 64->48 0.97, float64 A 1.14 and 1.17 (4x4x2w
+#: took 0.94 and 1.06 of 4x4x4w's time on A in two sweeps, PoCL's tile there before, 1.01 on
+#: 1x128x128 64->64, 0.79 on 32->32; 2x64x64 96->96 three vectors 0.95 of two's).
 _NARROW_THREE_VECTORS_ABOVE = 64
 
 
