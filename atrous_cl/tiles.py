@@ -182,29 +182,38 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     0.61, 0.73; 32->6, 8: 8x16 0.83, 0.93; 2x128x128 16->2 5x5 VALID 8x1 0.62;
     16->3 7x7 rate 3 8x1 0.61; float64 1x256x256 64->2 3x3 8x1 0.52, 16->2 5x5
     0.56, but 64->3, 4 the platform's 8x4 best. One output channel already took
-    8x1. Debian's PoCL 3.1 runs scalar tiles 2-8x slower and keeps its own.
+    8x1. Debian's PoCL 3.1 runs scalar tiles 2-8x slower and keeps its own. With
+    256-bit vectors (:func:`_narrow`), 4 pixels of two vectors (:data:`_NARROW_DIRECT`).
     """
     if _intel_scalar(device, dtype, cout):
         return Tile(8, 1)
     if is_intel_cpu(device) and cout <= 16 and acc_itemsize(dtype) == 4 and not _narrow(device):
         return Tile(8, 16)
     width = _vector_width(device, dtype)
-    if _pocl_narrow(device) and cout > width:
-        return _POCL_NARROW_DIRECT._replace(channels=width)  # 4x4x2 in float64
+    if cout > width and (_pocl_narrow(device) or (
+            _intel_narrow(device) and -(-cout // (2 * width)) * 2 == -(-cout // width))):
+        return _NARROW_DIRECT._replace(channels=width)  # 4x4x2 in float64
     return _platform_tile(device, dtype, cout)
 
 
-#: Why :func:`default_tile` gives PyPI's PoCL 3.0 on AVX2 4 pixels x two 8-channel
-#: vectors (float32, float16) where the output channels fill more than one vector:
-#: kernels only, time over 8x8's, AMD EPYC Zen 3 (``python benchmarks/tile_sweep.py
-#: --devices 2:0 --workloads D --shapes ... --tiles 8x8 4x8 4x8x2 8x8x2 4x8x4 4x16``,
-#: 5 rounds, 2026-12-04 16:45-16:55 UTC): D (5x5, 16->16) 0.63, 5x5 32->32 0.78,
-#: 64->64 0.85, 7x7 16->16 rate 3 0.68, 5x5 16->24 VALID 0.69 (8x8x2 1.33-1.58, 4x8x4
-#: 1.06-1.88). Intel's runtime on the same CPU ran 4x8x2 in 0.81-1.16 of 8x8's time and
-#: keeps 8x8. float64 takes two 4-double vectors: 4x4x2 over 8x4, D 0.81, 5x5 32->32
-#: 0.83, 7x7 16->16 0.85, 5x5 8->8 0.91 (4x8, one 8-double vector, 0.72 on D, but PoCL
-#: 3.0 has built such vectors into empty programs).
-_POCL_NARROW_DIRECT = Tile(4, 8, 2)
+#: Why :func:`default_tile` gives CPUs with 256-bit vectors 4 pixels x two 8-channel
+#: vectors (float32, float16; two 4-double vectors in float64): PyPI's PoCL 3.0 where the
+#: output channels fill more than one vector, Intel's runtime where two pad no more
+#: channels than one would. AMD EPYC Zen 3, kernels only, time over 8x8's (``python
+#: benchmarks/tile_sweep.py --devices ... --workloads D --shapes ... --tiles ...``).
+#: PyPI's PoCL (5 rounds, 2026-12-04 16:45-16:55 UTC): D (5x5, 16->16) 0.63, 5x5 32->32
+#: 0.78, 64->64 0.85, 7x7 16->16 rate 3 0.68, 5x5 16->24 VALID 0.69 (8x8x2 1.33-1.58,
+#: 4x8x4 1.06-1.88); float64 4x4x2 over 8x4, D 0.81, 5x5 32->32 0.83, 7x7 16->16 0.85,
+#: 5x5 8->8 0.91 (4x8, one 8-double vector, 0.72 on D, but PoCL 3.0 has built such
+#: vectors into empty programs). Intel's runtime (7 rounds, three sweeps, 2026-12-04
+#: 22:17 UTC): D 0.97, 0.97, 0.99; 5x5 32->32 0.98, 0.99, 0.99; 64->64 1.00, 0.98, 0.98;
+#: 16->16 rate 1 0.96, 0.97, 1.00; 64->128 rate 3 0.91 thrice; 7x7 16->16 0.77, 0.80,
+#: 0.80; 5x5 32->48 0.94, 0.94, 0.95; 4x4 32->32 0.72, 0.74, 0.71; 2x2 64->64 0.94, 0.94,
+#: 0.93; 6x6 48->32 1.00, 0.99, 0.99 (4x16, one 16-channel vector, 0.71-1.05); float16
+#: 0.77-1.00 and float64 (4x4x2 over 8x4) 0.73-0.96 on five of them; but 5x5 16->24 VALID,
+#: where two vectors pad 24 channels to 32, 1.23-1.25, and 8->8 1.50 (the seventh pass's
+#: sweep of 5 rounds had Intel's at 0.81-1.16).
+_NARROW_DIRECT = Tile(4, 8, 2)
 
 
 def _intel_scalar(device: cl.Device, dtype, cout: int) -> bool:
@@ -225,7 +234,7 @@ def _intel_direct(device: cl.Device, dtype, cout: int) -> bool:
 
 def _pocl_direct(device: cl.Device, dtype, cout: int) -> bool:
     """Whether :func:`default_for` prefers the direct kernel's two 8-channel vectors
-    (:data:`_POCL_NARROW_DIRECT`) to the Winograd kernel on PyPI's PoCL for AVX2: 16
+    (:data:`_NARROW_DIRECT`) to the Winograd kernel on PyPI's PoCL for AVX2: 16
     output channels or fewer, float32 and float64 (float16 would take the direct kernel's
     widening pass: C 4x8x2w 0.74 of 4x8x2's time). float64, 4x4x2w over 4x4x2: C 1.21, E
     1.56 (9 rounds). Kernels only, the Winograd tile
@@ -406,7 +415,7 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
         tiles.append(Tile(12, 16))  # D: 0.81-0.87 of 8x16's kernel time on Intel, others 0.9-1.05
     if widest == 16 and cout > 16 and _several_vectors(device, dtype):
         tiles += [Tile(4, 16, 2), Tile(8, 16, 2)]
-    if _pocl_narrow(device) and cout > widest:
+    if _narrow(device) and cout > widest:
         tiles += [Tile(4, widest, 2), Tile(8, widest, 2)]
     if filters_shape is not None and winograd_enabled():
         wino = [t for t in (winograd_tile(device, dtype, filters_shape, blocks)
