@@ -190,9 +190,11 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
     if is_intel_cpu(device) and cout <= 16 and acc_itemsize(dtype) == 4 and not _narrow(device):
         return Tile(8, 16)
     width = _vector_width(device, dtype)
+    two = _NARROW_DIRECT._replace(channels=width)  # 4x4x2 in float64
     if cout > width and (_pocl_narrow(device) or (
-            _intel_narrow(device) and -(-cout // (2 * width)) * 2 == -(-cout // width))):
-        return _NARROW_DIRECT._replace(channels=width)  # 4x4x2 in float64
+            _intel_narrow(device)
+            and two.padded_channels(cout) == Tile(1, width).padded_channels(cout))):
+        return two
     return _platform_tile(device, dtype, cout)
 
 
