@@ -36,9 +36,13 @@ class Graph:
         self.producer = {o: n for n in self.nodes for o in n.output if o}
         self.consumers: dict[str, list] = {}
         for n in self.nodes:
-            for i in n.input:
+            for i in [*n.input, *sorted(outer_reads(n))]:
                 self.consumers.setdefault(i, []).append(n)
-        self.inits = {t.name: t for t in model.graph.initializer}
+        # An initializer that is also a graph input is only a default: the caller
+        # may feed another value, so it is data, not a constant.
+        inputs = {i.name for i in model.graph.input}
+        self.inits = {t.name: t for t in model.graph.initializer if t.name not in inputs}
+        self.defaults = {t.name for t in model.graph.initializer if t.name in inputs}
         self.outputs = {o.name for o in model.graph.output}
         try:
             inferred = onnx.shape_inference.infer_shapes(model)
@@ -166,6 +170,21 @@ class Graph:
         except Exception as e:  # the evaluator raises many types for a graph it cannot run
             raise NoProof(f"cannot evaluate the subgraph feeding {target!r}: "
                           f"{type(e).__name__}: {e}") from None
+
+
+def outer_reads(node) -> set:
+    """Names ``node``'s subgraphs (an If's branches, a Loop's body, ...) may read from
+    the graph around them: every input named inside them, at any depth. Some may
+    be the subgraphs' own tensors; counting those too only keeps more nodes."""
+    names = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                  a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+            for n in g.node:
+                names.update(i for i in n.input if i)
+                names |= outer_reads(n)
+            names.update(o.name for o in g.output)
+    return names
 
 
 def node_attr(node, name, default):

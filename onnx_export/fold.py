@@ -37,8 +37,8 @@ from onnx import helper
 
 from atrous_cl import geometry
 from onnx_export.api import check_choice, check_flag
-from onnx_export.chains import Graph, NoProof, node_key
-from onnx_export.constants import PAD_FORMS
+from onnx_export.chains import Graph, NoProof, node_key, outer_reads
+from onnx_export.constants import MIN_OPSET, PAD_FORMS
 from onnx_export.emitter import conv_node, emit_conv, transpose_node
 from onnx_export.proof import Match, prove
 
@@ -106,6 +106,13 @@ def fold_with_report(model: onnx.ModelProto, *, conv_form: bool = False,
     pad_form = check_choice(pad_form, "pad_form", PAD_FORMS)
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and opset < MIN_OPSET:
+        # The replacement's Slice takes its starts and ends as inputs (opset 10),
+        # and ConvTranspose's pads mean what the emitter writes from opset 11.
+        why = (f"the model's opset {opset} is below {MIN_OPSET}, the oldest the replacement's "
+               f"nodes are written for; convert it first (onnx.version_converter)")
+        return FoldResult(out, [ChainReport(n.name, False, why) for n in Graph(out).chain_convs()])
     folded, failed = [], {}
     progress = True
     while progress:
@@ -206,10 +213,14 @@ def _drop_unused(model: onnx.ModelProto, candidates: set) -> None:
     unused; every other node keeps a consumer or is a graph output.
     """
     g = model.graph
-    outputs = {o.name for o in g.output}
+    # Graph outputs, and initializers that are graph inputs (a caller may feed them).
+    outputs = {o.name for o in g.output} | {i.name for i in g.input}
     freed = set()
+
+    def reads(n) -> set:
+        return {*n.input, *outer_reads(n)}
     while True:
-        used = {i for n in g.node for i in n.input} | outputs
+        used = {i for n in g.node for i in reads(n)} | outputs
         dead = {node_key(n) for n in g.node
                 if node_key(n) in candidates and not any(o in used for o in n.output if o)}
         if not dead:
@@ -218,7 +229,7 @@ def _drop_unused(model: onnx.ModelProto, candidates: set) -> None:
         kept = [n for n in g.node if node_key(n) not in dead]
         del g.node[:]
         g.node.extend(kept)
-    used = {i for n in g.node for i in n.input} | outputs
+    used = {i for n in g.node for i in reads(n)} | outputs
     kept = [t for t in g.initializer if t.name in used or t.name not in freed]
     if len(kept) != len(g.initializer):
         del g.initializer[:]

@@ -53,6 +53,10 @@ def prove(graph: Graph, conv) -> Match:
     op = "atrous_conv2d_transpose" if conv.op_type == "ConvTranspose" else "atrous_conv2d"
     _check_undilated_valid(conv)
     weight = graph.constant(conv.input[1])
+    if conv.input[1] in graph.defaults:
+        raise NoProof(f"the weight {conv.input[1]!r} of {conv.name!r} is a graph input whose "
+                      f"initializer is only a default (a caller may feed other filters), so the "
+                      f"chain is left as it is")
     if weight is None or weight.ndim != 4:
         raise NoProof(f"the weight {conv.input[1]!r} of {conv.name!r} is not a 4-D constant")
     bias = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None

@@ -246,6 +246,57 @@ def test_unprovable_chain_is_left_and_reported(name, breaker, why):
     assert result.model.SerializeToString() == model.SerializeToString()
 
 
+def test_filters_a_caller_may_feed_are_not_folded():
+    """An initializer that is also a graph input is a default the caller may replace
+    (older exporters write every weight so): folding it in would ignore what is fed."""
+    model, data = load("single_b1")
+    conv = next(n for n in model.graph.node if n.op_type == "ConvTranspose")
+    w = next(t for t in model.graph.initializer if t.name == conv.input[1])
+    model.graph.input.append(onnx.helper.make_tensor_value_info(w.name, w.data_type, w.dims))
+    onnx.checker.check_model(model, full_check=True)
+    result = fold.fold_with_report(model)
+    assert [c.folded for c in result.chains] == [False]
+    assert "graph input" in result.chains[0].detail and w.name in result.chains[0].detail
+    assert result.model.SerializeToString() == model.SerializeToString()
+
+
+def test_a_chain_tensor_read_inside_a_subgraph_is_kept():
+    """A chain tensor read from an If branch (outer scope) stays; the chain folds around it."""
+    model, data = load("single_b1")
+    pad = next(n for n in model.graph.node if n.op_type == "SpaceToDepth").input[0]
+    branch = lambda name, k: onnx.helper.make_graph(  # noqa: E731
+        [onnx.helper.make_node("ReduceSum", [pad], [name + "_s"], keepdims=0),
+         onnx.helper.make_node("Mul", [name + "_s", name + "_k"], [name + "_o"])], name, [],
+        [onnx.helper.make_tensor_value_info(name + "_o", onnx.TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(np.array(k, np.float32), name + "_k")])
+    model.graph.input.append(onnx.helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, []))
+    model.graph.node.append(onnx.helper.make_node("If", ["cond"], ["side"],
+                                                  then_branch=branch("then", 1.0),
+                                                  else_branch=branch("else", 0.0)))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("side", onnx.TensorProto.FLOAT, []))
+    result = fold.fold_with_report(model)
+    assert [c.folded for c in result.chains] == [True]
+    onnx.checker.check_model(result.model, full_check=True)
+    assert pad in {o for n in result.model.graph.node for o in n.output}
+    x, want, _ = tf_cases(data)[0]
+    feeds = {"x": x, "cond": np.array(True)}
+    sess = lambda m: ort.InferenceSession(m.SerializeToString(),  # noqa: E731
+                                          providers=["CPUExecutionProvider"])
+    got, side = sess(result.model).run(None, feeds)
+    assert_close(got, want, "subgraph reader")
+    np.testing.assert_array_equal(side, sess(model).run(None, feeds)[1])
+
+
+def test_a_model_below_the_oldest_opset_is_left():
+    model, _ = load("single_b1")
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = 10
+    result = fold.fold_with_report(model)
+    assert [c.folded for c in result.chains] == [False] and "opset 10" in result.chains[0].detail
+    assert result.model.SerializeToString() == model.SerializeToString()
+
+
 def test_an_export_has_no_chain():
     from onnx_export import export_atrous_conv2d_transpose
 
@@ -361,3 +412,38 @@ def test_cli_bad_input(tmp_path, capsys):
         assert err.startswith(f"atrous-cl fold: error: cannot read a model from {str(src)!r}")
     assert "fails onnx.checker: " in err and "ir_version" in err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def _conv_model(path, k):
+    """A valid model with a symbolic height and width: a kxk VALID Conv (no chain)."""
+    w = numpy_helper.from_array(np.ones((2, 2, k, k), np.float32), "w")
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2, None, None])],
+        [w])
+    model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_cli_check_with_symbolic_spatial_dims(tmp_path, capsys):
+    """--check sets symbolic dims to 1, 2, 3; where the model itself cannot run at a size
+    (a 3x3 VALID conv at height 1) that size is passed over, not a crash; where it runs at
+    none (a 40x40 one), the fallback sizes, then a clear error and nothing written."""
+    _conv_model(tmp_path / "k3.onnx", 3)
+    assert main_cli.main(["fold", str(tmp_path / "k3.onnx"), "-o", str(tmp_path / "o3.onnx"),
+                          "--check"]) == 0
+    assert "check: the outputs agree in onnxruntime at symbolic dim sizes 3\n" in \
+        capsys.readouterr().out
+    _conv_model(tmp_path / "k20.onnx", 20)
+    assert main_cli.main(["fold", str(tmp_path / "k20.onnx"), "-o", str(tmp_path / "o20.onnx"),
+                          "--check"]) == 0
+    assert "at symbolic dim sizes 33\n" in capsys.readouterr().out
+    _conv_model(tmp_path / "k40.onnx", 40)
+    assert main_cli.main(["fold", str(tmp_path / "k40.onnx"), "-o", str(tmp_path / "o40.onnx"),
+                          "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("atrous-cl fold: error: --check cannot compare the models: the "
+                          "original model does not run in onnxruntime") and "nothing written" in err
+    assert not (tmp_path / "o40.onnx").exists()
