@@ -332,6 +332,11 @@ def _apply(x, filters, rate, padding, device, transpose: bool) -> da.Array:
         for j, cols in enumerate(col_windows):
             col_pieces = _pieces(cols.start, cols.stop, in_w)
             for b in range(len(x.chunks[0])):
+                if 0 in (x.chunks[0][b], out_h[i], out_w[j]):
+                    # A zero-length chunk has no window to run the op on.
+                    layer[(name, b, i, j, 0)] = (np.zeros, (x.chunks[0][b], out_h[i], out_w[j],
+                                                            out_channels), dtype)
+                    continue
                 parts = [[_part(layer, cut, (x.name, b, ri, ci, 0), x.chunks, r0, r1, c0, c1)
                           for ci, c0, c1 in col_pieces] for ri, r0, r1 in row_pieces]
                 layer[(name, b, i, j, 0)] = (_run_block, parts, filters_key, transpose, rate,

@@ -96,7 +96,8 @@ def test_a_seam_at_every_offset(queue, device_info, op, k, rate, padding, dtype)
     ((2, 1), (5, 3, 3), (7, 4)),                                   # odd sizes, batch chunks
     ((1, 1, 1), (11,), (1, 9, 1)),                                 # one chunk along an axis
     ((3,), (4, 7), (3, 3, 3, 2)),
-], ids=["all-below-halo", "odd-batch", "one-chunk", "mixed"])
+    ((2, 0, 1), (5, 0, 6), (0, 7, 4)),                             # zero-length chunks (dask allows them)
+], ids=["all-below-halo", "odd-batch", "one-chunk", "mixed", "zero-length"])
 def test_odd_chunkings_and_batch_chunks(queue, device_info, op, chunks, padding, dtype):
     skip_unsupported(queue, dtype)
     rng = np.random.default_rng()
