@@ -282,6 +282,12 @@ def _check(x, filters, rate, padding, device, transpose: bool):
     if any(np.isnan(s) for s in x.shape):
         raise ValueError(f"x must have known chunk sizes, got shape {x.shape}; "
                          f"call x.compute_chunk_sizes() first")
+    # Chunks from N5 or some Zarr stores are big-endian: swapped lazily, per
+    # chunk (the single call refuses such arrays, which it would read in place).
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
+    if not filters.dtype.isnative:
+        filters = filters.astype(filters.dtype.newbyteorder("="))
     # The reference checks every argument as the op does (README "Errors"); on
     # an empty batch that costs nothing and needs no device.
     probe = np.zeros((0,) + x.shape[1:], x.dtype)

@@ -89,6 +89,11 @@ def check_dtypes(value_dtype, filters_dtype) -> np.dtype:
     """The common dtype of ``value`` and ``filters``; both must be the same float type."""
     value_dtype, filters_dtype = np.dtype(value_dtype), np.dtype(filters_dtype)
     for what, dt in (("value", value_dtype), ("filters", filters_dtype)):
+        if not dt.isnative and dt.newbyteorder("=") in SUPPORTED_DTYPES:
+            # The kernels read native floats; a byte-swapped array (N5, some Zarr
+            # stores) read in place would be garbage, so it is refused, not guessed.
+            raise TypeError(f"{what} has dtype {dt.name} in non-native byte order ({dt.str}); "
+                            f"convert it first: {what}.astype({what}.dtype.newbyteorder('='))")
         if dt not in SUPPORTED_DTYPES:
             names = ", ".join(d.name for d in SUPPORTED_DTYPES)
             raise TypeError(f"{what} must have dtype {names}; got {dt.name}")

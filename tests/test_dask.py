@@ -108,6 +108,20 @@ def test_odd_chunkings_and_batch_chunks(queue, device_info, op, chunks, padding,
 
 
 @pytest.mark.parametrize("op", OPS)
+def test_big_endian_chunks_are_swapped(queue, device_info, op):
+    """N5 and some Zarr stores hold big-endian floats; the single call refuses them
+    (it reads arrays in place), the Dask op swaps each chunk."""
+    rng = np.random.default_rng()
+    x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    filters = _filters(rng, op, (3, 3), 3, 4, np.float32)
+    want = _single_call(op, x, filters, 2, "SAME", queue)
+    got = _dask_op(op, da.from_array(x.astype(">f4"), chunks=(1, 4, 5, 3)), filters.astype(">f4"),
+                   2, "SAME", device=device_info.selector).compute(scheduler="sync")
+    assert got.dtype == np.dtype(np.float32)
+    assert_close(got, want[1], np.float32)
+
+
+@pytest.mark.parametrize("op", OPS)
 def test_channels_in_several_chunks_are_rechunked_with_a_warning(queue, device_info, op):
     rng = np.random.default_rng()
     x = rng.standard_normal((2, 9, 8, 6)).astype(np.float32)

@@ -50,6 +50,10 @@ CASES = [
     ("empty-kernel", dict(filters=np.zeros((0, 2, 4, 3), np.float32)), ValueError,
      r"filters must have a spatial size of at least 1x1, got 0x2"),
     ("int-dtype", dict(value=V.astype(np.int32)), TypeError, r"value must have dtype .*got int32"),
+    ("big-endian-value", dict(value=V.astype(">f4")), TypeError,
+     r"value has dtype float32 in non-native byte order \(>f4\); convert it first"),
+    ("big-endian-filters", dict(filters=F.astype(">f4")), TypeError,
+     r"filters has dtype float32 in non-native byte order"),
     ("mixed-dtypes", dict(filters=F.astype(np.float64)), TypeError,
      r"same dtype, got value float32 and filters float64"),
 ]
