@@ -298,6 +298,13 @@ def _check_value_shape(value_shape, dynamic_batch: bool) -> tuple:
 def _emit(opts: _Options, op_type: str, weight: np.ndarray, args, node_pads, crop,
           op_name: str) -> onnx.ModelProto:
     """The model's input/output shapes in ``opts.layout``, then :func:`emit_model`."""
+    if 0 in args.output_shape[1:3]:
+        h, w = args.output_shape[1:3]
+        raise ValueError(f"{op_name} of a {args.value_shape[1]}x{args.value_shape[2]} value with "
+                         f"{args.padding} has a {h}x{w} output: onnxruntime refuses a Conv or "
+                         f"ConvTranspose with no output rows or columns, so the model would not "
+                         f"run; export it for a non-empty image (the op itself returns an empty "
+                         f"array here)")
     batch = BATCH_DIM if opts.dynamic_batch else args.value_shape[0]
     in_shape, out_shape = (batch, *args.value_shape[1:]), (batch, *args.output_shape[1:])
     if opts.layout == "NCHW":

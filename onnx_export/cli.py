@@ -153,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
         filters = load_filters(args.filters, args.dtype)
     except ValueError as e:
         return _error(str(e))
+    if filters.dtype == np.float64:  # np.save's default: the API's advice is for Python
+        return _error(f"filters in {args.filters!r} are float64, which no ONNX runtime's Conv "
+                      f"or ConvTranspose runs; pass --dtype float32 (or float16) to cast them")
     common = dict(layout=args.layout, dynamic_batch=args.dynamic_batch, opset=args.opset,
                   pad_form=args.pad_form, symmetric_pads=args.symmetric_pads or None,
                   input_name=args.input_name,

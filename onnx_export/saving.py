@@ -41,7 +41,9 @@ def save_model(model: onnx.ModelProto, path) -> str:
     target = save_target(path)
     directory = os.path.dirname(target)
     data = model.SerializeToString()
-    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
+    # The name's first 64 characters only: a destination name near the file
+    # system's limit (255 bytes) must still leave room for the suffix.
+    tmp = os.path.join(directory, f".{os.path.basename(target)[:64]}.{secrets.token_hex(8)}.tmp")
     # O_EXCL: never write through someone else's file; 0o666 lets the umask set
     # the final file's mode as for any other new file.
     try:

@@ -403,6 +403,23 @@ def test_error_filters_not_4d():
         export(filters=np.ones((3, 3, 2), np.float32))
 
 
+@pytest.mark.parametrize("op, filters, value_shape, padding", [
+    ("transpose", (3, 3, 2, 4), (1, 0, 8, 4), "SAME"),
+    ("transpose", (3, 3, 2, 4), (1, 8, 0, 4), "SAME"),
+    ("forward", (3, 3, 4, 2), (1, 0, 8, 4), "SAME"),
+])
+def test_error_an_empty_output_image(op, filters, value_shape, padding):
+    """onnxruntime refuses a Conv or ConvTranspose with no output rows or columns
+    (checked: "Computed output dimension is <= 0"), so such a model is not written.
+    An empty batch or no channels run, and stay exportable (the tables above)."""
+    args = (np.ones(filters, np.float32), value_shape) + ((None,) if op == "transpose" else ())
+    export = (onnx_export.export_atrous_conv2d_transpose if op == "transpose"
+              else onnx_export.export_atrous_conv2d)
+    with pytest.raises(ValueError, match=r"output: onnxruntime refuses a Conv or ConvTranspose "
+                                         r"with no output rows or columns"):
+        export(*args, 2, padding)
+
+
 def test_error_filters_empty_kernel():
     with pytest.raises(ValueError, match=r"spatial size of at least 1x1"):
         export(filters=np.ones((0, 3, 2, 4), np.float32))
@@ -787,7 +804,17 @@ def test_cli_reports_bad_arguments(tmp_path, filters_file, capsys):
 def test_cli_reports_float64_without_dtype(tmp_path, filters_file, capsys):
     rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "2",
                   "-o", str(tmp_path / "m.onnx")])
-    assert rc == cli.USAGE_ERROR and "float64 cannot be exported" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == cli.USAGE_ERROR and "are float64" in err and "pass --dtype float32" in err
+
+
+def test_cli_saves_under_a_name_at_the_file_system_limit(tmp_path, capsys):
+    """The temporary file beside the destination must fit too (255-byte names)."""
+    np.save(tmp_path / "f.npy", np.ones((3, 3, 2, 4), np.float32))
+    out = tmp_path / ("m" * 250 + ".onnx")
+    assert run_cli([str(tmp_path / "f.npy"), "--value-shape", "1", "7", "6", "4", "--rate", "2",
+                    "-o", str(out)]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy", out.name]
 
 
 def test_cli_reports_unreadable_filters(tmp_path, capsys):
