@@ -37,10 +37,14 @@ def dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
 
     As :func:`atrous_cl.launch.kernel_dilation`, for the forward conv's reading
     ``x[i - top + a * rate]`` of output row ``i``: the offsets that reach ``x``
-    lie in ``[-(HD - 1), HX - 1]``. None when no tap lands inside ``x``.
+    lie in ``[-(HD - 1), HX - 1]``. Taps outside ``x`` read TF's zero padding,
+    whose ``0 * d`` terms the kernel adds (NaN for an Inf or NaN in ``d``), so
+    an axis where no tap lands gets one with every tap outside
+    (``padding_reads``), not None.
     """
     return geometry.kernel_dilations(args.filters_shape[:2], args.rate, args.pads,
-                                     args.value_shape[1:3], args.output_shape[1:3])
+                                     args.value_shape[1:3], args.output_shape[1:3],
+                                     padding_reads=True)
 
 
 def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int,

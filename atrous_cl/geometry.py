@@ -122,13 +122,35 @@ def equivalent_dilation(k: int, rate: int, crop: int, lo: int, hi: int) -> tuple
     return rate, tap * rate - offset
 
 
+def outside_dilation(k: int, lo: int, hi: int) -> tuple[int, int]:
+    """``(rate, crop)`` putting every tap's offset ``a * rate - crop`` below ``lo``: all
+    outside the image, in small numbers (as :func:`equivalent_dilation`'s)."""
+    rate = hi - lo + 1
+    return rate, (k - 1) * rate - lo + 1
+
+
 def kernel_dilations(kernel_hw: tuple[int, int], rate: int, pads: Pads, reader_hw: tuple[int, int],
-                     read_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+                     read_hw: tuple[int, int],
+                     padding_reads: bool = False) -> tuple[int, int, int, int] | None:
     """``(rate_h, crop_top, rate_w, crop_left)`` for a kernel that reads tap ``a`` of
     pixel ``p`` of an image of ``reader_hw`` at ``p - (a * rate - crop)`` of an image of
     ``read_hw``: :func:`equivalent_dilation` per axis, on the offsets that can reach it,
-    ``[1 - read, reader - 1]``. None when no tap reaches the read image. Needs non-empty images.
+    ``[1 - read, reader - 1]``. None when no tap reaches the read image along an axis
+    (every sum is then empty). Needs non-empty images.
+
+    ``padding_reads``: the kernel reads TF's zero padding where a tap lands outside
+    the image and adds ``0 * w`` (the forward conv, the filter gradients): an axis
+    where no tap lands then gets :func:`outside_dilation`, never None, since those
+    terms are NaN for an Inf or NaN ``w`` (TF's, and the reference's, result), not
+    an empty sum.
     """
-    rows = equivalent_dilation(kernel_hw[0], rate, pads.top, 1 - read_hw[0], reader_hw[0] - 1)
-    cols = equivalent_dilation(kernel_hw[1], rate, pads.left, 1 - read_hw[1], reader_hw[1] - 1)
-    return None if rows is None or cols is None else (*rows, *cols)
+    axes = []
+    for k, crop, reader, read in zip(kernel_hw, (pads.top, pads.left), reader_hw, read_hw):
+        lo, hi = 1 - read, reader - 1
+        axis = equivalent_dilation(k, rate, crop, lo, hi)
+        if axis is None and padding_reads:
+            axis = outside_dilation(k, lo, hi)
+        if axis is None:
+            return None
+        axes.append(axis)
+    return (*axes[0], *axes[1])

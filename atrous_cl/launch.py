@@ -52,7 +52,8 @@ def widens_inputs(device: cl.Device, dtype) -> bool:
     return np.dtype(dtype) == np.float16 and bool(facts(device).type & cl.device_type.CPU)
 
 
-def kernel_dilation(args: TransposeArgs) -> tuple[int, int, int, int] | None:
+def kernel_dilation(args: TransposeArgs,
+                    forward_filters: bool = False) -> tuple[int, int, int, int] | None:
     """``(rate_h, crop_top, rate_w, crop_left)`` the transpose kernel is built with.
 
     The problem's rate and crop pads, or, for a rate so large that a tap
@@ -60,10 +61,15 @@ def kernel_dilation(args: TransposeArgs) -> tuple[int, int, int, int] | None:
     equivalent of :func:`atrous_cl.geometry.equivalent_dilation` (output
     pixel ``p`` reads input ``p + crop - a * rate``, so the offsets that reach
     an input lie in ``[-(H - 1), OH - 1]``). None when no tap lands inside
-    ``value`` at all: the output is an empty sum. Needs non-empty images.
+    ``value`` along an axis: the output is an empty sum; but not for the
+    forward conv (``forward_filters``), whose taps outside ``value`` read TF's
+    zero padding and add ``0 * w``, NaN for an Inf or NaN weight
+    (``padding_reads`` of :func:`atrous_cl.geometry.kernel_dilations`). Needs
+    non-empty images.
     """
     return geometry.kernel_dilations(args.filters_shape[:2], args.rate, args.pads,
-                                     args.output_shape[1:3], args.value_shape[1:3])
+                                     args.output_shape[1:3], args.value_shape[1:3],
+                                     padding_reads=forward_filters)
 
 
 def dilation_options(rate_h: int, crop_top: int, rate_w: int, crop_left: int) -> tuple[str, ...]:
@@ -84,7 +90,8 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
     kh, kw, cout, cin = args.filters_shape
     return TYPE_OPTIONS[np.dtype(dtype).type] + (f"-DBW={tile.pixels}", f"-DBC={tile.channels}",
                     f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
-                    f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*kernel_dilation(args)) + \
+                    f"-DKH={kh}", f"-DKW={kw}") + \
+        dilation_options(*kernel_dilation(args, forward_filters)) + \
         (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ()) + \
         ((f"-DOV={tile.vectors}",) if tile.vectors > 1 else ())
 
@@ -98,7 +105,8 @@ def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
         f"-DTB={tile.pixels}", f"-DBC={tile.channels}", f"-DGV={tile.vectors}",
         f"-DKH={kh}", f"-DKW={kw}", f"-DSH={-(-kh // 3)}", f"-DSW={-(-kw // 3)}",
         f"-DCIN={cin}", f"-DCINP={-(-cin // tile.channels) * tile.channels}", f"-DCOUT={cout}",
-        f"-DCOUTP={tile.padded_channels(cout)}") + dilation_options(*kernel_dilation(args)) + \
+        f"-DCOUTP={tile.padded_channels(cout)}") + \
+        dilation_options(*kernel_dilation(args, forward_filters)) + \
         (("-DFORWARD_FILTERS",) if forward_filters else ())
 
 
@@ -284,7 +292,7 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
 
     Like pyopencl's own program caches, the entries keep their contexts alive.
     """
-    dilation = kernel_dilation(args)
+    dilation = kernel_dilation(args, forward_filters)
     if dilation is None:
         return None
     ow = args.output_shape[2]

@@ -101,7 +101,7 @@ class Staging(NamedTuple):
 def staging_bytes(dtype, args: TransposeArgs, tile: LocalTile, staging: Staging) -> int:
     """Local memory the kernel declares: the input window, its inside-value mask and the
     weights of one stage."""
-    rate_w = kernel_dilation(args)[2]
+    rate_w = kernel_dilation(args, forward_filters=True)[2]  # the same where a tap lands
     span = tile.width * tile.pixels + (staging.taps - 1) * rate_w
     words = tile.height * span * staging.stride + staging.taps * staging.chunk * tile.slices * tile.channels
     return words * acc_itemsize(dtype) + tile.height * span  # and a byte a pixel: inside value?
@@ -258,7 +258,7 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
           tile: LocalTile, forward_filters: bool, budget: int, padded: bool) -> _Plan | None:
     """Kernels, geometry and scalar arguments of a launch, built once; None when no
     tap lands inside ``value``."""
-    if kernel_dilation(args) is None:
+    if kernel_dilation(args, forward_filters) is None:
         return None
     options = build_options(dtype, args, tile, forward_filters, budget, padded)
     repack, repack_lock = programs.get_kernels(context, REPACK_FILE, options)

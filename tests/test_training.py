@@ -13,6 +13,7 @@ import pyopencl.array as cl_array
 import pytest
 from conftest import assert_close, case_id, poisoned, skip_unsupported, stub_device
 
+import atrous_cl
 from atrous_cl import calls, facts, filter_grad, geometry, memory, ops, programs, reference, training
 from atrous_cl.tiles import Tile
 from atrous_cl.validation import check_conv_args
@@ -247,6 +248,51 @@ def test_device_arrays_with_offsets_stay_on_the_queue(queue):
     assert np.isnan(outs[0].get()[0]).all() and np.isnan(outs[1].get()[0]).all()
     assert_close(outs[0].get()[1:], want[0])
     assert_close(outs[1].get()[1:], want[1])
+
+
+def _same_non_finite(got, want, dtype, context):
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want), err_msg=context)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=context)
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], dtype, context)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rate", [30, 1000, 2**40])
+@pytest.mark.parametrize("k", [(3, 2), (3, 3)], ids=["3x2", "3x3"])
+def test_taps_that_read_only_padding_still_add_zero_times_weight(queue, k, rate, dtype):
+    """On an 8x9 image, SAME: from rate 30 no tap of a 2-wide kernel lands inside along
+    the width, and from rate 8 only the centre tap of a 3-tall one. The forward conv
+    and both filter gradients read TF's zero padding there and add 0 * w: NaN for an
+    Inf or NaN weight (or cotangent), as the reference's padded arrays give, not the
+    empty sum (zero) they gave before. The transpose op and its value gradient add no
+    term for a tap outside the image. The reference runs at rate 1000 for 2**40:
+    the same taps land, at the same places."""
+    skip_unsupported(queue, dtype)
+    rng = np.random.default_rng()
+    kh, kw = k
+    x = rng.standard_normal((2, 8, 9, 3)).astype(dtype)
+    fc = rng.standard_normal((kh, kw, 3, 4)).astype(dtype)
+    fc[0, kw - 1, 0, 0], fc[2, 0, 1, 1] = np.nan, np.inf
+    ft = np.ascontiguousarray(fc.transpose(0, 1, 3, 2))
+    dy = rng.standard_normal((2, 8, 9, 4)).astype(dtype)
+    dy[1, 3, 4, 2] = np.nan
+    xn = x.copy()
+    xn[0, 2, 2, 1] = np.inf
+    ref_rate = min(rate, 1000)
+    got = atrous_cl.atrous_conv2d(x, fc, rate, "SAME", queue=queue)
+    _same_non_finite(got, reference.atrous_conv2d(x, fc, ref_rate, "SAME"), dtype, "forward")
+    got = atrous_cl.atrous_conv2d_transpose(x, ft, (2, 8, 9, 4), rate, "SAME", queue=queue)
+    _same_non_finite(got, reference.atrous_conv2d_transpose(x, ft, (2, 8, 9, 4), ref_rate, "SAME"),
+                     dtype, "transpose")
+    got = atrous_cl.atrous_conv2d_vjp(x, fc, rate, "SAME", dy, queue=queue)
+    want = reference.atrous_conv2d_vjp(x, fc, ref_rate, "SAME", dy)
+    for g, w, what in zip(got, want, ("d_value", "d_filters")):
+        _same_non_finite(g, w, dtype, f"atrous_conv2d_vjp {what}")
+    got = atrous_cl.atrous_conv2d_transpose_vjp(xn, ft, (2, 8, 9, 4), rate, "SAME", dy, queue=queue)
+    want = reference.atrous_conv2d_transpose_vjp(xn, ft, (2, 8, 9, 4), ref_rate, "SAME", dy)
+    for g, w, what in zip(got, want, ("d_value", "d_filters")):
+        _same_non_finite(g, w, dtype, f"atrous_conv2d_transpose_vjp {what}")
 
 
 def test_empty_image_transpose_gradient(queue):
