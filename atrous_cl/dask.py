@@ -35,6 +35,7 @@ from distributed import WorkerPlugin, get_worker
 import atrous_cl
 from atrous_cl import geometry
 from atrous_cl.errors import picklable_chain
+from atrous_cl.validation import check_conv_args, check_dtypes, check_transpose_args
 
 __all__ = ["Window", "WorkerDevices", "atrous_conv2d", "atrous_conv2d_transpose", "conv_window",
            "output_chunks", "transpose_window"]
@@ -225,16 +226,107 @@ def _assemble(parts, rows: Window, cols: Window):
     return window
 
 
+class _Reduced(NamedTuple):
+    """One axis of a block whose rate is at least what it reads spans (:func:`_reduce`)."""
+
+    tap: int | None  # the one tap that reads the window's data along this axis, if any
+    t0: int  # the window's data the tap reads: [t0, t1)
+    t1: int
+    c: int  # the data index the tap reads at block row 0 is c + s * tap * rate
+
+
+def _reduce(win: Window, k: int, rate: int, transpose: bool) -> tuple[_Reduced | None, int]:
+    """``(the axis reduced, or None for a rate below its span; the span then)``: what
+    block row ``u`` reads of the window's data
+    (``window.stop - window.start`` rows, unpadded) through tap ``a``: index
+    ``c + u + s * a * rate``, ``(c, s) = (crop_start, -1)`` for the transpose op
+    and ``(-pad_before, +1)`` for the forward op. Data indices of two taps that
+    both reach the data differ by less than the span, ``data + block - 1``; a
+    rate at least that leaves one tap at most reading data, and any rate
+    from the span up reads the same."""
+    data, block = win.stop - win.start, win.crop_stop - win.crop_start
+    c, s = (win.crop_start, -1) if transpose else (-win.pad_before, 1)
+    live = [a for a in range(k) if -c - block + 1 <= s * a * rate <= data - 1 - c]
+    span = data + block - 1
+    if rate < span:
+        return None, span
+    if not live:
+        return _Reduced(None, 0, 0, c), span
+    first = c + s * live[0] * rate
+    t0, t1 = max(0, first), min(data, first + block)
+    return _Reduced(live[0], t0, t1, c - t0), t1 - t0 + block - 1
+
+
+def _run_reduced(parts, filters, transpose: bool, rate: int, rows: Window, cols: Window,
+                 axes, out_channels: int, device):
+    """A block whose rate is at least the span along both axes (:func:`_reduce`), without
+    the window TF's rate implies (``(k - 1) * rate`` rows, which for rates like
+    ``2**40`` no memory holds): each axis keeps the rows its one tap reads, and
+    the op runs at a rate of the largest new span, which reads the same data
+    through the same taps and every other tap outside it, as TF's rate does:
+    the transpose op adds nothing there, the forward op reads zero padding
+    (``0 * f``, NaN for a NaN in ``f``, as the single call gives).
+    """
+    (ry, span_y), (rx, span_x) = axes
+    dtype = np.result_type(parts[0][0].dtype, filters.dtype)
+    n = parts[0][0].shape[0]
+    kh, kw = filters.shape[:2]
+    bh, bw = rows.crop_stop - rows.crop_start, cols.crop_stop - cols.crop_start
+    if ry.tap is None or rx.tap is None:  # no term reads the data
+        if transpose:
+            return np.zeros((n, bh, bw, out_channels), dtype)
+        # Every tap reads TF's zero padding: sums of 0 * f, at any rate.
+        window = np.zeros((n, bh + kh - 1, bw + kw - 1, parts[0][0].shape[3]), dtype)
+        return atrous_cl.atrous_conv2d(window, filters, 1, geometry.VALID, device=device)
+    data = _assemble(parts, rows._replace(pad_before=0, pad_after=0),
+                     cols._replace(pad_before=0, pad_after=0))[:, ry.t0:ry.t1, rx.t0:rx.t1]
+    new_rate = max(span_y, span_x)
+    s = -1 if transpose else 1
+    cy = ry.c + s * ry.tap * (rate - new_rate)
+    cx = rx.c + s * rx.tap * (rate - new_rate)
+    if transpose:
+        h, w = data.shape[1:3]
+        shape = (n, h + (kh - 1) * new_rate, w + (kw - 1) * new_rate, out_channels)
+        y = atrous_cl.atrous_conv2d_transpose(data, filters, shape, new_rate, geometry.VALID,
+                                              device=device)
+        block = np.zeros((n, bh, bw, out_channels), y.dtype)
+        _place(block, y, cy, cx)
+        return block
+    window = np.zeros((n, bh + (kh - 1) * new_rate, bw + (kw - 1) * new_rate, data.shape[3]),
+                      dtype)
+    _place(window, data, cy, cx)
+    return atrous_cl.atrous_conv2d(window, filters, new_rate, geometry.VALID, device=device)
+
+
+def _place(dst, src, y0: int, x0: int) -> None:
+    """``dst[:, i, j] = src[:, i + y0, j + x0]`` wherever both exist."""
+    h, w = dst.shape[1:3]
+    sh, sw = src.shape[1:3]
+    i0, i1 = max(0, -y0), min(h, sh - y0)
+    j0, j1 = max(0, -x0), min(w, sw - x0)
+    if i0 < i1 and j0 < j1:
+        dst[:, i0:i1, j0:j1] = src[:, i0 + y0:i1 + y0, j0 + x0:j1 + x0]
+
+
 def _run_block(parts, filters, transpose: bool, rate: int, rows: Window, cols: Window,
                out_channels: int, device):
     """One task: assemble the window from its parts, run the op with VALID, crop.
 
     Runs on the worker; the OpenCL queue is made here, in the worker's process
     (``device`` a ``'P:D'`` selector, or None for the worker's default device).
+    A rate at least what the block reads spans runs as :func:`_run_reduced`.
     """
-    window = _assemble(parts, rows, cols)
     kh, kw = filters.shape[:2]
     device = device or _worker_device()
+    axes = (_reduce(rows, kh, rate, transpose), _reduce(cols, kw, rate, transpose))
+    if axes[0][0] is not None and axes[1][0] is not None:
+        try:
+            return _run_reduced(parts, filters, transpose, rate, rows, cols, axes,
+                                out_channels, device)
+        except Exception as e:
+            picklable_chain(e)
+            raise
+    window = _assemble(parts, rows, cols)
     try:
         if transpose:
             n, h, w, _ = window.shape
@@ -288,14 +380,15 @@ def _check(x, filters, rate, padding, device, transpose: bool):
         x = x.astype(x.dtype.newbyteorder("="))
     if not filters.dtype.isnative:
         filters = filters.astype(filters.dtype.newbyteorder("="))
-    # The reference checks every argument as the op does (README "Errors"); on
-    # an empty batch that costs nothing and needs no device.
-    probe = np.zeros((0,) + x.shape[1:], x.dtype)
+    # Every argument checked as the op (and the reference) checks it (README
+    # "Errors"), without a device.
+    check_dtypes(x.dtype, filters.dtype)
     if transpose:
-        atrous_cl.reference.atrous_conv2d_transpose(
-            probe, filters, _transpose_output_shape(probe.shape, filters, rate, padding), rate, padding)
+        check_transpose_args(x.shape, filters.shape,
+                             _transpose_output_shape(x.shape, filters, rate, padding), rate,
+                             padding)
     else:
-        atrous_cl.reference.atrous_conv2d(probe, filters, rate, padding)
+        check_conv_args(x.shape, filters.shape, rate, padding)
     rate = operator.index(rate)
     if len(x.chunks[3]) > 1:
         warnings.warn(f"x's channel axis is split into {len(x.chunks[3])} chunks "

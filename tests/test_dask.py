@@ -108,6 +108,36 @@ def test_odd_chunkings_and_batch_chunks(queue, device_info, op, chunks, padding,
 
 
 @pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("rate", [9, 17, 100_003, 2**40])
+@pytest.mark.parametrize("chunks", [(1, 3, 2, 3), (2, 8, 9, 3)], ids=["small", "whole"])
+def test_rates_beyond_the_image(queue, device_info, op, rate, chunks):
+    """Rates at or past what a block reads (2**40 included, as the single call takes):
+    each block then reads through one tap per axis at most and runs at a small
+    equivalent rate, not on a window (k - 1) * rate wide. A NaN and an Inf in the
+    filters show which taps add terms: the forward op's padding taps (0 * NaN)
+    and none of the transpose op's taps that land outside the image."""
+    rng = np.random.default_rng()
+    x = rng.standard_normal((2, 8, 9, 3)).astype(np.float32)
+    filters = _filters(rng, op, (3, 2), 3, 4, np.float32)
+
+    def single_call():  # the reference allocates the whole dilated problem; the op does not
+        if op == "transpose":
+            return atrous_cl.atrous_conv2d_transpose(x, filters, (2, 8, 9, 4), rate, "SAME",
+                                                     queue=queue)
+        return atrous_cl.atrous_conv2d(x, filters, rate, "SAME", queue=queue)
+    want = single_call()
+    _check(op, x, chunks, filters, rate, "SAME", queue, device_info, f"{op} rate {rate}",
+           (want, want if rate > 100 else _single_call(op, x, filters, rate, "SAME", queue)[1]))
+    filters[0, 1, 0, 0], filters[2, 0, 1, 1] = np.nan, np.inf
+    got = _dask_op(op, da.from_array(x, chunks=chunks), filters, rate, "SAME",
+                   device=device_info.selector).compute(scheduler="sync")
+    single = single_call()
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(single))
+    finite = np.isfinite(single)
+    assert_close(got[finite], single[finite], np.float32)
+
+
+@pytest.mark.parametrize("op", OPS)
 def test_big_endian_chunks_are_swapped(queue, device_info, op):
     """N5 and some Zarr stores hold big-endian floats; the single call refuses them
     (it reads arrays in place), the Dask op swaps each chunk."""
