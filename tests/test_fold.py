@@ -297,6 +297,33 @@ def test_a_model_below_the_oldest_opset_is_left():
     assert result.model.SerializeToString() == model.SerializeToString()
 
 
+def _as_float16(model):
+    """The model with its float tensors in float16, as tf2onnx writes a float16 graph."""
+    half = onnx.ModelProto()
+    half.CopyFrom(model)
+    for t in half.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for vi in [*half.graph.input, *half.graph.output]:
+        vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    del half.graph.value_info[:]
+    return half
+
+
+def test_float16_chains_fold():
+    """The proof tells elements apart with float32 values: float16 holds only 2048
+    integers exactly, fewer than this chain's conv output (3200 elements)."""
+    model, data = load("single_b1")
+    half = _as_float16(model)
+    onnx.checker.check_model(half, full_check=True)
+    result = fold.fold_with_report(half)
+    assert [c.folded for c in result.chains] == [True], result.chains
+    x = tf_cases(data)[0][0].astype(np.float16)
+    want = run_ort(half, x).astype(np.float64)
+    got = run_ort(result.model, x).astype(np.float64)
+    assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max()
+
+
 def test_an_export_has_no_chain():
     from onnx_export import export_atrous_conv2d_transpose
 
