@@ -29,7 +29,8 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from atrous_cl import discovery, filter_grad, launch, memory, tuning
-from atrous_cl.facts import check_dtype_support, check_fits, describe
+from atrous_cl.errors import DeviceError
+from atrous_cl.facts import check_dtype_support, check_fits, describe, status_name
 from atrous_cl.memory import HostArray
 from atrous_cl.validation import ConvArgs, TransposeArgs
 
@@ -293,6 +294,13 @@ def prepared(queue: cl.CommandQueue, dtype: np.dtype, steps: tuple, inputs: dict
     if found is not None and found.table is table and found.epoch == _epoch:
         return found
     device = queue.device
+    try:
+        queue.context  # noqa: B018 (the driver's check, once per queue and problem)
+    except cl.LogicError as e:
+        raise DeviceError(f"the queue's context is no longer valid on {describe(device)} ({e}): "
+                          f"Intel's CPU runtime frees a context once its last pyopencl.Context "
+                          f"is collected, even while a queue uses it; keep a reference to the "
+                          f"Context beside the queue", status=status_name(e)) from e
     temporaries = {}
     for step in steps:
         temporaries.update(step.temporaries(device, dtype))

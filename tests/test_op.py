@@ -315,3 +315,21 @@ def test_float16_as_stored_and_widened(queue, shape, wide, monkeypatch):
                                       queue=queue)
     assert_close(forward, reference.atrous_conv2d(value, filters.transpose(0, 1, 3, 2), rate, "SAME"),
                  np.float16, context="forward op")
+
+
+def test_a_queue_whose_context_the_caller_dropped(queue):
+    """Intel's CPU runtime frees a context with its last pyopencl.Context, even while a
+    queue uses it: the op says so (DeviceError) rather than pyopencl's bare LogicError.
+    Other runtimes keep the context and the call runs."""
+    q = cl.CommandQueue(cl.Context([queue.device]))
+    gc.collect()
+    padding = "SAME"
+    value, filters, output_shape, rate = transpose_inputs((1, 6, 7, 3, 4, 3, 3, 2), padding,
+                                                          np.float32, np.random.default_rng())
+    try:
+        got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding, queue=q)
+    except atrous_cl.DeviceError as e:
+        assert "keep a reference to the Context" in str(e)
+        assert "Intel" in queue.device.platform.name, "only Intel's runtime frees it"
+        return
+    assert_close(got, reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding))
