@@ -144,7 +144,7 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
         # may always use).
         per_chunk = kh * kw * cin * tile.padded_channels(cout)
         budget = max(_PARTIALS_FLOOR, math.prod(args.value_shape) + math.prod(args.output_shape))
-        max_rows = max(max_rows, -(-(n * hd) // max(1, budget // per_chunk)))
+        max_rows = max(max_rows, -(-(n * hd) // max(1, budget // max(1, per_chunk))))
     chunks, rows_per_chunk = row_chunks(n * hd, math.prod(geometry_one), items, max_rows)
     widened = 2 if np.dtype(dtype) == np.float16 else 1
     return Layout(tile, gc, chunks, rows_per_chunk,

@@ -307,6 +307,26 @@ def test_empty_image_transpose_gradient(queue):
     np.testing.assert_array_equal(outs[1].get(), np.zeros(filters.shape, np.float32))
 
 
+@pytest.mark.parametrize("cin, cout", [(0, 5), (4, 0), (0, 0)])
+@pytest.mark.parametrize("op", ["atrous_conv2d_vjp", "atrous_conv2d_transpose_vjp"])
+def test_no_channels(queue, op, cin, cout):
+    """Zero input or output channels: empty or all-zero gradients, as the reference's
+    (the filter gradient's split divided by its zero-sized partial sums)."""
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 5, 6, cin)).astype(np.float32)
+    if op == "atrous_conv2d_vjp":
+        filters = rng.standard_normal((3, 2, cin, cout)).astype(np.float32)
+        args = (value, filters, 2, "SAME", rng.standard_normal((2, 5, 6, cout)).astype(np.float32))
+    else:
+        filters = rng.standard_normal((3, 2, cout, cin)).astype(np.float32)
+        args = (value, filters, (2, 5, 6, cout), 2, "SAME",
+                rng.standard_normal((2, 5, 6, cout)).astype(np.float32))
+    got = getattr(atrous_cl, op)(*args, queue=queue)
+    for g, w in zip(got, getattr(reference, op)(*args)):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)
+
+
 def test_filter_gradient_identical_run_to_run(queue):
     """No atomics and a fixed summation order: repeated calls agree bit for bit."""
     rng = np.random.default_rng()
