@@ -101,12 +101,25 @@ def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
     """``-D`` options of the Winograd kernel file, as :func:`build_options` for the direct
     one; float16 is never widened for it (:func:`_winograd_plan`)."""
     kh, kw, cout, cin = args.filters_shape
+    dilation = kernel_dilation(args, forward_filters)
+    # The taps that land inside value for some output pixel, per axis (an empty
+    # range where none does): repack_filters leaves the others out of the
+    # transform, where a large weight would cost every output of its 3x3 part
+    # its low digits though it adds no term (or only 0 * w) to any of them.
+    live = []
+    for k, rate, crop, read, reader in ((kh, *dilation[:2], args.value_shape[1],
+                                         args.output_shape[1]),
+                                        (kw, *dilation[2:], args.value_shape[2],
+                                         args.output_shape[2])):
+        taps = geometry.live_taps(k, rate, crop, 1 - read, reader - 1)
+        live += taps if taps is not None else (1, 0)
     return TYPE_OPTIONS[np.dtype(dtype).type] + (
+        f"-DLIVE_A0={live[0]}", f"-DLIVE_A1={live[1]}", f"-DLIVE_B0={live[2]}",
+        f"-DLIVE_B1={live[3]}",
         f"-DTB={tile.pixels}", f"-DBC={tile.channels}", f"-DGV={tile.vectors}",
         f"-DKH={kh}", f"-DKW={kw}", f"-DSH={-(-kh // 3)}", f"-DSW={-(-kw // 3)}",
         f"-DCIN={cin}", f"-DCINP={-(-cin // tile.channels) * tile.channels}", f"-DCOUT={cout}",
-        f"-DCOUTP={tile.padded_channels(cout)}") + \
-        dilation_options(*kernel_dilation(args, forward_filters)) + \
+        f"-DCOUTP={tile.padded_channels(cout)}") + dilation_options(*dilation) + \
         (("-DFORWARD_FILTERS",) if forward_filters else ())
 
 

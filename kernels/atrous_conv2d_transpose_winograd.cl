@@ -71,6 +71,9 @@
 //   CIN, COUT, COUTP, CINP (CIN rounded up to BC), RATE_H, RATE_W, PAD_TOP,
 //   PAD_LEFT    as in the direct kernel (rates and pads long literals)
 //   FORWARD_FILTERS                 as in the direct kernel
+//   LIVE_A0, LIVE_A1, LIVE_B0, LIVE_B1
+//               the taps (rows a, columns b, first and last) that land inside
+//               value for some output pixel; LIVE_A0 > LIVE_A1 where none does
 // Spatial sizes stay run-time arguments; offsets are 64-bit.
 
 // The type and vector macros (LOAD, STORE_CHANNELS, VACC, ...) come from prelude.cl.
@@ -121,7 +124,16 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
 #endif
             const ACC w = c < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
             wt[DIRECT_AT + (tap * (long)CIN + o) * COUTP + c] = w;
-            gp[KH - 1 - a][KW - 1 - b] = w;  // flipped: the sub-grid correlation's taps
+            // A tap that lands inside value for no output pixel adds no term
+            // (0 * w with FORWARD_FILTERS, NaN for a non-finite w, which stays
+            // and sends its outputs to the fallback): left out of the transform.
+            const bool live = a >= LIVE_A0 && a <= LIVE_A1 && b >= LIVE_B0 && b <= LIVE_B1;
+#ifdef FORWARD_FILTERS
+            const bool keep = live || !isfinite(w);
+#else
+            const bool keep = live;
+#endif
+            gp[KH - 1 - a][KW - 1 - b] = keep ? w : (ACC)0;  // flipped: the sub-grid correlation's taps
         }
     for (int sy = 0; sy < SH; ++sy)
         for (int sx = 0; sx < SW; ++sx) {

@@ -173,6 +173,40 @@ def test_the_forward_op_multiplies_the_zero_padding(queue, padding, tile):
     assert_close(got, want)
 
 
+@pytest.mark.parametrize("forward", [False, True], ids=["transpose", "forward"])
+@pytest.mark.parametrize("dtype, big", [(np.float32, 1e30), (np.float64, 1e300)])
+@pytest.mark.parametrize("k", [3, 6])
+def test_a_tap_that_never_lands_stays_out_of_the_transform(queue, k, dtype, big, forward):
+    """On a 4x4 image at rate 2 (SAME), the corner taps of a 6x6 filter land outside it for
+    every output pixel (of a 3x3 filter at rate 5, all but the centre): they add no term
+    (the forward op: 0 * w). A huge weight there, mixed into its 3x3 part's transform,
+    cost the other outputs their digits (relative error 0.68 at 1e30, 2e-3 at 1e6);
+    left out, the error is the float's. A NaN there: every output NaN (the forward op's
+    0 * NaN) or none (the transpose op)."""
+    tile = Tile(2, 8, 2, True)
+    _fits(queue, tile, 1, k, k, dtype)
+    skip_unsupported(queue, dtype)
+    rate = 2 if k == 6 else 5
+    rng = np.random.default_rng()
+    value = rng.standard_normal((1, 4, 4, 1)).astype(dtype)
+    shape = (k, k, 1, 17) if forward else (k, k, 17, 1)
+    filters = rng.standard_normal(shape).astype(dtype)
+    for weight in (big, np.nan):
+        filters[0, 0, 0, 0] = weight
+        if forward:
+            want = reference.atrous_conv2d(value, filters, rate, "SAME")
+            got, kernel = _run(queue, value, filters, None, rate, "SAME", tile, True)
+        else:
+            want = reference.atrous_conv2d_transpose(value, filters, (1, 4, 4, 17), rate, "SAME")
+            got, kernel = _run(queue, value, filters, (1, 4, 4, 17), rate, "SAME", tile)
+        assert kernel == "winograd_transpose"
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert np.isnan(want[..., 0]).all() if forward and weight != big else \
+            not np.isnan(want).any()
+        finite = np.isfinite(want)
+        assert_close(got[finite], want[finite], dtype)
+
+
 @pytest.mark.parametrize("tile", [Tile(2, 8, 2, True), Tile(4, 4, 3, True)], ids=str)
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5]], ids=lambda s: "x".join(map(str, s)))
 def test_float64(queue, shape, tile):
