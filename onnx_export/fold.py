@@ -197,7 +197,9 @@ def _ancestors(graph: Graph, name: str) -> set:
 
 
 def _unique_prefix(graph: Graph, prefix: str) -> str:
-    names = set(graph.producer) | set(graph.inits) | {n.name for n in graph.nodes}
+    g = graph.model.graph
+    names = (set(graph.producer) | {t.name for t in g.initializer} | {i.name for i in g.input}
+             | {n.name for n in graph.nodes})
     k = 0
     while any(n.startswith(prefix) for n in names):
         k += 1

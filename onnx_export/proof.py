@@ -99,8 +99,7 @@ def _distinct(shape, elem) -> np.ndarray:
     if np.dtype(dtype) == np.float16:
         dtype = np.dtype(np.float32)
     size = int(np.prod(shape))
-    exact = {np.dtype(np.float16): 2 ** 11, np.dtype(np.float32): 2 ** 24}.get(np.dtype(dtype),
-                                                                             2 ** 53)
+    exact = 2 ** 24 if np.dtype(dtype) == np.float32 else 2 ** 53
     if size >= exact:
         raise NoProof(f"{size} elements are too many to tell apart in {np.dtype(dtype).name}")
     return np.arange(1, size + 1, dtype=np.float64).reshape(shape).astype(dtype)
