@@ -246,10 +246,10 @@ def _reduce(win: Window, k: int, rate: int, transpose: bool) -> tuple[_Reduced |
     from the span up reads the same."""
     data, block = win.stop - win.start, win.crop_stop - win.crop_start
     c, s = (win.crop_start, -1) if transpose else (-win.pad_before, 1)
-    live = [a for a in range(k) if -c - block + 1 <= s * a * rate <= data - 1 - c]
     span = data + block - 1
     if rate < span:
         return None, span
+    live = [a for a in range(k) if -c - block + 1 <= s * a * rate <= data - 1 - c]
     if not live:
         return _Reduced(None, 0, 0, c), span
     first = c + s * live[0] * rate
@@ -319,15 +319,11 @@ def _run_block(parts, filters, transpose: bool, rate: int, rows: Window, cols: W
     kh, kw = filters.shape[:2]
     device = device or _worker_device()
     axes = (_reduce(rows, kh, rate, transpose), _reduce(cols, kw, rate, transpose))
-    if axes[0][0] is not None and axes[1][0] is not None:
-        try:
+    try:
+        if axes[0][0] is not None and axes[1][0] is not None:
             return _run_reduced(parts, filters, transpose, rate, rows, cols, axes,
                                 out_channels, device)
-        except Exception as e:
-            picklable_chain(e)
-            raise
-    window = _assemble(parts, rows, cols)
-    try:
+        window = _assemble(parts, rows, cols)
         if transpose:
             n, h, w, _ = window.shape
             shape = (n, h + (kh - 1) * rate, w + (kw - 1) * rate, out_channels)

@@ -146,7 +146,7 @@ def kernel_dilations(kernel_hw: tuple[int, int], rate: int, pads: Pads, reader_h
     """
     axes = []
     for k, crop, reader, read in zip(kernel_hw, (pads.top, pads.left), reader_hw, read_hw):
-        lo, hi = 1 - read, reader - 1
+        lo, hi = _reaching(reader, read)
         axis = equivalent_dilation(k, rate, crop, lo, hi)
         if axis is None and padding_reads:
             axis = outside_dilation(k, lo, hi)
@@ -154,3 +154,23 @@ def kernel_dilations(kernel_hw: tuple[int, int], rate: int, pads: Pads, reader_h
             return None
         axes.append(axis)
     return (*axes[0], *axes[1])
+
+
+def kernel_live_taps(kernel_hw: tuple[int, int], dilation: tuple[int, int, int, int],
+                     reader_hw: tuple[int, int],
+                     read_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(first_a, last_a, first_b, last_b)``: the taps that land inside the read image
+    for some pixel, per axis, for :func:`kernel_dilations`' ``dilation`` and images (an
+    empty range, first above last, where none does)."""
+    taps = []
+    for k, rate, crop, reader, read in zip(kernel_hw, dilation[::2], dilation[1::2], reader_hw,
+                                           read_hw):
+        live = live_taps(k, rate, crop, *_reaching(reader, read))
+        taps += live if live is not None else (1, 0)
+    return tuple(taps)
+
+
+def _reaching(reader: int, read: int) -> tuple[int, int]:
+    """``(lo, hi)``: the offsets ``a * rate - crop`` by which some pixel of an axis of
+    ``reader`` pixels reads one of ``read`` (pixel ``p`` reads ``p - offset``)."""
+    return 1 - read, reader - 1

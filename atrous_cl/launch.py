@@ -102,17 +102,12 @@ def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
     one; float16 is never widened for it (:func:`_winograd_plan`)."""
     kh, kw, cout, cin = args.filters_shape
     dilation = kernel_dilation(args, forward_filters)
-    # The taps that land inside value for some output pixel, per axis (an empty
-    # range where none does): repack_filters leaves the others out of the
-    # transform, where a large weight would cost every output of its 3x3 part
-    # its low digits though it adds no term (or only 0 * w) to any of them.
-    live = []
-    for k, rate, crop, read, reader in ((kh, *dilation[:2], args.value_shape[1],
-                                         args.output_shape[1]),
-                                        (kw, *dilation[2:], args.value_shape[2],
-                                         args.output_shape[2])):
-        taps = geometry.live_taps(k, rate, crop, 1 - read, reader - 1)
-        live += taps if taps is not None else (1, 0)
+    # The taps that land inside value for some output pixel: repack_filters
+    # leaves the others out of the transform, where a large weight would cost
+    # every output of its 3x3 part its low digits though it adds no term (or
+    # only 0 * w) to any of them.
+    live = geometry.kernel_live_taps((kh, kw), dilation, args.output_shape[1:3],
+                                     args.value_shape[1:3])
     return TYPE_OPTIONS[np.dtype(dtype).type] + (
         f"-DLIVE_A0={live[0]}", f"-DLIVE_A1={live[1]}", f"-DLIVE_B0={live[2]}",
         f"-DLIVE_B1={live[3]}",
