@@ -48,24 +48,25 @@ def dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
 
 
 def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int,
-                  ov: int = 1) -> tuple[str, ...]:
+                  ov: int = 1, kt: int = 1) -> tuple[str, ...]:
     """``-D`` options for ``atrous_conv2d.cl``: dtype, problem and the filter gradient's tile.
 
-    Its tile is ``gc`` input channels x ``ov`` vectors of ``tile.channels``
-    output channels. The problem must have a live tap (:func:`dilation`).
+    Its tile is ``kt`` taps of a filter row x ``gc`` input channels x ``ov``
+    vectors of ``tile.channels`` output channels. The problem must have a live
+    tap (:func:`dilation`).
     """
     kh, kw, cin, cout = args.filters_shape
     return TYPE_OPTIONS[np.dtype(dtype).type] + (
-        f"-DBC={tile.channels}", f"-DOV={ov}", f"-DGC={gc}",
+        f"-DBC={tile.channels}", f"-DOV={ov}", f"-DGC={gc}", f"-DKT={kt}",
         f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
         f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*dilation(args))
 
 
-def tiles(device: cl.Device, dtype, filters_shape) -> tuple[Tile, int, int, int, int]:
-    """The filter gradient's split: ``(tile, gc, items, chunk_bytes, ov)``
+def tiles(device: cl.Device, dtype, filters_shape) -> tuple[Tile, int, int, int, int, int]:
+    """The filter gradient's split: ``(tile, gc, items, chunk_bytes, ov, kt)``
     (:func:`atrous_cl.tiles.default_filter_grad_tile`; the filter gradient is not tuned).
     """
-    return tuple(default_filter_grad_tile(device, dtype, *filters_shape[2:]))
+    return tuple(default_filter_grad_tile(device, dtype, *filters_shape[2:], kw=filters_shape[1]))
 
 
 def row_chunks(rows: int, tiles_per_chunk: int, items: int = 4096,
@@ -88,15 +89,16 @@ def row_chunks(rows: int, tiles_per_chunk: int, items: int = 4096,
 
 
 def launch_geometry(filters_shape, tile: Tile, gc: int, chunks: int,
-                    ov: int = 1) -> tuple[tuple[int, int, int], None]:
+                    ov: int = 1, kt: int = 1) -> tuple[tuple[int, int, int], None]:
     """``(global_size, local_size)`` of ``filter_grad_partial``: one work-item per tile and chunk.
 
     Axis 0 covers output channels in ``ov`` vectors of ``tile.channels``, axis 1
-    input channels in groups of ``gc``, axis 2 the taps times the chunks.
+    input channels in groups of ``gc``, axis 2 the taps in groups of ``kt`` of a
+    filter row (``kt`` divides its width) times the chunks.
     """
     kh, kw, cin, cout = filters_shape
     vectors = tile.padded_channels(cout) // tile.channels
-    return (-(-vectors // ov), -(-cin // gc), kh * kw * chunks), None
+    return (-(-vectors // ov), -(-cin // gc), kh * (kw // kt) * chunks), None
 
 
 def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> DeviceError:
@@ -105,10 +107,10 @@ def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> De
 
 
 class Layout(NamedTuple):
-    """How the filter gradient runs a problem: its tile (``gc`` input x ``ov`` vectors of
-    ``tile.channels`` output channels), how it splits the rows, and how many partial
-    sums it keeps, in the dtype's elements (float16 keeps them in float32, which
-    counts twice)."""
+    """How the filter gradient runs a problem: its tile (``kt`` taps of a filter row x
+    ``gc`` input x ``ov`` vectors of ``tile.channels`` output channels), how it splits
+    the rows, and how many partial sums it keeps, in the dtype's elements (float16
+    keeps them in float32, which counts twice)."""
 
     tile: Tile
     gc: int
@@ -116,25 +118,32 @@ class Layout(NamedTuple):
     rows_per_chunk: int
     partials: int
     ov: int = 1
+    kt: int = 1
 
 
 def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None = None,
            gc: int | None = None, items: int | None = None,
-           chunk_bytes: int | None = None, ov: int | None = None) -> Layout:
+           chunk_bytes: int | None = None, ov: int | None = None,
+           kt: int | None = None) -> Layout:
     """The :class:`Layout` of ``args`` on ``device`` for ``dtype``.
 
-    ``tile``, ``gc``, ``items``, ``chunk_bytes`` and ``ov`` each replace
+    ``tile``, ``gc``, ``items``, ``chunk_bytes``, ``ov`` and ``kt`` each replace
     :func:`tiles`' choice (for benchmarks and tests); ``chunk_bytes`` 0: chunks
     of any size.
+
+    Raises:
+        ValueError: ``kt`` does not divide the filters' width.
     """
     chosen = [d if given is None else given for given, d in
-              zip((tile, gc, items, chunk_bytes, ov), tiles(device, dtype, args.filters_shape))]
-    tile, gc, items, chunk_bytes, ov = chosen
+              zip((tile, gc, items, chunk_bytes, ov, kt), tiles(device, dtype, args.filters_shape))]
+    tile, gc, items, chunk_bytes, ov, kt = chosen
     kh, kw, cin, cout = args.filters_shape
+    if kt < 1 or kw % kt:
+        raise ValueError(f"kt must divide the filters' width {kw}; got {kt}")
     n, hd, wd = args.output_shape[:3]
     # A row of d and one of x, the data a chunk's row brings into the caches.
     row_bytes = (wd * cout + args.value_shape[2] * cin) * np.dtype(dtype).itemsize
-    geometry_one = launch_geometry(args.filters_shape, tile, gc, 1, ov)[0]
+    geometry_one = launch_geometry(args.filters_shape, tile, gc, 1, ov, kt)[0]
     max_rows = chunk_bytes // max(1, row_bytes) if chunk_bytes else None
     if max_rows is not None:
         # Each chunk holds a partial sum of the whole filter gradient: rows
@@ -148,7 +157,7 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     chunks, rows_per_chunk = row_chunks(n * hd, math.prod(geometry_one), items, max_rows)
     widened = 2 if np.dtype(dtype) == np.float16 else 1
     return Layout(tile, gc, chunks, rows_per_chunk,
-                  widened * chunks * kh * kw * cin * tile.padded_channels(cout), ov)
+                  widened * chunks * kh * kw * cin * tile.padded_channels(cout), ov, kt)
 
 
 def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
@@ -166,9 +175,9 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
     # No pixels, or no tap landing inside x: every entry is an empty sum.
     if x.size == 0 or d.size == 0 or dilation(args) is None:
         return memory.fill(queue, out, 0, wait)
-    tile, gc, chunks, rows_per_chunk, count, ov = (
+    tile, gc, chunks, rows_per_chunk, count, ov, kt = (
         layout(queue.device, out.dtype, args) if plan is None else plan)
-    options = build_options(out.dtype, args, tile, gc, ov)
+    options = build_options(out.dtype, args, tile, gc, ov, kt)
     kernels, lock = programs.get_kernels(queue.context, KERNEL_FILE, options)
     kh, kw, cin, cout = args.filters_shape
     n, hd, wd, _ = args.output_shape
@@ -178,7 +187,7 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
         with lock:
             summed = enqueue(
                 kernels["filter_grad_partial"], queue,
-                launch_geometry(args.filters_shape, tile, gc, chunks, ov),
+                launch_geometry(args.filters_shape, tile, gc, chunks, ov, kt),
                 (x.base_data, np.int64(element_offset(x)),
                  d.base_data, np.int64(element_offset(d)), partial,
                  np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),

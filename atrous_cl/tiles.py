@@ -347,9 +347,11 @@ class FilterGradTile(NamedTuple):
     items: int
     chunk_bytes: int
     ov: int = 1
+    kt: int = 1
 
 
-def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> FilterGradTile:
+def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
+                             kw: int = 1) -> FilterGradTile:
     """The filter gradient's untuned split, from the transpose kernel's :func:`_platform_tile`
     (not :func:`default_tile`'s narrower choices for few output channels, unmeasured here).
 
@@ -379,8 +381,26 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> F
     16 input channels ran 1.2-2x slower than 8; on PoCL one vector of 8 input
     channels ran A and B 1.1-1.6x slower than 16. float64 keeps one vector
     (unmeasured with more).
+
+    With 256-bit vectors (:func:`_narrow`: PyPI's PoCL, Intel's runtime on the
+    Zen 3), summing in float32, at least 16 output channels and a filter
+    width ``kw`` that 3 divides, a work-item takes three taps of a filter row
+    (``kt`` 3, one load of the cotangent serves them) x 2 input channels x one
+    16-channel vector: ``python benchmarks/filter_grad_ab.py --devices 1:0 2:0
+    --workloads A B C E --shapes 1,64,64,32,64,3,3,SAME 2,48,48,96,48,3,2,VALID
+    4,16,16,256,256,3,1,SAME --bc 16 8 --gc 1 2 3 --kt 3 --items 1 --kib 512
+    --rounds 9`` (2026-12-05 02:50 UTC), its time over the split before
+    (16x8 Intel, 8x8 PoCL): A 0.82 / 0.75, B 0.90 / 0.83, C 0.81 / 0.81, the
+    two shapes after 0.80 / 0.77 and 0.77 / 0.80, 256->256 at rate 1 1.08 /
+    0.82, E 1.03 / 1.26 (a 0.1-0.3 ms call; Intel / PoCL). 2 input channels
+    beat 1 and 3 on all but the last shape; 8-channel vectors ran 1.04-1.7x.
+    Taps of 5 (D) are left as they were (``--kt 5``: 0.86 / 0.94 of the split
+    before, where Intel's 16x4 ran 0.77).
     """
     tile = _platform_tile(device, dtype, cout)._replace(vectors=1)
+    cpu = facts(device).type & cl.device_type.CPU
+    if cpu and _narrow(device) and acc_itemsize(dtype) == 4 and cout >= 16 and kw % 3 == 0:
+        return FilterGradTile(tile._replace(channels=16), min(2, cin), 1, 512 << 10, 1, 3)
     if _intel_narrow(device) and acc_itemsize(dtype) == 4:
         # One 16-channel vector, 8 input channels: on the Zen 3 of _intel_narrow
         # (filter_grad_ab.py --devices 1:0 --workloads A C D --bc 8 16 --gc 4 8 --ov 1 4,
@@ -393,7 +413,7 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int) -> F
         ov = min(4, tile.padded_channels(cout) // tile.channels)
     gc = 16 // ov if ov > 1 or wide else tile.pixels
     gc = max(1, min(gc, cin))
-    if facts(device).type & cl.device_type.CPU:
+    if cpu:
         return FilterGradTile(tile, gc, 1, 512 << 10, ov)
     return FilterGradTile(tile, gc, 4096, 0, ov)
 

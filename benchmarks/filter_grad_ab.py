@@ -3,13 +3,13 @@
 
 ``python benchmarks/filter_grad_ab.py [--devices 2:0 1:0] [--workloads A B]
 [--shapes N,H,W,CIN,COUT,K,RATE,PADDING ...] [--dtype float32]
-[--bc 8 16] [--gc 4 8 16] [--ov 1 2] [--items 1 4096] [--kib 0 512] [--rounds 7]``
+[--bc 8 16] [--gc 4 8 16] [--ov 1 2] [--kt 1 3] [--items 1 4096] [--kib 0 512] [--rounds 7]``
 
 For each device and workload, the filter gradient of the transpose vjp (the
 forward conv from the op's output-shaped cotangent back to ``value``,
 :func:`atrous_cl.filter_grad.launch`, both stages and the wait) on arrays already
-on the device, for every layout ``BCxGC[xOV]/items/KiB(chunks)`` (output channels per vector
-x input channels per work-item [x output vectors per work-item] / work-items the row chunks aim for / the
+on the device, for every layout ``BCxGCxOVxKT/items/KiB(chunks)`` (output channels per vector
+x input channels per work-item x output vectors per work-item x taps of a filter row per work-item / work-items the row chunks aim for / the
 largest chunk in KiB of both inputs, 0 for any (the chunks that gives)), interleaved
 round by round in a new order each round. Prints the median ms of each layout
 (best first) and its median and minimum over the default's, and
@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--bc", nargs="+", type=int, default=[8, 16])
     parser.add_argument("--gc", nargs="+", type=int, default=[4, 8, 16])
     parser.add_argument("--ov", nargs="+", type=int, default=[1])
+    parser.add_argument("--kt", nargs="+", type=int, default=[1],
+                        help="taps of a filter row per work-item (those that divide its width)")
     parser.add_argument("--items", nargs="+", type=int, default=[4096])
     parser.add_argument("--kib", nargs="+", type=int, default=[0],
                         help="largest row chunk in KiB of both inputs (0: any)")
@@ -78,13 +80,14 @@ def main() -> None:
             out = cl_array.empty(queue, filters.shape, dtype)
             default = filter_grad.layout(queue.device, dtype, conv)
             plans = {"default": default}
-            for bc, gc, ov, items, kib in itertools.product(args.bc, args.gc, args.ov, args.items,
-                                                            args.kib):
-                if bc <= tiles.pow2_at_least(conv.filters_shape[3]) and gc <= conv.filters_shape[2]:
+            for bc, gc, ov, kt, items, kib in itertools.product(args.bc, args.gc, args.ov,
+                                                                args.kt, args.items, args.kib):
+                if (bc <= tiles.pow2_at_least(conv.filters_shape[3])
+                        and gc <= conv.filters_shape[2] and wl.k % kt == 0):
                     plan = filter_grad.layout(queue.device, dtype, conv,
                                               tiles.Tile(default.tile.pixels, bc), gc, items,
-                                              kib << 10, ov)
-                    plans[f"{bc}x{gc}x{ov}/{items}/{kib}k({plan.chunks})"] = plan
+                                              kib << 10, ov, kt)
+                    plans[f"{bc}x{gc}x{ov}x{kt}/{items}/{kib}k({plan.chunks})"] = plan
             for name, plan in plans.items():
                 filter_grad.launch(queue, x, d, out, conv, plan)
                 err = np.max(np.abs(out.get() - want)) / np.max(np.abs(want))
@@ -100,7 +103,7 @@ def main() -> None:
             calls["transpose op"] = lambda: launch.transpose(queue, v, f, y, targs, tile)
             ms = {k: (t * 1e3, m * 1e3) for k, (t, m) in _time(queue, calls, args.rounds).items()}
             base, base_min = ms.pop("default")
-            d_name = (f"{default.tile.channels}x{default.gc}x{default.ov} "
+            d_name = (f"{default.tile.channels}x{default.gc}x{default.ov}x{default.kt} "
                       f"({default.chunks} chunks)")
             ranked = sorted(ms, key=lambda k: ms[k][0])
             print(f"{device} {wl.name}: default {d_name} {base:.3f} ms (min {base_min:.3f}); "

@@ -23,6 +23,8 @@
 //   OV         filter gradient: vectors of BC output channels per work-item
 //              (default 1)
 //   GC         filter gradient: input channels per work-item
+//   KT         filter gradient: taps of a filter row per work-item, sharing
+//              each load of d (default 1; it divides KW)
 //   CIN, COUT, COUTP, KH, KW, RATE_H, RATE_W, PAD_TOP, PAD_LEFT
 //              the channel counts, kernel, rate and pads, baked in so the
 //              compiler can unroll the tap and channel loops; long literals
@@ -37,17 +39,21 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 #ifndef OV
 #define OV 1
 #endif
+#ifndef KT
+#define KT 1
+#endif
 
 // partial[s, tap, c, o] = the filter gradient's sum over the rows
 // r = n * HD + i in [s * rows_per_chunk, (s + 1) * rows_per_chunk), in order.
 // x is [N, HX, WX, CIN], d [N, HD, WD, COUT]; partial is ACC, [S, KH * KW,
 // CIN, COUTP] (lanes past COUT hold garbage that filter_grad_sum skips).
-// Global size (ceil(COUTP / (BC * OV)), ceil(CIN / GC), KH * KW * S).
+// Global size (ceil(COUTP / (BC * OV)), ceil(CIN / GC), KH * (KW / KT) * S).
 //
-// A work-item keeps a register tile of GC input channels x OV vectors of BC
-// output channels: per pixel, OV vector loads of d and GC of x feed GC * OV
-// multiply-adds (one vector, OV = 1, left the loads as many as the
-// multiply-adds: B's filter gradient took 1.8x the transpose kernel's time).
+// A work-item keeps a register tile of KT taps x GC input channels x OV
+// vectors of BC output channels: per pixel, OV vector loads of d and KT * GC
+// of x feed KT * GC * OV multiply-adds (one vector, OV = 1, left the loads as
+// many as the multiply-adds: B's filter gradient took 1.8x the transpose
+// kernel's time). The KT taps of a filter row read the same pixel of d.
 // BC output channels of d from element at (lanes past COUT read as 0: they
 // would read the next pixel, or past the buffer).
 inline VACC load_d(__global const T *restrict d, const long at, const int o0, const bool whole_o)
@@ -72,14 +78,26 @@ __kernel void filter_grad_partial(
     // Remainders written out: a '%' next to its '/' makes clang pair them
     // through an LLVM 'freeze', which Oclgrind's uninitialised-value checker
     // cannot run.
-    const long s = get_global_id(2) / (KH * KW);
-    const int tap = (int)(get_global_id(2) - s * (KH * KW));
-    const int ta = tap / KW;
+    const long s = get_global_id(2) / (KH * (KW / KT));
+    const int group = (int)(get_global_id(2) - s * (KH * (KW / KT)));
+    const int ta = group / (KW / KT);
+    const int b0 = (group - ta * (KW / KT)) * KT;
     const long di = ta * RATE_H - PAD_TOP;                 // x row of d's row i: i + di
-    const long dj = (tap - ta * KW) * RATE_W - PAD_LEFT;   // x column of d's column j: j + dj
-    // The d columns whose x column lies inside x: no test per pixel.
-    const int j_lo = (int)clamp(-dj, 0L, (long)WD);
-    const int j_hi = (int)clamp(WX - dj, 0L, (long)WD);
+    // Tap b0 + k reads x column j + dj[k] for d's column j, inside x for j in
+    // [lo[k], hi[k]); every tap of the group for j in [j0, j1), the shared
+    // loop. No test per pixel.
+    long dj[KT];
+    int lo[KT], hi[KT];
+    int j0 = 0, j1 = WD;
+#pragma unroll
+    for (int k = 0; k < KT; ++k) {
+        dj[k] = (b0 + k) * RATE_W - PAD_LEFT;
+        lo[k] = (int)clamp(-dj[k], 0L, (long)WD);
+        hi[k] = (int)clamp(WX - dj[k], 0L, (long)WD);
+        j0 = max(j0, lo[k]);
+        j1 = min(j1, hi[k]);
+    }
+    j1 = max(j0, j1);
     // Every vector of the tile whole (the usual case): one test per pixel, not OV.
     const bool whole_o = o0 + BC * OV <= COUT;
 
@@ -90,49 +108,51 @@ __kernel void filter_grad_partial(
     for (int g = 0; g < GC; ++g)
         cc[g] = min(c0 + g, CIN - 1);
 
-    // Unrolled loops keep acc[][] in registers (see atrous_conv2d_transpose.cl).
-    VACC acc[GC][OV];
+    // Unrolled loops keep acc[][][] in registers (see atrous_conv2d_transpose.cl).
+    // Each kept 0 + its sum (+0 for a sum of -0 terms, as every sum had
+    // before taps shared their loads).
+    VACC acc[KT][GC][OV];
 #pragma unroll
-    for (int g = 0; g < GC; ++g)
+    for (int k = 0; k < KT; ++k)
 #pragma unroll
-        for (int v = 0; v < OV; ++v)
-            acc[g][v] = (VACC)0;
+        for (int g = 0; g < GC; ++g)
+#pragma unroll
+            for (int v = 0; v < OV; ++v)
+                acc[k][g][v] = (VACC)0;
 
-    // The d pixels whose tap lands outside x read TF's zero padding, which TF
-    // multiplies by d: 0 * d, NaN where d is Inf or NaN, the same for every
-    // input channel. d - d is that term; pad sums them.
-    VACC pad[OV];
-#pragma unroll
-    for (int v = 0; v < OV; ++v)
-        pad[v] = (VACC)0;
     const long r_end = min(rows, (s + 1) * rows_per_chunk);
     for (long r = s * rows_per_chunk; r < r_end; ++r) {
         const long n = r / HD;
         const long ix = (r - n * HD) + di;
         const long drow = d_off + r * (long)WD * COUT + o0;
-        const bool row_inside = ix >= 0 && ix < HX;
-        const int lo = row_inside ? j_lo : WD;  // padding columns: [0, lo) and [hi, WD)
-        const int hi = row_inside ? j_hi : WD;
-        for (int j = 0; j < lo; ++j) {
+        if (ix < 0 || ix >= HX) {
+            // The whole row reads TF's zero padding, which TF multiplies by
+            // d: 0 * d, NaN where d is Inf or NaN, the same for every input
+            // channel and tap. d - d is that term.
+            VACC pad[OV];
 #pragma unroll
-            for (int v = 0; v < OV; ++v) {
-                const VACC dv = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
-                                       o0 + (v + 1) * BC <= COUT);
-                pad[v] += dv - dv;
-            }
-        }
-        for (int j = hi; j < WD; ++j) {
+            for (int v = 0; v < OV; ++v)
+                pad[v] = (VACC)0;
+            for (int j = 0; j < WD; ++j) {
 #pragma unroll
-            for (int v = 0; v < OV; ++v) {
-                const VACC dv = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
-                                       o0 + (v + 1) * BC <= COUT);
-                pad[v] += dv - dv;
+                for (int v = 0; v < OV; ++v) {
+                    const VACC dv = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
+                                           o0 + (v + 1) * BC <= COUT);
+                    pad[v] += dv - dv;
+                }
             }
-        }
-        if (!row_inside)
+#pragma unroll
+            for (int k = 0; k < KT; ++k)
+#pragma unroll
+                for (int g = 0; g < GC; ++g)
+#pragma unroll
+                    for (int v = 0; v < OV; ++v)
+                        acc[k][g][v] += pad[v];
             continue;
-        const long xrow = x_off + ((n * HX + ix) * WX + dj) * CIN;
-        for (int j = j_lo; j < j_hi; ++j) {
+        }
+        const long xrow = x_off + (n * HX + ix) * WX * (long)CIN;
+        // The columns every tap reads inside x: one load of d serves KT taps.
+        for (int j = j0; j < j1; ++j) {
             VACC dv[OV];
             if (whole_o) {
 #pragma unroll
@@ -144,13 +164,61 @@ __kernel void filter_grad_partial(
                     dv[v] = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
                                    o0 + (v + 1) * BC <= COUT);
             }
-            const long xp = xrow + (long)j * CIN;
 #pragma unroll
-            for (int g = 0; g < GC; ++g) {
-                const ACC xg = (ACC)LOAD(x, xp + cc[g]);
+            for (int k = 0; k < KT; ++k) {
+                const long xp = xrow + (j + dj[k]) * CIN;
+#pragma unroll
+                for (int g = 0; g < GC; ++g) {
+                    const ACC xg = (ACC)LOAD(x, xp + cc[g]);
+#pragma unroll
+                    for (int v = 0; v < OV; ++v)
+                        acc[k][g][v] += xg * dv[v];
+                }
+            }
+        }
+        // Each tap's other columns: inside x in [lo, j0) and [j1, hi) (empty
+        // with one tap a group), its zero padding in [0, lo) and [hi, WD).
+#pragma unroll
+        for (int k = 0; k < KT; ++k) {
+            const int inside_end = min(j0, hi[k]);
+            const int inside_start = max(j1, lo[k]);
+            for (int j = lo[k]; j < WD; ++j) {
+                if (j == inside_end)
+                    j = max(j, inside_start);
+                if (j >= hi[k])
+                    break;
+                const long xp = xrow + (j + dj[k]) * CIN;
+#pragma unroll
+                for (int v = 0; v < OV; ++v) {
+                    const VACC dv = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
+                                           o0 + (v + 1) * BC <= COUT);
+#pragma unroll
+                    for (int g = 0; g < GC; ++g)
+                        acc[k][g][v] += (ACC)LOAD(x, xp + cc[g]) * dv;
+                }
+            }
+            if (lo[k] > 0 || hi[k] < WD) {
+                VACC pad[OV];
 #pragma unroll
                 for (int v = 0; v < OV; ++v)
-                    acc[g][v] += xg * dv[v];
+                    pad[v] = (VACC)0;
+                for (int j = 0; j < WD; ++j) {
+                    if (j == lo[k])
+                        j = hi[k];
+                    if (j >= WD)
+                        break;
+#pragma unroll
+                    for (int v = 0; v < OV; ++v) {
+                        const VACC dv = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
+                                               o0 + (v + 1) * BC <= COUT);
+                        pad[v] += dv - dv;
+                    }
+                }
+#pragma unroll
+                for (int g = 0; g < GC; ++g)
+#pragma unroll
+                    for (int v = 0; v < OV; ++v)
+                        acc[k][g][v] += pad[v];
             }
         }
     }
@@ -160,11 +228,14 @@ __kernel void filter_grad_partial(
         const int ov = o0 + v * BC;
         if (ov >= COUTP)
             break;
-        const long base = ((s * KH * KW + tap) * CIN + c0) * (long)COUTP + ov;
 #pragma unroll
-        for (int g = 0; g < GC; ++g)
-            if (c0 + g < CIN)
-                STOREV_ACC(partial, base + (long)g * COUTP, acc[g][v] + pad[v]);
+        for (int k = 0; k < KT; ++k) {
+            const long base = ((s * KH * KW + ta * KW + b0 + k) * CIN + c0) * (long)COUTP + ov;
+#pragma unroll
+            for (int g = 0; g < GC; ++g)
+                if (c0 + g < CIN)
+                    STOREV_ACC(partial, base + (long)g * COUTP, acc[k][g][v] + (VACC)0);
+        }
     }
 }
 

@@ -380,6 +380,17 @@ LAYOUT_CASES = [
     ((2, 6, 7, 40, 17, 3, 3, 2), "VALID", dict(gc=5, ov=4, tile=(8, 16), items=1, chunk_bytes=3000)),
     ((3, 5, 6, 37, 6, 2, 2, 3), "SAME", dict(gc=3, ov=3, tile=(8, 4), items=1 << 20, chunk_bytes=0)),
     ((2, 6, 7, 64, 9, 3, 3, 2), "SAME", dict(gc=4, ov=4, tile=(8, 16), items=1, chunk_bytes=1 << 30)),
+    # Three taps of a filter row a work-item (kt 3): ragged input and output channels, two
+    # groups a row (width 6) with two vectors, and images narrower than the dilated
+    # kernel, where the taps share no column and each reads its own padding.
+    ((2, 24, 20, 17, 20, 3, 3, 2), "SAME", dict(kt=3, gc=2, tile=(8, 16), items=1,
+                                                chunk_bytes=9000)),
+    ((2, 6, 13, 40, 17, 2, 6, 3), "VALID", dict(kt=3, gc=4, ov=2, tile=(8, 8), items=4096,
+                                                chunk_bytes=0)),
+    ((3, 5, 4, 5, 6, 3, 3, 3), "SAME", dict(kt=3, gc=3, tile=(8, 4), items=1 << 20,
+                                            chunk_bytes=0)),
+    ((2, 7, 5, 6, 16, 3, 6, 2), "SAME", dict(kt=3, gc=2, tile=(8, 16), items=1,
+                                             chunk_bytes=1 << 30)),
 ]
 
 
@@ -407,6 +418,45 @@ def test_filter_gradient_layouts_match_reference(queue, shape, padding, override
     u = np.finfo(dtype).eps / 2
     atol = n * hd * conv.output_shape[2] * u * np.max(terms.astype(np.float64), initial=0.0)
     assert_close(out.get(), want, dtype, context=f"{shape} {padding} {plan}", atol=atol)
+
+
+@pytest.mark.parametrize("which", ["inf", "nan"])
+@pytest.mark.parametrize("bad", ["value", "dy"])
+@pytest.mark.parametrize("where", ["corner", "middle"])
+@pytest.mark.parametrize("shape, padding", [((2, 7, 9, 6, 20, 3, 3, 2), "SAME"),
+                                            ((2, 5, 4, 6, 20, 3, 6, 3), "SAME"),
+                                            ((1, 4, 5, 3, 17, 3, 3, 2), "VALID")])
+def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, shape, padding,
+                                                                      where, bad, which):
+    """Three taps of a row a work-item (kt 3) still add each tap's own 0 * Inf = NaN where
+    its column or row reads TF's zero padding, and no other: widths 9, 4 (narrower than
+    the dilated kernel, no column shared by the three) and VALID's all-inside rows."""
+    rng = np.random.default_rng()
+    value, dy, filters, rate = _problem(shape, padding, np.float32, rng)
+    if bad == "value":
+        value = _with_non_finite(rng, value.shape, where, which)
+    else:
+        dy = _with_non_finite(rng, dy.shape, where, which)
+    conv = check_conv_args(dy.shape, filters.shape, rate, padding)
+    plan = filter_grad.layout(queue.device, np.dtype(np.float32), conv, tile=Tile(8, 16), gc=2,
+                              items=1, chunk_bytes=0, ov=1, kt=3)
+    out = poisoned(queue, filters.shape, np.float32)
+    filter_grad.launch(queue, *_to_device(queue, dy, value), out, conv, plan)
+    with np.errstate(invalid="ignore"):
+        want = reference.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, padding,
+                                                     dy)[1]
+    got = out.get()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaNs")
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg="Infs")
+    finite = np.isfinite(want)
+    assert finite.any() and not finite.all()
+    assert_close(np.where(finite, got, 0), np.where(finite, want, 0), np.float32)
+
+
+def test_filter_gradient_taps_a_work_item_divide_the_width(queue):
+    conv = check_conv_args((1, 8, 8, 4), (3, 5, 4, 4), 2, "SAME")
+    with pytest.raises(ValueError, match="kt must divide the filters' width 5; got 3"):
+        filter_grad.layout(queue.device, np.dtype(np.float32), conv, kt=3)
 
 
 @pytest.mark.parametrize("value_shape", [(1, 2000, 4, 128), (2, 3000, 9, 64)])

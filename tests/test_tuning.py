@@ -498,7 +498,8 @@ def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx
         assert tiles.default_for(intel, f32, a) == tiles.Tile(8, 16, 2, True)
         assert tiles.default_for(intel, f32, d) == tiles.Tile(8, 16)
         assert tuple(tiles.default_filter_grad_tile(intel, f32, 64, 64)) == \
-            (tiles.Tile(8, 16), 4, 1, 512 << 10, 4)
+            (tiles.Tile(8, 16), 4, 1, 512 << 10, 4, 1)
+        assert tiles.default_filter_grad_tile(intel, f32, 64, 64, kw=3).kt == 1
         return
     # 4 pixels of two 8-channel vectors where they pad no more channels than one would
     assert tiles.default_tile(intel, f32, 64) == tiles.Tile(4, 8, 2)
@@ -516,9 +517,40 @@ def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx
     assert tiles.Tile(4, 8, 2) in tiles.candidates(intel, f32, 64)
     assert max(t.channels for t in tiles.candidates(intel, f32, 64, a.filters_shape)) == 8
     assert tuple(tiles.default_filter_grad_tile(intel, f32, 64, 64)) == \
-        (tiles.Tile(8, 16), 8, 1, 512 << 10, 1)
+        (tiles.Tile(8, 16), 8, 1, 512 << 10, 1, 1)
     assert tiles.default_filter_grad_tile(intel, f32, 8, 2).tile.channels == 2
     assert tiles.default_filter_grad_tile(intel, f64, 64, 64).tile == tiles.Tile(8, 4)
+
+
+@pytest.mark.parametrize("version", [_POCL_AVX2, "intel"])
+def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch, version):
+    """On 256-bit vectors a filter gradient work-item takes three taps of a filter row x
+    2 input channels x one 16-channel vector where the width is a multiple of 3, at least
+    16 output channels fill the vector and the sums are float32 (float16 too); else the
+    split before."""
+    import types
+
+    import pyopencl as cl
+
+    monkeypatch.setattr(tiles, "_host_avx512", lambda: False)
+    if version == "intel":
+        stub = stub_device(platform=types.SimpleNamespace(name="Intel(R) OpenCL"),
+                           type=cl.device_type.CPU, version="OpenCL 3.0 (Build 0)",
+                           native_vector_width_float=8)
+    else:
+        stub = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
+                           type=cl.device_type.CPU, version=version)
+    taps = tiles.FilterGradTile(tiles.Tile(8, 16), 2, 1, 512 << 10, 1, 3)
+    for kw, cin, cout, dtype in [(3, 64, 64, np.float32), (6, 64, 16, np.float32),
+                                 (9, 17, 20, np.float32), (3, 64, 128, np.float16)]:
+        assert tiles.default_filter_grad_tile(stub, dtype, cin, cout, kw=kw) == taps
+    assert tiles.default_filter_grad_tile(stub, np.float32, 1, 64, kw=3).gc == 1
+    before = tiles.default_filter_grad_tile(stub, np.float32, 64, 64)
+    assert before.kt == 1
+    for kw, cout, dtype in [(5, 64, np.float32), (2, 64, np.float32), (3, 8, np.float32),
+                            (3, 64, np.float64)]:
+        got = tiles.default_filter_grad_tile(stub, dtype, 64, cout, kw=kw)
+        assert got.kt == 1 and got == tiles.default_filter_grad_tile(stub, dtype, 64, cout)
 
 
 @pytest.mark.parametrize("platform, kind, version, want", [
@@ -536,9 +568,11 @@ def test_default_filter_grad_tile_per_platform(platform, kind, version, want):
 
     stub = stub_device(platform=types.SimpleNamespace(name=platform),
                        type=getattr(cl.device_type, kind), version=version)
-    assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == want
+    assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == (*want, 1)
     # Never more input channels per work-item than there are.
     assert tiles.default_filter_grad_tile(stub, np.float32, 3, 64).gc == 3
+    if kind == "GPU" or version == _POCL_AVX512:  # three taps a row only on 256-bit CPUs
+        assert tiles.default_filter_grad_tile(stub, np.float32, 64, 64, kw=3).kt == 1
 
 
 @pytest.mark.parametrize("cout, dtype, want", [
