@@ -82,8 +82,12 @@ class FilterGrad(NamedTuple):
     out: str
 
     def temporaries(self, device: cl.Device, dtype: np.dtype) -> dict[str, int]:
-        return {"the filter gradient's partial sums":
-                filter_grad.layout(device, dtype, self.args).partials}
+        counts = {"the filter gradient's partial sums":
+                  filter_grad.layout(device, dtype, self.args).partials}
+        if launch.widens_inputs(device, dtype):  # float32 copies: twice the elements
+            counts[f"the filter gradient's widened {self.x}"] = 2 * math.prod(self.args.value_shape)
+            counts[f"the filter gradient's widened {self.d}"] = 2 * math.prod(self.args.output_shape)
+        return counts
 
     def prepare(self, queue: cl.CommandQueue, dtype: np.dtype) -> Launch:
         x, d, out, args = self.x, self.d, self.out, self.args

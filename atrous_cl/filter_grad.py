@@ -20,7 +20,7 @@ import pyopencl.array as cl_array
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, status_name
-from atrous_cl.launch import TYPE_OPTIONS, dilation_options, element_offset, enqueue
+from atrous_cl.launch import TYPE_OPTIONS, dilation_options, element_offset, enqueue, widens_inputs
 from atrous_cl.tiles import Tile, default_filter_grad_tile
 from atrous_cl.validation import ConvArgs
 
@@ -48,18 +48,20 @@ def dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
 
 
 def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int,
-                  ov: int = 1, kt: int = 1) -> tuple[str, ...]:
+                  ov: int = 1, kt: int = 1, wide: bool = False) -> tuple[str, ...]:
     """``-D`` options for ``atrous_conv2d.cl``: dtype, problem and the filter gradient's tile.
 
     Its tile is ``kt`` taps of a filter row x ``gc`` input channels x ``ov``
-    vectors of ``tile.channels`` output channels. The problem must have a live
-    tap (:func:`dilation`).
+    vectors of ``tile.channels`` output channels; ``wide``: float16 inputs
+    widened first (:func:`atrous_cl.launch.widens_inputs`). The problem must
+    have a live tap (:func:`dilation`).
     """
     kh, kw, cin, cout = args.filters_shape
     return TYPE_OPTIONS[np.dtype(dtype).type] + (
         f"-DBC={tile.channels}", f"-DOV={ov}", f"-DGC={gc}", f"-DKT={kt}",
         f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
-        f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*dilation(args))
+        f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*dilation(args)) + \
+        (("-DWIDE_INPUTS",) if wide else ())
 
 
 def tiles(device: cl.Device, dtype, filters_shape) -> tuple[Tile, int, int, int, int, int]:
@@ -141,8 +143,10 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     if kt < 1 or kw % kt:
         raise ValueError(f"kt must divide the filters' width {kw}; got {kt}")
     n, hd, wd = args.output_shape[:3]
-    # A row of d and one of x, the data a chunk's row brings into the caches.
-    row_bytes = (wd * cout + args.value_shape[2] * cin) * np.dtype(dtype).itemsize
+    # A row of d and one of x, the data a chunk's row brings into the caches
+    # (float32 for float16 widened first).
+    itemsize = 4 if widens_inputs(device, dtype) else np.dtype(dtype).itemsize
+    row_bytes = (wd * cout + args.value_shape[2] * cin) * itemsize
     geometry_one = launch_geometry(args.filters_shape, tile, gc, 1, ov, kt)[0]
     max_rows = chunk_bytes // max(1, row_bytes) if chunk_bytes else None
     if max_rows is not None:
@@ -177,22 +181,34 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
         return memory.fill(queue, out, 0, wait)
     tile, gc, chunks, rows_per_chunk, count, ov, kt = (
         layout(queue.device, out.dtype, args) if plan is None else plan)
-    options = build_options(out.dtype, args, tile, gc, ov, kt)
+    wide = widens_inputs(queue.device, out.dtype)
+    options = build_options(out.dtype, args, tile, gc, ov, kt, wide)
     kernels, lock = programs.get_kernels(queue.context, KERNEL_FILE, options)
     kh, kw, cin, cout = args.filters_shape
     n, hd, wd, _ = args.output_shape
     # Partial sums stay in the accumulation type: float32 for float16 storage (count has it).
     partial = memory.scratch(queue, count * out.dtype.itemsize)
+    inputs = [(x.base_data, np.int64(element_offset(x))), (d.base_data, np.int64(element_offset(d)))]
     try:
         with lock:
+            if wide:
+                # float16 on a CPU: widened once, not converted in the inner loop.
+                widened = []
+                for i, a in enumerate((x, d)):
+                    data = memory.scratch(queue, a.size * 4)
+                    widened.append(enqueue(kernels["widen"], queue, ((a.size,), None),
+                                           (*inputs[i], data), wait))
+                    inputs[i] = (data, np.int64(0))
+                ready = widened
+            else:
+                ready = wait
             summed = enqueue(
                 kernels["filter_grad_partial"], queue,
                 launch_geometry(args.filters_shape, tile, gc, chunks, ov, kt),
-                (x.base_data, np.int64(element_offset(x)),
-                 d.base_data, np.int64(element_offset(d)), partial,
+                (*inputs[0], *inputs[1], partial,
                  np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
                  np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk)),
-                wait)
+                ready)
             done = enqueue(kernels["filter_grad_sum"], queue, ((cout, cin, kh * kw), None),
                            (partial, np.int32(chunks), out.base_data,
                             np.int64(element_offset(out))),

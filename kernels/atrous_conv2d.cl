@@ -29,6 +29,9 @@
 //              the channel counts, kernel, rate and pads, baked in so the
 //              compiler can unroll the tap and channel loops; long literals
 //              per axis, as in atrous_conv2d_transpose.cl
+//   WIDE_INPUTS  filter gradient: x and d come widened to ACC (float16 on
+//              CPUs, by prelude.cl's widen), so the inner loop converts
+//              nothing; dfilters is still stored as T
 // Spatial sizes stay run-time arguments. Offsets are 64-bit.
 
 // The type and vector macros (LOAD, STOREV, VACC, ...) come from prelude.cl.
@@ -41,6 +44,16 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 #endif
 #ifndef KT
 #define KT 1
+#endif
+
+#ifdef WIDE_INPUTS
+#define IN_T ACC
+#define LOAD_IN(p, i) ((p)[i])
+#define LOADV_IN(p, i) LOADV_ACC_UNALIGNED(p, i)
+#else
+#define IN_T T
+#define LOAD_IN(p, i) LOAD(p, i)
+#define LOADV_IN(p, i) LOADV_UNALIGNED(p, i)
 #endif
 
 // partial[s, tap, c, o] = the filter gradient's sum over the rows
@@ -56,19 +69,20 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 // kernel's time). The KT taps of a filter row read the same pixel of d.
 // BC output channels of d from element at (lanes past COUT read as 0: they
 // would read the next pixel, or past the buffer).
-inline VACC load_d(__global const T *restrict d, const long at, const int o0, const bool whole_o)
+inline VACC load_d(__global const IN_T *restrict d, const long at, const int o0,
+                   const bool whole_o)
 {
     if (whole_o)
-        return LOADV_UNALIGNED(d, at);
+        return LOADV_IN(d, at);
     lanes_t lanes;
     for (int k = 0; k < BC; ++k)
-        lanes.s[k] = o0 + k < COUT ? (ACC)LOAD(d, at + k) : (ACC)0;
+        lanes.s[k] = o0 + k < COUT ? (ACC)LOAD_IN(d, at + k) : (ACC)0;
     return lanes.v;
 }
 
 __kernel void filter_grad_partial(
-    __global const T *restrict x, const long x_off,
-    __global const T *restrict d, const long d_off,
+    __global const IN_T *restrict x, const long x_off,
+    __global const IN_T *restrict d, const long d_off,
     __global ACC *restrict partial,
     const int HX, const int WX, const int HD, const int WD,
     const long rows, const long rows_per_chunk)
@@ -157,7 +171,7 @@ __kernel void filter_grad_partial(
             if (whole_o) {
 #pragma unroll
                 for (int v = 0; v < OV; ++v)
-                    dv[v] = LOADV_UNALIGNED(d, drow + (long)j * COUT + v * BC);
+                    dv[v] = LOADV_IN(d, drow + (long)j * COUT + v * BC);
             } else {
 #pragma unroll
                 for (int v = 0; v < OV; ++v)
@@ -169,7 +183,7 @@ __kernel void filter_grad_partial(
                 const long xp = xrow + (j + dj[k]) * CIN;
 #pragma unroll
                 for (int g = 0; g < GC; ++g) {
-                    const ACC xg = (ACC)LOAD(x, xp + cc[g]);
+                    const ACC xg = (ACC)LOAD_IN(x, xp + cc[g]);
 #pragma unroll
                     for (int v = 0; v < OV; ++v)
                         acc[k][g][v] += xg * dv[v];
@@ -194,7 +208,7 @@ __kernel void filter_grad_partial(
                                            o0 + (v + 1) * BC <= COUT);
 #pragma unroll
                     for (int g = 0; g < GC; ++g)
-                        acc[k][g][v] += (ACC)LOAD(x, xp + cc[g]) * dv;
+                        acc[k][g][v] += (ACC)LOAD_IN(x, xp + cc[g]) * dv;
                 }
             }
             if (lo[k] > 0 || hi[k] < WD) {

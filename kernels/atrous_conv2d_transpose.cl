@@ -39,7 +39,7 @@
 // The type and vector macros (LOAD, STOREV, VACC, ...) come from prelude.cl.
 
 // WIDE_INPUTS (float16 on CPUs): value and the packed weights reach the main
-// kernel in ACC, widened once by widen and repack_filters, so its inner loop
+// kernel in ACC, widened once by widen (prelude.cl) and repack_filters, so its inner loop
 // converts nothing; only out is stored as T. A CPU converts a half with an
 // instruction per element (PoCL with a library call), which capped float16 at
 // 0.4x float32's speed on Intel's runtime and 0.1x on PoCL.
@@ -56,13 +56,6 @@
 #define LOADV_WT(p, i) LOADV_ALIGNED(p, i)
 #define STORE_WT(p, i, v) STORE(p, i, v)
 #endif
-
-// wide[i] = x[x_off + i] in ACC. Global size: the element count.
-__kernel void widen(__global const T *restrict x, const long x_off, __global ACC *restrict wide)
-{
-    const long i = get_global_id(0);
-    wide[i] = (ACC)LOAD(x, x_off + i);
-}
 
 // wt[tap, o, c] = filters[tap, c, o] for c < COUT, 0 for COUT <= c < COUTP.
 // With FORWARD_FILTERS the filters are the forward atrous_conv2d's,

@@ -15,7 +15,11 @@
 // buffer, LOADV_ALIGNED from a T one. LOADV_UNALIGNED is LOADV at any
 // element-aligned index: under clang (PoCL, Intel, Oclgrind) a load through a
 // vector type aligned like its element, also compiled inline (a call per load
-// made PoCL spill the whole register tile around it).
+// made PoCL spill the whole register tile around it); LOADV_ACC_UNALIGNED the
+// same from an ACC buffer (float16 widened to float32).
+//
+// widen, the one kernel here: float16 widened to float32 in a pass of its own
+// before a CPU kernel's inner loop (see atrous_cl.launch.widens_inputs).
 
 #ifdef USE_FP64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
@@ -38,11 +42,18 @@
 #define LOADV(p, i) LOAD(p, i)
 #define LOADV_ALIGNED(p, i) LOAD(p, i)
 #define LOADV_UNALIGNED(p, i) LOAD(p, i)
+#define LOADV_ACC_UNALIGNED(p, i) ((p)[i])
 #define STOREV(p, i, v) STORE(p, i, v)
 #define STOREV_ACC(p, i, v) ((p)[i] = (v))
 #else
 #define VACC CAT(ACC, BC)
 #define LOADV_ACC_ALIGNED(p, i) (*(__global const VACC *)((p) + (i)))
+#ifdef __clang__
+typedef VACC __attribute__((aligned(sizeof(ACC)))) vacc_unaligned;
+#define LOADV_ACC_UNALIGNED(p, i) (*(__global const vacc_unaligned *)((p) + (i)))
+#else
+#define LOADV_ACC_UNALIGNED(p, i) CAT(vload, BC)(0, (p) + (i))
+#endif
 #ifdef USE_HALF
 #define LOADV(p, i) CAT(vload_half, BC)(0, (p) + (i))
 #define LOADV_ALIGNED(p, i) LOADV(p, i)
@@ -51,12 +62,7 @@
 #else
 #define LOADV(p, i) CAT(vload, BC)(0, (p) + (i))
 #define LOADV_ALIGNED(p, i) LOADV_ACC_ALIGNED(p, i)  // T is ACC here
-#ifdef __clang__
-typedef VACC __attribute__((aligned(sizeof(ACC)))) vacc_unaligned;
-#define LOADV_UNALIGNED(p, i) (*(__global const vacc_unaligned *)((p) + (i)))
-#else
-#define LOADV_UNALIGNED(p, i) LOADV(p, i)
-#endif
+#define LOADV_UNALIGNED(p, i) LOADV_ACC_UNALIGNED(p, i)
 #define STOREV(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
 #endif
 #define STOREV_ACC(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
@@ -75,3 +81,10 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) vacc_unaligned;
                 STORE(dst, (at) + cc_, lanes_.s[cc_]);                          \
         }                                                                       \
     } while (0)
+
+// wide[i] = x[x_off + i] in ACC. Global size: the element count.
+__kernel void widen(__global const T *restrict x, const long x_off, __global ACC *restrict wide)
+{
+    const long i = get_global_id(0);
+    wide[i] = (ACC)LOAD(x, x_off + i);
+}

@@ -200,3 +200,21 @@ def test_check_int_refuses_other_types_and_names_the_argument(x):
 
     with pytest.raises(TypeError, match=rf"opset must be an integer, got .* of type {type(x).__name__}"):
         check_int(x, "opset")
+
+
+def test_filter_gradient_counts_its_widened_inputs_on_cpus():
+    """float16 on a CPU widens both inputs to float32 buffers of their own (twice the
+    elements each), which the memory check must count; nothing widens elsewhere."""
+    import pyopencl as cl
+
+    from atrous_cl.validation import check_conv_args
+
+    args = check_conv_args((2, 9, 8, 3), (3, 3, 3, 5), 2, "SAME")
+    cpu, gpu = (stub_device(type=kind, name=str(kind)) for kind in (cl.device_type.CPU,
+                                                                   cl.device_type.GPU))
+    step = calls.FilterGrad(args, "dy", "value", "d_filters")
+    got = step.temporaries(cpu, np.dtype(np.float16))
+    assert got["the filter gradient's widened dy"] == 2 * 2 * 9 * 8 * 3
+    assert got["the filter gradient's widened value"] == 2 * 2 * 9 * 8 * 5
+    for device, dtype in [(cpu, np.float32), (gpu, np.float16)]:
+        assert list(step.temporaries(device, np.dtype(dtype))) == ["the filter gradient's partial sums"]
