@@ -395,12 +395,21 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     0.82, E 1.03 / 1.26 (a 0.1-0.3 ms call; Intel / PoCL). 2 input channels
     beat 1 and 3 on all but the last shape; 8-channel vectors ran 1.04-1.7x.
     Taps of 5 (D) are left as they were (``--kt 5``: 0.86 / 0.94 of the split
-    before, where Intel's 16x4 ran 0.77).
+    before, where Intel's 16x4 ran 0.77). float64 on Intel's runtime takes the
+    same two registers a vector, 8 channels (at least 8 output channels): the
+    same command with ``--dtype float64 --bc 4 8 --gc 2 4 --rounds 5`` (03:00
+    UTC) ran A 0.33, B 0.37, C 0.34, the three shapes 0.36, 1.08 (8x4x1x3 0.86)
+    and 0.41, 16->8 0.81, E 1.01 of its 4x8 before. On PyPI's PoCL float64
+    keeps its 4x8: 4x4x3 ran 0.79-0.90 on A-C and three shapes but E 1.65, and
+    8-wide doubles are what it builds into empty programs for the op's kernel.
     """
     tile = _platform_tile(device, dtype, cout)._replace(vectors=1)
     cpu = facts(device).type & cl.device_type.CPU
-    if cpu and _narrow(device) and acc_itemsize(dtype) == 4 and cout >= 16 and kw % 3 == 0:
-        return FilterGradTile(tile._replace(channels=16), min(2, cin), 1, 512 << 10, 1, 3)
+    if cpu and _narrow(device) and kw % 3 == 0:
+        if acc_itemsize(dtype) == 4 and cout >= 16:
+            return FilterGradTile(tile._replace(channels=16), min(2, cin), 1, 512 << 10, 1, 3)
+        if np.dtype(dtype) == np.float64 and _intel_narrow(device) and cout >= 8:
+            return FilterGradTile(tile._replace(channels=8), min(2, cin), 1, 512 << 10, 1, 3)
     if _intel_narrow(device) and acc_itemsize(dtype) == 4:
         # One 16-channel vector, 8 input channels: on the Zen 3 of _intel_narrow
         # (filter_grad_ab.py --devices 1:0 --workloads A C D --bc 8 16 --gc 4 8 --ov 1 4,

@@ -394,6 +394,8 @@ LAYOUT_CASES = [
                                             chunk_bytes=0)),
     ((2, 7, 5, 6, 16, 3, 6, 2), "SAME", dict(kt=3, gc=2, tile=(8, 16), items=1,
                                              chunk_bytes=1 << 30)),
+    ((2, 9, 10, 12, 20, 3, 3, 2), "SAME", dict(kt=3, gc=2, tile=(8, 8), items=1,
+                                               chunk_bytes=5000)),
 ]
 
 

@@ -526,8 +526,8 @@ def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx
 def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch, version):
     """On 256-bit vectors a filter gradient work-item takes three taps of a filter row x
     2 input channels x one 16-channel vector where the width is a multiple of 3, at least
-    16 output channels fill the vector and the sums are float32 (float16 too); else the
-    split before."""
+    16 output channels fill the vector and the sums are float32 (float16 too), or one
+    8-channel vector of float64 on Intel's runtime; else the split before."""
     import types
 
     import pyopencl as cl
@@ -548,9 +548,15 @@ def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch
     before = tiles.default_filter_grad_tile(stub, np.float32, 64, 64)
     assert before.kt == 1
     for kw, cout, dtype in [(5, 64, np.float32), (2, 64, np.float32), (3, 8, np.float32),
-                            (3, 64, np.float64)]:
+                            (5, 64, np.float64), (3, 4, np.float64)]:
         got = tiles.default_filter_grad_tile(stub, dtype, 64, cout, kw=kw)
         assert got.kt == 1 and got == tiles.default_filter_grad_tile(stub, dtype, 64, cout)
+    # float64: two registers of doubles on Intel's runtime; PyPI's PoCL keeps its split.
+    got = tiles.default_filter_grad_tile(stub, np.float64, 64, 64, kw=3)
+    if version == "intel":
+        assert got == tiles.FilterGradTile(tiles.Tile(8, 8), 2, 1, 512 << 10, 1, 3)
+    else:
+        assert got == tiles.default_filter_grad_tile(stub, np.float64, 64, 64)
 
 
 @pytest.mark.parametrize("platform, kind, version, want", [
