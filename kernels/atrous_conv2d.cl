@@ -80,6 +80,25 @@ inline VACC load_d(__global const IN_T *restrict d, const long at, const int o0,
     return lanes.v;
 }
 
+// pad[v] += d - d over the columns [0, lo) and [hi, WD) of d's row at drow:
+// TF's zero padding times d (0, or NaN where d is Inf or NaN).
+inline void add_padding(__global const IN_T *restrict d, const long drow, const int o0,
+                        const int lo, const int hi, const int WD, VACC *pad)
+{
+    for (int j = 0; j < WD; ++j) {
+        if (j == lo)
+            j = hi;
+        if (j >= WD)
+            break;
+#pragma unroll
+        for (int v = 0; v < OV; ++v) {
+            const VACC dv = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
+                                   o0 + (v + 1) * BC <= COUT);
+            pad[v] += dv - dv;
+        }
+    }
+}
+
 __kernel void filter_grad_partial(
     __global const IN_T *restrict x, const long x_off,
     __global const IN_T *restrict d, const long d_off,
@@ -141,20 +160,12 @@ __kernel void filter_grad_partial(
         const long drow = d_off + r * (long)WD * COUT + o0;
         if (ix < 0 || ix >= HX) {
             // The whole row reads TF's zero padding, which TF multiplies by
-            // d: 0 * d, NaN where d is Inf or NaN, the same for every input
-            // channel and tap. d - d is that term.
+            // d: the same term for every input channel and tap.
             VACC pad[OV];
 #pragma unroll
             for (int v = 0; v < OV; ++v)
                 pad[v] = (VACC)0;
-            for (int j = 0; j < WD; ++j) {
-#pragma unroll
-                for (int v = 0; v < OV; ++v) {
-                    const VACC dv = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
-                                           o0 + (v + 1) * BC <= COUT);
-                    pad[v] += dv - dv;
-                }
-            }
+            add_padding(d, drow, o0, WD, WD, WD, pad);
 #pragma unroll
             for (int k = 0; k < KT; ++k)
 #pragma unroll
@@ -216,18 +227,7 @@ __kernel void filter_grad_partial(
 #pragma unroll
                 for (int v = 0; v < OV; ++v)
                     pad[v] = (VACC)0;
-                for (int j = 0; j < WD; ++j) {
-                    if (j == lo[k])
-                        j = hi[k];
-                    if (j >= WD)
-                        break;
-#pragma unroll
-                    for (int v = 0; v < OV; ++v) {
-                        const VACC dv = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
-                                               o0 + (v + 1) * BC <= COUT);
-                        pad[v] += dv - dv;
-                    }
-                }
+                add_padding(d, drow, o0, lo[k], hi[k], WD, pad);
 #pragma unroll
                 for (int g = 0; g < GC; ++g)
 #pragma unroll
