@@ -389,7 +389,7 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     16-channel vector: ``python benchmarks/filter_grad_ab.py --devices 1:0 2:0
     --workloads A B C E --shapes 1,64,64,32,64,3,3,SAME 2,48,48,96,48,3,2,VALID
     4,16,16,256,256,3,1,SAME --bc 16 8 --gc 1 2 3 --kt 3 --items 1 --kib 512
-    --rounds 9`` (2026-12-05 02:50 UTC), its time over the split before
+    --rounds 9`` (2026-12-05, about 02:20 UTC), its time over the split before
     (16x8 Intel, 8x8 PoCL): A 0.82 / 0.75, B 0.90 / 0.83, C 0.81 / 0.81, the
     two shapes after 0.80 / 0.77 and 0.77 / 0.80, 256->256 at rate 1 1.08 /
     0.82, E 1.03 / 1.26 (a 0.1-0.3 ms call; Intel / PoCL). 2 input channels
@@ -397,7 +397,7 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     Taps of 5 (D) are left as they were (``--kt 5``: 0.86 / 0.94 of the split
     before, where Intel's 16x4 ran 0.77). float64 on Intel's runtime takes the
     same two registers a vector, 8 channels (at least 8 output channels): the
-    same command with ``--dtype float64 --bc 4 8 --gc 2 4 --rounds 5`` (03:00
+    same command with ``--dtype float64 --bc 4 8 --gc 2 4 --rounds 5`` (02:50
     UTC) ran A 0.33, B 0.37, C 0.34, the three shapes 0.36, 1.08 (8x4x1x3 0.86)
     and 0.41, 16->8 0.81, E 1.01 of its 4x8 before. On PyPI's PoCL float64
     keeps its 4x8: 4x4x3 ran 0.79-0.90 on A-C and three shapes but E 1.65, and
