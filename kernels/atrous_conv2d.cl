@@ -80,11 +80,14 @@ inline VACC load_d(__global const IN_T *restrict d, const long at, const int o0,
     return lanes.v;
 }
 
-// pad[v] += d - d over the columns [0, lo) and [hi, WD) of d's row at drow:
-// TF's zero padding times d (0, or NaN where d is Inf or NaN).
-inline void add_padding(__global const IN_T *restrict d, const long drow, const int o0,
-                        const int lo, const int hi, const int WD, VACC *pad)
+// pad[v] = the sum of d - d over the columns [0, lo) and [hi, WD) of d's row
+// at drow: TF's zero padding times d (0, or NaN where d is Inf or NaN).
+inline void padding_terms(__global const IN_T *restrict d, const long drow, const int o0,
+                          const int lo, const int hi, const int WD, VACC *pad)
 {
+#pragma unroll
+    for (int v = 0; v < OV; ++v)
+        pad[v] = (VACC)0;
     for (int j = 0; j < WD; ++j) {
         if (j == lo)
             j = hi;
@@ -162,10 +165,7 @@ __kernel void filter_grad_partial(
             // The whole row reads TF's zero padding, which TF multiplies by
             // d: the same term for every input channel and tap.
             VACC pad[OV];
-#pragma unroll
-            for (int v = 0; v < OV; ++v)
-                pad[v] = (VACC)0;
-            add_padding(d, drow, o0, WD, WD, WD, pad);
+            padding_terms(d, drow, o0, WD, WD, WD, pad);
 #pragma unroll
             for (int k = 0; k < KT; ++k)
 #pragma unroll
@@ -224,10 +224,7 @@ __kernel void filter_grad_partial(
             }
             if (lo[k] > 0 || hi[k] < WD) {
                 VACC pad[OV];
-#pragma unroll
-                for (int v = 0; v < OV; ++v)
-                    pad[v] = (VACC)0;
-                add_padding(d, drow, o0, lo[k], hi[k], WD, pad);
+                padding_terms(d, drow, o0, lo[k], hi[k], WD, pad);
 #pragma unroll
                 for (int g = 0; g < GC; ++g)
 #pragma unroll
