@@ -20,7 +20,8 @@ import pyopencl.array as cl_array
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, status_name
-from atrous_cl.launch import TYPE_OPTIONS, dilation_options, element_offset, enqueue, widens_inputs
+from atrous_cl.launch import (TYPE_OPTIONS, dilation_options, element_offset, enqueue, widen,
+                              widens_inputs)
 from atrous_cl.tiles import Tile, default_filter_grad_tile
 from atrous_cl.validation import ConvArgs
 
@@ -188,24 +189,21 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
     n, hd, wd, _ = args.output_shape
     # Partial sums stay in the accumulation type: float32 for float16 storage (count has it).
     partial = memory.scratch(queue, count * out.dtype.itemsize)
-    inputs = [(x.base_data, np.int64(element_offset(x))), (d.base_data, np.int64(element_offset(d)))]
     try:
         with lock:
             if wide:
                 # float16 on a CPU: widened once, not converted in the inner loop.
-                widened = []
-                for i, a in enumerate((x, d)):
-                    data = memory.scratch(queue, a.size * 4)
-                    widened.append(enqueue(kernels["widen"], queue, ((a.size,), None),
-                                           (*inputs[i], data), wait))
-                    inputs[i] = (data, np.int64(0))
-                ready = widened
+                (x_data, x_ready), (d_data, d_ready) = (widen(kernels, queue, a, wait)
+                                                        for a in (x, d))
+                inputs, ready = (x_data, np.int64(0), d_data, np.int64(0)), [x_ready, d_ready]
             else:
+                inputs = (x.base_data, np.int64(element_offset(x)),
+                          d.base_data, np.int64(element_offset(d)))
                 ready = wait
             summed = enqueue(
                 kernels["filter_grad_partial"], queue,
                 launch_geometry(args.filters_shape, tile, gc, chunks, ov, kt),
-                (*inputs[0], *inputs[1], partial,
+                (*inputs, partial,
                  np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
                  np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk)),
                 ready)

@@ -440,6 +440,15 @@ def launch_packed(p: Plan, queue: cl.CommandQueue, value_data, filters_bytes: by
                           options=p.options) from e
 
 
+def widen(kernels: dict, queue: cl.CommandQueue, x, wait) -> tuple:
+    """``(buffer, event)``: ``x`` (float16) widened to float32 in a scratch buffer of its
+    own by prelude.cl's ``widen``, from ``kernels`` of any kernel file, after ``wait``
+    (:func:`widens_inputs`). The caller holds the program's lock."""
+    data = memory.scratch(queue, x.size * 4)
+    return data, enqueue(kernels["widen"], queue, ((x.size,), None),
+                         (x.base_data, np.int64(element_offset(x)), data), wait)
+
+
 def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.Event | None:
     """:func:`transpose` with its plan (None: the output is all zeros)."""
     if out.size == 0:
@@ -459,9 +468,7 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
     try:
         with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
             if p.wide:
-                value_data = memory.scratch(queue, value.size * 4)
-                widened = enqueue(kernels["widen"], queue, ((value.size,), None),
-                                  (value.base_data, np.int64(value_off), value_data), wait)
+                value_data, widened = widen(kernels, queue, value, wait)
                 value_off = 0
             last = p.repacked.get(queue) if raw is not None else None
             if last is not None and last[0] == raw:
