@@ -82,10 +82,15 @@ class FilterGrad(NamedTuple):
     out: str
 
     def temporaries(self, device: cl.Device, dtype: np.dtype) -> dict[str, int]:
-        counts = {"the filter gradient's partial sums":
-                  filter_grad.layout(device, dtype, self.args).partials}
-        if launch.widens_inputs(device, dtype):  # float32 copies: twice the elements
+        plan = filter_grad.layout(device, dtype, self.args)
+        counts = {"the filter gradient's partial sums": plan.partials}
+        wide = 2 if launch.widens_inputs(device, dtype) else 1  # float32 copies of float16
+        if plan.xpack:
+            counts[f"the filter gradient's packed {self.x}"] = \
+                wide * filter_grad.packed_x_elements(self.args.value_shape, plan.gc)
+        elif wide > 1:
             counts[f"the filter gradient's widened {self.x}"] = 2 * math.prod(self.args.value_shape)
+        if wide > 1:
             counts[f"the filter gradient's widened {self.d}"] = 2 * math.prod(self.args.output_shape)
         return counts
 

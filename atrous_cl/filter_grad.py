@@ -49,7 +49,8 @@ def dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
 
 
 def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int,
-                  ov: int = 1, kt: int = 1, wide: bool = False) -> tuple[str, ...]:
+                  ov: int = 1, kt: int = 1, wide: bool = False,
+                  xpack: bool = False) -> tuple[str, ...]:
     """``-D`` options for ``atrous_conv2d.cl``: dtype, problem and the filter gradient's tile.
 
     Its tile is ``kt`` taps of a filter row x ``gc`` input channels x ``ov``
@@ -62,11 +63,11 @@ def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int,
         f"-DBC={tile.channels}", f"-DOV={ov}", f"-DGC={gc}", f"-DKT={kt}",
         f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
         f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*dilation(args)) + \
-        (("-DWIDE_INPUTS",) if wide else ())
+        (("-DWIDE_INPUTS",) if wide else ()) + (("-DXPACK",) if xpack else ())
 
 
-def tiles(device: cl.Device, dtype, filters_shape) -> tuple[Tile, int, int, int, int, int]:
-    """The filter gradient's split: ``(tile, gc, items, chunk_bytes, ov, kt)``
+def tiles(device: cl.Device, dtype, filters_shape) -> tuple[Tile, int, int, int, int, int, bool]:
+    """The filter gradient's split: ``(tile, gc, items, chunk_bytes, ov, kt, xpack)``
     (:func:`atrous_cl.tiles.default_filter_grad_tile`; the filter gradient is not tuned).
     """
     return tuple(default_filter_grad_tile(device, dtype, *filters_shape[2:], kw=filters_shape[1]))
@@ -113,7 +114,8 @@ class Layout(NamedTuple):
     """How the filter gradient runs a problem: its tile (``kt`` taps of a filter row x
     ``gc`` input x ``ov`` vectors of ``tile.channels`` output channels), how it splits
     the rows, and how many partial sums it keeps, in the dtype's elements (float16
-    keeps them in float32, which counts twice)."""
+    keeps them in float32, which counts twice); ``xpack``: x packed by groups of ``gc``
+    input channels first (:func:`packed_x_elements`)."""
 
     tile: Tile
     gc: int
@@ -122,15 +124,16 @@ class Layout(NamedTuple):
     partials: int
     ov: int = 1
     kt: int = 1
+    xpack: bool = False
 
 
 def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None = None,
            gc: int | None = None, items: int | None = None,
            chunk_bytes: int | None = None, ov: int | None = None,
-           kt: int | None = None) -> Layout:
+           kt: int | None = None, xpack: bool | None = None) -> Layout:
     """The :class:`Layout` of ``args`` on ``device`` for ``dtype``.
 
-    ``tile``, ``gc``, ``items``, ``chunk_bytes``, ``ov`` and ``kt`` each replace
+    ``tile``, ``gc``, ``items``, ``chunk_bytes``, ``ov``, ``kt`` and ``xpack`` each replace
     :func:`tiles`' choice (for benchmarks and tests); ``chunk_bytes`` 0: chunks
     of any size.
 
@@ -138,8 +141,9 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
         ValueError: ``kt`` does not divide the filters' width.
     """
     chosen = [d if given is None else given for given, d in
-              zip((tile, gc, items, chunk_bytes, ov, kt), tiles(device, dtype, args.filters_shape))]
-    tile, gc, items, chunk_bytes, ov, kt = chosen
+              zip((tile, gc, items, chunk_bytes, ov, kt, xpack),
+                  tiles(device, dtype, args.filters_shape))]
+    tile, gc, items, chunk_bytes, ov, kt, xpack = chosen
     kh, kw, cin, cout = args.filters_shape
     if kt < 1 or kw % kt:
         raise ValueError(f"kt must divide the filters' width {kw}; got {kt}")
@@ -162,7 +166,26 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     chunks, rows_per_chunk = row_chunks(n * hd, math.prod(geometry_one), items, max_rows)
     widened = 2 if np.dtype(dtype) == np.float16 else 1
     return Layout(tile, gc, chunks, rows_per_chunk,
-                  widened * chunks * kh * kw * cin * tile.padded_channels(cout), ov, kt)
+                  widened * chunks * kh * kw * cin * tile.padded_channels(cout), ov, kt,
+                  bool(xpack))
+
+
+def packed_x_elements(x_shape: tuple[int, int, int, int], gc: int) -> int:
+    """Elements of ``pack_x``'s copy of an ``x`` of ``x_shape``: its input channels
+    padded to a multiple of ``gc``."""
+    n, hx, wx, cin = x_shape
+    return n * hx * wx * -(-cin // gc) * gc
+
+
+def _pack_x(kernels: dict, queue: cl.CommandQueue, x: cl_array.Array, gc: int, wide: bool,
+            wait) -> tuple:
+    """``(buffer, event)``: ``x`` in ``pack_x``'s layout (``gc`` input channels of a pixel
+    next to the next pixel's; widened to float32 with ``wide``), after ``wait``.
+    The caller holds the program's lock."""
+    n, hx, wx, cin = x.shape
+    data = memory.scratch(queue, packed_x_elements(x.shape, gc) * (4 if wide else x.dtype.itemsize))
+    return data, enqueue(kernels["pack_x"], queue, ((wx, n * hx), None),
+                         (x.base_data, np.int64(element_offset(x)), data, np.int32(wx)), wait)
 
 
 def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
@@ -180,10 +203,10 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
     # No pixels, or no tap landing inside x: every entry is an empty sum.
     if x.size == 0 or d.size == 0 or dilation(args) is None:
         return memory.fill(queue, out, 0, wait)
-    tile, gc, chunks, rows_per_chunk, count, ov, kt = (
+    tile, gc, chunks, rows_per_chunk, count, ov, kt, xpack = (
         layout(queue.device, out.dtype, args) if plan is None else plan)
     wide = widens_inputs(queue.device, out.dtype)
-    options = build_options(out.dtype, args, tile, gc, ov, kt, wide)
+    options = build_options(out.dtype, args, tile, gc, ov, kt, wide, xpack)
     kernels, lock = programs.get_kernels(queue.context, KERNEL_FILE, options)
     kh, kw, cin, cout = args.filters_shape
     n, hd, wd, _ = args.output_shape
@@ -191,15 +214,22 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
     partial = memory.scratch(queue, count * out.dtype.itemsize)
     try:
         with lock:
-            if wide:
+            if xpack:
+                x_data, x_ready = _pack_x(kernels, queue, x, gc, wide, wait)
+                x_in = (x_data, np.int64(0))
+            elif wide:
                 # float16 on a CPU: widened once, not converted in the inner loop.
-                (x_data, x_ready), (d_data, d_ready) = (widen(kernels, queue, a, wait)
-                                                        for a in (x, d))
-                inputs, ready = (x_data, np.int64(0), d_data, np.int64(0)), [x_ready, d_ready]
+                x_data, x_ready = widen(kernels, queue, x, wait)
+                x_in = (x_data, np.int64(0))
             else:
-                inputs = (x.base_data, np.int64(element_offset(x)),
-                          d.base_data, np.int64(element_offset(d)))
-                ready = wait
+                x_in, x_ready = (x.base_data, np.int64(element_offset(x))), None
+            if wide:
+                d_data, d_ready = widen(kernels, queue, d, wait)
+                d_in = (d_data, np.int64(0))
+            else:
+                d_in, d_ready = (d.base_data, np.int64(element_offset(d))), None
+            inputs = (*x_in, *d_in)
+            ready = [*(e for e in (x_ready, d_ready) if e is not None), *wait]
             summed = enqueue(
                 kernels["filter_grad_partial"], queue,
                 launch_geometry(args.filters_shape, tile, gc, chunks, ov, kt),

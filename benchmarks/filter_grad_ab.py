@@ -3,7 +3,8 @@
 
 ``python benchmarks/filter_grad_ab.py [--devices 2:0 1:0] [--workloads A B]
 [--shapes N,H,W,CIN,COUT,K,RATE,PADDING ...] [--dtype float32]
-[--bc 8 16] [--gc 4 8 16] [--ov 1 2] [--kt 1 3] [--items 1 4096] [--kib 0 512] [--rounds 7]``
+[--bc 8 16] [--gc 4 8 16] [--ov 1 2] [--kt 1 3] [--items 1 4096] [--kib 0 512] [--xpack]
+[--rounds 7]``
 
 For each device and workload, the filter gradient of the transpose vjp (the
 forward conv from the op's output-shaped cotangent back to ``value``,
@@ -55,6 +56,9 @@ def main() -> None:
     parser.add_argument("--bc", nargs="+", type=int, default=[8, 16])
     parser.add_argument("--gc", nargs="+", type=int, default=[4, 8, 16])
     parser.add_argument("--ov", nargs="+", type=int, default=[1])
+    parser.add_argument("--xpack", action="store_true",
+                        help="each layout also with x packed by channel groups first "
+                             "(FilterGradTile.xpack), the default also the other way")
     parser.add_argument("--kt", nargs="+", type=int, default=[1],
                         help="taps of a filter row per work-item (those that divide its width)")
     parser.add_argument("--items", nargs="+", type=int, default=[4096])
@@ -86,9 +90,15 @@ def main() -> None:
                         and gc <= conv.filters_shape[2] and wl.k % kt == 0):
                     plan = filter_grad.layout(queue.device, dtype, conv,
                                               tiles.Tile(default.tile.pixels, bc), gc, items,
-                                              kib << 10, ov, kt)
+                                              kib << 10, ov, kt, xpack=False)
                     plans[f"{bc}x{gc}x{ov}x{kt}/{items}/{kib}k({plan.chunks})"] = plan
+            if args.xpack:  # each layout packed too, and the default the other way
+                plans.update({f"{name}+xpack": plan._replace(xpack=True)
+                              for name, plan in list(plans.items()) if name != "default"})
+                plans["default" + ("-xpack" if default.xpack else "+xpack")] = \
+                    default._replace(xpack=not default.xpack)
             for name, plan in plans.items():
+                out.set(np.full(out.shape, np.nan, dtype))
                 filter_grad.launch(queue, x, d, out, conv, plan)
                 err = np.max(np.abs(out.get() - want)) / np.max(np.abs(want))
                 if not err < (1e-2 if dtype == np.float16 else 1e-4):  # float16: its rounding
@@ -103,8 +113,8 @@ def main() -> None:
             calls["transpose op"] = lambda: launch.transpose(queue, v, f, y, targs, tile)
             ms = {k: (t * 1e3, m * 1e3) for k, (t, m) in _time(queue, calls, args.rounds).items()}
             base, base_min = ms.pop("default")
-            d_name = (f"{default.tile.channels}x{default.gc}x{default.ov}x{default.kt} "
-                      f"({default.chunks} chunks)")
+            d_name = (f"{default.tile.channels}x{default.gc}x{default.ov}x{default.kt}"
+                      f"{'+xpack' if default.xpack else ''} ({default.chunks} chunks)")
             ranked = sorted(ms, key=lambda k: ms[k][0])
             print(f"{device} {wl.name}: default {d_name} {base:.3f} ms (min {base_min:.3f}); "
                   + "  ".join(f"{k} {ms[k][0]:.3f} ({ms[k][0] / base:.2f}, min {ms[k][1] / base_min:.2f})"

@@ -32,6 +32,8 @@
 //   WIDE_INPUTS  filter gradient: x and d come widened to ACC (float16 on
 //              CPUs, by prelude.cl's widen), so the inner loop converts
 //              nothing; dfilters is still stored as T
+//   XPACK      filter gradient: x comes packed by pack_x (GC input channels
+//              of a pixel next to the next pixel's), from element 0
 // Spatial sizes stay run-time arguments. Offsets are 64-bit.
 
 // The type and vector macros (LOAD, STOREV, VACC, ...) come from prelude.cl.
@@ -44,6 +46,21 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 #endif
 #ifndef KT
 #define KT 1
+#endif
+
+#ifndef GC
+#define GC 1
+#endif
+// x's channel groups of GC (the last ragged) in pack_x's layout. XSTRIDE: the
+// elements from a pixel of x to the next; XCH(g): where a work-item's input
+// channel c0 + g lies in its pixel (cc[g], clamped to CIN - 1, unpacked).
+#define CG ((CIN + GC - 1) / GC)
+#ifdef XPACK
+#define XSTRIDE GC
+#define XCH(g) (g)
+#else
+#define XSTRIDE CIN
+#define XCH(g) cc[g]
 #endif
 
 #ifdef WIDE_INPUTS
@@ -175,7 +192,11 @@ __kernel void filter_grad_partial(
                         acc[k][g][v] += pad[v];
             continue;
         }
+#ifdef XPACK
+        const long xrow = ((n * HX + ix) * CG + c0 / GC) * (long)WX * GC;
+#else
         const long xrow = x_off + (n * HX + ix) * WX * (long)CIN;
+#endif
         // The columns every tap reads inside x: one load of d serves KT taps.
         for (int j = j0; j < j1; ++j) {
             VACC dv[OV];
@@ -191,10 +212,10 @@ __kernel void filter_grad_partial(
             }
 #pragma unroll
             for (int k = 0; k < KT; ++k) {
-                const long xp = xrow + (j + dj[k]) * CIN;
+                const long xp = xrow + (j + dj[k]) * XSTRIDE;
 #pragma unroll
                 for (int g = 0; g < GC; ++g) {
-                    const ACC xg = (ACC)LOAD_IN(x, xp + cc[g]);
+                    const ACC xg = (ACC)LOAD_IN(x, xp + XCH(g));
 #pragma unroll
                     for (int v = 0; v < OV; ++v)
                         acc[k][g][v] += xg * dv[v];
@@ -212,14 +233,14 @@ __kernel void filter_grad_partial(
                     j = max(j, inside_start);
                 if (j >= hi[k])
                     break;
-                const long xp = xrow + (j + dj[k]) * CIN;
+                const long xp = xrow + (j + dj[k]) * XSTRIDE;
 #pragma unroll
                 for (int v = 0; v < OV; ++v) {
                     const VACC dv = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
                                            o0 + (v + 1) * BC <= COUT);
 #pragma unroll
                     for (int g = 0; g < GC; ++g)
-                        acc[k][g][v] += (ACC)LOAD_IN(x, xp + cc[g]) * dv;
+                        acc[k][g][v] += (ACC)LOAD_IN(x, xp + XCH(g)) * dv;
                 }
             }
             if (lo[k] > 0 || hi[k] < WD) {
@@ -248,6 +269,28 @@ __kernel void filter_grad_partial(
                     STOREV_ACC(partial, base + (long)g * COUTP, acc[k][g][v] + (VACC)0);
         }
     }
+}
+
+// xp[((n * HX + i) * CG + cg) * WX + j][g] = x[n, i, j, cg * GC + g], ACC
+// with WIDE_INPUTS, channels past CIN read as channel CIN - 1 (their lanes are
+// never stored): for XPACK. Global size (WX, N * HX).
+__kernel void pack_x(__global const T *restrict x, const long x_off,
+                     __global IN_T *restrict xp, const int WX)
+{
+    const long j = get_global_id(0);
+    const long row = get_global_id(1);
+    const long from = x_off + (row * WX + j) * CIN;
+    const long to = row * CG * (long)WX * GC + j * GC;
+    for (int cg = 0; cg < CG; ++cg)
+#pragma unroll
+        for (int g = 0; g < GC; ++g) {
+            const int c = min(cg * GC + g, CIN - 1);
+#ifdef WIDE_INPUTS
+            xp[to + (long)cg * WX * GC + g] = LOAD(x, from + c);
+#else
+            STORE(xp, to + (long)cg * WX * GC + g, LOAD(x, from + c));
+#endif
+        }
 }
 
 // dfilters[tap, c, o] = sum over s = 0, 1, ..., S - 1 of partial[s, tap, c, o].

@@ -396,6 +396,15 @@ LAYOUT_CASES = [
                                              chunk_bytes=1 << 30)),
     ((2, 9, 10, 12, 20, 3, 3, 2), "SAME", dict(kt=3, gc=2, tile=(8, 8), items=1,
                                                chunk_bytes=5000)),
+    # x packed by channel groups first (xpack): x's channels ragged in their groups (17 in
+    # pairs, in fives), one channel a group, and images narrower than the dilated kernel.
+    ((2, 24, 20, 20, 17, 3, 3, 2), "SAME", dict(kt=3, gc=2, tile=(8, 16), items=1,
+                                                chunk_bytes=9000, xpack=True)),
+    ((2, 6, 7, 40, 17, 3, 3, 2), "VALID", dict(gc=5, ov=4, tile=(8, 16), items=1,
+                                               chunk_bytes=3000, xpack=True)),
+    ((3, 5, 4, 5, 6, 3, 3, 3), "SAME", dict(kt=3, gc=3, tile=(8, 4), items=1 << 20,
+                                            chunk_bytes=0, xpack=True)),
+    ((2, 10, 9, 3, 3, 2, 5, 5), "VALID", dict(gc=1, items=1, chunk_bytes=1 << 30, xpack=True)),
 ]
 
 
@@ -425,6 +434,7 @@ def test_filter_gradient_layouts_match_reference(queue, shape, padding, override
     assert_close(out.get(), want, dtype, context=f"{shape} {padding} {plan}", atol=atol)
 
 
+@pytest.mark.parametrize("xpack", [False, True])
 @pytest.mark.parametrize("which", ["inf", "nan"])
 @pytest.mark.parametrize("bad", ["value", "dy"])
 @pytest.mark.parametrize("where", ["corner", "middle"])
@@ -432,10 +442,11 @@ def test_filter_gradient_layouts_match_reference(queue, shape, padding, override
                                             ((2, 5, 4, 6, 20, 3, 6, 3), "SAME"),
                                             ((1, 4, 5, 3, 17, 3, 3, 2), "VALID")])
 def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, shape, padding,
-                                                                      where, bad, which):
+                                                                      where, bad, which, xpack):
     """Three taps of a row a work-item (kt 3) still add each tap's own 0 * Inf = NaN where
     its column or row reads TF's zero padding, and no other: widths 9, 4 (narrower than
-    the dilated kernel, no column shared by the three) and VALID's all-inside rows."""
+    the dilated kernel, no column shared by the three) and VALID's all-inside rows; with
+    x packed first too (xpack, whose pad channels copy x's last)."""
     rng = np.random.default_rng()
     value, dy, filters, rate = _problem(shape, padding, np.float32, rng)
     if bad == "value":
@@ -444,7 +455,7 @@ def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, sh
         dy = _with_non_finite(rng, dy.shape, where, which)
     conv = check_conv_args(dy.shape, filters.shape, rate, padding)
     plan = filter_grad.layout(queue.device, np.dtype(np.float32), conv, tile=Tile(8, 16), gc=2,
-                              items=1, chunk_bytes=0, ov=1, kt=3)
+                              items=1, chunk_bytes=0, ov=1, kt=3, xpack=xpack)
     out = poisoned(queue, filters.shape, np.float32)
     filter_grad.launch(queue, *_to_device(queue, dy, value), out, conv, plan)
     with np.errstate(invalid="ignore"):
@@ -456,6 +467,26 @@ def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, sh
     finite = np.isfinite(want)
     assert finite.any() and not finite.all()
     assert_close(np.where(finite, got, 0), np.where(finite, want, 0), np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype):
+    """x packed by channel groups (xpack) from a view that starts inside its buffer, x's
+    channels ragged in their groups; float16 widened while packed on CPUs (packed as
+    float16 elsewhere)."""
+    skip_unsupported(queue, dtype)
+    rng = np.random.default_rng()
+    value, dy, filters, rate = _problem((2, 9, 10, 12, 19, 3, 3, 2), "SAME", dtype, rng)
+    conv = check_conv_args(dy.shape, filters.shape, rate, "SAME")
+    plan = filter_grad.layout(queue.device, np.dtype(dtype), conv, tile=Tile(8, 8), gc=2,
+                              items=1, chunk_bytes=4000, ov=1, kt=3, xpack=True)
+    assert plan.xpack and plan.chunks > 1, plan
+    out = poisoned(queue, (filters.shape[0] + 1, *filters.shape[1:]), dtype)
+    filter_grad.launch(queue, _offset_view(queue, dy), _offset_view(queue, value), out[1:],
+                       conv, plan)
+    want = reference.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, "SAME", dy)[1]
+    assert np.isnan(out.get()[0]).all(), "wrote outside its output view"
+    assert_close(out.get()[1:], want, dtype)
 
 
 def test_filter_gradient_taps_a_work_item_divide_the_width(queue):

@@ -498,7 +498,7 @@ def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx
         assert tiles.default_for(intel, f32, a) == tiles.Tile(8, 16, 2, True)
         assert tiles.default_for(intel, f32, d) == tiles.Tile(8, 16)
         assert tuple(tiles.default_filter_grad_tile(intel, f32, 64, 64)) == \
-            (tiles.Tile(8, 16), 4, 1, 512 << 10, 4, 1)
+            (tiles.Tile(8, 16), 4, 1, 512 << 10, 4, 1, False)
         assert tiles.default_filter_grad_tile(intel, f32, 64, 64, kw=3).kt == 1
         return
     # 4 pixels of two 8-channel vectors where they pad no more channels than one would
@@ -517,7 +517,7 @@ def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx
     assert tiles.Tile(4, 8, 2) in tiles.candidates(intel, f32, 64)
     assert max(t.channels for t in tiles.candidates(intel, f32, 64, a.filters_shape)) == 8
     assert tuple(tiles.default_filter_grad_tile(intel, f32, 64, 64)) == \
-        (tiles.Tile(8, 16), 8, 1, 512 << 10, 1, 1)
+        (tiles.Tile(8, 16), 8, 1, 512 << 10, 1, 1, False)
     assert tiles.default_filter_grad_tile(intel, f32, 8, 2).tile.channels == 2
     assert tiles.default_filter_grad_tile(intel, f64, 64, 64).tile == tiles.Tile(8, 4)
 
@@ -541,9 +541,17 @@ def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch
         stub = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
                            type=cl.device_type.CPU, version=version)
     taps = tiles.FilterGradTile(tiles.Tile(8, 16), 2, 1, 512 << 10, 1, 3)
-    for kw, cin, cout, dtype in [(3, 64, 64, np.float32), (6, 64, 16, np.float32),
-                                 (9, 17, 20, np.float32), (3, 64, 128, np.float16)]:
-        assert tiles.default_filter_grad_tile(stub, dtype, cin, cout, kw=kw) == taps
+    # x packed by channel pairs first from 64 input and output channels (float16: input).
+    for kw, cin, cout, dtype, xpack in [(3, 64, 64, np.float32, True),
+                                        (6, 64, 16, np.float32, False),
+                                        (9, 17, 20, np.float32, False),
+                                        (3, 64, 16, np.float16, True),
+                                        (3, 63, 64, np.float32, False),
+                                        (3, 63, 64, np.float16, False),
+                                        (3, 256, 63, np.float32, False),
+                                        (3, 256, 64, np.float32, True)]:
+        got = tiles.default_filter_grad_tile(stub, dtype, cin, cout, kw=kw)
+        assert got == taps._replace(xpack=xpack), (kw, cin, cout, dtype)
     assert tiles.default_filter_grad_tile(stub, np.float32, 1, 64, kw=3).gc == 1
     before = tiles.default_filter_grad_tile(stub, np.float32, 64, 64)
     assert before.kt == 1
@@ -574,7 +582,7 @@ def test_default_filter_grad_tile_per_platform(platform, kind, version, want):
 
     stub = stub_device(platform=types.SimpleNamespace(name=platform),
                        type=getattr(cl.device_type, kind), version=version)
-    assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == (*want, 1)
+    assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == (*want, 1, False)
     # Never more input channels per work-item than there are.
     assert tiles.default_filter_grad_tile(stub, np.float32, 3, 64).gc == 3
     if kind == "GPU" or version == _POCL_AVX512:  # three taps a row only on 256-bit CPUs

@@ -218,3 +218,25 @@ def test_filter_gradient_counts_its_widened_inputs_on_cpus():
     assert got["the filter gradient's widened value"] == 2 * 2 * 9 * 8 * 5
     for device, dtype in [(cpu, np.float32), (gpu, np.float16)]:
         assert list(step.temporaries(device, np.dtype(dtype))) == ["the filter gradient's partial sums"]
+
+
+def test_filter_gradient_counts_its_packed_x(monkeypatch):
+    """x packed by groups of input channels (xpack) takes a buffer of its own, its channels
+    padded to a whole group, which the memory check must count: float32 for float16 on
+    CPUs, where it replaces x's widened copy."""
+    import pyopencl as cl
+
+    from atrous_cl import filter_grad
+    from atrous_cl.tiles import Tile
+    from atrous_cl.validation import check_conv_args
+
+    args = check_conv_args((2, 9, 8, 5), (3, 3, 5, 4), 2, "SAME")
+    monkeypatch.setattr(filter_grad, "tiles", lambda *a: (Tile(8, 4), 2, 1, 512 << 10, 1, 3, True))
+    cpu = stub_device(type=cl.device_type.CPU, name="cpu")
+    step = calls.FilterGrad(args, "dy", "value", "d_filters")
+    got = step.temporaries(cpu, np.dtype(np.float32))
+    assert got["the filter gradient's packed dy"] == 2 * 9 * 8 * 6
+    got = step.temporaries(cpu, np.dtype(np.float16))
+    assert got["the filter gradient's packed dy"] == 2 * 2 * 9 * 8 * 6
+    assert "the filter gradient's widened dy" not in got
+    assert got["the filter gradient's widened value"] == 2 * 2 * 9 * 8 * 4

@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The filter gradient's default layout against itself with one field changed, in pairs.
+
+``python benchmarks/filter_grad_pairs.py [--devices 1:0 2:0] [--workloads A B]
+[--shapes N,H,W,CIN,COUT,K,RATE,PADDING ...] [--dtype float32] [--field xpack]
+[--pairs 41]``
+
+For each device and workload, the transpose vjp's filter gradient
+(:func:`atrous_cl.filter_grad.launch`, both stages and the wait, arrays already on
+the device) with the default layout's ``--field`` (a bool of
+:class:`atrous_cl.filter_grad.Layout`) off and on, called alternately, each pair in
+a new order. Prints each side's median and minimum ms and the median of the
+pairs' ratios (on over off): on a shared machine whose speed drifts over seconds,
+two calls next to each other see the same machine, where medians over a run
+need not. Both results are checked against the NumPy reference first.
+
+Nothing here asserts anything about time.
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import pyopencl.array as cl_array
+
+import atrous_cl
+from atrous_cl import bench, filter_grad, reference, validation
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", nargs="+", default=["1:0", "2:0"])
+    parser.add_argument("--workloads", nargs="*", default=None,
+                        help="of atrous-cl bench (default: A-F, none with --shapes)")
+    parser.add_argument("--shapes", nargs="*", default=[], help="N,H,W,CIN,COUT,K,RATE,PADDING")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--field", default="xpack", choices=["xpack"])
+    parser.add_argument("--pairs", type=int, default=41)
+    args = parser.parse_args()
+    dtype = np.dtype(args.dtype)
+    rng = np.random.default_rng(0)
+    for device in args.devices:
+        queue = atrous_cl.get_queue(device=device)
+        for wl in bench.selected_workloads(args.workloads, args.shapes):
+            value, filters, dy = (a.astype(dtype) for a in bench.inputs("transpose_vjp", wl, rng)[:3])
+            want = reference.atrous_conv2d_transpose_vjp(value, filters, wl.output_shape, wl.rate,
+                                                         wl.padding, dy)[1]
+            # The transpose vjp's filter gradient is the forward conv's from dy to value.
+            conv = validation.check_conv_args(dy.shape, filters.shape, wl.rate, wl.padding)
+            x, d = cl_array.to_device(queue, dy), cl_array.to_device(queue, value)
+            out = cl_array.empty(queue, filters.shape, dtype)
+            default = filter_grad.layout(queue.device, dtype, conv)
+            plans = [default._replace(**{args.field: False}), default._replace(**{args.field: True})]
+            for plan in plans:
+                out.set(np.full(out.shape, np.nan, dtype))
+                filter_grad.launch(queue, x, d, out, conv, plan)
+                err = np.max(np.abs(out.get() - want)) / np.max(np.abs(want))
+                if not err < (1e-2 if dtype == np.float16 else 1e-4):  # float16: its rounding
+                    raise RuntimeError(f"{plan} on {wl.name}: relative error {err:.2e}")
+            seconds = ([], [])
+            order = np.random.default_rng(1)
+            for _ in range(args.pairs):
+                for k in order.permutation(2):
+                    start = time.perf_counter()
+                    filter_grad.launch(queue, x, d, out, conv, plans[k])
+                    queue.finish()
+                    seconds[k].append(time.perf_counter() - start)
+            off, on = ([t * 1e3 for t in s] for s in seconds)
+            ratio = statistics.median(b / a for a, b in zip(off, on))
+            print(f"{device} {wl.name} {dtype.name}: {args.field} off {statistics.median(off):.3f} ms "
+                  f"(min {min(off):.3f}), on {statistics.median(on):.3f} (min {min(on):.3f}); "
+                  f"on / off, median of pairs {ratio:.3f} (default: {args.field} "
+                  f"{'on' if getattr(default, args.field) else 'off'})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
