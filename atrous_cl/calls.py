@@ -87,7 +87,7 @@ class FilterGrad(NamedTuple):
         wide = 2 if launch.widens_inputs(device, dtype) else 1  # float32 copies of float16
         if plan.xpack:
             counts[f"the filter gradient's packed {self.x}"] = \
-                wide * filter_grad.packed_x_elements(self.args.value_shape, plan.gc)
+                wide * filter_grad.packed_x_elements(self.args, plan.gc)
         elif wide > 1:
             counts[f"the filter gradient's widened {self.x}"] = 2 * math.prod(self.args.value_shape)
         if wide > 1:

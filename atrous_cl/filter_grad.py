@@ -135,7 +135,9 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
 
     ``tile``, ``gc``, ``items``, ``chunk_bytes``, ``ov``, ``kt`` and ``xpack`` each replace
     :func:`tiles`' choice (for benchmarks and tests); ``chunk_bytes`` 0: chunks
-    of any size.
+    of any size. :func:`tiles`' ``xpack`` holds where the packed rows
+    (:func:`packed_width`) are at most twice as wide as x's: a large rate on a narrow
+    image would otherwise pack mostly zeros.
 
     Raises:
         ValueError: ``kt`` does not divide the filters' width.
@@ -143,8 +145,11 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     chosen = [d if given is None else given for given, d in
               zip((tile, gc, items, chunk_bytes, ov, kt, xpack),
                   tiles(device, dtype, args.filters_shape))]
-    tile, gc, items, chunk_bytes, ov, kt, xpack = chosen
+    tile, gc, items, chunk_bytes, ov, kt, chosen_xpack = chosen
     kh, kw, cin, cout = args.filters_shape
+    live = dilation(args) is not None
+    xpack = live and bool(chosen_xpack) and (
+        xpack is not None or packed_width(args) <= 2 * args.value_shape[2])
     if kt < 1 or kw % kt:
         raise ValueError(f"kt must divide the filters' width {kw}; got {kt}")
     n, hd, wd = args.output_shape[:3]
@@ -167,25 +172,33 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     widened = 2 if np.dtype(dtype) == np.float16 else 1
     return Layout(tile, gc, chunks, rows_per_chunk,
                   widened * chunks * kh * kw * cin * tile.padded_channels(cout), ov, kt,
-                  bool(xpack))
+                  xpack)
 
 
-def packed_x_elements(x_shape: tuple[int, int, int, int], gc: int) -> int:
-    """Elements of ``pack_x``'s copy of an ``x`` of ``x_shape``: its input channels
-    padded to a multiple of ``gc``."""
-    n, hx, wx, cin = x_shape
-    return n * hx * wx * -(-cin // gc) * gc
+def packed_width(args: ConvArgs) -> int:
+    """Columns of a row of ``pack_x``'s copy of x: every column of x a tap reads, TF's
+    zeros outside x (d's width plus the dilated kernel's). The problem must have a live
+    tap (:func:`dilation`)."""
+    return args.output_shape[2] + (args.filters_shape[1] - 1) * dilation(args)[2]
 
 
-def _pack_x(kernels: dict, queue: cl.CommandQueue, x: cl_array.Array, gc: int, wide: bool,
-            wait) -> tuple:
+def packed_x_elements(args: ConvArgs, gc: int) -> int:
+    """Elements of ``pack_x``'s copy of x: rows of :func:`packed_width` columns, input
+    channels padded to a multiple of ``gc``."""
+    n, hx, _, cin = args.value_shape
+    return n * hx * packed_width(args) * -(-cin // gc) * gc
+
+
+def _pack_x(kernels: dict, queue: cl.CommandQueue, x: cl_array.Array, args: ConvArgs, gc: int,
+            wide: bool, wait) -> tuple:
     """``(buffer, event)``: ``x`` in ``pack_x``'s layout (``gc`` input channels of a pixel
-    next to the next pixel's; widened to float32 with ``wide``), after ``wait``.
-    The caller holds the program's lock."""
-    n, hx, wx, cin = x.shape
-    data = memory.scratch(queue, packed_x_elements(x.shape, gc) * (4 if wide else x.dtype.itemsize))
-    return data, enqueue(kernels["pack_x"], queue, ((wx, n * hx), None),
-                         (x.base_data, np.int64(element_offset(x)), data, np.int32(wx)), wait)
+    next to the next pixel's, rows of :func:`packed_width`; widened to float32 with
+    ``wide``), after ``wait``. The caller holds the program's lock."""
+    n, hx, wx, _ = x.shape
+    data = memory.scratch(queue, packed_x_elements(args, gc) * (4 if wide else x.dtype.itemsize))
+    return data, enqueue(kernels["pack_x"], queue, ((packed_width(args), n * hx), None),
+                         (x.base_data, np.int64(element_offset(x)), data, np.int32(wx),
+                          np.int32(args.output_shape[2])), wait)
 
 
 def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
@@ -215,7 +228,7 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
     try:
         with lock:
             if xpack:
-                x_data, x_ready = _pack_x(kernels, queue, x, gc, wide, wait)
+                x_data, x_ready = _pack_x(kernels, queue, x, args, gc, wide, wait)
                 x_in = (x_data, np.int64(0))
             elif wide:
                 # float16 on a CPU: widened once, not converted in the inner loop.

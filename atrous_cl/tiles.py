@@ -354,10 +354,9 @@ class FilterGradTile(NamedTuple):
 
 #: Input (x's) and output channels from which the filter gradient's three-tap split
 #: (float32 sums) reads x packed by pairs of channels (FilterGradTile.xpack): a pixel
-#: of x then spans 4 cache lines or more, of which a work-item reads 8 bytes a tap,
-#: and enough output channels share the packing pass (float16, widened in a pass of
-#: its own otherwise, whatever its output channels). Measured: default_filter_grad_tile.
-_XPACK_FROM = 64
+#: of x then spans 2 cache lines or more, of which a work-item reads 8 bytes a tap,
+#: and enough output channels share the packing pass. Measured: default_filter_grad_tile.
+_XPACK_FROM = 32
 
 
 def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
@@ -413,26 +412,28 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     keeps its 4x8: 4x4x3 ran 0.79-0.90 on A-C and three shapes but E 1.65, and
     8-wide doubles are what it builds into empty programs for the op's kernel.
 
-    That split reads x packed by pairs of input channels first (``xpack``, one pass
-    over x, which for float16 also widens it) from 64 input and 64 output channels
-    (float16: 64 input channels): with x's pixels 256 bytes or more apart, a
-    work-item's taps missed the L1 cache at every pixel for 8 bytes each. ``python
-    benchmarks/filter_grad_pairs.py --devices 1:0 2:0 --workloads A B C --shapes
-    4,16,16,256,256,3,1,SAME 1,64,64,32,64,3,3,SAME 2,48,48,96,48,3,2,VALID
-    1,96,96,32,32,3,2,SAME`` (2026-12-05 05:55 UTC, medians of 41 pairs), time with
-    over without, Intel / PyPI's PoCL: A 0.93 / 0.93, B 0.93 / 0.90, 256->256 0.86 /
-    0.89; below the bounds C 1.13 / 1.12, 32->64 rate 3 1.06 / 1.04, 96->48 VALID
-    0.94 / 1.01, 32->32 0.86 / 0.93. ``--workloads A B --shapes 1,64,64,32,64,3,3,SAME
-    --dtype float16 --pairs 21``: A 0.86 / 0.92, B 0.90 / 0.89, 32->64 rate 3 0.85 /
-    1.00.
+    That split reads x packed by pairs of input channels first (``xpack``) from 32 input
+    and 32 output channels: one pass copies x into rows of every column a tap reads,
+    TF's zeros outside x (widening float16 as it goes), so a tap's pixels lie 8 bytes
+    apart instead of a pixel of x (a cache line each, from 16 channels), and every tap
+    runs the loop over all of d's columns, with no fringe columns or padding terms of
+    its own (38% of the kernel's samples on PyPI's PoCL for B, ``perf annotate``).
+    ``python benchmarks/filter_grad_pairs.py --devices 1:0 2:0 --workloads A B C E
+    --shapes 4,16,16,256,256,3,1,SAME 2,48,48,96,48,3,2,VALID 1,96,96,32,32,3,2,SAME
+    1,64,64,16,32,3,2,SAME`` (2026-12-05 06:11 UTC, medians of 41 pairs), time with
+    over without, Intel / PyPI's PoCL: A 0.88 / 0.88, B 0.85 / 0.78, 256->256 0.71 /
+    0.71, 96->48 VALID 0.86 / 0.93, 32->32 0.91 / 0.94; below the bounds C (16 input
+    channels) 1.11 / 1.06, E 1.23 / 0.94, 32->16 1.22 / 1.19. ``--workloads A B C
+    --shapes 1,96,96,32,32,3,2,SAME 1,64,64,16,32,3,2,SAME --dtype float16 --pairs
+    21``: A 0.88 / 0.79, B 0.81 / 0.76, 32->32 0.87 / 0.89; 32->16 0.87 / 1.17, C 0.95 /
+    0.98.
     """
     tile = _platform_tile(device, dtype, cout)._replace(vectors=1)
     cpu = facts(device).type & cl.device_type.CPU
     if cpu and _narrow(device) and kw % 3 == 0:
         if acc_itemsize(dtype) == 4 and cout >= 16:
-            xpack = cin >= _XPACK_FROM and (cout >= _XPACK_FROM or np.dtype(dtype) == np.float16)
             return FilterGradTile(tile._replace(channels=16), min(2, cin), 1, 512 << 10, 1, 3,
-                                  xpack)
+                                  min(cin, cout) >= _XPACK_FROM)
         if np.dtype(dtype) == np.float64 and _intel_narrow(device) and cout >= 8:
             return FilterGradTile(tile._replace(channels=8), min(2, cin), 1, 512 << 10, 1, 3)
     if _intel_narrow(device) and acc_itemsize(dtype) == 4:

@@ -33,7 +33,8 @@
 //              CPUs, by prelude.cl's widen), so the inner loop converts
 //              nothing; dfilters is still stored as T
 //   XPACK      filter gradient: x comes packed by pack_x (GC input channels
-//              of a pixel next to the next pixel's), from element 0
+//              of a pixel next to the next pixel's, rows padded with TF's
+//              zeros to every column a tap reads), from element 0
 // Spatial sizes stay run-time arguments. Offsets are 64-bit.
 
 // The type and vector macros (LOAD, STOREV, VACC, ...) come from prelude.cl.
@@ -51,10 +52,13 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 #ifndef GC
 #define GC 1
 #endif
-// x's channel groups of GC (the last ragged) in pack_x's layout. XSTRIDE: the
-// elements from a pixel of x to the next; XCH(g): where a work-item's input
-// channel c0 + g lies in its pixel (cc[g], clamped to CIN - 1, unpacked).
+// x's channel groups of GC (the last ragged) in pack_x's layout, and its rows'
+// width for d's width WD: columns -PAD_LEFT .. WD - 1 + (KW - 1) * RATE_W - PAD_LEFT
+// of x, every one a tap reads. XSTRIDE: the elements from a pixel of x to the
+// next; XCH(g): where a work-item's input channel c0 + g lies in its pixel
+// (cc[g], clamped to CIN - 1, unpacked).
 #define CG ((CIN + GC - 1) / GC)
+#define PACKED_W(WD) ((WD) + (KW - 1) * RATE_W)
 #ifdef XPACK
 #define XSTRIDE GC
 #define XCH(g) (g)
@@ -144,9 +148,18 @@ __kernel void filter_grad_partial(
     int j0 = 0, j1 = WD;
 #pragma unroll
     for (int k = 0; k < KT; ++k) {
+#ifdef XPACK
+        // pack_x's row holds every column a tap reads, TF's zeros outside x,
+        // whose 0 * d terms (NaN for an Inf or NaN d) the loop over all of d's
+        // columns then adds: no fringes, no padding terms.
+        dj[k] = (b0 + k) * RATE_W;
+        lo[k] = 0;
+        hi[k] = WD;
+#else
         dj[k] = (b0 + k) * RATE_W - PAD_LEFT;
         lo[k] = (int)clamp(-dj[k], 0L, (long)WD);
         hi[k] = (int)clamp(WX - dj[k], 0L, (long)WD);
+#endif
         j0 = max(j0, lo[k]);
         j1 = min(j1, hi[k]);
     }
@@ -193,7 +206,7 @@ __kernel void filter_grad_partial(
             continue;
         }
 #ifdef XPACK
-        const long xrow = ((n * HX + ix) * CG + c0 / GC) * (long)WX * GC;
+        const long xrow = ((n * HX + ix) * CG + c0 / GC) * PACKED_W((long)WD) * GC;
 #else
         const long xrow = x_off + (n * HX + ix) * WX * (long)CIN;
 #endif
@@ -271,24 +284,29 @@ __kernel void filter_grad_partial(
     }
 }
 
-// xp[((n * HX + i) * CG + cg) * WX + j][g] = x[n, i, j, cg * GC + g], ACC
-// with WIDE_INPUTS, channels past CIN read as channel CIN - 1 (their lanes are
-// never stored): for XPACK. Global size (WX, N * HX).
+// xp[((n * HX + i) * CG + cg) * PACKED_W(WD) + p][g] = x[n, i, p - PAD_LEFT, cg * GC + g]
+// (ACC with WIDE_INPUTS), 0 where that column lies outside x; channels past CIN
+// read as channel CIN - 1 (their lanes are never stored): for XPACK. Global size
+// (PACKED_W(WD), N * HX).
 __kernel void pack_x(__global const T *restrict x, const long x_off,
-                     __global IN_T *restrict xp, const int WX)
+                     __global IN_T *restrict xp, const int WX, const int WD)
 {
-    const long j = get_global_id(0);
+    const long p = get_global_id(0);
     const long row = get_global_id(1);
-    const long from = x_off + (row * WX + j) * CIN;
-    const long to = row * CG * (long)WX * GC + j * GC;
+    const long width = PACKED_W((long)WD);
+    const long j = p - PAD_LEFT;
+    const bool inside = j >= 0 && j < WX;
+    const long from = x_off + (row * WX + (inside ? j : 0)) * CIN;
+    const long to = row * CG * width * GC + p * GC;
     for (int cg = 0; cg < CG; ++cg)
 #pragma unroll
         for (int g = 0; g < GC; ++g) {
             const int c = min(cg * GC + g, CIN - 1);
+            const ACC v = inside ? (ACC)LOAD(x, from + c) : (ACC)0;
 #ifdef WIDE_INPUTS
-            xp[to + (long)cg * WX * GC + g] = LOAD(x, from + c);
+            xp[to + cg * width * GC + g] = v;
 #else
-            STORE(xp, to + (long)cg * WX * GC + g, LOAD(x, from + c));
+            STORE(xp, to + cg * width * GC + g, v);
 #endif
         }
 }

@@ -489,6 +489,21 @@ def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype):
     assert_close(out.get()[1:], want, dtype)
 
 
+def test_filter_gradient_packs_x_only_where_its_rows_stay_within_twice_x(queue, monkeypatch):
+    """The default's xpack holds where pack_x's rows (every column a tap reads) are at most
+    twice x's: not for a rate as wide as the image, which would pack mostly zeros; an
+    explicit xpack holds whatever the width."""
+    split = (Tile(8, 16), 2, 1, 512 << 10, 1, 3, True)
+    monkeypatch.setattr(filter_grad, "tiles", lambda *a: split)
+    f32 = np.dtype(np.float32)
+    narrow = check_conv_args((1, 8, 40, 64), (3, 3, 64, 64), 20, "SAME")  # rows of 40 + 40
+    wide = check_conv_args((1, 8, 40, 64), (3, 3, 64, 64), 21, "SAME")    # 40 + 42
+    assert filter_grad.packed_width(narrow) == 80 and filter_grad.packed_width(wide) == 82
+    assert filter_grad.layout(queue.device, f32, narrow).xpack
+    assert not filter_grad.layout(queue.device, f32, wide).xpack
+    assert filter_grad.layout(queue.device, f32, wide, xpack=True).xpack
+
+
 def test_filter_gradient_taps_a_work_item_divide_the_width(queue):
     conv = check_conv_args((1, 8, 8, 4), (3, 5, 4, 4), 2, "SAME")
     with pytest.raises(ValueError, match="kt must divide the filters' width 5; got 3"):

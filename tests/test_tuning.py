@@ -541,15 +541,16 @@ def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch
         stub = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
                            type=cl.device_type.CPU, version=version)
     taps = tiles.FilterGradTile(tiles.Tile(8, 16), 2, 1, 512 << 10, 1, 3)
-    # x packed by channel pairs first from 64 input and output channels (float16: input).
+    # x packed by channel pairs first from 32 input and output channels.
     for kw, cin, cout, dtype, xpack in [(3, 64, 64, np.float32, True),
                                         (6, 64, 16, np.float32, False),
                                         (9, 17, 20, np.float32, False),
-                                        (3, 64, 16, np.float16, True),
-                                        (3, 63, 64, np.float32, False),
-                                        (3, 63, 64, np.float16, False),
-                                        (3, 256, 63, np.float32, False),
-                                        (3, 256, 64, np.float32, True)]:
+                                        (3, 32, 16, np.float16, False),
+                                        (3, 32, 32, np.float16, True),
+                                        (3, 31, 64, np.float32, False),
+                                        (3, 31, 64, np.float16, False),
+                                        (3, 256, 31, np.float32, False),
+                                        (3, 32, 32, np.float32, True)]:
         got = tiles.default_filter_grad_tile(stub, dtype, cin, cout, kw=kw)
         assert got == taps._replace(xpack=xpack), (kw, cin, cout, dtype)
     assert tiles.default_filter_grad_tile(stub, np.float32, 1, 64, kw=3).gc == 1

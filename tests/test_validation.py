@@ -222,8 +222,8 @@ def test_filter_gradient_counts_its_widened_inputs_on_cpus():
 
 def test_filter_gradient_counts_its_packed_x(monkeypatch):
     """x packed by groups of input channels (xpack) takes a buffer of its own, its channels
-    padded to a whole group, which the memory check must count: float32 for float16 on
-    CPUs, where it replaces x's widened copy."""
+    padded to a whole group and its rows to every column a tap reads, which the memory
+    check must count: float32 for float16 on CPUs, where it replaces x's widened copy."""
     import pyopencl as cl
 
     from atrous_cl import filter_grad
@@ -235,8 +235,9 @@ def test_filter_gradient_counts_its_packed_x(monkeypatch):
     cpu = stub_device(type=cl.device_type.CPU, name="cpu")
     step = calls.FilterGrad(args, "dy", "value", "d_filters")
     got = step.temporaries(cpu, np.dtype(np.float32))
-    assert got["the filter gradient's packed dy"] == 2 * 9 * 8 * 6
+    # Rows of 8 + 2 * 2 columns (every column a tap of rate 2 reads), 6 channels.
+    assert got["the filter gradient's packed dy"] == 2 * 9 * 12 * 6
     got = step.temporaries(cpu, np.dtype(np.float16))
-    assert got["the filter gradient's packed dy"] == 2 * 2 * 9 * 8 * 6
+    assert got["the filter gradient's packed dy"] == 2 * 2 * 9 * 12 * 6
     assert "the filter gradient's widened dy" not in got
     assert got["the filter gradient's widened value"] == 2 * 2 * 9 * 8 * 4
