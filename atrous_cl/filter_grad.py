@@ -28,6 +28,10 @@ from atrous_cl.validation import ConvArgs
 #: The kernel file this layer launches.
 KERNEL_FILE = "atrous_conv2d.cl"
 
+#: Multiply-adds of a filter gradient from which :func:`layout` keeps the default's
+#: packing of x (``xpack``).
+PACK_FROM_MACS = 1 << 26
+
 #: Partial sums (elements) a chunked filter gradient may always use; beyond
 #: this, no more than its inputs take (:func:`layout`).
 _PARTIALS_FLOOR = 1 << 20
@@ -136,8 +140,10 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     ``tile``, ``gc``, ``items``, ``chunk_bytes``, ``ov``, ``kt`` and ``xpack`` each replace
     :func:`tiles`' choice (for benchmarks and tests); ``chunk_bytes`` 0: chunks
     of any size. :func:`tiles`' ``xpack`` holds where the packed rows
-    (:func:`packed_width`) are at most twice as wide as x's: a large rate on a narrow
-    image would otherwise pack mostly zeros.
+    (:func:`packed_width`) are at most twice as wide as x's (a large rate on a narrow
+    image would otherwise pack mostly zeros) and there are :data:`PACK_FROM_MACS`
+    multiply-adds or more (the packing pass and its launch cost more than they
+    save below: 2x32x32 48->32 with 2x2 taps lost 1.22-1.27x, 12.6M of them).
 
     Raises:
         ValueError: ``kt`` does not divide the filters' width.
@@ -149,7 +155,9 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     kh, kw, cin, cout = args.filters_shape
     live = dilation(args) is not None
     xpack = live and bool(chosen_xpack) and (
-        xpack is not None or packed_width(args) <= 2 * args.value_shape[2])
+        xpack is not None or (packed_width(args) <= 2 * args.value_shape[2]
+                              and math.prod(args.output_shape[:3]) * kh * kw * cin * cout
+                              >= PACK_FROM_MACS))
     if kt < 1 or kw % kt:
         raise ValueError(f"kt must divide the filters' width {kw}; got {kt}")
     n, hd, wd = args.output_shape[:3]

@@ -352,10 +352,11 @@ class FilterGradTile(NamedTuple):
     xpack: bool = False
 
 
-#: Input (x's) and output channels from which the filter gradient's three-tap split
-#: (float32 sums) reads x packed by pairs of channels (FilterGradTile.xpack): a pixel
-#: of x then spans 2 cache lines or more, of which a work-item reads 8 bytes a tap,
-#: and enough output channels share the packing pass. Measured: default_filter_grad_tile.
+#: Input (x's) and output channels from which the filter gradient reads x packed by
+#: its groups of input channels (FilterGradTile.xpack) on 256-bit CPUs, in the
+#: three-tap splits and PyPI's PoCL's other ones: a pixel of x then spans 2 cache
+#: lines or more, of which a work-item reads a group a tap, and enough output channels
+#: share the packing pass. Measured: default_filter_grad_tile.
 _XPACK_FROM = 32
 
 
@@ -412,10 +413,11 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     keeps its 4x8: 4x4x3 ran 0.79-0.90 on A-C and three shapes but E 1.65, and
     8-wide doubles are what it builds into empty programs for the op's kernel.
 
-    That split reads x packed by pairs of input channels first (``xpack``) from 32 input
-    and 32 output channels: one pass copies x into rows of every column a tap reads,
-    TF's zeros outside x (widening float16 as it goes), so a tap's pixels lie 8 bytes
-    apart instead of a pixel of x (a cache line each, from 16 channels), and every tap
+    That split (float64's on Intel's runtime too, and PyPI's PoCL's every split) reads x
+    packed by its groups of input channels first (``xpack``) from 32 input and 32 output
+    channels: one pass copies x into rows of every column a tap reads,
+    TF's zeros outside x (widening float16 as it goes), so a tap's pixels lie a group of
+    channels apart instead of a pixel of x (a cache line or more each from 16 channels), and every tap
     runs the loop over all of d's columns, with no fringe columns or padding terms of
     its own (38% of the kernel's samples on PyPI's PoCL for B, ``perf annotate``).
     ``python benchmarks/filter_grad_pairs.py --devices 1:0 2:0 --workloads A B C E
@@ -426,16 +428,25 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     channels) 1.11 / 1.06, E 1.23 / 0.94, 32->16 1.22 / 1.19. ``--workloads A B C
     --shapes 1,96,96,32,32,3,2,SAME 1,64,64,16,32,3,2,SAME --dtype float16 --pairs
     21``: A 0.88 / 0.79, B 0.81 / 0.76, 32->32 0.87 / 0.89; 32->16 0.87 / 1.17, C 0.95 /
-    0.98.
+    0.98. float64 (``--workloads A B C --shapes 1,96,96,32,32,3,2,SAME
+    1,64,64,16,32,3,2,SAME --dtype float64 --pairs 15``; Intel's three-tap split, PyPI's
+    PoCL its one-tap 4x8): A 0.82 / 0.91, B 0.77 / 0.88, 32->32 0.95 / 0.84, C 0.92 /
+    0.85, 32->16 1.00 / 0.97. The one-tap float32 splits (``--workloads D --shapes
+    1,64,64,64,64,5,2,SAME 2,32,32,32,48,2,3,SAME 1,96,96,32,32,4,2,SAME
+    2,32,32,128,128,5,1,SAME --pairs 21``): PyPI's PoCL (8x8) 0.78, 1.22 (2x2 taps, a
+    0.4 ms call: :data:`atrous_cl.filter_grad.PACK_FROM_MACS`), 0.77, 0.74, D (16
+    channels) 1.03; Intel's 16x8 1.04, 1.27, 1.05, 1.00, D 1.10, so it is not packed.
     """
     tile = _platform_tile(device, dtype, cout)._replace(vectors=1)
     cpu = facts(device).type & cl.device_type.CPU
+    xpack = min(cin, cout) >= _XPACK_FROM
     if cpu and _narrow(device) and kw % 3 == 0:
         if acc_itemsize(dtype) == 4 and cout >= 16:
             return FilterGradTile(tile._replace(channels=16), min(2, cin), 1, 512 << 10, 1, 3,
-                                  min(cin, cout) >= _XPACK_FROM)
+                                  xpack)
         if np.dtype(dtype) == np.float64 and _intel_narrow(device) and cout >= 8:
-            return FilterGradTile(tile._replace(channels=8), min(2, cin), 1, 512 << 10, 1, 3)
+            return FilterGradTile(tile._replace(channels=8), min(2, cin), 1, 512 << 10, 1, 3,
+                                  xpack)
     if _intel_narrow(device) and acc_itemsize(dtype) == 4:
         # One 16-channel vector, 8 input channels: on the Zen 3 of _intel_narrow
         # (filter_grad_ab.py --devices 1:0 --workloads A C D --bc 8 16 --gc 4 8 --ov 1 4,
@@ -449,7 +460,7 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     gc = 16 // ov if ov > 1 or wide else tile.pixels
     gc = max(1, min(gc, cin))
     if cpu:
-        return FilterGradTile(tile, gc, 1, 512 << 10, ov)
+        return FilterGradTile(tile, gc, 1, 512 << 10, ov, 1, xpack and _pocl_narrow(device))
     return FilterGradTile(tile, gc, 4096, 0, ov)
 
 

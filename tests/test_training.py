@@ -489,19 +489,46 @@ def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype):
     assert_close(out.get()[1:], want, dtype)
 
 
-def test_filter_gradient_packs_x_only_where_its_rows_stay_within_twice_x(queue, monkeypatch):
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_vjps_with_their_default_layouts_past_the_packing_bound(queue, padding):
+    """Both vjps on a problem of PACK_FROM_MACS multiply-adds or more a filter gradient,
+    where 256-bit CPUs pack x by default (the other tests' problems are smaller), host
+    arrays in."""
+    rng = np.random.default_rng()
+    value, dy, filters, rate = _problem((2, 36, 36, 64, 64, 3, 3, 2), padding, np.float32, rng)
+    flipped = np.ascontiguousarray(filters.transpose(0, 1, 3, 2))  # atrous_conv2d's [.., in, out]
+    dz = rng.standard_normal(reference.atrous_conv2d(value, flipped, rate, padding).shape)
+    dz = dz.astype(np.float32)
+    for x, f in ((dy, filters), (value, flipped)):  # each filter gradient's conv
+        conv = check_conv_args(x.shape, f.shape, rate, padding)
+        n, h, w, _ = conv.output_shape
+        assert n * h * w * math.prod(conv.filters_shape) >= filter_grad.PACK_FROM_MACS, conv
+    got = training.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, padding, dy,
+                                               queue=queue)
+    want = reference.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, padding, dy)
+    got += training.atrous_conv2d_vjp(value, flipped, rate, padding, dz, queue=queue)
+    want += reference.atrous_conv2d_vjp(value, flipped, rate, padding, dz)
+    for name, g, w in zip(["d_value", "d_filters"] * 2, got, want):
+        assert_close(g, w, np.float32, context=f"{name} {padding}")
+
+
+def test_filter_gradient_packs_x_only_where_it_pays(queue, monkeypatch):
     """The default's xpack holds where pack_x's rows (every column a tap reads) are at most
-    twice x's: not for a rate as wide as the image, which would pack mostly zeros; an
-    explicit xpack holds whatever the width."""
+    twice x's, not for a rate as wide as the image, which would pack mostly zeros, and from
+    PACK_FROM_MACS multiply-adds; an explicit xpack holds whatever the problem."""
     split = (Tile(8, 16), 2, 1, 512 << 10, 1, 3, True)
     monkeypatch.setattr(filter_grad, "tiles", lambda *a: split)
     f32 = np.dtype(np.float32)
-    narrow = check_conv_args((1, 8, 40, 64), (3, 3, 64, 64), 20, "SAME")  # rows of 40 + 40
-    wide = check_conv_args((1, 8, 40, 64), (3, 3, 64, 64), 21, "SAME")    # 40 + 42
+    narrow = check_conv_args((2, 32, 40, 64), (3, 3, 64, 64), 20, "SAME")  # rows of 40 + 40
+    wide = check_conv_args((2, 32, 40, 64), (3, 3, 64, 64), 21, "SAME")    # 40 + 42
+    small = check_conv_args((2, 32, 40, 64), (3, 3, 64, 8), 2, "SAME")     # 2**26 - 2**24 MACs
     assert filter_grad.packed_width(narrow) == 80 and filter_grad.packed_width(wide) == 82
+    assert 2 * 32 * 40 * 9 * 64 * 64 >= filter_grad.PACK_FROM_MACS > 2 * 32 * 40 * 9 * 64 * 8
     assert filter_grad.layout(queue.device, f32, narrow).xpack
     assert not filter_grad.layout(queue.device, f32, wide).xpack
-    assert filter_grad.layout(queue.device, f32, wide, xpack=True).xpack
+    assert not filter_grad.layout(queue.device, f32, small).xpack
+    for args in (wide, small):
+        assert filter_grad.layout(queue.device, f32, args, xpack=True).xpack
 
 
 def test_filter_gradient_taps_a_work_item_divide_the_width(queue):

@@ -563,9 +563,14 @@ def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch
     # float64: two registers of doubles on Intel's runtime; PyPI's PoCL keeps its split.
     got = tiles.default_filter_grad_tile(stub, np.float64, 64, 64, kw=3)
     if version == "intel":
-        assert got == tiles.FilterGradTile(tiles.Tile(8, 8), 2, 1, 512 << 10, 1, 3)
+        assert got == tiles.FilterGradTile(tiles.Tile(8, 8), 2, 1, 512 << 10, 1, 3, True)
+        assert not tiles.default_filter_grad_tile(stub, np.float64, 64, 31, kw=3).xpack
     else:
         assert got == tiles.default_filter_grad_tile(stub, np.float64, 64, 64)
+    # Outside the three-tap splits x is packed on PyPI's PoCL only (Intel's 16x8 lost).
+    for dtype in (np.float32, np.float64):
+        assert tiles.default_filter_grad_tile(stub, dtype, 32, 32, kw=5).xpack == (version != "intel")
+        assert not tiles.default_filter_grad_tile(stub, dtype, 32, 31, kw=5).xpack
 
 
 @pytest.mark.parametrize("platform, kind, version, want", [
@@ -583,7 +588,8 @@ def test_default_filter_grad_tile_per_platform(platform, kind, version, want):
 
     stub = stub_device(platform=types.SimpleNamespace(name=platform),
                        type=getattr(cl.device_type, kind), version=version)
-    assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == (*want, 1, False)
+    xpack = version == _POCL_AVX2  # x packed first outside the three-tap split on 256-bit PoCL
+    assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == (*want, 1, xpack)
     # Never more input channels per work-item than there are.
     assert tiles.default_filter_grad_tile(stub, np.float32, 3, 64).gc == 3
     if kind == "GPU" or version == _POCL_AVX512:  # three taps a row only on 256-bit CPUs
