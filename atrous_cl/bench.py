@@ -122,6 +122,60 @@ def reference_result(op: str, wl: Workload, arrays) -> np.ndarray | tuple:
     return reference.atrous_conv2d_vjp(value, filters, wl.rate, wl.padding, dy)
 
 
+def add_problem_arguments(parser, devices: list[str]) -> None:
+    """The benchmark scripts' ``--devices`` (default ``devices``), ``--workloads``,
+    ``--shapes`` (:func:`selected_workloads`) and ``--dtype``."""
+    parser.add_argument("--devices", nargs="+", default=devices)
+    parser.add_argument("--workloads", nargs="*", default=None,
+                        help="of atrous-cl bench (default: A-F, none with --shapes)")
+    parser.add_argument("--shapes", nargs="*", default=[], help="N,H,W,CIN,COUT,K,RATE,PADDING")
+    parser.add_argument("--dtype", default="float32")
+
+
+class FilterGradProblem(NamedTuple):
+    """The transpose vjp's filter gradient of a workload on a queue (the forward conv's
+    from the op's output-shaped cotangent ``x`` back to ``d``, its ``value``), for the
+    filter gradient's benchmarks: ``conv`` its arguments, ``out`` a device array of its
+    result's shape, ``want`` the NumPy reference result, ``filters`` the op's (host)."""
+
+    conv: object
+    x: object
+    d: object
+    out: object
+    want: np.ndarray
+    filters: np.ndarray
+
+    @classmethod
+    def on(cls, queue, wl: Workload, dtype, rng: np.random.Generator) -> FilterGradProblem:
+        import pyopencl.array as cl_array
+
+        from atrous_cl import reference, validation
+
+        value, filters, dy = (a.astype(dtype) for a in inputs("transpose_vjp", wl, rng))
+        want = reference.atrous_conv2d_transpose_vjp(value, filters, wl.output_shape, wl.rate,
+                                                     wl.padding, dy)[1]
+        conv = validation.check_conv_args(dy.shape, filters.shape, wl.rate, wl.padding)
+        return cls(conv, cl_array.to_device(queue, dy), cl_array.to_device(queue, value),
+                   cl_array.empty(queue, filters.shape, dtype), want, filters)
+
+    def run(self, plan) -> None:
+        """Launch the filter gradient with ``plan`` (a :class:`atrous_cl.filter_grad.Layout`)
+        and wait."""
+        from atrous_cl import filter_grad
+
+        filter_grad.launch(self.out.queue, self.x, self.d, self.out, self.conv, plan)
+        self.out.queue.finish()
+
+    def check(self, plan, name: str) -> None:
+        """Run ``plan`` into a NaN-filled ``out``; RuntimeError unless it matches ``want``
+        (relative to its largest entry: 1e-4, float16 1e-2)."""
+        self.out.set(np.full(self.out.shape, np.nan, self.out.dtype))
+        self.run(plan)
+        err = np.max(np.abs(self.out.get() - self.want)) / np.max(np.abs(self.want))
+        if not err < (1e-2 if self.out.dtype == np.float16 else 1e-4):  # float16: its rounding
+            raise RuntimeError(f"{name}: relative error {err:.2e}")
+
+
 class Impl(NamedTuple):
     """An implementation: ``prepare(workload, value, filters)`` returns a call to time.
 

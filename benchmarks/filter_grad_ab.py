@@ -27,7 +27,7 @@ import numpy as np
 import pyopencl.array as cl_array
 
 import atrous_cl
-from atrous_cl import bench, filter_grad, launch, reference, tiles, tuning, validation
+from atrous_cl import bench, filter_grad, launch, tiles, tuning, validation
 
 
 def _time(queue, call, rounds, order_seed=1):
@@ -48,11 +48,7 @@ def _time(queue, call, rounds, order_seed=1):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", nargs="+", default=["2:0", "1:0"])
-    parser.add_argument("--workloads", nargs="*", default=None,
-                        help="of atrous-cl bench (default: A-F, none with --shapes)")
-    parser.add_argument("--shapes", nargs="*", default=[], help="N,H,W,CIN,COUT,K,RATE,PADDING")
-    parser.add_argument("--dtype", default="float32")
+    bench.add_problem_arguments(parser, ["2:0", "1:0"])
     parser.add_argument("--bc", nargs="+", type=int, default=[8, 16])
     parser.add_argument("--gc", nargs="+", type=int, default=[4, 8, 16])
     parser.add_argument("--ov", nargs="+", type=int, default=[1])
@@ -73,15 +69,8 @@ def main() -> None:
     for device in args.devices:
         queue = atrous_cl.get_queue(device=device)
         for wl in workloads:
-            value = rng.standard_normal((wl.n, wl.h, wl.w, wl.cin)).astype(dtype)
-            filters = rng.standard_normal((wl.k, wl.k, wl.cout, wl.cin)).astype(dtype)
-            dy = rng.standard_normal(wl.output_shape).astype(dtype)
-            want = reference.atrous_conv2d_transpose_vjp(value, filters, wl.output_shape, wl.rate,
-                                                         wl.padding, dy)[1]
-            # The transpose vjp's filter gradient is the forward conv's from dy to value.
-            conv = validation.check_conv_args(dy.shape, filters.shape, wl.rate, wl.padding)
-            x, d = cl_array.to_device(queue, dy), cl_array.to_device(queue, value)
-            out = cl_array.empty(queue, filters.shape, dtype)
+            prob = bench.FilterGradProblem.on(queue, wl, dtype, rng)
+            conv, x, d, out = prob.conv, prob.x, prob.d, prob.out
             default = filter_grad.layout(queue.device, dtype, conv)
             plans = {"default": default}
             for bc, gc, ov, kt, items, kib in itertools.product(args.bc, args.gc, args.ov,
@@ -98,16 +87,12 @@ def main() -> None:
                 plans["default" + ("-xpack" if default.xpack else "+xpack")] = \
                     default._replace(xpack=not default.xpack)
             for name, plan in plans.items():
-                out.set(np.full(out.shape, np.nan, dtype))
-                filter_grad.launch(queue, x, d, out, conv, plan)
-                err = np.max(np.abs(out.get() - want)) / np.max(np.abs(want))
-                if not err < (1e-2 if dtype == np.float16 else 1e-4):  # float16: its rounding
-                    raise RuntimeError(f"{name} on {wl.name}: relative error {err:.2e}")
+                prob.check(plan, f"{name} on {wl.name}")
             calls = {name: (lambda p=plan: filter_grad.launch(queue, x, d, out, conv, p))
                      for name, plan in plans.items()}
-            targs = validation.check_transpose_args(value.shape, filters.shape, wl.output_shape,
+            targs = validation.check_transpose_args(d.shape, prob.filters.shape, wl.output_shape,
                                                     wl.rate, wl.padding)
-            v, f = cl_array.to_device(queue, value), cl_array.to_device(queue, filters)
+            v, f = d, cl_array.to_device(queue, prob.filters)
             y = cl_array.empty(queue, wl.output_shape, dtype)
             tile = tuning.tile_for(queue.device, dtype, targs)
             calls["transpose op"] = lambda: launch.transpose(queue, v, f, y, targs, tile)

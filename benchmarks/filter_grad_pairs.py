@@ -22,19 +22,14 @@ import statistics
 import time
 
 import numpy as np
-import pyopencl.array as cl_array
 
 import atrous_cl
-from atrous_cl import bench, filter_grad, reference, validation
+from atrous_cl import bench, filter_grad
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", nargs="+", default=["1:0", "2:0"])
-    parser.add_argument("--workloads", nargs="*", default=None,
-                        help="of atrous-cl bench (default: A-F, none with --shapes)")
-    parser.add_argument("--shapes", nargs="*", default=[], help="N,H,W,CIN,COUT,K,RATE,PADDING")
-    parser.add_argument("--dtype", default="float32")
+    bench.add_problem_arguments(parser, ["1:0", "2:0"])
     parser.add_argument("--field", default="xpack", choices=["xpack"])
     parser.add_argument("--pairs", type=int, default=41)
     args = parser.parse_args()
@@ -43,28 +38,17 @@ def main() -> None:
     for device in args.devices:
         queue = atrous_cl.get_queue(device=device)
         for wl in bench.selected_workloads(args.workloads, args.shapes):
-            value, filters, dy = (a.astype(dtype) for a in bench.inputs("transpose_vjp", wl, rng)[:3])
-            want = reference.atrous_conv2d_transpose_vjp(value, filters, wl.output_shape, wl.rate,
-                                                         wl.padding, dy)[1]
-            # The transpose vjp's filter gradient is the forward conv's from dy to value.
-            conv = validation.check_conv_args(dy.shape, filters.shape, wl.rate, wl.padding)
-            x, d = cl_array.to_device(queue, dy), cl_array.to_device(queue, value)
-            out = cl_array.empty(queue, filters.shape, dtype)
-            default = filter_grad.layout(queue.device, dtype, conv)
+            prob = bench.FilterGradProblem.on(queue, wl, dtype, rng)
+            default = filter_grad.layout(queue.device, dtype, prob.conv)
             plans = [default._replace(**{args.field: False}), default._replace(**{args.field: True})]
             for plan in plans:
-                out.set(np.full(out.shape, np.nan, dtype))
-                filter_grad.launch(queue, x, d, out, conv, plan)
-                err = np.max(np.abs(out.get() - want)) / np.max(np.abs(want))
-                if not err < (1e-2 if dtype == np.float16 else 1e-4):  # float16: its rounding
-                    raise RuntimeError(f"{plan} on {wl.name}: relative error {err:.2e}")
+                prob.check(plan, f"{plan} on {wl.name}")
             seconds = ([], [])
             order = np.random.default_rng(1)
             for _ in range(args.pairs):
                 for k in order.permutation(2):
                     start = time.perf_counter()
-                    filter_grad.launch(queue, x, d, out, conv, plans[k])
-                    queue.finish()
+                    prob.run(plans[k])
                     seconds[k].append(time.perf_counter() - start)
             off, on = ([t * 1e3 for t in s] for s in seconds)
             ratio = statistics.median(b / a for a, b in zip(off, on))
