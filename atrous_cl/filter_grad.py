@@ -70,11 +70,14 @@ def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int,
         (("-DWIDE_INPUTS",) if wide else ()) + (("-DXPACK",) if xpack else ())
 
 
-def tiles(device: cl.Device, dtype, filters_shape) -> tuple[Tile, int, int, int, int, int, bool]:
+def tiles(device: cl.Device, dtype, filters_shape,
+          packable: bool = False) -> tuple[Tile, int, int, int, int, int, bool]:
     """The filter gradient's split: ``(tile, gc, items, chunk_bytes, ov, kt, xpack)``
     (:func:`atrous_cl.tiles.default_filter_grad_tile`; the filter gradient is not tuned).
+    ``packable``: packing x would pay for the problem (:func:`layout`).
     """
-    return tuple(default_filter_grad_tile(device, dtype, *filters_shape[2:], kw=filters_shape[1]))
+    return tuple(default_filter_grad_tile(device, dtype, *filters_shape[2:], kw=filters_shape[1],
+                                          packable=packable))
 
 
 def row_chunks(rows: int, tiles_per_chunk: int, items: int = 4096,
@@ -139,7 +142,7 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
 
     ``tile``, ``gc``, ``items``, ``chunk_bytes``, ``ov``, ``kt`` and ``xpack`` each replace
     :func:`tiles`' choice (for benchmarks and tests); ``chunk_bytes`` 0: chunks
-    of any size. :func:`tiles`' ``xpack`` holds where the packed rows
+    of any size. :func:`tiles` may pack x (``xpack``) where the packed rows
     (:func:`packed_width`) are at most twice as wide as x's (a large rate on a narrow
     image would otherwise pack mostly zeros) and there are :data:`PACK_FROM_MACS`
     multiply-adds or more (the packing pass and its launch cost more than they
@@ -148,16 +151,15 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     Raises:
         ValueError: ``kt`` does not divide the filters' width.
     """
-    chosen = [d if given is None else given for given, d in
-              zip((tile, gc, items, chunk_bytes, ov, kt, xpack),
-                  tiles(device, dtype, args.filters_shape))]
-    tile, gc, items, chunk_bytes, ov, kt, chosen_xpack = chosen
     kh, kw, cin, cout = args.filters_shape
     live = dilation(args) is not None
-    xpack = live and bool(chosen_xpack) and (
-        xpack is not None or (packed_width(args) <= 2 * args.value_shape[2]
-                              and math.prod(args.output_shape[:3]) * kh * kw * cin * cout
-                              >= PACK_FROM_MACS))
+    packable = (live and packed_width(args) <= 2 * args.value_shape[2]
+                and math.prod(args.output_shape[:3]) * kh * kw * cin * cout >= PACK_FROM_MACS)
+    chosen = [d if given is None else given for given, d in
+              zip((tile, gc, items, chunk_bytes, ov, kt, xpack),
+                  tiles(device, dtype, args.filters_shape, packable))]
+    tile, gc, items, chunk_bytes, ov, kt, xpack = chosen
+    xpack = live and bool(xpack)
     if kt < 1 or kw % kt:
         raise ValueError(f"kt must divide the filters' width {kw}; got {kt}")
     n, hd, wd = args.output_shape[:3]

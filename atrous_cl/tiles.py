@@ -361,7 +361,7 @@ _XPACK_FROM = 32
 
 
 def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
-                             kw: int = 1) -> FilterGradTile:
+                             kw: int = 1, packable: bool = False) -> FilterGradTile:
     """The filter gradient's untuned split, from the transpose kernel's :func:`_platform_tile`
     (not :func:`default_tile`'s narrower choices for few output channels, unmeasured here).
 
@@ -404,8 +404,9 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     two shapes after 0.80 / 0.77 and 0.77 / 0.80, 256->256 at rate 1 1.08 /
     0.82, E 1.03 / 1.26 (a 0.1-0.3 ms call; Intel / PoCL). 2 input channels
     beat 1 and 3 on all but the last shape; 8-channel vectors ran 1.04-1.7x.
-    Taps of 5 (D) are left as they were (``--kt 5``: 0.86 / 0.94 of the split
-    before, where Intel's 16x4 ran 0.77). float64 on Intel's runtime takes the
+    Taps of 5 (D) were left then (``--kt 5`` with 2 input channels: 0.86 / 0.94 of
+    the split before, where Intel's 16x4 ran 0.77); one input channel took them later
+    (below). float64 on Intel's runtime takes the
     same two registers a vector, 8 channels (at least 8 output channels): the
     same command with ``--dtype float64 --bc 4 8 --gc 2 4 --rounds 5`` (02:50
     UTC) ran A 0.33, B 0.37, C 0.34, the three shapes 0.36, 1.08 (8x4x1x3 0.86)
@@ -436,10 +437,30 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     2,32,32,128,128,5,1,SAME --pairs 21``): PyPI's PoCL (8x8) 0.78, 1.22 (2x2 taps, a
     0.4 ms call: :data:`atrous_cl.filter_grad.PACK_FROM_MACS`), 0.77, 0.74, D (16
     channels) 1.03; Intel's 16x8 1.04, 1.27, 1.05, 1.00, D 1.10, so it is not packed.
+    ``packable``: packing pays for the problem (:func:`atrous_cl.filter_grad.layout`
+    decides: rows at most twice x's, 2**26 multiply-adds or more); without it nothing
+    is packed.
+
+    Filter widths that 5 divides take five taps of a row x one input channel x one
+    16-channel vector on the same CPUs (float32 sums, 16 output channels or more) with
+    x packed, or with x's pixels one cache line or less (16 channels or fewer; with
+    more, unpacked, its taps read 5 lines a pixel): ``python
+    benchmarks/filter_grad_ab.py --devices 1:0 2:0 --workloads D --shapes
+    1,64,64,64,64,5,2,SAME 2,32,32,48,64,5,1,VALID 1,64,64,16,32,5,3,SAME --bc 16 --gc 1
+    --kt 5 --items 1 --kib 512 --xpack --rounds 15`` (2026-12-05 07:17 UTC), time over
+    the split before (16x8 Intel, 8x8 PoCL, each packed where it packs), Intel / PoCL:
+    D (unpacked) 0.79 / 0.75, 64->64 0.72 / 0.92, 48->64 VALID 0.74 / 0.98; 5x5 128->128
+    rate 1 (07:16, ``--gc 1 2 --rounds 9``) 0.82 / 0.89, 32->32 0.72 / 0.94; float16
+    (``--dtype float16 --rounds 9``) D 0.77 / 0.91, 64->64 0.73 / 0.95. 32 input channels
+    unpacked (the third shape, below 2**26 multiply-adds) ran 1.07 / 1.28, and two input
+    channels a work-item 0.96-1.06 / 0.91-1.81 (x packed D on PoCL: 1.46-1.74).
     """
     tile = _platform_tile(device, dtype, cout)._replace(vectors=1)
     cpu = facts(device).type & cl.device_type.CPU
-    xpack = min(cin, cout) >= _XPACK_FROM
+    xpack = packable and min(cin, cout) >= _XPACK_FROM
+    if (cpu and _narrow(device) and kw % 5 == 0 and acc_itemsize(dtype) == 4 and cout >= 16
+            and (xpack or cin <= 16)):
+        return FilterGradTile(tile._replace(channels=16), 1, 1, 512 << 10, 1, 5, xpack)
     if cpu and _narrow(device) and kw % 3 == 0:
         if acc_itemsize(dtype) == 4 and cout >= 16:
             return FilterGradTile(tile._replace(channels=16), min(2, cin), 1, 512 << 10, 1, 3,

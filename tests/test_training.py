@@ -405,6 +405,13 @@ LAYOUT_CASES = [
     ((3, 5, 4, 5, 6, 3, 3, 3), "SAME", dict(kt=3, gc=3, tile=(8, 4), items=1 << 20,
                                             chunk_bytes=0, xpack=True)),
     ((2, 10, 9, 3, 3, 2, 5, 5), "VALID", dict(gc=1, items=1, chunk_bytes=1 << 30, xpack=True)),
+    # Five taps of a row a work-item (kt 5), unpacked and packed, x's channels ragged.
+    ((2, 7, 13, 20, 16, 3, 5, 2), "SAME", dict(kt=5, gc=1, tile=(8, 16), items=1,
+                                              chunk_bytes=5000)),
+    ((2, 9, 6, 17, 23, 2, 5, 2), "SAME", dict(kt=5, gc=2, tile=(8, 16), items=1,
+                                             chunk_bytes=3000, xpack=True)),
+    ((2, 9, 16, 17, 23, 3, 10, 1), "VALID", dict(kt=5, gc=1, ov=2, tile=(8, 8), items=4096,
+                                                chunk_bytes=0, xpack=True)),
 ]
 
 
@@ -489,13 +496,14 @@ def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype):
     assert_close(out.get()[1:], want, dtype)
 
 
+@pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
-def test_vjps_with_their_default_layouts_past_the_packing_bound(queue, padding):
+def test_vjps_with_their_default_layouts_past_the_packing_bound(queue, padding, k):
     """Both vjps on a problem of PACK_FROM_MACS multiply-adds or more a filter gradient,
     where 256-bit CPUs pack x by default (the other tests' problems are smaller), host
     arrays in."""
     rng = np.random.default_rng()
-    value, dy, filters, rate = _problem((2, 36, 36, 64, 64, 3, 3, 2), padding, np.float32, rng)
+    value, dy, filters, rate = _problem((2, 36, 36, 64, 64, k, k, 2), padding, np.float32, rng)
     flipped = np.ascontiguousarray(filters.transpose(0, 1, 3, 2))  # atrous_conv2d's [.., in, out]
     dz = rng.standard_normal(reference.atrous_conv2d(value, flipped, rate, padding).shape)
     dz = dz.astype(np.float32)
@@ -516,8 +524,9 @@ def test_filter_gradient_packs_x_only_where_it_pays(queue, monkeypatch):
     """The default's xpack holds where pack_x's rows (every column a tap reads) are at most
     twice x's, not for a rate as wide as the image, which would pack mostly zeros, and from
     PACK_FROM_MACS multiply-adds; an explicit xpack holds whatever the problem."""
-    split = (Tile(8, 16), 2, 1, 512 << 10, 1, 3, True)
-    monkeypatch.setattr(filter_grad, "tiles", lambda *a: split)
+    # A split that packs wherever layout says packing pays.
+    monkeypatch.setattr(filter_grad, "tiles", lambda device, dtype, shape, packable:
+                        (Tile(8, 16), 2, 1, 512 << 10, 1, 3, packable))
     f32 = np.dtype(np.float32)
     narrow = check_conv_args((2, 32, 40, 64), (3, 3, 64, 64), 20, "SAME")  # rows of 40 + 40
     wide = check_conv_args((2, 32, 40, 64), (3, 3, 64, 64), 21, "SAME")    # 40 + 42

@@ -541,7 +541,8 @@ def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch
         stub = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
                            type=cl.device_type.CPU, version=version)
     taps = tiles.FilterGradTile(tiles.Tile(8, 16), 2, 1, 512 << 10, 1, 3)
-    # x packed by channel pairs first from 32 input and output channels.
+    # x packed by channel pairs first from 32 input and output channels, where packing pays
+    # for the problem (packable, filter_grad.layout's call).
     for kw, cin, cout, dtype, xpack in [(3, 64, 64, np.float32, True),
                                         (6, 64, 16, np.float32, False),
                                         (9, 17, 20, np.float32, False),
@@ -551,8 +552,9 @@ def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch
                                         (3, 31, 64, np.float16, False),
                                         (3, 256, 31, np.float32, False),
                                         (3, 32, 32, np.float32, True)]:
-        got = tiles.default_filter_grad_tile(stub, dtype, cin, cout, kw=kw)
+        got = tiles.default_filter_grad_tile(stub, dtype, cin, cout, kw=kw, packable=True)
         assert got == taps._replace(xpack=xpack), (kw, cin, cout, dtype)
+        assert tiles.default_filter_grad_tile(stub, dtype, cin, cout, kw=kw) == taps
     assert tiles.default_filter_grad_tile(stub, np.float32, 1, 64, kw=3).gc == 1
     before = tiles.default_filter_grad_tile(stub, np.float32, 64, 64)
     assert before.kt == 1
@@ -561,16 +563,29 @@ def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch
         got = tiles.default_filter_grad_tile(stub, dtype, 64, cout, kw=kw)
         assert got.kt == 1 and got == tiles.default_filter_grad_tile(stub, dtype, 64, cout)
     # float64: two registers of doubles on Intel's runtime; PyPI's PoCL keeps its split.
-    got = tiles.default_filter_grad_tile(stub, np.float64, 64, 64, kw=3)
+    got = tiles.default_filter_grad_tile(stub, np.float64, 64, 64, kw=3, packable=True)
     if version == "intel":
         assert got == tiles.FilterGradTile(tiles.Tile(8, 8), 2, 1, 512 << 10, 1, 3, True)
-        assert not tiles.default_filter_grad_tile(stub, np.float64, 64, 31, kw=3).xpack
+        assert not tiles.default_filter_grad_tile(stub, np.float64, 64, 31, kw=3,
+                                                  packable=True).xpack
     else:
-        assert got == tiles.default_filter_grad_tile(stub, np.float64, 64, 64)
-    # Outside the three-tap splits x is packed on PyPI's PoCL only (Intel's 16x8 lost).
+        assert got == tiles.default_filter_grad_tile(stub, np.float64, 64, 64, packable=True)
+    # Outside the three- and five-tap splits x is packed on PyPI's PoCL only (Intel's 16x8 lost).
     for dtype in (np.float32, np.float64):
-        assert tiles.default_filter_grad_tile(stub, dtype, 32, 32, kw=5).xpack == (version != "intel")
-        assert not tiles.default_filter_grad_tile(stub, dtype, 32, 31, kw=5).xpack
+        got = tiles.default_filter_grad_tile(stub, dtype, 32, 32, kw=4, packable=True)
+        assert got.xpack == (version != "intel")
+        assert not tiles.default_filter_grad_tile(stub, dtype, 32, 31, kw=4, packable=True).xpack
+    # Five taps of a row a work-item for 5-wide filters (float32 sums, 16 output channels or
+    # more), one input channel each: with x packed, or x's pixels one cache line or less.
+    five = tiles.FilterGradTile(tiles.Tile(8, 16), 1, 1, 512 << 10, 1, 5)
+    assert tiles.default_filter_grad_tile(stub, np.float32, 16, 16, kw=5) == five
+    assert tiles.default_filter_grad_tile(stub, np.float32, 16, 16, kw=10) == five
+    for dtype in (np.float32, np.float16):
+        got = tiles.default_filter_grad_tile(stub, dtype, 64, 64, kw=5, packable=True)
+        assert got == five._replace(xpack=True)
+    assert tiles.default_filter_grad_tile(stub, np.float32, 64, 64, kw=5).kt == 1
+    assert tiles.default_filter_grad_tile(stub, np.float32, 16, 8, kw=5).kt == 1
+    assert tiles.default_filter_grad_tile(stub, np.float64, 16, 16, kw=5).kt == 1
 
 
 @pytest.mark.parametrize("platform, kind, version, want", [
@@ -589,7 +604,9 @@ def test_default_filter_grad_tile_per_platform(platform, kind, version, want):
     stub = stub_device(platform=types.SimpleNamespace(name=platform),
                        type=getattr(cl.device_type, kind), version=version)
     xpack = version == _POCL_AVX2  # x packed first outside the three-tap split on 256-bit PoCL
-    assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == (*want, 1, xpack)
+    got = tiles.default_filter_grad_tile(stub, np.float32, 64, 64, packable=True)
+    assert tuple(got) == (*want, 1, xpack)
+    assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == (*want, 1, False)
     # Never more input channels per work-item than there are.
     assert tiles.default_filter_grad_tile(stub, np.float32, 3, 64).gc == 3
     if kind == "GPU" or version == _POCL_AVX512:  # three taps a row only on 256-bit CPUs
