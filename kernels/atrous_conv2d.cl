@@ -49,9 +49,6 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 #define KT 1
 #endif
 
-#ifndef GC
-#define GC 1
-#endif
 // x's channel groups of GC (the last ragged) in pack_x's layout, and its rows'
 // width for d's width WD: columns -PAD_LEFT .. WD - 1 + (KW - 1) * RATE_W - PAD_LEFT
 // of x, every one a tap reads. XSTRIDE: the elements from a pixel of x to the
