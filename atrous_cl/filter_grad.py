@@ -264,7 +264,8 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
                  np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
                  np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk)),
                 ready)
-            done = enqueue(kernels["filter_grad_sum"], queue, ((cout, cin, kh * kw), None),
+            done = enqueue(kernels["filter_grad_sum"], queue,
+                           ((tile.padded_channels(cout) // tile.channels, cin, kh * kw), None),
                            (partial, np.int32(chunks), out.base_data,
                             np.int64(element_offset(out))),
                            [summed, *wait])

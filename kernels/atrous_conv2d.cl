@@ -68,10 +68,12 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 #define IN_T ACC
 #define LOAD_IN(p, i) ((p)[i])
 #define LOADV_IN(p, i) LOADV_ACC_UNALIGNED(p, i)
+#define STORE_IN(p, i, v) ((p)[i] = (v))
 #else
 #define IN_T T
 #define LOAD_IN(p, i) LOAD(p, i)
 #define LOADV_IN(p, i) LOADV_UNALIGNED(p, i)
+#define STORE_IN(p, i, v) STORE(p, i, v)
 #endif
 
 // partial[s, tap, c, o] = the filter gradient's sum over the rows
@@ -292,34 +294,43 @@ __kernel void pack_x(__global const T *restrict x, const long x_off,
     const long row = get_global_id(1);
     const long width = PACKED_W((long)WD);
     const long j = p - PAD_LEFT;
-    const bool inside = j >= 0 && j < WX;
-    const long from = x_off + (row * WX + (inside ? j : 0)) * CIN;
-    const long to = row * CG * width * GC + p * GC;
-    for (int cg = 0; cg < CG; ++cg)
+    __global IN_T *to = xp + row * CG * width * GC + p * GC;
+    if (j < 0 || j >= WX) {
+        for (int cg = 0; cg < CG; ++cg)
 #pragma unroll
-        for (int g = 0; g < GC; ++g) {
-            const int c = min(cg * GC + g, CIN - 1);
-            const ACC v = inside ? (ACC)LOAD(x, from + c) : (ACC)0;
-#ifdef WIDE_INPUTS
-            xp[to + cg * width * GC + g] = v;
-#else
-            STORE(xp, to + cg * width * GC + g, v);
+            for (int g = 0; g < GC; ++g)
+                STORE_IN(to, cg * width * GC + g, (ACC)0);
+        return;
+    }
+    const long from = x_off + (row * WX + j) * CIN;
+    // The whole groups without a clamp; then a ragged last one, its channels
+    // past CIN reading CIN - 1.
+    for (int cg = 0; cg < CIN / GC; ++cg)
+#pragma unroll
+        for (int g = 0; g < GC; ++g)
+            STORE_IN(to, cg * width * GC + g, (ACC)LOAD(x, from + cg * GC + g));
+#if CIN % GC
+#pragma unroll
+    for (int g = 0; g < GC; ++g)
+        STORE_IN(to, (CG - 1) * width * GC + g,
+                 (ACC)LOAD(x, from + min((CG - 1) * GC + g, CIN - 1)));
 #endif
-        }
 }
 
-// dfilters[tap, c, o] = sum over s = 0, 1, ..., S - 1 of partial[s, tap, c, o].
-// Global size (COUT, CIN, KH * KW).
+// dfilters[tap, c, o] = sum over s = 0, 1, ..., S - 1 of partial[s, tap, c, o],
+// BC output channels a work-item (partial's rows are COUTP long, so its vector
+// loads are aligned; lanes past COUT are not stored). Global size
+// (COUTP / BC, CIN, KH * KW).
 __kernel void filter_grad_sum(__global const ACC *restrict partial, const int S,
                               __global T *restrict dfilters, const long dfilters_off)
 {
-    const int o = (int)get_global_id(0);
+    const int o = (int)get_global_id(0) * BC;
     const int c = (int)get_global_id(1);
     const long tap = get_global_id(2);
     const long stride = (long)KH * KW * CIN * COUTP;
     long k = (tap * CIN + c) * COUTP + o;
-    ACC sum = partial[k];
+    VACC sum = LOADV_ACC_ALIGNED(partial, k);
     for (int s = 1; s < S; ++s)
-        sum += partial[k += stride];
-    STORE(dfilters, dfilters_off + (tap * CIN + c) * COUT + o, sum);
+        sum += LOADV_ACC_ALIGNED(partial, k += stride);
+    STORE_CHANNELS(dfilters, dfilters_off + (tap * CIN + c) * COUT + o, sum, o);
 }
