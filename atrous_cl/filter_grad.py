@@ -58,7 +58,7 @@ def dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
 
 def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int,
                   ov: int = 1, kt: int = 1, wide: bool = False,
-                  xpack: bool = False) -> tuple[str, ...]:
+                  xpack: bool = False, cb: int = 1) -> tuple[str, ...]:
     """``-D`` options for ``atrous_conv2d.cl``: dtype, problem and the filter gradient's tile.
 
     Its tile is ``kt`` taps of a filter row x ``gc`` input channels x ``ov``
@@ -68,15 +68,15 @@ def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int,
     """
     kh, kw, cin, cout = args.filters_shape
     return TYPE_OPTIONS[np.dtype(dtype).type] + (
-        f"-DBC={tile.channels}", f"-DOV={ov}", f"-DGC={gc}", f"-DKT={kt}",
+        f"-DBC={tile.channels}", f"-DOV={ov}", f"-DGC={gc}", f"-DKT={kt}", f"-DCB={cb}",
         f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
         f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*dilation(args)) + \
         (("-DWIDE_INPUTS",) if wide else ()) + (("-DXPACK",) if xpack else ())
 
 
 def tiles(device: cl.Device, dtype, filters_shape,
-          packable: bool = False) -> tuple[Tile, int, int, int, int, int, bool]:
-    """The filter gradient's split: ``(tile, gc, items, chunk_bytes, ov, kt, xpack)``
+          packable: bool = False) -> tuple[Tile, int, int, int, int, int, bool, int]:
+    """The filter gradient's split: ``(tile, gc, items, chunk_bytes, ov, kt, xpack, cb)``
     (:func:`atrous_cl.tiles.default_filter_grad_tile`; the filter gradient is not tuned).
     ``packable``: packing x would pay for the problem (:func:`layout`).
     """
@@ -104,7 +104,7 @@ def row_chunks(rows: int, tiles_per_chunk: int, items: int = 4096,
 
 
 def launch_geometry(filters_shape, tile: Tile, gc: int, chunks: int,
-                    ov: int = 1, kt: int = 1) -> tuple[tuple[int, int, int], None]:
+                    ov: int = 1, kt: int = 1, cb: int = 1) -> tuple[tuple[int, int, int], None]:
     """``(global_size, local_size)`` of ``filter_grad_partial``: one work-item per tile and chunk.
 
     Axis 0 covers output channels in ``ov`` vectors of ``tile.channels``, axis 1
@@ -113,7 +113,7 @@ def launch_geometry(filters_shape, tile: Tile, gc: int, chunks: int,
     """
     kh, kw, cin, cout = filters_shape
     vectors = tile.padded_channels(cout) // tile.channels
-    return (-(-vectors // ov), -(-cin // gc), kh * (kw // kt) * chunks), None
+    return (-(-vectors // ov), -(-cin // (gc * cb)), kh * (kw // kt) * chunks), None
 
 
 def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> DeviceError:
@@ -126,7 +126,8 @@ class Layout(NamedTuple):
     ``gc`` input x ``ov`` vectors of ``tile.channels`` output channels), how it splits
     the rows, and how many partial sums it keeps, in the dtype's elements (float16
     keeps them in float32, which counts twice); ``xpack``: x packed by groups of ``gc``
-    input channels first (:func:`packed_x_elements`)."""
+    input channels first (:func:`packed_x_elements`); ``cb``: with x packed, groups of
+    ``gc`` input channels a work-item takes in turn on each row of d."""
 
     tile: Tile
     gc: int
@@ -136,15 +137,16 @@ class Layout(NamedTuple):
     ov: int = 1
     kt: int = 1
     xpack: bool = False
+    cb: int = 1
 
 
 def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None = None,
            gc: int | None = None, items: int | None = None,
            chunk_bytes: int | None = None, ov: int | None = None,
-           kt: int | None = None, xpack: bool | None = None) -> Layout:
+           kt: int | None = None, xpack: bool | None = None, cb: int | None = None) -> Layout:
     """The :class:`Layout` of ``args`` on ``device`` for ``dtype``.
 
-    ``tile``, ``gc``, ``items``, ``chunk_bytes``, ``ov``, ``kt`` and ``xpack`` each replace
+    ``tile``, ``gc``, ``items``, ``chunk_bytes``, ``ov``, ``kt``, ``xpack`` and ``cb`` each replace
     :func:`tiles`' choice (for benchmarks and tests); ``chunk_bytes`` 0: chunks
     of any size. :func:`tiles` may pack x (``xpack``) where the packed rows
     (:func:`packed_width`) are at most twice as wide as x's (a large rate on a narrow
@@ -159,19 +161,24 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     live = dilation(args) is not None
     packable = (live and packed_width(args) <= 2 * args.value_shape[2]
                 and math.prod(args.output_shape[:3]) * kh * kw * cin * cout >= PACK_FROM_MACS)
+    explicit_cb = cb is not None
     chosen = [d if given is None else given for given, d in
-              zip((tile, gc, items, chunk_bytes, ov, kt, xpack),
+              zip((tile, gc, items, chunk_bytes, ov, kt, xpack, cb),
                   tiles(device, dtype, args.filters_shape, packable))]
-    tile, gc, items, chunk_bytes, ov, kt, xpack = chosen
+    tile, gc, items, chunk_bytes, ov, kt, xpack, cb = chosen
     xpack = live and bool(xpack)
     if kt < 1 or kw % kt:
         raise ValueError(f"kt must divide the filters' width {kw}; got {kt}")
+    if not explicit_cb and not xpack:
+        cb = 1  # the default's groups are for x packed
+    if cb < 1 or (cb > 1 and not xpack):
+        raise ValueError(f"cb must be 1, or more with x packed; got {cb} (xpack {xpack})")
     n, hd, wd = args.output_shape[:3]
     # A row of d and one of x, the data a chunk's row brings into the caches
     # (float32 for float16 widened first).
     itemsize = 4 if widens_inputs(device, dtype) else np.dtype(dtype).itemsize
     row_bytes = (wd * cout + args.value_shape[2] * cin) * itemsize
-    geometry_one = launch_geometry(args.filters_shape, tile, gc, 1, ov, kt)[0]
+    geometry_one = launch_geometry(args.filters_shape, tile, gc, 1, ov, kt, cb)[0]
     max_rows = chunk_bytes // max(1, row_bytes) if chunk_bytes else None
     if max_rows is not None:
         # Each chunk holds a partial sum of the whole filter gradient: rows
@@ -186,7 +193,7 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     widened = 2 if np.dtype(dtype) == np.float16 else 1
     return Layout(tile, gc, chunks, rows_per_chunk,
                   widened * chunks * kh * kw * cin * tile.padded_channels(cout), ov, kt,
-                  xpack)
+                  xpack, cb)
 
 
 def packed_width(args: ConvArgs) -> int:
@@ -230,10 +237,10 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
     # No pixels, or no tap landing inside x: every entry is an empty sum.
     if x.size == 0 or d.size == 0 or dilation(args) is None:
         return memory.fill(queue, out, 0, wait)
-    tile, gc, chunks, rows_per_chunk, count, ov, kt, xpack = (
+    tile, gc, chunks, rows_per_chunk, count, ov, kt, xpack, cb = (
         layout(queue.device, out.dtype, args) if plan is None else plan)
     wide = widens_inputs(queue.device, out.dtype)
-    options = build_options(out.dtype, args, tile, gc, ov, kt, wide, xpack)
+    options = build_options(out.dtype, args, tile, gc, ov, kt, wide, xpack, cb)
     kernels, lock = programs.get_kernels(queue.context, KERNEL_FILE, options)
     kh, kw, cin, cout = args.filters_shape
     n, hd, wd, _ = args.output_shape
@@ -259,7 +266,7 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
             ready = [*(e for e in (x_ready, d_ready) if e is not None), *wait]
             summed = enqueue(
                 kernels["filter_grad_partial"], queue,
-                launch_geometry(args.filters_shape, tile, gc, chunks, ov, kt),
+                launch_geometry(args.filters_shape, tile, gc, chunks, ov, kt, cb),
                 (*inputs, partial,
                  np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
                  np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk)),

@@ -341,7 +341,9 @@ class FilterGradTile(NamedTuple):
     output x ``gc`` input channels per work-item; rows split into chunks until there
     are about ``items`` work-items and, unless ``chunk_bytes`` is 0, until each
     chunk's rows of the two inputs take at most ``chunk_bytes``; ``xpack``: x packed by
-    groups of ``gc`` input channels first, each pixel's group next to the next pixel's."""
+    groups of ``gc`` input channels first, each pixel's group next to the next pixel's;
+    ``cb``: with x packed, groups of ``gc`` input channels a work-item takes in turn on
+    each row (:func:`_packed_groups`)."""
 
     tile: Tile
     gc: int
@@ -350,6 +352,33 @@ class FilterGradTile(NamedTuple):
     ov: int = 1
     kt: int = 1
     xpack: bool = False
+    cb: int = 1
+
+
+def _packed_groups(cin: int, gc: int, xpack: bool) -> int:
+    """Groups of ``gc`` input channels a work-item of a packed filter gradient takes in
+    turn over each row of d (``cb``): the largest power of two up to 16 that leaves 4
+    work-items or more across x's channels; 1 unpacked.
+
+    The row of d a work-item loads from L2 for its first group is in L1 for the others
+    (one group a work-item, each streamed all its rows of d from L2). ``python
+    benchmarks/filter_grad_pairs.py --devices 1:0 2:0 --field cb --pairs 21 --workloads
+    A B --shapes 4,16,16,256,256,3,1,SAME 2,48,48,96,48,3,2,VALID 1,96,96,32,32,3,2,SAME
+    1,64,64,64,64,5,2,SAME 2,32,32,128,128,5,1,SAME`` (2026-12-05 09:21 UTC, medians of
+    the pairs' ratios), this cb over 1, Intel / PyPI's PoCL: A (cb 8) 0.94 / 0.95, B (16)
+    0.92 / 0.88, 256->256 (16) 0.83 / 0.83, 96->48 VALID (4) 0.88 / 1.00, 32->32 (4) 0.93
+    / 0.94, 5x5 64->64 (16) 0.85 / 0.90, 5x5 128->128 (16) 0.82 / 0.87. float16
+    (``--pairs 15 --workloads A B --shapes 4,16,16,256,256,3,1,SAME``): 0.98 / 0.96, 0.94
+    / 0.90, 0.83 / 0.82; float64 (``--pairs 11``; PoCL's one-tap 4x8, cb 2, 4, 8): 0.90 /
+    0.93, 0.82 / 0.87, 0.77 / 0.73. Fewer than 4 work-items across the channels lost
+    before the rule (32->32 on PoCL at cb 8 and 16: 1.2-1.3x, ``/tmp`` sweep).
+    """
+    if not xpack:
+        return 1
+    cb = 1
+    while cb < 16 and cb * 2 * 4 <= -(-cin // gc):
+        cb *= 2
+    return cb
 
 
 #: Input (x's) and output channels from which the filter gradient reads x packed by
@@ -460,14 +489,15 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     xpack = packable and min(cin, cout) >= _XPACK_FROM
     if (cpu and _narrow(device) and kw % 5 == 0 and acc_itemsize(dtype) == 4 and cout >= 16
             and (xpack or cin <= 16)):
-        return FilterGradTile(tile._replace(channels=16), 1, 1, 512 << 10, 1, 5, xpack)
+        return FilterGradTile(tile._replace(channels=16), 1, 1, 512 << 10, 1, 5, xpack,
+                              _packed_groups(cin, 1, xpack))
     if cpu and _narrow(device) and kw % 3 == 0:
         if acc_itemsize(dtype) == 4 and cout >= 16:
             return FilterGradTile(tile._replace(channels=16), min(2, cin), 1, 512 << 10, 1, 3,
-                                  xpack)
+                                  xpack, _packed_groups(cin, min(2, cin), xpack))
         if np.dtype(dtype) == np.float64 and _intel_narrow(device) and cout >= 8:
             return FilterGradTile(tile._replace(channels=8), min(2, cin), 1, 512 << 10, 1, 3,
-                                  xpack)
+                                  xpack, _packed_groups(cin, min(2, cin), xpack))
     if _intel_narrow(device) and acc_itemsize(dtype) == 4:
         # One 16-channel vector, 8 input channels: on the Zen 3 of _intel_narrow
         # (filter_grad_ab.py --devices 1:0 --workloads A C D --bc 8 16 --gc 4 8 --ov 1 4,
@@ -481,7 +511,8 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     gc = 16 // ov if ov > 1 or wide else tile.pixels
     gc = max(1, min(gc, cin))
     if cpu:
-        return FilterGradTile(tile, gc, 1, 512 << 10, ov, 1, xpack and _pocl_narrow(device))
+        xpack = xpack and _pocl_narrow(device)
+        return FilterGradTile(tile, gc, 1, 512 << 10, ov, 1, xpack, _packed_groups(cin, gc, xpack))
     return FilterGradTile(tile, gc, 4096, 0, ov)
 
 

@@ -25,6 +25,9 @@
 //   GC         filter gradient: input channels per work-item
 //   KT         filter gradient: taps of a filter row per work-item, sharing
 //              each load of d (default 1; it divides KW)
+//   CB         filter gradient with XPACK: groups of GC input channels per
+//              work-item, one after another on each row of d, which stays in
+//              L1 for them (default 1)
 //   CIN, COUT, COUTP, KH, KW, RATE_H, RATE_W, PAD_TOP, PAD_LEFT
 //              the channel counts, kernel, rate and pads, baked in so the
 //              compiler can unroll the tap and channel loops; long literals
@@ -47,6 +50,12 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 #endif
 #ifndef KT
 #define KT 1
+#endif
+#ifndef CB
+#define CB 1
+#endif
+#if CB > 1 && !defined(XPACK)
+#error "CB > 1 needs XPACK"
 #endif
 
 // x's channel groups of GC (the last ragged) in pack_x's layout, and its rows'
@@ -80,13 +89,18 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 // r = n * HD + i in [s * rows_per_chunk, (s + 1) * rows_per_chunk), in order.
 // x is [N, HX, WX, CIN], d [N, HD, WD, COUT]; partial is ACC, [S, KH * KW,
 // CIN, COUTP] (lanes past COUT hold garbage that filter_grad_sum skips).
-// Global size (ceil(COUTP / (BC * OV)), ceil(CIN / GC), KH * (KW / KT) * S).
+// Global size (ceil(COUTP / (BC * OV)), ceil(CIN / (GC * CB)), KH * (KW / KT) * S).
 //
 // A work-item keeps a register tile of KT taps x GC input channels x OV
 // vectors of BC output channels: per pixel, OV vector loads of d and KT * GC
 // of x feed KT * GC * OV multiply-adds (one vector, OV = 1, left the loads as
 // many as the multiply-adds: B's filter gradient took 1.8x the transpose
 // kernel's time). The KT taps of a filter row read the same pixel of d.
+// With CB > 1 (x packed), a work-item takes CB groups of GC input channels in
+// turn over each row of d, their register tiles kept in private memory
+// between rows: the row's d, loaded from L2 for the first group, is in L1 for
+// the others (one work-item a group streamed all its rows of d from L2 for
+// every group).
 // BC output channels of d from element at (lanes past COUT read as 0: they
 // would read the next pixel, or past the buffer).
 inline VACC load_d(__global const IN_T *restrict d, const long at, const int o0,
@@ -130,7 +144,7 @@ __kernel void filter_grad_partial(
     const long rows, const long rows_per_chunk)
 {
     const int o0 = (int)get_global_id(0) * (BC * OV);
-    const int c0 = (int)get_global_id(1) * GC;
+    const int c0 = (int)get_global_id(1) * (GC * CB);
     // Remainders written out: a '%' next to its '/' makes clang pair them
     // through an LLVM 'freeze', which Oclgrind's uninitialised-value checker
     // cannot run.
@@ -184,6 +198,26 @@ __kernel void filter_grad_partial(
 #pragma unroll
             for (int v = 0; v < OV; ++v)
                 acc[k][g][v] = (VACC)0;
+#if CB > 1
+    // With CB groups, each group's tile waits in private memory between rows
+    // (TILE(cb)); groups past x's last (a ragged CIN) are skipped. With one,
+    // acc is the only tile: a private array there made Intel's compiler run
+    // float64 4.4x slower.
+    VACC accs[CB][KT][GC][OV];
+    const int groups = min(CB, CG - c0 / GC);
+    for (int cb = 0; cb < CB; ++cb)
+#pragma unroll
+        for (int k = 0; k < KT; ++k)
+#pragma unroll
+            for (int g = 0; g < GC; ++g)
+#pragma unroll
+                for (int v = 0; v < OV; ++v)
+                    accs[cb][k][g][v] = acc[k][g][v];
+#define TILE(cb) accs[cb]
+#else
+    const int groups = 1;
+#define TILE(cb) acc
+#endif
 
     const long r_end = min(rows, (s + 1) * rows_per_chunk);
     for (long r = s * rows_per_chunk; r < r_end; ++r) {
@@ -195,17 +229,31 @@ __kernel void filter_grad_partial(
             // d: the same term for every input channel and tap.
             VACC pad[OV];
             padding_terms(d, drow, o0, WD, WD, WD, pad);
+            for (int cb = 0; cb < groups; ++cb)
 #pragma unroll
-            for (int k = 0; k < KT; ++k)
+                for (int k = 0; k < KT; ++k)
 #pragma unroll
-                for (int g = 0; g < GC; ++g)
+                    for (int g = 0; g < GC; ++g)
 #pragma unroll
-                    for (int v = 0; v < OV; ++v)
-                        acc[k][g][v] += pad[v];
+                        for (int v = 0; v < OV; ++v)
+                            TILE(cb)[k][g][v] += pad[v];
             continue;
         }
+#if CB > 1
+        for (int cb = 0; cb < groups; ++cb) {
+#pragma unroll
+        for (int k = 0; k < KT; ++k)
+#pragma unroll
+            for (int g = 0; g < GC; ++g)
+#pragma unroll
+                for (int v = 0; v < OV; ++v)
+                    acc[k][g][v] = accs[cb][k][g][v];
+#else
+        {
+        const int cb = 0;
+#endif
 #ifdef XPACK
-        const long xrow = ((n * HX + ix) * CG + c0 / GC) * PACKED_W((long)WD) * GC;
+        const long xrow = ((n * HX + ix) * CG + c0 / GC + cb) * PACKED_W((long)WD) * GC;
 #else
         const long xrow = x_off + (n * HX + ix) * WX * (long)CIN;
 #endif
@@ -265,6 +313,16 @@ __kernel void filter_grad_partial(
                         acc[k][g][v] += pad[v];
             }
         }
+#if CB > 1
+#pragma unroll
+        for (int k = 0; k < KT; ++k)
+#pragma unroll
+            for (int g = 0; g < GC; ++g)
+#pragma unroll
+                for (int v = 0; v < OV; ++v)
+                    accs[cb][k][g][v] = acc[k][g][v];
+#endif
+        }
     }
 
 #pragma unroll
@@ -272,13 +330,15 @@ __kernel void filter_grad_partial(
         const int ov = o0 + v * BC;
         if (ov >= COUTP)
             break;
+        for (int cb = 0; cb < groups; ++cb)
 #pragma unroll
         for (int k = 0; k < KT; ++k) {
-            const long base = ((s * KH * KW + ta * KW + b0 + k) * CIN + c0) * (long)COUTP + ov;
+            const long base = ((s * KH * KW + ta * KW + b0 + k) * CIN + c0 + cb * GC)
+                              * (long)COUTP + ov;
 #pragma unroll
             for (int g = 0; g < GC; ++g)
-                if (c0 + g < CIN)
-                    STOREV_ACC(partial, base + (long)g * COUTP, acc[k][g][v] + (VACC)0);
+                if (c0 + cb * GC + g < CIN)
+                    STOREV_ACC(partial, base + (long)g * COUTP, TILE(cb)[k][g][v] + (VACC)0);
         }
     }
 }

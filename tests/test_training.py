@@ -412,6 +412,14 @@ LAYOUT_CASES = [
                                              chunk_bytes=3000, xpack=True)),
     ((2, 9, 16, 17, 23, 3, 10, 1), "VALID", dict(kt=5, gc=1, ov=2, tile=(8, 8), items=4096,
                                                 chunk_bytes=0, xpack=True)),
+    # Packed, several channel groups a work-item in turn (cb): the last work-item's groups
+    # fewer (17 channels in 9 pairs by 4; 17 in 4 fives by 3; 23 in 23 by 8), padding rows.
+    ((2, 24, 20, 20, 17, 3, 3, 2), "SAME", dict(kt=3, gc=2, tile=(8, 16), items=1,
+                                                chunk_bytes=9000, xpack=True, cb=4)),
+    ((2, 6, 7, 40, 17, 3, 3, 2), "VALID", dict(gc=5, ov=2, tile=(8, 8), items=1,
+                                               chunk_bytes=3000, xpack=True, cb=3)),
+    ((2, 9, 6, 17, 23, 2, 5, 3), "SAME", dict(kt=5, gc=1, tile=(8, 16), items=1,
+                                             chunk_bytes=3000, xpack=True, cb=8)),
 ]
 
 
@@ -441,7 +449,7 @@ def test_filter_gradient_layouts_match_reference(queue, shape, padding, override
     assert_close(out.get(), want, dtype, context=f"{shape} {padding} {plan}", atol=atol)
 
 
-@pytest.mark.parametrize("xpack", [False, True])
+@pytest.mark.parametrize("xpack, cb", [(False, 1), (True, 1), (True, 3)])
 @pytest.mark.parametrize("which", ["inf", "nan"])
 @pytest.mark.parametrize("bad", ["value", "dy"])
 @pytest.mark.parametrize("where", ["corner", "middle"])
@@ -449,11 +457,13 @@ def test_filter_gradient_layouts_match_reference(queue, shape, padding, override
                                             ((2, 5, 4, 6, 20, 3, 6, 3), "SAME"),
                                             ((1, 4, 5, 3, 17, 3, 3, 2), "VALID")])
 def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, shape, padding,
-                                                                      where, bad, which, xpack):
+                                                                      where, bad, which, xpack,
+                                                                      cb):
     """Three taps of a row a work-item (kt 3) still add each tap's own 0 * Inf = NaN where
     its column or row reads TF's zero padding, and no other: widths 9, 4 (narrower than
     the dilated kernel, no column shared by the three) and VALID's all-inside rows; with
-    x packed first too (xpack, whose pad channels copy x's last)."""
+    x packed first too (xpack, whose pad channels copy x's last), and three channel pairs
+    a work-item in turn (cb 3)."""
     rng = np.random.default_rng()
     value, dy, filters, rate = _problem(shape, padding, np.float32, rng)
     if bad == "value":
@@ -462,7 +472,7 @@ def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, sh
         dy = _with_non_finite(rng, dy.shape, where, which)
     conv = check_conv_args(dy.shape, filters.shape, rate, padding)
     plan = filter_grad.layout(queue.device, np.dtype(np.float32), conv, tile=Tile(8, 16), gc=2,
-                              items=1, chunk_bytes=0, ov=1, kt=3, xpack=xpack)
+                              items=1, chunk_bytes=0, ov=1, kt=3, xpack=xpack, cb=cb)
     out = poisoned(queue, filters.shape, np.float32)
     filter_grad.launch(queue, *_to_device(queue, dy, value), out, conv, plan)
     with np.errstate(invalid="ignore"):
@@ -486,7 +496,7 @@ def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype):
     value, dy, filters, rate = _problem((2, 9, 10, 12, 19, 3, 3, 2), "SAME", dtype, rng)
     conv = check_conv_args(dy.shape, filters.shape, rate, "SAME")
     plan = filter_grad.layout(queue.device, np.dtype(dtype), conv, tile=Tile(8, 8), gc=2,
-                              items=1, chunk_bytes=4000, ov=1, kt=3, xpack=True)
+                              items=1, chunk_bytes=4000, ov=1, kt=3, xpack=True, cb=4)
     assert plan.xpack and plan.chunks > 1, plan
     out = poisoned(queue, (filters.shape[0] + 1, *filters.shape[1:]), dtype)
     filter_grad.launch(queue, _offset_view(queue, dy), _offset_view(queue, value), out[1:],
@@ -526,7 +536,7 @@ def test_filter_gradient_packs_x_only_where_it_pays(queue, monkeypatch):
     PACK_FROM_MACS multiply-adds; an explicit xpack holds whatever the problem."""
     # A split that packs wherever layout says packing pays.
     monkeypatch.setattr(filter_grad, "tiles", lambda device, dtype, shape, packable:
-                        (Tile(8, 16), 2, 1, 512 << 10, 1, 3, packable))
+                        (Tile(8, 16), 2, 1, 512 << 10, 1, 3, packable, 1))
     f32 = np.dtype(np.float32)
     narrow = check_conv_args((2, 32, 40, 64), (3, 3, 64, 64), 20, "SAME")  # rows of 40 + 40
     wide = check_conv_args((2, 32, 40, 64), (3, 3, 64, 64), 21, "SAME")    # 40 + 42
@@ -544,6 +554,20 @@ def test_filter_gradient_taps_a_work_item_divide_the_width(queue):
     conv = check_conv_args((1, 8, 8, 4), (3, 5, 4, 4), 2, "SAME")
     with pytest.raises(ValueError, match="kt must divide the filters' width 5; got 3"):
         filter_grad.layout(queue.device, np.dtype(np.float32), conv, kt=3)
+
+
+def test_filter_gradient_takes_channel_groups_in_turn_only_packed(queue, monkeypatch):
+    """cb above 1 needs x packed (the kernel reads each group's own packed rows): an
+    explicit one without xpack is refused; a default split's cb goes with its packing."""
+    conv = check_conv_args((1, 8, 8, 4), (3, 3, 4, 4), 2, "SAME")
+    f32 = np.dtype(np.float32)
+    for cb, xpack in [(2, False), (0, True)]:
+        with pytest.raises(ValueError, match=f"cb must be 1, or more with x packed; got {cb}"):
+            filter_grad.layout(queue.device, f32, conv, cb=cb, xpack=xpack)
+    monkeypatch.setattr(filter_grad, "tiles", lambda device, dtype, shape, packable:
+                        (Tile(8, 16), 2, 1, 512 << 10, 1, 3, True, 4))
+    assert filter_grad.layout(queue.device, f32, conv).cb == 4
+    assert filter_grad.layout(queue.device, f32, conv, xpack=False).cb == 1
 
 
 @pytest.mark.parametrize("value_shape", [(1, 2000, 4, 128), (2, 3000, 9, 64)])

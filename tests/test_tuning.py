@@ -498,7 +498,7 @@ def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx
         assert tiles.default_for(intel, f32, a) == tiles.Tile(8, 16, 2, True)
         assert tiles.default_for(intel, f32, d) == tiles.Tile(8, 16)
         assert tuple(tiles.default_filter_grad_tile(intel, f32, 64, 64)) == \
-            (tiles.Tile(8, 16), 4, 1, 512 << 10, 4, 1, False)
+            (tiles.Tile(8, 16), 4, 1, 512 << 10, 4, 1, False, 1)
         assert tiles.default_filter_grad_tile(intel, f32, 64, 64, kw=3).kt == 1
         return
     # 4 pixels of two 8-channel vectors where they pad no more channels than one would
@@ -517,7 +517,7 @@ def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx
     assert tiles.Tile(4, 8, 2) in tiles.candidates(intel, f32, 64)
     assert max(t.channels for t in tiles.candidates(intel, f32, 64, a.filters_shape)) == 8
     assert tuple(tiles.default_filter_grad_tile(intel, f32, 64, 64)) == \
-        (tiles.Tile(8, 16), 8, 1, 512 << 10, 1, 1, False)
+        (tiles.Tile(8, 16), 8, 1, 512 << 10, 1, 1, False, 1)
     assert tiles.default_filter_grad_tile(intel, f32, 8, 2).tile.channels == 2
     assert tiles.default_filter_grad_tile(intel, f64, 64, 64).tile == tiles.Tile(8, 4)
 
@@ -553,7 +553,8 @@ def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch
                                         (3, 256, 31, np.float32, False),
                                         (3, 32, 32, np.float32, True)]:
         got = tiles.default_filter_grad_tile(stub, dtype, cin, cout, kw=kw, packable=True)
-        assert got == taps._replace(xpack=xpack), (kw, cin, cout, dtype)
+        want = taps._replace(xpack=xpack, cb=tiles._packed_groups(cin, 2, xpack))
+        assert got == want, (kw, cin, cout, dtype)
         assert tiles.default_filter_grad_tile(stub, dtype, cin, cout, kw=kw) == taps
     assert tiles.default_filter_grad_tile(stub, np.float32, 1, 64, kw=3).gc == 1
     before = tiles.default_filter_grad_tile(stub, np.float32, 64, 64)
@@ -565,7 +566,7 @@ def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch
     # float64: two registers of doubles on Intel's runtime; PyPI's PoCL keeps its split.
     got = tiles.default_filter_grad_tile(stub, np.float64, 64, 64, kw=3, packable=True)
     if version == "intel":
-        assert got == tiles.FilterGradTile(tiles.Tile(8, 8), 2, 1, 512 << 10, 1, 3, True)
+        assert got == tiles.FilterGradTile(tiles.Tile(8, 8), 2, 1, 512 << 10, 1, 3, True, 8)
         assert not tiles.default_filter_grad_tile(stub, np.float64, 64, 31, kw=3,
                                                   packable=True).xpack
     else:
@@ -574,6 +575,7 @@ def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch
     for dtype in (np.float32, np.float64):
         got = tiles.default_filter_grad_tile(stub, dtype, 32, 32, kw=4, packable=True)
         assert got.xpack == (version != "intel")
+        assert got.cb == tiles._packed_groups(32, got.gc, got.xpack)
         assert not tiles.default_filter_grad_tile(stub, dtype, 32, 31, kw=4, packable=True).xpack
     # Five taps of a row a work-item for 5-wide filters (float32 sums, 16 output channels or
     # more), one input channel each: with x packed, or x's pixels one cache line or less.
@@ -582,10 +584,19 @@ def test_narrow_cpus_take_three_taps_of_a_row_in_the_filter_gradient(monkeypatch
     assert tiles.default_filter_grad_tile(stub, np.float32, 16, 16, kw=10) == five
     for dtype in (np.float32, np.float16):
         got = tiles.default_filter_grad_tile(stub, dtype, 64, 64, kw=5, packable=True)
-        assert got == five._replace(xpack=True)
+        assert got == five._replace(xpack=True, cb=16)
     assert tiles.default_filter_grad_tile(stub, np.float32, 64, 64, kw=5).kt == 1
     assert tiles.default_filter_grad_tile(stub, np.float32, 16, 8, kw=5).kt == 1
     assert tiles.default_filter_grad_tile(stub, np.float64, 16, 16, kw=5).kt == 1
+
+
+def test_packed_filter_gradient_takes_channel_groups_in_turn():
+    """cb: the largest power of two up to 16 that leaves 4 work-items across x's
+    channel groups, with x packed; 1 unpacked."""
+    for cin, gc, want in [(128, 2, 16), (256, 2, 16), (64, 2, 8), (32, 2, 4), (17, 2, 2),
+                          (7, 2, 1), (64, 1, 16), (32, 8, 1), (3, 1, 1)]:
+        assert tiles._packed_groups(cin, gc, True) == want, (cin, gc)
+        assert tiles._packed_groups(cin, gc, False) == 1
 
 
 @pytest.mark.parametrize("platform, kind, version, want", [
@@ -605,8 +616,8 @@ def test_default_filter_grad_tile_per_platform(platform, kind, version, want):
                        type=getattr(cl.device_type, kind), version=version)
     xpack = version == _POCL_AVX2  # x packed first outside the three-tap split on 256-bit PoCL
     got = tiles.default_filter_grad_tile(stub, np.float32, 64, 64, packable=True)
-    assert tuple(got) == (*want, 1, xpack)
-    assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == (*want, 1, False)
+    assert tuple(got) == (*want, 1, xpack, 2 if xpack else 1)  # 64 channels in 8 eights by 2
+    assert tuple(tiles.default_filter_grad_tile(stub, np.float32, 64, 64)) == (*want, 1, False, 1)
     # Never more input channels per work-item than there are.
     assert tiles.default_filter_grad_tile(stub, np.float32, 3, 64).gc == 3
     if kind == "GPU" or version == _POCL_AVX512:  # three taps a row only on 256-bit CPUs
