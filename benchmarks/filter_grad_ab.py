@@ -4,7 +4,7 @@
 ``python benchmarks/filter_grad_ab.py [--devices 2:0 1:0] [--workloads A B]
 [--shapes N,H,W,CIN,COUT,K,RATE,PADDING ...] [--dtype float32]
 [--bc 8 16] [--gc 4 8 16] [--ov 1 2] [--kt 1 3] [--items 1 4096] [--kib 0 512] [--xpack]
-[--rounds 7]``
+[--cb 1 4 16] [--rounds 7]``
 
 For each device and workload, the filter gradient of the transpose vjp (the
 forward conv from the op's output-shaped cotangent back to ``value``,
@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--xpack", action="store_true",
                         help="each layout also with x packed by channel groups first "
                              "(FilterGradTile.xpack), the default also the other way")
+    parser.add_argument("--cb", nargs="+", type=int, default=[1],
+                        help="with --xpack: groups of input channels a work-item takes in turn "
+                             "(FilterGradTile.cb)")
     parser.add_argument("--kt", nargs="+", type=int, default=[1],
                         help="taps of a filter row per work-item (those that divide its width)")
     parser.add_argument("--items", nargs="+", type=int, default=[4096])
@@ -82,10 +85,12 @@ def main() -> None:
                                               kib << 10, ov, kt, xpack=False)
                     plans[f"{bc}x{gc}x{ov}x{kt}/{items}/{kib}k({plan.chunks})"] = plan
             if args.xpack:  # each layout packed too, and the default the other way
-                plans.update({f"{name}+xpack": plan._replace(xpack=True)
-                              for name, plan in list(plans.items()) if name != "default"})
+                plans.update({f"{name}+xpack" + (f"x{cb}" if cb > 1 else ""):
+                              plan._replace(xpack=True, cb=cb)
+                              for name, plan in list(plans.items()) if name != "default"
+                              for cb in args.cb})
                 plans["default" + ("-xpack" if default.xpack else "+xpack")] = \
-                    default._replace(xpack=not default.xpack)
+                    default._replace(xpack=not default.xpack, cb=1)
             for name, plan in plans.items():
                 prob.check(plan, f"{name} on {wl.name}")
             calls = {name: (lambda p=plan: filter_grad.launch(queue, x, d, out, conv, p))
@@ -99,7 +104,8 @@ def main() -> None:
             ms = {k: (t * 1e3, m * 1e3) for k, (t, m) in _time(queue, calls, args.rounds).items()}
             base, base_min = ms.pop("default")
             d_name = (f"{default.tile.channels}x{default.gc}x{default.ov}x{default.kt}"
-                      f"{'+xpack' if default.xpack else ''} ({default.chunks} chunks)")
+                      f"{'+xpack' if default.xpack else ''}"
+                      f"{f'x{default.cb}' if default.cb > 1 else ''} ({default.chunks} chunks)")
             ranked = sorted(ms, key=lambda k: ms[k][0])
             print(f"{device} {wl.name}: default {d_name} {base:.3f} ms (min {base_min:.3f}); "
                   + "  ".join(f"{k} {ms[k][0]:.3f} ({ms[k][0] / base:.2f}, min {ms[k][1] / base_min:.2f})"
