@@ -231,7 +231,8 @@ def test_filter_gradient_counts_its_packed_x(monkeypatch):
     from atrous_cl.validation import check_conv_args
 
     args = check_conv_args((2, 9, 8, 5), (3, 3, 5, 4), 2, "SAME")
-    monkeypatch.setattr(filter_grad, "tiles", lambda *a: (Tile(8, 4), 2, 1, 512 << 10, 1, 3, True))
+    monkeypatch.setattr(filter_grad, "tiles",
+                        lambda *a: (Tile(8, 4), 2, 1, 512 << 10, 1, 3, True, 2))
     cpu = stub_device(type=cl.device_type.CPU, name="cpu")
     step = calls.FilterGrad(args, "dy", "value", "d_filters")
     got = step.temporaries(cpu, np.dtype(np.float32))
