@@ -440,13 +440,17 @@ def launch_packed(p: Plan, queue: cl.CommandQueue, value_data, filters_bytes: by
                           options=p.options) from e
 
 
+#: Elements each work-item of prelude.cl's ``widen`` converts (its WIDEN_BY).
+WIDEN_BY = 8
+
+
 def widen(kernels: dict, queue: cl.CommandQueue, x, wait) -> tuple:
     """``(buffer, event)``: ``x`` (float16) widened to float32 in a scratch buffer of its
     own by prelude.cl's ``widen``, from ``kernels`` of any kernel file, after ``wait``
     (:func:`widens_inputs`). The caller holds the program's lock."""
     data = memory.scratch(queue, x.size * 4)
-    return data, enqueue(kernels["widen"], queue, ((x.size,), None),
-                         (x.base_data, np.int64(element_offset(x)), data), wait)
+    return data, enqueue(kernels["widen"], queue, ((-(-x.size // WIDEN_BY),), None),
+                         (x.base_data, np.int64(element_offset(x)), data, np.int64(x.size)), wait)
 
 
 def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.Event | None:

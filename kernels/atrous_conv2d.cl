@@ -347,6 +347,11 @@ __kernel void filter_grad_partial(
 // (ACC with WIDE_INPUTS), 0 where that column lies outside x; channels past CIN
 // read as channel CIN - 1 (their lanes are never stored): for XPACK. Global size
 // (PACKED_W(WD), N * HX).
+// Where channel c of a pixel goes in pack_x's copy, from the pixel's first: its
+// group's row, then its place in the group (the remainder written out, as in
+// filter_grad_partial).
+#define PACKED_AT(c, width) ((c) / GC * (width) * GC + ((c) - (c) / GC * GC))
+
 __kernel void pack_x(__global const T *restrict x, const long x_off,
                      __global IN_T *restrict xp, const int WX, const int WD)
 {
@@ -364,11 +369,19 @@ __kernel void pack_x(__global const T *restrict x, const long x_off,
     }
     const long from = x_off + (row * WX + j) * CIN;
     // The whole groups without a clamp; then a ragged last one, its channels
-    // past CIN reading CIN - 1.
-    for (int cg = 0; cg < CIN / GC; ++cg)
+    // past CIN reading CIN - 1. float16 is loaded 8 channels at once (converted
+    // one at a time it ran at a fifth of a copy's speed).
+    int c = 0;
+#ifdef USE_HALF
+    for (; c + 8 <= CIN / GC * GC; c += 8) {
+        const union { float8 v; float s[8]; } eight = {vload_half8(0, x + from + c)};
 #pragma unroll
-        for (int g = 0; g < GC; ++g)
-            STORE_IN(to, cg * width * GC + g, (ACC)LOAD(x, from + cg * GC + g));
+        for (int k = 0; k < 8; ++k)
+            STORE_IN(to, PACKED_AT(c + k, width), eight.s[k]);
+    }
+#endif
+    for (; c < CIN / GC * GC; ++c)
+        STORE_IN(to, PACKED_AT(c, width), (ACC)LOAD(x, from + c));
 #if CIN % GC
 #pragma unroll
     for (int g = 0; g < GC; ++g)

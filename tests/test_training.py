@@ -506,6 +506,29 @@ def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype):
     assert_close(out.get()[1:], want, dtype)
 
 
+@pytest.mark.parametrize("xpack", [False, True])
+@pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])
+def test_filter_gradient_float16_as_stored_and_widened(queue, wide, xpack, monkeypatch):
+    """float16 x and d widened to float32 first (CPUs: prelude.cl's widen, 8 halves a
+    work-item, or pack_x, 8 channels at a time) and loaded as stored (elsewhere), both on
+    every device here, from views that start inside a buffer, of sizes 8 does not divide,
+    x's 19 channels two eights, a pair and a ragged pair."""
+    skip_unsupported(queue, np.float16)
+    monkeypatch.setattr(filter_grad, "widens_inputs", lambda device, dtype: wide)
+    rng = np.random.default_rng()
+    value, dy, filters, rate = _problem((2, 9, 10, 13, 19, 3, 3, 2), "SAME", np.float16, rng)
+    assert value.size % 8 and dy.size % 8
+    conv = check_conv_args(dy.shape, filters.shape, rate, "SAME")
+    plan = filter_grad.layout(queue.device, np.dtype(np.float16), conv, tile=Tile(8, 8), gc=2,
+                              items=1, chunk_bytes=4000, ov=1, kt=3, xpack=xpack,
+                              cb=4 if xpack else 1)
+    out = poisoned(queue, filters.shape, np.float16)
+    filter_grad.launch(queue, _offset_view(queue, dy), _offset_view(queue, value), out, conv,
+                       plan)
+    want = reference.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, "SAME", dy)[1]
+    assert_close(out.get(), want, np.float16, context=f"wide {wide} {plan}")
+
+
 @pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 def test_vjps_with_their_default_layouts_past_the_packing_bound(queue, padding, k):
