@@ -169,8 +169,8 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     xpack = live and bool(xpack)
     if kt < 1 or kw % kt:
         raise ValueError(f"kt must divide the filters' width {kw}; got {kt}")
-    if not explicit_cb and not xpack:
-        cb = 1  # the default's groups are for x packed
+    if not xpack and (not explicit_cb or not live):
+        cb = 1  # the groups are for x packed (dropped, as xpack, where no tap lands)
     if cb < 1 or (cb > 1 and not xpack):
         raise ValueError(f"cb must be 1, or more with x packed; got {cb} (xpack {xpack})")
     n, hd, wd = args.output_shape[:3]
@@ -239,12 +239,15 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
         return memory.fill(queue, out, 0, wait)
     tile, gc, chunks, rows_per_chunk, count, ov, kt, xpack, cb = (
         layout(queue.device, out.dtype, args) if plan is None else plan)
+    if cb > 1 and not xpack:  # a plan made by hand (layout refuses it)
+        raise ValueError(f"cb must be 1, or more with x packed; got {cb} (xpack {xpack})")
     wide = widens_inputs(queue.device, out.dtype)
     options = build_options(out.dtype, args, tile, gc, ov, kt, wide, xpack, cb)
     kernels, lock = programs.get_kernels(queue.context, KERNEL_FILE, options)
     kh, kw, cin, cout = args.filters_shape
     n, hd, wd, _ = args.output_shape
     # Partial sums stay in the accumulation type: float32 for float16 storage (count has it).
+    # A buffer of its own (offset 0): filter_grad_sum's vector loads assume it aligned.
     partial = memory.scratch(queue, count * out.dtype.itemsize)
     try:
         with lock:

@@ -45,6 +45,14 @@
 // A vector whose lanes are a lane-wise view, for the ragged last channel tile.
 typedef union { VACC v; ACC s[BC]; } lanes_t;
 
+// stmt for each element [k][g][v] of a filter-gradient register tile, the loops
+// unrolled (see filter_grad_partial).
+#define FOR_TILE(stmt)                                                         \
+    _Pragma("unroll") for (int k = 0; k < KT; ++k)                             \
+    _Pragma("unroll") for (int g = 0; g < GC; ++g)                             \
+    _Pragma("unroll") for (int v = 0; v < OV; ++v)                             \
+        stmt
+
 #ifndef OV
 #define OV 1
 #endif
@@ -191,13 +199,7 @@ __kernel void filter_grad_partial(
     // Each kept 0 + its sum (+0 for a sum of -0 terms, as every sum had
     // before taps shared their loads).
     VACC acc[KT][GC][OV];
-#pragma unroll
-    for (int k = 0; k < KT; ++k)
-#pragma unroll
-        for (int g = 0; g < GC; ++g)
-#pragma unroll
-            for (int v = 0; v < OV; ++v)
-                acc[k][g][v] = (VACC)0;
+    FOR_TILE(acc[k][g][v] = (VACC)0);
 #if CB > 1
     // With CB groups, each group's tile waits in private memory between rows
     // (TILE(cb)); groups past x's last (a ragged CIN) are skipped. With one,
@@ -206,13 +208,7 @@ __kernel void filter_grad_partial(
     VACC accs[CB][KT][GC][OV];
     const int groups = min(CB, CG - c0 / GC);
     for (int cb = 0; cb < CB; ++cb)
-#pragma unroll
-        for (int k = 0; k < KT; ++k)
-#pragma unroll
-            for (int g = 0; g < GC; ++g)
-#pragma unroll
-                for (int v = 0; v < OV; ++v)
-                    accs[cb][k][g][v] = acc[k][g][v];
+        FOR_TILE(accs[cb][k][g][v] = acc[k][g][v]);
 #define TILE(cb) accs[cb]
 #else
     const int groups = 1;
@@ -230,24 +226,12 @@ __kernel void filter_grad_partial(
             VACC pad[OV];
             padding_terms(d, drow, o0, WD, WD, WD, pad);
             for (int cb = 0; cb < groups; ++cb)
-#pragma unroll
-                for (int k = 0; k < KT; ++k)
-#pragma unroll
-                    for (int g = 0; g < GC; ++g)
-#pragma unroll
-                        for (int v = 0; v < OV; ++v)
-                            TILE(cb)[k][g][v] += pad[v];
+                FOR_TILE(TILE(cb)[k][g][v] += pad[v]);
             continue;
         }
 #if CB > 1
         for (int cb = 0; cb < groups; ++cb) {
-#pragma unroll
-        for (int k = 0; k < KT; ++k)
-#pragma unroll
-            for (int g = 0; g < GC; ++g)
-#pragma unroll
-                for (int v = 0; v < OV; ++v)
-                    acc[k][g][v] = accs[cb][k][g][v];
+        FOR_TILE(acc[k][g][v] = accs[cb][k][g][v]);
 #else
         {
         const int cb = 0;
@@ -314,13 +298,7 @@ __kernel void filter_grad_partial(
             }
         }
 #if CB > 1
-#pragma unroll
-        for (int k = 0; k < KT; ++k)
-#pragma unroll
-            for (int g = 0; g < GC; ++g)
-#pragma unroll
-                for (int v = 0; v < OV; ++v)
-                    accs[cb][k][g][v] = acc[k][g][v];
+        FOR_TILE(accs[cb][k][g][v] = acc[k][g][v]);
 #endif
         }
     }

@@ -506,9 +506,9 @@ def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype):
     assert_close(out.get()[1:], want, dtype)
 
 
-@pytest.mark.parametrize("xpack", [False, True])
+@pytest.mark.parametrize("xpack, cb", [(False, 1), (True, 1), (True, 4)])
 @pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])
-def test_filter_gradient_float16_as_stored_and_widened(queue, wide, xpack, monkeypatch):
+def test_filter_gradient_float16_as_stored_and_widened(queue, wide, xpack, cb, monkeypatch):
     """float16 x and d widened to float32 first (CPUs: prelude.cl's widen, 8 halves a
     work-item, or pack_x, 8 channels at a time) and loaded as stored (elsewhere), both on
     every device here, from views that start inside a buffer, of sizes 8 does not divide,
@@ -520,8 +520,7 @@ def test_filter_gradient_float16_as_stored_and_widened(queue, wide, xpack, monke
     assert value.size % 8 and dy.size % 8
     conv = check_conv_args(dy.shape, filters.shape, rate, "SAME")
     plan = filter_grad.layout(queue.device, np.dtype(np.float16), conv, tile=Tile(8, 8), gc=2,
-                              items=1, chunk_bytes=4000, ov=1, kt=3, xpack=xpack,
-                              cb=4 if xpack else 1)
+                              items=1, chunk_bytes=4000, ov=1, kt=3, xpack=xpack, cb=cb)
     out = poisoned(queue, filters.shape, np.float16)
     filter_grad.launch(queue, _offset_view(queue, dy), _offset_view(queue, value), out, conv,
                        plan)
@@ -591,6 +590,13 @@ def test_filter_gradient_takes_channel_groups_in_turn_only_packed(queue, monkeyp
                         (Tile(8, 16), 2, 1, 512 << 10, 1, 3, True, 4))
     assert filter_grad.layout(queue.device, f32, conv).cb == 4
     assert filter_grad.layout(queue.device, f32, conv, xpack=False).cb == 1
+    # A plan made by hand is checked before any build.
+    plan = filter_grad.layout(queue.device, f32, conv)._replace(xpack=False)
+    x = cl_array.zeros(queue, conv.value_shape, np.float32)
+    d = cl_array.zeros(queue, conv.output_shape, np.float32)
+    out = cl_array.zeros(queue, conv.filters_shape, np.float32)
+    with pytest.raises(ValueError, match="cb must be 1, or more with x packed; got 4"):
+        filter_grad.launch(queue, x, d, out, conv, plan)
 
 
 @pytest.mark.parametrize("value_shape", [(1, 2000, 4, 128), (2, 3000, 9, 64)])
