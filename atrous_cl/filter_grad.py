@@ -58,20 +58,22 @@ def dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
 
 def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int,
                   ov: int = 1, kt: int = 1, wide: bool = False,
-                  xpack: bool = False, cb: int = 1) -> tuple[str, ...]:
+                  xpack: bool = False, cb: int = 1, one_chunk: bool = False) -> tuple[str, ...]:
     """``-D`` options for ``atrous_conv2d.cl``: dtype, problem and the filter gradient's tile.
 
     Its tile is ``kt`` taps of a filter row x ``gc`` input channels x ``ov``
     vectors of ``tile.channels`` output channels; ``wide``: float16 inputs
-    widened first (:func:`atrous_cl.launch.widens_inputs`). The problem must
-    have a live tap (:func:`dilation`).
+    widened first (:func:`atrous_cl.launch.widens_inputs`); ``one_chunk``: the
+    rows in one chunk, whose sums the partial kernel stores as the result. The
+    problem must have a live tap (:func:`dilation`).
     """
     kh, kw, cin, cout = args.filters_shape
     return TYPE_OPTIONS[np.dtype(dtype).type] + (
         f"-DBC={tile.channels}", f"-DOV={ov}", f"-DGC={gc}", f"-DKT={kt}", f"-DCB={cb}",
         f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
         f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*dilation(args)) + \
-        (("-DWIDE_INPUTS",) if wide else ()) + (("-DXPACK",) if xpack else ())
+        (("-DWIDE_INPUTS",) if wide else ()) + (("-DXPACK",) if xpack else ()) + \
+        (("-DONE_CHUNK",) if one_chunk else ())
 
 
 def tiles(device: cl.Device, dtype, filters_shape,
@@ -191,9 +193,9 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
         max_rows = max(max_rows, -(-(n * hd) // max(1, budget // max(1, per_chunk))))
     chunks, rows_per_chunk = row_chunks(n * hd, math.prod(geometry_one), items, max_rows)
     widened = 2 if np.dtype(dtype) == np.float16 else 1
-    return Layout(tile, gc, chunks, rows_per_chunk,
-                  widened * chunks * kh * kw * cin * tile.padded_channels(cout), ov, kt,
-                  xpack, cb)
+    # One chunk keeps no partial sums: the partial kernel stores the result (launch).
+    partials = widened * chunks * kh * kw * cin * tile.padded_channels(cout) if chunks > 1 else 0
+    return Layout(tile, gc, chunks, rows_per_chunk, partials, ov, kt, xpack, cb)
 
 
 def packed_width(args: ConvArgs) -> int:
@@ -242,13 +244,15 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
     if cb > 1 and not xpack:  # a plan made by hand (layout refuses it)
         raise ValueError(f"cb must be 1, or more with x packed; got {cb} (xpack {xpack})")
     wide = widens_inputs(queue.device, out.dtype)
-    options = build_options(out.dtype, args, tile, gc, ov, kt, wide, xpack, cb)
+    # One chunk: its sums are the result, stored by the partial kernel (no sum pass).
+    one_chunk = chunks == 1
+    options = build_options(out.dtype, args, tile, gc, ov, kt, wide, xpack, cb, one_chunk)
     kernels, lock = programs.get_kernels(queue.context, KERNEL_FILE, options)
     kh, kw, cin, cout = args.filters_shape
     n, hd, wd, _ = args.output_shape
     # Partial sums stay in the accumulation type: float32 for float16 storage (count has it).
     # A buffer of its own (offset 0): filter_grad_sum's vector loads assume it aligned.
-    partial = memory.scratch(queue, count * out.dtype.itemsize)
+    partial = (None if one_chunk else memory.scratch(queue, count * out.dtype.itemsize))
     try:
         with lock:
             if xpack:
@@ -267,14 +271,16 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
                 d_in, d_ready = (d.base_data, np.int64(element_offset(d))), None
             inputs = (*x_in, *d_in)
             ready = [*(e for e in (x_ready, d_ready) if e is not None), *wait]
+            sums = ((out.base_data, np.int64(element_offset(out))) if one_chunk
+                    else (partial, np.int64(0)))
             summed = enqueue(
                 kernels["filter_grad_partial"], queue,
                 launch_geometry(args.filters_shape, tile, gc, chunks, ov, kt, cb),
-                (*inputs, partial,
+                (*inputs, *sums,
                  np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
                  np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk)),
                 ready)
-            done = enqueue(kernels["filter_grad_sum"], queue,
+            done = summed if one_chunk else enqueue(kernels["filter_grad_sum"], queue,
                            ((tile.padded_channels(cout) // tile.channels, cin, kh * kw), None),
                            (partial, np.int32(chunks), out.base_data,
                             np.int64(element_offset(out))),

@@ -38,6 +38,9 @@
 //   XPACK      filter gradient: x comes packed by pack_x (GC input channels
 //              of a pixel next to the next pixel's, rows padded with TF's
 //              zeros to every column a tap reads), from element 0
+//   ONE_CHUNK  filter gradient in one chunk of rows: filter_grad_partial
+//              stores dfilters itself (T, from its offset), no
+//              filter_grad_sum
 // Spatial sizes stay run-time arguments. Offsets are 64-bit.
 
 // The type and vector macros (LOAD, STOREV, VACC, ...) come from prelude.cl.
@@ -61,6 +64,11 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 #endif
 #ifndef CB
 #define CB 1
+#endif
+#ifdef ONE_CHUNK
+#define PARTIAL_T T
+#else
+#define PARTIAL_T ACC
 #endif
 #if CB > 1 && !defined(XPACK)
 #error "CB > 1 needs XPACK"
@@ -96,7 +104,10 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 // partial[s, tap, c, o] = the filter gradient's sum over the rows
 // r = n * HD + i in [s * rows_per_chunk, (s + 1) * rows_per_chunk), in order.
 // x is [N, HX, WX, CIN], d [N, HD, WD, COUT]; partial is ACC, [S, KH * KW,
-// CIN, COUTP] (lanes past COUT hold garbage that filter_grad_sum skips).
+// CIN, COUTP] (lanes past COUT hold garbage that filter_grad_sum skips), from
+// partial_off = 0. With ONE_CHUNK (S = 1) it is dfilters itself, T, [KH * KW,
+// CIN, COUT] from partial_off: filter_grad_sum would copy one sum (a launch
+// that costs PyPI's PoCL about 50 us).
 // Global size (ceil(COUTP / (BC * OV)), ceil(CIN / (GC * CB)), KH * (KW / KT) * S).
 //
 // A work-item keeps a register tile of KT taps x GC input channels x OV
@@ -147,7 +158,7 @@ inline void padding_terms(__global const IN_T *restrict d, const long drow, cons
 __kernel void filter_grad_partial(
     __global const IN_T *restrict x, const long x_off,
     __global const IN_T *restrict d, const long d_off,
-    __global ACC *restrict partial,
+    __global PARTIAL_T *restrict partial, const long partial_off,
     const int HX, const int WX, const int HD, const int WD,
     const long rows, const long rows_per_chunk)
 {
@@ -311,12 +322,22 @@ __kernel void filter_grad_partial(
         for (int cb = 0; cb < groups; ++cb)
 #pragma unroll
         for (int k = 0; k < KT; ++k) {
+#ifdef ONE_CHUNK
+            const long base = partial_off + ((ta * KW + b0 + k) * (long)CIN + c0 + cb * GC)
+                              * COUT + ov;
+#pragma unroll
+            for (int g = 0; g < GC; ++g)
+                if (c0 + cb * GC + g < CIN)
+                    STORE_CHANNELS(partial, base + (long)g * COUT, TILE(cb)[k][g][v] + (VACC)0,
+                                   ov);
+#else
             const long base = ((s * KH * KW + ta * KW + b0 + k) * CIN + c0 + cb * GC)
                               * (long)COUTP + ov;
 #pragma unroll
             for (int g = 0; g < GC; ++g)
                 if (c0 + cb * GC + g < CIN)
                     STOREV_ACC(partial, base + (long)g * COUTP, TILE(cb)[k][g][v] + (VACC)0);
+#endif
         }
     }
 }

@@ -486,18 +486,21 @@ def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, sh
     assert_close(np.where(finite, got, 0), np.where(finite, want, 0), np.float32)
 
 
+@pytest.mark.parametrize("chunk_bytes", [4000, 1 << 30], ids=["chunks", "one-chunk"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
-def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype):
+def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype, chunk_bytes):
     """x packed by channel groups (xpack) from a view that starts inside its buffer, x's
     channels ragged in their groups; float16 widened while packed on CPUs (packed as
-    float16 elsewhere)."""
+    float16 elsewhere). Into a view of a poisoned array, from several chunks (their sums
+    added by filter_grad_sum) and from one (stored by the partial kernel itself)."""
     skip_unsupported(queue, dtype)
     rng = np.random.default_rng()
     value, dy, filters, rate = _problem((2, 9, 10, 12, 19, 3, 3, 2), "SAME", dtype, rng)
     conv = check_conv_args(dy.shape, filters.shape, rate, "SAME")
     plan = filter_grad.layout(queue.device, np.dtype(dtype), conv, tile=Tile(8, 8), gc=2,
-                              items=1, chunk_bytes=4000, ov=1, kt=3, xpack=True, cb=4)
-    assert plan.xpack and plan.chunks > 1, plan
+                              items=1, chunk_bytes=chunk_bytes, ov=1, kt=3, xpack=True, cb=4)
+    assert plan.xpack and (plan.chunks > 1) == (chunk_bytes == 4000), plan
+    assert (plan.partials == 0) == (plan.chunks == 1), plan
     out = poisoned(queue, (filters.shape[0] + 1, *filters.shape[1:]), dtype)
     filter_grad.launch(queue, _offset_view(queue, dy), _offset_view(queue, value), out[1:],
                        conv, plan)
