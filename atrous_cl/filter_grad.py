@@ -157,7 +157,8 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     save below: 2x32x32 48->32 with 2x2 taps lost 1.22-1.27x, 12.6M of them).
 
     Raises:
-        ValueError: ``kt`` does not divide the filters' width.
+        ValueError: ``kt`` does not divide the filters' width, or ``cb`` is below 1
+            or above 1 without x packed.
     """
     kh, kw, cin, cout = args.filters_shape
     live = dilation(args) is not None
@@ -173,8 +174,7 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
         raise ValueError(f"kt must divide the filters' width {kw}; got {kt}")
     if not xpack and (not explicit_cb or not live):
         cb = 1  # the groups are for x packed (dropped, as xpack, where no tap lands)
-    if cb < 1 or (cb > 1 and not xpack):
-        raise ValueError(f"cb must be 1, or more with x packed; got {cb} (xpack {xpack})")
+    _check_groups(cb, xpack)
     n, hd, wd = args.output_shape[:3]
     # A row of d and one of x, the data a chunk's row brings into the caches
     # (float32 for float16 widened first).
@@ -196,6 +196,13 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     # One chunk keeps no partial sums: the partial kernel stores the result (launch).
     partials = widened * chunks * kh * kw * cin * tile.padded_channels(cout) if chunks > 1 else 0
     return Layout(tile, gc, chunks, rows_per_chunk, partials, ov, kt, xpack, cb)
+
+
+def _check_groups(cb: int, xpack: bool) -> None:
+    """ValueError unless ``cb`` (channel groups a work-item takes in turn) is 1, or more
+    with x packed: the kernel reads each group's own packed rows."""
+    if cb < 1 or (cb > 1 and not xpack):
+        raise ValueError(f"cb must be 1, or more with x packed; got {cb} (xpack {xpack})")
 
 
 def packed_width(args: ConvArgs) -> int:
@@ -241,8 +248,7 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
         return memory.fill(queue, out, 0, wait)
     tile, gc, chunks, rows_per_chunk, count, ov, kt, xpack, cb = (
         layout(queue.device, out.dtype, args) if plan is None else plan)
-    if cb > 1 and not xpack:  # a plan made by hand (layout refuses it)
-        raise ValueError(f"cb must be 1, or more with x packed; got {cb} (xpack {xpack})")
+    _check_groups(cb, xpack)  # a plan made by hand too
     wide = widens_inputs(queue.device, out.dtype)
     # One chunk: its sums are the result, stored by the partial kernel (no sum pass).
     one_chunk = chunks == 1

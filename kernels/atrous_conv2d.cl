@@ -342,15 +342,15 @@ __kernel void filter_grad_partial(
     }
 }
 
-// xp[((n * HX + i) * CG + cg) * PACKED_W(WD) + p][g] = x[n, i, p - PAD_LEFT, cg * GC + g]
-// (ACC with WIDE_INPUTS), 0 where that column lies outside x; channels past CIN
-// read as channel CIN - 1 (their lanes are never stored): for XPACK. Global size
-// (PACKED_W(WD), N * HX).
 // Where channel c of a pixel goes in pack_x's copy, from the pixel's first: its
 // group's row, then its place in the group (the remainder written out, as in
 // filter_grad_partial).
 #define PACKED_AT(c, width) ((c) / GC * (width) * GC + ((c) - (c) / GC * GC))
 
+// xp[((n * HX + i) * CG + cg) * PACKED_W(WD) + p][g] = x[n, i, p - PAD_LEFT, cg * GC + g]
+// (ACC with WIDE_INPUTS), 0 where that column lies outside x; channels past CIN
+// read as channel CIN - 1 (their lanes are never stored): for XPACK. Global size
+// (PACKED_W(WD), N * HX).
 __kernel void pack_x(__global const T *restrict x, const long x_off,
                      __global IN_T *restrict xp, const int WX, const int WD)
 {

@@ -84,7 +84,7 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) vacc_unaligned;
 
 // wide[i] = x[x_off + i] in ACC for i < n, WIDEN_BY elements a work-item (one
 // each ran PyPI's PoCL and Intel's runtime at a fifth of a copy's speed). Global
-// size: ceil(n / WIDEN_BY).
+// size: ceil(n / WIDEN_BY) (atrous_cl.launch.WIDEN_BY, the same number).
 #define WIDEN_BY 8
 __kernel void widen(__global const T *restrict x, const long x_off, __global ACC *restrict wide,
                     const long n)
