@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Issue 13's figure: t_onnxruntime_conv_form / t_ours, per device, interleaved.
 
-``python benchmarks/conv_form_ratio.py [--devices 2:0 1:0] [--workloads A B ...] [--rounds N]``
+``python benchmarks/conv_form_ratio.py [--devices 2:0 1:0] [--workloads A B ...]
+[--shapes 1,33,33,256,256,3,12,SAME ...] [--rounds N]``
 
 A lighter ``atrous-cl bench``: the same rounds (:func:`atrous_cl.bench.run`,
 interleaved, a new order each round, results checked), but only our host API
@@ -26,13 +27,15 @@ from atrous_cl import bench, discovery
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", default=["2:0", "1:0"])
-    parser.add_argument("--workloads", nargs="+", default=[wl.name for wl in bench.WORKLOADS])
+    parser.add_argument("--workloads", nargs="*", default=None,
+                        help="named workloads (default: all, or none where --shapes are given)")
+    parser.add_argument("--shapes", nargs="*", default=[], help="N,H,W,CIN,COUT,K,RATE,PADDING")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     infos = {info.selector: info for info in discovery.devices()}
     impls = {f"ours {sel}": bench.Impl(bench._ours(infos[sel])) for sel in args.devices}
     impls["ort Conv"] = bench.Impl(bench._onnxruntime("NCHW", conv_form=True), "NCHW")
-    workloads = [wl for wl in bench.WORKLOADS if wl.name in args.workloads]
+    workloads = bench.selected_workloads(args.workloads, args.shapes)
     times, _ = bench.run(workloads, rounds=args.rounds, impls=impls)
     print("| workload | " + " | ".join(f"{n} ms" for n in impls)
           + " | " + " | ".join(f"ratio {sel}" for sel in args.devices) + " |")
@@ -46,7 +49,7 @@ def main() -> None:
             row.append(f"{r:.2f}")
         print(f"| {wl.name} | " + " | ".join(row) + " |")
     for sel in args.devices:
-        ad = [r for name, r in ratios[sel] if name in "ABCD"]
+        ad = [r for name, r in ratios[sel] if name in ("A", "B", "C", "D")]
         if ad:
             print(f"{sel}: geomean A-D {math.exp(sum(map(math.log, ad)) / len(ad)):.2f}x")
 
