@@ -174,3 +174,44 @@ def _reaching(reader: int, read: int) -> tuple[int, int]:
     """``(lo, hi)``: the offsets ``a * rate - crop`` by which some pixel of an axis of
     ``reader`` pixels reads one of ``read`` (pixel ``p`` reads ``p - offset``)."""
     return 1 - read, reader - 1
+
+
+# The direct and Winograd kernels' work along one axis, in multiplies per input
+# and output channel, for choosing between them (atrous_cl.tiles.default_for,
+# atrous_cl.launch.consecutive_pixels). Output pixel ``p`` reads input ``p + crop -
+# a * rate`` through tap ``a``; ``out`` and ``read`` are the output and input sizes.
+
+def live_pixel_taps(out: int, read: int, k: int, rate: int, crop: int) -> int:
+    """The pairs of output pixel and tap whose input lies inside ``[0, read)``: the
+    terms of the sum along an axis (the direct kernels skip rows outside)."""
+    return sum(max(0, min(out, read - crop + a * rate) - max(0, a * rate - crop))
+               for a in range(k))
+
+
+def phase_tile_taps(out: int, k: int, rate: int, tile: int) -> int:
+    """Pixel-taps the direct kernel's phase tiles compute along a row: tiles of ``tile``
+    outputs ``rate`` apart (no wider than a phase), every tap of every slot."""
+    per_phase = -(-out // rate)
+    width = min(tile, per_phase)
+    return min(rate, out) * -(-per_phase // width) * width * k
+
+
+def consecutive_tile_taps(out: int, read: int, k: int, rate: int, crop: int, tile: int) -> int:
+    """Pixel-taps the direct kernel's tiles of ``tile`` consecutive outputs compute along
+    a row: per tile, the taps whose inputs reach ``[0, read)`` for one of its pixels."""
+    tiles = -(-out // tile)
+    total = 0
+    for a in range(k):
+        shift = crop - a * rate  # tile t reaches iff -tile < t * tile + shift < read
+        first = max(0, (-tile - shift) // tile + 1)
+        last = min(tiles - 1, -(-(read - shift) // tile) - 1)
+        total += max(0, last - first + 1) * tile
+    return total
+
+
+def winograd_blocks(out: int, rate: int, group: int) -> int:
+    """2-output blocks the Winograd kernel computes along an axis, in groups of up to
+    ``group`` blocks along one phase (1 down the columns)."""
+    blocks = -(-(-(-out // rate)) // 2)
+    group = min(group, blocks)
+    return min(rate, out) * -(-blocks // group) * group
