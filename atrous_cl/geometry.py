@@ -197,8 +197,10 @@ def phase_tile_taps(out: int, k: int, rate: int, tile: int) -> int:
 
 
 def consecutive_tile_taps(out: int, read: int, k: int, rate: int, crop: int, tile: int) -> int:
-    """Pixel-taps the direct kernel's tiles of ``tile`` consecutive outputs compute along
-    a row: per tile, the taps whose inputs reach ``[0, read)`` for one of its pixels."""
+    """Pixel-taps the direct kernel's tiles of ``tile`` consecutive outputs (no more than
+    ``out``) compute along a row: per tile, the taps whose inputs reach ``[0, read)`` for
+    one of its pixels."""
+    tile = min(tile, out)
     tiles = -(-out // tile)
     total = 0
     for a in range(k):

@@ -23,8 +23,8 @@ import pyopencl.array as cl_array
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, facts, is_intel_cpu, status_name
-from atrous_cl.tiles import (Tile, acc_itemsize, default_tile, pixel_vector, winograd_local_bytes,
-                             winograd_parts)
+from atrous_cl.tiles import (Tile, acc_itemsize, default_tile, direct_columns, pixel_vector,
+                             winograd_local_bytes, winograd_parts)
 from atrous_cl.validation import ConvArgs, TransposeArgs
 
 #: The kernel file this layer launches.
@@ -79,13 +79,15 @@ def dilation_options(rate_h: int, crop_top: int, rate_w: int, crop_left: int) ->
 
 
 def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
-                  forward_filters: bool = False, wide: bool = False) -> tuple[str, ...]:
+                  forward_filters: bool = False, wide: bool = False,
+                  blocked: bool = True) -> tuple[str, ...]:
     """``-D`` options specialising the kernel for a dtype, a problem and a tile.
 
     Channel counts, kernel size, rate and pads are baked in so the compiler can
     unroll; spatial sizes stay run-time arguments, so one build serves every
     image size. ``forward_filters``: see :func:`transpose`; ``wide``:
-    :func:`widens_inputs`. The problem must have a live tap (:func:`kernel_dilation`).
+    :func:`widens_inputs`; ``blocked``: :func:`blocks_weights`. The problem must have a
+    live tap (:func:`kernel_dilation`).
     """
     kh, kw, cout, cin = args.filters_shape
     return TYPE_OPTIONS[np.dtype(dtype).type] + (f"-DBW={tile.pixels}", f"-DBC={tile.channels}",
@@ -93,7 +95,8 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
                     f"-DKH={kh}", f"-DKW={kw}") + \
         dilation_options(*kernel_dilation(args, forward_filters)) + \
         (("-DFORWARD_FILTERS",) if forward_filters else ()) + (("-DWIDE_INPUTS",) if wide else ()) + \
-        ((f"-DOV={tile.vectors}",) if tile.vectors > 1 else ())
+        ((f"-DOV={tile.vectors}",) if tile.vectors > 1 else ()) + \
+        ((f"-DWB={tile.channels * tile.vectors}",) if blocked else ())
 
 
 def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
@@ -196,12 +199,15 @@ def launch_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_w:
     return global_size, (channel_tiles, along_row, down)
 
 
-def repack_geometry(filters_shape: tuple[int, int, int, int],
-                    tile: Tile) -> tuple[tuple[int, int], None]:
+def repack_geometry(filters_shape: tuple[int, int, int, int], tile: Tile,
+                    blocked: bool = True) -> tuple[tuple[int, int, int], None]:
     """``(global_size, local_size)`` of ``repack_filters``: one work-item per output
-    channel (padded) and tap, each looping over the input channels."""
+    channel (padded) and tap, each looping over the input channels; the channels as
+    blocks of ``WB`` (:func:`build_options`' ``blocked``) times their lanes."""
     kh, kw, cout, cin = filters_shape
-    return (tile.padded_channels(cout), kh * kw), None
+    padded = tile.padded_channels(cout)
+    block = tile.channels * tile.vectors if blocked else padded
+    return (block, padded // block, kh * kw), None
 
 
 #: Host filters up to this size whose bytes equal the last ones repacked on a
@@ -305,6 +311,7 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
         return None
     ow = args.output_shape[2]
     vector = pixel_vector(device, dtype, args.filters_shape)
+    blocked = blocks_weights(device)
     if tile.winograd and vector is None:
         if winograd_runs(device, dtype, args, tile):
             return _winograd_plan(context, device, dtype, args, tile, forward_filters, dilation)
@@ -313,21 +320,49 @@ def plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpos
         # One channel in and out: VW consecutive pixels per work-item, a
         # vector (atrous_conv2d_transpose_pixels).
         tile, main_kernel = Tile(vector, 1), "atrous_conv2d_transpose_pixels"
-        options = build_options(dtype, args, tile, forward_filters, wide) + (f"-DVW={vector}",)
+        options = (build_options(dtype, args, tile, forward_filters, wide, blocked)
+                   + (f"-DVW={vector}",))
+    elif consecutive_pixels(args, tile, dilation):
+        tile = tile._replace(pixels=min(tile.pixels, ow))
+        main_kernel = "atrous_conv2d_transpose_rows"
+        options = (build_options(dtype, args, tile, forward_filters, wide, blocked)
+                   + ("-DCONSECUTIVE",))
     else:
         # No wider than a phase's columns: E's 8-pixel images at rate 2 have 4,
         # and an 8-pixel tile would compute as many pixels for nothing.
         tile = tile._replace(pixels=min(tile.pixels, -(-ow // dilation[2])))
         main_kernel = "atrous_conv2d_transpose"
-        options = build_options(dtype, args, tile, forward_filters, wide)
+        options = build_options(dtype, args, tile, forward_filters, wide, blocked)
     kernels, lock = programs.get_kernels(context, KERNEL_FILE, options)
     itemsize = 4 if wide else np.dtype(dtype).itemsize
-    main = (pixels_geometry(args.output_shape, vector, is_intel_cpu(device)) if vector is not None
-            else launch_geometry(args.output_shape, tile, dilation[2],
-                                 _max_group(kernels[main_kernel], device)))
+    if vector is not None:
+        main = pixels_geometry(args.output_shape, vector, is_intel_cpu(device))
+    else:  # tiles of consecutive columns are laid out as phase tiles at a rate of 1
+        main = launch_geometry(args.output_shape, tile,
+                               1 if main_kernel.endswith("_rows") else dilation[2],
+                               _max_group(kernels[main_kernel], device))
     packed_nbytes = packed_elements(args.filters_shape, tile.padded_channels(args.filters_shape[2]))
     return Plan(kernels, main_kernel, lock, options, wide, packed_nbytes * itemsize,
-                repack_geometry(args.filters_shape, tile), main, _sizes(args), {})
+                repack_geometry(args.filters_shape, tile, blocked), main, _sizes(args), {})
+
+
+def blocks_weights(device: cl.Device) -> bool:
+    """Whether the direct kernel's packed weights come in blocks of a work-item's output
+    channels (``-DWB``, see the kernel file) rather than one row of every channel per tap
+    and input channel: on CPUs, where a work-item then reads its weights in one run
+    (1x64x64 256->256 rate 1 took 52 ms in one row, 28 in blocks, Intel's runtime); not
+    on GPUs (Oclgrind, which says CPU and GPU, takes blocks), where neighbouring
+    work-items, neighbouring channel tiles, load neighbouring weights of one row together."""
+    kind = facts(device).type
+    return not (kind & cl.device_type.GPU and not kind & cl.device_type.CPU)
+
+
+def consecutive_pixels(args: TransposeArgs, tile: Tile, dilation) -> bool:
+    """Whether the direct kernel runs ``tile`` on consecutive output columns
+    (``atrous_conv2d_transpose_rows``) rather than one phase's, with the kernel's
+    ``dilation`` (:func:`kernel_dilation`): :func:`atrous_cl.tiles.direct_columns`."""
+    return direct_columns(args.output_shape[2], args.value_shape[2], args.filters_shape[1],
+                          dilation[2], dilation[3], tile.pixels)[1]
 
 
 def winograd_runs(device: cl.Device, dtype, args: TransposeArgs, tile: Tile) -> bool:
@@ -355,7 +390,8 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
     kernels, lock = programs.get_kernels(context, WINOGRAD_FILE, options)
     packed = packed_elements(args.filters_shape, tile.padded_channels(cout), winograd=True)
     return Plan(kernels, "winograd_transpose", lock, options, False, packed * acc_itemsize(dtype),
-                ((tile.padded_channels(cout), cin), None),
+                ((tile.channels * tile.vectors, tile.padded_channels(cout)
+                  // (tile.channels * tile.vectors), cin), None),
                 winograd_geometry(args.output_shape, tile, dilation[0], dilation[2]),
                 _sizes(args), {}, WINOGRAD_FILE)
 

@@ -220,7 +220,10 @@ def build_options(dtype, args: TransposeArgs, tile: LocalTile, forward_filters: 
         raise ValueError(f"tile {tile} needs {staging_bytes(dtype, args, tile, Staging(1, 1))} "
                          f"bytes of local memory for {np.dtype(dtype).name}, more than the "
                          f"{budget} it may take; use a smaller work-group or fewer pixels")
-    shared = register_build_options(dtype, args, Tile(tile.pixels, tile.channels), forward_filters)
+    # The packed weights in one row of every channel, [KH, KW, CIN, COUTP], as this kernel
+    # reads them.
+    shared = register_build_options(dtype, args, Tile(tile.pixels, tile.channels), forward_filters,
+                                    blocked=False)
     return shared + (f"-DLX={tile.width}", f"-DLY={tile.height}", f"-DLC={tile.slices}",
                      f"-DOC={staging.chunk}", f"-DOCS={staging.stride}", f"-DST={staging.taps}")
 
@@ -277,7 +280,8 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
     # kernel reads besides (packed_elements); this kernel reads the weights only.
     packed = packed_elements(args.filters_shape, tile.padded_channels(cout)) * np.dtype(dtype).itemsize
     return _Plan(repack["repack_filters"], repack_lock, kernel, main_lock, options, packed,
-                 repack_geometry(args.filters_shape, Tile(tile.pixels, tile.channels)),
+                 repack_geometry(args.filters_shape, Tile(tile.pixels, tile.channels),
+                                 blocked=False),
                  geometry(args.output_shape, tile),
                  (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
                   np.int32(ow)))

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pyopencl as cl
 
+from atrous_cl import geometry
 from atrous_cl.facts import facts, is_intel_cpu, is_pocl
 
 
@@ -252,7 +253,9 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     """The untuned tile of a problem (``args``: :class:`atrous_cl.validation.TransposeArgs`):
     on a CPU, the Winograd kernel's (:func:`winograd_tile`) where it runs with at most
     half the direct sum's multiplies (3x3 filters, 6x6, 9x9, 3x6: one 3x3 part per 9
-    taps or fewer), each phase has two rows and columns or more (a 2x2 block), and
+    taps or fewer), each phase has two rows and columns or more (a 2x2 block), its
+    blocks on the problem's phases take at most 0.8 of the direct kernel's multiplies
+    (:func:`winograd_pays`: not at rates large against the image), and
     :func:`winograd_enabled`, unless Intel's runtime runs the direct 8x1 tile faster (3
     output channels or fewer in float32, 2 in float64; float16 keeps Winograd: 3x3 filters,
     1x256x256 64->1, 2, 3 rate 2, float32, 8x1 took 0.54, 0.65, 0.90 of the Winograd
@@ -284,9 +287,67 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
             and parts is not None and 8 * parts <= kh * kw
             and min(-(-oh // args.rate), -(-ow // args.rate)) >= 2):
         tile = winograd_tile(device, dtype, args.filters_shape)
-        if tile is not None:
+        if tile is not None and winograd_pays(args, tile, default_tile(device, dtype, cout)):
             return tile
     return default_tile(device, dtype, cout)
+
+
+#: The direct kernel takes tiles of consecutive output columns where they compute at most
+#: this share of its phase tiles' pixel-taps (:func:`direct_columns`).
+CONSECUTIVE_BELOW = 0.9
+
+
+def direct_columns(ow: int, w: int, kw: int, rate: int, crop: int,
+                   pixels: int) -> tuple[int, bool]:
+    """``(pixel_taps, consecutive)``: the pixel-taps the direct kernel computes along an
+    output row of ``ow`` columns, reading ``w``, with tiles of ``pixels`` columns, and
+    whether those are consecutive columns (``atrous_conv2d_transpose_rows``) rather
+    than one phase's, ``rate`` apart (:func:`atrous_cl.geometry.phase_tile_taps`,
+    :func:`~atrous_cl.geometry.consecutive_tile_taps`; ``rate`` and ``crop``: the
+    kernel's, :func:`atrous_cl.launch.kernel_dilation`). Consecutive where they compute
+    at most :data:`CONSECUTIVE_BELOW` of the phase tiles' taps: where a rate is large
+    against the image, so a phase has few columns and most of its window's taps read
+    outside the image, which consecutive tiles skip. Kernels alone (a profiling queue,
+    Intel's runtime, 4x8x2): 1x33x33 256->256 rate 18 SAME 19.1 -> 6.4 ms, 1x65x65 rate
+    12 70.4 -> 43.5; at equal work the two ran in 0.88-1.08 of each other's time
+    (``docs/performance.md``)."""
+    phase = geometry.phase_tile_taps(ow, kw, rate, pixels)
+    consecutive = geometry.consecutive_tile_taps(ow, w, kw, rate, crop, pixels)
+    return (consecutive, True) if consecutive <= CONSECUTIVE_BELOW * phase else (phase, False)
+
+
+#: The Winograd kernel is the default where it computes at most this share of the
+#: direct kernel's multiplies (:func:`winograd_pays`).
+WINOGRAD_BELOW = 0.8
+
+
+def winograd_pays(args, tile: Tile, direct: Tile) -> bool:
+    """Whether the Winograd ``tile`` beats the ``direct`` one on a problem, by a count of
+    multiplies per input and output channel: the Winograd kernel's 16 per 2x2 block and
+    3x3 part, over every block of its groups of ``tile.pixels`` along a phase's row
+    (:func:`atrous_cl.geometry.winograd_blocks`), against the direct kernel's terms of
+    live rows times the pixel-taps its tiles compute along a row (:func:`direct_columns`):
+    at most :data:`WINOGRAD_BELOW` of them, and groups of two blocks or more along a row
+    (groups of one left the kernel reading its transformed filters for every block: 2.6x
+    the direct kernel's time on 1x33x33 256->256 rate 18 where the count gave 1.3x).
+    Where a rate is large against the image, so phases have few rows and columns, the
+    Winograd kernel's blocks run past them and it transforms taps that read outside the
+    image, which the direct kernel skips: 1x33x33 256->256 rate 12 SAME 1.75x the
+    direct kernel's time, rate 6 0.73, rate 1 0.59 (Intel's runtime; the count: 1.64,
+    0.69, 0.58; ``docs/performance.md``)."""
+    kh, kw, _, _ = args.filters_shape
+    (_, oh, ow, _), (_, h, w, _) = args.output_shape, args.value_shape
+    dilation = geometry.kernel_dilations((kh, kw), args.rate, args.pads, (oh, ow), (h, w))
+    if dilation is None:
+        return False
+    rate_h, crop_top, rate_w, crop_left = dilation
+    if min(tile.pixels, -(-(-(-ow // rate_w)) // 2)) < 2:
+        return False
+    winograd = (16 * winograd_parts(kh, kw) * geometry.winograd_blocks(oh, rate_h, 1)
+                * geometry.winograd_blocks(ow, rate_w, tile.pixels))
+    along, _ = direct_columns(ow, w, kw, rate_w, crop_left, direct.pixels)
+    direct = geometry.live_pixel_taps(oh, h, kh, rate_h, crop_top) * along
+    return winograd <= WINOGRAD_BELOW * direct
 
 
 #: Outputs from which a GPU's untuned tile takes two output channels where there are 64

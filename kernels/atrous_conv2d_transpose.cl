@@ -9,22 +9,30 @@
 // scatter in atrous_cl/reference.py. value and out are NHWC, filters
 // [KH, KW, COUT, CIN], each C-contiguous from an element offset.
 //
-// repack_filters first copies the filters to wt [KH, KW, CIN, COUTP], output
-// channels innermost and zero-padded to COUTP (a multiple of BC), so one
-// vector load fetches BC output channels of a tap, and notes which weights
-// are finite. Each work-item of the main kernel then accumulates a register
-// tile of BW output pixels of one row, RATE_W apart, times BC output
-// channels: one value load feeds up to KW * BC multiply-adds, one weight
-// vector BW of them.
+// repack_filters first copies the filters to wt [COUTP / WB, KH, KW, CIN, WB]:
+// on CPUs blocks of WB output channels (a work-item's, BC * OV; in one row of
+// every channel, [KH, KW, CIN, COUTP], a work-item of 256->256 read its
+// weights 1 KiB apart: 1x64x64 took 52 ms, in blocks 28), on GPUs one block
+// (WB = COUTP, which neighbouring work-items load together); output channels
+// innermost and zero-padded to COUTP (a multiple of BC), so one vector load
+// fetches BC output channels of a tap. It notes which weights are finite.
+// Each work-item of the main kernel then accumulates a register tile of BW
+// output pixels of one row, RATE_W apart, times BC output channels: one value
+// load feeds up to KW * BC multiply-adds, one weight vector BW of them. With
+// CONSECUTIVE the main kernel is atrous_conv2d_transpose_rows instead, whose
+// tiles are BW consecutive columns, for rates large against the image.
 //
 // Build options (-D):
 //   T, ACC     storage and accumulation types: float/float, double/double or
 //              half/float (half is storage only, via vload_half/vstore_half,
 //              so it needs no cl_khr_fp16); USE_HALF / USE_FP64 accordingly
-//   BW, BC     the tile: output pixels (RATE_W apart) x output channels; BC
-//              in 1, 2, 4, 8, 16
+//   BW, BC     the tile: output pixels (RATE_W apart, or consecutive with
+//              CONSECUTIVE) x output channels; BC in 1, 2, 4, 8, 16
 //   OV         vectors of BC output channels per work-item (default 1); COUTP
 //              is then a multiple of BC * OV
+//   WB         output channels per block of the packed weights: BC * OV, or
+//              COUTP (the default: one block, [KH, KW, CIN, COUTP], as the
+//              local-memory kernel file reads them)
 //   CIN, COUT, COUTP, KH, KW, RATE_H, RATE_W, PAD_TOP, PAD_LEFT
 //              the problem's channel counts, kernel, rate and crop pads, so
 //              the compiler can unroll the tap and channel loops. The rate
@@ -33,6 +41,8 @@
 //              taps (atrous_cl.geometry.equivalent_dilation), and the row and
 //              column arithmetic is 64-bit, so no rate overflows it
 //   FORWARD_FILTERS, WIDE_INPUTS   see repack_filters and WIDE_INPUTS below
+//   CONSECUTIVE  builds atrous_conv2d_transpose_rows; VW the one-channel
+//              kernel atrous_conv2d_transpose_pixels (see each)
 // Spatial sizes stay run-time arguments: one build serves every image size.
 // Offsets are 64-bit, so tensors past 2^31 elements index correctly.
 
@@ -57,23 +67,37 @@
 #define STORE_WT(p, i, v) STORE(p, i, v)
 #endif
 
-// wt[tap, o, c] = filters[tap, c, o] for c < COUT, 0 for COUT <= c < COUTP.
+// wt[c / WB, tap, o, c % WB] = filters[tap, c, o] for c < COUT, 0 for COUT <= c < COUTP.
 // With FORWARD_FILTERS the filters are the forward atrous_conv2d's,
-// [KH, KW, CIN, COUT], and the taps are flipped: wt[tap, o, c] =
+// [KH, KW, CIN, COUT], and the taps are flipped: wt[c / WB, tap, o, c % WB] =
 // filters[KH * KW - 1 - tap, o, c]. The kernel below then computes that
 // forward convolution, given the crop pads (k - 1) * RATE - (TF's pad).
 // After the weights, at FINITE, wt[FINITE + tap * COUTP + c] is 0 when every
 // weight of tap and output channel c is finite, else NaN (w - w is NaN
 // exactly for Inf and NaN): see zero_slots in the main kernel. At ZEROS, CIN
 // zeros follow, which the main kernel reads for input columns outside value.
-// Global size (COUTP, KH * KW).
+// Global size (WB, COUTP / WB, KH * KW): lane, block, tap (no division by WB:
+// clang pairs a / and % through an LLVM 'freeze', which Oclgrind's
+// uninitialised-value checker cannot run).
+#ifndef WB
+#define WB COUTP
+#endif
+// Where the weights of output channel c0 (a multiple of WB) start: in blocks,
+// (c0 / WB) * KH * KW * CIN * WB; in one row, c0 itself.
+#if WB == COUTP
+#define WT_BLOCK(c0) ((long)(c0))
+#else
+#define WT_BLOCK(c0) ((long)(c0) * KH * KW * CIN)
+#endif
 #define FINITE ((long)KH * KW * CIN * COUTP)
 #define ZEROS (FINITE + (long)KH * KW * COUTP)
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
                              __global WT_T *restrict wt)
 {
-    const int c = (int)get_global_id(0);
-    const long tap = get_global_id(1);
+    const int lane = (int)get_global_id(0);
+    const int c = (int)get_global_id(1) * WB + lane;
+    const long tap = get_global_id(2);
+    __global WT_T *to = wt + WT_BLOCK(c - lane) + lane;
     ACC finite = 0;
     for (int o = 0; o < CIN; ++o) {
 #ifdef FORWARD_FILTERS
@@ -83,7 +107,7 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
 #endif
         const ACC w = c < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
         finite += w - w;
-        STORE_WT(wt, (tap * CIN + o) * COUTP + c, w);
+        STORE_WT(to, (tap * CIN + o) * WB, w);
     }
     STORE_WT(wt, FINITE + tap * COUTP + c, finite);
     if (tap == 0)
@@ -115,11 +139,32 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
 #define TAPS_OF_WINDOW(x, w_a, o)                                               \
     _Pragma("unroll") for (int b = 0; b < KW; ++b) {                            \
         _Pragma("unroll") for (int v = 0; v < OV; ++v) {                        \
-            const VACC w = LOADV_WT(w_a, ((long)b * CIN + (o)) * COUTP + v * BC); \
+            const VACC w = LOADV_WT(w_a, ((long)b * CIN + (o)) * WB + v * BC);    \
             _Pragma("unroll") for (int px = 0; px < BW; ++px)                   \
                 acc[px][v] += x[px - b + KW - 1] * w;                           \
         }                                                                       \
     }
+
+// Whether every weight of output channels c0 .. c0 + BC * OV, at every tap, is
+// finite: from the notes repack_filters left at FINITE.
+bool weights_finite(__global const WT_T *restrict wt, const int c0)
+{
+    VACC z = (VACC)0;
+    for (long tap = 0; tap < KH * KW; ++tap)
+#pragma unroll
+        for (int v = 0; v < OV; ++v)
+            z += LOADV_WT(wt, FINITE + tap * COUTP + c0 + v * BC);
+#if BC == 1
+    return z == (ACC)0;
+#else
+    union { VACC v; ACC s[BC]; } lanes = {z};
+    ACC sum = 0;
+#pragma unroll
+    for (int cc = 0; cc < BC; ++cc)
+        sum += lanes.s[cc];
+    return sum == (ACC)0;
+#endif
+}
 
 __kernel void atrous_conv2d_transpose(
     __global const VALUE_T *restrict value, const long value_off,
@@ -163,24 +208,7 @@ __kernel void atrous_conv2d_transpose(
 #ifdef FORWARD_FILTERS
     const bool zero_slots = true;
 #else
-    bool zero_slots = false;
-    if (!interior) {
-        VACC z = (VACC)0;
-        for (long tap = 0; tap < KH * KW; ++tap)
-#pragma unroll
-            for (int v = 0; v < OV; ++v)
-                z += LOADV_WT(wt, FINITE + tap * COUTP + c0 + v * BC);
-#if BC == 1
-        zero_slots = z == (ACC)0;
-#else
-        union { VACC v; ACC s[BC]; } lanes = {z};
-        ACC sum = 0;
-#pragma unroll
-        for (int cc = 0; cc < BC; ++cc)
-            sum += lanes.s[cc];
-        zero_slots = sum == (ACC)0;
-#endif
-    }
+    const bool zero_slots = !interior && weights_finite(wt, c0);
 #endif
 
     for (int a = 0; a < KH; ++a) {
@@ -191,7 +219,7 @@ __kernel void atrous_conv2d_transpose(
             continue;
 #endif
         const long row = value_off + (n * H + (row_inside ? i : 0)) * (long)W * CIN;
-        __global const WT_T *w_a = wt + (long)a * KW * CIN * COUTP + c0;
+        __global const WT_T *w_a = wt + WT_BLOCK(c0) + (long)a * KW * CIN * WB;
         if (interior && row_inside) {
             // Every slot's input column lies inside value.
             __global const VALUE_T *v = value + row + j_first * CIN;
@@ -243,7 +271,7 @@ __kernel void atrous_conv2d_transpose(
                 for (int b = 0; b < KW; ++b) {
 #pragma unroll
                     for (int v = 0; v < OV; ++v) {
-                        const VACC w = LOADV_WT(w_a, ((long)b * CIN + o) * COUTP + v * BC);
+                        const VACC w = LOADV_WT(w_a, ((long)b * CIN + o) * WB + v * BC);
 #pragma unroll
                         for (int px = 0; px < BW; ++px) {
                             const VACC sum = acc[px][v] + x[px - b + KW - 1] * w;
@@ -265,6 +293,133 @@ __kernel void atrous_conv2d_transpose(
         }
     }
 }
+
+#ifdef CONSECUTIVE
+// acc[px][v] += x[px] * w_ab[channel o, vector v] for the BW pixels of a tap.
+#define PIXELS_OF_TAP(x, w_ab, o)                                               \
+    _Pragma("unroll") for (int v = 0; v < OV; ++v) {                            \
+        const VACC w = LOADV_WT(w_ab, (long)(o) * WB + v * BC);                 \
+        _Pragma("unroll") for (int px = 0; px < BW; ++px)                       \
+            acc[px][v] += x[px] * w;                                            \
+    }
+
+// The same sum with a tile of BW consecutive output pixels of a row (built
+// with CONSECUTIVE): for rates large against the image, where a phase has a
+// few columns (DeepLab's ASPP rates, 6 to 36, on feature maps of 33 or 65
+// pixels), so its tiles above are narrow, most of their window's slots lie
+// outside value, and their taps multiply zeros. Tap b of pixel px reads input
+// column j0 + px, j0 = q0 + PAD_LEFT - b * RATE_W: a tap whose BW columns (or
+// row) all lie outside value is skipped, one whose columns all lie inside
+// reads BW consecutive inputs, and one across the border reads CIN zeros for
+// its outside pixels, or, with a non-finite weight, adds no term for them by a
+// select, as the border tiles above do. The forward conv (FORWARD_FILTERS)
+// skips taps outside value only where the tile's weights are all finite: its
+// terms there are 0 * w, which add nothing then (and NaN else).
+// Terms are added by tap rows, tap columns, input channels.
+// Global size (COUTP / (BC * OV), ceil(OW / BW), N * OH).
+__kernel void atrous_conv2d_transpose_rows(
+    __global const VALUE_T *restrict value, const long value_off,
+    __global const WT_T *restrict wt,
+    __global T *restrict out, const long out_off,
+    const int H, const int W, const int OH, const int OW)
+{
+    const int c0 = (int)get_global_id(0) * (BC * OV);
+    const long q0 = (long)get_global_id(1) * BW;
+    const long row_id = get_global_id(2);  // n * OH + p
+    const long n = row_id / OH;
+    const int p = (int)(row_id - n * OH);
+
+    VACC acc[BW][OV];
+#pragma unroll
+    for (int px = 0; px < BW; ++px)
+#pragma unroll
+        for (int v = 0; v < OV; ++v)
+            acc[px][v] = (VACC)0;
+
+#ifdef FORWARD_FILTERS
+    const bool skip_outside = weights_finite(wt, c0);
+    const bool zero_slots = true;
+#else
+    const bool skip_outside = true;
+    // Some tap of the tile crosses the border: whether its outside pixels may
+    // read zeros (every weight finite), as zero_slots above.
+    const bool border = q0 + PAD_LEFT - (KW - 1) * RATE_W < 0 || q0 + BW - 1 + PAD_LEFT >= W;
+    const bool zero_slots = !border || weights_finite(wt, c0);
+#endif
+
+    for (int a = 0; a < KH; ++a) {
+        const long i = p + PAD_TOP - a * RATE_H;
+        const bool row_inside = i >= 0 && i < H;
+        if (!row_inside && skip_outside)
+            continue;
+        const long row = value_off + (n * H + (row_inside ? i : 0)) * (long)W * CIN;
+        for (int b = 0; b < KW; ++b) {
+            const long j0 = q0 + PAD_LEFT - b * RATE_W;
+            const bool none_inside = !row_inside || j0 >= W || j0 + BW <= 0;
+            if (none_inside && skip_outside)
+                continue;
+            __global const WT_T *w_ab = wt + WT_BLOCK(c0) + ((long)a * KW + b) * CIN * WB;
+            if (row_inside && j0 >= 0 && j0 + BW <= W) {
+                __global const VALUE_T *v = value + row + j0 * CIN;
+                for (int o = 0; o < CIN; ++o) {
+                    ACC x[BW];
+#pragma unroll
+                    for (int px = 0; px < BW; ++px)
+                        x[px] = (ACC)LOAD_VALUE(v, px * CIN + o);
+                    PIXELS_OF_TAP(x, w_ab, o);
+                }
+            } else if (zero_slots) {
+                __global const VALUE_T *src[BW];
+#pragma unroll
+                for (int px = 0; px < BW; ++px) {
+                    const long j = j0 + px;
+                    src[px] = row_inside && j >= 0 && j < W ? value + row + j * CIN
+                                                            : (__global const VALUE_T *)wt + ZEROS;
+                }
+                for (int o = 0; o < CIN; ++o) {
+                    ACC x[BW];
+#pragma unroll
+                    for (int px = 0; px < BW; ++px)
+                        x[px] = (ACC)LOAD_VALUE(src[px], o);
+                    PIXELS_OF_TAP(x, w_ab, o);
+                }
+            } else {
+                // Transpose only (the forward conv always has zero_slots).
+                long col[BW];
+                bool inside[BW];
+#pragma unroll
+                for (int px = 0; px < BW; ++px) {
+                    const long j = j0 + px;
+                    inside[px] = j >= 0 && j < W;
+                    col[px] = row + clamp(j, 0L, (long)W - 1) * CIN;
+                }
+                for (int o = 0; o < CIN; ++o) {
+#pragma unroll
+                    for (int v = 0; v < OV; ++v) {
+                        const VACC w = LOADV_WT(w_ab, (long)o * WB + v * BC);
+#pragma unroll
+                        for (int px = 0; px < BW; ++px) {
+                            const VACC sum = acc[px][v] + (ACC)LOAD_VALUE(value, col[px] + o) * w;
+                            acc[px][v] = inside[px] ? sum : acc[px][v];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    const long base = out_off + (row_id * OW + q0) * (long)COUT + c0;
+#pragma unroll
+    for (int px = 0; px < BW; ++px) {
+        if (q0 + px < OW) {
+#pragma unroll
+            for (int v = 0; v < OV; ++v)
+                STORE_CHANNELS(out, base + px * COUT + v * BC, acc[px][v], c0 + v * BC);
+        }
+    }
+}
+
+#endif  // CONSECUTIVE
 
 #ifdef VW
 // One input and one output channel (CIN = COUT = 1), built with VW: a

@@ -20,9 +20,12 @@
 // 3 sy + 2 and columns 3 sx .. 3 sx + 2, read a 4x4 block of inputs d, rows p0
 // + PAD_TOP - (KH - 1 - 3 sy - m) * RATE_H, and add A^T [(G g G^T) . (B^T d B)] A.
 //
-// repack_filters writes U = G g G^T as wt[16][SH * SW][CIN][COUTP] (output
-// channels innermost, zero-padded to COUTP, a multiple of BC * GV) and, after
-// it, the filters themselves as wt[KH * KW][CIN][COUTP] for the fallback below.
+// repack_filters writes U = G g G^T as wt[COUTP / WB][16][SH * SW][CIN][WB],
+// blocks of WB = BC * GV output channels (a register tile's; output channels
+// innermost, zero-padded to COUTP, a multiple of WB), so the products of one
+// tile read their U in one run (in one row of COUTP channels, B's products
+// took 10.6-10.9 ms on Intel's runtime, in blocks 7.4-7.5), and, after it,
+// the filters themselves as wt[KH * KW][CIN][COUTP] for the fallback below.
 //
 // One work-item per work-group (CPUs: a work-group runs on one core) computes
 // TB blocks along a row of one phase, for every output channel:
@@ -96,18 +99,24 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 #define PARTS (SH * SW)
 #define KP (PARTS * CINP)  // a row of vl: every part's input channels
 #define DIRECT_AT (16L * PARTS * CIN * COUTP)
+#define WB (BC * GV)  // output channels of a block of U (see repack_filters)
+// Where U of output channel c0, a multiple of WB, starts: (c0 / WB) * 16 * PARTS * CIN * WB.
+#define U_BLOCK(c0) ((long)(c0) * 16 * PARTS * CIN)
 
-// wt[k][part][o][c] = (G g G^T)[k] of one 3x3 part of the flipped filters
+// wt[c / WB][k][part][o][c % WB] = (G g G^T)[k] of one 3x3 part of the flipped filters
 // for output channel c and input channel o, then wt[DIRECT_AT + (tap * CIN +
 // o) * COUTP + c] = filters[tap, c, o]; 0 for COUT <= c < COUTP. With
 // FORWARD_FILTERS the filters are the forward atrous_conv2d's, [KH, KW, CIN,
 // COUT], read with the taps flipped, as the direct kernel's repack_filters
-// does. Global size (COUTP, CIN).
+// does. Global size (WB, COUTP / WB, CIN): lane, block, input channel (no
+// division by WB: see the two loops below).
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
                              __global ACC *restrict wt)
 {
-    const int c = (int)get_global_id(0);
-    const int o = (int)get_global_id(1);
+    const int lane = (int)get_global_id(0);
+    const int c = (int)get_global_id(1) * WB + lane;
+    const int o = (int)get_global_id(2);
+    __global ACC *to = wt + U_BLOCK(c - lane) + lane;
     ACC gp[3 * SH][3 * SW];  // the flipped taps, zero-padded
     for (int k = 0; k < 3 * SH; ++k)
         for (int l = 0; l < 3 * SW; ++l)
@@ -152,7 +161,7 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
                 const ACC r[4] = {gg[k][0], (ACC)0.5 * (gg[k][0] + gg[k][1] + gg[k][2]),
                                   (ACC)0.5 * (gg[k][0] - gg[k][1] + gg[k][2]), gg[k][2]};
                 for (int l = 0; l < 4; ++l)
-                    wt[(((k * 4 + l) * PARTS + part) * CIN + o) * COUTP + c] = r[l];
+                    to[(((k * 4 + l) * PARTS + part) * CIN + o) * WB] = r[l];
             }
         }
 }
@@ -161,8 +170,8 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
 
 // The direct kernel's sum for output pixel (n, p, q), channels c .. c + BC,
 // in its order (tap rows, input channels, tap columns): the fallback. Its
-// row loop mirrors the direct kernel's on purpose (the same terms, the same
-// order), which keeps the fallback's results those of the direct kernel.
+// row loop mirrors the direct kernel's phase tiles on purpose (the same terms,
+// the same order), which keeps the fallback's results those of that kernel.
 VACC direct_sum(__global const T *restrict value, const long value_off,
                 __global const ACC *restrict wt, const long n, const long p, const long q,
                 const int c, const int H, const int W)
@@ -284,13 +293,13 @@ __kernel void winograd_transpose(
                 for (int g = 0; g < GV; ++g)
                     acc[t][g] = (VACC)0;
             for (int part = 0; part < PARTS; ++part) {
-                __global const ACC *uk = wt + ((long)k * PARTS + part) * CIN * COUTP + cb;
+                __global const ACC *uk = wt + U_BLOCK(cb) + ((long)k * PARTS + part) * CIN * WB;
                 __local const ACC *vk = vl + k * TB * KP + part * CINP;
                 for (int o = 0; o < CIN; ++o) {
                     VACC w[GV];
 #pragma unroll
                     for (int g = 0; g < GV; ++g)
-                        w[g] = LOADV_ACC_ALIGNED(uk, (long)o * COUTP + g * BC);
+                        w[g] = LOADV_ACC_ALIGNED(uk, (long)o * WB + g * BC);
 #pragma unroll
                     for (int t = 0; t < TB; ++t) {
                         const ACC x = vk[t * KP + o];

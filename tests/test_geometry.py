@@ -83,8 +83,9 @@ def test_kernel_work_counts_what_the_tiles_compute(out, read, k, rate, crop, til
 
     live = sum(_reads(p, a, read, rate, crop) for p in range(out) for a in range(k))
     assert geometry.live_pixel_taps(out, read, k, rate, crop) == live
-    consecutive = sum(tile for q0 in range(0, out, tile) for a in range(k)
-                      if any(_reads(q, a, read, rate, crop) for q in range(q0, q0 + tile)))
+    wide = min(tile, out)  # plan's clamp: no wider than the image
+    consecutive = sum(wide for q0 in range(0, out, wide) for a in range(k)
+                      if any(_reads(q, a, read, rate, crop) for q in range(q0, q0 + wide)))
     assert geometry.consecutive_tile_taps(out, read, k, rate, crop, tile) == consecutive >= live
     width = min(tile, -(-out // rate))  # plan's clamp: no wider than a phase
     (_, items, _), _ = launch.launch_geometry((1, 1, out, 1), Tile(width, 1), rate)

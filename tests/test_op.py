@@ -198,7 +198,7 @@ def test_every_kernel_declares_its_argument_types(queue, filename):
     declared = programs.scalar_arg_dtypes(source)
     options = ("-DT=float", "-DACC=float", "-DBW=2", "-DBC=2", "-DGC=2", "-DCIN=3", "-DCOUT=3",
                "-DCOUTP=4", "-DKH=2", "-DKW=2", *launch.dilation_options(1, 0, 1, 0),
-               "-DVW=2")  # the one-channel kernel too
+               "-DVW=2", "-DCONSECUTIVE")  # the one-channel and consecutive kernels too
     kernels, _ = programs.get_kernels(queue.context, filename, options)
     assert set(declared) == set(kernels)
     for name, kernel in kernels.items():

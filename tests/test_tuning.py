@@ -160,7 +160,7 @@ def test_a_stored_winograd_tile_is_used_unless_winograd_is_off(queue, fresh_cach
     assert not tuning.tile_for(queue.device, np.float32, args).winograd
     assert winner not in tiles.candidates(queue.device, np.float32, 20, filters_shape)
     _run_op(queue, args)
-    assert launched[-1].main_kernel == "atrous_conv2d_transpose"
+    assert launched[-1].source == launch.KERNEL_FILE  # phase tiles or consecutive columns
 
 
 def test_one_channel_problems_time_and_store_nothing(queue, fresh_cache, monkeypatch):
@@ -659,3 +659,59 @@ def test_pocl_vectors_stay_narrow_without_avx512(version, widest_float, widest_d
                        type=cl.device_type.CPU, version=version)
     assert max(t.channels for t in tiles.candidates(stub, np.float32, 64)) == widest_float
     assert max(t.channels for t in tiles.candidates(stub, np.float64, 64)) == widest_double
+
+
+# (n, h, w, cin, cout, k, rate, padding): DeepLab's ASPP rates on its feature maps (33
+# and 65 pixels), a high rate on a larger image, and the benchmark's A-E.
+ASPP_18 = (1, 33, 33, 256, 256, 3, 18, "SAME")
+ASPP_12 = (1, 33, 33, 256, 256, 3, 12, "SAME")
+ASPP_6 = (1, 33, 33, 256, 256, 3, 6, "SAME")
+ASPP_36_65 = (1, 65, 65, 256, 256, 3, 36, "SAME")
+ASPP_12_65 = (1, 65, 65, 256, 256, 3, 12, "SAME")
+RATE_12_128 = (1, 128, 128, 32, 32, 3, 12, "SAME")
+BENCH_A_TO_E = [(1, 64, 64, 64, 64, 3, 2, "SAME"), (8, 32, 32, 128, 128, 3, 2, "SAME"),
+                (1, 128, 128, 32, 16, 3, 4, "SAME"), (1, 256, 256, 16, 16, 5, 2, "VALID"),
+                (32, 8, 8, 16, 16, 3, 2, "SAME")]
+
+
+def _args(problem):
+    n, h, w, cin, cout, k, rate, padding = problem
+    hw = geometry.transpose_output_hw((h, w), (k, k), rate, padding)
+    return check_transpose_args((n, h, w, cin), (k, k, cout, cin), (n, *hw, cout), rate, padding)
+
+
+@pytest.mark.parametrize("problem, consecutive", [
+    (ASPP_18, True), (ASPP_12, True), (ASPP_6, True), (ASPP_36_65, True), (ASPP_12_65, True),
+    (RATE_12_128, True), *[(p, False) for p in BENCH_A_TO_E]], ids=str)
+def test_the_direct_kernel_takes_consecutive_columns_where_phases_are_narrow(problem, consecutive):
+    """Consecutive columns where a phase's tiles of 4 pixels (AVX2's direct tiles) would
+    compute a ninth more pixel-taps or more (tiles.direct_columns); the benchmark's
+    workloads keep phase tiles."""
+    args = _args(problem)
+    tile = tiles.Tile(4, 8, 2)
+    assert launch.consecutive_pixels(args, tile, launch.kernel_dilation(args)) == consecutive
+
+
+@pytest.mark.parametrize("problem, winograd", [
+    (ASPP_6, True), (ASPP_12_65, True), (BENCH_A_TO_E[0], True), (BENCH_A_TO_E[1], True),
+    ((1, 64, 64, 64, 64, 3, 8, "SAME"), True),
+    (ASPP_12, False),      # 1.64x the direct kernel's multiplies (measured 1.75x its time)
+    (ASPP_18, False),      # one block per phase row: groups of one
+    (ASPP_36_65, False),   # likewise
+], ids=str)
+def test_winograd_is_the_default_where_it_computes_far_fewer_multiplies(problem, winograd):
+    """On CPUs whose tiles take Winograd for these channel counts (Intel's runtime, PyPI's
+    PoCL for AVX2): Winograd's multiplies, its blocks past the phases and its taps outside
+    the image included, against the direct kernel's terms (tiles.winograd_pays)."""
+    import types
+
+    import pyopencl as cl
+
+    args = _args(problem)
+    intel = stub_device(platform=types.SimpleNamespace(name="Intel(R) OpenCL"),
+                        type=cl.device_type.CPU, version="OpenCL 3.0 (Build 0)",
+                        local_mem_size=4 << 20)
+    pocl = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
+                       type=cl.device_type.CPU, version=_POCL_AVX2, local_mem_size=4 << 20)
+    for device in (intel, pocl):
+        assert tiles.default_for(device, np.float32, args).winograd == winograd, device.platform

@@ -1,12 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The main kernel's phase tiles: each work-item computes pixels ``rate`` apart from a
-window of inputs shared by a row's taps, border tiles put 0 in the window's slots
-outside the image only while every weight of their channels is finite, and the host
-path reuses packed filters whose bytes it has seen.
+"""The direct kernel's tiles: phase tiles, where each work-item computes pixels ``rate``
+apart from a window of inputs shared by a row's taps, and tiles of consecutive columns
+(``atrous_conv2d_transpose_rows``), which skip the taps that read outside the image;
+border tiles of either put 0 in slots outside the image only while every weight of
+their channels is finite, and the host path reuses packed filters whose bytes it has
+seen. The tests marked ``columns`` run both kernels and both layouts of the packed
+weights on every case.
 
 Shapes are picked for tiles the kernel treats differently: interior and border
 tiles in one row, rows whose phases differ in width, tiles wider than a phase,
-channel counts the channel tile does not divide.
+rates at which a tile's taps lie wholly outside the image, channel counts the
+channel tile does not divide (several blocks of packed weights, the last partly
+past the output channels).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from conftest import assert_close, poisoned, skip_unsupported
 import atrous_cl
 from atrous_cl import geometry, launch, reference
 from atrous_cl.tiles import Tile
-from atrous_cl.validation import check_transpose_args
+from atrous_cl.validation import check_conv_args, check_transpose_args
 
 #: n, h, w, cin, cout, kh, kw, rate, padding
 SHAPES = [
@@ -28,10 +33,27 @@ SHAPES = [
     (1, 3, 30, 4, 17, 1, 4, 5, "SAME"),    # even kernel width at rate 5, cout 17
     (1, 6, 23, 3, 4, 3, 3, 1, "SAME"),     # rate 1: consecutive pixels
     (3, 4, 6, 5, 6, 3, 3, 4, "SAME"),      # phases 1-2 columns wide: tiles wider than a phase
+    (1, 9, 33, 5, 19, 3, 3, 12, "SAME"),   # an ASPP rate: taps wholly outside many tiles
+    (2, 5, 21, 3, 6, 3, 2, 9, "VALID"),    # VALID at a high rate, even kernel width
 ]
 # With vectors (a third number): several channel vectors per work-item, the
 # last work-item's partly past the output channels (cout 17 in 24 or 32).
 TILES = [Tile(1, 1), Tile(3, 4), Tile(8, 16), Tile(16, 8), Tile(8, 16, 2), Tile(3, 4, 3)]
+
+
+@pytest.fixture(params=[("phase", "blocks"), ("consecutive", "blocks"), ("phase", "one-row"),
+                        ("consecutive", "one-row")], ids="-".join)
+def columns(request, monkeypatch):
+    """Runs a test with the direct kernel's phase tiles and with consecutive columns,
+    whatever :func:`atrous_cl.launch.consecutive_pixels` would pick for its shapes, each
+    with the packed weights in blocks of a work-item's channels (CPUs) and in one row of
+    every channel (GPUs: :func:`atrous_cl.launch.blocks_weights`)."""
+    tiles, layout = request.param
+    monkeypatch.setattr(launch, "consecutive_pixels", lambda *args: tiles == "consecutive")
+    monkeypatch.setattr(launch, "blocks_weights", lambda device: layout == "blocks")
+    launch.plan.cache_clear()
+    yield request.param
+    launch.plan.cache_clear()
 
 
 def _problem(shape, dtype, rng):
@@ -50,6 +72,7 @@ def _run(queue, value, filters, output_shape, rate, padding, tile):
     return out.get()
 
 
+@pytest.mark.usefixtures("columns")
 @pytest.mark.parametrize("tile", TILES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_every_tile_matches_the_reference(queue, shape, tile):
@@ -59,6 +82,7 @@ def test_every_tile_matches_the_reference(queue, shape, tile):
                  context=f"tile {tile}")
 
 
+@pytest.mark.usefixtures("columns")
 @pytest.mark.parametrize("dtype", [np.float16, np.float64], ids=lambda d: np.dtype(d).name)
 def test_other_dtypes_take_the_same_tiles(queue, dtype):
     skip_unsupported(queue, dtype)
@@ -69,28 +93,49 @@ def test_other_dtypes_take_the_same_tiles(queue, dtype):
                      context=f"tile {tile}")
 
 
+@pytest.mark.usefixtures("columns")
+@pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])
+def test_float16_takes_the_same_tiles_as_stored_and_widened(queue, wide, monkeypatch):
+    """float16 as stored (GPUs) and widened to float32 first (CPUs), on every device
+    here: at rate 2 and at an ASPP rate, whose consecutive tiles skip taps."""
+    skip_unsupported(queue, np.float16)
+    monkeypatch.setattr(launch, "widens_inputs", lambda device, dtype: wide)
+    for shape in (SHAPES[0], SHAPES[5]):
+        value, filters, output_shape, rate, padding = _problem(shape, np.float16,
+                                                               np.random.default_rng())
+        want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+        for tile in (Tile(3, 4), Tile(8, 16, 2)):
+            assert_close(_run(queue, value, filters, output_shape, rate, padding, tile), want,
+                         np.float16, context=f"{shape} tile {tile}")
+
+
 # (a, b, out channel, in channel) of one non-finite weight: corner and middle taps, the
 # first and a middle channel tile of 4 (cout 13: tiles 0-3, 4-7, 8-11, 12).
 NON_FINITE_AT = [(0, 0, 5, 1), (2, 2, 0, 0), (1, 0, 12, 2), (2, 1, 9, 1)]
 
 
+@pytest.mark.usefixtures("columns")
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=str)
 @pytest.mark.parametrize("where", NON_FINITE_AT, ids=lambda w: "a%db%dc%do%d" % w)
-def test_a_non_finite_weight_reaches_only_its_taps_outputs(queue, where, bad):
+@pytest.mark.parametrize("rate", [2, 9])
+def test_a_non_finite_weight_reaches_only_its_taps_outputs(queue, where, bad, rate):
     """Border tiles of its channel tile must not add 0 * w for slots outside the image
-    (NaN for an Inf or NaN weight); the other channel tiles may, and must stay finite."""
+    (NaN for an Inf or NaN weight); the other channel tiles may, and must stay finite.
+    At rate 9 some consecutive tiles' taps lie wholly outside the image: skipped, not
+    multiplied, whatever their weights."""
     rng = np.random.default_rng()
-    value = rng.standard_normal((2, 7, 27, 3)).astype(np.float32)
+    value = rng.standard_normal((2, 13, 27, 3)).astype(np.float32)
     filters = rng.standard_normal((3, 3, 13, 3)).astype(np.float32)
     filters[where] = bad
-    output_shape = (2, 7, 27, 13)
-    want = reference.atrous_conv2d_transpose(value, filters, output_shape, 2, "SAME")
+    output_shape = (2, 13, 27, 13)
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, "SAME")
     assert not np.isfinite(want).all() and np.isfinite(want).any()
     for tile in (Tile(8, 4), Tile(3, 4), Tile(8, 4, 2), Tile(3, 2, 3)):
-        assert_close(_run(queue, value, filters, output_shape, 2, "SAME", tile), want,
+        assert_close(_run(queue, value, filters, output_shape, rate, "SAME", tile), want,
                      context=f"tile {tile}")
 
 
+@pytest.mark.usefixtures("columns")
 def test_non_finite_inputs_at_the_edges_stay_where_they_land(queue):
     """A border slot's load is clamped to an edge column; with finite weights the slot
     holds 0, so an Inf or NaN in that edge column must not leak into it."""
@@ -106,6 +151,7 @@ def test_non_finite_inputs_at_the_edges_stay_where_they_land(queue):
                      context=f"tile {tile}")
 
 
+@pytest.mark.usefixtures("columns")
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 def test_the_forward_op_and_its_vjp_keep_non_finite_weights_to_their_taps(queue, padding):
     """The forward op and the vjps run the same kernel with FORWARD_FILTERS' flipped taps.
@@ -124,6 +170,29 @@ def test_the_forward_op_and_its_vjp_keep_non_finite_weights_to_their_taps(queue,
     got_dx, _ = atrous_cl.atrous_conv2d_vjp(value, filters, 2, padding, dy, queue=queue)
     assert not np.isfinite(want_dx).all()
     assert_close(got_dx, want_dx)
+
+
+@pytest.mark.usefixtures("columns")
+@pytest.mark.parametrize("rate, padding", [(2, "SAME"), (7, "SAME"), (9, "VALID")])
+@pytest.mark.parametrize("bad", [None, np.inf, np.nan], ids=["finite", "inf", "nan"])
+def test_the_forward_kernel_adds_tf_padding_times_the_weights(queue, rate, padding, bad):
+    """The forward conv's taps outside the image read TF's zero padding: 0 * w, which
+    adds nothing for a finite weight (consecutive tiles skip those taps then) and NaN
+    for an Inf or NaN one (they must not skip them), with each tile."""
+    rng = np.random.default_rng()
+    value = rng.standard_normal((2, 21, 31, 3)).astype(np.float32)
+    filters = rng.standard_normal((3, 3, 3, 13)).astype(np.float32)  # [kh, kw, in, out]
+    if bad is not None:
+        filters[0, 2, 1, 4] = bad
+        filters[2, 0, 2, 11] = bad
+    want = reference.atrous_conv2d(value, filters, rate, padding)
+    assert bad is None or not np.isfinite(want).all()
+    args = launch.forward_as_transpose(check_conv_args(value.shape, filters.shape, rate, padding))
+    for tile in (Tile(8, 4), Tile(3, 4, 2), Tile(5, 2, 3)):
+        out = poisoned(queue, want.shape, np.float32)
+        launch.transpose(queue, cl_array.to_device(queue, value),
+                         cl_array.to_device(queue, filters), out, args, tile, forward_filters=True)
+        assert_close(out.get(), want, context=f"tile {tile}")
 
 
 @pytest.mark.parametrize("cout, cin, reused", [(5, 4, True), (64, 64, True), (256, 128, False)],
