@@ -666,7 +666,7 @@ def test_a_repeated_host_call_sets_every_kernel_argument(queue, monkeypatch):
     ran = _counting_repeats(monkeypatch, queue)
     rng = np.random.default_rng()
     value, filters, output_shape, rate, padding = _problem(rng, shape=(2, 6, 8, 5))
-    small = _problem(rng, shape=(1, 4, 7, 5))  # as many pixels or blocks per phase row
+    small = _problem(rng, shape=(1, 4, 8, 5))  # as wide: the same tiles along a row
 
     def kernels(problem):
         args = check_transpose_args(problem[0].shape, problem[1].shape, *problem[2:])
