@@ -145,6 +145,26 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
         }                                                                       \
     }
 
+// The n slots of a tile's row, input columns first + m * step, m < n, in the
+// row at `row` (of value where row_inside): src[m] points at a slot's CIN
+// inputs, or outside value at the CIN zeros repack_filters left at ZEROS.
+#define ZERO_SLOTS(src, n, first, step)                                         \
+    _Pragma("unroll") for (int m_ = 0; m_ < (n); ++m_) {                        \
+        const long j_ = (first) + m_ * (step);                                  \
+        src[m_] = row_inside && j_ >= 0 && j_ < W                               \
+                      ? value + row + j_ * CIN                                  \
+                      : (__global const VALUE_T *)wt + ZEROS;                   \
+    }
+
+// The same slots as offsets of their inputs, clamped into the row
+// (col[m]), and whether each lies inside value (inside[m]).
+#define CLAMPED_SLOTS(col, inside, n, first, step)                              \
+    _Pragma("unroll") for (int m_ = 0; m_ < (n); ++m_) {                        \
+        const long j_ = (first) + m_ * (step);                                  \
+        inside[m_] = j_ >= 0 && j_ < W;                                         \
+        col[m_] = row + clamp(j_, 0L, (long)W - 1) * CIN;                       \
+    }
+
 // Whether every weight of output channels c0 .. c0 + BC * OV, at every tap, is
 // finite: from the notes repack_filters left at FINITE.
 bool weights_finite(__global const WT_T *restrict wt, const int c0)
@@ -235,12 +255,7 @@ __kernel void atrous_conv2d_transpose(
             // left after the weights: the same loads as inside, no select
             // per channel (PoCL 3.1: B 21-26 -> 18-20 ms).
             __global const VALUE_T *src[WIN];
-#pragma unroll
-            for (int m = 0; m < WIN; ++m) {
-                const long j = j_first + m * RATE_W;
-                src[m] = row_inside && j >= 0 && j < W ? value + row + j * CIN
-                                                       : (__global const VALUE_T *)wt + ZEROS;
-            }
+            ZERO_SLOTS(src, WIN, j_first, RATE_W);
             for (int o = 0; o < CIN; ++o) {
                 ACC x[WIN];
 #pragma unroll
@@ -256,12 +271,7 @@ __kernel void atrous_conv2d_transpose(
             // 1.3-1.5x faster on A, C and D, Intel's runtime the same or faster.
             long col[WIN];
             bool inside[WIN];
-#pragma unroll
-            for (int m = 0; m < WIN; ++m) {
-                const long j = j_first + m * RATE_W;
-                inside[m] = j >= 0 && j < W;
-                col[m] = row + clamp(j, 0L, (long)W - 1) * CIN;
-            }
+            CLAMPED_SLOTS(col, inside, WIN, j_first, RATE_W);
             for (int o = 0; o < CIN; ++o) {
                 ACC x[WIN];
 #pragma unroll
@@ -370,12 +380,7 @@ __kernel void atrous_conv2d_transpose_rows(
                 }
             } else if (zero_slots) {
                 __global const VALUE_T *src[BW];
-#pragma unroll
-                for (int px = 0; px < BW; ++px) {
-                    const long j = j0 + px;
-                    src[px] = row_inside && j >= 0 && j < W ? value + row + j * CIN
-                                                            : (__global const VALUE_T *)wt + ZEROS;
-                }
+                ZERO_SLOTS(src, BW, j0, 1);
                 for (int o = 0; o < CIN; ++o) {
                     ACC x[BW];
 #pragma unroll
@@ -387,12 +392,7 @@ __kernel void atrous_conv2d_transpose_rows(
                 // Transpose only (the forward conv always has zero_slots).
                 long col[BW];
                 bool inside[BW];
-#pragma unroll
-                for (int px = 0; px < BW; ++px) {
-                    const long j = j0 + px;
-                    inside[px] = j >= 0 && j < W;
-                    col[px] = row + clamp(j, 0L, (long)W - 1) * CIN;
-                }
+                CLAMPED_SLOTS(col, inside, BW, j0, 1);
                 for (int o = 0; o < CIN; ++o) {
 #pragma unroll
                     for (int v = 0; v < OV; ++v) {
