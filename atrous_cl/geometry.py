@@ -211,9 +211,15 @@ def consecutive_tile_taps(out: int, read: int, k: int, rate: int, crop: int, til
     return total
 
 
+def phase_blocks(out: int, rate: int) -> int:
+    """2-output blocks along an output axis of ``out`` in phase 0 (which has the most)
+    at ``rate``: the Winograd kernel's blocks per phase."""
+    return -(-(-(-out // rate)) // 2)
+
+
 def winograd_blocks(out: int, rate: int, group: int) -> int:
     """2-output blocks the Winograd kernel computes along an axis, in groups of up to
     ``group`` blocks along one phase (1 down the columns)."""
-    blocks = -(-(-(-out // rate)) // 2)
+    blocks = phase_blocks(out, rate)
     group = min(group, blocks)
     return min(rate, out) * -(-blocks // group) * group

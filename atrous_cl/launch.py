@@ -23,8 +23,8 @@ import pyopencl.array as cl_array
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, facts, is_intel_cpu, status_name
-from atrous_cl.tiles import (Tile, acc_itemsize, default_tile, direct_columns, pixel_vector,
-                             winograd_local_bytes, winograd_parts)
+from atrous_cl.tiles import (Tile, acc_itemsize, default_tile, direct_columns, gpu_only,
+                             pixel_vector, winograd_local_bytes, winograd_parts)
 from atrous_cl.validation import ConvArgs, TransposeArgs
 
 #: The kernel file this layer launches.
@@ -131,13 +131,8 @@ def winograd_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_
     (each phase as many as phase 0, which has the most).
     """
     n, oh, ow, _ = output_shape
-    return ((1, min(rate_w, ow) * -(-_blocks(ow, rate_w) // tile.pixels),
-             n * min(rate_h, oh) * _blocks(oh, rate_h)), (1, 1, 1))
-
-
-def _blocks(size: int, rate: int) -> int:
-    """2x2 blocks along an output axis of ``size`` in phase 0 (which has the most) at ``rate``."""
-    return -(-(-(-size // rate)) // 2)
+    return ((1, min(rate_w, ow) * -(-geometry.phase_blocks(ow, rate_w) // tile.pixels),
+             n * min(rate_h, oh) * geometry.phase_blocks(oh, rate_h)), (1, 1, 1))
 
 
 def _sizes(args: TransposeArgs) -> tuple:
@@ -353,8 +348,7 @@ def blocks_weights(device: cl.Device) -> bool:
     (1x64x64 256->256 rate 1 took 52 ms in one row, 28 in blocks, Intel's runtime); not
     on GPUs (Oclgrind, which says CPU and GPU, takes blocks), where neighbouring
     work-items, neighbouring channel tiles, load neighbouring weights of one row together."""
-    kind = facts(device).type
-    return not (kind & cl.device_type.GPU and not kind & cl.device_type.CPU)
+    return not gpu_only(device)
 
 
 def consecutive_pixels(args: TransposeArgs, tile: Tile, dilation) -> bool:
@@ -383,7 +377,8 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
     widened (float16 is converted as the kernel loads it)."""
     _, _, cout, cin = args.filters_shape
     # No more blocks per group than a phase's row has (E: 2).
-    tile = tile._replace(pixels=min(tile.pixels, _blocks(args.output_shape[2], dilation[2])))
+    tile = tile._replace(pixels=min(tile.pixels,
+                                    geometry.phase_blocks(args.output_shape[2], dilation[2])))
     # float16 is loaded as stored: the input transform converts it (see the kernel file),
     # cheaper than widening value in a pass of its own first.
     options = winograd_options(dtype, args, tile, forward_filters)

@@ -249,6 +249,13 @@ def _pocl_direct(device: cl.Device, dtype, cout: int) -> bool:
     return _pocl_narrow(device) and np.dtype(dtype) != np.float16 and cout <= 16
 
 
+def gpu_only(device: cl.Device) -> bool:
+    """A GPU that is not also a CPU (Oclgrind says it is both): it takes :func:`gpu_tile`
+    and the direct kernel's weights in one row (:func:`atrous_cl.launch.blocks_weights`)."""
+    kind = facts(device).type
+    return bool(kind & cl.device_type.GPU and not kind & cl.device_type.CPU)
+
+
 def default_for(device: cl.Device, dtype, args) -> Tile:
     """The untuned tile of a problem (``args``: :class:`atrous_cl.validation.TransposeArgs`):
     on a CPU, the Winograd kernel's (:func:`winograd_tile`) where it runs with at most
@@ -277,9 +284,9 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     """
     kh, kw, cout, cin = args.filters_shape
     _, oh, ow, _ = args.output_shape
-    kind = facts(device).type
-    if kind & cl.device_type.GPU and not kind & cl.device_type.CPU:  # Oclgrind says both
+    if gpu_only(device):
         return gpu_tile(args)
+    kind = facts(device).type
     parts = winograd_parts(kh, kw)
     if (winograd_enabled() and kind & cl.device_type.CPU
             and not _intel_direct(device, dtype, cout)
@@ -341,7 +348,7 @@ def winograd_pays(args, tile: Tile, direct: Tile) -> bool:
     if dilation is None:
         return False
     rate_h, crop_top, rate_w, crop_left = dilation
-    if min(tile.pixels, -(-(-(-ow // rate_w)) // 2)) < 2:
+    if min(tile.pixels, geometry.phase_blocks(ow, rate_w)) < 2:
         return False
     winograd = (16 * winograd_parts(kh, kw) * geometry.winograd_blocks(oh, rate_h, 1)
                 * geometry.winograd_blocks(ow, rate_w, tile.pixels))
