@@ -135,6 +135,16 @@ def winograd_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_
              n * min(rate_h, oh) * geometry.phase_blocks(oh, rate_h)), (1, 1, 1))
 
 
+def winograd_repack_geometry(filters_shape: tuple[int, int, int, int],
+                             tile: Tile) -> tuple[tuple[int, int, int], None]:
+    """``(global_size, local_size)`` of the Winograd file's ``repack_filters``: a work-item
+    per input channel (axis 0, so that neighbouring work-items read neighbouring weights),
+    vector of ``tile.channels`` output channels in a block of ``tile.vectors`` of them,
+    and block."""
+    _, _, cout, cin = filters_shape
+    return (cin, tile.vectors, tile.padded_channels(cout) // (tile.channels * tile.vectors)), None
+
+
 def _sizes(args: TransposeArgs) -> tuple:
     """The main kernels' spatial arguments: value's height and width, the output's."""
     return tuple(np.int32(s) for s in (*args.value_shape[1:3], *args.output_shape[1:3]))
@@ -375,7 +385,7 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
                    tile: Tile, forward_filters: bool, dilation) -> Plan:
     """:func:`plan` for a Winograd tile: the same arguments, the Winograd kernel file; never
     widened (float16 is converted as the kernel loads it)."""
-    _, _, cout, cin = args.filters_shape
+    cout = args.filters_shape[2]
     # No more blocks per group than a phase's row has (E: 2).
     tile = tile._replace(pixels=min(tile.pixels,
                                     geometry.phase_blocks(args.output_shape[2], dilation[2])))
@@ -385,8 +395,7 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
     kernels, lock = programs.get_kernels(context, WINOGRAD_FILE, options)
     packed = packed_elements(args.filters_shape, tile.padded_channels(cout), winograd=True)
     return Plan(kernels, "winograd_transpose", lock, options, False, packed * acc_itemsize(dtype),
-                ((tile.channels * tile.vectors, tile.padded_channels(cout)
-                  // (tile.channels * tile.vectors), cin), None),
+                winograd_repack_geometry(args.filters_shape, tile),
                 winograd_geometry(args.output_shape, tile, dilation[0], dilation[2]),
                 _sizes(args), {}, WINOGRAD_FILE)
 
