@@ -206,13 +206,14 @@ def launch_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_w:
 
 def repack_geometry(filters_shape: tuple[int, int, int, int], tile: Tile,
                     blocked: bool = True) -> tuple[tuple[int, int, int], None]:
-    """``(global_size, local_size)`` of ``repack_filters``: one work-item per output
-    channel (padded) and tap, each looping over the input channels; the channels as
-    blocks of ``WB`` (:func:`build_options`' ``blocked``) times their lanes."""
+    """``(global_size, local_size)`` of ``repack_filters``: one work-item per vector of
+    ``tile.channels`` output channels (padded) and tap, each looping over the input
+    channels; the vectors of a block of ``WB`` (:func:`build_options`' ``blocked``), then
+    the blocks."""
     kh, kw, cout, cin = filters_shape
     padded = tile.padded_channels(cout)
     block = tile.channels * tile.vectors if blocked else padded
-    return (block, padded // block, kh * kw), None
+    return (block // tile.channels, padded // block, kh * kw), None
 
 
 #: Host filters up to this size whose bytes equal the last ones repacked on a

@@ -76,9 +76,11 @@
 // weight of tap and output channel c is finite, else NaN (w - w is NaN
 // exactly for Inf and NaN): see zero_slots in the main kernel. At ZEROS, CIN
 // zeros follow, which the main kernel reads for input columns outside value.
-// Global size (WB, COUTP / WB, KH * KW): lane, block, tap (no division by WB:
-// clang pairs a / and % through an LLVM 'freeze', which Oclgrind's
-// uninitialised-value checker cannot run).
+// Global size (WB / BC, COUTP / WB, KH * KW): a vector of BC output channels of a
+// block, the block, the tap (no division by WB: clang pairs a / and %
+// through an LLVM 'freeze', which Oclgrind's uninitialised-value checker
+// cannot run). A work-item packs BC channels at once (one channel a
+// work-item, 1x33x33 2048->256 took 3.7 ms on Intel's runtime).
 #ifndef WB
 #define WB COUTP
 #endif
@@ -91,28 +93,38 @@
 #endif
 #define FINITE ((long)KH * KW * CIN * COUTP)
 #define ZEROS (FINITE + (long)KH * KW * COUTP)
+#ifdef WIDE_INPUTS
+#define STOREV_WT(p, i, v) STOREV_ACC(p, i, v)
+#else
+#define STOREV_WT(p, i, v) STOREV(p, i, v)
+#endif
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
                              __global WT_T *restrict wt)
 {
-    const int lane = (int)get_global_id(0);
+    const int lane = (int)get_global_id(0) * BC;  // the vector's first lane in its block
     const int c = (int)get_global_id(1) * WB + lane;
     const long tap = get_global_id(2);
     __global WT_T *to = wt + WT_BLOCK(c - lane) + lane;
-    ACC finite = 0;
+    VACC finite = (VACC)0;
     for (int o = 0; o < CIN; ++o) {
+        union { VACC v; ACC s[BC]; } w;
+#pragma unroll
+        for (int l = 0; l < BC; ++l) {
 #ifdef FORWARD_FILTERS
-        const long from = filters_off + ((KH * KW - 1 - tap) * CIN + o) * COUT + c;
+            const long from = filters_off + ((KH * KW - 1 - tap) * CIN + o) * COUT + c + l;
 #else
-        const long from = filters_off + (tap * COUT + c) * CIN + o;
+            const long from = filters_off + (tap * COUT + c + l) * CIN + o;
 #endif
-        const ACC w = c < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
-        finite += w - w;
-        STORE_WT(to, (tap * CIN + o) * WB, w);
+            w.s[l] = c + l < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
+        }
+        finite += w.v - w.v;
+        STOREV_WT(to, (tap * CIN + o) * WB, w.v);
     }
-    STORE_WT(wt, FINITE + tap * COUTP + c, finite);
+    STOREV_WT(wt, FINITE + tap * COUTP + c, finite);
     if (tap == 0)
-        for (int o = c; o < CIN; o += COUTP)
-            STORE_WT(wt, ZEROS + o, (ACC)0);
+        for (int l = 0; l < BC; ++l)
+            for (int o = c + l; o < CIN; o += COUTP)
+                STORE_WT(wt, ZEROS + o, (ACC)0);
 }
 
 // Global size (COUTP / (BC * OV), PHASES * ceil(ceil(OW / RATE_W) / BW), N * OH),
