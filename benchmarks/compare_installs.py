@@ -2,7 +2,8 @@
 """Two (or more) installs of atrous-cl timed against each other in one interleaved run.
 
 ``python benchmarks/compare_installs.py --python before=/work/venv-before/bin/python
---python after=/work/venv-docs/bin/python [--workloads A B] [--rounds 9] [--calls 5]
+--python after=/work/venv-docs/bin/python [--workloads A B] [--shapes 1,33,33,256,256,3,6,SAME]
+[--rounds 9] [--calls 5]
 [--device P:D]``
 
 Each ``--python NAME=PATH`` is an interpreter whose environment has some atrous-cl
@@ -55,9 +56,9 @@ from atrous_cl import bench, reference
 inputs = {}
 
 
-def workloads():
+def workloads(shapes=()):
     return [dict(wl._asdict(), output_shape=list(wl.output_shape), describe=wl.describe())
-            for wl in bench.WORKLOADS]
+            for wl in [*bench.WORKLOADS, *map(bench.parse_workload, shapes)]]
 
 
 def setup(wl, seed, save):
@@ -104,7 +105,7 @@ for line in sys.stdin:
             answer = {"atrous_cl": atrous_cl.__file__, "version": atrous_cl.__version__,
                       "python": sys.version.split()[0]}
         elif command["cmd"] == "workloads":
-            answer = {"workloads": workloads()}
+            answer = {"workloads": workloads(command.get("shapes", ()))}
         elif command["cmd"] == "setup":
             answer = setup(command["workload"], command["seed"], command["save"])
         elif command["cmd"] == "difference":
@@ -193,6 +194,9 @@ def main(argv=None) -> int:
                         "(give two or more; ratios are to the first)")
     parser.add_argument("--workloads", nargs="*", metavar="NAME",
                         help="bench workloads to run (default: all of the first install's)")
+    parser.add_argument("--shapes", nargs="*", default=[], metavar="N,H,W,CIN,COUT,K,RATE,PADDING",
+                        help="problems of their own, named by their text (then no named "
+                        "workload unless --workloads names it)")
     parser.add_argument("--rounds", type=_positive, default=9, help="timed rounds (default 9)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument("--calls", type=_positive, default=5,
@@ -228,8 +232,9 @@ def _compare(workers: list[Worker], args) -> int:
         info = w.ask("info")
         print(f"{w.name}: {w.python} (Python {info['python']}), atrous_cl {info['version']} "
               f"from {info['atrous_cl']}", file=sys.stderr)
-    known = workers[0].ask("workloads")["workloads"]
-    wanted = args.workloads or [wl["name"] for wl in known]
+    known = workers[0].ask("workloads", shapes=args.shapes)["workloads"]
+    wanted = ((args.workloads or []) + args.shapes if args.shapes
+              else args.workloads or [wl["name"] for wl in known])
     unknown = sorted(set(wanted) - {wl["name"] for wl in known})
     if unknown:
         print(f"compare_installs: error: unknown workloads {unknown}; the first install has "
