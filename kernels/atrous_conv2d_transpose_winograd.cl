@@ -111,10 +111,10 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 // does. Global size (CIN, GV, COUTP / WB): the input channel (fastest, so that
 // work-items one after another read neighbouring weights), a vector of BC
 // output channels of a block, the block. A work-item transforms BC channels at
-// once (one a work-item: 1x33x33 256->256 took 2.4 ms on Intel's runtime and
-// 3.8-5.7 on PoCL, about half the main kernel's time, every call whose filters
-// changed or exceed launch.REUSE_BYTES), with the same operations on each lane
-// as one channel alone, so the same results.
+// once (one a work-item: 1x33x33 256->256 took 1.5-2.4 ms on Intel's runtime and
+// 3.8-5.7 on PoCL, about half the main kernel's time, paid by every call whose
+// filters changed or exceed launch.REUSE_BYTES; now 0.8 and 0.9), with the same
+// operations on each lane as one channel alone, so the same results.
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
                              __global ACC *restrict wt)
 {
