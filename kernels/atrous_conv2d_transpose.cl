@@ -108,15 +108,7 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
     VACC finite = (VACC)0;
     for (int o = 0; o < CIN; ++o) {
         union { VACC v; ACC s[BC]; } w;
-#pragma unroll
-        for (int l = 0; l < BC; ++l) {
-#ifdef FORWARD_FILTERS
-            const long from = filters_off + ((KH * KW - 1 - tap) * CIN + o) * COUT + c + l;
-#else
-            const long from = filters_off + (tap * COUT + c + l) * CIN + o;
-#endif
-            w.s[l] = c + l < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
-        }
+        LOAD_FILTER_LANES(w, filters, filters_off, tap, c, o);
         finite += w.v - w.v;
         STOREV_WT(to, (tap * CIN + o) * WB, w.v);
     }

@@ -136,15 +136,7 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
         for (int b = 0; b < KW; ++b) {
             const int tap = a * KW + b;
             union { VACC v; ACC s[BC]; } w;
-#pragma unroll
-            for (int l = 0; l < BC; ++l) {
-#ifdef FORWARD_FILTERS
-                const long from = filters_off + ((KH * KW - 1L - tap) * CIN + o) * COUT + c + l;
-#else
-                const long from = filters_off + (tap * (long)COUT + c + l) * CIN + o;
-#endif
-                w.s[l] = c + l < COUT ? (ACC)LOAD(filters, from) : (ACC)0;
-            }
+            LOAD_FILTER_LANES(w, filters, filters_off, tap, c, o);
             STOREV_ACC(wt, DIRECT_AT + (tap * (long)CIN + o) * COUTP + c, w.v);
             // A tap that lands inside value for no output pixel adds no term
             // (0 * w with FORWARD_FILTERS, NaN for a non-finite w, which stays

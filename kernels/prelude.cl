@@ -82,6 +82,21 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) vacc_unaligned;
         }                                                                       \
     } while (0)
 
+// lanes.s[k] = the weight of tap `tap` (a * KW + b), output channel first + k and
+// input channel o, for the BC lanes (0 from COUT on): from the op's filters, [KH,
+// KW, COUT, CIN], or with FORWARD_FILTERS the forward atrous_conv2d's, [KH, KW,
+// CIN, COUT], with the taps flipped. Both kernel files' repack_filters read them so.
+#ifdef FORWARD_FILTERS
+#define FILTER_AT(tap, c, o) (((KH * KW - 1L - (tap)) * CIN + (o)) * COUT + (c))
+#else
+#define FILTER_AT(tap, c, o) (((long)(tap) * COUT + (c)) * CIN + (o))
+#endif
+#define LOAD_FILTER_LANES(lanes, filters, off, tap, first, o)                   \
+    _Pragma("unroll") for (int l_ = 0; l_ < BC; ++l_)                           \
+        (lanes).s[l_] = (first) + l_ < COUT                                     \
+                            ? (ACC)LOAD(filters, (off) + FILTER_AT(tap, (first) + l_, o)) \
+                            : (ACC)0
+
 // wide[i] = x[x_off + i] in ACC for i < n, WIDEN_BY elements a work-item (one
 // each ran PyPI's PoCL and Intel's runtime at a fifth of a copy's speed). Global
 // size: ceil(n / WIDEN_BY) (atrous_cl.launch.WIDEN_BY, the same number).
