@@ -181,27 +181,34 @@ def launch_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_w:
     row, ``tile.pixels`` columns ``rate_w`` (the kernel's, :func:`kernel_dilation`)
     apart, for each of the ``min(rate_w, OW)`` phases; axis 2 the ``N * OH``
     output rows. With ``max_group`` (Intel's CPU runtime: see :func:`plan`), a
-    work-group is one output row's tiles, or as many of them as divide the row
-    and fit ``max_group`` work-items, times a few rows where rows are short;
-    else the local size is left to the driver.
+    work-group is one channel tile of one output row's tiles, or as many of them
+    as divide the row and fit ``max_group`` work-items, times a few rows where
+    rows are short; else the local size is left to the driver.
+
+    One channel tile a group: a core then runs tile after tile on the same
+    weights, where a group of every channel tile swept all the filters between
+    two uses of a tile's (18 MiB for 2048->256 3x3, past L2 and most of L3).
+    Main kernel alone (``/tmp`` script, Intel's runtime, 4x8x2, 3-7 rounds
+    interleaved, 2026-12-06): 1x33x33 1024->1024 rate 6 249-309 -> 104-116 ms,
+    2048->256 rate 6 61-73 -> 50-61, 1x129x129 2048->256 rate 6 1557 -> 1062;
+    filters of 0.6 MiB or less (A, B, 1x64x64 256->256) within 0.97-1.02.
     """
     n, oh, ow, cout = output_shape
     phases = min(rate_w, ow)
     per_phase = -(-ow // rate_w)  # columns of phase 0, the most any phase has
     global_size = (tile.padded_channels(cout) // (tile.channels * tile.vectors),
                    phases * -(-per_phase // tile.pixels), n * oh)
-    channel_tiles, row_tiles, rows = global_size
-    if max_group is None or channel_tiles > max_group:
+    _, row_tiles, rows = global_size
+    if max_group is None:
         return global_size, None
 
-    along_row = largest_divisor(row_tiles, max_group // channel_tiles)
+    along_row = largest_divisor(row_tiles, max_group)
     # Rows of few tiles go several to a group, up to about 128 work-items,
     # keeping 16 groups or more: E 0.105 -> 0.097 ms, F 0.073 -> 0.065
     # (benchmarks/kernel_ab.py 2:0 ACEF new:8x16::L=64.64.1 new:8x16::L=64.64.16).
-    per_group = channel_tiles * along_row
-    down = largest_divisor(rows, min(max(1, 128 // per_group), max_group // per_group,
+    down = largest_divisor(rows, min(max(1, 128 // along_row), max_group // along_row,
                                       max(1, rows // 16)))
-    return global_size, (channel_tiles, along_row, down)
+    return global_size, (1, along_row, down)
 
 
 def repack_geometry(filters_shape: tuple[int, int, int, int], tile: Tile,

@@ -220,14 +220,14 @@ def test_filters_changed_in_place_between_calls_are_repacked(queue, cout, cin, r
 
 
 @pytest.mark.parametrize("output_shape, tile, rate_w, max_group, want", [
-    ((1, 64, 64, 64), Tile(8, 16), 2, 8192, ((4, 8, 64), (4, 8, 4))),       # A: 32 tiles a row
+    ((1, 64, 64, 64), Tile(8, 16), 2, 8192, ((4, 8, 64), (1, 8, 4))),       # A: a channel tile a group
     ((1, 264, 264, 16), Tile(8, 16), 2, 8192, ((1, 34, 264), (1, 34, 3))),  # D: phases 132 wide
     ((32, 8, 8, 16), Tile(4, 16), 2, 8192, ((1, 2, 256), (1, 2, 16))),      # E: 16 groups
-    ((2, 3, 100000, 1024), Tile(8, 16), 1, 8192, ((64, 12500, 6), (64, 125, 1))),  # 128 don't divide
+    ((2, 3, 100000, 1024), Tile(8, 16), 1, 8192, ((64, 12500, 6), (1, 6250, 1))),  # 8192 don't divide
     ((1, 2, 8191 * 8, 4), Tile(8, 4), 1, 4096, ((1, 8191, 2), (1, 1, 1))),  # a prime number of tiles
-    ((1, 4, 7, 1024), Tile(8, 16), 10**9, 8192, ((64, 7, 4), (64, 7, 1))),  # a phase per column
+    ((1, 4, 7, 1024), Tile(8, 16), 10**9, 8192, ((64, 7, 4), (1, 7, 1))),   # a phase per column
     ((1, 64, 5, 3), Tile(8, 4), 1, 6, ((1, 1, 64), (1, 1, 4))),             # rows capped by max_group
-    ((1, 4, 7, 2**20), Tile(8, 16), 3, 8192, ((65536, 3, 4), None)),        # channel tiles past it
+    ((1, 4, 7, 2**20), Tile(8, 16), 3, 8192, ((65536, 3, 4), (1, 3, 1))),   # channel tiles past it
     ((1, 64, 64, 64), Tile(8, 16), 2, None, ((4, 8, 64), None)),            # other devices
 ])
 def test_launch_geometry_groups_whole_rows_that_fit(output_shape, tile, rate_w, max_group, want):
