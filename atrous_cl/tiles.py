@@ -261,6 +261,7 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     on a CPU, the Winograd kernel's (:func:`winograd_tile`) where it runs with at most
     half the direct sum's multiplies (3x3 filters, 6x6, 9x9, 3x6: one 3x3 part per 9
     taps or fewer), each phase has two rows and columns or more (a 2x2 block), its
+    transformed filters fit :data:`WINOGRAD_FILTER_BYTES`, its
     blocks on the problem's phases take at most 0.8 of the direct kernel's multiplies
     (:func:`winograd_pays`: not at rates large against the image), and
     :func:`winograd_enabled`, unless Intel's runtime runs the direct 8x1 tile faster (3
@@ -294,9 +295,33 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
             and parts is not None and 8 * parts <= kh * kw
             and min(-(-oh // args.rate), -(-ow // args.rate)) >= 2):
         tile = winograd_tile(device, dtype, args.filters_shape)
-        if tile is not None and winograd_pays(args, tile, default_tile(device, dtype, cout)):
+        if (tile is not None and winograd_filter_bytes(args.filters_shape, tile, dtype)
+                <= WINOGRAD_FILTER_BYTES
+                and winograd_pays(args, tile, default_tile(device, dtype, cout))):
             return tile
     return default_tile(device, dtype, cout)
+
+
+#: The Winograd kernel is the default only where its transformed filters
+#: (:func:`winograd_filter_bytes`) take at most this. A work-group reads all of them for
+#: a few 2x2 blocks (16 multiply-adds per 4 bytes and block), so past the last-level
+#: cache (32 MiB on this project's Zen 3) it waits on memory. Its time over the direct
+#: kernel's, float32 (``python benchmarks/tile_sweep.py --devices 1:0 2:0 --shapes ...
+#: --tiles 4x8x3w 4x8x2 --rounds 3``, 2026-12-06, Intel's runtime / PyPI's PoCL; Intel
+#: has too little local memory from 1024 input channels): 1x32x32 768->768 rate 1
+#: (38 MB) 1.25 / 1.23, 1x64x64 512->1024 rate 2 (34 MB) 1.18 / 1.19, 1x32x32 1024->512
+#: rate 1 (35 MB) PoCL 1.29, 1x33x33 1024->1024 rate 6 (68 MB) PoCL 2.96, 1x64x64
+#: 768->512 rate 2 (26 MB) 0.96 / 1.07; kept: 1x64x64 1024->256 rate 2 (17 MB) PoCL 0.60,
+#: 512->512 (17 MB) 0.61 / 0.57, 768->256 (13 MB) 0.50 / 0.54.
+WINOGRAD_FILTER_BYTES = 24 << 20
+
+
+def winograd_filter_bytes(filters_shape, tile: Tile, dtype) -> int:
+    """Bytes of the Winograd kernel's transformed filters for ``tile``: 16 per 3x3 part,
+    input channel and (padded) output channel, in ``dtype``'s accumulation type, as
+    ``repack_filters`` stores them."""
+    kh, kw, cout, cin = filters_shape
+    return 16 * winograd_parts(kh, kw) * cin * tile.padded_channels(cout) * acc_itemsize(dtype)
 
 
 #: The direct kernel takes tiles of consecutive output columns where they compute at most

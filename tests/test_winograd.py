@@ -320,6 +320,26 @@ def test_the_default_takes_winograd_on_cpus_unless_turned_off(queue, monkeypatch
         assert tiles.default_for(queue.device, np.float32, args) == direct, off
 
 
+def test_the_default_keeps_the_direct_kernel_where_winograd_filters_outgrow_the_cache(
+        monkeypatch):
+    """Transformed filters past tiles.WINOGRAD_FILTER_BYTES (768->768 3x3 float32: 36 MiB)
+    keep the direct kernel, though the Winograd kernel would save multiplies and fit the
+    device's local memory; at the limit it takes Winograd."""
+    device = stub_device(type=cl.device_type.CPU, local_mem_size=2**20,
+                         platform=type("P", (), {"name": "Portable Computing Language"})(),
+                         version="OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3")
+    args = check_transpose_args((1, 32, 32, 768), (3, 3, 768, 768), (1, 32, 32, 768), 1, "SAME")
+    tile = tiles.winograd_tile(device, np.float32, args.filters_shape)
+    size = tiles.winograd_filter_bytes(args.filters_shape, tile, np.float32)
+    assert tile is not None and size == 16 * 768 * tile.padded_channels(768) * 4
+    assert size > tiles.WINOGRAD_FILTER_BYTES
+    assert tiles.default_for(device, np.float32, args) == tiles.default_tile(device, np.float32, 768)
+    monkeypatch.setattr(tiles, "WINOGRAD_FILTER_BYTES", size)
+    assert tiles.default_for(device, np.float32, args) == tile
+    # float64's take twice the bytes
+    assert tiles.winograd_filter_bytes(args.filters_shape, tile, np.float64) == 2 * size
+
+
 def test_the_op_computes_the_same_with_winograd_off(queue, monkeypatch):
     """The host call with the default tile and with ATROUS_CL_WINOGRAD=0 (a new process
     stands in: the memos forgotten) agree to float32's bound."""
