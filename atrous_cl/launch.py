@@ -190,8 +190,8 @@ def launch_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_w:
     two uses of a tile's (18 MiB for 2048->256 3x3, past L2 and most of L3).
     Main kernel alone (``/tmp`` script, Intel's runtime, 4x8x2, 3-7 rounds
     interleaved, 2026-12-06): 1x33x33 1024->1024 rate 6 249-309 -> 104-116 ms,
-    2048->256 rate 6 61-73 -> 50-61, 1x129x129 2048->256 rate 6 1557 -> 1062;
-    filters of 0.6 MiB or less (A, B, 1x64x64 256->256) within 0.97-1.02.
+    2048->256 rate 6 61-73 -> 50-61, 1x129x129 2048->256 rate 6 1557 -> 1062; others
+    (A, B, D, 64->64 to 512->512 and 1024->256 rate 2, 33-129 pixels) 0.94-1.02.
     """
     n, oh, ow, cout = output_shape
     phases = min(rate_w, ow)
