@@ -267,7 +267,9 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     :func:`winograd_enabled`, unless Intel's runtime runs the direct 8x1 tile faster (3
     output channels or fewer in float32, 2 in float64; float16 keeps Winograd: 3x3 filters,
     1x256x256 64->1, 2, 3 rate 2, float32, 8x1 took 0.54, 0.65, 0.90 of the Winograd
-    tile's time, 64->4 1.04; float64 64->1, 2: 0.58, 0.54); else :func:`default_tile`.
+    tile's time, 64->4 1.04; float64 64->1, 2: 0.58, 0.54); else :func:`default_tile`,
+    whose 4 pixels of two 256-bit vectors become 5 where the row allows
+    (:data:`FIVE_PIXELS_WITHIN`).
 
     Host API, back to back, the Winograd tile's time over the direct default's
     (``python benchmarks/tile_ab.py DEVICE --workloads ... --tiles ...``, 2026-12-04
@@ -289,6 +291,7 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
         return gpu_tile(args)
     kind = facts(device).type
     parts = winograd_parts(kh, kw)
+    direct = default_tile(device, dtype, cout)
     if (winograd_enabled() and kind & cl.device_type.CPU
             and not _intel_direct(device, dtype, cout)
             and not _pocl_direct(device, dtype, cout)
@@ -297,9 +300,46 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
         tile = winograd_tile(device, dtype, args.filters_shape)
         if (tile is not None and winograd_filter_bytes(args.filters_shape, tile, dtype)
                 <= WINOGRAD_FILTER_BYTES
-                and winograd_pays(args, tile, default_tile(device, dtype, cout))):
+                and winograd_pays(args, tile, direct)):
             return tile
-    return default_tile(device, dtype, cout)
+    if direct == _NARROW_DIRECT._replace(channels=direct.channels):
+        return _five_pixels(args, direct)
+    return direct
+
+
+#: :func:`default_for` takes 5 pixels of two 256-bit vectors rather than 4
+#: (:data:`_NARROW_DIRECT`) where they compute at most this many times 4's pixel-taps
+#: along a row (:func:`direct_columns`: a phase of 32 columns takes 35 in tiles of 5)
+#: in the same kernel (phase tiles or consecutive columns, as 4 would).
+#: Ten accumulator registers of AVX2's 16 rather than 8, a broadcast input feeding 10
+#: multiply-adds; 12 (6 pixels) spilled, 1.5-2.6x the time. Kernels only, 5 pixels' time
+#: over 4's (``python benchmarks/tile_sweep.py --devices 1:0 2:0 --dtypes ... --workloads
+#: C D --shapes ... --tiles 4x8x2 5x8x2 --rounds 5``, 2026-12-06, Intel's runtime /
+#: PyPI's PoCL): float32 5x5 32->32 0.88 / 0.89, 7x7 16->16 rate 3 0.91 / 0.90, 4x4 0.91 /
+#: 0.91, 6x6 48->32 0.95 / 0.90, 1x33x33 2048->256 rate 6 0.95 / 0.94, 1x65x65 1024->256
+#: rate 12 0.98 / 0.93, 1x64x64 768->768 1.00 / 0.87; D 0.89-0.92 / 0.90-0.93 (the main
+#: kernel alone, three runs; the launch layer on PoCL swung 0.51-1.30 between processes);
+#: C, whose phases are 32 columns, 1.00 / 1.01-1.08; float64 (5x4x2 over 4x4x2) 0.87-1.01,
+#: float16 0.87-1.01.
+FIVE_PIXELS_WITHIN = 1.05
+
+
+def _five_pixels(args, tile: Tile) -> Tile:
+    """``tile`` (4 pixels) with 5 pixels where :data:`FIVE_PIXELS_WITHIN` allows."""
+    kh, kw, _, _ = args.filters_shape
+    (_, oh, ow, _), (_, h, w, _) = args.output_shape, args.value_shape
+    dilation = geometry.kernel_dilations((kh, kw), args.rate, args.pads, (oh, ow), (h, w))
+    if dilation is None:
+        return tile
+    _, _, rate_w, crop_left = dilation
+    four, consecutive = direct_columns(ow, w, kw, rate_w, crop_left, tile.pixels)
+    five, consecutive_five = direct_columns(ow, w, kw, rate_w, crop_left, 5)
+    # The same kernel either way (the two tilings were measured apart), and a tile
+    # no wider than a phase's columns (or the row) is one of 4 or fewer (launch.plan).
+    room = ow if consecutive else -(-ow // rate_w)
+    return (tile._replace(pixels=5)
+            if consecutive == consecutive_five and room >= 5
+            and five <= FIVE_PIXELS_WITHIN * four else tile)
 
 
 #: The Winograd kernel is the default only where its transformed filters
@@ -613,8 +653,8 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
     """The tiles :func:`tune` tries: pixels 2-16 x a channel vector up to the useful
     width (on Intel's runtime 16 channels, float32 and float16, unless it takes one
     channel), 12x16 on CPUs where 16 channels are tried (float32, float16), and 4 or 8
-    pixels x two 16-channel vectors where :func:`default_tile` may take them (two
-    8-channel vectors on PyPI's PoCL for AVX2); with
+    pixels x two 16-channel vectors where :func:`default_tile` may take them (4, 5 or 8
+    pixels x two 8-channel vectors on 256-bit vectors, :func:`_narrow`); with
     ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks where it runs
     (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`), on 256-bit
     vectors with one to four vectors a block, as many as the channels fill."""
@@ -629,7 +669,7 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
     if widest == 16 and cout > 16 and _several_vectors(device, dtype):
         tiles += [Tile(4, 16, 2), Tile(8, 16, 2)]
     if _narrow(device) and cout > widest:
-        tiles += [Tile(4, widest, 2), Tile(8, widest, 2)]
+        tiles += [Tile(4, widest, 2), Tile(5, widest, 2), Tile(8, widest, 2)]
     if filters_shape is not None and winograd_enabled():
         wino = [t for t in (winograd_tile(device, dtype, filters_shape, blocks)
                             for blocks in (4, 8)) if t is not None]

@@ -476,6 +476,38 @@ def test_pocl_for_avx2_takes_two_8_channel_vectors_and_winograd_from_17_channels
     assert tuple(tiles.default_filter_grad_tile(pocl, np.float32, 64, 64))[:2] == (tiles.Tile(8, 8), 8)
 
 
+@pytest.mark.parametrize("dtype, channels", [(np.float32, 8), (np.float16, 8), (np.float64, 4)])
+def test_narrow_direct_tiles_take_5_pixels_where_the_row_wastes_no_more(dtype, channels):
+    """On 256-bit vectors the direct default's 4 pixels of two vectors become 5 where 5
+    compute at most FIVE_PIXELS_WITHIN times 4's pixel-taps along a row in the same
+    kernel: D's phases of 132 columns (135 in fives), 33 consecutive columns (35 against
+    36); not phases of 32 columns (35), nor of 4 (a tile is no wider than its phase), nor
+    where 5 would take consecutive columns and 4 phases. tune tries 5 as well."""
+    import types
+
+    import pyopencl as cl
+
+    pocl = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
+                       type=cl.device_type.CPU, version=_POCL_AVX2, local_mem_size=4 << 20)
+    four, five = tiles.Tile(4, channels, 2), tiles.Tile(5, channels, 2)
+
+    def direct(value_shape, cout, k, rate, padding, n=1):
+        out = [n, *value_shape, cout]
+        if padding == "VALID":
+            out[1:3] = [s + (k - 1) * rate for s in value_shape]
+        args = check_transpose_args((n, *value_shape, 16), (k, k, cout, 16), tuple(out), rate,
+                                    padding)
+        return tiles.default_for(pocl, dtype, args)
+
+    assert direct((256, 256), 16, 5, 2, "VALID") == five                # D
+    assert direct((128, 128), 32, 5, 2, "SAME") == five                 # phases of 64
+    assert direct((128, 128), 16, 4, 4, "SAME") == four                 # phases of 32
+    assert direct((128, 128), 32, 5, 4, "SAME") == four                 # 5: consecutive
+    assert direct((8, 8), 16, 5, 2, "SAME", n=32) == four               # phases of 4
+    assert direct((33, 33), 16, 5, 12, "SAME") == five                  # consecutive columns
+    assert five in tiles.candidates(pocl, dtype, 64)
+
+
 @pytest.mark.parametrize("host_avx512", [False, True])
 def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx512):
     """Intel's runtime reporting native vectors of 8 floats on a host without AVX-512 (AMD
@@ -513,7 +545,7 @@ def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx
     assert tiles.default_for(intel, f32, a) == tiles.Tile(4, 8, 2, True)
     assert tiles.default_for(intel, np.float16, a) == tiles.Tile(4, 8, 2, True)
     assert tiles.default_for(intel, f64, a) == tiles.Tile(4, 4, 2, True)
-    assert tiles.default_for(intel, f32, d) == tiles.Tile(4, 8, 2)
+    assert tiles.default_for(intel, f32, d) == tiles.Tile(5, 8, 2)  # tiles.FIVE_PIXELS_WITHIN
     assert tiles.Tile(4, 8, 2) in tiles.candidates(intel, f32, 64)
     assert max(t.channels for t in tiles.candidates(intel, f32, 64, a.filters_shape)) == 8
     assert tuple(tiles.default_filter_grad_tile(intel, f32, 64, 64)) == \

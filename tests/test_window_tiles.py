@@ -37,8 +37,10 @@ SHAPES = [
     (2, 5, 21, 3, 6, 3, 2, 9, "VALID"),    # VALID at a high rate, even kernel width
 ]
 # With vectors (a third number): several channel vectors per work-item, the
-# last work-item's partly past the output channels (cout 17 in 24 or 32).
-TILES = [Tile(1, 1), Tile(3, 4), Tile(8, 16), Tile(16, 8), Tile(8, 16, 2), Tile(3, 4, 3)]
+# last work-item's partly past the output channels (cout 17 in 24 or 32). 5x8x2:
+# the default on 256-bit vectors where rows allow (tiles.FIVE_PIXELS_WITHIN).
+TILES = [Tile(1, 1), Tile(3, 4), Tile(8, 16), Tile(16, 8), Tile(8, 16, 2), Tile(3, 4, 3),
+         Tile(5, 8, 2)]
 
 
 @pytest.fixture(params=[("phase", "blocks"), ("consecutive", "blocks"), ("phase", "one-row"),
@@ -88,7 +90,7 @@ def test_other_dtypes_take_the_same_tiles(queue, dtype):
     skip_unsupported(queue, dtype)
     value, filters, output_shape, rate, padding = _problem(SHAPES[0], dtype, np.random.default_rng())
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
-    for tile in (Tile(3, 4), Tile(8, 16), Tile(8, 16, 2)):
+    for tile in (Tile(3, 4), Tile(8, 16), Tile(8, 16, 2), Tile(5, 4, 2)):
         assert_close(_run(queue, value, filters, output_shape, rate, padding, tile), want, dtype,
                      context=f"tile {tile}")
 
@@ -104,7 +106,7 @@ def test_float16_takes_the_same_tiles_as_stored_and_widened(queue, wide, monkeyp
         value, filters, output_shape, rate, padding = _problem(shape, np.float16,
                                                                np.random.default_rng())
         want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
-        for tile in (Tile(3, 4), Tile(8, 16, 2)):
+        for tile in (Tile(3, 4), Tile(8, 16, 2), Tile(5, 8, 2)):
             assert_close(_run(queue, value, filters, output_shape, rate, padding, tile), want,
                          np.float16, context=f"{shape} tile {tile}")
 
@@ -130,7 +132,7 @@ def test_a_non_finite_weight_reaches_only_its_taps_outputs(queue, where, bad, ra
     output_shape = (2, 13, 27, 13)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, "SAME")
     assert not np.isfinite(want).all() and np.isfinite(want).any()
-    for tile in (Tile(8, 4), Tile(3, 4), Tile(8, 4, 2), Tile(3, 2, 3)):
+    for tile in (Tile(8, 4), Tile(3, 4), Tile(8, 4, 2), Tile(3, 2, 3), Tile(5, 8, 2)):
         assert_close(_run(queue, value, filters, output_shape, rate, "SAME", tile), want,
                      context=f"tile {tile}")
 
@@ -188,7 +190,7 @@ def test_the_forward_kernel_adds_tf_padding_times_the_weights(queue, rate, paddi
     want = reference.atrous_conv2d(value, filters, rate, padding)
     assert bad is None or not np.isfinite(want).all()
     args = launch.forward_as_transpose(check_conv_args(value.shape, filters.shape, rate, padding))
-    for tile in (Tile(8, 4), Tile(3, 4, 2), Tile(5, 2, 3)):
+    for tile in (Tile(8, 4), Tile(3, 4, 2), Tile(5, 2, 3), Tile(5, 8, 2)):
         out = poisoned(queue, want.shape, np.float32)
         launch.transpose(queue, cl_array.to_device(queue, value),
                          cl_array.to_device(queue, filters), out, args, tile, forward_filters=True)
