@@ -188,10 +188,13 @@ def launch_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_w:
     One channel tile a group: a core then runs tile after tile on the same
     weights, where a group of every channel tile swept all the filters between
     two uses of a tile's (18 MiB for 2048->256 3x3, past L2 and most of L3).
-    Main kernel alone (``/tmp`` script, Intel's runtime, 4x8x2, 3-7 rounds
-    interleaved, 2026-12-06): 1x33x33 1024->1024 rate 6 249-309 -> 104-116 ms,
-    2048->256 rate 6 61-73 -> 50-61, 1x129x129 2048->256 rate 6 1557 -> 1062; others
-    (A, B, D, 64->64 to 512->512 and 1024->256 rate 2, 33-129 pixels) 0.94-1.02.
+    Host API, this against the commit before, Intel's runtime (``python
+    benchmarks/compare_installs.py ... --shapes ... --rounds 7 --calls 2 --device
+    1:0``, 2026-12-06): 1x33x33 2048->256 rate 6 0.74, rate 12 0.86, 1024->1024
+    rate 6 0.41; 1x65x65 1024->256 rate 12 0.98, 1x33x33 512->256 1.02, 1x64x64
+    1024->256 rate 2 0.99, 1x64x64 256->256 rate 1 1.00; A-F (``--workloads``,
+    9 rounds of 5 calls) 0.93-1.03, and C 1.17, though it runs the Winograd kernel,
+    which this leaves alone: the machine's noise.
     """
     n, oh, ow, cout = output_shape
     phases = min(rate_w, ow)
