@@ -324,14 +324,21 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
 FIVE_PIXELS_WITHIN = 1.05
 
 
-def _five_pixels(args, tile: Tile) -> Tile:
-    """``tile`` (4 pixels) with 5 pixels where :data:`FIVE_PIXELS_WITHIN` allows."""
+def _kernel_dilation(args) -> tuple[int, int, int, int] | None:
+    """The direct kernel's ``(rate_h, crop_top, rate_w, crop_left)`` for a problem
+    (:func:`atrous_cl.geometry.kernel_dilations`), None where no tap lands in it."""
     kh, kw, _, _ = args.filters_shape
     (_, oh, ow, _), (_, h, w, _) = args.output_shape, args.value_shape
-    dilation = geometry.kernel_dilations((kh, kw), args.rate, args.pads, (oh, ow), (h, w))
+    return geometry.kernel_dilations((kh, kw), args.rate, args.pads, (oh, ow), (h, w))
+
+
+def _five_pixels(args, tile: Tile) -> Tile:
+    """``tile`` (4 pixels) with 5 pixels where :data:`FIVE_PIXELS_WITHIN` allows."""
+    dilation = _kernel_dilation(args)
     if dilation is None:
         return tile
     _, _, rate_w, crop_left = dilation
+    kw, ow, w = args.filters_shape[1], args.output_shape[2], args.value_shape[2]
     four, consecutive = direct_columns(ow, w, kw, rate_w, crop_left, tile.pixels)
     five, consecutive_five = direct_columns(ow, w, kw, rate_w, crop_left, 5)
     # The same kernel either way (the two tilings were measured apart), and a tile
@@ -409,7 +416,7 @@ def winograd_pays(args, tile: Tile, direct: Tile) -> bool:
     0.69, 0.58; ``docs/performance.md``)."""
     kh, kw, _, _ = args.filters_shape
     (_, oh, ow, _), (_, h, w, _) = args.output_shape, args.value_shape
-    dilation = geometry.kernel_dilations((kh, kw), args.rate, args.pads, (oh, ow), (h, w))
+    dilation = _kernel_dilation(args)
     if dilation is None:
         return False
     rate_h, crop_top, rate_w, crop_left = dilation
