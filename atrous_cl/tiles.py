@@ -315,12 +315,12 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
 #: multiply-adds; 12 (6 pixels) spilled, 1.5-2.6x the time. Kernels only, 5 pixels' time
 #: over 4's (``python benchmarks/tile_sweep.py --devices 1:0 2:0 --dtypes ... --workloads
 #: C D --shapes ... --tiles 4x8x2 5x8x2 --rounds 5``, 2026-12-06, Intel's runtime /
-#: PyPI's PoCL): float32 5x5 32->32 0.88 / 0.89, 7x7 16->16 rate 3 0.91 / 0.90, 4x4 0.91 /
-#: 0.91, 6x6 48->32 0.95 / 0.90, 1x33x33 2048->256 rate 6 0.95 / 0.94, 1x65x65 1024->256
-#: rate 12 0.98 / 0.93, 1x64x64 768->768 1.00 / 0.87; D 0.89-0.92 / 0.90-0.93 (the main
-#: kernel alone, three runs; the launch layer on PoCL swung 0.51-1.30 between processes);
-#: C, whose phases are 32 columns, 1.00 / 1.01-1.08; float64 (5x4x2 over 4x4x2) 0.87-1.01,
-#: float16 0.87-1.01.
+#: PyPI's PoCL): float32 5x5 32->32 0.88 / 0.89-0.93, 7x7 16->16 rate 3 0.91-0.93 /
+#: 0.86-0.90, 4x4 0.91 / 0.91, 6x6 48->32 0.95 / 0.90, 1x33x33 2048->256 rate 6 0.93-0.95 /
+#: 0.92-0.94, 1x65x65 1024->256 rate 12 0.98 / 0.93, 1x64x64 768->768 1.00 / 0.87; D
+#: 0.89-0.92 / about 0.91 (PoCL's main kernel alone, three processes each: its launch layer
+#: swung 0.51-1.30 between processes); C, whose phases are 32 columns, 1.00-1.01 /
+#: 1.01-1.08; float64 (5x4x2 over 4x4x2) 0.87-1.01, float16 0.87-1.01.
 FIVE_PIXELS_WITHIN = 1.05
 
 
@@ -355,11 +355,12 @@ def _five_pixels(args, tile: Tile) -> Tile:
 #: cache (32 MiB on this project's Zen 3) it waits on memory. Its time over the direct
 #: kernel's, float32 (``python benchmarks/tile_sweep.py --devices 1:0 2:0 --shapes ...
 #: --tiles 4x8x3w 4x8x2 --rounds 3``, 2026-12-06, Intel's runtime / PyPI's PoCL; Intel
-#: has too little local memory from 1024 input channels): 1x32x32 768->768 rate 1
-#: (38 MB) 1.25 / 1.23, 1x64x64 512->1024 rate 2 (34 MB) 1.18 / 1.19, 1x32x32 1024->512
-#: rate 1 (35 MB) PoCL 1.29, 1x33x33 1024->1024 rate 6 (68 MB) PoCL 2.96, 1x64x64
-#: 768->512 rate 2 (26 MB) 0.96 / 1.07; kept: 1x64x64 1024->256 rate 2 (17 MB) PoCL 0.60,
-#: 512->512 (17 MB) 0.61 / 0.57, 768->256 (13 MB) 0.50 / 0.54.
+#: has too little local memory from 1024 input channels), with 4x8x3w's transformed
+#: filters: 1x32x32 768->768 rate 1 (36 MiB) 1.25 / 1.23, 1x64x64 512->1024 rate 2 (32 MiB)
+#: 1.18 / 1.19, 1x32x32 1024->512 rate 1 (33 MiB) PoCL 1.29, 1x33x33 1024->1024 rate 6
+#: (64.5 MiB) PoCL 2.96, 1x64x64 768->512 rate 2 (24.75 MiB) 0.96 / 1.07; kept: 1x64x64
+#: 1024->256 rate 2 (16.5 MiB) PoCL 0.60, 512->512 (16.5 MiB) 0.61 / 0.57, 768->256
+#: (12.4 MiB) 0.50 / 0.54.
 WINOGRAD_FILTER_BYTES = 24 << 20
 
 
