@@ -59,12 +59,14 @@
 #define LOAD_VALUE(p, i) ((p)[i])
 #define LOADV_WT(p, i) LOADV_ACC_ALIGNED(p, i)
 #define STORE_WT(p, i, v) ((p)[i] = (v))
+#define STOREV_WT(p, i, v) STOREV_ACC(p, i, v)
 #else
 #define VALUE_T T
 #define WT_T T
 #define LOAD_VALUE(p, i) LOAD(p, i)
 #define LOADV_WT(p, i) LOADV_ALIGNED(p, i)
 #define STORE_WT(p, i, v) STORE(p, i, v)
+#define STOREV_WT(p, i, v) STOREV(p, i, v)
 #endif
 
 // wt[c / WB, tap, o, c % WB] = filters[tap, c, o] for c < COUT, 0 for COUT <= c < COUTP.
@@ -93,11 +95,6 @@
 #endif
 #define FINITE ((long)KH * KW * CIN * COUTP)
 #define ZEROS (FINITE + (long)KH * KW * COUTP)
-#ifdef WIDE_INPUTS
-#define STOREV_WT(p, i, v) STOREV_ACC(p, i, v)
-#else
-#define STOREV_WT(p, i, v) STOREV(p, i, v)
-#endif
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
                              __global WT_T *restrict wt)
 {
