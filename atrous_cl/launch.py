@@ -24,7 +24,8 @@ from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, facts, is_intel_cpu, status_name
 from atrous_cl.tiles import (Tile, acc_itemsize, default_tile, direct_columns, gpu_only,
-                             pixel_vector, winograd_local_bytes, winograd_parts)
+                             pixel_vector, winograd_cout_group, winograd_local_bytes,
+                             winograd_parts)
 from atrous_cl.validation import ConvArgs, TransposeArgs
 
 #: The kernel file this layer launches.
@@ -102,7 +103,8 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
 def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
                      forward_filters: bool = False) -> tuple[str, ...]:
     """``-D`` options of the Winograd kernel file, as :func:`build_options` for the direct
-    one; float16 is never widened for it (:func:`_winograd_plan`)."""
+    one; float16 is never widened for it (:func:`_winograd_plan`). A work-group computes
+    :func:`atrous_cl.tiles.winograd_cout_group` output channels."""
     kh, kw, cout, cin = args.filters_shape
     dilation = kernel_dilation(args, forward_filters)
     # The taps that land inside value for some output pixel: repack_filters
@@ -117,22 +119,28 @@ def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
         f"-DTB={tile.pixels}", f"-DBC={tile.channels}", f"-DGV={tile.vectors}",
         f"-DKH={kh}", f"-DKW={kw}", f"-DSH={-(-kh // 3)}", f"-DSW={-(-kw // 3)}",
         f"-DCIN={cin}", f"-DCINP={-(-cin // tile.channels) * tile.channels}", f"-DCOUT={cout}",
-        f"-DCOUTP={tile.padded_channels(cout)}") + dilation_options(*dilation) + \
+        f"-DCOUTP={tile.padded_channels(cout)}",
+        f"-DCOUT_GROUP={winograd_cout_group(args.filters_shape, tile, dtype)}") + \
+        dilation_options(*dilation) + \
         (("-DFORWARD_FILTERS",) if forward_filters else ())
 
 
 def winograd_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_h: int,
-                      rate_w: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+                      rate_w: int, cout_groups: int = 1) -> tuple[tuple[int, int, int],
+                                                                   tuple[int, int, int]]:
     """``(global_size, local_size)`` of ``winograd_transpose``: one work-item per work-group,
-    each ``tile.pixels`` 2x2 blocks along a row of one phase, every output channel.
+    each ``tile.pixels`` 2x2 blocks along a row of one phase, for one of ``cout_groups``
+    groups of output channels (:func:`atrous_cl.tiles.winograd_cout_group`).
 
     Axis 1 covers the phases of a row (``min(rate_w, OW)``) times their groups of
-    blocks, axis 2 the images times the phases of a column times its rows of blocks
-    (each phase as many as phase 0, which has the most).
+    blocks, axis 2 the groups of output channels times the images times the phases of
+    a column times its rows of blocks (each phase as many as phase 0, which has the
+    most), the groups slowest: the work-groups that read one group's transformed
+    filters run one after another, while those stay in the cache.
     """
     n, oh, ow, _ = output_shape
     return ((1, min(rate_w, ow) * -(-geometry.phase_blocks(ow, rate_w) // tile.pixels),
-             n * min(rate_h, oh) * geometry.phase_blocks(oh, rate_h)), (1, 1, 1))
+             cout_groups * n * min(rate_h, oh) * geometry.phase_blocks(oh, rate_h)), (1, 1, 1))
 
 
 def winograd_repack_geometry(filters_shape: tuple[int, int, int, int],
@@ -407,7 +415,9 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
     packed = packed_elements(args.filters_shape, tile.padded_channels(cout), winograd=True)
     return Plan(kernels, "winograd_transpose", lock, options, False, packed * acc_itemsize(dtype),
                 winograd_repack_geometry(args.filters_shape, tile),
-                winograd_geometry(args.output_shape, tile, dilation[0], dilation[2]),
+                winograd_geometry(args.output_shape, tile, dilation[0], dilation[2],
+                                  -(-tile.padded_channels(cout)
+                                    // winograd_cout_group(args.filters_shape, tile, dtype))),
                 _sizes(args), {}, WINOGRAD_FILE)
 
 

@@ -261,7 +261,6 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     on a CPU, the Winograd kernel's (:func:`winograd_tile`) where it runs with at most
     half the direct sum's multiplies (3x3 filters, 6x6, 9x9, 3x6: one 3x3 part per 9
     taps or fewer), each phase has two rows and columns or more (a 2x2 block), its
-    transformed filters fit :data:`WINOGRAD_FILTER_BYTES`, its
     blocks on the problem's phases take at most 0.8 of the direct kernel's multiplies
     (:func:`winograd_pays`: not at rates large against the image), and
     :func:`winograd_enabled`, unless Intel's runtime runs the direct 8x1 tile faster (3
@@ -298,9 +297,7 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
             and parts is not None and 8 * parts <= kh * kw
             and min(-(-oh // args.rate), -(-ow // args.rate)) >= 2):
         tile = winograd_tile(device, dtype, args.filters_shape)
-        if (tile is not None and winograd_filter_bytes(args.filters_shape, tile, dtype)
-                <= WINOGRAD_FILTER_BYTES
-                and winograd_pays(args, tile, direct)):
+        if tile is not None and winograd_pays(args, tile, direct):
             return tile
     if direct == _NARROW_DIRECT._replace(channels=direct.channels):
         return _five_pixels(args, direct)
@@ -349,19 +346,42 @@ def _five_pixels(args, tile: Tile) -> Tile:
             and five <= FIVE_PIXELS_WITHIN * four else tile)
 
 
-#: The Winograd kernel is the default only where its transformed filters
-#: (:func:`winograd_filter_bytes`) take at most this. A work-group reads all of them for
-#: a few 2x2 blocks (16 multiply-adds per 4 bytes and block), so past the last-level
-#: cache (32 MiB on this project's Zen 3) it waits on memory. Its time over the direct
-#: kernel's, float32 (``python benchmarks/tile_sweep.py --devices 1:0 2:0 --shapes ...
-#: --tiles 4x8x3w 4x8x2 --rounds 3``, 2026-12-06, Intel's runtime / PyPI's PoCL; Intel
-#: has too little local memory from 1024 input channels), with 4x8x3w's transformed
-#: filters: 1x32x32 768->768 rate 1 (36 MiB) 1.25 / 1.23, 1x64x64 512->1024 rate 2 (32 MiB)
-#: 1.18 / 1.19, 1x32x32 1024->512 rate 1 (33 MiB) PoCL 1.29, 1x33x33 1024->1024 rate 6
-#: (64.5 MiB) PoCL 2.96, 1x64x64 768->512 rate 2 (24.75 MiB) 0.96 / 1.07; kept: 1x64x64
-#: 1024->256 rate 2 (16.5 MiB) PoCL 0.60, 512->512 (16.5 MiB) 0.61 / 0.57, 768->256
-#: (12.4 MiB) 0.50 / 0.54.
-WINOGRAD_FILTER_BYTES = 24 << 20
+#: A work-group of the Winograd kernel reads the transformed filters of its output
+#: channels (:func:`winograd_cout_group`) for a few 2x2 blocks (16 multiply-adds per 4
+#: bytes and block): at most this many bytes of them, so that they stay in the cache for
+#: the work-groups after it (the groups of one set of channels run one after another).
+#: With all the channels in one work-group, transformed filters past the last-level
+#: cache (32 MiB on this project's Zen 3) left the kernel waiting on memory. Kernels
+#: only, time over the direct kernel's, float32, 4x8x3w, all the channels in a group
+#: -> groups within 12, 6 and 3 MiB (``/tmp`` script of the launch layer, 3 rounds,
+#: 2026-12-06, Intel's runtime / PyPI's PoCL; Intel has too little local memory from
+#: 1024 input channels): 1x64x64 768->768 rate 2 (36 MiB) PoCL 1.06 -> 0.43, 0.43,
+#: 0.48; 1x32x32 768->768 rate 1 1.31 -> 0.86, 0.64, 0.64 / 1.22 -> 0.79, 0.62, 0.57;
+#: 1x64x64 512->1024 1.19 -> 0.66, 0.54, 0.54 / 1.07 -> 0.47, 0.48, 0.51; 1x32x32
+#: 1024->512 rate 1 PoCL 1.30 -> 0.93, 0.78, 0.82; 1x33x33 1024->1024 rate 6 PoCL 2.17
+#: -> 0.95, 0.91, 1.06; 1x33x33 768->768 rate 6 2.15 -> 0.86, 0.92, 0.83 / 1.99 -> 0.95,
+#: 0.88, 0.90; 1x64x64 512->512 (16.5 MiB) 0.63 -> 0.59, 0.56, 0.60 / 0.58 -> 0.54,
+#: 0.56, 0.60; 384->384 (9.3 MiB) PoCL 0.53 -> 0.53, 0.54, 0.55. float64 (4x4x3w, 6
+#: MiB), PoCL: 1x32x32 768->768 rate 1 1.27 -> 0.65, 1x64x64 512->512 1.04 -> 0.58;
+#: float16 1x32x32 768->768 1.32 -> 0.59 / 1.21 -> 0.71.
+WINOGRAD_GROUP_BYTES = 6 << 20
+
+
+def winograd_cout_group(filters_shape, tile: Tile, dtype) -> int:
+    """Output channels per work-group of the Winograd kernel with ``tile``: every one
+    (padded to whole register tiles, :meth:`Tile.padded_channels`) where their
+    transformed filters (:func:`winograd_filter_bytes`) take at most
+    :data:`WINOGRAD_GROUP_BYTES`; else as few groups as keep each within it (a
+    register tile's channels at least), all of one size but the last, the smallest
+    size of whole register tiles that needs no more groups. Each group recomputes the
+    input transform, about a quarter of a register tile's products (16 loads and 32
+    adds per input vector against 16 multiply-adds per vector of the tile's)."""
+    kh, kw, cout, cin = filters_shape
+    step = tile.channels * tile.vectors
+    steps = tile.padded_channels(cout) // step
+    most = WINOGRAD_GROUP_BYTES // winograd_filter_bytes((kh, kw, step, cin), tile, dtype)
+    groups = -(-steps // max(1, most))
+    return -(-steps // groups) * step
 
 
 def winograd_filter_bytes(filters_shape, tile: Tile, dtype) -> int:

@@ -28,7 +28,10 @@
 // the filters themselves as wt[KH * KW][CIN][COUTP] for the fallback below.
 //
 // One work-item per work-group (CPUs: a work-group runs on one core) computes
-// TB blocks along a row of one phase, for every output channel:
+// TB blocks along a row of one phase, for COUT_GROUP output channels (every
+// one, or a group of them where all of U would not stay in the last-level
+// cache: the work-groups of one group run one after another, so its part of
+// U does; see atrous_cl.tiles.winograd_cout_group):
 //   1. the input transform V = B^T d B of its TB blocks, every part of the
 //      filters and input channel, into local memory, vl[16][TB][SH * SW *
 //      CINP] (adds only, BC channels at a time);
@@ -70,6 +73,8 @@
 //               half/float); USE_HALF, USE_FP64 as in prelude
 //   BC          channels per vector (8 or 16); GV vectors per register tile
 //   TB          2x2 blocks per work-group
+//   COUT_GROUP  output channels per work-group, a multiple of BC * GV (the
+//               last group may be short: COUTP need not be a multiple)
 //   KH, KW      the filters' size; SH, SW = ceil(KH / 3), ceil(KW / 3)
 //   CIN, COUT, COUTP, CINP (CIN rounded up to BC), RATE_H, RATE_W, PAD_TOP,
 //   PAD_LEFT    as in the direct kernel (rates and pads long literals)
@@ -213,11 +218,12 @@ VACC direct_sum(__global const T *restrict value, const long value_off,
     return acc;
 }
 
-// Global size (1, PHASES_W * ceil(BLOCKS_W / TB), N * PHASES_H * BLOCKS_H),
-// local size (1, 1, 1); PHASES = min(RATE, O) per axis, BLOCKS = ceil(ceil(O /
-// RATE) / 2) per axis (phase 0's, the most any phase has). Axis 1 counts the
-// phases fastest, then the work-groups of one phase along the row; axis 2
-// likewise for rows of blocks, per image.
+// Global size (1, PHASES_W * ceil(BLOCKS_W / TB), GROUPS * N * PHASES_H *
+// BLOCKS_H), local size (1, 1, 1); PHASES = min(RATE, O) per axis, BLOCKS =
+// ceil(ceil(O / RATE) / 2) per axis (phase 0's, the most any phase has),
+// GROUPS = ceil(COUTP / COUT_GROUP). Axis 1 counts the phases fastest, then
+// the work-groups of one phase along the row; axis 2 likewise for rows of
+// blocks, per image, per group of output channels (slowest).
 __kernel void winograd_transpose(
     __global const T *restrict value, const long value_off,
     __global const ACC *restrict wt,
@@ -233,8 +239,11 @@ __kernel void winograd_transpose(
     const long q0 = (long)get_global_id(1) - col_item * phases_w + col_item * 2 * TB * RATE_W;
     const long phases_h = min(RATE_H, (long)OH);
     const long row_items = phases_h * ((((OH + RATE_H - 1) / RATE_H) + 1) / 2);
-    const long n = (long)get_global_id(2) / row_items;
-    const long row_item = (long)get_global_id(2) - n * row_items;
+    const long group_items = (long)get_global_size(2) / ((COUTP + COUT_GROUP - 1) / COUT_GROUP);
+    const int group = (int)((long)get_global_id(2) / group_items);
+    const long item = (long)get_global_id(2) - group * group_items;
+    const long n = item / row_items;
+    const long row_item = item - n * row_items;
     const long row_block = row_item / phases_h;
     const long p0 = row_item - row_block * phases_h + row_block * 2 * RATE_H;
 
@@ -296,7 +305,8 @@ __kernel void winograd_transpose(
         }
     }
 
-    for (int cb = 0; cb < COUTP; cb += BC * GV) {
+    const int c_end = min((group + 1) * COUT_GROUP, COUTP);
+    for (int cb = group * COUT_GROUP; cb < c_end; cb += BC * GV) {
         // 2. M[k] = V[k] U[k] for GV vectors of output channels from cb.
         for (int k = 0; k < 16; ++k) {
             VACC acc[TB][GV];

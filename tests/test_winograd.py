@@ -320,24 +320,82 @@ def test_the_default_takes_winograd_on_cpus_unless_turned_off(queue, monkeypatch
         assert tiles.default_for(queue.device, np.float32, args) == direct, off
 
 
-def test_the_default_keeps_the_direct_kernel_where_winograd_filters_outgrow_the_cache(
-        monkeypatch):
-    """Transformed filters past tiles.WINOGRAD_FILTER_BYTES (768->768 3x3 float32: 36 MiB)
-    keep the direct kernel, though the Winograd kernel would save multiplies and fit the
-    device's local memory; at the limit it takes Winograd."""
+def test_large_winograd_filters_take_groups_of_output_channels():
+    """Transformed filters past tiles.WINOGRAD_GROUP_BYTES (768->768 3x3 float32: 36 MiB)
+    split the output channels into as few groups of whole register tiles as keep each
+    group's share within it, as even as they go; the default still takes Winograd."""
     device = stub_device(type=cl.device_type.CPU, local_mem_size=2**20,
                          platform=type("P", (), {"name": "Portable Computing Language"})(),
                          version="OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3")
     args = check_transpose_args((1, 32, 32, 768), (3, 3, 768, 768), (1, 32, 32, 768), 1, "SAME")
     tile = tiles.winograd_tile(device, np.float32, args.filters_shape)
+    assert tile == Tile(4, 8, 3, True)
     size = tiles.winograd_filter_bytes(args.filters_shape, tile, np.float32)
-    assert tile is not None and size == 16 * 768 * tile.padded_channels(768) * 4
-    assert size > tiles.WINOGRAD_FILTER_BYTES
-    assert tiles.default_for(device, np.float32, args) == tiles.default_tile(device, np.float32, 768)
-    monkeypatch.setattr(tiles, "WINOGRAD_FILTER_BYTES", size)
+    assert size == 16 * 768 * 768 * 4 > tiles.WINOGRAD_GROUP_BYTES
     assert tiles.default_for(device, np.float32, args) == tile
-    # float64's take twice the bytes
-    assert tiles.winograd_filter_bytes(args.filters_shape, tile, np.float64) == 2 * size
+    # 32 tiles of 24 channels, 1.125 MiB each: 7 groups of 5 (the last of 2) within 6 MiB
+    assert tiles.winograd_cout_group(args.filters_shape, tile, np.float32) == 120
+    for dtype in (np.float16, np.float32, np.float64):
+        for filters_shape in ((3, 3, 768, 768), (3, 3, 1000, 300), (6, 6, 512, 512),
+                              (3, 3, 24, 100000), (3, 3, 256, 256)):
+            t = tiles.winograd_tile(device, dtype, filters_shape) or tile
+            step, coutp = t.channels * t.vectors, t.padded_channels(filters_shape[2])
+            group = tiles.winograd_cout_group(filters_shape, t, dtype)
+            groups = -(-coutp // group)
+            share = tiles.winograd_filter_bytes(filters_shape[:2] + (group, filters_shape[3]), t,
+                                                dtype)
+            assert group % step == 0 and 0 < group <= coutp, (dtype, filters_shape)
+            # within the limit (a register tile's channels at least), in as few groups as that takes
+            assert share <= tiles.WINOGRAD_GROUP_BYTES or group == step, (dtype, filters_shape)
+            one = tiles.winograd_filter_bytes(filters_shape[:2] + (step, filters_shape[3]), t,
+                                              dtype)
+            assert groups == -(-coutp // (step * max(1, tiles.WINOGRAD_GROUP_BYTES // one)))
+            assert group - step < -(-coutp // groups)  # no larger than the groups need
+            assert coutp - (groups - 1) * group > 0  # no empty group
+    assert tiles.winograd_cout_group((3, 3, 256, 256), tile, np.float32) == 264  # 4.1 MiB: one
+
+
+@pytest.fixture
+def small_groups(monkeypatch):
+    """Plans built with tiles.WINOGRAD_GROUP_BYTES as the test sets it (the plans cached
+    before and after it are forgotten)."""
+    launch.plan.cache_clear()
+    yield lambda nbytes: monkeypatch.setattr(tiles, "WINOGRAD_GROUP_BYTES", nbytes)
+    launch.plan.cache_clear()
+
+
+#: Filters, tile and groups of register tiles: shape (of SHAPES), tile, tiles a group
+GROUPED = [(2, Tile(2, 8, 1, True), 1),   # 33 channels: 5 groups of one vector, the last short
+           (2, Tile(2, 8, 1, True), 2),   # 3 groups of two, the last of one
+           (1, Tile(3, 8, 2, True), 1),   # 20 channels: two groups of two vectors
+           (5, Tile(2, 4, 1, True), 1),   # four 3x3 parts, 6 channels in two groups
+           (0, Tile(2, 4, 1, True), 1)]   # 5 channels: two groups, the last of 1 channel
+
+
+@pytest.mark.parametrize("forward", [False, True], ids=["transpose", "forward"])
+@pytest.mark.parametrize("case", GROUPED, ids=lambda c: f"{c[1]}-{c[2]}of{'x'.join(map(str, SHAPES[c[0]]))}")
+def test_groups_of_output_channels_match_the_reference(queue, small_groups, case, forward):
+    """The Winograd kernel with its output channels in groups (tiles.winograd_cout_group:
+    large filters; small ones here, with a small limit), the last group short where the
+    register tiles do not divide evenly; every output written once, poisoned before."""
+    index, tile, per_group = case
+    shape = SHAPES[index]
+    _fits(queue, tile, shape[3], *shape[7:])
+    value, filters, output_shape, rate, padding = _problem(shape)
+    step = tile.channels * tile.vectors
+    small_groups(tiles.winograd_filter_bytes(filters.shape[:2] + (per_group * step, shape[3]),
+                                             tile, np.float32))
+    group = tiles.winograd_cout_group(filters.shape, tile, np.float32)
+    assert group == per_group * step < tile.padded_channels(shape[4])
+    if forward:
+        fwd = filters.transpose(0, 1, 3, 2).copy()  # [kh, kw, in, out] of the forward op
+        want = reference.atrous_conv2d(value, fwd, rate, padding)
+        got, kernel = _run(queue, value, fwd, None, rate, padding, tile, forward_filters=True)
+    else:
+        want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+        got, kernel = _run(queue, value, filters, output_shape, rate, padding, tile)
+    assert kernel == "winograd_transpose"
+    assert_close(got, want, context=f"tile {tile}, groups of {group}")
 
 
 def test_the_op_computes_the_same_with_winograd_off(queue, monkeypatch):
