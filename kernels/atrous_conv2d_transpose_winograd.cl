@@ -239,9 +239,17 @@ __kernel void winograd_transpose(
     const long q0 = (long)get_global_id(1) - col_item * phases_w + col_item * 2 * TB * RATE_W;
     const long phases_h = min(RATE_H, (long)OH);
     const long row_items = phases_h * ((((OH + RATE_H - 1) / RATE_H) + 1) / 2);
+#if COUT_GROUP < COUTP
     const long group_items = (long)get_global_size(2) / ((COUTP + COUT_GROUP - 1) / COUT_GROUP);
     const int group = (int)((long)get_global_id(2) / group_items);
     const long item = (long)get_global_id(2) - group * group_items;
+    const int c_begin = group * COUT_GROUP;
+    const int c_end = min(c_begin + COUT_GROUP, COUTP);
+#else  // one group: the loop over output channels keeps its constant trip count
+    const long item = (long)get_global_id(2);
+    const int c_begin = 0;
+    const int c_end = COUTP;
+#endif
     const long n = item / row_items;
     const long row_item = item - n * row_items;
     const long row_block = row_item / phases_h;
@@ -305,8 +313,7 @@ __kernel void winograd_transpose(
         }
     }
 
-    const int c_end = min((group + 1) * COUT_GROUP, COUTP);
-    for (int cb = group * COUT_GROUP; cb < c_end; cb += BC * GV) {
+    for (int cb = c_begin; cb < c_end; cb += BC * GV) {
         // 2. M[k] = V[k] U[k] for GV vectors of output channels from cb.
         for (int k = 0; k < 16; ++k) {
             VACC acc[TB][GV];
