@@ -366,12 +366,20 @@ def _five_pixels(args, tile: Tile) -> Tile:
 #: float16 1x32x32 768->768 1.32 -> 0.59 / 1.21 -> 0.71.
 WINOGRAD_GROUP_BYTES = 6 << 20
 
+#: ... unless all of them take at most this: each group recomputes the input transform,
+#: which cost more than the cache saved below it. Kernels only, groups within 6 MiB
+#: over one group's time (the same script, 7 rounds, Intel's runtime / PyPI's PoCL):
+#: 1x64x64 384->384 (9.3 MiB) 1.04 / 1.02, 2x32x32 448->448 (12.5 MiB) 1.07 / 1.04,
+#: 1x48x48 320->320 (6.6 MiB) 1.01 / 1.08; 1x64x64 512->512 (16.5 MiB) 0.89 / 0.97.
+WINOGRAD_ONE_GROUP_BYTES = 16 << 20
+
 
 def winograd_cout_group(filters_shape, tile: Tile, dtype) -> int:
     """Output channels per work-group of the Winograd kernel with ``tile``: every one
     (padded to whole register tiles, :meth:`Tile.padded_channels`) where their
     transformed filters (:func:`winograd_filter_bytes`) take at most
-    :data:`WINOGRAD_GROUP_BYTES`; else as few groups as keep each within it (a
+    :data:`WINOGRAD_ONE_GROUP_BYTES`; else as few groups as keep each within
+    :data:`WINOGRAD_GROUP_BYTES` (a
     register tile's channels at least), all of one size but the last, the smallest
     size of whole register tiles that needs no more groups. Each group recomputes the
     input transform, about a quarter of a register tile's products (16 loads and 32
@@ -379,6 +387,8 @@ def winograd_cout_group(filters_shape, tile: Tile, dtype) -> int:
     kh, kw, cout, cin = filters_shape
     step = tile.channels * tile.vectors
     steps = tile.padded_channels(cout) // step
+    if winograd_filter_bytes(filters_shape, tile, dtype) <= WINOGRAD_ONE_GROUP_BYTES:
+        return steps * step
     most = WINOGRAD_GROUP_BYTES // winograd_filter_bytes((kh, kw, step, cin), tile, dtype)
     groups = -(-steps // max(1, most))
     return -(-steps // groups) * step

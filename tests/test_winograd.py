@@ -321,9 +321,10 @@ def test_the_default_takes_winograd_on_cpus_unless_turned_off(queue, monkeypatch
 
 
 def test_large_winograd_filters_take_groups_of_output_channels():
-    """Transformed filters past tiles.WINOGRAD_GROUP_BYTES (768->768 3x3 float32: 36 MiB)
+    """Transformed filters past tiles.WINOGRAD_ONE_GROUP_BYTES (768->768 3x3 float32: 36 MiB)
     split the output channels into as few groups of whole register tiles as keep each
-    group's share within it, as even as they go; the default still takes Winograd."""
+    group's share within tiles.WINOGRAD_GROUP_BYTES, as even as they go; the default still
+    takes Winograd."""
     device = stub_device(type=cl.device_type.CPU, local_mem_size=2**20,
                          platform=type("P", (), {"name": "Portable Computing Language"})(),
                          version="OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3")
@@ -341,6 +342,9 @@ def test_large_winograd_filters_take_groups_of_output_channels():
             t = tiles.winograd_tile(device, dtype, filters_shape) or tile
             step, coutp = t.channels * t.vectors, t.padded_channels(filters_shape[2])
             group = tiles.winograd_cout_group(filters_shape, t, dtype)
+            if tiles.winograd_filter_bytes(filters_shape, t, dtype) <= tiles.WINOGRAD_ONE_GROUP_BYTES:
+                assert group == coutp, (dtype, filters_shape)
+                continue
             groups = -(-coutp // group)
             share = tiles.winograd_filter_bytes(filters_shape[:2] + (group, filters_shape[3]), t,
                                                 dtype)
@@ -353,6 +357,9 @@ def test_large_winograd_filters_take_groups_of_output_channels():
             assert group - step < -(-coutp // groups)  # no larger than the groups need
             assert coutp - (groups - 1) * group > 0  # no empty group
     assert tiles.winograd_cout_group((3, 3, 256, 256), tile, np.float32) == 264  # 4.1 MiB: one
+    # 12.5 MiB: one group (more would recompute the input transform for little)
+    assert tiles.winograd_cout_group((3, 3, 448, 448), tile, np.float32) == 456
+    assert tiles.winograd_cout_group((3, 3, 512, 512), tile, np.float32) == 192  # 16.5 MiB: 3
 
 
 @pytest.fixture
@@ -360,6 +367,7 @@ def small_groups(monkeypatch):
     """Plans built with tiles.WINOGRAD_GROUP_BYTES as the test sets it (the plans cached
     before and after it are forgotten)."""
     launch.plan.cache_clear()
+    monkeypatch.setattr(tiles, "WINOGRAD_ONE_GROUP_BYTES", 0)
     yield lambda nbytes: monkeypatch.setattr(tiles, "WINOGRAD_GROUP_BYTES", nbytes)
     launch.plan.cache_clear()
 
