@@ -353,9 +353,9 @@ def _five_pixels(args, tile: Tile) -> Tile:
 #: With all the channels in one work-group, transformed filters past the last-level
 #: cache (32 MiB on this project's Zen 3) left the kernel waiting on memory. Kernels
 #: only, time over the direct kernel's, float32, 4x8x3w, all the channels in a group
-#: -> groups within 12, 6 and 3 MiB (``/tmp`` script of the launch layer, 3 rounds,
-#: 2026-12-06, Intel's runtime / PyPI's PoCL; Intel has too little local memory from
-#: 1024 input channels): 1x64x64 768->768 rate 2 (36 MiB) PoCL 1.06 -> 0.43, 0.43,
+#: -> groups within 12, 6 and 3 MiB (``python benchmarks/winograd_groups.py --device D
+#: --shapes ...``, 3 rounds, its first version, 2026-12-06, Intel's runtime / PyPI's
+#: PoCL; Intel has too little local memory from 1024 input channels): 1x64x64 768->768 rate 2 (36 MiB) PoCL 1.06 -> 0.43, 0.43,
 #: 0.48; 1x32x32 768->768 rate 1 1.31 -> 0.86, 0.64, 0.64 / 1.22 -> 0.79, 0.62, 0.57;
 #: 1x64x64 512->1024 1.19 -> 0.66, 0.54, 0.54 / 1.07 -> 0.47, 0.48, 0.51; 1x32x32
 #: 1024->512 rate 1 PoCL 1.30 -> 0.93, 0.78, 0.82; 1x33x33 1024->1024 rate 6 PoCL 2.17
@@ -368,7 +368,7 @@ WINOGRAD_GROUP_BYTES = 6 << 20
 
 #: ... unless all of them take at most this: each group recomputes the input transform,
 #: which cost more than the cache saved below it. Kernels only, groups within 6 MiB
-#: over one group's time (the same script, 7 rounds, Intel's runtime / PyPI's PoCL):
+#: over one group's time (the same script, ``--mib 1000 6 --rounds 7``):
 #: 1x64x64 384->384 (9.3 MiB) 1.04 / 1.02, 2x32x32 448->448 (12.5 MiB) 1.07 / 1.04,
 #: 1x48x48 320->320 (6.6 MiB) 1.01 / 1.08; 1x64x64 512->512 (16.5 MiB) 0.89 / 0.97.
 WINOGRAD_ONE_GROUP_BYTES = 16 << 20

@@ -1,0 +1,102 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Winograd kernel's groups of output channels against the direct kernel, kernels only.
+
+``python benchmarks/winograd_groups.py [--device 2:0] [--dtype float32] [--mib 1000 12 6 3]
+[--tiles 4x8x3w 3x8x3w] [--rounds 3] --shapes 1,64,64,768,768,3,2,SAME ...``
+
+For each ``N,H,W,CIN,COUT,K,RATE,PADDING`` problem, times the launch layer (repack, main
+kernel, wait; :func:`atrous_cl.launch.plan` and its launch, on arrays already on the
+device) with the direct kernel's default tile and with each Winograd tile (default:
+:func:`atrous_cl.tiles.winograd_tile`'s) for each ``--mib`` limit on a group's transformed
+filters (:data:`atrous_cl.tiles.WINOGRAD_GROUP_BYTES`; :data:`~atrous_cl.tiles.WINOGRAD_ONE_GROUP_BYTES`
+is set to 0, so every limit splits), interleaved round by round in a new order each round.
+Every plan's result is checked against the NumPy reference first. Prints the median ms of
+each and its time over the direct kernel's, with the channels per group (``g``).
+A Winograd tile the device's local memory cannot hold is left out.
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import pyopencl.array as cl_array
+
+import atrous_cl
+from atrous_cl import bench, launch, reference, tiles, validation
+
+
+def plans(queue, dtype, args, tile_list, limits) -> dict:
+    """{name: plan}: the direct kernel's default tile, then each Winograd tile per limit."""
+    device, wide = queue.device, launch.widens_inputs(queue.device, dtype)
+    direct = tiles.default_tile(device, dtype, args.filters_shape[2])
+    if direct == tiles._NARROW_DIRECT._replace(channels=direct.channels):
+        direct = tiles._five_pixels(args, direct)
+    found = {f"direct {direct}": launch.plan(queue.context, device, dtype, args, direct, False, wide)}
+    saved = tiles.WINOGRAD_GROUP_BYTES, tiles.WINOGRAD_ONE_GROUP_BYTES
+    try:
+        tiles.WINOGRAD_ONE_GROUP_BYTES = 0
+        for tile in tile_list:
+            if tile is None or not launch.winograd_runs(device, dtype, args, tile):
+                continue
+            for mib in limits:
+                tiles.WINOGRAD_GROUP_BYTES = mib << 20
+                launch.plan.cache_clear()
+                group = tiles.winograd_cout_group(args.filters_shape, tile, dtype)
+                found[f"{tile} {mib} MiB g{group}"] = launch.plan(queue.context, device, dtype,
+                                                                  args, tile, False, wide)
+    finally:
+        tiles.WINOGRAD_GROUP_BYTES, tiles.WINOGRAD_ONE_GROUP_BYTES = saved
+        launch.plan.cache_clear()
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="2:0")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--mib", nargs="+", type=int, default=[1000, 12, 6, 3])
+    parser.add_argument("--tiles", nargs="*", help="Winograd tiles (default: the device's)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shapes", nargs="+", required=True, help="N,H,W,CIN,COUT,K,RATE,PADDING")
+    a = parser.parse_args()
+    queue = atrous_cl.get_queue(device=a.device)
+    dtype = np.dtype(a.dtype)
+    tol = {np.float16: 1e-2, np.float32: 1e-5, np.float64: 1e-12}[dtype.type]
+    for text in a.shapes:
+        wl = bench.parse_workload(text)
+        rng = np.random.default_rng(0)
+        value = rng.standard_normal((wl.n, wl.h, wl.w, wl.cin)).astype(dtype)
+        filters = rng.standard_normal((wl.k, wl.k, wl.cout, wl.cin)).astype(dtype)
+        args = validation.check_transpose_args(value.shape, filters.shape, wl.output_shape,
+                                               wl.rate, wl.padding)
+        want = reference.atrous_conv2d_transpose(value, filters, wl.output_shape, wl.rate,
+                                                 wl.padding)
+        scale = float(np.max(np.abs(want)))
+        v, f = cl_array.to_device(queue, value), cl_array.to_device(queue, filters)
+        out = cl_array.empty(queue, wl.output_shape, dtype)
+        tile_list = ([tiles.Tile.parse(t) for t in a.tiles] if a.tiles
+                     else [tiles.winograd_tile(queue.device, dtype, filters.shape)])
+        found = plans(queue, dtype, args, tile_list, a.mib)
+        for name, p in found.items():
+            launch._launch(p, queue, v, f, out)
+            err = np.max(np.abs(out.get().astype(np.float64) - want)) / scale
+            if not err < tol:
+                raise RuntimeError(f"{name} on {text}: error {err:.2e}")
+        samples = {name: [] for name in found}
+        names, order = list(found), np.random.default_rng(1)
+        for r in range(a.rounds + 1):
+            for i in order.permutation(len(names)):
+                start = time.perf_counter()
+                launch._launch(found[names[i]], queue, v, f, out)
+                queue.finish()
+                if r:
+                    samples[names[i]].append(time.perf_counter() - start)
+        ms = {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+        base = ms[names[0]]
+        print(f"{a.device} {dtype.name} {text}: "
+              + "  ".join(f"{name} {t:.1f} ({t / base:.2f})" for name, t in ms.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
