@@ -346,24 +346,25 @@ def _five_pixels(args, tile: Tile) -> Tile:
             and five <= FIVE_PIXELS_WITHIN * four else tile)
 
 
-#: A work-group of the Winograd kernel reads the transformed filters of its output
-#: channels (:func:`winograd_cout_group`) for a few 2x2 blocks (16 multiply-adds per 4
-#: bytes and block): at most this many bytes of them, so that they stay in the cache for
-#: the work-groups after it (the groups of one set of channels run one after another).
-#: With all the channels in one work-group, transformed filters past the last-level
-#: cache (32 MiB on this project's Zen 3) left the kernel waiting on memory. Kernels
-#: only, time over the direct kernel's, float32, 4x8x3w, all the channels in a group
-#: -> groups within 12, 6 and 3 MiB (``python benchmarks/winograd_groups.py --device D
-#: --shapes ...``, 3 rounds, its first version, 2026-12-06, Intel's runtime / PyPI's
-#: PoCL; Intel has too little local memory from 1024 input channels): 1x64x64 768->768 rate 2 (36 MiB) PoCL 1.06 -> 0.43, 0.43,
-#: 0.48; 1x32x32 768->768 rate 1 1.31 -> 0.86, 0.64, 0.64 / 1.22 -> 0.79, 0.62, 0.57;
-#: 1x64x64 512->1024 1.19 -> 0.66, 0.54, 0.54 / 1.07 -> 0.47, 0.48, 0.51; 1x32x32
-#: 1024->512 rate 1 PoCL 1.30 -> 0.93, 0.78, 0.82; 1x33x33 1024->1024 rate 6 PoCL 2.17
-#: -> 0.95, 0.91, 1.06; 1x33x33 768->768 rate 6 2.15 -> 0.86, 0.92, 0.83 / 1.99 -> 0.95,
-#: 0.88, 0.90; 1x64x64 512->512 (16.5 MiB) 0.63 -> 0.59, 0.56, 0.60 / 0.58 -> 0.54,
-#: 0.56, 0.60; 384->384 (9.3 MiB) PoCL 0.53 -> 0.53, 0.54, 0.55. float64 (4x4x3w, 6
-#: MiB), PoCL: 1x32x32 768->768 rate 1 1.27 -> 0.65, 1x64x64 512->512 1.04 -> 0.58;
-#: float16 1x32x32 768->768 1.32 -> 0.59 / 1.21 -> 0.71.
+#: A work-group of the Winograd kernel reads the transformed filters of its output channels
+#: (:func:`winograd_cout_group`) for a few 2x2 blocks (16 multiply-adds per 4 bytes and
+#: block): at most this many bytes of them, so that they stay in the cache for the
+#: work-groups after it (the groups of one set of channels run one after another). With all
+#: the channels in one work-group, transformed filters past the last-level cache (32 MiB on
+#: this project's Zen 3) left the kernel waiting on memory. Kernels only, time over the
+#: direct kernel's, float32, 4x8x3w, all the channels in a group -> groups within 12, 6 and
+#: 3 MiB (``python benchmarks/winograd_groups.py --device D --shapes ...``, 3 rounds, its
+#: first version, 2026-12-06, Intel's runtime / PyPI's PoCL; Intel has too little local
+#: memory from 1024 input channels): 1x64x64 768->768 rate 2 (36 MiB) PoCL 1.06 -> 0.43,
+#: 0.43, 0.48 (Intel, groups of 48, 96, 192 and 384 channels: 1.33 -> 0.62, 0.53, 0.53,
+#: 0.79); 1x32x32 768->768 rate 1 1.31 -> 0.86, 0.64, 0.64 / 1.22 -> 0.79, 0.62, 0.57;
+#: 1x64x64 512->1024 1.19 -> 0.66, 0.54, 0.54 / 1.07 -> 0.47, 0.48, 0.51; 1x32x32 1024->512
+#: rate 1 PoCL 1.30 -> 0.93, 0.78, 0.82; 1x33x33 1024->1024 rate 6 PoCL 2.17 -> 0.95, 0.91,
+#: 1.06; 1x33x33 768->768 rate 6 2.15 -> 0.86, 0.92, 0.83 / 1.99 -> 0.95, 0.88, 0.90;
+#: 1x64x64 512->512 (16.5 MiB) 0.63 -> 0.59, 0.56, 0.60 / 0.58 -> 0.54, 0.56, 0.60; 384->384
+#: (9.3 MiB) PoCL 0.53 -> 0.53, 0.54, 0.55. float64 (4x4x3w, 6 MiB), PoCL: 1x32x32 768->768
+#: rate 1 1.27 -> 0.65, 1x64x64 512->512 1.04 -> 0.58; float16 1x32x32 768->768 1.32 -> 0.59
+#: / 1.21 -> 0.71.
 WINOGRAD_GROUP_BYTES = 6 << 20
 
 #: ... unless all of them take at most this: each group recomputes the input transform,
