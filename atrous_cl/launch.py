@@ -24,8 +24,7 @@ from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, facts, is_intel_cpu, status_name
 from atrous_cl.tiles import (Tile, acc_itemsize, default_tile, direct_columns, gpu_only,
-                             pixel_vector, winograd_cout_group, winograd_local_bytes,
-                             winograd_parts)
+                             pixel_vector, winograd_parts, winograd_split, WinogradSplit)
 from atrous_cl.validation import ConvArgs, TransposeArgs
 
 #: The kernel file this layer launches.
@@ -100,11 +99,12 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
         ((f"-DWB={tile.channels * tile.vectors}",) if blocked else ())
 
 
-def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
+def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile, split: WinogradSplit,
                      forward_filters: bool = False) -> tuple[str, ...]:
     """``-D`` options of the Winograd kernel file, as :func:`build_options` for the direct
-    one; float16 is never widened for it (:func:`_winograd_plan`). A work-group computes
-    :func:`atrous_cl.tiles.winograd_cout_group` output channels."""
+    one; float16 is never widened for it (:func:`_winograd_plan`). A work-group takes
+    ``split.chunk`` input channels at a time and computes ``split.group`` output channels
+    (:func:`atrous_cl.tiles.winograd_split`)."""
     kh, kw, cout, cin = args.filters_shape
     dilation = kernel_dilation(args, forward_filters)
     # The taps that land inside value for some output pixel: repack_filters
@@ -120,7 +120,7 @@ def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
         f"-DKH={kh}", f"-DKW={kw}", f"-DSH={-(-kh // 3)}", f"-DSW={-(-kw // 3)}",
         f"-DCIN={cin}", f"-DCINP={-(-cin // tile.channels) * tile.channels}", f"-DCOUT={cout}",
         f"-DCOUTP={tile.padded_channels(cout)}",
-        f"-DCOUT_GROUP={winograd_cout_group(args.filters_shape, tile, dtype)}") + \
+        f"-DCC={split.chunk}", f"-DCOUT_GROUP={split.group}") + \
         dilation_options(*dilation) + \
         (("-DFORWARD_FILTERS",) if forward_filters else ())
 
@@ -393,11 +393,10 @@ def winograd_runs(device: cl.Device, dtype, args: TransposeArgs, tile: Tile) -> 
     (:func:`atrous_cl.tiles.winograd_parts`) and a work-group's local memory within the
     device's. A Winograd tile where it cannot (a tuning file from another machine) runs
     the direct kernel with :func:`atrous_cl.tiles.default_tile` instead."""
-    kh, kw, _, cin = args.filters_shape
-    dtype = np.dtype(dtype)
-    parts = winograd_parts(kh, kw)
-    return (parts is not None
-            and winograd_local_bytes(tile, cin, parts, dtype) <= facts(device).local_mem)
+    kh, kw, _, _ = args.filters_shape
+    return (winograd_parts(kh, kw) is not None
+            and winograd_split(args.filters_shape, tile, np.dtype(dtype),
+                               facts(device).local_mem) is not None)
 
 
 def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: TransposeArgs,
@@ -410,14 +409,14 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
                                     geometry.phase_blocks(args.output_shape[2], dilation[2])))
     # float16 is loaded as stored: the input transform converts it (see the kernel file),
     # cheaper than widening value in a pass of its own first.
-    options = winograd_options(dtype, args, tile, forward_filters)
+    split = winograd_split(args.filters_shape, tile, dtype, facts(device).local_mem)
+    options = winograd_options(dtype, args, tile, split, forward_filters)
     kernels, lock = programs.get_kernels(context, WINOGRAD_FILE, options)
     packed = packed_elements(args.filters_shape, tile.padded_channels(cout), winograd=True)
     return Plan(kernels, "winograd_transpose", lock, options, False, packed * acc_itemsize(dtype),
                 winograd_repack_geometry(args.filters_shape, tile),
                 winograd_geometry(args.output_shape, tile, dilation[0], dilation[2],
-                                  -(-tile.padded_channels(cout)
-                                    // winograd_cout_group(args.filters_shape, tile, dtype))),
+                                  -(-tile.padded_channels(cout) // split.group)),
                 _sizes(args), {}, WINOGRAD_FILE)
 
 

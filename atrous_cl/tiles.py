@@ -403,6 +403,49 @@ def winograd_filter_bytes(filters_shape, tile: Tile, dtype) -> int:
     return 16 * winograd_parts(kh, kw) * cin * tile.padded_channels(cout) * acc_itemsize(dtype)
 
 
+class WinogradSplit(NamedTuple):
+    """How a work-group of the Winograd kernel divides its work (:func:`winograd_split`):
+    ``chunk`` input channels transformed at once (all of them, rounded up to a
+    vector, for one chunk) and ``group`` output channels computed."""
+
+    chunk: int
+    group: int
+
+
+def winograd_split(filters_shape, tile: Tile, dtype, local_mem: int) -> WinogradSplit | None:
+    """The :class:`WinogradSplit` of the Winograd kernel with ``tile`` on a device with
+    ``local_mem`` bytes of local memory, or None where not even one vector of input
+    channels and one register tile fit it.
+
+    The group is :func:`winograd_cout_group`'s. Every input channel in one chunk where
+    their transforms fit the local memory with one register tile's products; else
+    chunks as large as fit beside the products of the whole group, which add up from
+    chunk to chunk (smaller groups of equal size but the last where those would not
+    leave room for one vector), in as few chunks as that takes, of equal size but the
+    last. Chunks only where they must be: where all the transforms fit, chunks of 32,
+    64 and 128 channels (8-32 KiB of transforms, in the first-level cache) took
+    1.26-1.66, 1.18-1.38 and 1.02-1.16 of one chunk's time (kernels only, 4x8x3w, 1x32x32
+    128->128 and 256->256, 1x64x64 512->512 and 768->768 rate 2, Intel's runtime and
+    PyPI's PoCL: ``python benchmarks/winograd_groups.py --device D --mib 6 --chunk 0 32
+    64 128 --shapes ...``, 2026-12-06)."""
+    kh, kw, cout, cin = filters_shape
+    parts = winograd_parts(kh, kw)
+    slots = local_mem // (acc_itemsize(dtype) * 16 * tile.pixels)  # channels of V or M
+    step = tile.channels * tile.vectors
+    vectors = -(-cin // tile.channels)  # of input channels
+    group = winograd_cout_group(filters_shape, tile, dtype)
+    if parts * vectors * tile.channels + step <= slots:
+        return WinogradSplit(vectors * tile.channels, group)
+    most = (slots - parts * tile.channels) // step  # register tiles the products may take
+    if most < 1:
+        return None
+    if group > most * step:
+        steps = tile.padded_channels(cout) // step
+        group = -(-steps // -(-steps // most)) * step
+    room = (slots - group) // (parts * tile.channels)  # vectors of a chunk
+    return WinogradSplit(-(-vectors // -(-vectors // room)) * tile.channels, group)
+
+
 #: The direct kernel takes tiles of consecutive output columns where they compute at most
 #: this share of its phase tiles' pixel-taps (:func:`direct_columns`).
 CONSECUTIVE_BELOW = 0.9
@@ -428,8 +471,23 @@ def direct_columns(ow: int, w: int, kw: int, rate: int, crop: int,
 
 
 #: The Winograd kernel is the default where it computes at most this share of the
-#: direct kernel's multiplies (:func:`winograd_pays`).
+#: direct kernel's multiplies (:func:`winograd_pays`), ...
 WINOGRAD_BELOW = 0.8
+
+#: ... or of this where there are more input channels than :data:`WINOGRAD_WIDE_INPUTS`.
+#: There the direct kernel won where the count gave 0.63-0.82 (DeepLab's ASPP shapes),
+#: the Winograd kernel where it gave 0.45. Kernels only, the Winograd kernel's time over
+#: the direct one's (``python benchmarks/winograd_groups.py --device D --mib 6 --shapes
+#: ...``, 3-5 rounds, 2026-12-06, Intel's runtime / PyPI's PoCL), with the count:
+#: 1x33x33 1024->256 rate 6 (0.63) 1.09-1.18 / 1.12, 2048->256 (0.63) 1.12-1.22 / 1.16,
+#: 1x65x65 2048->256 rate 6 (0.82) 1.02 / 1.20, rate 12 (0.69) 1.11 / 1.05, 1024->256
+#: rate 6 1.05; 1x32x32 1024->512 rate 1 (0.45) 0.74-0.76, 1x64x64 1024->256 rate 2 (0.45)
+#: 0.61-0.64, 1x32x32 2048->512 rate 1 (0.45) 0.73 (Intel, in chunks: :func:`winograd_split`);
+#: up to 768 input channels at 0.63: 1x33x33 768->768 rate 6 0.84 / 0.91, 512->256 0.89.
+WINOGRAD_WIDE_BELOW = 0.5
+
+#: See :data:`WINOGRAD_WIDE_BELOW`.
+WINOGRAD_WIDE_INPUTS = 768
 
 
 def winograd_pays(args, tile: Tile, direct: Tile) -> bool:
@@ -438,7 +496,8 @@ def winograd_pays(args, tile: Tile, direct: Tile) -> bool:
     3x3 part, over every block of its groups of ``tile.pixels`` along a phase's row
     (:func:`atrous_cl.geometry.winograd_blocks`), against the direct kernel's terms of
     live rows times the pixel-taps its tiles compute along a row (:func:`direct_columns`):
-    at most :data:`WINOGRAD_BELOW` of them, and groups of two blocks or more along a row
+    at most :data:`WINOGRAD_BELOW` of them (:data:`WINOGRAD_WIDE_BELOW` for more than
+    :data:`WINOGRAD_WIDE_INPUTS` input channels), and groups of two blocks or more along a row
     (groups of one left the kernel reading its transformed filters for every block: 2.6x
     the direct kernel's time on 1x33x33 256->256 rate 18 where the count gave 1.3x).
     Where a rate is large against the image, so phases have few rows and columns, the
@@ -458,7 +517,8 @@ def winograd_pays(args, tile: Tile, direct: Tile) -> bool:
                 * geometry.winograd_blocks(ow, rate_w, tile.pixels))
     along, _ = direct_columns(ow, w, kw, rate_w, crop_left, direct.pixels)
     direct = geometry.live_pixel_taps(oh, h, kh, rate_h, crop_top) * along
-    return winograd <= WINOGRAD_BELOW * direct
+    below = WINOGRAD_BELOW if args.filters_shape[3] <= WINOGRAD_WIDE_INPUTS else WINOGRAD_WIDE_BELOW
+    return winograd <= below * direct
 
 
 #: Outputs from which a GPU's untuned tile takes two output channels where there are 64
@@ -720,8 +780,8 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
             for tile in list(wino):
                 for vectors in range(1, min(4, -(-cout // tile.channels)) + 1):
                     other = tile._replace(vectors=vectors)
-                    room = winograd_local_bytes(other, filters_shape[3], parts, dtype)
-                    if other not in wino and room <= facts(device).local_mem:
+                    if other not in wino and winograd_split(filters_shape, other, dtype,
+                                                            facts(device).local_mem):
                         wino.append(other)
         tiles += wino
     return tiles
@@ -748,13 +808,17 @@ def winograd_parts(kh: int, kw: int) -> int | None:
     return parts if kh > 1 and kw > 1 and 16 * parts * 4 <= 3 * 4 * kh * kw else None
 
 
-def winograd_local_bytes(tile: Tile, cin: int, parts: int = 1, dtype=np.float32) -> int:
-    """The local memory a work-group of the Winograd kernel takes with ``tile``: the
-    input transforms of its blocks (16 per block, part of the filters and input
-    channel, the channels rounded up to a vector) and the products of one register
-    tile's channels, in the accumulation type (float32 for float16)."""
+def winograd_local_bytes(tile: Tile, parts: int, split: WinogradSplit, cin: int,
+                         dtype=np.float32) -> int:
+    """The local memory a work-group of the Winograd kernel takes with ``tile`` and
+    ``split`` for ``cin`` input channels: the input transforms of its blocks (16 per
+    block, part of the filters and input channel of a chunk) and its products (16 per
+    block and output channel of one register tile, or of the group where the input
+    channels come in more than one chunk), in the accumulation type (float32 for
+    float16)."""
     cinp = -(-cin // tile.channels) * tile.channels
-    return acc_itemsize(dtype) * 16 * tile.pixels * (parts * cinp + tile.channels * tile.vectors)
+    products = tile.channels * tile.vectors if split.chunk >= cinp else split.group
+    return acc_itemsize(dtype) * 16 * tile.pixels * (parts * min(split.chunk, cinp) + products)
 
 
 #: Output channels above which the Winograd tile on 256-bit vectors (:func:`_narrow`)
@@ -782,8 +846,7 @@ def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int | None = 
     """The Winograd kernel's tile of ``blocks`` 2x2 blocks for a problem, where that
     kernel runs and saves multiplies (:func:`winograd_parts`): float32, float64, or
     float16 on a CPU (GPUs load halves in hardware, and keep the direct kernel), and a
-    work-group's local memory (:func:`winograd_local_bytes`) within the device's;
-    else None. Channel vectors as wide as :func:`_vector_width` allows, two of them
+    work-group's local memory within the device's (:func:`winograd_split`); else None. Channel vectors as wide as :func:`_vector_width` allows, two of them
     for more output channels than one holds; with 256-bit vectors (:func:`_narrow`) in
     4 blocks, and three of them for more than :data:`_NARROW_THREE_VECTORS_ABOVE`
     channels."""
@@ -804,6 +867,6 @@ def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int | None = 
     if blocks is None:
         blocks = 4 if _narrow(device) else WINOGRAD_BLOCKS
     tile = Tile(blocks, width, vectors, True)
-    if winograd_local_bytes(tile, cin, parts, dtype) > facts(device).local_mem:
+    if winograd_split(filters_shape, tile, dtype, facts(device).local_mem) is None:
         return None
     return tile

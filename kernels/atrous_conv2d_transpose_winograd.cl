@@ -34,11 +34,17 @@
 // U does; see atrous_cl.tiles.winograd_cout_group):
 //   1. the input transform V = B^T d B of its TB blocks, every part of the
 //      filters and input channel, into local memory, vl[16][TB][SH * SW *
-//      CINP] (adds only, BC channels at a time);
+//      CC] (adds only, BC channels at a time);
 //   2. per BC * GV output channels, 16 products M[k] = V[k] U[k] (a register
 //      tile of TB blocks x GV vectors of BC channels: GV + TB loads feed
 //      TB * GV multiply-adds, as in the direct kernel's tile) into ml;
 //   3. the output transform Y = A^T M A and the store.
+// With CC = CINP, steps 1-3 as written, 2 and 3 per register tile (ml holds
+// one tile's products). With CC < CINP, the input channels come in chunks of
+// CC: steps 1 and 2 per chunk, the products of every register tile of the
+// group adding up in ml (ml[16][TB][COUT_GROUP]), then 3; a chunk's V is as
+// small as a core's first-level cache, where all of them would leave it (or
+// not fit the device's local memory at all).
 // V and M stay in local memory (a core's L1 and L2), so none of the
 // transforms' traffic reaches main memory: the textbook split through
 // global memory lost to the direct kernel (docs/performance.md).
@@ -73,6 +79,8 @@
 //               half/float); USE_HALF, USE_FP64 as in prelude
 //   BC          channels per vector (8 or 16); GV vectors per register tile
 //   TB          2x2 blocks per work-group
+//   CC          input channels per chunk, a multiple of BC (default CINP: one
+//               chunk; the last chunk may be short)
 //   COUT_GROUP  output channels per work-group, a multiple of BC * GV (the
 //               last group may be short: COUTP need not be a multiple)
 //   KH, KW      the filters' size; SH, SW = ceil(KH / 3), ceil(KW / 3)
@@ -102,7 +110,15 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 #define STOREV_LOCAL(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
 
 #define PARTS (SH * SW)
-#define KP (PARTS * CINP)  // a row of vl: every part's input channels
+#ifndef CC
+#define CC CINP
+#endif
+#define KP (PARTS * CC)  // a row of vl: every part's input channels of a chunk
+#if CC < CINP
+#define MS COUT_GROUP  // a row of ml: the group's products, kept from chunk to chunk
+#else
+#define MS (BC * GV)  // a row of ml: one register tile's products
+#endif
 #define DIRECT_AT (16L * PARTS * CIN * COUTP)
 #define WB (BC * GV)  // output channels of a block of U (see repack_filters)
 // Where U of output channel c0, a multiple of WB, starts: (c0 / WB) * 16 * PARTS * CIN * WB.
@@ -218,6 +234,93 @@ VACC direct_sum(__global const T *restrict value, const long value_off,
     return acc;
 }
 
+// M[k] = V[k] U[k] for the GV vectors of output channels from cb and the input
+// channels o_lo .. o_hi (vl holds the chunk's V from o_lo), into m (rows of MS
+// channels, the register tile's from m[0]), or added to what m holds with add.
+void winograd_products(__local const ACC *restrict vl, __global const ACC *restrict wt,
+                       __local ACC *restrict m, const int cb, const int o_lo, const int o_hi,
+                       const bool add)
+{
+    for (int k = 0; k < 16; ++k) {
+        VACC acc[TB][GV];
+#pragma unroll
+        for (int t = 0; t < TB; ++t)
+#pragma unroll
+            for (int g = 0; g < GV; ++g)
+                acc[t][g] = add ? LOADV_LOCAL(m, (k * TB + t) * MS + g * BC) : (VACC)0;
+        for (int part = 0; part < PARTS; ++part) {
+            __global const ACC *uk = wt + U_BLOCK(cb) + ((long)k * PARTS + part) * CIN * WB;
+            __local const ACC *vk = vl + k * TB * KP + part * CC;
+            for (int o = o_lo; o < o_hi; ++o) {
+                VACC w[GV];
+#pragma unroll
+                for (int g = 0; g < GV; ++g)
+                    w[g] = LOADV_ACC_ALIGNED(uk, (long)o * WB + g * BC);
+#pragma unroll
+                for (int t = 0; t < TB; ++t) {
+                    const ACC x = vk[t * KP + o - o_lo];
+#pragma unroll
+                    for (int g = 0; g < GV; ++g)
+                        acc[t][g] += x * w[g];
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < TB; ++t)
+#pragma unroll
+            for (int g = 0; g < GV; ++g)
+                STOREV_LOCAL(m, (k * TB + t) * MS + g * BC, acc[t][g]);
+    }
+}
+
+// Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1], for the register tile from output channel
+// cb, whose products m holds (rows of MS), stored (rows, columns and channels past
+// the output skipped), with the fallback.
+void winograd_outputs(__local const ACC *restrict m, const int cb,
+                      __global const T *restrict value, const long value_off,
+                      __global const ACC *restrict wt, __global T *restrict out,
+                      const long out_off, const long n, const long p0, const long q0,
+                      const int H, const int W, const int OH, const int OW)
+{
+    for (int t = 0; t < TB; ++t) {
+        if (q0 + 2 * t * RATE_W >= OW)
+            break;
+        for (int g = 0; g < GV; ++g) {
+            const int c = cb + g * BC;
+            if (c >= COUT)
+                break;
+            VACC mk[16];
+#pragma unroll
+            for (int k = 0; k < 16; ++k)
+                mk[k] = LOADV_LOCAL(m, (k * TB + t) * MS + g * BC);
+            VACC s[8];  // A^T M: 2 x 4
+#pragma unroll
+            for (int l = 0; l < 4; ++l) {
+                s[l] = mk[l] + mk[4 + l] + mk[8 + l];
+                s[4 + l] = mk[4 + l] - mk[8 + l] - mk[12 + l];
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const long p = p0 + r * RATE_H;
+                if (p >= OH)
+                    break;
+                const VACC y[2] = {s[r * 4] + s[r * 4 + 1] + s[r * 4 + 2],
+                                   s[r * 4 + 1] - s[r * 4 + 2] - s[r * 4 + 3]};
+#pragma unroll
+                for (int x = 0; x < 2; ++x) {
+                    const long q = q0 + (2 * t + x) * RATE_W;
+                    if (q >= OW)
+                        break;
+                    VACC yx = y[x];
+                    if (NONFINITE(yx))
+                        yx = direct_sum(value, value_off, wt, n, p, q, c, H, W);
+                    STORE_CHANNELS(out, out_off + ((n * OH + p) * OW + q) * (long)COUT + c, yx, c);
+                }
+            }
+        }
+    }
+}
+
 // Global size (1, PHASES_W * ceil(BLOCKS_W / TB), GROUPS * N * PHASES_H *
 // BLOCKS_H), local size (1, 1, 1); PHASES = min(RATE, O) per axis, BLOCKS =
 // ceil(ceil(O / RATE) / 2) per axis (phase 0's, the most any phase has),
@@ -231,7 +334,7 @@ __kernel void winograd_transpose(
     const int H, const int W, const int OH, const int OW)
 {
     __local ACC vl[16 * TB * KP];
-    __local ACC ml[16 * TB * BC * GV];
+    __local ACC ml[16 * TB * MS];
 
     // Remainders written out (see the direct kernel).
     const long phases_w = min(RATE_W, (long)OW);
@@ -255,135 +358,84 @@ __kernel void winograd_transpose(
     const long row_block = row_item / phases_h;
     const long p0 = row_item - row_block * phases_h + row_block * 2 * RATE_H;
 
-    // 1. V = B^T d B for every block, part and input channel. d[m][m'] is the
-    // input at row p0 + PAD_TOP - (KH - 1 - 3 sy - m) * RATE_H, column q0 + (2 t
-    // + m' - (KW - 1 - 3 sx)) * RATE_W + PAD_LEFT for block t and part (sy, sx);
-    // 0 outside value (the fallback repairs what a zero times a non-finite
-    // weight does). Input channels past CIN are 0.
-    for (int part = 0; part < PARTS; ++part)
-    for (int t = 0; t < TB; ++t) {
-        const int sy = part / SW;
-        const int sx = part - sy * SW;
-        long at[16];
-        bool in[16];
+    // Input channels in chunks of CC (all of them at once where CC = CINP), so
+    // that a chunk's V stays in the core's first-level cache; the products of
+    // every chunk add up in ml, transformed out after the last.
+    for (int o0 = 0; o0 < CINP; o0 += CC) {
+        const int o_end = min(o0 + CC, CINP);
+        // 1. V = B^T d B for every block, part and input channel of the chunk.
+        // d[m][m'] is the input at row p0 + PAD_TOP - (KH - 1 - 3 sy - m) * RATE_H,
+        // column q0 + (2 t + m' - (KW - 1 - 3 sx)) * RATE_W + PAD_LEFT for block t
+        // and part (sy, sx); 0 outside value (the fallback repairs what a zero
+        // times a non-finite weight does). Input channels past CIN are 0.
+        for (int part = 0; part < PARTS; ++part)
+        for (int t = 0; t < TB; ++t) {
+            const int sy = part / SW;
+            const int sx = part - sy * SW;
+            long at[16];
+            bool in[16];
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-            const long i = p0 + PAD_TOP - (KH - 1 - 3 * sy - m) * RATE_H;
+            for (int m = 0; m < 4; ++m) {
+                const long i = p0 + PAD_TOP - (KH - 1 - 3 * sy - m) * RATE_H;
 #pragma unroll
-            for (int mm = 0; mm < 4; ++mm) {
-                const long j = q0 + (2 * t + mm - (KW - 1 - 3 * sx)) * RATE_W + PAD_LEFT;
-                in[m * 4 + mm] = i >= 0 && i < H && j >= 0 && j < W;
-                at[m * 4 + mm] = value_off + ((n * H + i) * W + j) * CIN;
-            }
-        }
-        for (int o = 0; o < CINP; o += BC) {
-            VACC d[16];
-            if (o + BC <= CIN) {
-#pragma unroll
-                for (int k = 0; k < 16; ++k)
-                    d[k] = in[k] ? LOADV_VALUE(value, at[k] + o) : (VACC)0;
-            } else {  // the last, ragged vector of input channels
-#pragma unroll
-                for (int k = 0; k < 16; ++k) {
-                    union { VACC v; ACC s[BC]; } lanes;
-                    for (int l = 0; l < BC; ++l)
-                        lanes.s[l] = in[k] && o + l < CIN ? (ACC)LOAD(value, at[k] + o + l)
-                                                          : (ACC)0;
-                    d[k] = lanes.v;
+                for (int mm = 0; mm < 4; ++mm) {
+                    const long j = q0 + (2 * t + mm - (KW - 1 - 3 * sx)) * RATE_W + PAD_LEFT;
+                    in[m * 4 + mm] = i >= 0 && i < H && j >= 0 && j < W;
+                    at[m * 4 + mm] = value_off + ((n * H + i) * W + j) * CIN;
                 }
             }
-            // B^T d, on columns: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
-            VACC e[16];
+            for (int o = o0; o < o_end; o += BC) {
+                VACC d[16];
+                if (o + BC <= CIN) {
 #pragma unroll
-            for (int l = 0; l < 4; ++l) {
-                e[0 * 4 + l] = d[0 * 4 + l] - d[2 * 4 + l];
-                e[1 * 4 + l] = d[1 * 4 + l] + d[2 * 4 + l];
-                e[2 * 4 + l] = d[2 * 4 + l] - d[1 * 4 + l];
-                e[3 * 4 + l] = d[1 * 4 + l] - d[3 * 4 + l];
-            }
-            // (B^T d) B, on rows.
-            __local ACC *to = vl + t * KP + part * CINP + o;
+                    for (int k = 0; k < 16; ++k)
+                        d[k] = in[k] ? LOADV_VALUE(value, at[k] + o) : (VACC)0;
+                } else {  // the last, ragged vector of input channels
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                STOREV_LOCAL(to, (k * 4 + 0) * TB * KP, e[k * 4 + 0] - e[k * 4 + 2]);
-                STOREV_LOCAL(to, (k * 4 + 1) * TB * KP, e[k * 4 + 1] + e[k * 4 + 2]);
-                STOREV_LOCAL(to, (k * 4 + 2) * TB * KP, e[k * 4 + 2] - e[k * 4 + 1]);
-                STOREV_LOCAL(to, (k * 4 + 3) * TB * KP, e[k * 4 + 1] - e[k * 4 + 3]);
-            }
-        }
-    }
-
-    for (int cb = c_begin; cb < c_end; cb += BC * GV) {
-        // 2. M[k] = V[k] U[k] for GV vectors of output channels from cb.
-        for (int k = 0; k < 16; ++k) {
-            VACC acc[TB][GV];
-#pragma unroll
-            for (int t = 0; t < TB; ++t)
-#pragma unroll
-                for (int g = 0; g < GV; ++g)
-                    acc[t][g] = (VACC)0;
-            for (int part = 0; part < PARTS; ++part) {
-                __global const ACC *uk = wt + U_BLOCK(cb) + ((long)k * PARTS + part) * CIN * WB;
-                __local const ACC *vk = vl + k * TB * KP + part * CINP;
-                for (int o = 0; o < CIN; ++o) {
-                    VACC w[GV];
-#pragma unroll
-                    for (int g = 0; g < GV; ++g)
-                        w[g] = LOADV_ACC_ALIGNED(uk, (long)o * WB + g * BC);
-#pragma unroll
-                    for (int t = 0; t < TB; ++t) {
-                        const ACC x = vk[t * KP + o];
-#pragma unroll
-                        for (int g = 0; g < GV; ++g)
-                            acc[t][g] += x * w[g];
+                    for (int k = 0; k < 16; ++k) {
+                        union { VACC v; ACC s[BC]; } lanes;
+                        for (int l = 0; l < BC; ++l)
+                            lanes.s[l] = in[k] && o + l < CIN ? (ACC)LOAD(value, at[k] + o + l)
+                                                              : (ACC)0;
+                        d[k] = lanes.v;
                     }
                 }
-            }
-#pragma unroll
-            for (int t = 0; t < TB; ++t)
-#pragma unroll
-                for (int g = 0; g < GV; ++g)
-                    STOREV_LOCAL(ml, (k * TB + t) * (BC * GV) + g * BC, acc[t][g]);
-        }
-
-        // 3. Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1], stored (rows, columns and
-        // channels past the output skipped), with the fallback.
-        for (int t = 0; t < TB; ++t) {
-            if (q0 + 2 * t * RATE_W >= OW)
-                break;
-            for (int g = 0; g < GV; ++g) {
-                const int c = cb + g * BC;
-                if (c >= COUT)
-                    break;
-                VACC mk[16];
-#pragma unroll
-                for (int k = 0; k < 16; ++k)
-                    mk[k] = LOADV_LOCAL(ml, (k * TB + t) * (BC * GV) + g * BC);
-                VACC s[8];  // A^T M: 2 x 4
+                // B^T d, on columns: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+                VACC e[16];
 #pragma unroll
                 for (int l = 0; l < 4; ++l) {
-                    s[l] = mk[l] + mk[4 + l] + mk[8 + l];
-                    s[4 + l] = mk[4 + l] - mk[8 + l] - mk[12 + l];
+                    e[0 * 4 + l] = d[0 * 4 + l] - d[2 * 4 + l];
+                    e[1 * 4 + l] = d[1 * 4 + l] + d[2 * 4 + l];
+                    e[2 * 4 + l] = d[2 * 4 + l] - d[1 * 4 + l];
+                    e[3 * 4 + l] = d[1 * 4 + l] - d[3 * 4 + l];
                 }
+                // (B^T d) B, on rows.
+                __local ACC *to = vl + t * KP + part * CC + o - o0;
 #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const long p = p0 + r * RATE_H;
-                    if (p >= OH)
-                        break;
-                    const VACC y[2] = {s[r * 4] + s[r * 4 + 1] + s[r * 4 + 2],
-                                       s[r * 4 + 1] - s[r * 4 + 2] - s[r * 4 + 3]};
-#pragma unroll
-                    for (int x = 0; x < 2; ++x) {
-                        const long q = q0 + (2 * t + x) * RATE_W;
-                        if (q >= OW)
-                            break;
-                        VACC yx = y[x];
-                        if (NONFINITE(yx))
-                            yx = direct_sum(value, value_off, wt, n, p, q, c, H, W);
-                        STORE_CHANNELS(out, out_off + ((n * OH + p) * OW + q) * (long)COUT + c, yx, c);
-                    }
+                for (int k = 0; k < 4; ++k) {
+                    STOREV_LOCAL(to, (k * 4 + 0) * TB * KP, e[k * 4 + 0] - e[k * 4 + 2]);
+                    STOREV_LOCAL(to, (k * 4 + 1) * TB * KP, e[k * 4 + 1] + e[k * 4 + 2]);
+                    STOREV_LOCAL(to, (k * 4 + 2) * TB * KP, e[k * 4 + 2] - e[k * 4 + 1]);
+                    STOREV_LOCAL(to, (k * 4 + 3) * TB * KP, e[k * 4 + 1] - e[k * 4 + 3]);
                 }
             }
         }
+
+#if CC < CINP
+        // 2. M[k] += V[k] U[k] over the chunk, for every register tile of the group.
+        for (int cb = c_begin; cb < c_end; cb += WB)
+            winograd_products(vl, wt, ml + (cb - c_begin), cb, o0, min(o_end, CIN), o0 > 0);
     }
+    // 3. Y = A^T M A, stored.
+    for (int cb = c_begin; cb < c_end; cb += WB)
+        winograd_outputs(ml + (cb - c_begin), cb, value, value_off, wt, out, out_off, n, p0, q0,
+                         H, W, OH, OW);
+#else
+    }
+    for (int cb = c_begin; cb < c_end; cb += WB) {
+        // 2. M[k] = V[k] U[k] for GV vectors of output channels from cb; 3. Y = A^T M A.
+        winograd_products(vl, wt, ml, cb, 0, CIN, false);
+        winograd_outputs(ml, cb, value, value_off, wt, out, out_off, n, p0, q0, H, W, OH, OW);
+    }
+#endif
 }

@@ -62,8 +62,7 @@ def _run(queue, value, filters, output_shape, rate, padding, tile, forward_filte
 
 
 def _fits(queue, tile, cin, kh=3, kw=3, dtype=np.float32):
-    parts = tiles.winograd_parts(kh, kw)
-    if tiles.winograd_local_bytes(tile, cin, parts, dtype) > queue.device.local_mem_size:
+    if tiles.winograd_split((kh, kw, 1, cin), tile, dtype, queue.device.local_mem_size) is None:
         pytest.skip(f"{queue.device.name}: {queue.device.local_mem_size} bytes of local memory")
 
 
@@ -237,12 +236,22 @@ def test_float16_as_stored(queue, shape, tile):
 
 
 def test_without_room_the_direct_kernel_runs(queue):
-    """A Winograd tile whose work-group needs more local memory than the device has runs
+    """A Winograd tile whose work-group needs more local memory than the device has, even
+    with its input channels in chunks of one vector and one register tile's products, runs
     the direct kernel (a tuning file from another machine may name one)."""
-    cin = queue.device.local_mem_size // (4 * 16 * 2) + 1
-    args = check_transpose_args((1, 4, 4, cin), (3, 3, 2, cin), (1, 4, 4, 2), 1, "SAME")
-    p = launch.launch_plan(queue.context, queue.device, np.float32, args, Tile(2, 16, 1, True))
+    blocks = queue.device.local_mem_size // (4 * 16 * (16 + 16)) + 1
+    tile = Tile(blocks, 16, 1, True)
+    args = check_transpose_args((1, 4, 4 * blocks, 40), (3, 3, 2, 40), (1, 4, 4 * blocks, 2), 1,
+                                "SAME")
+    assert tiles.winograd_split(args.filters_shape, tile, np.float32,
+                                queue.device.local_mem_size) is None
+    p = launch.launch_plan(queue.context, queue.device, np.float32, args, tile)
     assert p.main_kernel == "atrous_conv2d_transpose"
+    fits = tile._replace(pixels=blocks - 1)
+    assert tiles.winograd_split(args.filters_shape, fits, np.float32,
+                                queue.device.local_mem_size).chunk == 16
+    p = launch.launch_plan(queue.context, queue.device, np.float32, args, fits)
+    assert p.main_kernel == "winograd_transpose"
 
 
 def test_winograd_tile_needs_3x3_float32_and_room(monkeypatch):
@@ -255,9 +264,13 @@ def test_winograd_tile_needs_3x3_float32_and_room(monkeypatch):
     assert [tiles.winograd_parts(k, k) for k in range(1, 10)] == [None, None, 1, None, 4, 4, 9, 9, 9]
     assert tiles.winograd_parts(3, 5) == 2 and tiles.winograd_parts(1, 3) is None
     assert tiles.winograd_tile(cpu, np.float64, (3, 3, 64, 64)) == Tile(8, 8, 2, True)
-    for dtype, shape in ((np.float64, (3, 3, 8, 2048)), (np.float32, (4, 4, 8, 8)),
-                         (np.float32, (3, 1, 8, 8)), (np.float32, (3, 3, 8, 4096))):
+    for dtype, shape in ((np.float32, (4, 4, 8, 8)), (np.float32, (3, 1, 8, 8))):
         assert tiles.winograd_tile(cpu, dtype, shape) is None, (dtype, shape)
+    # input channels past the local memory come in chunks
+    for dtype, shape in ((np.float64, (3, 3, 8, 2048)), (np.float32, (3, 3, 8, 4096))):
+        tile = tiles.winograd_tile(cpu, dtype, shape)
+        assert tile is not None, (dtype, shape)
+        assert tiles.winograd_split(shape, tile, dtype, 256 << 10).chunk < shape[3]
     gpu = stub_device(local_mem_size=48 << 10)
     assert tiles.winograd_tile(gpu, np.float16, (3, 3, 8, 8)) is None  # not widened there
     # 256-bit vectors (PyPI's PoCL, Intel's runtime on AVX2): 8 floats or 4 doubles a
@@ -286,8 +299,9 @@ def test_winograd_tile_needs_3x3_float32_and_room(monkeypatch):
         assert set(wino(device, 128)) == {Tile(b, 8, v, True) for b in (4, 8) for v in (1, 2, 3, 4)}
         assert set(wino(device, 17)) == {Tile(b, 8, v, True) for b in (4, 8) for v in (1, 2, 3)}
         assert wino(device, 8) == [Tile(4, 8, 1, True), Tile(8, 8, 1, True)]
-    # 4 blocks of 64 input channels and 4 vectors need 24 KiB, 3 vectors 22 KiB; 8 blocks more
-    small = stub_device(type=cl.device_type.CPU, local_mem_size=23000,
+    # 4 blocks and 4 vectors need 10 KiB even with their input channels in chunks of one
+    # vector, 3 vectors 8 KiB; 8 blocks more
+    small = stub_device(type=cl.device_type.CPU, local_mem_size=9000,
                         platform=type("P", (), {"name": "Portable Computing Language"})(),
                         version="OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3")
     assert wino(small, 128) == [Tile(4, 8, 3, True), Tile(4, 8, 1, True), Tile(4, 8, 2, True)]
@@ -362,6 +376,30 @@ def test_large_winograd_filters_take_groups_of_output_channels():
     assert tiles.winograd_cout_group((3, 3, 512, 512), tile, np.float32) == 192  # 16.5 MiB: 3
 
 
+def test_many_input_channels_take_winograd_only_where_it_saves_more():
+    """Past tiles.WINOGRAD_WIDE_INPUTS input channels the default takes the Winograd kernel
+    only where it counts at most tiles.WINOGRAD_WIDE_BELOW of the direct kernel's
+    multiplies (rates 1-2: 0.45), not on DeepLab's ASPP shapes (rate 6 on 33 pixels:
+    0.63), which up to that many channels it takes; input channels past the local memory
+    come in chunks."""
+    device = stub_device(type=cl.device_type.CPU, local_mem_size=256 << 10,
+                         platform=type("P", (), {"name": "Intel(R) OpenCL"})(), name="AMD EPYC",
+                         native_vector_width_float=8, preferred_vector_width_float=8)
+
+    def default(cin, cout, size, rate):
+        args = check_transpose_args((1, size, size, cin), (3, 3, cout, cin),
+                                    (1, size, size, cout), rate, "SAME")
+        return tiles.default_for(device, np.float32, args)
+    assert tiles.WINOGRAD_WIDE_BELOW < 0.63 < tiles.WINOGRAD_BELOW
+    for cin in (1024, 2048):
+        tile = default(cin, 512, 32, 1)
+        assert tile.winograd, cin
+        assert tiles.winograd_split((3, 3, 512, cin), tile, np.float32, 256 << 10).chunk < cin
+        assert not default(cin, 256, 33, 6).winograd, cin
+    assert default(tiles.WINOGRAD_WIDE_INPUTS, 256, 33, 6).winograd
+    assert not default(tiles.WINOGRAD_WIDE_INPUTS + 8, 256, 33, 6).winograd
+
+
 @pytest.fixture
 def small_groups(monkeypatch):
     """Plans built with tiles.WINOGRAD_GROUP_BYTES as the test sets it (the plans cached
@@ -404,6 +442,73 @@ def test_groups_of_output_channels_match_the_reference(queue, small_groups, case
         got, kernel = _run(queue, value, filters, output_shape, rate, padding, tile)
     assert kernel == "winograd_transpose"
     assert_close(got, want, context=f"tile {tile}, groups of {group}")
+
+
+@pytest.fixture
+def chunks(monkeypatch):
+    """``set(filters_shape, tile, vectors, group_tiles=None)``: plans built as if the
+    device had only the local memory that holds a chunk of ``vectors`` vectors of input
+    channels beside the products of a group (of ``group_tiles`` register tiles, or of
+    every output channel); the plans cached before and after are forgotten."""
+    launch.plan.cache_clear()
+
+    def set_chunks(filters_shape, tile, vectors, group_tiles=None):
+        kh, kw, cout, cin = filters_shape
+        step = tile.channels * tile.vectors
+        group = tile.padded_channels(cout)
+        if group_tiles is not None:
+            group = group_tiles * step
+            monkeypatch.setattr(tiles, "WINOGRAD_ONE_GROUP_BYTES", 0)
+            monkeypatch.setattr(tiles, "WINOGRAD_GROUP_BYTES", tiles.winograd_filter_bytes(
+                (kh, kw, group, cin), tile, np.float32))
+        local = 4 * 16 * tile.pixels * (tiles.winograd_parts(kh, kw) * vectors * tile.channels
+                                        + group)
+        monkeypatch.setattr(launch, "winograd_split",
+                            lambda f, t, d, _: tiles.winograd_split(f, t, d, local))
+        return tiles.winograd_split(filters_shape, tile, np.float32, local)
+    yield set_chunks
+    launch.plan.cache_clear()
+
+
+#: n, h, w, cin, cout, rate, padding, kh, kw; tile; vectors a chunk; register tiles a group
+CHUNKED = [((2, 6, 7, 17, 8, 1, "VALID", 3, 3), Tile(3, 8, 1, True), 1, None),   # 3 chunks, 1 channel in the last
+           ((2, 6, 7, 17, 20, 1, "VALID", 3, 3), Tile(3, 8, 2, True), 2, 1),     # 16 + 8, groups of 16 channels
+           ((1, 9, 13, 20, 9, 2, "SAME", 3, 3), Tile(2, 4, 2, True), 2, None),   # 8, 8, 4
+           ((1, 11, 9, 5, 6, 2, "SAME", 5, 5), Tile(2, 4, 1, True), 1, 1),       # four parts, 4 + 4
+           ((1, 12, 12, 10, 3, 2, "SAME", 7, 7), Tile(2, 4, 1, True), 1, None),  # nine parts, 4 x 3
+           ((1, 10, 23, 28, 33, 3, "SAME", 3, 3), Tile(2, 8, 1, True), 1, 2)]    # 4 chunks, 5 tiles in 3 groups
+
+
+@pytest.mark.parametrize("forward", [False, True], ids=["transpose", "forward"])
+@pytest.mark.parametrize("case", CHUNKED, ids=lambda c: f"{c[1]}-{c[2]}v-g{c[3]}-" + "x".join(map(str, c[0])))
+def test_chunks_of_input_channels_match_the_reference(queue, chunks, case, forward):
+    """The Winograd kernel with its input channels in chunks (tiles.winograd_split: where
+    all of their transforms would not fit the local memory; small chunks here, as if it
+    were small), the products of the group's channels adding up across
+    chunks, with and without groups of output channels, the last chunk short; every
+    output written once, poisoned before; an Inf input in a later chunk reaches the
+    outputs that read it, as the direct sum has it."""
+    shape, tile, vectors, group_tiles = case
+    n, h, w, cin, cout, rate, padding, kh, kw = shape
+    split = chunks((kh, kw, cout, cin), tile, vectors, group_tiles)
+    if tiles.winograd_local_bytes(tile, tiles.winograd_parts(kh, kw), split, cin) > \
+            queue.device.local_mem_size:
+        pytest.skip(f"{queue.device.name}: {queue.device.local_mem_size} bytes of local memory")
+    assert split.chunk == vectors * tile.channels < cin
+    if group_tiles is not None:
+        assert split.group == group_tiles * tile.channels * tile.vectors
+    value, filters, output_shape, rate, padding = _problem(shape)
+    value[0, h // 2, w // 2, cin - 1] = np.inf  # in the last chunk
+    if forward:
+        fwd = filters.transpose(0, 1, 3, 2).copy()  # [kh, kw, in, out] of the forward op
+        want = reference.atrous_conv2d(value, fwd, rate, padding)
+        got, kernel = _run(queue, value, fwd, None, rate, padding, tile, forward_filters=True)
+    else:
+        want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+        got, kernel = _run(queue, value, filters, output_shape, rate, padding, tile)
+    assert kernel == "winograd_transpose"
+    assert not np.isfinite(want).all()
+    assert_close(got, want, context=f"tile {tile}, {split}")
 
 
 def test_the_op_computes_the_same_with_winograd_off(queue, monkeypatch):
