@@ -116,8 +116,10 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 #define KP (PARTS * CC)  // a row of vl: every part's input channels of a chunk
 #if CC < CINP
 #define MS COUT_GROUP  // a row of ml: the group's products, kept from chunk to chunk
+#define ML_COL(cb) ((cb) - c_begin)  // where the register tile from cb starts in a row
 #else
 #define MS (BC * GV)  // a row of ml: one register tile's products
+#define ML_COL(cb) 0
 #endif
 #define DIRECT_AT (16L * PARTS * CIN * COUTP)
 #define WB (BC * GV)  // output channels of a block of U (see repack_filters)
@@ -234,92 +236,35 @@ VACC direct_sum(__global const T *restrict value, const long value_off,
     return acc;
 }
 
-// M[k] = V[k] U[k] for the GV vectors of output channels from cb and the input
-// channels o_lo .. o_hi (vl holds the chunk's V from o_lo), into m (rows of MS
-// channels, the register tile's from m[0]), or added to what m holds with add.
-void winograd_products(__local const ACC *restrict vl, __global const ACC *restrict wt,
-                       __local ACC *restrict m, const int cb, const int o_lo, const int o_hi,
-                       const bool add)
-{
-    for (int k = 0; k < 16; ++k) {
-        VACC acc[TB][GV];
-#pragma unroll
-        for (int t = 0; t < TB; ++t)
-#pragma unroll
-            for (int g = 0; g < GV; ++g)
-                acc[t][g] = add ? LOADV_LOCAL(m, (k * TB + t) * MS + g * BC) : (VACC)0;
-        for (int part = 0; part < PARTS; ++part) {
-            __global const ACC *uk = wt + U_BLOCK(cb) + ((long)k * PARTS + part) * CIN * WB;
-            __local const ACC *vk = vl + k * TB * KP + part * CC;
-            for (int o = o_lo; o < o_hi; ++o) {
-                VACC w[GV];
-#pragma unroll
-                for (int g = 0; g < GV; ++g)
-                    w[g] = LOADV_ACC_ALIGNED(uk, (long)o * WB + g * BC);
-#pragma unroll
-                for (int t = 0; t < TB; ++t) {
-                    const ACC x = vk[t * KP + o - o_lo];
-#pragma unroll
-                    for (int g = 0; g < GV; ++g)
-                        acc[t][g] += x * w[g];
-                }
-            }
-        }
-#pragma unroll
-        for (int t = 0; t < TB; ++t)
-#pragma unroll
-            for (int g = 0; g < GV; ++g)
-                STOREV_LOCAL(m, (k * TB + t) * MS + g * BC, acc[t][g]);
+// M[k] = V[k] U[k] for the GV vectors of output channels from cb over input channels
+// o_lo .. o_hi (vl holds V from o_lo) into m (rows of MS channels, the register
+// tile's from m[0]), or added to what m holds with add: a macro, not a function, for
+// the kernel's one-chunk path keeps the code it had (as functions, A took 1.05-1.06 of
+// the time before on PyPI's PoCL, C 1.03-1.06 on Intel's runtime).
+#define WINOGRAD_PRODUCTS(m, cb, o_lo, o_hi, add)                                              \
+    for (int k = 0; k < 16; ++k) {                                                             \
+        VACC acc[TB][GV];                                                                      \
+        _Pragma("unroll") for (int t = 0; t < TB; ++t)                                         \
+            _Pragma("unroll") for (int g = 0; g < GV; ++g)                                     \
+                acc[t][g] = (add) ? LOADV_LOCAL(m, (k * TB + t) * MS + g * BC) : (VACC)0;      \
+        for (int part = 0; part < PARTS; ++part) {                                             \
+            __global const ACC *uk = wt + U_BLOCK(cb) + ((long)k * PARTS + part) * CIN * WB;   \
+            __local const ACC *vk = vl + k * TB * KP + part * CC;                              \
+            for (int o = (o_lo); o < (o_hi); ++o) {                                            \
+                VACC w[GV];                                                                    \
+                _Pragma("unroll") for (int g = 0; g < GV; ++g)                                 \
+                    w[g] = LOADV_ACC_ALIGNED(uk, (long)o * WB + g * BC);                       \
+                _Pragma("unroll") for (int t = 0; t < TB; ++t) {                               \
+                    const ACC x = vk[t * KP + o - (o_lo)];                                     \
+                    _Pragma("unroll") for (int g = 0; g < GV; ++g)                             \
+                        acc[t][g] += x * w[g];                                                 \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+        _Pragma("unroll") for (int t = 0; t < TB; ++t)                                         \
+            _Pragma("unroll") for (int g = 0; g < GV; ++g)                                     \
+                STOREV_LOCAL(m, (k * TB + t) * MS + g * BC, acc[t][g]);                        \
     }
-}
-
-// Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1], for the register tile from output channel
-// cb, whose products m holds (rows of MS), stored (rows, columns and channels past
-// the output skipped), with the fallback.
-void winograd_outputs(__local const ACC *restrict m, const int cb,
-                      __global const T *restrict value, const long value_off,
-                      __global const ACC *restrict wt, __global T *restrict out,
-                      const long out_off, const long n, const long p0, const long q0,
-                      const int H, const int W, const int OH, const int OW)
-{
-    for (int t = 0; t < TB; ++t) {
-        if (q0 + 2 * t * RATE_W >= OW)
-            break;
-        for (int g = 0; g < GV; ++g) {
-            const int c = cb + g * BC;
-            if (c >= COUT)
-                break;
-            VACC mk[16];
-#pragma unroll
-            for (int k = 0; k < 16; ++k)
-                mk[k] = LOADV_LOCAL(m, (k * TB + t) * MS + g * BC);
-            VACC s[8];  // A^T M: 2 x 4
-#pragma unroll
-            for (int l = 0; l < 4; ++l) {
-                s[l] = mk[l] + mk[4 + l] + mk[8 + l];
-                s[4 + l] = mk[4 + l] - mk[8 + l] - mk[12 + l];
-            }
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const long p = p0 + r * RATE_H;
-                if (p >= OH)
-                    break;
-                const VACC y[2] = {s[r * 4] + s[r * 4 + 1] + s[r * 4 + 2],
-                                   s[r * 4 + 1] - s[r * 4 + 2] - s[r * 4 + 3]};
-#pragma unroll
-                for (int x = 0; x < 2; ++x) {
-                    const long q = q0 + (2 * t + x) * RATE_W;
-                    if (q >= OW)
-                        break;
-                    VACC yx = y[x];
-                    if (NONFINITE(yx))
-                        yx = direct_sum(value, value_off, wt, n, p, q, c, H, W);
-                    STORE_CHANNELS(out, out_off + ((n * OH + p) * OW + q) * (long)COUT + c, yx, c);
-                }
-            }
-        }
-    }
-}
 
 // Global size (1, PHASES_W * ceil(BLOCKS_W / TB), GROUPS * N * PHASES_H *
 // BLOCKS_H), local size (1, 1, 1); PHASES = min(RATE, O) per axis, BLOCKS =
@@ -361,8 +306,13 @@ __kernel void winograd_transpose(
     // Input channels in chunks of CC (all of them at once where CC = CINP), so
     // that a chunk's V stays in the core's first-level cache; the products of
     // every chunk add up in ml, transformed out after the last.
+#if CC < CINP
     for (int o0 = 0; o0 < CINP; o0 += CC) {
         const int o_end = min(o0 + CC, CINP);
+#else  // one chunk: the loops over input channels keep their constant trip counts
+    {
+        const int o0 = 0, o_end = CINP;
+#endif
         // 1. V = B^T d B for every block, part and input channel of the chunk.
         // d[m][m'] is the input at row p0 + PAD_TOP - (KH - 1 - 3 sy - m) * RATE_H,
         // column q0 + (2 t + m' - (KW - 1 - 3 sx)) * RATE_W + PAD_LEFT for block t
@@ -422,20 +372,58 @@ __kernel void winograd_transpose(
         }
 
 #if CC < CINP
-        // 2. M[k] += V[k] U[k] over the chunk, for every register tile of the group.
+        // 2. M[k] = V[k] U[k] over the chunk, added to the earlier chunks' in ml, for
+        // every register tile of the group.
         for (int cb = c_begin; cb < c_end; cb += WB)
-            winograd_products(vl, wt, ml + (cb - c_begin), cb, o0, min(o_end, CIN), o0 > 0);
-    }
-    // 3. Y = A^T M A, stored.
-    for (int cb = c_begin; cb < c_end; cb += WB)
-        winograd_outputs(ml + (cb - c_begin), cb, value, value_off, wt, out, out_off, n, p0, q0,
-                         H, W, OH, OW);
-#else
-    }
-    for (int cb = c_begin; cb < c_end; cb += WB) {
-        // 2. M[k] = V[k] U[k] for GV vectors of output channels from cb; 3. Y = A^T M A.
-        winograd_products(vl, wt, ml, cb, 0, CIN, false);
-        winograd_outputs(ml, cb, value, value_off, wt, out, out_off, n, p0, q0, H, W, OH, OW);
-    }
+            WINOGRAD_PRODUCTS(ml + ML_COL(cb), cb, o0, min(o_end, CIN), o0 > 0)
 #endif
+    }
+
+    for (int cb = c_begin; cb < c_end; cb += WB) {
+        __local const ACC *m = ml + ML_COL(cb);
+#if CC >= CINP
+        // 2. M[k] = V[k] U[k] for GV vectors of output channels from cb.
+        WINOGRAD_PRODUCTS(ml, cb, 0, CIN, false)
+#endif
+
+        // 3. Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1], stored (rows, columns and
+        // channels past the output skipped), with the fallback.
+        for (int t = 0; t < TB; ++t) {
+            if (q0 + 2 * t * RATE_W >= OW)
+                break;
+            for (int g = 0; g < GV; ++g) {
+                const int c = cb + g * BC;
+                if (c >= COUT)
+                    break;
+                VACC mk[16];
+#pragma unroll
+                for (int k = 0; k < 16; ++k)
+                    mk[k] = LOADV_LOCAL(m, (k * TB + t) * MS + g * BC);
+                VACC s[8];  // A^T M: 2 x 4
+#pragma unroll
+                for (int l = 0; l < 4; ++l) {
+                    s[l] = mk[l] + mk[4 + l] + mk[8 + l];
+                    s[4 + l] = mk[4 + l] - mk[8 + l] - mk[12 + l];
+                }
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const long p = p0 + r * RATE_H;
+                    if (p >= OH)
+                        break;
+                    const VACC y[2] = {s[r * 4] + s[r * 4 + 1] + s[r * 4 + 2],
+                                       s[r * 4 + 1] - s[r * 4 + 2] - s[r * 4 + 3]};
+#pragma unroll
+                    for (int x = 0; x < 2; ++x) {
+                        const long q = q0 + (2 * t + x) * RATE_W;
+                        if (q >= OW)
+                            break;
+                        VACC yx = y[x];
+                        if (NONFINITE(yx))
+                            yx = direct_sum(value, value_off, wt, n, p, q, c, H, W);
+                        STORE_CHANNELS(out, out_off + ((n * OH + p) * OW + q) * (long)COUT + c, yx, c);
+                    }
+                }
+            }
+        }
+    }
 }
