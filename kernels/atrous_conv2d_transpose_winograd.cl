@@ -42,9 +42,9 @@
 // With CC = CINP, steps 1-3 as written, 2 and 3 per register tile (ml holds
 // one tile's products). With CC < CINP, the input channels come in chunks of
 // CC: steps 1 and 2 per chunk, the products of every register tile of the
-// group adding up in ml (ml[16][TB][COUT_GROUP]), then 3; a chunk's V is as
-// small as a core's first-level cache, where all of them would leave it (or
-// not fit the device's local memory at all).
+// group adding up in ml (ml[16][TB][COUT_GROUP]), then 3: where all of V
+// would not fit the device's local memory (atrous_cl.tiles.winograd_split;
+// chunks that did not have to be were slower).
 // V and M stay in local memory (a core's L1 and L2), so none of the
 // transforms' traffic reaches main memory: the textbook split through
 // global memory lost to the direct kernel (docs/performance.md).
