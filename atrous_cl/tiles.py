@@ -354,7 +354,7 @@ def _five_pixels(args, tile: Tile) -> Tile:
 #: this project's Zen 3) left the kernel waiting on memory. Kernels only, time over the
 #: direct kernel's, float32, 4x8x3w, all the channels in a group -> groups within 12, 6 and
 #: 3 MiB (``python benchmarks/winograd_groups.py --device D --shapes ...``, 3 rounds, its
-#: first version, 2026-12-06, Intel's runtime / PyPI's PoCL; Intel has too little local
+#: first version, 2026-12-06, Intel's runtime / PyPI's PoCL; Intel then had too little local
 #: memory from 1024 input channels): 1x64x64 768->768 rate 2 (36 MiB) PoCL 1.06 -> 0.43,
 #: 0.43, 0.48 (Intel, groups of 48, 96, 192 and 384 channels: 1.33 -> 0.62, 0.53, 0.53,
 #: 0.79); 1x32x32 768->768 rate 1 1.31 -> 0.86, 0.64, 0.64 / 1.22 -> 0.79, 0.62, 0.57;
