@@ -61,6 +61,21 @@ def _run(queue, value, filters, output_shape, rate, padding, tile, forward_filte
     return out.get(), p.main_kernel
 
 
+def _run_either(queue, value, filters, output_shape, rate, padding, tile, forward):
+    """``(got, want)`` of the transpose op with ``filters`` (``[kh, kw, out, in]``) or, with
+    ``forward``, of the forward op with the same filters as its ``[kh, kw, in, out]``, on
+    the Winograd kernel with ``tile`` (asserted), and the reference's."""
+    if forward:
+        fwd = filters.transpose(0, 1, 3, 2).copy()
+        want = reference.atrous_conv2d(value, fwd, rate, padding)
+        got, kernel = _run(queue, value, fwd, None, rate, padding, tile, forward_filters=True)
+    else:
+        want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+        got, kernel = _run(queue, value, filters, output_shape, rate, padding, tile)
+    assert kernel == "winograd_transpose"
+    return got, want
+
+
 def _fits(queue, tile, cin, kh=3, kw=3, dtype=np.float32):
     if tiles.winograd_split((kh, kw, 1, cin), tile, dtype, queue.device.local_mem_size) is None:
         pytest.skip(f"{queue.device.name}: {queue.device.local_mem_size} bytes of local memory")
@@ -433,14 +448,7 @@ def test_groups_of_output_channels_match_the_reference(queue, small_groups, case
                                              tile, np.float32))
     group = tiles.winograd_cout_group(filters.shape, tile, np.float32)
     assert group == per_group * step < tile.padded_channels(shape[4])
-    if forward:
-        fwd = filters.transpose(0, 1, 3, 2).copy()  # [kh, kw, in, out] of the forward op
-        want = reference.atrous_conv2d(value, fwd, rate, padding)
-        got, kernel = _run(queue, value, fwd, None, rate, padding, tile, forward_filters=True)
-    else:
-        want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
-        got, kernel = _run(queue, value, filters, output_shape, rate, padding, tile)
-    assert kernel == "winograd_transpose"
+    got, want = _run_either(queue, value, filters, output_shape, rate, padding, tile, forward)
     assert_close(got, want, context=f"tile {tile}, groups of {group}")
 
 
@@ -499,14 +507,7 @@ def test_chunks_of_input_channels_match_the_reference(queue, chunks, case, forwa
         assert split.group == group_tiles * tile.channels * tile.vectors
     value, filters, output_shape, rate, padding = _problem(shape)
     value[0, h // 2, w // 2, cin - 1] = np.inf  # in the last chunk
-    if forward:
-        fwd = filters.transpose(0, 1, 3, 2).copy()  # [kh, kw, in, out] of the forward op
-        want = reference.atrous_conv2d(value, fwd, rate, padding)
-        got, kernel = _run(queue, value, fwd, None, rate, padding, tile, forward_filters=True)
-    else:
-        want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
-        got, kernel = _run(queue, value, filters, output_shape, rate, padding, tile)
-    assert kernel == "winograd_transpose"
+    got, want = _run_either(queue, value, filters, output_shape, rate, padding, tile, forward)
     assert not np.isfinite(want).all()
     assert_close(got, want, context=f"tile {tile}, {split}")
 
