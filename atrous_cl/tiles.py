@@ -776,7 +776,6 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
             # One to four vectors a block, as many as the channels fill: two and three
             # tie at 48-96 channels (_NARROW_THREE_VECTORS_ABOVE), and the defaults
             # before took one (Intel's runtime) or four (PoCL), which tuning files keep.
-            parts = winograd_parts(*filters_shape[:2])
             for tile in list(wino):
                 for vectors in range(1, min(4, -(-cout // tile.channels)) + 1):
                     other = tile._replace(vectors=vectors)

@@ -66,8 +66,8 @@ def plans(queue, dtype, args, tile_list, limits, chunks=(0,)) -> dict:
                         args.output_shape[2], launch.kernel_dilation(args)[2])))  # as plan does
                     split = launch.winograd_split(args.filters_shape, ran, dtype,
                                                   device.local_mem_size)
-                    if split is None:
-                        continue
+                    if split is None or not launch.winograd_runs(device, dtype, args, tile):
+                        continue  # the plan would run the direct kernel
                     launch.plan.cache_clear()
                     found[f"{tile} {mib} MiB c{split.chunk} g{split.group}"] = launch.plan(
                         queue.context, device, dtype, args, tile, False, wide)
