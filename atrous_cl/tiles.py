@@ -375,24 +375,28 @@ WINOGRAD_GROUP_BYTES = 6 << 20
 WINOGRAD_ONE_GROUP_BYTES = 16 << 20
 
 
+def _even_parts(n: int, most: int) -> int:
+    """The size of the parts that cut ``n`` units into as few parts of at most ``most``
+    (at least 1) as that takes, all of one size but the last, as small as that size can be."""
+    return -(-n // -(-n // max(1, most)))
+
+
 def winograd_cout_group(filters_shape, tile: Tile, dtype) -> int:
     """Output channels per work-group of the Winograd kernel with ``tile``: every one
     (padded to whole register tiles, :meth:`Tile.padded_channels`) where their
     transformed filters (:func:`winograd_filter_bytes`) take at most
     :data:`WINOGRAD_ONE_GROUP_BYTES`; else as few groups as keep each within
-    :data:`WINOGRAD_GROUP_BYTES` (a
-    register tile's channels at least), all of one size but the last, the smallest
-    size of whole register tiles that needs no more groups. Each group recomputes the
-    input transform, about a quarter of a register tile's products (16 loads and 32
-    adds per input vector against 16 multiply-adds per vector of the tile's)."""
+    :data:`WINOGRAD_GROUP_BYTES` (a register tile's channels at least), of whole
+    register tiles, all of one size but the last (:func:`_even_parts`). Each group
+    recomputes the input transform, about a quarter of a register tile's products (16
+    loads and 32 adds per input vector against 16 multiply-adds per vector of the tile's)."""
     kh, kw, cout, cin = filters_shape
     step = tile.channels * tile.vectors
     steps = tile.padded_channels(cout) // step
     if winograd_filter_bytes(filters_shape, tile, dtype) <= WINOGRAD_ONE_GROUP_BYTES:
         return steps * step
     most = WINOGRAD_GROUP_BYTES // winograd_filter_bytes((kh, kw, step, cin), tile, dtype)
-    groups = -(-steps // max(1, most))
-    return -(-steps // groups) * step
+    return _even_parts(steps, most) * step
 
 
 def winograd_filter_bytes(filters_shape, tile: Tile, dtype) -> int:
@@ -440,10 +444,9 @@ def winograd_split(filters_shape, tile: Tile, dtype, local_mem: int) -> Winograd
     if most < 1:
         return None
     if group > most * step:
-        steps = tile.padded_channels(cout) // step
-        group = -(-steps // -(-steps // most)) * step
+        group = _even_parts(tile.padded_channels(cout) // step, most) * step
     room = (slots - group) // (parts * tile.channels)  # vectors of a chunk
-    return WinogradSplit(-(-vectors // -(-vectors // room)) * tile.channels, group)
+    return WinogradSplit(_even_parts(vectors, room) * tile.channels, group)
 
 
 #: The direct kernel takes tiles of consecutive output columns where they compute at most
@@ -845,11 +848,11 @@ def winograd_tile(device: cl.Device, dtype, filters_shape, blocks: int | None = 
     """The Winograd kernel's tile of ``blocks`` 2x2 blocks for a problem, where that
     kernel runs and saves multiplies (:func:`winograd_parts`): float32, float64, or
     float16 on a CPU (GPUs load halves in hardware, and keep the direct kernel), and a
-    work-group's local memory within the device's (:func:`winograd_split`); else None. Channel vectors as wide as :func:`_vector_width` allows, two of them
-    for more output channels than one holds; with 256-bit vectors (:func:`_narrow`) in
-    4 blocks, and three of them for more than :data:`_NARROW_THREE_VECTORS_ABOVE`
-    channels."""
-    kh, kw, cout, cin = filters_shape
+    work-group's local memory within the device's (:func:`winograd_split`); else None.
+    Channel vectors as wide as :func:`_vector_width` allows, two of them for more output
+    channels than one holds; with 256-bit vectors (:func:`_narrow`) in 4 blocks, and
+    three of them for more than :data:`_NARROW_THREE_VECTORS_ABOVE` channels."""
+    kh, kw, cout, _ = filters_shape
     dtype = np.dtype(dtype)
     cpu = bool(facts(device).type & cl.device_type.CPU)
     parts = winograd_parts(kh, kw)

@@ -303,9 +303,9 @@ __kernel void winograd_transpose(
     const long row_block = row_item / phases_h;
     const long p0 = row_item - row_block * phases_h + row_block * 2 * RATE_H;
 
-    // Input channels in chunks of CC (all of them at once where CC = CINP), so
-    // that a chunk's V stays in the core's first-level cache; the products of
-    // every chunk add up in ml, transformed out after the last.
+    // Input channels in chunks of CC (all of them at once where CC = CINP: where
+    // all of V fits the local memory), the products of every chunk adding up in
+    // ml, transformed out after the last.
 #if CC < CINP
     for (int o0 = 0; o0 < CINP; o0 += CC) {
         const int o_end = min(o0 + CC, CINP);
