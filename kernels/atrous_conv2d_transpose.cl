@@ -473,10 +473,12 @@ __kernel void atrous_conv2d_transpose_pixels(
                 acc += LOAD_PIXELS(value, row + j0) * w;
             } else {
                 // Border lanes: their products in a private array, added as one
-                // vector (a lane outside adds +0: no term, as acc is never -0).
-                // Adding them lane by lane to a union with acc kept acc in memory:
-                // F's kernel took 1.4-2.3x as long in float32 and float64 (PoCL 3.0,
-                // Intel's runtime; benchmarks/one_channel.py, 2-core EPYC).
+                // vector; a lane outside adds -0, which leaves any sum as it is (no
+                // term: +0 would turn an FMA's -0 into +0). Each product rounds
+                // before it is added. Adding them lane by lane to a union with acc
+                // kept acc in memory: F's kernel took 1.4-2.3x as long in float32
+                // and float64 (PoCL 3.0, Intel's runtime; benchmarks/one_channel.py,
+                // 2-core EPYC).
                 ACC t[VW];
                 for (int k = 0; k < VW; ++k) {
                     const long j = j0 + k;
@@ -486,7 +488,7 @@ __kernel void atrous_conv2d_transpose_pixels(
                     t[k] = x * w;
 #else
                     t[k] = row_inside && j >= 0 && j < W ? (ACC)LOAD_VALUE(value, row + j) * w
-                                                         : (ACC)0;
+                                                         : (ACC)-0.0;
 #endif
                 }
                 acc += CAT(vload, VW)(0, t);
