@@ -482,13 +482,11 @@ __kernel void atrous_conv2d_transpose_pixels(
                 ACC t[VW];
                 for (int k = 0; k < VW; ++k) {
                     const long j = j0 + k;
+                    const bool inside = row_inside && j >= 0 && j < W;
 #ifdef FORWARD_FILTERS
-                    const ACC x = row_inside && j >= 0 && j < W ? (ACC)LOAD_VALUE(value, row + j)
-                                                                : (ACC)0;
-                    t[k] = x * w;
+                    t[k] = (inside ? (ACC)LOAD_VALUE(value, row + j) : (ACC)0) * w;
 #else
-                    t[k] = row_inside && j >= 0 && j < W ? (ACC)LOAD_VALUE(value, row + j) * w
-                                                         : (ACC)-0.0;
+                    t[k] = inside ? (ACC)LOAD_VALUE(value, row + j) * w : (ACC)-0.0;
 #endif
                 }
                 acc += CAT(vload, VW)(0, t);
