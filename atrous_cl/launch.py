@@ -100,11 +100,12 @@ def build_options(dtype: np.dtype, args: TransposeArgs, tile: Tile,
 
 
 def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile, split: WinogradSplit,
-                     forward_filters: bool = False) -> tuple[str, ...]:
+                     forward_filters: bool = False, *, repack_run: int) -> tuple[str, ...]:
     """``-D`` options of the Winograd kernel file, as :func:`build_options` for the direct
     one; float16 is never widened for it (:func:`_winograd_plan`). A work-group takes
     ``split.chunk`` input channels at a time and computes ``split.group`` output channels
-    (:func:`atrous_cl.tiles.winograd_split`)."""
+    (:func:`atrous_cl.tiles.winograd_split`); a work-item of ``repack_filters``
+    ``repack_run`` input channels (:func:`winograd_repack_run`)."""
     kh, kw, cout, cin = args.filters_shape
     dilation = kernel_dilation(args, forward_filters)
     # The taps that land inside value for some output pixel: repack_filters
@@ -120,7 +121,7 @@ def winograd_options(dtype: np.dtype, args: TransposeArgs, tile: Tile, split: Wi
         f"-DKH={kh}", f"-DKW={kw}", f"-DSH={-(-kh // 3)}", f"-DSW={-(-kw // 3)}",
         f"-DCIN={cin}", f"-DCINP={-(-cin // tile.channels) * tile.channels}", f"-DCOUT={cout}",
         f"-DCOUTP={tile.padded_channels(cout)}",
-        f"-DCC={split.chunk}", f"-DCOUT_GROUP={split.group}") + \
+        f"-DCC={split.chunk}", f"-DCOUT_GROUP={split.group}", f"-DRB={repack_run}") + \
         dilation_options(*dilation) + \
         (("-DFORWARD_FILTERS",) if forward_filters else ())
 
@@ -143,14 +144,43 @@ def winograd_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_
              cout_groups * n * min(rate_h, oh) * geometry.phase_blocks(oh, rate_h)), (1, 1, 1))
 
 
-def winograd_repack_geometry(filters_shape: tuple[int, int, int, int],
-                             tile: Tile) -> tuple[tuple[int, int, int], None]:
+#: The most bytes of private memory a work-item of the Winograd file's
+#: ``repack_filters`` keeps its rows in, on CPUs (:func:`winograd_repack_run`):
+#: 16 input channels of 3x3 filters and 24 output channels in float32 take 37.5
+#: KiB. GPUs keep such arrays in slower memory than registers: an eighth there.
+REPACK_PRIVATE_BYTES = 48 << 10
+
+
+def winograd_repack_run(filters_shape: tuple[int, int, int, int], tile: Tile, dtype,
+                        cpu: bool) -> int:
+    """Input channels a work-item of the Winograd file's ``repack_filters`` transforms (its
+    ``RB``): 16, 8, 4 or 2, the most whose rows (16 per 3x3 part, then one per tap, each
+    of ``RB`` input channels and a block of output channels) fit in
+    :data:`REPACK_PRIVATE_BYTES` (an eighth of it on other devices than CPUs), and no
+    more than the input channels need; 2 where none fits."""
+    kh, kw, _, cin = filters_shape
+    rows = 16 * -(-kh // 3) * -(-kw // 3) + kh * kw
+    budget = REPACK_PRIVATE_BYTES if cpu else REPACK_PRIVATE_BYTES // 8
+    block = tile.channels * tile.vectors * acc_itemsize(dtype)
+    for run in (16, 8, 4):
+        if run // 2 < cin and rows * run * block <= budget:
+            return run
+    return 2
+
+
+def winograd_repack_geometry(filters_shape: tuple[int, int, int, int], tile: Tile,
+                             repack_run: int, cpu: bool) -> tuple[tuple[int, int],
+                                                                  tuple[int, int] | None]:
     """``(global_size, local_size)`` of the Winograd file's ``repack_filters``: a work-item
-    per input channel (axis 0, so that neighbouring work-items read neighbouring weights),
-    vector of ``tile.channels`` output channels in a block of ``tile.vectors`` of them,
-    and block."""
+    per run of ``repack_run`` input channels (axis 0) and block of ``tile.channels *
+    tile.vectors`` output channels (axis 1). On CPUs one work-item a work-group, so that
+    a group's private memory is one work-item's (up to :data:`REPACK_PRIVATE_BYTES`), not
+    that times a group size of the runtime's choosing (Intel's runtime allows 8192 for
+    this kernel): with its own choice, one benchmark run on Intel's runtime ended in a
+    segmentation fault that ten more did not repeat (2026-12-06)."""
     _, _, cout, cin = filters_shape
-    return (cin, tile.vectors, tile.padded_channels(cout) // (tile.channels * tile.vectors)), None
+    return ((-(-cin // repack_run), tile.padded_channels(cout) // (tile.channels * tile.vectors)),
+            (1, 1) if cpu else None)
 
 
 def _sizes(args: TransposeArgs) -> tuple:
@@ -410,11 +440,13 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
     # float16 is loaded as stored: the input transform converts it (see the kernel file),
     # cheaper than widening value in a pass of its own first.
     split = winograd_split(args.filters_shape, tile, dtype, facts(device).local_mem)
-    options = winograd_options(dtype, args, tile, split, forward_filters)
+    cpu = bool(facts(device).type & cl.device_type.CPU)
+    run = winograd_repack_run(args.filters_shape, tile, dtype, cpu)
+    options = winograd_options(dtype, args, tile, split, forward_filters, repack_run=run)
     kernels, lock = programs.get_kernels(context, WINOGRAD_FILE, options)
     packed = packed_elements(args.filters_shape, tile.padded_channels(cout), winograd=True)
     return Plan(kernels, "winograd_transpose", lock, options, False, packed * acc_itemsize(dtype),
-                winograd_repack_geometry(args.filters_shape, tile),
+                winograd_repack_geometry(args.filters_shape, tile, run, cpu),
                 winograd_geometry(args.output_shape, tile, dilation[0], dilation[2],
                                   -(-tile.padded_channels(cout) // split.group)),
                 _sizes(args), {}, WINOGRAD_FILE)

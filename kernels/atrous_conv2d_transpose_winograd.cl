@@ -25,7 +25,7 @@
 // innermost, zero-padded to COUTP, a multiple of WB), so the products of one
 // tile read their U in one run (in one row of COUTP channels, B's products
 // took 10.6-10.9 ms on Intel's runtime, in blocks 7.4-7.5), and, after it,
-// the filters themselves as wt[KH * KW][CIN][COUTP] for the fallback below.
+// the filters themselves as wt[COUTP / WB][KH * KW][CIN][WB] for the fallback below.
 //
 // One work-item per work-group (CPUs: a work-group runs on one core) computes
 // TB blocks along a row of one phase, for COUT_GROUP output channels (every
@@ -90,6 +90,8 @@
 //   LIVE_A0, LIVE_A1, LIVE_B0, LIVE_B1
 //               the taps (rows a, columns b, first and last) that land inside
 //               value for some output pixel; LIVE_A0 > LIVE_A1 where none does
+//   RB          input channels a repack_filters work-item transforms: 2, 4, 8 or 16
+//               (atrous_cl.launch.winograd_repack_run)
 // Spatial sizes stay run-time arguments; offsets are 64-bit.
 
 // The type and vector macros (LOAD, STORE_CHANNELS, VACC, ...) come from prelude.cl.
@@ -127,79 +129,124 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 #define U_BLOCK(c0) ((long)(c0) * 16 * PARTS * CIN)
 
 // wt[c / WB][k][part][o][c % WB] = (G g G^T)[k] of one 3x3 part of the flipped filters
-// for output channel c and input channel o, then wt[DIRECT_AT + (tap * CIN +
-// o) * COUTP + c] = filters[tap, c, o]; 0 for COUT <= c < COUTP. With
-// FORWARD_FILTERS the filters are the forward atrous_conv2d's, [KH, KW, CIN,
-// COUT], read with the taps flipped, as the direct kernel's repack_filters
-// does. Global size (CIN, GV, COUTP / WB): the input channel (fastest, so that
-// work-items one after another read neighbouring weights), a vector of BC
-// output channels of a block, the block. A work-item transforms BC channels at
-// once (one a work-item: 1x33x33 256->256 took 1.5-2.4 ms on Intel's runtime and
-// 3.8-5.7 on PoCL, about half the main kernel's time, paid by every call whose
-// filters changed or exceed launch.REUSE_BYTES; now 0.8 and 0.9), with the same
-// operations on each lane as one channel alone, so the same results.
+// for output channel c and input channel o, then wt[DIRECT_AT + ((c / WB) * KH * KW + tap)
+// * CIN * WB + o * WB + c % WB] = filters[tap, c, o]; 0 for COUT <= c < COUTP. With
+// FORWARD_FILTERS the filters are the forward atrous_conv2d's, [KH, KW, CIN, COUT],
+// read with the taps flipped, as the direct kernel's repack_filters does. Global size
+// (ceil(CIN / RB), COUTP / WB): a run of RB input channels (the last may be short) of a
+// block. A work-item loads each tap's RB weights of an output channel at once (the op's
+// filters; the forward op's one by one: their output channels are innermost), transforms
+// them BC channels at a time (the same operations on each lane as one channel alone, so
+// the same results), and writes each of its 16 * PARTS + KH * KW rows of wt, RB * WB
+// elements one after another, from private memory. Work-items of one input channel and
+// BC output channels each (loads a filter row apart, 4 KiB at 1024 input channels; 25
+// stores a third of 96 bytes each, in 25 places) took 2.8-3.3x as long: 1x33x33
+// 1024->256 3x3, 6.7 against 2.0 ms on PyPI's PoCL, 6.0 against 2.2 on Intel's runtime
+// (docs/performance.md).
+#define RUN CAT(ACC, RB)
+#ifdef USE_HALF
+#define LOAD_RUN(p) CAT(vload_half, RB)(0, (p))
+#elif defined(__clang__)
+typedef RUN __attribute__((aligned(sizeof(ACC)))) run_unaligned;
+#define LOAD_RUN(p) (*(__global const run_unaligned *)(p))
+#else
+#define LOAD_RUN(p) CAT(vload, RB)(0, (p))
+#endif
+#define ROWS (16 * PARTS + KH * KW)  // rows of wt a work-item writes: U's, then the copy's
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
                              __global ACC *restrict wt)
 {
-    const int o = (int)get_global_id(0);
-    const int g = (int)get_global_id(1);
-    const int c = (int)get_global_id(2) * WB + g * BC;  // the vector's first channel
-    __global ACC *to = wt + U_BLOCK(c - g * BC) + g * BC;
-    VACC gp[3 * SH][3 * SW];  // the flipped taps, zero-padded
-#pragma unroll
-    for (int k = 0; k < 3 * SH; ++k)
-#pragma unroll
-        for (int l = 0; l < 3 * SW; ++l)
-            gp[k][l] = (VACC)0;
-    // Two loops, no tap / KW and tap % KW: clang pairs those through an LLVM
-    // 'freeze', which Oclgrind's uninitialised-value checker cannot run.
-#pragma unroll
-    for (int a = 0; a < KH; ++a)
-#pragma unroll
-        for (int b = 0; b < KW; ++b) {
-            const int tap = a * KW + b;
-            union { VACC v; ACC s[BC]; } w;
-            LOAD_FILTER_LANES(w, filters, filters_off, tap, c, o);
-            STOREV_ACC(wt, DIRECT_AT + (tap * (long)CIN + o) * COUTP + c, w.v);
-            // A tap that lands inside value for no output pixel adds no term
-            // (0 * w with FORWARD_FILTERS, NaN for a non-finite w, which stays
-            // and sends its outputs to the fallback): left out of the transform.
-            const bool live = a >= LIVE_A0 && a <= LIVE_A1 && b >= LIVE_B0 && b <= LIVE_B1;
-#ifdef FORWARD_FILTERS
-            // Lane by lane: a non-finite weight stays in its own channel's transform.
-            union { VACC v; ACC s[BC]; } kept;
-            for (int l = 0; l < BC; ++l)
-                kept.s[l] = live || !isfinite(w.s[l]) ? w.s[l] : (ACC)0;
-            gp[KH - 1 - a][KW - 1 - b] = kept.v;  // flipped: the sub-grid correlation's taps
-#else
-            gp[KH - 1 - a][KW - 1 - b] = live ? w.v : (VACC)0;
+    const int o0 = (int)get_global_id(0) * RB;
+    const int in_run = min(RB, CIN - o0);  // input channels in this run
+    const int c0 = (int)get_global_id(1) * WB;
+    VACC rows[ROWS][RB * GV];
+    for (int g = 0; g < GV; ++g) {
+        const int c = c0 + g * BC;  // the vector's first channel
+        // pre[tap][l].s[q] = the weight of tap, channel c + l and input channel o0 + q.
+        union { RUN v; ACC s[RB]; } pre[KH * KW][BC];
+        for (int tap = 0; tap < KH * KW; ++tap)
+            for (int l = 0; l < BC; ++l) {
+#ifndef FORWARD_FILTERS  // the op's filters hold input channels innermost: RB in one load
+                if (c + l < COUT && in_run == RB) {
+                    pre[tap][l].v = LOAD_RUN(filters + filters_off + FILTER_AT(tap, c + l, o0));
+                    continue;
+                }
 #endif
-        }
-#pragma unroll
-    for (int sy = 0; sy < SH; ++sy)
-#pragma unroll
-        for (int sx = 0; sx < SW; ++sx) {
-            // G g, then (G g) G^T for the part g; G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
-            VACC gg[4][3];
-#pragma unroll
-            for (int l = 0; l < 3; ++l) {
-                const VACC g0 = gp[3 * sy][3 * sx + l], g1 = gp[3 * sy + 1][3 * sx + l],
-                           g2 = gp[3 * sy + 2][3 * sx + l];
-                gg[0][l] = g0;
-                gg[1][l] = (ACC)0.5 * (g0 + g1 + g2);
-                gg[2][l] = (ACC)0.5 * (g0 - g1 + g2);
-                gg[3][l] = g2;
+                for (int q = 0; q < RB; ++q)
+                    pre[tap][l].s[q] = c + l < COUT && q < in_run
+                        ? (ACC)LOAD(filters, filters_off + FILTER_AT(tap, c + l, o0 + q)) : (ACC)0;
             }
-            const long part = sy * SW + sx;
+        for (int oo = 0; oo < in_run; ++oo) {
+            VACC gp[3 * SH][3 * SW];  // the flipped taps, zero-padded
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                const VACC r[4] = {gg[k][0], (ACC)0.5 * (gg[k][0] + gg[k][1] + gg[k][2]),
-                                   (ACC)0.5 * (gg[k][0] - gg[k][1] + gg[k][2]), gg[k][2]};
+            for (int k = 0; k < 3 * SH; ++k)
 #pragma unroll
-                for (int l = 0; l < 4; ++l)
-                    STOREV_ACC(to, (((k * 4 + l) * PARTS + part) * CIN + o) * WB, r[l]);
-            }
+                for (int l = 0; l < 3 * SW; ++l)
+                    gp[k][l] = (VACC)0;
+            // Two loops, no tap / KW and tap % KW: clang pairs those through an LLVM
+            // 'freeze', which Oclgrind's uninitialised-value checker cannot run.
+#pragma unroll
+            for (int a = 0; a < KH; ++a)
+#pragma unroll
+                for (int b = 0; b < KW; ++b) {
+                    const int tap = a * KW + b;
+                    union { VACC v; ACC s[BC]; } w;
+#pragma unroll
+                    for (int l = 0; l < BC; ++l)
+                        w.s[l] = pre[tap][l].s[oo];
+                    rows[16 * PARTS + tap][oo * GV + g] = w.v;
+                    // A tap that lands inside value for no output pixel adds no term
+                    // (0 * w with FORWARD_FILTERS, NaN for a non-finite w, which stays
+                    // and sends its outputs to the fallback): left out of the transform.
+                    const bool live = a >= LIVE_A0 && a <= LIVE_A1 && b >= LIVE_B0 && b <= LIVE_B1;
+#ifdef FORWARD_FILTERS
+                    // Lane by lane: a non-finite weight stays in its own channel's transform.
+                    union { VACC v; ACC s[BC]; } kept;
+                    for (int l = 0; l < BC; ++l)
+                        kept.s[l] = live || !isfinite(w.s[l]) ? w.s[l] : (ACC)0;
+                    gp[KH - 1 - a][KW - 1 - b] = kept.v;  // flipped: the sub-grid correlation's taps
+#else
+                    gp[KH - 1 - a][KW - 1 - b] = live ? w.v : (VACC)0;
+#endif
+                }
+#pragma unroll
+            for (int sy = 0; sy < SH; ++sy)
+#pragma unroll
+                for (int sx = 0; sx < SW; ++sx) {
+                    // G g, then (G g) G^T for the part g; G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+                    VACC gg[4][3];
+#pragma unroll
+                    for (int l = 0; l < 3; ++l) {
+                        const VACC g0 = gp[3 * sy][3 * sx + l], g1 = gp[3 * sy + 1][3 * sx + l],
+                                   g2 = gp[3 * sy + 2][3 * sx + l];
+                        gg[0][l] = g0;
+                        gg[1][l] = (ACC)0.5 * (g0 + g1 + g2);
+                        gg[2][l] = (ACC)0.5 * (g0 - g1 + g2);
+                        gg[3][l] = g2;
+                    }
+                    const int part = sy * SW + sx;
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        const VACC r[4] = {gg[k][0], (ACC)0.5 * (gg[k][0] + gg[k][1] + gg[k][2]),
+                                           (ACC)0.5 * (gg[k][0] - gg[k][1] + gg[k][2]), gg[k][2]};
+#pragma unroll
+                        for (int l = 0; l < 4; ++l)
+                            rows[(k * 4 + l) * PARTS + part][oo * GV + g] = r[l];
+                    }
+                }
         }
+    }
+    // Row i of U starts at U_BLOCK(c0) + i * CIN * WB, of the copy at DIRECT_AT + (c0 / WB *
+    // KH * KW + i) * CIN * WB: this run's part of each, in vectors (aligned: WB and every
+    // row's start are multiples of BC).
+    __global VACC *u = (__global VACC *)(wt + U_BLOCK(c0) + (long)o0 * WB);
+    __global VACC *copy = (__global VACC *)(wt + DIRECT_AT + (long)c0 * KH * KW * CIN + (long)o0 * WB);
+    for (int i = 0; i < 16 * PARTS; ++i)
+        for (int v = 0; v < in_run * GV; ++v)
+            u[(long)i * CIN * GV + v] = rows[i][v];
+    for (int tap = 0; tap < KH * KW; ++tap)
+        for (int v = 0; v < in_run * GV; ++v)
+            copy[(long)tap * CIN * GV + v] = rows[16 * PARTS + tap][v];
 }
 
 #define NONFINITE(v) any(isinf(v) | isnan(v))
@@ -212,7 +259,8 @@ VACC direct_sum(__global const T *restrict value, const long value_off,
                 __global const ACC *restrict wt, const long n, const long p, const long q,
                 const int c, const int H, const int W)
 {
-    __global const ACC *w = wt + DIRECT_AT + c;
+    // The copy of channel c's block of WB (repack_filters), at c's place in it.
+    __global const ACC *w = wt + DIRECT_AT + (long)(c / WB) * KH * KW * CIN * WB + c % WB;
     VACC acc = (VACC)0;
     for (int a = 0; a < KH; ++a) {
         const long i = p + PAD_TOP - a * RATE_H;
@@ -224,7 +272,7 @@ VACC direct_sum(__global const T *restrict value, const long value_off,
         for (int o = 0; o < CIN; ++o)
             for (int b = 0; b < KW; ++b) {
                 const long j = q + PAD_LEFT - b * RATE_W;
-                const VACC wv = LOADV_ACC_ALIGNED(w, (((long)a * KW + b) * CIN + o) * COUTP);
+                const VACC wv = LOADV_ACC_ALIGNED(w, (((long)a * KW + b) * CIN + o) * WB);
                 if (row_inside && j >= 0 && j < W)
                     acc += (ACC)LOAD(value, value_off + ((n * H + i) * W + j) * CIN + o) * wv;
 #ifdef FORWARD_FILTERS
