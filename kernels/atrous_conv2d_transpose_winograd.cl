@@ -135,7 +135,7 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 // read with the taps flipped, as the direct kernel's repack_filters does. Global size
 // (ceil(CIN / RB), COUTP / WB): a run of RB input channels (the last may be short) of a
 // block. A work-item loads each tap's RB weights of an output channel at once (the op's
-// filters; the forward op's one by one: their output channels are innermost), transforms
+// filters; the forward op's, whose output channels are innermost, BC lanes in a row), transforms
 // them BC channels at a time (the same operations on each lane as one channel alone, so
 // the same results), and writes each of its 16 * PARTS + KH * KW rows of wt, RB * WB
 // elements one after another, from private memory. Work-items of one input channel and
@@ -162,20 +162,21 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
     VACC rows[ROWS][RB * GV];
     for (int g = 0; g < GV; ++g) {
         const int c = c0 + g * BC;  // the vector's first channel
-        // pre[tap][l].s[q] = the weight of tap, channel c + l and input channel o0 + q.
+#ifndef FORWARD_FILTERS
+        // pre[tap][l].s[q] = the weight of tap, channel c + l and input channel o0 + q:
+        // the op's filters hold input channels innermost, RB of them in one load.
         union { RUN v; ACC s[RB]; } pre[KH * KW][BC];
         for (int tap = 0; tap < KH * KW; ++tap)
             for (int l = 0; l < BC; ++l) {
-#ifndef FORWARD_FILTERS  // the op's filters hold input channels innermost: RB in one load
                 if (c + l < COUT && in_run == RB) {
                     pre[tap][l].v = LOAD_RUN(filters + filters_off + FILTER_AT(tap, c + l, o0));
-                    continue;
+                } else {
+                    for (int q = 0; q < RB; ++q)
+                        pre[tap][l].s[q] = c + l < COUT && q < in_run
+                            ? (ACC)LOAD(filters, filters_off + FILTER_AT(tap, c + l, o0 + q)) : (ACC)0;
                 }
-#endif
-                for (int q = 0; q < RB; ++q)
-                    pre[tap][l].s[q] = c + l < COUT && q < in_run
-                        ? (ACC)LOAD(filters, filters_off + FILTER_AT(tap, c + l, o0 + q)) : (ACC)0;
             }
+#endif
         for (int oo = 0; oo < in_run; ++oo) {
             VACC gp[3 * SH][3 * SW];  // the flipped taps, zero-padded
 #pragma unroll
@@ -191,9 +192,16 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
                 for (int b = 0; b < KW; ++b) {
                     const int tap = a * KW + b;
                     union { VACC v; ACC s[BC]; } w;
+#ifdef FORWARD_FILTERS  // the forward op's filters hold output channels innermost
+                    if (c + BC <= COUT)
+                        w.v = LOADV_UNALIGNED(filters, filters_off + FILTER_AT(tap, c, o0 + oo));
+                    else
+                        LOAD_FILTER_LANES(w, filters, filters_off, tap, c, o0 + oo);
+#else
 #pragma unroll
                     for (int l = 0; l < BC; ++l)
                         w.s[l] = pre[tap][l].s[oo];
+#endif
                     rows[16 * PARTS + tap][oo * GV + g] = w.v;
                     // A tap that lands inside value for no output pixel adds no term
                     // (0 * w with FORWARD_FILTERS, NaN for a non-finite w, which stays
