@@ -145,9 +145,10 @@ def winograd_geometry(output_shape: tuple[int, int, int, int], tile: Tile, rate_
 
 
 #: The most bytes of private memory a work-item of the Winograd file's
-#: ``repack_filters`` keeps its rows in, on CPUs (:func:`winograd_repack_run`):
-#: 16 input channels of 3x3 filters and 24 output channels in float32 take 37.5
-#: KiB. GPUs keep such arrays in slower memory than registers: an eighth there.
+#: ``repack_filters`` keeps its rows and loads in, on CPUs
+#: (:func:`winograd_repack_run`): 16 input channels of 3x3 filters and 24 output
+#: channels in float32 take 42 KiB. GPUs keep such arrays in slower memory than
+#: registers: an eighth there.
 REPACK_PRIVATE_BYTES = 48 << 10
 
 
@@ -155,17 +156,19 @@ def winograd_repack_run(filters_shape: tuple[int, int, int, int], tile: Tile, dt
                         cpu: bool) -> int:
     """Input channels a work-item of the Winograd file's ``repack_filters`` transforms (its
     ``RB``): 16, 8, 4 or 2, the most whose rows (16 per 3x3 part, then one per tap, each
-    of ``RB`` input channels and a block of output channels) fit in
+    of ``RB`` input channels and a block of output channels) and loaded weights (per tap,
+    ``RB`` input channels of a vector of output channels) fit in
     :data:`REPACK_PRIVATE_BYTES` (an eighth of it on other devices than CPUs), and no
-    more than the input channels need; 2 where none fits."""
+    more than the input channels need; else 1, a work-item that writes each vector as it
+    computes it (large filters: 15x15 would keep 134 KiB)."""
     kh, kw, _, cin = filters_shape
     rows = 16 * -(-kh // 3) * -(-kw // 3) + kh * kw
     budget = REPACK_PRIVATE_BYTES if cpu else REPACK_PRIVATE_BYTES // 8
-    block = tile.channels * tile.vectors * acc_itemsize(dtype)
-    for run in (16, 8, 4):
-        if run // 2 < cin and rows * run * block <= budget:
+    per_channel = (rows * tile.vectors + kh * kw) * tile.channels * acc_itemsize(dtype)
+    for run in (16, 8, 4, 2):
+        if run // 2 < cin and run * per_channel <= budget:
             return run
-    return 2
+    return 1
 
 
 def winograd_repack_geometry(filters_shape: tuple[int, int, int, int], tile: Tile,

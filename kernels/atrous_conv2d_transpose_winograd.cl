@@ -90,8 +90,8 @@
 //   LIVE_A0, LIVE_A1, LIVE_B0, LIVE_B1
 //               the taps (rows a, columns b, first and last) that land inside
 //               value for some output pixel; LIVE_A0 > LIVE_A1 where none does
-//   RB          input channels a repack_filters work-item transforms: 2, 4, 8 or 16
-//               (atrous_cl.launch.winograd_repack_run)
+//   RB          input channels a repack_filters work-item transforms: 2, 4, 8 or 16,
+//               or 1 to write straight to wt (atrous_cl.launch.winograd_repack_run)
 // Spatial sizes stay run-time arguments; offsets are 64-bit.
 
 // The type and vector macros (LOAD, STORE_CHANNELS, VACC, ...) come from prelude.cl.
@@ -138,11 +138,13 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 // filters; the forward op's, whose output channels are innermost, BC lanes in a row), transforms
 // them BC channels at a time (the same operations on each lane as one channel alone, so
 // the same results), and writes each of its 16 * PARTS + KH * KW rows of wt, RB * WB
-// elements one after another, from private memory. Work-items of one input channel and
+// elements one after another, from private memory (with RB = 1, where a run's rows would
+// not fit there, each vector as it is computed). Work-items of one input channel and
 // BC output channels each (loads a filter row apart, 4 KiB at 1024 input channels; 25
 // stores a third of 96 bytes each, in 25 places) took 2.8-3.3x as long: 1x33x33
 // 1024->256 3x3, 6.7 against 2.0 ms on PyPI's PoCL, 6.0 against 2.2 on Intel's runtime
 // (docs/performance.md).
+#if RB > 1
 #define RUN CAT(ACC, RB)
 #ifdef USE_HALF
 #define LOAD_RUN(p) CAT(vload_half, RB)(0, (p))
@@ -152,17 +154,31 @@ typedef RUN __attribute__((aligned(sizeof(ACC)))) run_unaligned;
 #else
 #define LOAD_RUN(p) CAT(vload, RB)(0, (p))
 #endif
+#endif
 #define ROWS (16 * PARTS + KH * KW)  // rows of wt a work-item writes: U's, then the copy's
+// With RB = 1 (filters too large for a run's rows in private memory, or one input
+// channel) a work-item writes each vector straight to wt, and loads lane by lane.
+#if RB > 1
+#define PUT_U(i, x) (rows[i][oo * GV + g] = (x))
+#define PUT_COPY(tap, x) (rows[16 * PARTS + (tap)][oo * GV + g] = (x))
+#else  // vstoren: a plain vector store of a union's vector, read after its lanes were
+       // written, showed Oclgrind's uninitialised-value checker a poison value
+#define PUT_U(i, x) STOREV_ACC(wt, U_BLOCK(c0) + ((long)(i) * CIN + o0) * WB + g * BC, (x))
+#define PUT_COPY(tap, x) \
+    STOREV_ACC(wt, DIRECT_AT + (long)c0 * KH * KW * CIN + ((long)(tap) * CIN + o0) * WB + g * BC, (x))
+#endif
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
                              __global ACC *restrict wt)
 {
     const int o0 = (int)get_global_id(0) * RB;
     const int in_run = min(RB, CIN - o0);  // input channels in this run
     const int c0 = (int)get_global_id(1) * WB;
+#if RB > 1
     VACC rows[ROWS][RB * GV];
+#endif
     for (int g = 0; g < GV; ++g) {
         const int c = c0 + g * BC;  // the vector's first channel
-#ifndef FORWARD_FILTERS
+#if RB > 1 && !defined(FORWARD_FILTERS)
         // pre[tap][l].s[q] = the weight of tap, channel c + l and input channel o0 + q:
         // the op's filters hold input channels innermost, RB of them in one load.
         union { RUN v; ACC s[RB]; } pre[KH * KW][BC];
@@ -197,12 +213,14 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
                         w.v = LOADV_UNALIGNED(filters, filters_off + FILTER_AT(tap, c, o0 + oo));
                     else
                         LOAD_FILTER_LANES(w, filters, filters_off, tap, c, o0 + oo);
-#else
+#elif RB > 1
 #pragma unroll
                     for (int l = 0; l < BC; ++l)
                         w.s[l] = pre[tap][l].s[oo];
+#else
+                    LOAD_FILTER_LANES(w, filters, filters_off, tap, c, o0);
 #endif
-                    rows[16 * PARTS + tap][oo * GV + g] = w.v;
+                    PUT_COPY(tap, w.v);
                     // A tap that lands inside value for no output pixel adds no term
                     // (0 * w with FORWARD_FILTERS, NaN for a non-finite w, which stays
                     // and sends its outputs to the fallback): left out of the transform.
@@ -239,11 +257,12 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
                                            (ACC)0.5 * (gg[k][0] - gg[k][1] + gg[k][2]), gg[k][2]};
 #pragma unroll
                         for (int l = 0; l < 4; ++l)
-                            rows[(k * 4 + l) * PARTS + part][oo * GV + g] = r[l];
+                            PUT_U((k * 4 + l) * PARTS + part, r[l]);
                     }
                 }
         }
     }
+#if RB > 1
     // Row i of U starts at U_BLOCK(c0) + i * CIN * WB, of the copy at DIRECT_AT + (c0 / WB *
     // KH * KW + i) * CIN * WB: this run's part of each, in vectors (aligned: WB and every
     // row's start are multiples of BC).
@@ -255,6 +274,7 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
     for (int tap = 0; tap < KH * KW; ++tap)
         for (int v = 0; v < in_run * GV; ++v)
             copy[(long)tap * CIN * GV + v] = rows[16 * PARTS + tap][v];
+#endif
 }
 
 #define NONFINITE(v) any(isinf(v) | isnan(v))

@@ -113,15 +113,22 @@ def test_huge_rates_and_views(queue):
 
 
 @pytest.mark.parametrize("forward", [False, True], ids=["transpose", "forward"])
-def test_the_repack_reads_runs_of_input_channels_from_any_element(queue, forward):
+@pytest.mark.parametrize("kh, cin, run", [(3, 37, 16), (3, 1, 1), (15, 3, 1)],
+                         ids=["runs", "one-channel", "unstaged"])
+def test_the_repack_reads_runs_of_input_channels_from_any_element(queue, forward, kh, cin, run):
     """The repack's work-items load runs of input channels as one vector (16 here: 37 of
     them make two whole runs and a short one of 5, read element by element), from filters
     that start one element into their buffer, so no run is aligned to its vector; the
-    forward op's filters hold output channels innermost and are read element by element."""
+    forward op's filters hold output channels innermost and are read a vector of them at
+    a time (13 output channels: one whole vector, then 5 lanes element by element). One
+    input channel, or filters whose rows would not fit a work-item's private memory
+    (15x15), take a work-item per input channel writing straight to its buffer."""
     tile = Tile(2, 8, 2, True)
-    assert launch.winograd_repack_run((3, 3, 5, 37), tile, np.float32, True) == 16
+    shape = (1, 6, 7, cin, 13, 2, "SAME", kh, kh)
+    _fits(queue, tile, cin, kh, kh)
+    assert launch.winograd_repack_run((kh, kh, 13, cin), tile, np.float32, True) == run
     rng = np.random.default_rng()
-    value, filters, output_shape, rate, padding = _problem((1, 6, 7, 37, 5, 2, "SAME", 3, 3), rng=rng)
+    value, filters, output_shape, rate, padding = _problem(shape, rng=rng)
     if forward:
         filters = filters.transpose(0, 1, 3, 2).copy()
         args = launch.forward_as_transpose(check_conv_args(value.shape, filters.shape, rate, padding))
@@ -133,28 +140,32 @@ def test_the_repack_reads_runs_of_input_channels_from_any_element(queue, forward
     out = poisoned(queue, args.output_shape, np.float32)
     launch.transpose(queue, cl_array.to_device(queue, value), whole_f[1:].reshape(filters.shape),
                      out, args, tile, forward)
-    assert launch.launch_plan(queue.context, queue.device, np.float32, args, tile,
-                              forward).main_kernel == "winograd_transpose"
+    p = launch.launch_plan(queue.context, queue.device, np.float32, args, tile, forward)
+    assert p.main_kernel == "winograd_transpose"
+    assert f"-DRB={run}" in p.options
     assert_close(out.get(), want)
 
 
 def test_repack_runs_fit_in_private_memory():
-    """A Winograd repack work-item's run of input channels (its RB): the most of 16, 8, 4
-    whose rows (16 per 3x3 part and one per tap, a block of output channels each) fit in
-    REPACK_PRIVATE_BYTES, an eighth of it off CPUs, and no longer than the input
-    channels need; 2 where none fits. Its geometry: a work-item per run and block, one a
-    work-group on CPUs."""
-    tile = Tile(4, 8, 3, True)  # blocks of 24 output channels: 96 bytes a float32 row element
+    """A Winograd repack work-item's run of input channels (its RB): the most of 16, 8, 4,
+    2 whose rows (16 per 3x3 part and one per tap, a block of output channels each) and
+    loaded weights (a vector of output channels per tap) fit in REPACK_PRIVATE_BYTES, an
+    eighth of it off CPUs, and no longer than the input channels need; else 1. Its
+    geometry: a work-item per run and block, one a work-group on CPUs."""
+    tile = Tile(4, 8, 3, True)  # blocks of 24 output channels
     run = launch.winograd_repack_run
     assert launch.REPACK_PRIVATE_BYTES == 48 << 10
-    assert run((3, 3, 256, 1024), tile, np.float32, True) == 16  # 25 rows x 16 x 96 bytes = 37.5 KiB
+    # 3x3 float32: (25 rows x 24 + 9 taps x 8) x 4 bytes = 2688 a channel, 42 KiB at 16
+    assert run((3, 3, 256, 1024), tile, np.float32, True) == 16
     assert run((3, 3, 256, 1024), tile, np.float16, True) == 16  # widened to float32 rows
-    assert run((3, 3, 256, 1024), tile, np.float64, True) == 8  # 75 KiB at 16
-    assert run((5, 5, 256, 1024), tile, np.float32, True) == 4  # 89 rows: 66.8 KiB at 8
-    assert run((7, 7, 256, 1024), tile, np.float32, True) == 2  # 193 rows: 72.4 KiB at 4
-    assert run((3, 3, 256, 1024), tile, np.float32, False) == 2  # 9.4 KiB at 4 > 6 KiB
+    assert run((3, 3, 256, 1024), tile, np.float64, True) == 8  # 84 KiB at 16
+    assert run((5, 5, 256, 1024), tile, np.float32, True) == 4  # 89 rows: 73 KiB at 8
+    assert run((7, 7, 256, 1024), tile, np.float32, True) == 2  # 193 rows: 78.5 KiB at 4
+    assert run((15, 15, 256, 1024), tile, np.float32, True) == 1  # 625 rows: 131 KiB at 2
+    assert run((3, 3, 256, 1024), tile, np.float32, False) == 2  # 5.25 KiB at 2 of 6
+    assert run((3, 3, 256, 1024), Tile(4, 16, 2, True), np.float32, False) == 1  # 7.4 KiB
     assert [run((3, 3, 256, cin), tile, np.float32, True) for cin in (1, 2, 3, 4, 5, 8, 9)] == \
-        [2, 2, 4, 4, 8, 8, 16]
+        [1, 2, 4, 4, 8, 8, 16]
     assert launch.winograd_repack_geometry((3, 3, 256, 1000), tile, 16, True) == ((63, 11), (1, 1))
     assert launch.winograd_repack_geometry((3, 3, 256, 1000), tile, 2, False) == ((500, 11), None)
 
