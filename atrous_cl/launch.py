@@ -160,7 +160,7 @@ def winograd_repack_run(filters_shape: tuple[int, int, int, int], tile: Tile, dt
     ``RB`` input channels of a vector of output channels) fit in
     :data:`REPACK_PRIVATE_BYTES` (an eighth of it on other devices than CPUs), and no
     more than the input channels need; else 1, a work-item that writes each vector as it
-    computes it (large filters: 15x15 would keep 134 KiB)."""
+    computes it (large filters: 15x15 would keep 131 KiB)."""
     kh, kw, _, cin = filters_shape
     rows = 16 * -(-kh // 3) * -(-kw // 3) + kh * kw
     budget = REPACK_PRIVATE_BYTES if cpu else REPACK_PRIVATE_BYTES // 8
