@@ -135,15 +135,15 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 // read with the taps flipped, as the direct kernel's repack_filters does. Global size
 // (ceil(CIN / RB), COUTP / WB): a run of RB input channels (the last may be short) of a
 // block. A work-item loads each tap's RB weights of an output channel at once (the op's
-// filters; the forward op's, whose output channels are innermost, BC lanes in a row), transforms
-// them BC channels at a time (the same operations on each lane as one channel alone, so
-// the same results), and writes each of its 16 * PARTS + KH * KW rows of wt, RB * WB
-// elements one after another, from private memory (with RB = 1, where a run's rows would
-// not fit there, each vector as it is computed). Work-items of one input channel and
-// BC output channels each (loads a filter row apart, 4 KiB at 1024 input channels; 25
-// stores a third of 96 bytes each, in 25 places) took 2.8-3.3x as long: 1x33x33
-// 1024->256 3x3, 6.7 against 2.0 ms on PyPI's PoCL, 6.0 against 2.2 on Intel's runtime
-// (docs/performance.md).
+// filters; the forward op's, whose output channels are innermost, BC lanes at once),
+// transforms them BC channels at a time (the same operations on each lane as one channel
+// alone, so the same results), and writes each of its 16 * PARTS + KH * KW rows of wt,
+// RB * WB elements one after another, from private memory (with RB = 1, where a run's
+// rows would not fit there, each vector as it is computed). Work-items of one input
+// channel and BC output channels each (loads a filter row apart, 4 KiB at 1024 input
+// channels; 25 stores a third of 96 bytes each, in 25 places) took 2.8-3.3x as long:
+// 1x33x33 1024->256 3x3, 6.7 against 2.0 ms on PyPI's PoCL, 6.0 against 2.2 on Intel's
+// runtime (docs/performance.md).
 #if RB > 1
 #define RUN CAT(ACC, RB)
 #ifdef USE_HALF
