@@ -127,6 +127,8 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) wino_unaligned;
 #define WB (BC * GV)  // output channels of a block of U (see repack_filters)
 // Where U of output channel c0, a multiple of WB, starts: (c0 / WB) * 16 * PARTS * CIN * WB.
 #define U_BLOCK(c0) ((long)(c0) * 16 * PARTS * CIN)
+// Where the fallback's copy of the filters for output channel c0, a multiple of WB, starts.
+#define COPY_BLOCK(c0) (DIRECT_AT + (long)(c0) * KH * KW * CIN)
 
 // wt[c / WB][k][part][o][c % WB] = (G g G^T)[k] of one 3x3 part of the flipped filters
 // for output channel c and input channel o, then wt[DIRECT_AT + ((c / WB) * KH * KW + tap)
@@ -165,7 +167,7 @@ typedef RUN __attribute__((aligned(sizeof(ACC)))) run_unaligned;
        // written, showed Oclgrind's uninitialised-value checker a poison value
 #define PUT_U(i, x) STOREV_ACC(wt, U_BLOCK(c0) + ((long)(i) * CIN + o0) * WB + g * BC, (x))
 #define PUT_COPY(tap, x) \
-    STOREV_ACC(wt, DIRECT_AT + (long)c0 * KH * KW * CIN + ((long)(tap) * CIN + o0) * WB + g * BC, (x))
+    STOREV_ACC(wt, COPY_BLOCK(c0) + ((long)(tap) * CIN + o0) * WB + g * BC, (x))
 #endif
 __kernel void repack_filters(__global const T *restrict filters, const long filters_off,
                              __global ACC *restrict wt)
@@ -263,11 +265,11 @@ __kernel void repack_filters(__global const T *restrict filters, const long filt
         }
     }
 #if RB > 1
-    // Row i of U starts at U_BLOCK(c0) + i * CIN * WB, of the copy at DIRECT_AT + (c0 / WB *
-    // KH * KW + i) * CIN * WB: this run's part of each, in vectors (aligned: WB and every
-    // row's start are multiples of BC).
+    // Row i of U starts at U_BLOCK(c0) + i * CIN * WB, of the copy at COPY_BLOCK(c0) + i *
+    // CIN * WB: this run's part of each, in vectors (aligned: WB and every row's start
+    // are multiples of BC).
     __global VACC *u = (__global VACC *)(wt + U_BLOCK(c0) + (long)o0 * WB);
-    __global VACC *copy = (__global VACC *)(wt + DIRECT_AT + (long)c0 * KH * KW * CIN + (long)o0 * WB);
+    __global VACC *copy = (__global VACC *)(wt + COPY_BLOCK(c0) + (long)o0 * WB);
     for (int i = 0; i < 16 * PARTS; ++i)
         for (int v = 0; v < in_run * GV; ++v)
             u[(long)i * CIN * GV + v] = rows[i][v];
@@ -288,7 +290,7 @@ VACC direct_sum(__global const T *restrict value, const long value_off,
                 const int c, const int H, const int W)
 {
     // The copy of channel c's block of WB (repack_filters), at c's place in it.
-    __global const ACC *w = wt + DIRECT_AT + (long)(c / WB) * KH * KW * CIN * WB + c % WB;
+    __global const ACC *w = wt + COPY_BLOCK(c - c % WB) + c % WB;
     VACC acc = (VACC)0;
     for (int a = 0; a < KH; ++a) {
         const long i = p + PAD_TOP - a * RATE_H;
