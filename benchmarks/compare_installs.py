@@ -4,7 +4,7 @@
 ``python benchmarks/compare_installs.py --python before=/work/venv-before/bin/python
 --python after=/work/venv-docs/bin/python [--workloads A B] [--shapes 1,33,33,256,256,3,6,SAME]
 [--rounds 9] [--calls 5]
-[--device P:D]``
+[--device P:D] [--copies]``
 
 Each ``--python NAME=PATH`` is an interpreter whose environment has some atrous-cl
 installed (a venv with the previous commit installed beside the current one, say).
@@ -28,8 +28,10 @@ must be within 1e-4 of its reference; otherwise the script exits 1. A worker tha
 fails (an interpreter without atrous-cl, say) ends the run with exit status 2.
 
 ``--device P:D`` is passed to every worker as ``PYOPENCL_CTX``; without it each
-install uses its own default device (each worker prints which). Nothing here
-asserts anything about time.
+install uses its own default device (each worker prints which). ``--copies`` makes
+every worker's host path copy its arrays to the device and back, as on a GPU,
+where a CPU device would use them in place: the GPU host path's own costs, on a CPU.
+Nothing here asserts anything about time.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ os.dup2(2, 1)
 import numpy as np
 import atrous_cl
 from atrous_cl import bench, reference
+if os.environ.get("COMPARE_INSTALLS_COPIES") == "1":  # --copies: the host path GPUs take
+    from atrous_cl import memory
+    memory.works_in_host_memory = lambda device: False
 
 inputs = {}
 
@@ -204,6 +209,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="inputs' seed")
     parser.add_argument("--device", metavar="P:D",
                         help="PYOPENCL_CTX for every worker (default: each install's default)")
+    parser.add_argument("--copies", action="store_true",
+                        help="make the host path copy the arrays to the device and back, as it "
+                        "does on a GPU, on a CPU device too (which otherwise uses them in place)")
     args = parser.parse_args(argv)
     names = [name for name, _ in args.python]
     if len(set(names)) != len(names) or len(names) < 2:
@@ -214,6 +222,7 @@ def main(argv=None) -> int:
     env = dict(os.environ)
     if args.device:
         env["PYOPENCL_CTX"] = args.device
+    env["COMPARE_INSTALLS_COPIES"] = "1" if args.copies else "0"
     with tempfile.TemporaryDirectory(prefix="compare-installs-") as empty:
         args.scratch = empty  # the workers' results go here, to be compared in full
         workers = [Worker(name, path, env, empty) for name, path in args.python]
