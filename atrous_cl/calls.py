@@ -12,11 +12,12 @@ that compute them. :func:`run` then
    queue and problem (:func:`prepared`);
 3. checks a caller's ``out=`` (:func:`check_out`, :func:`check_apart`) or
    allocates the results;
-4. turns the inputs into device arrays: uploaded, or on a CPU device NumPy
+4. turns the inputs into device arrays: uploaded without a wait (filters only
+   if a launch repacks them: :func:`device_array`), or on a CPU device NumPy
    arrays used in place (:class:`~atrous_cl.memory.HostArray`);
 5. enqueues the steps (waiting for them if anything fails, since they may
-   use host arrays in place), and returns NumPy arrays for host inputs,
-   device arrays on the same queue otherwise.
+   use host arrays in place or copy from them), and returns NumPy arrays for
+   host inputs, device arrays on the same queue otherwise.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def run(inputs: dict[str, Any], results: dict[str, tuple[int, ...]], dtype: np.d
     """Run ``steps`` on ``inputs`` (:func:`host_or_device` arrays) into new or given results.
 
     Args:
-        inputs: the op's arrays by name, in the order they are uploaded.
+        inputs: the op's arrays by name, in the order they are uploaded (but
+            filters that only repacks read: when a launch repacks them).
         results: the results' shapes by name. A single result is called
             ``out`` in messages and checks against the caller's ``out``; several
             check against a tuple of as many device arrays.
@@ -136,19 +138,21 @@ def run(inputs: dict[str, Any], results: dict[str, tuple[int, ...]], dtype: np.d
     call = prepared(queue, dtype, steps, inputs, results, on_device)
     outs = None if out is None else _checked_outs(out, results, dtype, queue, on_device, inputs)
     arrays: dict = {}
-    for name, x in inputs.items():
-        arrays[name] = device_array(queue, name, x, dtype, call.in_place, call.svm,
-                                    apart_from=tuple(arrays.values()))
-    if outs is None:
-        outs = [result(shape, dtype, queue, on_device, call.in_place, call.svm, empty)
-                for shape, empty in zip(results.values(), call.empties)]
-    arrays.update(zip(results, outs))
     try:
+        for name, x in inputs.items():
+            arrays[name] = device_array(queue, name, x, dtype, call.in_place, call.svm,
+                                        apart_from=tuple(arrays.values()),
+                                        lazy=name in call.lazy, blocking=on_device)
+        if outs is None:
+            outs = [result(shape, dtype, queue, on_device, call.in_place, call.svm, empty)
+                    for shape, empty in zip(results.values(), call.empties)]
+        arrays.update(zip(results, outs))
         for launch_step in call.launches:
             launch_step(queue, arrays)
         got = outs if on_device else [o.get(queue) for o in outs]
     except BaseException:
-        # Kernels may still use host arrays in place that the unwinding frees.
+        # Kernels may still use host arrays in place that the unwinding frees, and
+        # copies to the device may still read the caller's arrays.
         memory.drain(queue)
         raise
     if host_key is not None and call.in_place and out is None:
@@ -265,6 +269,7 @@ class Prepared(NamedTuple):
     svm: bool  # ... as system SVM pointers (memory.uses_system_svm)
     empties: tuple  # per result: its memory.result_allocator (in place, without system SVM)
     launches: tuple  # per step: launch(queue, arrays)
+    lazy: frozenset  # inputs only the transpose launches' repacks read (see device_array)
 
 
 #: Problems a queue remembers (:func:`prepared`); more start the memo afresh.
@@ -322,8 +327,12 @@ def prepared(queue: cl.CommandQueue, dtype: np.dtype, steps: tuple, inputs: dict
     svm = in_place and memory.uses_system_svm(device)
     empties = tuple(memory.result_allocator(queue, math.prod(shape) * dtype.itemsize)
                     if in_place and not svm else None for shape in results.values())
+    repacked = {s.filters for s in steps if isinstance(s, Transpose)}
+    read = {name for s in steps for name in (
+        (s.value, s.out) if isinstance(s, Transpose) else (s.x, s.d, s.out))}
     found = Prepared(table, _epoch, in_place, svm, empties,
-                     tuple(step.prepare(queue, dtype) for step in steps))
+                     tuple(step.prepare(queue, dtype) for step in steps),
+                     frozenset(repacked - read))
     if len(memo) >= _PREPARED_PER_QUEUE:
         memo.clear()
     memo[key] = found
@@ -423,7 +432,8 @@ def check_apart(outputs: dict, inputs: dict) -> None:
 
 def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
                  in_place: bool = False, svm: bool = False,
-                 apart_from=()) -> cl_array.Array | HostArray:
+                 apart_from=(), lazy: bool = False, blocking: bool = False
+                 ) -> cl_array.Array | HostArray | memory.Upload:
     """``x`` as a C-contiguous device array in ``queue``'s context.
 
     With ``in_place`` (a CPU device, :func:`~atrous_cl.memory.works_in_host_memory`),
@@ -434,6 +444,13 @@ def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
     In a host-pointer buffer, it is also copied if it may overlap one of the
     :class:`~atrous_cl.memory.HostArray` ``apart_from``: OpenCL leaves
     commands on buffers over overlapping host memory undefined.
+
+    Otherwise a host ``x`` is copied to the device (:class:`~atrous_cl.memory.Upload`):
+    without a wait (the launches wait for the copy's event), so a host call waits
+    once, for its result, not for each input too; or, with ``blocking`` (a
+    device-API call, which returns before its kernels run), before this returns.
+    With ``lazy`` (filters that only repacks read) only if a launch repacks it, so
+    filters whose bytes the launch packed last time are not copied again.
     """
     if in_place:
         if not (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
@@ -450,8 +467,8 @@ def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
             raise ValueError(f"{what} must be C-contiguous on the device, got strides {x.strides} "
                              f"for shape {x.shape}")
         return x
-    return cl_array.to_device(queue, np.ascontiguousarray(x, dtype=dtype),
-                              allocator=memory.memory_pool(queue))
+    return memory.Upload(np.ascontiguousarray(x, dtype=dtype), queue, memory.memory_pool(queue),
+                         now=not lazy, blocking=blocking, what=what)
 
 
 def host_result(shape, dtype, empty=np.empty) -> np.ndarray:
@@ -462,9 +479,10 @@ def host_result(shape, dtype, empty=np.empty) -> np.ndarray:
 
 
 def result(shape, dtype, queue: cl.CommandQueue, on_device: bool, in_place: bool = False,
-           svm: bool = False, empty=None) -> cl_array.Array | HostArray:
+           svm: bool = False, empty=None) -> cl_array.Array | HostArray | memory.Download:
     """A new result array. Only a host-path result, fetched and dropped by the
-    op, comes from the pool: a device result is the caller's, to use on any queue.
+    op, comes from the pool (a :class:`~atrous_cl.memory.Download`): a device
+    result is the caller's, to use on any queue.
     With ``in_place``, a new NumPy array the kernels write directly (with
     ``svm``, system SVM, as it is): in the context's fine-grained buffer SVM
     where ``empty``, :func:`~atrous_cl.memory.result_allocator`'s, is given
@@ -472,5 +490,6 @@ def result(shape, dtype, queue: cl.CommandQueue, on_device: bool, in_place: bool
     if in_place:
         return memory.HostArray(host_result(shape, dtype, empty or np.empty), queue, written=True,
                                 svm=svm or empty is not None)
-    return cl_array.empty(queue, shape, dtype,
-                          allocator=None if on_device else memory.memory_pool(queue))
+    if on_device:
+        return cl_array.empty(queue, shape, dtype)
+    return memory.Download(shape, dtype, queue, memory.memory_pool(queue))

@@ -552,36 +552,43 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
     """:func:`transpose` with its plan (None: the output is all zeros)."""
     if out.size == 0:
         return None
-    wait = [*value.events, *filters.events, *out.events]
+    # The filters' events join only the repack's: the main kernel reads its packed
+    # copy, and a memory.Upload has an event once its copy is enqueued.
+    wait = [*value.events, *out.events]
     if p is None:
-        return memory.fill(queue, out, 0, wait)
+        return memory.fill(queue, out, 0, [*wait, *filters.events])
     kernels = p.kernels
     value_data, value_off = value.base_data, element_offset(value)
     # Host filters (the host path, which waits for its kernels) whose bytes
     # equal the last ones repacked on this queue reuse that packed buffer
-    # (see REUSE_BYTES). Each repack writes a new buffer, so a kernel never
-    # reads one that another call is rewriting; the bytes compared are a copy.
+    # (see REUSE_BYTES); a memory.Upload of them is then never copied to the
+    # device. Each repack writes a new buffer, so a kernel never reads one that
+    # another call is rewriting; the bytes compared are a copy.
     raw = (filters.array.tobytes()
-           if isinstance(filters, memory.HostArray) and filters.array.nbytes <= REUSE_BYTES
-           else None)
+           if isinstance(filters, (memory.HostArray, memory.Upload))
+           and filters.array.nbytes <= REUSE_BYTES else None)
     try:
         with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
-            if p.wide:
-                value_data, widened = widen(kernels, queue, value, wait)
-                value_off = 0
             last = p.repacked.get(queue) if raw is not None else None
             if last is not None and last[0] == raw:
                 _, packed, repacked = last
             else:
                 packed = (cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, p.packed_nbytes)
                           if raw is not None else memory.scratch(queue, p.packed_nbytes))
+                # First: a memory.Upload's copy, enqueued here (and waited for, in a
+                # device-API call), then waits for nothing the caller holds back on
+                # another queue (value's or out's producers, which widen waits for).
+                source = filters.base_data
                 repacked = enqueue(kernels["repack_filters"], queue, p.repack,
-                                   (filters.base_data, np.int64(element_offset(filters)), packed),
-                                   wait)
+                                   (source, np.int64(element_offset(filters)), packed),
+                                   list(filters.events))
                 if raw is not None:
                     if len(p.repacked) >= 8:
                         p.repacked.clear()
                     p.repacked[queue] = (raw, packed, repacked)
+            if p.wide:
+                value_data, widened = widen(kernels, queue, value, wait)
+                value_off = 0
             done = enqueue(kernels[p.main_kernel], queue, p.main,
                            (value_data, np.int64(value_off), packed, out.base_data,
                             np.int64(element_offset(out)), *p.sizes),

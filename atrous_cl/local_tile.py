@@ -321,9 +321,11 @@ def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
     if p is None:  # an empty sum everywhere
         return memory.fill(queue, out, 0, wait)
     packed = memory.scratch(queue, p.packed_nbytes)
+    filters_data = filters.base_data
+    wait = [*value.events, *filters.events, *out.events]  # a memory.Upload's copy's too
     try:
         with p.repack_lock:  # setting a kernel's arguments and enqueueing it must not interleave
-            repacked = p.repack_kernel(queue, *p.repack, filters.base_data,
+            repacked = p.repack_kernel(queue, *p.repack, filters_data,
                                        np.int64(filters.offset // filters.dtype.itemsize), packed,
                                        wait_for=wait)
         with p.main_lock:

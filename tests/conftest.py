@@ -46,6 +46,14 @@ if os.environ.get("ATROUS_CL_KEEP_BUFFERS"):
         _kept_buffers.append(self.base_data)
 
     _cl_array.Array.__init__ = _keeping_init
+    _device_buffer = memory._device_buffer  # the host path's own buffers on such devices
+
+    def _keeping_device_buffer(*args):
+        buffer = _device_buffer(*args)
+        _kept_buffers.append(buffer)
+        return buffer
+
+    memory._device_buffer = _keeping_device_buffer
 
 @pytest.fixture(autouse=True)
 def calls_prepared_afresh():
@@ -61,15 +69,26 @@ def calls_prepared_afresh():
 
 @pytest.fixture(autouse=True)
 def poisoned_host_results(monkeypatch):
-    """Host-path results that kernels write in place start as NaN, like poisoned device outputs."""
-    from atrous_cl import calls
+    """Host-path results start as NaN, like poisoned device outputs: those that kernels write
+    in place, and those the host path copies back (GPUs, Oclgrind), which come from a pool
+    that may hold an earlier call's answer."""
+    from atrous_cl import calls, memory
 
     def poisoned(shape, dtype, empty=np.empty):
         array = empty(shape, dtype)
         array.fill(np.nan)
         return array
 
+    real_result = calls.result
+
+    def poisoned_result(shape, dtype, queue, on_device, in_place=False, svm=False, empty=None):
+        got = real_result(shape, dtype, queue, on_device, in_place, svm, empty)
+        if not in_place and not on_device:
+            memory.fill(queue, got, np.nan)
+        return got
+
     monkeypatch.setattr(calls, "host_result", poisoned)
+    monkeypatch.setattr(calls, "result", poisoned_result)
 
 
 #: Max |got - want| / max |want| per dtype. float16 is the rounding of one

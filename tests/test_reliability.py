@@ -244,20 +244,25 @@ def test_waits_for_an_input_written_on_another_queue(queue):
     assert_close(out.get(), want)
 
 
-def test_waits_for_earlier_users_of_out(queue):
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=lambda d: d.__name__)
+def test_waits_for_earlier_users_of_out(queue, dtype):
     """``out`` still being written on another queue (a copy held back) must be
-    overwritten after it, not before."""
+    overwritten after it, not before; and the call must not wait for it itself. Its
+    host filters differ from the warm-up's, so they are copied and repacked: before
+    anything that waits for ``out`` (on a CPU, float16's value is widened first, and
+    the widening waits for it), or the copy would wait behind the gate forever."""
+    skip_unsupported(queue, dtype)
     other = cl.CommandQueue(queue.context, queue.device)
-    value, filters, output_shape, rate, padding = _problem(np.random.default_rng())
+    value, filters, output_shape, rate, padding = _problem(np.random.default_rng(), dtype)
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
     _warm(queue, lambda: atrous_cl.atrous_conv2d_transpose(
-        cl_array.to_device(queue, value), filters, output_shape, rate, padding,
-        out=cl_array.empty(other, output_shape, np.float32)))
-    out, gate = _held(other, np.zeros(output_shape, np.float32))
+        cl_array.to_device(queue, value), filters * 2, output_shape, rate, padding,
+        out=cl_array.empty(other, output_shape, dtype)))
+    out, gate = _held(other, np.zeros(output_shape, dtype))
     atrous_cl.atrous_conv2d_transpose(cl_array.to_device(queue, value), filters, output_shape, rate,
                                       padding, out=out)
     _release(gate, other, queue)
-    assert_close(out.get(), want)
+    assert_close(out.get(), want, dtype)
 
 
 @pytest.mark.parametrize("op", ["atrous_conv2d_transpose", "atrous_conv2d", "vjp"])
@@ -296,6 +301,46 @@ def test_result_used_on_another_queue_waits_for_the_op(queue, op):
     doubled = out.with_queue(consumer) * 2
     _release(gate, held)
     assert_close(doubled.get() / 2, want, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("host", ["filters", "value", "dy"])
+def test_a_device_call_copies_its_host_inputs_before_it_returns(queue, monkeypatch, host):
+    """A device-API call (any device array in) returns before its kernels run, and its
+    caller may change a host input the moment it returns: so the call copies host inputs
+    with blocking copies (the host API, which waits for its results, need not). The
+    filters differ from the warm-up's, so the call copies them too."""
+    rng = np.random.default_rng()
+    value, filters, output_shape, rate, padding = _problem(rng)
+    dy = rng.standard_normal(output_shape).astype(np.float32)
+    on_device = lambda x, name: x if name == host else cl_array.to_device(queue, x)  # noqa: E731
+    v, f = on_device(value, "value"), on_device(filters, "filters")
+    if host == "dy":
+        want = reference.atrous_conv2d_transpose_vjp(value, filters, output_shape, rate, padding,
+                                                     dy)
+        call = lambda f: atrous_cl.atrous_conv2d_transpose_vjp(  # noqa: E731
+            v, f, output_shape, rate, padding, dy)
+    else:
+        want = (reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding),)
+        call = lambda f: (atrous_cl.atrous_conv2d_transpose(  # noqa: E731
+            v, f, output_shape, rate, padding),)
+    _warm(queue, lambda: call(filters + 1 if host == "filters" else f))
+    copies = []
+    real = cl.enqueue_copy
+
+    def recorded(q, dest, src, **kwargs):
+        if isinstance(src, np.ndarray):
+            copies.append((src.shape, kwargs.get("is_blocking", True)))
+        return real(q, dest, src, **kwargs)
+
+    monkeypatch.setattr(cl, "enqueue_copy", recorded)
+    got = call(f)
+    for x in (value, filters, dy):
+        x[...] = np.nan
+    assert [shape for shape, _ in copies] == [{"value": value.shape, "filters": filters.shape,
+                                               "dy": dy.shape}[host]]
+    assert all(blocking for _, blocking in copies), copies
+    for g, w in zip(got, want):
+        assert_close(g.get(), w, atol=1e-5 * float(np.abs(w).max()))
 
 
 # 4. Rates of any size.

@@ -17,6 +17,7 @@ past the output channels).
 from __future__ import annotations
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
 from conftest import assert_close, poisoned, skip_unsupported
@@ -197,11 +198,27 @@ def test_the_forward_kernel_adds_tf_padding_times_the_weights(queue, rate, paddi
         assert_close(out.get(), want, context=f"tile {tile}")
 
 
+@pytest.fixture(params=["as-the-device-takes-them", "copied"])
+def host_path(request, queue, monkeypatch) -> str:
+    """How the host API hands host arrays to the device: as it does there (in place on a
+    CPU device), or copied to the device and back, as on a GPU: forced on a CPU device,
+    skipped where the host path copies anyway (Oclgrind)."""
+    from atrous_cl import calls, memory
+
+    if request.param == "copied":
+        if not memory.works_in_host_memory(queue.device):
+            pytest.skip(f"{queue.device.name}: the host path copies already")
+        monkeypatch.setattr(memory, "works_in_host_memory", lambda device: False)
+        calls.forget_prepared()
+    return request.param
+
+
 @pytest.mark.parametrize("cout, cin, reused", [(5, 4, True), (64, 64, True), (256, 128, False)],
                          ids=["5x4", "64x64-144KiB", "256x128-1152KiB"])
-def test_filters_changed_in_place_between_calls_are_repacked(queue, cout, cin, reused):
+def test_filters_changed_in_place_between_calls_are_repacked(queue, cout, cin, reused, host_path):
     """The host path reuses packed filters only while the caller's bytes are unchanged
-    (filters up to launch.REUSE_BYTES; larger ones are repacked every call)."""
+    (filters up to launch.REUSE_BYTES; larger ones are repacked every call), whether it
+    uses the arrays in place or copies them."""
     rng = np.random.default_rng()
     value = rng.standard_normal((2, 6, 19, cin)).astype(np.float32)
     filters = rng.standard_normal((3, 3, cout, cin)).astype(np.float32)
@@ -219,6 +236,76 @@ def test_filters_changed_in_place_between_calls_are_repacked(queue, cout, cin, r
                                               "SAME", queue=queue)
     assert_close(other, reference.atrous_conv2d_transpose(value[:1], filters, (1, 6, 19, cout), 2,
                                                           "SAME"))
+
+
+OPS = {
+    "transpose": lambda v, f, dy, q: atrous_cl.atrous_conv2d_transpose(v, f, dy.shape, 2, "SAME",
+                                                                     queue=q),
+    "conv": lambda v, f, dy, q: atrous_cl.atrous_conv2d(v, f, 2, "SAME", queue=q),
+    "transpose_vjp": lambda v, f, dy, q: atrous_cl.atrous_conv2d_transpose_vjp(
+        v, f, dy.shape, 2, "SAME", dy, queue=q),
+    "conv_vjp": lambda v, f, dy, q: atrous_cl.atrous_conv2d_vjp(v, f, 2, "SAME", dy, queue=q),
+}
+
+
+def _op_reference(op, v, f, dy):
+    if op == "transpose":
+        return reference.atrous_conv2d_transpose(v, f, dy.shape, 2, "SAME")
+    if op == "conv":
+        return reference.atrous_conv2d(v, f, 2, "SAME")
+    if op == "transpose_vjp":
+        return reference.atrous_conv2d_transpose_vjp(v, f, dy.shape, 2, "SAME", dy)
+    return reference.atrous_conv2d_vjp(v, f, 2, "SAME", dy)
+
+
+@pytest.mark.parametrize("order", ["in-order", "out-of-order"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_copied_filters_are_uploaded_only_when_their_bytes_change(queue, op, order, monkeypatch):
+    """Where the host path copies arrays to the device (GPUs; forced here on CPU devices),
+    filters whose bytes the launch packed last time are neither copied again nor repacked;
+    changed in place, or new, they are. The other inputs are copied every call, without a
+    wait of their own, and every result is right (each call draws a new value and dy, and
+    its result starts poisoned)."""
+    from atrous_cl import calls, memory
+
+    ooo = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
+    if order == "out-of-order":
+        if not queue.device.queue_properties & ooo:
+            pytest.skip(f"{queue.device.name}: no out-of-order queues")
+        queue = cl.CommandQueue(queue.context, queue.device, properties=ooo)
+    monkeypatch.setattr(memory, "works_in_host_memory", lambda device: False)
+    calls.forget_prepared()
+    uploads = []
+    real = cl.enqueue_copy
+
+    def counted(q, dest, src, **kwargs):
+        if isinstance(src, np.ndarray):
+            uploads.append((src.shape, kwargs.get("is_blocking", True)))
+        return real(q, dest, src, **kwargs)
+
+    monkeypatch.setattr(cl, "enqueue_copy", counted)
+    rng = np.random.default_rng()
+    transpose = op.startswith("transpose")
+    f = rng.standard_normal((3, 2, 5, 4) if transpose else (3, 2, 4, 5)).astype(np.float32)
+    v_shape, dy_shape = (2, 6, 7, 4), (2, 6, 7, 5)  # SAME: the same for both ops
+    copied = []
+    for step, change in enumerate((None, None, (1, 1, 2, 3, 7.0), None, "new", None)):
+        if change == "new":
+            f = f.copy()  # the same bytes elsewhere: no copy
+        elif change is not None:
+            f[change[:4]] = change[4]
+        v = rng.standard_normal(v_shape).astype(np.float32)
+        dy = rng.standard_normal(dy_shape).astype(np.float32)
+        del uploads[:]
+        got = OPS[op](v, f, dy, queue)
+        want = _op_reference(op, v, f, dy)
+        for g, w in zip(got, want) if op.endswith("vjp") else [(got, want)]:
+            assert_close(g, w, atol=1e-5 * float(np.max(np.abs(w))), context=f"call {step}")
+        assert not any(blocking for _, blocking in uploads), uploads
+        copied.append(sum(shape == f.shape for shape, _ in uploads))
+        others = sum(shape in (v.shape, dy.shape) for shape, _ in uploads)
+        assert others == (2 if op.endswith("vjp") else 1), uploads
+    assert copied == [1, 0, 1, 0, 0, 0]
 
 
 @pytest.mark.parametrize("output_shape, tile, rate_w, max_group, want", [
