@@ -3,10 +3,15 @@
 # The checks a session with a lent NVIDIA GPU machine runs, prepared so that one device call does
 # them all (device time is short: docs/performance.md, "Issue 13 on a GPU").
 #
-#   bash benchmarks/gpu_session.sh fetch   # here, with PyPI: pyopencl and its dependencies
-#                                          # as cp312 wheels into .whl/ (emptied first)
+#   bash benchmarks/gpu_session.sh fetch [BEFORE]  # here, with PyPI: pyopencl and its
+#                                          # dependencies as cp312 wheels into .whl/ (emptied
+#                                          # first), and wheels of this checkout and of commit
+#                                          # BEFORE (default 9d622ae) in .whl/after, .whl/before
 #   bash benchmarks/gpu_session.sh run     # there (no network; carry .whl): writes
 #                                          # its logs under $OUT (or ./gpu-logs)
+#   bash benchmarks/gpu_session.sh compare # there, if device time is left: the two wheels'
+#                                          # host API against each other on the GPU
+#                                          # (compare_installs.py), 300 s at most
 #
 # `run` installs the wheels into /tmp/site, registers NVIDIA's OpenCL library with the ICD
 # loader (OCL_ICD_VENDORS), runs the source tree from PYTHONPATH, and then: the queue tests
@@ -18,14 +23,25 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = fetch ]; then
-    rm -f .whl/*.whl
+    rm -rf .whl/*.whl .whl/before .whl/after
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-        pyopencl pytools siphash24 platformdirs typing_extensions
-    exit
+        pyopencl pytools siphash24 platformdirs typing_extensions || exit 1
+    # atrous-cl itself is pure Python: one wheel serves any CPython 3.
+    python3 -m pip wheel -q --no-deps -w .whl/after . || exit 1
+    before=$(mktemp -d)
+    git worktree add -q --detach "$before/tree" "${2:-9d622ae}" || exit 1
+    python3 -m pip wheel -q --no-deps -w .whl/before "$before/tree"
+    status=$?
+    git worktree remove --force "$before/tree"
+    rm -rf "$before"
+    exit $status
 fi
-[ "${1:-}" = run ] || { echo "usage: $0 fetch|run" >&2; exit 2; }
+case "${1:-}" in
+    run|compare) ;;
+    *) echo "usage: $0 fetch [BEFORE]|run|compare" >&2; exit 2 ;;
+esac
 
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
@@ -44,6 +60,23 @@ gpu=$(python3 -c "from atrous_cl import discovery as d; print(next(i.selector fo
 
 quiet() { grep -v "CompilerWarning\|prg.build\|timed$"; }
 step() { echo "== $1 $(date +%T)"; }
+
+if [ "$1" = compare ]; then
+    # Each wheel in a venv of its own over the system's packages (NumPy), with pyopencl's
+    # wheels; compare_installs starts its workers with -I, which ignores PYTHONPATH.
+    for name in before after; do
+        python3 -m venv --without-pip --system-site-packages "/tmp/v-$name" || exit 1
+        site=$("/tmp/v-$name/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+        python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" \
+            .whl/*.whl .whl/$name/*.whl || exit 1
+    done
+    step "compare_installs on $gpu"
+    timeout 300 python3 benchmarks/compare_installs.py --python before=/tmp/v-before/bin/python \
+        --python after=/tmp/v-after/bin/python --workloads A B C D E F --rounds 9 --calls 5 \
+        --device "$gpu" 2>&1 | quiet | tee "$out/compare.log"
+    step end
+    exit
+fi
 
 step "queue tests, serially"
 timeout 150 python3 -m pytest -p no:cacheprovider -q --tb=short -W ignore -o faulthandler_timeout=60 \
