@@ -91,6 +91,21 @@ def poisoned_host_results(monkeypatch):
     monkeypatch.setattr(calls, "result", poisoned_result)
 
 
+def recorded_host_copies(monkeypatch) -> list:
+    """A list that gets ``(shape, is_blocking)`` of every copy from a NumPy array to the
+    device (``pyopencl.enqueue_copy``) from now on in the test."""
+    copies = []
+    real = cl.enqueue_copy
+
+    def recorded(queue, dest, src, **kwargs):
+        if isinstance(src, np.ndarray):
+            copies.append((src.shape, kwargs.get("is_blocking", True)))
+        return real(queue, dest, src, **kwargs)
+
+    monkeypatch.setattr(cl, "enqueue_copy", recorded)
+    return copies
+
+
 #: Max |got - want| / max |want| per dtype. float16 is the rounding of one
 #: half-precision store (2**-11) with margin; float32/64 leave room for sums of
 #: a few thousand terms.

@@ -23,7 +23,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, skip_unsupported
+from conftest import assert_close, poisoned, recorded_host_copies, skip_unsupported
 
 import atrous_cl
 from atrous_cl import geometry, reference
@@ -324,15 +324,7 @@ def test_a_device_call_copies_its_host_inputs_before_it_returns(queue, monkeypat
         call = lambda f: (atrous_cl.atrous_conv2d_transpose(  # noqa: E731
             v, f, output_shape, rate, padding),)
     _warm(queue, lambda: call(filters + 1 if host == "filters" else f))
-    copies = []
-    real = cl.enqueue_copy
-
-    def recorded(q, dest, src, **kwargs):
-        if isinstance(src, np.ndarray):
-            copies.append((src.shape, kwargs.get("is_blocking", True)))
-        return real(q, dest, src, **kwargs)
-
-    monkeypatch.setattr(cl, "enqueue_copy", recorded)
+    copies = recorded_host_copies(monkeypatch)
     got = call(f)
     for x in (value, filters, dy):
         x[...] = np.nan

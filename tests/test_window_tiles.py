@@ -20,7 +20,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, skip_unsupported
+from conftest import assert_close, poisoned, recorded_host_copies, skip_unsupported
 
 import atrous_cl
 from atrous_cl import geometry, launch, reference
@@ -275,15 +275,7 @@ def test_copied_filters_are_uploaded_only_when_their_bytes_change(queue, op, ord
         queue = cl.CommandQueue(queue.context, queue.device, properties=ooo)
     monkeypatch.setattr(memory, "works_in_host_memory", lambda device: False)
     calls.forget_prepared()
-    uploads = []
-    real = cl.enqueue_copy
-
-    def counted(q, dest, src, **kwargs):
-        if isinstance(src, np.ndarray):
-            uploads.append((src.shape, kwargs.get("is_blocking", True)))
-        return real(q, dest, src, **kwargs)
-
-    monkeypatch.setattr(cl, "enqueue_copy", counted)
+    uploads = recorded_host_copies(monkeypatch)
     rng = np.random.default_rng()
     transpose = op.startswith("transpose")
     f = rng.standard_normal((3, 2, 5, 4) if transpose else (3, 2, 4, 5)).astype(np.float32)
