@@ -16,6 +16,8 @@ past the output channels).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
@@ -298,6 +300,37 @@ def test_copied_filters_are_uploaded_only_when_their_bytes_change(queue, op, ord
         others = sum(shape in (v.shape, dy.shape) for shape, _ in uploads)
         assert others == (2 if op.endswith("vjp") else 1), uploads
     assert copied == [1, 0, 1, 0, 0, 0]
+
+
+def test_calls_from_threads_with_alternating_filters(queue, host_path):
+    """Threads calling the op on one queue, each switching between two filters every call,
+    so that calls reuse and replace the queue's packed filters under each other; in place
+    or copied, every result is its own inputs'."""
+    from atrous_cl.facts import is_simulator
+
+    if is_simulator(queue.device):
+        pytest.skip("Oclgrind crashes (segmentation fault) when called from several threads, "
+                    "with this library's code before these tests too")
+    rng = np.random.default_rng()
+    filters = [rng.standard_normal((3, 3, 5, 4)).astype(np.float32) for _ in range(2)]
+    wrong = []
+
+    def calls(seed):
+        r = np.random.default_rng(seed)
+        for k in range(12):
+            value = r.standard_normal((2, 6, 7, 4)).astype(np.float32)
+            f = filters[(seed + k) % 2]
+            got = atrous_cl.atrous_conv2d_transpose(value, f, (2, 6, 7, 5), 2, "SAME", queue=queue)
+            want = reference.atrous_conv2d_transpose(value, f, (2, 6, 7, 5), 2, "SAME")
+            if not np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want)):
+                wrong.append((seed, k))
+
+    threads = [threading.Thread(target=calls, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
 
 
 @pytest.mark.parametrize("output_shape, tile, rate_w, max_group, want", [
