@@ -142,7 +142,7 @@ def run(inputs: dict[str, Any], results: dict[str, tuple[int, ...]], dtype: np.d
         for name, x in inputs.items():
             arrays[name] = device_array(queue, name, x, dtype, call.in_place, call.svm,
                                         apart_from=tuple(arrays.values()),
-                                        lazy=name in call.lazy, blocking=on_device)
+                                        lazy=name in call.lazy, at_once=on_device)
         if outs is None:
             outs = [result(shape, dtype, queue, on_device, call.in_place, call.svm, empty)
                     for shape, empty in zip(results.values(), call.empties)]
@@ -150,6 +150,9 @@ def run(inputs: dict[str, Any], results: dict[str, tuple[int, ...]], dtype: np.d
         for launch_step in call.launches:
             launch_step(queue, arrays)
         got = outs if on_device else [o.get(queue) for o in outs]
+        for x in arrays.values():
+            if isinstance(x, memory.Upload):
+                x.wait()  # done with the results, but for a copy no result needed
     except BaseException:
         # Kernels may still use host arrays in place that the unwinding frees, and
         # copies to the device may still read the caller's arrays.
@@ -432,7 +435,7 @@ def check_apart(outputs: dict, inputs: dict) -> None:
 
 def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
                  in_place: bool = False, svm: bool = False,
-                 apart_from=(), lazy: bool = False, blocking: bool = False
+                 apart_from=(), lazy: bool = False, at_once: bool = False
                  ) -> cl_array.Array | HostArray | memory.Upload:
     """``x`` as a C-contiguous device array in ``queue``'s context.
 
@@ -447,8 +450,8 @@ def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
 
     Otherwise a host ``x`` is copied to the device (:class:`~atrous_cl.memory.Upload`):
     without a wait (the launches wait for the copy's event), so a host call waits
-    once, for its result, not for each input too; or, with ``blocking`` (a
-    device-API call, which returns before its kernels run), before this returns.
+    once, for its result, not for each input too; or, with ``at_once`` (a
+    device-API call, which returns before its kernels run), as its buffer is made.
     With ``lazy`` (filters that only repacks read) only if a launch repacks it, so
     filters whose bytes the launch packed last time are not copied again.
     """
@@ -468,7 +471,7 @@ def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
                              f"for shape {x.shape}")
         return x
     return memory.Upload(np.ascontiguousarray(x, dtype=dtype), queue, memory.memory_pool(queue),
-                         now=not lazy, blocking=blocking, what=what)
+                         now=not lazy, at_once=at_once, what=what)
 
 
 def host_result(shape, dtype, empty=np.empty) -> np.ndarray:

@@ -575,9 +575,11 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
             else:
                 packed = (cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, p.packed_nbytes)
                           if raw is not None else memory.scratch(queue, p.packed_nbytes))
-                # First: a memory.Upload's copy, enqueued here (and waited for, in a
-                # device-API call), then waits for nothing the caller holds back on
-                # another queue (value's or out's producers, which widen waits for).
+                # First: a memory.Upload's copy (of the bytes compared), made or
+                # enqueued here, waits for nothing the caller holds back on another
+                # queue (value's or out's producers, which widen waits for).
+                if isinstance(filters, memory.Upload) and raw is not None:
+                    filters.copy_bytes(raw)
                 source = filters.base_data
                 repacked = enqueue(kernels["repack_filters"], queue, p.repack,
                                    (source, np.int64(element_offset(filters)), packed),

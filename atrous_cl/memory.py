@@ -204,14 +204,15 @@ class Upload:
     It offers what the launches take from a ``pyopencl.array.Array`` (``base_data``,
     ``offset``, ``size``, ``dtype``, ``shape``, ``events``) and ``array``, the host
     array, whose bytes a launch compares; a launch that reads ``base_data`` takes
-    ``events`` after it, which then hold the copy's. The buffer comes from
-    ``allocator`` (:func:`memory_pool`) where given.
+    ``events`` after it, which then hold the copy's.
 
-    ``blocking=False`` (the host API, which waits for its results before it returns,
-    and with them for every copy they depend on) enqueues the copy without waiting
-    for it; pyopencl keeps the host array until it is done. A device-API call
-    returns before its kernels run, and its caller may change a host input at once,
-    so it copies with ``blocking=True``.
+    A host-API call waits for its results, and through their events for every copy,
+    so its copies are enqueued without a wait, into a buffer from ``allocator``
+    (:func:`memory_pool`); pyopencl keeps the host array until each is done. A
+    device-API call (``at_once``) returns before its kernels run, and its caller may
+    change a host input at once: its buffer is made with ``CL_MEM_COPY_HOST_PTR``,
+    so the driver copies the array as it makes it, with nothing queued that could
+    wait behind the queue's earlier work (or hold a launch's lock meanwhile).
 
     A bare buffer, not a ``pyopencl.array.Array``: ``to_device`` took 62 us for
     128 KiB where the pool and the copy took 18 (Intel's runtime, ad hoc).
@@ -220,29 +221,45 @@ class Upload:
     offset = 0
 
     def __init__(self, array: np.ndarray, queue: cl.CommandQueue, allocator=None, *,
-                 now: bool = False, blocking: bool = False, what: str = "an input"):
+                 now: bool = False, at_once: bool = False, what: str = "an input"):
         self.array = array
         self.size, self.dtype, self.shape = array.size, array.dtype, array.shape
         self._queue, self._allocator = queue, allocator
-        self._blocking, self._what = blocking, what
+        self._at_once, self._what = at_once, what
         self._data = None
         self.events: list[cl.Event] = []
         if now:
-            self.base_data  # noqa: B018 (the copy, enqueued)
+            self.base_data  # noqa: B018 (the copy, made or enqueued)
+
+    def copy_bytes(self, raw: bytes) -> None:
+        """Copy ``raw``, the array's bytes as a launch compared them, rather than the array,
+        which another thread could change before an enqueued copy reads it."""
+        self.array = np.frombuffer(raw, self.dtype).reshape(self.shape)
 
     @property
     def base_data(self):
         if self._data is None and self.size:
             try:
-                data = _device_buffer(self._queue, self._allocator, self.array.nbytes)
-                self.events.append(cl.enqueue_copy(self._queue, data, self.array,
-                                                   is_blocking=self._blocking))
+                if self._at_once:
+                    data = cl.Buffer(self._queue.context,
+                                     cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
+                                     hostbuf=self.array)
+                else:
+                    data = _device_buffer(self._queue, self._allocator, self.array.nbytes)
+                    self.events.append(cl.enqueue_copy(self._queue, data, self.array,
+                                                       is_blocking=False))
             except cl.Error as e:
                 raise DeviceError(f"copying {self._what} ({self.array.nbytes} bytes) to "
                                   f"{describe(self._queue.device)} failed: {e}",
                                   status=status_name(e)) from e
             self._data = data
         return self._data
+
+    def wait(self) -> None:
+        """Wait for the copy, if one was enqueued (the GIL released meanwhile: pyopencl's
+        event would wait holding it when dropped)."""
+        if self.events:
+            cl.wait_for_events(self.events)
 
 
 class Download:

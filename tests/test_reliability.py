@@ -23,7 +23,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, recorded_host_copies, skip_unsupported
+from conftest import assert_close, poisoned, skip_unsupported
 
 import atrous_cl
 from atrous_cl import geometry, reference
@@ -304,33 +304,41 @@ def test_result_used_on_another_queue_waits_for_the_op(queue, op):
 
 
 @pytest.mark.parametrize("host", ["filters", "value", "dy"])
-def test_a_device_call_copies_its_host_inputs_before_it_returns(queue, monkeypatch, host):
+def test_a_device_call_takes_its_host_inputs_as_they_were(queue, host):
     """A device-API call (any device array in) returns before its kernels run, and its
-    caller may change a host input the moment it returns: so the call copies host inputs
-    with blocking copies (the host API, which waits for its results, need not). The
-    filters differ from the warm-up's, so the call copies them too."""
+    caller may change a host input the moment it returns. The call's queue is held back
+    by a user event until after they are changed (to NaN), so a copy enqueued on it
+    would read NaN every time, and a copy that waited for it would never return. Fresh
+    queues: this one has packed no filters yet (the warm-up runs on another), so the
+    call copies and repacks them, and replaces nothing behind the gate."""
     rng = np.random.default_rng()
     value, filters, output_shape, rate, padding = _problem(rng)
     dy = rng.standard_normal(output_shape).astype(np.float32)
-    on_device = lambda x, name: x if name == host else cl_array.to_device(queue, x)  # noqa: E731
-    v, f = on_device(value, "value"), on_device(filters, "filters")
     if host == "dy":
         want = reference.atrous_conv2d_transpose_vjp(value, filters, output_shape, rate, padding,
                                                      dy)
-        call = lambda f: atrous_cl.atrous_conv2d_transpose_vjp(  # noqa: E731
-            v, f, output_shape, rate, padding, dy)
     else:
         want = (reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding),)
-        call = lambda f: (atrous_cl.atrous_conv2d_transpose(  # noqa: E731
-            v, f, output_shape, rate, padding),)
-    _warm(queue, lambda: call(filters + 1 if host == "filters" else f))
-    copies = recorded_host_copies(monkeypatch)
-    got = call(f)
+
+    def call(q):
+        v, f = (x if name == host else cl_array.to_device(q, x)  # uploaded before any gate
+                for x, name in ((value, "value"), (filters, "filters")))
+        if host == "dy":
+            return lambda: atrous_cl.atrous_conv2d_transpose_vjp(v, f, output_shape, rate,
+                                                                 padding, dy)
+        return lambda: (atrous_cl.atrous_conv2d_transpose(v, f, output_shape, rate, padding),)
+
+    warm = cl.CommandQueue(queue.context, queue.device)
+    _warm(warm, call(warm))
+    q = cl.CommandQueue(queue.context, queue.device)
+    gated_call = call(q)
+    q.finish()
+    gate = _gate(queue.context)
+    cl.enqueue_marker(q, wait_for=[gate])  # everything after it on q waits
+    got = gated_call()
     for x in (value, filters, dy):
         x[...] = np.nan
-    assert [shape for shape, _ in copies] == [{"value": value.shape, "filters": filters.shape,
-                                               "dy": dy.shape}[host]]
-    assert all(blocking for _, blocking in copies), copies
+    _release(gate, q)
     for g, w in zip(got, want):
         assert_close(g.get(), w, atol=1e-5 * float(np.abs(w).max()))
 
