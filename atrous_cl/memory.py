@@ -241,9 +241,7 @@ class Upload:
         if self._data is None and self.size:
             try:
                 if self._at_once:
-                    data = cl.Buffer(self._queue.context,
-                                     cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
-                                     hostbuf=self.array)
+                    data = _device_buffer(self._queue, None, self.array.nbytes, self.array)
                 else:
                     data = _device_buffer(self._queue, self._allocator, self.array.nbytes)
                     self.events.append(cl.enqueue_copy(self._queue, data, self.array,
@@ -289,7 +287,12 @@ class Download:
         return host
 
 
-def _device_buffer(queue: cl.CommandQueue, allocator, nbytes: int):
+def _device_buffer(queue: cl.CommandQueue, allocator, nbytes: int, copy_of=None):
+    """A new buffer of ``nbytes`` in ``queue``'s context: from ``allocator`` where given, else
+    made by the driver, holding a copy of the host array ``copy_of`` where given."""
+    if copy_of is not None:
+        return cl.Buffer(queue.context, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
+                         hostbuf=copy_of)
     return (allocator(nbytes) if allocator is not None
             else cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, nbytes))
 
