@@ -200,18 +200,25 @@ def test_the_forward_kernel_adds_tf_padding_times_the_weights(queue, rate, paddi
         assert_close(out.get(), want, context=f"tile {tile}")
 
 
+def _copy_host_arrays(monkeypatch) -> None:
+    """Make the host path copy host arrays to the device and back, as on a GPU, on any device."""
+    from atrous_cl import calls, memory
+
+    monkeypatch.setattr(memory, "works_in_host_memory", lambda device: False)
+    calls.forget_prepared()
+
+
 @pytest.fixture(params=["as-the-device-takes-them", "copied"])
 def host_path(request, queue, monkeypatch) -> str:
     """How the host API hands host arrays to the device: as it does there (in place on a
     CPU device), or copied to the device and back, as on a GPU: forced on a CPU device,
     skipped where the host path copies anyway (Oclgrind)."""
-    from atrous_cl import calls, memory
+    from atrous_cl import memory
 
     if request.param == "copied":
         if not memory.works_in_host_memory(queue.device):
             pytest.skip(f"{queue.device.name}: the host path copies already")
-        monkeypatch.setattr(memory, "works_in_host_memory", lambda device: False)
-        calls.forget_prepared()
+        _copy_host_arrays(monkeypatch)
     return request.param
 
 
@@ -268,15 +275,12 @@ def test_copied_filters_are_uploaded_only_when_their_bytes_change(queue, op, ord
     changed in place, or new, they are. The other inputs are copied every call, without a
     wait of their own, and every result is right (each call draws a new value and dy, and
     its result starts poisoned)."""
-    from atrous_cl import calls, memory
-
     ooo = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
     if order == "out-of-order":
         if not queue.device.queue_properties & ooo:
             pytest.skip(f"{queue.device.name}: no out-of-order queues")
         queue = cl.CommandQueue(queue.context, queue.device, properties=ooo)
-    monkeypatch.setattr(memory, "works_in_host_memory", lambda device: False)
-    calls.forget_prepared()
+    _copy_host_arrays(monkeypatch)
     uploads = recorded_host_copies(monkeypatch)
     rng = np.random.default_rng()
     transpose = op.startswith("transpose")
