@@ -563,9 +563,14 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
     # equal the last ones repacked on this queue reuse that packed buffer
     # (see REUSE_BYTES); a memory.Upload of them is then never copied to the
     # device. Each repack writes a new buffer, so a kernel never reads one that
-    # another call is rewriting; the bytes compared are a copy.
-    raw = (filters.array.tobytes()
-           if isinstance(filters, (memory.HostArray, memory.Upload))
+    # another call is rewriting. The bytes compared are a copy, and the repack
+    # reads that copy, not the caller's array: packed filters are kept only under
+    # the bytes they were made from, even if the caller's array changes meanwhile.
+    # (A bytearray: pyopencl's SVM wrapper takes only writeable memory.)
+    # An Upload already copied (filters not lazy: none today) may hold other bytes.
+    raw = (bytearray(np.ascontiguousarray(filters.array))
+           if (isinstance(filters, memory.HostArray)
+               or isinstance(filters, memory.Upload) and not filters.copied)
            and filters.array.nbytes <= REUSE_BYTES else None)
     try:
         with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
@@ -578,7 +583,7 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
                 # First: a memory.Upload's copy (of the bytes compared), made or
                 # enqueued here, waits for nothing the caller holds back on another
                 # queue (value's or out's producers, which widen waits for).
-                if isinstance(filters, memory.Upload) and raw is not None:
+                if raw is not None:
                     filters.copy_bytes(raw)
                 source = filters.base_data
                 repacked = enqueue(kernels["repack_filters"], queue, p.repack,

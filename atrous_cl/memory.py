@@ -174,6 +174,13 @@ class HostArray:
     def add_event(self, event: cl.Event) -> None:
         self.events.append(event)
 
+    def copy_bytes(self, raw: bytearray) -> None:
+        """Use ``raw``, a copy of the array's bytes as a launch compared them, in place of
+        the array, which another thread could change while a kernel reads it. ``raw``
+        must outlive the call (this object keeps it) and stay unchanged."""
+        self.array = np.frombuffer(raw, self.dtype).reshape(self.shape)
+        self._data = None
+
     @property
     def base_data(self):
         if self._data is None:
@@ -231,9 +238,15 @@ class Upload:
         if now:
             self.base_data  # noqa: B018 (the copy, made or enqueued)
 
-    def copy_bytes(self, raw: bytes) -> None:
+    @property
+    def copied(self) -> bool:
+        """Whether the copy was made or enqueued (``base_data`` read)."""
+        return self._data is not None
+
+    def copy_bytes(self, raw: bytearray) -> None:
         """Copy ``raw``, the array's bytes as a launch compared them, rather than the array,
-        which another thread could change before an enqueued copy reads it."""
+        which another thread could change before an enqueued copy reads it (before
+        ``base_data`` is first read: see ``copied``)."""
         self.array = np.frombuffer(raw, self.dtype).reshape(self.shape)
 
     @property

@@ -306,6 +306,49 @@ def test_copied_filters_are_uploaded_only_when_their_bytes_change(queue, op, ord
     assert copied == [1, 0, 1, 0, 0, 0]
 
 
+@pytest.mark.parametrize("kernel", ["direct", "winograd"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_filters_written_during_a_repack_are_not_kept_as_packed(queue, op, kernel, host_path,
+                                                                 monkeypatch):
+    """Filters another thread writes while a call repacks them: the packed copy the queue
+    keeps is of the bytes the call compared, not of what the repack happened to read, so
+    the next call with those bytes is right (a packed copy of other weights, kept under
+    them, would give every later call with them a wrong answer). Both kernel files'
+    repacks (3x3 filters to 24 channels take the Winograd kernel on CPUs)."""
+    rng = np.random.default_rng()
+    kh, kw, cout = (3, 2, 5) if kernel == "direct" else (3, 3, 24)
+    transpose = op.startswith("transpose")
+    f = rng.standard_normal((kh, kw, cout, 4) if transpose else (kh, kw, 4, cout))
+    f = f.astype(np.float32)
+    kept = f.copy()
+    v = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    dy = rng.standard_normal((2, 8, 8, cout)).astype(np.float32)
+    real, enqueued = launch.enqueue, []
+
+    def write_during_repack(kernel, *args, **kwargs):
+        if kernel.function_name == "repack_filters" and "repack_filters" not in enqueued:
+            f[...] = 2 * kept + 1  # the "other thread", between the comparison and the repack
+        enqueued.append(kernel.function_name)
+        return real(kernel, *args, **kwargs)
+
+    monkeypatch.setattr(launch, "enqueue", write_during_repack)
+    first = OPS[op](v, f, dy, queue)
+    assert "repack_filters" in enqueued, enqueued
+    if queue.device.type & cl.device_type.CPU and not op.endswith("vjp"):
+        # (a vjp's gradient of the value has 4 output channels: the direct kernel on some)
+        assert ("winograd_transpose" in enqueued) == (kernel == "winograd"), enqueued
+    monkeypatch.setattr(launch, "enqueue", real)
+    # What the racing call returns is either filters' answer; it is the compared bytes'.
+    want = _op_reference(op, v, kept, dy)
+    for g, w in zip(first, want) if op.endswith("vjp") else [(first, want)]:
+        assert_close(g, w, atol=1e-5 * float(np.max(np.abs(w))), context="the racing call")
+    f[...] = kept
+    for step in range(2):
+        got = OPS[op](v, f, dy, queue)
+        for g, w in zip(got, want) if op.endswith("vjp") else [(got, want)]:
+            assert_close(g, w, atol=1e-5 * float(np.max(np.abs(w))), context=f"call {step}")
+
+
 def test_calls_from_threads_with_alternating_filters(queue, host_path):
     """Threads calling the op on one queue, each switching between two filters every call,
     so that calls reuse and replace the queue's packed filters under each other; in place
