@@ -22,6 +22,7 @@ that compute them. :func:`run` then
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -29,7 +30,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 
-from atrous_cl import discovery, filter_grad, launch, memory, tuning
+from atrous_cl import discovery, filter_grad, launch, local_tile, memory, tuning
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import check_dtype_support, check_fits, describe, status_name
 from atrous_cl.memory import HostArray
@@ -42,7 +43,8 @@ Launch = Callable[[cl.CommandQueue, dict], None]
 
 class Transpose(NamedTuple):
     """A launch of the transpose kernel (:func:`atrous_cl.launch.transpose`) on the
-    arrays named ``value``, ``filters`` and ``out``, with the tuned tile."""
+    arrays named ``value``, ``filters`` and ``out``, with the tuned tile; or of the
+    local-memory kernel (:func:`atrous_cl.local_tile.launch`) where its tile was tuned."""
 
     args: TransposeArgs
     value: str = "value"
@@ -55,9 +57,17 @@ class Transpose(NamedTuple):
 
     def prepare(self, queue: cl.CommandQueue, dtype: np.dtype) -> Launch:
         device = queue.device
-        p = launch.launch_plan(queue.context, device, dtype, self.args,
-                               tuning.tile_for(device, dtype, self.args), self.forward_filters)
+        tile = tuning.tile_for(device, dtype, self.args)
+        if isinstance(tile, local_tile.LocalTile):
+            run = functools.partial(_local_launch, args=self.args, tile=tile,
+                                    forward_filters=self.forward_filters)
+            return TransposeLaunch(run, self.value, self.filters, self.out, None)
+        p = launch.launch_plan(queue.context, device, dtype, self.args, tile, self.forward_filters)
         return TransposeLaunch(launch.launcher(p), self.value, self.filters, self.out, p)
+
+
+def _local_launch(queue, value, filters, out, *, args, tile, forward_filters) -> None:
+    local_tile.launch(queue, value, filters, out, args, tile, forward_filters)
 
 
 class TransposeLaunch(NamedTuple):
@@ -67,7 +77,7 @@ class TransposeLaunch(NamedTuple):
     value: str
     filters: str
     out: str
-    plan: launch.Plan | None
+    plan: launch.Plan | None  # None: nothing to launch, or the local-memory kernel's
 
     def __call__(self, queue: cl.CommandQueue, arrays: dict) -> None:
         self.run(queue, arrays[self.value], arrays[self.filters], arrays[self.out])

@@ -8,11 +8,13 @@ same options), but a work-group of :class:`LocalTile` shape copies the input
 window and the weights its work-items share into ``__local`` memory first.
 :func:`launch` has the contract of :func:`atrous_cl.launch.transpose`.
 
-Not used by the op yet: its speed on a GPU is unmeasured (verified on CPU
-devices and under Oclgrind, local memory, barriers and data races included,
-where it is 5-50x slower than the register-tile kernel, as a GPU design
-would be). When a GPU session measures it, ``atrous-cl tune`` can offer its
-tiles beside the register tiles.
+The op runs it only where ``atrous-cl tune`` stored one of its tiles as the
+fastest (:func:`tune_candidates`: GPUs only); untuned problems take the register
+tiles. On an NVIDIA H200 it ran C and D 6-7% faster than the best register tile
+and A and B 1.4-1.7x slower (docs/performance.md, "Issue 13 on a GPU"). Verified
+on CPU devices and under Oclgrind (local memory, barriers and data races
+included), where it is 5-50x slower than the register-tile kernel, as a GPU
+design would be.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from atrous_cl.facts import describe, status_name
 from atrous_cl.launch import KERNEL_FILE as REPACK_FILE
 from atrous_cl.launch import build_options as register_build_options
 from atrous_cl.launch import kernel_dilation, packed_elements, repack_geometry
-from atrous_cl.tiles import Tile, acc_itemsize
+from atrous_cl.tiles import Tile, acc_itemsize, gpu_only
 from atrous_cl.validation import TransposeArgs
 
-_KERNEL_FILE = "atrous_conv2d_transpose_local.cl"
+KERNEL_FILE = "atrous_conv2d_transpose_local.cl"
 _MAIN = "atrous_conv2d_transpose_local"
 #: The main kernel's arguments: value, value_off, wt, out, out_off, H, W, OH, OW.
 _MAIN_ARG_DTYPES = [None, np.int64, None, None, np.int64, np.int32, np.int32, np.int32, np.int32]
@@ -205,6 +207,37 @@ def candidates(device: cl.Device, dtype, cout: int) -> list[LocalTile]:
     return found
 
 
+#: The tiles ``atrous-cl tune`` times on a GPU, before :func:`tune_candidates`' checks:
+#: those ``benchmarks/gpu_sweep.py`` timed on an NVIDIA H200, whose best on A-D
+#: (2x32x4/1x8, 2x16x8/2x8, 2x16x8/1x8) are among them; 48 builds at most.
+TUNE_TILES = tuple(LocalTile(width, height, slices, pixels, channels)
+                   for width, height in ((16, 16), (32, 8), (16, 8), (32, 4))
+                   for slices in (1, 2) for pixels in (1, 2, 4) for channels in (4, 8))
+
+
+def tune_candidates(device: cl.Device, dtype, args: TransposeArgs) -> list[LocalTile]:
+    """The local tiles ``atrous-cl tune`` times for ``args`` on ``device``, beside the register
+    tiles: on a GPU (not also a CPU), :data:`TUNE_TILES` whose work-group the device runs,
+    whose channel vector is no wider than the output channels need (a narrower one in its
+    place) and whose stage fits in :func:`local_budget`; none elsewhere, nor for a problem
+    without work. A tuned entry is used only if it is one of these."""
+    if not gpu_only(device) or 0 in args.value_shape + args.filters_shape + args.output_shape:
+        return []
+    cout = args.filters_shape[2]
+    limits, budget, useful = _limits(device), local_budget(device), _useful_channels(cout)
+    found = []
+    for tile in TUNE_TILES:
+        tile = tile._replace(channels=min(tile.channels, useful))
+        if (tile in found or (tile.slices - 1) * tile.channels >= cout
+                or tile.group_size > limits.max_group
+                or any(s > m for s, m in zip((tile.slices, tile.width, tile.height),
+                                             limits.max_items))
+                or choose_staging(dtype, args, tile, budget) is None):
+            continue
+        found.append(tile)
+    return found
+
+
 def build_options(dtype, args: TransposeArgs, tile: LocalTile, forward_filters: bool = False,
                   budget: int = LOCAL_MEM_BUDGET, padded: bool = True) -> tuple[str, ...]:
     """``-D`` options for both kernel files: the CPU kernel's shared ones (its ``repack_filters``
@@ -265,7 +298,7 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
         return None
     options = build_options(dtype, args, tile, forward_filters, budget, padded)
     repack, repack_lock = programs.get_kernels(context, REPACK_FILE, options)
-    main, main_lock = programs.get_kernels(context, _KERNEL_FILE, options)
+    main, main_lock = programs.get_kernels(context, KERNEL_FILE, options)
     kernel = main[_MAIN]
     # programs.scalar_arg_dtypes reads `__kernel void name(`, which the attribute
     # between __kernel and void hides; declared, pyopencl sets arguments fast.
@@ -273,7 +306,7 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
     fits = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device)
     if tile.group_size > fits:
         raise ValueError(f"tile {tile} has {tile.group_size} work-items, more than the {fits} "
-                         f"this build of {_KERNEL_FILE} can run on {describe(device)}")
+                         f"this build of {KERNEL_FILE} can run on {describe(device)}")
     kh, kw, cout, cin = args.filters_shape
     _, oh, ow, _ = args.output_shape
     # repack_filters writes the packed weights and, after them, what the register-tile
@@ -335,7 +368,7 @@ def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
                                  *p.sizes, wait_for=[repacked, *wait])
     except cl.Error as e:
         raise DeviceError(f"launching {_MAIN} on {describe(device)} failed: {e}",
-                          status=status_name(e), source=_KERNEL_FILE,
+                          status=status_name(e), source=KERNEL_FILE,
                           options=p.options) from e
     out.add_event(done)
     return done

@@ -1,14 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``atrous-cl tune``: a search over register tiles whose winners are cached on disk.
+"""``atrous-cl tune``: a search over tiles whose winners are cached on disk.
 
 The kernel's register tile (output pixels x output channels per work-item,
 :mod:`atrous_cl.tiles`) decides its speed, and the best one differs by OpenCL
-implementation. :func:`tune` times every candidate once per (device, driver,
-dtype, shape class) through the launch layer (:func:`atrous_cl.launch.transpose`)
-and stores the winner in ``$XDG_CACHE_HOME/atrous-cl/tuning.json``; the op
-then uses it (:func:`tile_for`), and :func:`atrous_cl.tiles.default_for`
-without a tuned entry. The file records a digest of the kernel source it was
-timed with: a changed kernel (a new version of this package) starts from the
+implementation; on a GPU the local-memory kernel's work-group tiles
+(:mod:`atrous_cl.local_tile`) compete too. :func:`tune` times every candidate
+once per (device, driver, dtype, shape class) through the launch layer
+(:func:`atrous_cl.launch.transpose`, :func:`atrous_cl.local_tile.launch`) and
+stores the winner in ``$XDG_CACHE_HOME/atrous-cl/tuning.json``; the op then
+uses it (:func:`tile_for`), and :func:`atrous_cl.tiles.default_for` without a
+tuned entry. The file records a digest of the kernel sources it was timed
+with: a changed kernel (a new version of this package) starts from the
 defaults again.
 """
 
@@ -29,10 +31,11 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 
-from atrous_cl import geometry, launch, memory, validation
+from atrous_cl import geometry, launch, local_tile, memory, validation
 from atrous_cl.cache import cache_dir, warn_once
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import check_dtype_support, describe, facts
+from atrous_cl.local_tile import LocalTile
 from atrous_cl.programs import program_source
 from atrous_cl.tiles import (Tile, candidates, default_for, default_tile, pixel_vector, pow2_at_least,
                              winograd_enabled)
@@ -73,7 +76,8 @@ _memo_table: dict | None = None
 
 def kernel_digest() -> str:
     """A digest of the kernel sources the timings are for (prelude included)."""
-    sources = program_source(launch.KERNEL_FILE) + program_source(launch.WINOGRAD_FILE)
+    sources = (program_source(launch.KERNEL_FILE) + program_source(launch.WINOGRAD_FILE)
+               + program_source(local_tile.KERNEL_FILE))
     return hashlib.sha256(sources.encode()).hexdigest()[:16]
 
 
@@ -114,13 +118,21 @@ def _read_json(path: Path):
         raise _Unusable(f"is not valid JSON ({type(e).__name__})") from e
 
 
-def _valid_tile(tile) -> bool:
-    """``[pixels, channels]`` or ``[pixels, channels, vectors]`` of ints, or those three and
-    whether it is a Winograd tile, ``true`` or ``false`` (:class:`Tile`)."""
+def _valid_entry(entry) -> bool:
+    """An object with ``tile``: ``[pixels, channels]`` or ``[pixels, channels, vectors]`` of
+    ints, or those three and whether it is a Winograd tile, ``true`` or ``false``
+    (:class:`Tile`); or with ``local``, the five ints of a :class:`LocalTile`."""
+    if not isinstance(entry, dict) or ("tile" in entry) == ("local" in entry):
+        return False
+    if "local" in entry:
+        local = entry["local"]
+        return (isinstance(local, list) and len(local) == len(LocalTile._fields)
+                and all(type(t) is int for t in local))  # not bool, not float
+    tile = entry["tile"]
     if isinstance(tile, list) and len(tile) == 4 and type(tile[3]) is bool:
         tile = tile[:3]
     return (isinstance(tile, list) and len(tile) in (2, 3)
-            and all(type(t) is int for t in tile))  # not bool, not float
+            and all(type(t) is int for t in tile))
 
 
 def _usable_devices(data, digest: str) -> tuple[dict, list[str]]:
@@ -145,10 +157,11 @@ def _usable_devices(data, digest: str) -> tuple[dict, list[str]]:
             dropped.append(f"device {device!r} holds {json.dumps(entries)[:40]}, not an object")
             continue
         for key, entry in entries.items():
-            if isinstance(entry, dict) and _valid_tile(entry.get("tile")):
+            if _valid_entry(entry):
                 usable.setdefault(device, {})[key] = entry
             else:
-                dropped.append(f"entry {key!r} is {json.dumps(entry)[:40]}, not {{'tile': [int, int]}}")
+                dropped.append(f"entry {key!r} is {json.dumps(entry)[:40]}, not {{'tile': [int, int]}} "
+                               f"or {{'local': [five ints]}}")
     return usable, dropped
 
 
@@ -186,7 +199,7 @@ def table() -> dict:
         return _loaded
 
 
-def _tuned_tile(table: dict, device: cl.Device, dtype, args) -> Tile | None:
+def _tuned_tile(table: dict, device: cl.Device, dtype, args) -> Tile | LocalTile | None:
     """The stored tile for this problem if it is one :func:`tune` could have chosen here.
 
     Anything else (a hand-edited or foreign entry) could crash a driver's
@@ -197,19 +210,25 @@ def _tuned_tile(table: dict, device: cl.Device, dtype, args) -> Tile | None:
     entry = table["devices"].get(device_key(device), {}).get(key)
     if entry is None:
         return None
-    tile = Tile(*entry["tile"])
-    if tile.winograd and not winograd_enabled():
-        return None  # ATROUS_CL_WINOGRAD=0: the direct sum everywhere, tuned or not
-    if tile in candidates(device, dtype, args.filters_shape[2], args.filters_shape):
-        return tile
+    if "local" in entry:
+        tile = LocalTile(*entry["local"])
+        if tile in local_tile.tune_candidates(device, dtype, args):
+            return tile
+    else:
+        tile = Tile(*entry["tile"])
+        if tile.winograd and not winograd_enabled():
+            return None  # ATROUS_CL_WINOGRAD=0: the direct sum everywhere, tuned or not
+        if tile in candidates(device, dtype, args.filters_shape[2], args.filters_shape):
+            return tile
     warn_once(f"atrous-cl ignores the tile {tile} stored for {key} on {device_key(device)} in its "
               f"tuning cache: not one `atrous-cl tune` tries there; the default tile stands in",
               stacklevel=3)
     return None
 
 
-def tile_for(device: cl.Device, dtype, args) -> Tile:
-    """The tuned tile for this problem on this device, else :func:`default_for`'s.
+def tile_for(device: cl.Device, dtype, args) -> Tile | LocalTile:
+    """The tuned tile for this problem on this device (a :class:`LocalTile` for the
+    local-memory kernel), else :func:`default_for`'s.
 
     Answers are remembered for the table they came from: a table read afresh
     or a new winner stored starts a new memo.
@@ -246,11 +265,12 @@ def _locked_file(path: Path):
         os.close(fd)  # drops the lock
 
 
-def _store(device: cl.Device, key: str, tile: Tile, timings: dict[str, float]) -> None:
+def _store(device: cl.Device, key: str, tile: Tile | LocalTile, timings: dict[str, float]) -> None:
     """Add a winner to the tuning file: read, merge and write under a file lock, so entries
     that other processes stored meanwhile survive; the write is a temporary file renamed."""
     global _loaded, _memo_table
-    entry = {"tile": list(tile), "ms": {k: round(v * 1e3, 4) for k, v in timings.items()}}
+    entry = {"local" if isinstance(tile, LocalTile) else "tile": list(tile),
+             "ms": {k: round(v * 1e3, 4) for k, v in timings.items()}}
     digest = kernel_digest()
     path = cache_path()
     with _lock, _locked_file(path):
@@ -268,11 +288,14 @@ def _store(device: cl.Device, key: str, tile: Tile, timings: dict[str, float]) -
 
 def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding: str,
          dtype=np.float32, repeats: int = 5,
-         progress: Callable[[Tile], None] | None = None) -> tuple[Tile, dict[str, float]]:
+         progress: Callable[[Tile | LocalTile], None] | None = None
+         ) -> tuple[Tile | LocalTile, dict[str, float]]:
     """Time every candidate tile on random data and cache the fastest.
 
-    Each candidate is checked against the default tile's result before it is
-    timed, so a miscompiled variant can never win.
+    The candidates are the register tiles (:func:`atrous_cl.tiles.candidates`)
+    and, on a GPU, the local-memory kernel's (:func:`atrous_cl.local_tile.tune_candidates`).
+    Each is checked against the default tile's result before it is timed, so a
+    miscompiled variant can never win.
 
     One channel in and out on a CPU runs the one-channel kernel
     (:func:`atrous_cl.tiles.pixel_vector`), which has no tile: nothing is timed
@@ -313,25 +336,31 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
     expected = out.get()
     scale = max(float(np.max(np.abs(expected.astype(np.float64)))), 1e-30)
     timings: dict[str, float] = {}
-    for tile in candidates(queue.device, dtype, cout, args.filters_shape):
+    timed: dict[str, Tile | LocalTile] = {}
+    for tile in (*candidates(queue.device, dtype, cout, args.filters_shape),
+                 *local_tile.tune_candidates(queue.device, dtype, args)):
         if progress:
             progress(tile)
+        if isinstance(tile, LocalTile):
+            run = lambda t=tile: local_tile.launch(queue, value, filters, out, args, t)  # noqa: E731
+        else:
+            run = lambda t=tile: launch.transpose(queue, value, filters, out, args, t)  # noqa: E731
         memory.fill(queue, out, np.nan)
-        launch.transpose(queue, value, filters, out, args, tile)
+        run()
         got = out.get().astype(np.float64)
         if not np.max(np.abs(got - expected)) <= 1e-2 * scale:
             continue  # a wrong answer is never fast enough
         samples = []
         for _ in range(repeats):
             start = time.perf_counter()
-            launch.transpose(queue, value, filters, out, args, tile)
+            run()
             queue.finish()
             samples.append(time.perf_counter() - start)
-        timings[str(tile)] = statistics.median(samples)
+        timings[str(tile)], timed[str(tile)] = statistics.median(samples), tile
     if not timings:
         raise DeviceError(f"no candidate tile reproduced the default tile's result on "
                           f"{describe(queue.device)}; nothing stored")
-    best = Tile.parse(min(timings, key=timings.get))
+    best = timed[min(timings, key=timings.get)]
     _store(queue.device, shape_class(dtype, args.value_shape, args.filters_shape, args.rate),
            best, timings)
     return best, timings

@@ -12,6 +12,9 @@
 #   bash benchmarks/gpu_session.sh compare # there, if device time is left: the two wheels'
 #                                          # host API against each other on the GPU
 #                                          # (compare_installs.py), 300 s at most
+#   bash benchmarks/gpu_session.sh tune    # there, if device time is left: `atrous-cl tune`
+#                                          # on A-F (register and local-memory tiles), then
+#                                          # `atrous-cl bench` with the winners, 450 s at most
 #
 # `run` installs the wheels into /tmp/site, registers NVIDIA's OpenCL library with the ICD
 # loader (OCL_ICD_VENDORS), runs the source tree from PYTHONPATH, and then: the queue tests
@@ -39,8 +42,8 @@ if [ "${1:-}" = fetch ]; then
     exit $status
 fi
 case "${1:-}" in
-    run|compare) ;;
-    *) echo "usage: $0 fetch [BEFORE]|run|compare" >&2; exit 2 ;;
+    run|compare|tune) ;;
+    *) echo "usage: $0 fetch [BEFORE]|run|compare|tune" >&2; exit 2 ;;
 esac
 
 out=${OUT:-gpu-logs}
@@ -74,6 +77,19 @@ if [ "$1" = compare ]; then
     timeout 300 python3 benchmarks/compare_installs.py --python before=/tmp/v-before/bin/python \
         --python after=/tmp/v-after/bin/python --workloads A B C D E F --rounds 9 --calls 5 \
         --device "$gpu" 2>&1 | quiet | tee "$out/compare.log"
+    step end
+    exit
+fi
+
+if [ "$1" = tune ]; then
+    export XDG_CACHE_HOME=/tmp/tune-cache  # a cache of its own: only this run's winners
+    step "tune on $gpu"
+    timeout 300 python3 -m atrous_cl.cli tune --device "$gpu" --repeat 5 2>&1 | quiet \
+        | tee "$out/tune.log"
+    cp /tmp/tune-cache/atrous-cl/tuning.json "$out/" 2>/dev/null
+    step "bench with the tuned tiles"
+    timeout 140 python3 -m atrous_cl.cli bench --rounds 9 2>&1 | quiet > "$out/bench-tuned.log"
+    echo "exit $?"; grep -c '^| [A-F]:' "$out/bench-tuned.log"
     step end
     exit
 fi

@@ -301,7 +301,7 @@ def test_the_main_kernel_declares_its_argument_types(queue):
     import re
 
 
-    source = programs.kernel_source(local_tile._KERNEL_FILE)
+    source = programs.kernel_source(local_tile.KERNEL_FILE)
     params = re.search(r"void\s+atrous_conv2d_transpose_local\s*\(([^)]*)\)", source).group(1)
     want = {"long": np.int64, "int": np.int32}
     parsed = [None if "*" in p else want[p.split()[-2]] for p in params.split(",")]

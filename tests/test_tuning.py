@@ -11,7 +11,10 @@ import pyopencl.array as cl_array
 import pytest
 from conftest import assert_close, poisoned, skip_unsupported, stub_device
 
-from atrous_cl import cache, calls, discovery, geometry, icd, launch, ops, reference, tiles, tuning
+import atrous_cl
+from atrous_cl import (cache, calls, discovery, geometry, icd, launch, local_tile, memory, ops,
+                       reference, tiles, tuning)
+from atrous_cl.local_tile import LocalTile
 from atrous_cl.tiles import Tile
 from atrous_cl.validation import check_transpose_args
 
@@ -163,6 +166,81 @@ def test_a_stored_winograd_tile_is_used_unless_winograd_is_off(queue, fresh_cach
     assert launched[-1].source == launch.KERNEL_FILE  # phase tiles or consecutive columns
 
 
+def test_local_tiles_are_tuned_on_gpus_only(queue, monkeypatch):
+    """tune offers the local-memory kernel's tiles on a GPU only (none on these CPU devices,
+    Oclgrind included): those of TUNE_TILES the device's work-groups hold, with channel
+    vectors no wider than the output channels need, whose stage fits in local memory."""
+    args = check_transpose_args(*_ARGS)
+    assert local_tile.tune_candidates(queue.device, np.float32, args) == []
+    gpu = stub_device()
+    monkeypatch.setattr(local_tile, "_limits", lambda device: local_tile._Limits(
+        1024, (1024, 1024, 64), 48 * 1024))
+    c_like = check_transpose_args((1, 128, 128, 32), (3, 3, 16, 32), (1, 128, 128, 16), 4, "SAME")
+    found = local_tile.tune_candidates(gpu, np.float32, c_like)
+    assert {LocalTile.parse(t) for t in ("2x16x8/1x8", "2x32x4/1x8", "2x16x8/2x8")} <= set(found)
+    assert len(found) == len(set(found)) == len(local_tile.TUNE_TILES)
+    # 5 output channels: vectors of 4 and 8 become 4 and 8; two slices of 8 would be past them
+    found = local_tile.tune_candidates(gpu, np.float32, args)
+    assert found and all(t.channels in (4, 8) and (t.slices - 1) * t.channels < 5 for t in found)
+    one = check_transpose_args((1, 6, 10, 4), (3, 3, 1, 4), (1, 6, 10, 1), 2, "SAME")
+    assert {t.channels for t in local_tile.tune_candidates(gpu, np.float32, one)} == {1}
+    assert local_tile.tune_candidates(gpu, np.float32, check_transpose_args(
+        (0, 6, 10, 4), (3, 3, 5, 4), (0, 6, 10, 5), 2, "SAME")) == []
+    # work-groups past the device's limits, or stages past its local memory, are left out
+    monkeypatch.setattr(local_tile, "_limits", lambda device: local_tile._Limits(
+        256, (256, 256, 8), 48 * 1024))
+    assert all(t.group_size <= 256 and t.height <= 8
+               for t in local_tile.tune_candidates(gpu, np.float32, c_like))
+    monkeypatch.setattr(local_tile, "_limits", lambda device: local_tile._Limits(
+        1024, (1024, 1024, 64), 2 * 1024))
+    small = local_tile.tune_candidates(gpu, np.float32, c_like)
+    assert all(local_tile.choose_staging(np.float32, c_like, t, 2048) for t in small)
+    assert len(small) < len(local_tile.TUNE_TILES)
+
+
+@pytest.mark.parametrize("host_path", ["as-the-device-takes-them", "copied"])
+def test_a_tuned_local_tile_is_stored_and_the_ops_run_it(queue, fresh_cache, monkeypatch, host_path):
+    """Where tune finds a local tile fastest (here: the only candidates, two small ones), it
+    stores it as such, a new process reads it back, and the transpose and the forward op
+    of its shape class run the local-memory kernel with it, through the host API (in place
+    or copied) and the device API, into poisoned results."""
+    if host_path == "copied":
+        if not memory.works_in_host_memory(queue.device):
+            pytest.skip(f"{queue.device.name}: the host path copies already")
+        monkeypatch.setattr(memory, "works_in_host_memory", lambda device: False)
+        calls.forget_prepared()
+    offered = [LocalTile(4, 4, 1, 1, 4), LocalTile(4, 2, 2, 2, 2)]
+    monkeypatch.setattr(local_tile, "tune_candidates", lambda device, dtype, args: offered)
+    monkeypatch.setattr(tuning, "candidates", lambda *a: [])
+    best, timings = tuning.tune(queue, (1, 6, 10, 4), (3, 3, 5, 4), 2, "SAME", repeats=1)
+    assert best in offered and set(timings) == {str(t) for t in offered}
+    entry = json.loads(fresh_cache.read_text())["devices"][tuning.device_key(queue.device)][_KEY]
+    assert entry["local"] == list(best) and "tile" not in entry
+    tuning._loaded = None  # a new process reads it back from disk
+    args = check_transpose_args(*_ARGS)
+    assert tuning.tile_for(queue.device, np.float32, args) == best
+    launched, real = [], local_tile.launch
+    monkeypatch.setattr(local_tile, "launch", lambda *a: launched.append(a[5:]) or real(*a))
+    monkeypatch.setattr(launch, "plan", None)  # no register-tile launch
+    rng = np.random.default_rng()
+    for step in range(2):
+        value = rng.standard_normal((1, 6, 10, 4)).astype(np.float32)
+        filters = rng.standard_normal((3, 3, 5, 4)).astype(np.float32)
+        want = reference.atrous_conv2d_transpose(value, filters, (1, 6, 10, 5), 2, "SAME")
+        got = ops.atrous_conv2d_transpose(value, filters, (1, 6, 10, 5), 2, "SAME", queue=queue)
+        assert_close(got, want, np.float32, context=f"host call {step}")
+        out = poisoned(queue, (1, 6, 10, 5), np.float32)
+        ops.atrous_conv2d_transpose(cl_array.to_device(queue, value), filters, (1, 6, 10, 5), 2,
+                                    "SAME", out=out)
+        assert_close(out.get(), want, np.float32, context=f"device call {step}")
+        forward = filters.transpose(0, 1, 3, 2).copy()  # [kh, kw, in 4, out 5]: the same class
+        x = rng.standard_normal((1, 6, 10, 4)).astype(np.float32)
+        assert_close(atrous_cl.atrous_conv2d(x, forward, 2, "SAME", queue=queue),
+                     reference.atrous_conv2d(x, forward, 2, "SAME"), np.float32,
+                     context=f"forward op {step}")
+    assert launched == [(best, False), (best, False), (best, True)] * 2, launched
+
+
 def test_one_channel_problems_time_and_store_nothing(queue, fresh_cache, monkeypatch):
     """One channel in and out on a CPU runs the one-channel kernel, which ignores tiles:
     timing tiles there would store noise as a winner."""
@@ -210,6 +288,14 @@ def _malformed(device_key):
         "tile of bools": entry({"tile": [True, True]}), "tile 8x0": entry({"tile": [8, 0]}),
         "tile 8x3": entry({"tile": [8, 3]}), "tile 512x16": entry({"tile": [512, 16]}),
         "tile -8x8": entry({"tile": [-8, 8]}), "tile 2**40": entry({"tile": [2**40, 8]}),
+        "local of 4": entry({"local": [16, 16, 1, 1]}),
+        "local of bools": entry({"local": [True] * 5}),
+        "local and tile": entry({"local": [16, 16, 1, 1, 4], "tile": [4, 8]}),
+        "local text": entry({"local": "1x16x16/1x4"}),
+        "local 3 channels": entry({"local": [16, 16, 1, 1, 3]}),
+        "local 2**40": entry({"local": [2**40, 16, 1, 1, 4]}),
+        # tune offers local tiles on GPUs only (these devices are CPUs, Oclgrind too)
+        "local here": entry({"local": [16, 16, 1, 1, 4]}),
     }
 
 
