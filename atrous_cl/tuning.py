@@ -295,7 +295,8 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
     The candidates are the register tiles (:func:`atrous_cl.tiles.candidates`)
     and, on a GPU, the local-memory kernel's (:func:`atrous_cl.local_tile.tune_candidates`).
     Each is checked against the default tile's result before it is timed, so a
-    miscompiled variant can never win.
+    miscompiled variant can never win; a local tile whose build the driver refuses,
+    or cannot run in work-groups of its size, is left out.
 
     One channel in and out on a CPU runs the one-channel kernel
     (:func:`atrous_cl.tiles.pixel_vector`), which has no tile: nothing is timed
@@ -346,7 +347,12 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
         else:
             run = lambda t=tile: launch.transpose(queue, value, filters, out, args, t)  # noqa: E731
         memory.fill(queue, out, np.nan)
-        run()
+        try:
+            run()
+        except (ValueError, DeviceError):
+            if not isinstance(tile, LocalTile):
+                raise
+            continue  # a work-group this build cannot run (or a build the driver refuses)
         got = out.get().astype(np.float64)
         if not np.max(np.abs(got - expected)) <= 1e-2 * scale:
             continue  # a wrong answer is never fast enough

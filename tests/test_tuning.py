@@ -200,7 +200,8 @@ def test_local_tiles_are_tuned_on_gpus_only(queue, monkeypatch):
 
 @pytest.mark.parametrize("host_path", ["as-the-device-takes-them", "copied"])
 def test_a_tuned_local_tile_is_stored_and_the_ops_run_it(queue, fresh_cache, monkeypatch, host_path):
-    """Where tune finds a local tile fastest (here: the only candidates, two small ones), it
+    """Where tune finds a local tile fastest (here: the only candidates, two small ones and
+    one no device runs, which tune leaves out), it
     stores it as such, a new process reads it back, and the transpose and the forward op
     of its shape class run the local-memory kernel with it, through the host API (in place
     or copied) and the device API, into poisoned results."""
@@ -210,7 +211,9 @@ def test_a_tuned_local_tile_is_stored_and_the_ops_run_it(queue, fresh_cache, mon
         monkeypatch.setattr(memory, "works_in_host_memory", lambda device: False)
         calls.forget_prepared()
     offered = [LocalTile(4, 4, 1, 1, 4), LocalTile(4, 2, 2, 2, 2)]
-    monkeypatch.setattr(local_tile, "tune_candidates", lambda device, dtype, args: offered)
+    too_big = LocalTile(128, 128, 1, 1, 4)  # more work-items than any work-group: left out
+    monkeypatch.setattr(local_tile, "tune_candidates",
+                        lambda device, dtype, args: [offered[0], too_big, offered[1]])
     monkeypatch.setattr(tuning, "candidates", lambda *a: [])
     best, timings = tuning.tune(queue, (1, 6, 10, 4), (3, 3, 5, 4), 2, "SAME", repeats=1)
     assert best in offered and set(timings) == {str(t) for t in offered}
