@@ -30,7 +30,8 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 
-from atrous_cl import discovery, filter_grad, launch, local_tile, memory, tuning
+from atrous_cl import discovery, filter_grad, launch, local_tile, memory, tiles, tuning
+from atrous_cl.cache import warn_once
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import check_dtype_support, check_fits, describe, status_name
 from atrous_cl.memory import HostArray
@@ -59,9 +60,19 @@ class Transpose(NamedTuple):
         device = queue.device
         tile = tuning.tile_for(device, dtype, self.args)
         if isinstance(tile, local_tile.LocalTile):
-            run = functools.partial(_local_launch, args=self.args, tile=tile,
-                                    forward_filters=self.forward_filters)
-            return TransposeLaunch(run, self.value, self.filters, self.out, None)
+            try:
+                local_tile.plan(queue.context, device, dtype, self.args, tile,
+                                self.forward_filters)
+            except ValueError as e:  # this problem's build holds fewer work-items
+                warn_once(f"atrous-cl ignores the local tile {tile} tuned for "
+                          f"{tuning.shape_class(dtype, *self.args[:2], self.args.rate)} on "
+                          f"{describe(device)} for this problem: {e}; the default tile "
+                          f"stands in", stacklevel=2)
+                tile = tiles.default_for(device, dtype, self.args)
+            else:
+                run = functools.partial(_local_launch, args=self.args, tile=tile,
+                                        forward_filters=self.forward_filters)
+                return TransposeLaunch(run, self.value, self.filters, self.out, None)
         p = launch.launch_plan(queue.context, device, dtype, self.args, tile, self.forward_filters)
         return TransposeLaunch(launch.launcher(p), self.value, self.filters, self.out, p)
 

@@ -458,7 +458,8 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
 def transpose(queue: cl.CommandQueue, value: cl_array.Array, filters: cl_array.Array,
               out: cl_array.Array, args: TransposeArgs, tile: Tile,
               forward_filters: bool = False) -> cl.Event | None:
-    """Run the op on device arrays with a register ``tile`` (:func:`atrous_cl.tuning.tile_for`).
+    """Run the op on device arrays with a register ``tile`` (:func:`atrous_cl.tuning.transpose`
+    takes either kind :func:`atrous_cl.tuning.tile_for` gives).
 
     Follows pyopencl's array conventions, so it is right on any queue: the
     launches wait for the events of ``value`` and ``filters`` (their producers,

@@ -215,6 +215,13 @@ TUNE_TILES = tuple(LocalTile(width, height, slices, pixels, channels)
                    for slices in (1, 2) for pixels in (1, 2, 4) for channels in (4, 8))
 
 
+def is_tune_tile(tile: LocalTile) -> bool:
+    """Whether ``tile`` is one of :data:`TUNE_TILES`, its channel vector perhaps narrowed
+    (:func:`tune_candidates`)."""
+    return any(tile._replace(channels=t.channels) == t and tile.channels <= t.channels
+               for t in TUNE_TILES)
+
+
 def tune_candidates(device: cl.Device, dtype, args: TransposeArgs) -> list[LocalTile]:
     """The local tiles ``atrous-cl tune`` times for ``args`` on ``device``, beside the register
     tiles: on a GPU (not also a CPU), :data:`TUNE_TILES` whose work-group the device runs,
@@ -318,6 +325,22 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
                  geometry(args.output_shape, tile),
                  (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
                   np.int32(ow)))
+
+
+def plan(context: cl.Context, device: cl.Device, dtype, args: TransposeArgs, tile: LocalTile,
+         forward_filters: bool = False) -> _Plan | None:
+    """The kernels and geometry :func:`launch` builds for a problem with a nonempty output
+    (None where it only fills zeros), made now: what the op prepares for a tuned tile.
+
+    Raises:
+        TypeError, ValueError: as :func:`launch`.
+        DeviceError: the driver failed to build the kernels.
+    """
+    check_tile(device, tile)
+    if 0 in args.value_shape + args.filters_shape:
+        return None
+    return _plan(context, device, np.dtype(dtype), args, tile, forward_filters,
+                 local_budget(device), True)
 
 
 def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,

@@ -37,8 +37,8 @@ from atrous_cl.errors import DeviceError
 from atrous_cl.facts import check_dtype_support, describe, facts
 from atrous_cl.local_tile import LocalTile
 from atrous_cl.programs import program_source
-from atrous_cl.tiles import (Tile, candidates, default_for, default_tile, pixel_vector, pow2_at_least,
-                             winograd_enabled)
+from atrous_cl.tiles import (Tile, candidates, default_for, default_tile, gpu_only, pixel_vector,
+                             pow2_at_least, winograd_enabled)
 
 try:
     import fcntl
@@ -214,6 +214,8 @@ def _tuned_tile(table: dict, device: cl.Device, dtype, args) -> Tile | LocalTile
         tile = LocalTile(*entry["local"])
         if tile in local_tile.tune_candidates(device, dtype, args):
             return tile
+        if gpu_only(device) and local_tile.is_tune_tile(tile):
+            return None  # tune's, for another problem of the class: this one's stage is larger
     else:
         tile = Tile(*entry["tile"])
         if tile.winograd and not winograd_enabled():
@@ -245,6 +247,18 @@ def tile_for(device: cl.Device, dtype, args) -> Tile | LocalTile:
             if len(_memo) < 1024:
                 _memo[key] = tile
     return tile
+
+
+def transpose(queue: cl.CommandQueue, value, filters, out, args, tile: Tile | LocalTile | None = None,
+              forward_filters: bool = False) -> cl.Event | None:
+    """:func:`atrous_cl.launch.transpose` with ``tile`` (:func:`tile_for`'s when None), or
+    :func:`atrous_cl.local_tile.launch` for a :class:`LocalTile`: the launch layer as the
+    op runs it, for tune and the benchmarks."""
+    if tile is None:
+        tile = tile_for(queue.device, out.dtype, args)
+    if isinstance(tile, LocalTile):
+        return local_tile.launch(queue, value, filters, out, args, tile, forward_filters)
+    return launch.transpose(queue, value, filters, out, args, tile, forward_filters)
 
 
 @contextlib.contextmanager
@@ -342,10 +356,7 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
                  *local_tile.tune_candidates(queue.device, dtype, args)):
         if progress:
             progress(tile)
-        if isinstance(tile, LocalTile):
-            run = lambda t=tile: local_tile.launch(queue, value, filters, out, args, t)  # noqa: E731
-        else:
-            run = lambda t=tile: launch.transpose(queue, value, filters, out, args, t)  # noqa: E731
+        run = lambda t=tile: transpose(queue, value, filters, out, args, t)  # noqa: E731
         memory.fill(queue, out, np.nan)
         try:
             run()

@@ -6,7 +6,7 @@
 
 Per workload of ``atrous-cl bench`` (float32, device arrays, the op's launch
 only: repack + main kernel, no transfers), the samples are interleaved: each
-round times ``launch.transpose`` with its tuned or default tile and
+round times ``tuning.transpose`` with its tuned or default tile and
 ``local_tile.launch`` with each tile asked for (default: its default tile), in
 a new random order. A sample is a block of launches of at least 20 ms, ended by
 ``queue.finish()``. Prints the median ms per launch, GFLOP/s and the median
@@ -24,7 +24,7 @@ import numpy as np
 import pyopencl.array as cl_array
 
 import atrous_cl
-from atrous_cl import bench, launch, local_tile, tuning
+from atrous_cl import bench, local_tile, tuning
 from atrous_cl.validation import check_transpose_args
 
 
@@ -46,8 +46,7 @@ def main() -> None:
         out = cl_array.empty(queue, w.output_shape, np.float32)
         tiles = ([local_tile.LocalTile.parse(t) for t in opts.tiles.split(",")] if opts.tiles else
                  [local_tile.default_tile(queue.device, np.float32, w.cout)])
-        tile_ops = tuning.tile_for(queue.device, np.float32, args)
-        calls = {"ops": lambda: launch.transpose(queue, value, filters, out, args, tile_ops)}
+        calls = {"ops": lambda: tuning.transpose(queue, value, filters, out, args)}
         calls["ops"]()
         want = out.get()
         for tile in tiles:

@@ -36,7 +36,7 @@ import time
 import numpy as np
 import pyopencl as cl
 
-from atrous_cl import bench, calls, discovery, launch, ops, tuning
+from atrous_cl import bench, calls, discovery, launch, local_tile, ops, tuning
 from atrous_cl.validation import check_dtypes
 
 
@@ -104,8 +104,9 @@ def measure(device: cl.Device, wl: bench.Workload, value, filters, ort_call, n: 
     out["tile_for"] = _loop_us(lambda: tuning.tile_for(queue.device, dtype, args), n * 10)
     tile = tuning.tile_for(queue.device, dtype, args)
     wide = launch.widens_inputs(queue.device, dtype)
-    out["plan lookup"] = _loop_us(lambda: launch.plan(queue.context, queue.device, dtype, args, tile,
-                                                      False, wide), n * 10)
+    if not isinstance(tile, local_tile.LocalTile):  # a tuned local tile's plan: local_tile.plan
+        out["plan lookup"] = _loop_us(lambda: launch.plan(queue.context, queue.device, dtype, args,
+                                                          tile, False, wide), n * 10)
 
     enq, wait = [], []
     for _ in range(n):
@@ -113,7 +114,7 @@ def measure(device: cl.Device, wl: bench.Workload, value, filters, ort_call, n: 
         f = calls.device_array(queue, "filters", filters, dtype, in_place, svm, lazy=lazy)
         r = calls.result(shape, dtype, queue, False, in_place, svm, empty)
         start = time.perf_counter()
-        launch.transpose(queue, v, f, r, args, tile)
+        tuning.transpose(queue, v, f, r, args, tile)
         mid = time.perf_counter()
         r.get(queue)
         enq.append(mid - start)
@@ -129,7 +130,7 @@ def measure(device: cl.Device, wl: bench.Workload, value, filters, ort_call, n: 
         v = calls.device_array(prof, "value", value, dtype, in_place, svm)
         f = calls.device_array(prof, "filters", filters, dtype, in_place, svm, lazy=lazy)
         r = calls.result(shape, dtype, prof, False, in_place, svm, prof_empty)
-        event = launch.transpose(prof, v, f, r, args, tile)
+        event = tuning.transpose(prof, v, f, r, args, tile)
         r.get(prof)
         kernel.append((event.profile.end - event.profile.start) * 1e-3)
     out["kernel (profiled)"] = statistics.median(kernel)

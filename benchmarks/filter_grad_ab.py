@@ -27,7 +27,7 @@ import numpy as np
 import pyopencl.array as cl_array
 
 import atrous_cl
-from atrous_cl import bench, filter_grad, launch, tiles, tuning, validation
+from atrous_cl import bench, filter_grad, tiles, tuning, validation
 
 
 def _time(queue, call, rounds, order_seed=1):
@@ -99,8 +99,7 @@ def main() -> None:
                                                     wl.rate, wl.padding)
             v, f = d, cl_array.to_device(queue, prob.filters)
             y = cl_array.empty(queue, wl.output_shape, dtype)
-            tile = tuning.tile_for(queue.device, dtype, targs)
-            calls["transpose op"] = lambda: launch.transpose(queue, v, f, y, targs, tile)
+            calls["transpose op"] = lambda: tuning.transpose(queue, v, f, y, targs)
             ms = {k: (t * 1e3, m * 1e3) for k, (t, m) in _time(queue, calls, args.rounds).items()}
             base, base_min = ms.pop("default")
             d_name = (f"{default.tile.channels}x{default.gc}x{default.ov}x{default.kt}"

@@ -29,7 +29,8 @@
 //   wl   ST taps x OC channels x LC vectors of BC weights.
 // Positions outside value are staged as 0, and a work-item adds a tap's
 // term only where its own input pixel lies inside value: never 0 * w, which
-// is NaN for an Inf or NaN weight. A stage or tap row that no pixel of the
+// is NaN for an Inf or NaN weight. The forward conv (FORWARD_FILTERS) reads
+// TF's zero padding there, whose terms are added at the end (see there). A stage or tap row that no pixel of the
 // group can reach is left out by the whole group: the loops over them start
 // and end at bounds computed for the group beforehand, so every work-item
 // meets the same barriers (PoCL 3.1 hangs or computes garbage when a
@@ -58,6 +59,9 @@
 #define CB (LC * BC)                          // output channels per work-group
 #define GROUP (LC * LX * LY)                  // work-items per work-group
 #define NSTAGES (KW / ST)
+// repack_filters' notes after the weights: per tap, sum over the input channels
+// of w - w (0, or NaN where some weight is Inf or NaN), COUTP channels a tap.
+#define FINITE ((long)KH * KW * CIN * COUTP)
 #ifndef OCS
 #define OCS OC
 #endif
@@ -173,6 +177,37 @@ void atrous_conv2d_transpose_local(
 
     if (p >= OH || c0 >= COUT)
         return;  // after the last barrier: a partial work-group's spare work-items
+#ifdef FORWARD_FILTERS
+    // The forward conv reads TF's zero padding at every tap whose input lies
+    // outside value and adds sum_o 0 * w[tap, o]: 0, or NaN where one of those
+    // weights is Inf or NaN, which is exactly the tap's note at FINITE. Where
+    // every note of these channels is 0, nothing changes, and nothing is read.
+    VACC notes = (VACC)0;
+    for (long tap = 0; tap < KH * KW; ++tap)
+        notes += LOADV_ALIGNED(wt, FINITE + tap * COUTP + c0);
+#if BC == 1
+    const ACC noted = notes;
+#else
+    union { VACC v; ACC s[BC]; } lanes = {notes};
+    ACC noted = 0;
+#pragma unroll
+    for (int cc = 0; cc < BC; ++cc)
+        noted += lanes.s[cc];
+#endif
+    if (noted != (ACC)0)
+        for (long a = 0; a < KH; ++a) {
+            const long i = p + PAD_TOP - a * RATE_H;
+            for (long b = 0; b < KW; ++b) {
+                const VACC note = LOADV_ALIGNED(wt, FINITE + (a * KW + b) * COUTP + c0);
+#pragma unroll
+                for (int px = 0; px < BW; ++px) {
+                    const long j = q0 + lx + px * LX + PAD_LEFT - b * RATE_W;
+                    if (!(i >= 0 && i < H && j >= 0 && j < W))
+                        acc[px] += note;
+                }
+            }
+        }
+#endif
     const long base = out_off + ((n * OH + p) * OW + q0 + lx) * (long)COUT + c0;
     for (int px = 0; px < BW; ++px) {
         if (q0 + lx + px * LX >= OW)

@@ -172,6 +172,28 @@ def test_nan_and_inf_weights_at_taps_outside_the_input(queue, cin, padding, dtyp
     assert_close(_run(queue, value, filters, args, tile), want, dtype, context=padding)
 
 
+@pytest.mark.parametrize("tile", [None, TILES[0]], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(1, 4, 5, 3), (2, 6, 9, 17)], ids=lambda s: "x".join(map(str, s)))
+def test_forward_filters_multiply_the_zero_padding(queue, shape, dtype, tile):
+    """The forward conv (forward_filters) adds 0 * w where a tap reads TF's zero padding:
+    NaN for an Inf or NaN weight, where the transpose adds nothing (SAME, rate 3: most
+    taps of these images read padding)."""
+    skip_unsupported(queue, dtype)
+    rng = np.random.default_rng()
+    cin = shape[3]
+    value = rng.standard_normal(shape).astype(dtype)
+    filters = rng.standard_normal((3, 3, cin, 5)).astype(dtype)  # the forward op's layout
+    filters[0, 1, :, 0] = np.nan  # output channel 0: NaN at every pixel
+    filters[2, 2, cin - 1, 2] = np.inf  # channel 2: Inf inside, NaN from the padding
+    filters[1, 0, 0, 4] = -np.inf
+    args = launch.forward_as_transpose(check_conv_args(value.shape, filters.shape, 3, "SAME"))
+    want = reference.atrous_conv2d(value, filters, 3, "SAME")
+    assert np.isnan(want[..., 2]).any() and np.isnan(want[..., 4]).any()
+    assert np.isfinite(want[..., 1]).all() and np.isfinite(want[..., 3]).all()
+    assert_close(_run(queue, value, filters, args, tile, forward_filters=True), want, dtype)
+
+
 def test_empty_inputs_give_zeros_and_an_empty_output_nothing(queue):
     """No input channels: an empty sum, zeros; no output elements: nothing enqueued."""
     value = np.zeros((1, 4, 4, 0), np.float32)

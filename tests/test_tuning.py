@@ -244,6 +244,48 @@ def test_a_tuned_local_tile_is_stored_and_the_ops_run_it(queue, fresh_cache, mon
     assert launched == [(best, False), (best, False), (best, True)] * 2, launched
 
 
+def test_a_tuned_local_tile_that_this_build_cannot_run_gives_way_to_the_default(
+        queue, fresh_cache, monkeypatch, recwarn):
+    """A local tile stored for the problem's shape class whose build for this problem
+    holds fewer work-items (local_tile.plan's ValueError): the op runs the default tile,
+    with one warning naming why, and is right."""
+    best = LocalTile(4, 4, 1, 1, 4)
+    monkeypatch.setattr(local_tile, "tune_candidates", lambda device, dtype, args: [best])
+    tuning._store(queue.device, _KEY, best, {str(best): 1e-3})
+
+    def refuse(*a, **k):
+        raise ValueError("tile 1x4x4/1x4 has 16 work-items, more than the 8 this build of "
+                         "atrous_conv2d_transpose_local.cl can run")
+
+    monkeypatch.setattr(local_tile, "plan", refuse)
+    monkeypatch.setattr(local_tile, "launch", None)  # nothing may launch it
+    args = check_transpose_args(*_ARGS)
+    for _ in range(2):
+        _run_op(queue, args)
+    ours = [str(w.message) for w in recwarn.list if "local tile" in str(w.message)]
+    assert len(ours) == 1 and "this build" in ours[0] and "default tile" in ours[0], ours
+
+
+def test_a_tuned_local_tile_another_problem_of_its_class_does_not_fit_is_not_warned_of(
+        queue, fresh_cache, monkeypatch, recwarn):
+    """On a GPU a tune tile of the problem's shape class whose stage does not fit this
+    problem (or a problem without work) is not offered here: the default, silently."""
+    tile = local_tile.TUNE_TILES[0]
+    assert local_tile.is_tune_tile(tile) and local_tile.is_tune_tile(tile._replace(channels=1))
+    assert not local_tile.is_tune_tile(LocalTile(4, 4, 1, 1, 4))
+    monkeypatch.setattr(tuning, "gpu_only", lambda device: True)
+    monkeypatch.setattr(local_tile, "tune_candidates", lambda device, dtype, args: [])
+    tuning._store(queue.device, _KEY, tile, {str(tile): 1e-3})
+    args = check_transpose_args(*_ARGS)
+    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_for(
+        queue.device, np.float32, args)
+    assert not [w for w in recwarn.list if "tuning cache" in str(w.message)]
+    tuning._store(queue.device, _KEY, LocalTile(4, 4, 1, 1, 4), {"x": 1e-3})  # not tune's: warned
+    assert tuning.tile_for(queue.device, np.float32, args) == tiles.default_for(
+        queue.device, np.float32, args)
+    assert len([w for w in recwarn.list if "tuning cache" in str(w.message)]) == 1
+
+
 def test_one_channel_problems_time_and_store_nothing(queue, fresh_cache, monkeypatch):
     """One channel in and out on a CPU runs the one-channel kernel, which ignores tiles:
     timing tiles there would store noise as a winner."""
