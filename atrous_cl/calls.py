@@ -63,7 +63,7 @@ class Transpose(NamedTuple):
             try:
                 local_tile.plan(queue.context, device, dtype, self.args, tile,
                                 self.forward_filters)
-            except ValueError as e:  # this problem's build holds fewer work-items
+            except ValueError as e:  # a tile this problem's build cannot run (stage, group)
                 warn_once(f"atrous-cl ignores the local tile {tile} tuned for "
                           f"{tuning.shape_class(dtype, *self.args[:2], self.args.rate)} on "
                           f"{describe(device)} for this problem: {e}; the default tile "

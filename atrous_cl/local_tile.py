@@ -218,8 +218,8 @@ TUNE_TILES = tuple(LocalTile(width, height, slices, pixels, channels)
 def is_tune_tile(tile: LocalTile) -> bool:
     """Whether ``tile`` is one of :data:`TUNE_TILES`, its channel vector perhaps narrowed
     (:func:`tune_candidates`)."""
-    return any(tile._replace(channels=t.channels) == t and tile.channels <= t.channels
-               for t in TUNE_TILES)
+    return tile.channels in (1, 2, 4, 8) and any(
+        tile._replace(channels=t.channels) == t and tile.channels <= t.channels for t in TUNE_TILES)
 
 
 def tune_candidates(device: cl.Device, dtype, args: TransposeArgs) -> list[LocalTile]:
@@ -317,7 +317,8 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
     kh, kw, cout, cin = args.filters_shape
     _, oh, ow, _ = args.output_shape
     # repack_filters writes the packed weights and, after them, what the register-tile
-    # kernel reads besides (packed_elements); this kernel reads the weights only.
+    # kernel reads besides (packed_elements); this kernel reads the weights, and with
+    # FORWARD_FILTERS the notes at FINITE too.
     packed = packed_elements(args.filters_shape, tile.padded_channels(cout)) * np.dtype(dtype).itemsize
     return _Plan(repack["repack_filters"], repack_lock, kernel, main_lock, options, packed,
                  repack_geometry(args.filters_shape, Tile(tile.pixels, tile.channels),

@@ -273,6 +273,7 @@ def test_a_tuned_local_tile_another_problem_of_its_class_does_not_fit_is_not_war
     tile = local_tile.TUNE_TILES[0]
     assert local_tile.is_tune_tile(tile) and local_tile.is_tune_tile(tile._replace(channels=1))
     assert not local_tile.is_tune_tile(LocalTile(4, 4, 1, 1, 4))
+    assert not local_tile.is_tune_tile(tile._replace(channels=3))  # not a vector: foreign
     monkeypatch.setattr(tuning, "gpu_only", lambda device: True)
     monkeypatch.setattr(local_tile, "tune_candidates", lambda device, dtype, args: [])
     tuning._store(queue.device, _KEY, tile, {str(tile): 1e-3})
