@@ -329,7 +329,7 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
 
 
 def plan(context: cl.Context, device: cl.Device, dtype, args: TransposeArgs, tile: LocalTile,
-         forward_filters: bool = False) -> _Plan | None:
+         forward_filters: bool = False, padded: bool = True) -> _Plan | None:
     """The kernels and geometry :func:`launch` builds for a problem with a nonempty output
     (None where it only fills zeros), made now: what the op prepares for a tuned tile.
 
@@ -341,7 +341,7 @@ def plan(context: cl.Context, device: cl.Device, dtype, args: TransposeArgs, til
     if 0 in args.value_shape + args.filters_shape:
         return None
     return _plan(context, device, np.dtype(dtype), args, tile, forward_filters,
-                 local_budget(device), True)
+                 local_budget(device), padded)
 
 
 def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
@@ -371,10 +371,7 @@ def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
     wait = [*value.events, *filters.events, *out.events]
     device = queue.device
     tile = default_tile(device, out.dtype, args.filters_shape[2]) if tile is None else tile
-    check_tile(device, tile)
-    p = None if value.size == 0 or filters.size == 0 else _plan(
-        queue.context, device, np.dtype(out.dtype), args, tile, forward_filters,
-        local_budget(device), padded)
+    p = plan(queue.context, device, out.dtype, args, tile, forward_filters, padded)
     if p is None:  # an empty sum everywhere
         return memory.fill(queue, out, 0, wait)
     packed = memory.scratch(queue, p.packed_nbytes)
