@@ -560,40 +560,16 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
         return memory.fill(queue, out, 0, [*wait, *filters.events])
     kernels = p.kernels
     value_data, value_off = value.base_data, element_offset(value)
-    # Host filters (the host path, which waits for its kernels) whose bytes
-    # equal the last ones repacked on this queue reuse that packed buffer
-    # (see REUSE_BYTES); a memory.Upload of them is then never copied to the
-    # device. Each repack writes a new buffer, so a kernel never reads one that
-    # another call is rewriting. The bytes compared are a copy, and the repack
-    # reads that copy, not the caller's array: packed filters are kept only under
-    # the bytes they were made from, even if the caller's array changes meanwhile.
-    # (A bytearray: pyopencl's SVM wrapper takes only writeable memory.)
-    # An Upload already copied (filters not lazy: none today) may hold other bytes.
-    raw = (bytearray(np.ascontiguousarray(filters.array))
-           if (isinstance(filters, memory.HostArray)
-               or isinstance(filters, memory.Upload) and not filters.copied)
-           and filters.array.nbytes <= REUSE_BYTES else None)
+    raw = compared_bytes(filters)
+
+    def repack(source, packed, wait_for):
+        return enqueue(kernels["repack_filters"], queue, p.repack,
+                       (source, np.int64(element_offset(filters)), packed), wait_for)
+
     try:
         with p.lock:  # setting a kernel's arguments and enqueueing it must not interleave
-            last = p.repacked.get(queue) if raw is not None else None
-            if last is not None and last[0] == raw:
-                _, packed, repacked = last
-            else:
-                packed = (cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, p.packed_nbytes)
-                          if raw is not None else memory.scratch(queue, p.packed_nbytes))
-                # First: a memory.Upload's copy (of the bytes compared), made or
-                # enqueued here, waits for nothing the caller holds back on another
-                # queue (value's or out's producers, which widen waits for).
-                if raw is not None:
-                    filters.copy_bytes(raw)
-                source = filters.base_data
-                repacked = enqueue(kernels["repack_filters"], queue, p.repack,
-                                   (source, np.int64(element_offset(filters)), packed),
-                                   list(filters.events))
-                if raw is not None:
-                    if len(p.repacked) >= 8:
-                        p.repacked.clear()
-                    p.repacked[queue] = (raw, packed, repacked)
+            packed, repacked = packed_filters(p.repacked, queue, filters, raw, p.packed_nbytes,
+                                              repack)
             if p.wide:
                 value_data, widened = widen(kernels, queue, value, wait)
                 value_off = 0
@@ -607,6 +583,54 @@ def _launch(p: Plan | None, queue: cl.CommandQueue, value, filters, out) -> cl.E
                           options=p.options) from e
     out.add_event(done)
     return done
+
+
+def compared_bytes(filters) -> bytearray | None:
+    """A copy of host filters' bytes, which a launch compares with the bytes last repacked
+    on its queue and repacks from (:func:`packed_filters`): filters of the host path (a
+    :class:`~atrous_cl.memory.HostArray`, or a :class:`~atrous_cl.memory.Upload` not yet
+    copied) up to :data:`REUSE_BYTES`; None for others, which are repacked every launch.
+    An Upload already copied (filters not lazy: none today) may hold other bytes. Taken
+    before the launch's lock: the copy is the call's own work. (A bytearray: pyopencl's
+    SVM wrapper takes only writeable memory.)"""
+    if ((isinstance(filters, memory.HostArray)
+         or isinstance(filters, memory.Upload) and not filters.copied)
+            and filters.array.nbytes <= REUSE_BYTES):
+        return bytearray(np.ascontiguousarray(filters.array))
+    return None
+
+
+def packed_filters(kept: dict, queue: cl.CommandQueue, filters, raw: bytearray | None,
+                   nbytes: int, repack: Callable) -> tuple:
+    """``(packed, event)``: the filters packed for a launch on ``queue``, and the event after
+    which they are.
+
+    Host filters whose bytes ``raw`` (:func:`compared_bytes`) equal the last ones
+    repacked on ``queue`` reuse that packed buffer, kept in ``kept`` (a plan's, per
+    queue); a :class:`~atrous_cl.memory.Upload` of them is then never copied to the
+    device. Otherwise ``repack(source, packed, wait_for)`` enqueues the repack of
+    ``source`` into a new buffer of ``nbytes`` (kept for host filters, from the pool
+    else), so a kernel never reads one that another call is rewriting. The repack
+    reads ``raw``, not the caller's array: packed filters are kept only under the
+    bytes they were made from, even if the caller's array changes meanwhile. Call
+    under the lock that guards ``kept`` and the repack kernel.
+    """
+    last = kept.get(queue) if raw is not None else None
+    if last is not None and last[0] == raw:
+        return last[1], last[2]
+    packed = (cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, nbytes)
+              if raw is not None else memory.scratch(queue, nbytes))
+    # First: a memory.Upload's copy (of the bytes compared), made or enqueued here,
+    # waits for nothing the caller holds back on another queue (value's or out's
+    # producers, which widen waits for).
+    if raw is not None:
+        filters.copy_bytes(raw)
+    event = repack(filters.base_data, packed, list(filters.events))
+    if raw is not None:
+        if len(kept) >= 8:
+            kept.clear()
+        kept[queue] = (raw, packed, event)
+    return packed, event
 
 
 def forward_as_transpose(args: ConvArgs) -> TransposeArgs:

@@ -31,12 +31,14 @@ from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, status_name
 from atrous_cl.launch import KERNEL_FILE as REPACK_FILE
 from atrous_cl.launch import build_options as register_build_options
-from atrous_cl.launch import kernel_dilation, packed_elements, repack_geometry
+from atrous_cl.launch import (compared_bytes, element_offset, enqueue, kernel_dilation,
+                              packed_elements, packed_filters, repack_geometry)
 from atrous_cl.tiles import Tile, acc_itemsize, gpu_only
 from atrous_cl.validation import TransposeArgs
 
 KERNEL_FILE = "atrous_conv2d_transpose_local.cl"
-_MAIN = "atrous_conv2d_transpose_local"
+#: The main kernel's name in :data:`KERNEL_FILE`.
+KERNEL_NAME = "atrous_conv2d_transpose_local"
 #: The main kernel's arguments: value, value_off, wt, out, out_off, H, W, OH, OW.
 _MAIN_ARG_DTYPES = [None, np.int64, None, None, np.int64, np.int32, np.int32, np.int32, np.int32]
 
@@ -294,6 +296,9 @@ class _Plan(NamedTuple):
     repack: tuple
     main: tuple
     sizes: tuple
+    # Per queue, the host filters' bytes last repacked, their packed buffer and its
+    # repack's event (atrous_cl.launch.packed_filters); changed under repack_lock.
+    repacked: dict
 
 
 @functools.lru_cache(maxsize=256)
@@ -306,7 +311,7 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
     options = build_options(dtype, args, tile, forward_filters, budget, padded)
     repack, repack_lock = programs.get_kernels(context, REPACK_FILE, options)
     main, main_lock = programs.get_kernels(context, KERNEL_FILE, options)
-    kernel = main[_MAIN]
+    kernel = main[KERNEL_NAME]
     # programs.scalar_arg_dtypes reads `__kernel void name(`, which the attribute
     # between __kernel and void hides; declared, pyopencl sets arguments fast.
     kernel.set_scalar_arg_dtypes(_MAIN_ARG_DTYPES)
@@ -325,7 +330,7 @@ def _plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args: Transpo
                                  blocked=False),
                  geometry(args.output_shape, tile),
                  (np.int32(args.value_shape[1]), np.int32(args.value_shape[2]), np.int32(oh),
-                  np.int32(ow)))
+                  np.int32(ow)), {})
 
 
 def plan(context: cl.Context, device: cl.Device, dtype, args: TransposeArgs, tile: LocalTile,
@@ -368,27 +373,33 @@ def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
     """
     if out.size == 0:
         return None
-    wait = [*value.events, *filters.events, *out.events]
     device = queue.device
     tile = default_tile(device, out.dtype, args.filters_shape[2]) if tile is None else tile
     p = plan(queue.context, device, out.dtype, args, tile, forward_filters, padded)
     if p is None:  # an empty sum everywhere
-        return memory.fill(queue, out, 0, wait)
-    packed = memory.scratch(queue, p.packed_nbytes)
-    filters_data = filters.base_data
-    wait = [*value.events, *filters.events, *out.events]  # a memory.Upload's copy's too
+        return memory.fill(queue, out, 0, [*value.events, *filters.events, *out.events])
+    # Host filters whose bytes this queue packed last time are not packed (nor, on a
+    # GPU, copied) again: as the register-tile kernel's launch (packed_filters).
+    raw = compared_bytes(filters)
+
+    def repack(source, packed, wait_for):
+        return enqueue(p.repack_kernel, queue, p.repack,
+                       (source, np.int64(element_offset(filters)), packed), wait_for)
+
     try:
-        with p.repack_lock:  # setting a kernel's arguments and enqueueing it must not interleave
-            repacked = p.repack_kernel(queue, *p.repack, filters_data,
-                                       np.int64(filters.offset // filters.dtype.itemsize), packed,
-                                       wait_for=wait)
+        # setting a kernel's arguments and enqueueing it must not interleave; the
+        # repack's lock also guards the packed filters kept
+        with p.repack_lock:
+            packed, repacked = packed_filters(p.repacked, queue, filters, raw, p.packed_nbytes,
+                                              repack)
+        value_data = value.base_data
         with p.main_lock:
-            done = p.main_kernel(queue, *p.main, value.base_data,
-                                 np.int64(value.offset // value.dtype.itemsize), packed,
-                                 out.base_data, np.int64(out.offset // out.dtype.itemsize),
-                                 *p.sizes, wait_for=[repacked, *wait])
+            done = enqueue(p.main_kernel, queue, p.main,
+                           (value_data, np.int64(element_offset(value)), packed, out.base_data,
+                            np.int64(element_offset(out)), *p.sizes),
+                           [repacked, *value.events, *out.events])
     except cl.Error as e:
-        raise DeviceError(f"launching {_MAIN} on {describe(device)} failed: {e}",
+        raise DeviceError(f"launching {KERNEL_NAME} on {describe(device)} failed: {e}",
                           status=status_name(e), source=KERNEL_FILE,
                           options=p.options) from e
     out.add_event(done)

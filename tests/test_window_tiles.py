@@ -25,7 +25,7 @@ import pytest
 from conftest import assert_close, poisoned, recorded_host_copies, skip_unsupported
 
 import atrous_cl
-from atrous_cl import geometry, launch, reference
+from atrous_cl import geometry, launch, local_tile, reference
 from atrous_cl.tiles import Tile
 from atrous_cl.validation import check_conv_args, check_transpose_args
 
@@ -222,24 +222,58 @@ def host_path(request, queue, monkeypatch) -> str:
     return request.param
 
 
+@pytest.fixture(params=["register", "local"])
+def kernel_kind(request, monkeypatch) -> str:
+    """Which kernel the op's transpose launches run: the register-tile kernel with its
+    tuned or default tile, or the local-memory kernel, as where tune stored a local tile
+    (a GPU's winner) for every problem: forced here on any device."""
+    if request.param == "local":
+        from atrous_cl import calls, local_tile, tuning
+
+        monkeypatch.setattr(tuning, "tile_for",
+                            lambda device, dtype, args: local_tile.LocalTile(4, 4, 1, 1, 4))
+        calls.forget_prepared()
+    return request.param
+
+
+def _enqueued(monkeypatch, spy) -> None:
+    """Route both kernel files' launches (launch.enqueue, as local_tile took it) through
+    ``spy(real, kernel, *args, **kwargs)``."""
+    from atrous_cl import local_tile
+
+    real = launch.enqueue
+    for module in (launch, local_tile):
+        monkeypatch.setattr(module, "enqueue", lambda *a, **k: spy(real, *a, **k))
+
+
 @pytest.mark.parametrize("cout, cin, reused", [(5, 4, True), (64, 64, True), (256, 128, False)],
                          ids=["5x4", "64x64-144KiB", "256x128-1152KiB"])
-def test_filters_changed_in_place_between_calls_are_repacked(queue, cout, cin, reused, host_path):
+def test_filters_changed_in_place_between_calls_are_repacked(queue, cout, cin, reused, host_path,
+                                                             kernel_kind, monkeypatch):
     """The host path reuses packed filters only while the caller's bytes are unchanged
     (filters up to launch.REUSE_BYTES; larger ones are repacked every call), whether it
-    uses the arrays in place or copies them."""
+    uses the arrays in place or copies them, with either kernel file; and it does reuse
+    them."""
     rng = np.random.default_rng()
     value = rng.standard_normal((2, 6, 19, cin)).astype(np.float32)
     filters = rng.standard_normal((3, 3, cout, cin)).astype(np.float32)
     assert (filters.nbytes <= launch.REUSE_BYTES) == reused  # the case is on the side it names
     shape = (2, 6, 19, cout)
     call = lambda: atrous_cl.atrous_conv2d_transpose(value, filters, shape, 2, "SAME", queue=queue)
+    enqueued = []
+    _enqueued(monkeypatch, lambda real, kernel, *a, **k: enqueued.append(kernel.function_name)
+              or real(kernel, *a, **k))
+    repacks = []
     for change in (None, (1, 1, 2, 3, 7.0), (0, 2, 4, 0, np.inf), (0, 2, 4, 0, -0.5),
                    (2, 2, cout - 1, cin - 1, 0.25), None):
         if change is not None:
             filters[change[:4]] = change[4]
         want = reference.atrous_conv2d_transpose(value, filters, shape, 2, "SAME")
+        del enqueued[:]
         assert_close(call(), want, context=f"after {change}")
+        assert (enqueued[-1] == local_tile.KERNEL_NAME) == (kernel_kind == "local"), enqueued
+        repacks.append(enqueued.count("repack_filters"))
+    assert repacks == ([1, 1, 1, 1, 1, 0] if reused else [1] * 6), repacks
     # The same bytes in another array, and the op with other shapes in between.
     other = atrous_cl.atrous_conv2d_transpose(value[:1], filters.copy(), (1, 6, 19, cout), 2,
                                               "SAME", queue=queue)
@@ -269,12 +303,13 @@ def _op_reference(op, v, f, dy):
 
 @pytest.mark.parametrize("order", ["in-order", "out-of-order"])
 @pytest.mark.parametrize("op", list(OPS))
-def test_copied_filters_are_uploaded_only_when_their_bytes_change(queue, op, order, monkeypatch):
+def test_copied_filters_are_uploaded_only_when_their_bytes_change(queue, op, order, kernel_kind,
+                                                                  monkeypatch):
     """Where the host path copies arrays to the device (GPUs; forced here on CPU devices),
     filters whose bytes the launch packed last time are neither copied again nor repacked;
     changed in place, or new, they are. The other inputs are copied every call, without a
     wait of their own, and every result is right (each call draws a new value and dy, and
-    its result starts poisoned)."""
+    its result starts poisoned). Either kernel file."""
     ooo = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
     if order == "out-of-order":
         if not queue.device.queue_properties & ooo:
@@ -306,15 +341,22 @@ def test_copied_filters_are_uploaded_only_when_their_bytes_change(queue, op, ord
     assert copied == [1, 0, 1, 0, 0, 0]
 
 
-@pytest.mark.parametrize("kernel", ["direct", "winograd"])
+@pytest.mark.parametrize("kernel", ["direct", "winograd", "local"])
 @pytest.mark.parametrize("op", list(OPS))
 def test_filters_written_during_a_repack_are_not_kept_as_packed(queue, op, kernel, host_path,
                                                                  monkeypatch):
     """Filters another thread writes while a call repacks them: the packed copy the queue
     keeps is of the bytes the call compared, not of what the repack happened to read, so
     the next call with those bytes is right (a packed copy of other weights, kept under
-    them, would give every later call with them a wrong answer). Both kernel files'
-    repacks (3x3 filters to 24 channels take the Winograd kernel on CPUs)."""
+    them, would give every later call with them a wrong answer). Every kernel file's
+    repacks (3x3 filters to 24 channels take the Winograd kernel on CPUs; the
+    local-memory kernel as where it was tuned)."""
+    if kernel == "local":
+        from atrous_cl import calls, tuning
+
+        monkeypatch.setattr(tuning, "tile_for",
+                            lambda device, dtype, args: local_tile.LocalTile(4, 4, 1, 1, 4))
+        calls.forget_prepared()
     rng = np.random.default_rng()
     kh, kw, cout = (3, 2, 5) if kernel == "direct" else (3, 3, 24)
     transpose = op.startswith("transpose")
@@ -323,21 +365,23 @@ def test_filters_written_during_a_repack_are_not_kept_as_packed(queue, op, kerne
     kept = f.copy()
     v = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
     dy = rng.standard_normal((2, 8, 8, cout)).astype(np.float32)
-    real, enqueued = launch.enqueue, []
+    enqueued = []
 
-    def write_during_repack(kernel, *args, **kwargs):
+    def write_during_repack(real, kernel, *args, **kwargs):
         if kernel.function_name == "repack_filters" and "repack_filters" not in enqueued:
             f[...] = 2 * kept + 1  # the "other thread", between the comparison and the repack
         enqueued.append(kernel.function_name)
         return real(kernel, *args, **kwargs)
 
-    monkeypatch.setattr(launch, "enqueue", write_during_repack)
-    first = OPS[op](v, f, dy, queue)
+    with monkeypatch.context() as spying:
+        _enqueued(spying, write_during_repack)
+        first = OPS[op](v, f, dy, queue)
     assert "repack_filters" in enqueued, enqueued
+    if kernel == "local" or not op.endswith("vjp"):
+        assert (local_tile.KERNEL_NAME in enqueued) == (kernel == "local"), enqueued
     if queue.device.type & cl.device_type.CPU and not op.endswith("vjp"):
         # (a vjp's gradient of the value has 4 output channels: the direct kernel on some)
         assert ("winograd_transpose" in enqueued) == (kernel == "winograd"), enqueued
-    monkeypatch.setattr(launch, "enqueue", real)
     want = _op_reference(op, v, kept, dy)
     f[...] = kept
     for step in range(2):
@@ -349,10 +393,10 @@ def test_filters_written_during_a_repack_are_not_kept_as_packed(queue, op, kerne
         assert_close(g, w, atol=1e-5 * float(np.max(np.abs(w))), context="the racing call")
 
 
-def test_calls_from_threads_with_alternating_filters(queue, host_path):
+def test_calls_from_threads_with_alternating_filters(queue, host_path, kernel_kind):
     """Threads calling the op on one queue, each switching between two filters every call,
     so that calls reuse and replace the queue's packed filters under each other; in place
-    or copied, every result is its own inputs'."""
+    or copied, with either kernel file, every result is its own inputs'."""
     from atrous_cl.facts import is_simulator
 
     if is_simulator(queue.device):
