@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -21,6 +22,10 @@ MOVE_OPS = frozenset({"Transpose", "Reshape", "SpaceToDepth", "DepthToSpace", "P
                       "Squeeze", "Unsqueeze", "Identity"})
 #: How many nodes up or down from the conv the chain's ends are looked for.
 MAX_WALK = 12
+#: Why a model protobuf cannot serialise is not read.
+TOO_LARGE = ("the model is over protobuf's 2 GiB limit (its weights included, where external "
+             "data was loaded with it), which onnx's shape inference and checker need to "
+             "serialise it: fold cannot read it")
 
 
 class NoProof(Exception):
@@ -43,11 +48,24 @@ class Graph:
         inputs = {i.name for i in model.graph.input}
         self.inits = {t.name: t for t in model.graph.initializer if t.name not in inputs}
         self.defaults = {t.name for t in model.graph.initializer if t.name in inputs}
+        # Initializers whose data is in a file the model was loaded without: onnx would
+        # read it relative to the current directory, which may hold another model's.
+        self.external = {t.name for t in model.graph.initializer
+                         if t.data_location == onnx.TensorProto.EXTERNAL}
         self.outputs = {o.name for o in model.graph.output}
+        # Inferred afresh, without the shapes the model records for its tensors: those
+        # may be stale (a model inferred before an earlier chain was folded), and a
+        # symbolic dim must keep one name through the chain (see subgraph).
+        recorded = list(model.graph.value_info)
+        del model.graph.value_info[:]
         try:
             inferred = onnx.shape_inference.infer_shapes(model)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
             inferred = model
+        except EncodeError:
+            raise ValueError(TOO_LARGE) from None
+        finally:
+            model.graph.value_info.extend(recorded)
         self.shapes = {}
         g = inferred.graph
         for vi in [*g.input, *g.value_info, *g.output]:
@@ -97,8 +115,13 @@ class Graph:
             yield node, name
 
     def constant(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` if it depends on initializers and Constants alone, else None."""
+        """The value of ``name`` if it depends on initializers and Constants alone, else None.
+
+        Raises:
+            NoProof: it needs an initializer whose data was not loaded (:meth:`check_loaded`).
+        """
         if name in self.inits:
+            self.check_loaded(name)
             return numpy_helper.to_array(self.inits[name])
         try:
             nodes, inits, feeds = self.subgraph(name, None, 1)
@@ -108,48 +131,78 @@ class Graph:
             return None
         return self.evaluate(nodes, inits, {}, name)
 
-    def subgraph(self, target: str, source: str | None, batch: int):
+    def check_loaded(self, name: str) -> None:
+        """Raise :class:`NoProof` if initializer ``name``'s data lies in an external file
+        the model was loaded without."""
+        if name in self.external:
+            raise NoProof(f"the initializer {name!r} is stored in an external data file that "
+                          f"was not loaded with the model (onnx.load(path) loads it; "
+                          f"load_external_data=False does not)")
+
+    def subgraph(self, target: str, source: str | None, batch: int, symbol: str | None = None):
         """The nodes computing ``target`` from ``source``, initializers and fabricated shapes.
 
-        A ``Shape`` of a tensor that ``source`` does not determine (the
+        Only data movement may carry ``source``'s data to ``target``: on that path
+        every node is one of :data:`MOVE_OPS`, reading it as its first input, and
+        every other input (a pad, a shape, a slice's bounds) depends on
+        initializers, Constants and tensors' shapes alone, never on data, so that
+        what the proof sees on its inputs holds for every input.
+
+        A ``Shape`` of a tensor that ``source`` does not determine so (the
         model's input, say, in ``tf.stack([tf.shape(x)[0], ...])``) is fed
-        with that tensor's inferred shape, its symbolic dims set to ``batch``.
+        with that tensor's inferred shape, its symbolic dims set to ``batch``:
+        they must all be ``symbol``, the op's batch (none where it has none).
 
         Returns:
             ``(nodes in graph order, initializer names, {tensor: fed value})``.
 
         Raises:
-            NoProof: ``target`` depends on data other than ``source``'s.
+            NoProof: ``target`` depends on data other than ``source``'s, or on it
+                otherwise than by data movement.
         """
         keep, inits, feeds, done = set(), set(), {}, {}
 
-        def resolve(t: str) -> bool:
-            if t == source or t == "" or t in inits:
+        def resolve(t: str, data: bool) -> bool:
+            """Whether ``t`` is computed as allowed: ``data``, from source by data movement;
+            else (a node's other inputs) without reading any tensor's data."""
+            if t == source:
+                return data
+            if t == "" or t in inits:
                 return True
-            if t in done:
-                return done[t]
+            if (t, data) in done:
+                return done[t, data]
             if t in self.inits:
+                self.check_loaded(t)
                 inits.add(t)
                 return True
             node = self.producer.get(t)
             ok = node is not None
-            if ok and node.op_type == "Shape" and not resolve(node.input[0]):
-                feeds[t] = self._fabricated_shape(node, batch)
+            if ok and node.op_type == "Shape":
+                if not resolve(node.input[0], True):
+                    feeds[t] = self._fabricated_shape(node, batch, symbol)
+            elif ok and data:
+                ok = (node.op_type in MOVE_OPS and resolve(node.input[0], True)
+                      and all(resolve(i, False) for i in node.input[1:]))
             elif ok:
-                ok = all(resolve(i) for i in node.input)
-                if ok:
-                    keep.add(node_key(node))
-            done[t] = ok
+                ok = all(resolve(i, False) for i in [*node.input, *sorted(outer_reads(node))])
+            if ok and t not in feeds:
+                keep.add(node_key(node))
+            done[t, data] = ok
             return ok
 
-        if not resolve(target):
-            raise NoProof(f"{target!r} depends on data other than the op's value")
+        if not resolve(target, source is not None):
+            raise NoProof(f"{target!r} depends on data other than the op's value, or on it "
+                          f"otherwise than by data movement")
         return [n for n in self.nodes if node_key(n) in keep], sorted(inits), feeds
 
-    def _fabricated_shape(self, shape_node, batch: int) -> np.ndarray:
+    def _fabricated_shape(self, shape_node, batch: int, symbol: str | None) -> np.ndarray:
         dims = self.shapes.get(shape_node.input[0])
         if dims is None or None in dims:
             raise NoProof(f"the shape of {shape_node.input[0]!r} is not known")
+        other = sorted({d for d in dims if isinstance(d, str) and d != symbol})
+        if other:
+            raise NoProof(f"the shape of {shape_node.input[0]!r} has symbolic dims {other} "
+                          f"besides the op's batch")
         dims = [batch if isinstance(d, str) else d for d in dims]
         start, end = node_attr(shape_node, "start", 0), node_attr(shape_node, "end", len(dims))
         return np.array(dims[start:end], np.int64)

@@ -310,8 +310,10 @@ def run_fold(args: argparse.Namespace) -> int:
     """
     try:
         import onnx
+        from google.protobuf.message import EncodeError
 
         from onnx_export import fold, saving
+        from onnx_export.chains import TOO_LARGE
     except ImportError as e:
         if (e.name or "").split(".")[0] != "onnx":
             raise  # a bug, not a missing extra
@@ -344,6 +346,8 @@ def run_fold(args: argparse.Namespace) -> int:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         return _fold_error(f"cannot read a model from {args.input!r}: it fails onnx.checker: {e}")
+    except EncodeError:
+        return _fold_error(f"cannot fold {args.input!r}: {TOO_LARGE}; nothing written")
     result = fold.fold_with_report(model, conv_form=args.conv_form, pad_form=args.pad_form)
     for c in result.chains:
         if c.folded:

@@ -33,11 +33,12 @@ from typing import NamedTuple
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import helper
 
 from atrous_cl import geometry
 from onnx_export.api import check_choice, check_flag
-from onnx_export.chains import Graph, NoProof, node_key, outer_reads
+from onnx_export.chains import TOO_LARGE, Graph, NoProof, node_key, outer_reads
 from onnx_export.constants import MIN_OPSET, PAD_FORMS
 from onnx_export.emitter import conv_node, emit_conv, transpose_node
 from onnx_export.proof import Match, prove
@@ -92,7 +93,8 @@ def fold_atrous_chains(model: onnx.ModelProto, *, conv_form: bool = False,
 
     Raises:
         TypeError: ``model`` is not an ``onnx.ModelProto``, or a flag not a bool.
-        ValueError: ``pad_form`` is not one of :data:`PAD_FORMS`.
+        ValueError: ``pad_form`` is not one of :data:`PAD_FORMS`, or the model is
+            over protobuf's 2 GiB limit (which onnx's checker needs to serialise it).
     """
     return fold_with_report(model, conv_form=conv_form, pad_form=pad_form).model
 
@@ -107,11 +109,23 @@ def fold_with_report(model: onnx.ModelProto, *, conv_form: bool = False,
     out = onnx.ModelProto()
     out.CopyFrom(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    why = None
     if opset is not None and opset < MIN_OPSET:
         # The replacement's Slice takes its starts and ends as inputs (opset 10),
         # and ConvTranspose's pads mean what the emitter writes from opset 11.
         why = (f"the model's opset {opset} is below {MIN_OPSET}, the oldest the replacement's "
                f"nodes are written for; convert it first (onnx.version_converter)")
+    else:
+        # The proof runs chains in onnx's reference evaluator, which also runs nodes
+        # the standard forbids (a Slice naming an axis twice, a Reshape to -2): a
+        # model that runtimes refuse must not fold into one they run.
+        try:
+            onnx.checker.check_model(out, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            why = f"the model fails onnx.checker, so its chains are left as they are: {e}"
+        except EncodeError:
+            raise ValueError(TOO_LARGE) from None
+    if why is not None:
         return FoldResult(out, [ChainReport(n.name, False, why) for n in Graph(out).chain_convs()])
     folded, failed = [], {}
     progress = True

@@ -63,10 +63,10 @@ def prove(graph: Graph, conv) -> Match:
     rate = next(node_attr(node, "blocksize", 0) for node, _ in graph.walk_up(conv.input[0])
                 if node.op_type == "SpaceToDepth")
     reasons = []
-    for value, value_perm, padding, batches in _value_candidates(graph, conv, op, weight, rate,
-                                                                reasons):
+    for value, value_perm, padding, batch in _value_candidates(graph, conv, op, weight, rate,
+                                                              reasons):
         result, result_perm, output_hw = _prove_result(graph, conv, op, weight, rate, padding,
-                                                       value, value_perm, batches, reasons)
+                                                       value, value_perm, batch, reasons)
         if result is not None:
             return Match(op, value, value_perm, result, result_perm, weight, bias, rate,
                           padding, output_hw)
@@ -105,11 +105,23 @@ def _distinct(shape, elem) -> np.ndarray:
     return np.arange(1, size + 1, dtype=np.float64).reshape(shape).astype(dtype)
 
 
-def _batches(dims) -> tuple:
-    symbolic = {d for d in dims if isinstance(d, str) or d is None}
-    if None in symbolic or len(symbolic) > 1:
+class _Batch(NamedTuple):
+    """How the op's value varies: ``sizes`` its batch is proved at (``(None,)``: static),
+    the value tensor's ``axis`` that holds it and its ``symbol`` (None: static)."""
+
+    sizes: tuple
+    axis: int | None
+    symbol: str | None
+
+
+def _batches(dims) -> _Batch:
+    """The value's batch: its one symbolic dim, if any (which must prove to be the batch)."""
+    symbolic = [i for i, d in enumerate(dims) if isinstance(d, str) or d is None]
+    if any(dims[i] is None for i in symbolic) or len(symbolic) > 1:
         raise NoProof(f"shape {dims} has unknown dims besides one symbolic batch")
-    return PROOF_BATCHES if symbolic else (None,)
+    if not symbolic:
+        return _Batch((None,), None, None)
+    return _Batch(PROOF_BATCHES, symbolic[0], dims[symbolic[0]])
 
 
 def _concrete(dims, batch):
@@ -117,7 +129,7 @@ def _concrete(dims, batch):
 
 
 def _value_candidates(graph, conv, op, weight, rate, reasons):
-    """Tensors above the conv proved to be the op's value, ``(name, perm, padding, batches)``.
+    """Tensors above the conv proved to be the op's value, ``(name, perm, padding, batch)``.
 
     The highest first, so that the fold removes the most nodes.
     """
@@ -127,38 +139,47 @@ def _value_candidates(graph, conv, op, weight, rate, reasons):
         if dims is None or len(dims) != 4:
             continue
         try:
-            batches = _batches(dims)
+            batch = _batches(dims)
             runs = []
-            for b in batches:
+            for b in batch.sizes:
                 x = _distinct(_concrete(dims, b), graph.elem.get(name))
-                nodes, inits, feeds = graph.subgraph(target, name, b or 1)
+                nodes, inits, feeds = graph.subgraph(target, name, b or 1, batch.symbol)
                 runs.append((x, graph.evaluate(nodes, inits, {**feeds, name: x}, target)))
         except NoProof as e:
             reasons.append(str(e))
             continue
         for perm, padding in itertools.product(_PERMS, ("SAME", "VALID")):
+            # A symbolic dim must be the batch: only there do the sizes tried stand
+            # for every size (a symbolic height would change the output's).
+            if batch.axis is not None and perm[batch.axis] != 0:
+                continue
             if all(_space_to_batch_ok(op, x, got, perm, weight, rate, padding) for x, got in runs):
-                yield name, perm, padding, batches
+                yield name, perm, padding, batch
         reasons.append(f"the nodes from {name!r} to {conv.name!r} are not TF's space-to-batch "
                        f"for rate {rate} in any layout or padding")
 
 
-def _prove_result(graph, conv, op, weight, rate, padding, value, value_perm, batches, reasons):
+def _prove_result(graph, conv, op, weight, rate, padding, value, value_perm, batch, reasons):
     """The tensor below the conv proved to be the op's result, ``(name, perm, output_hw)``."""
     vdims = graph.shapes[value]
     source = conv.output[0]
     for _, name in reversed(list(graph.walk_down(source))):
         try:
             runs = []
-            for b in batches:
+            for b in batch.sizes:
                 n, h, w, _ = (_concrete(vdims, b)[i] for i in np.argsort(value_perm))
                 plan = _tf_plan(op, (h, w), weight, rate, padding)
                 cout = weight.shape[1] if op == "atrous_conv2d_transpose" else weight.shape[0]
                 u = _distinct((rate * rate * n, cout, *plan.conv_out_hw), graph.elem.get(value))
-                nodes, inits, feeds = graph.subgraph(name, source, b or 1)
+                nodes, inits, feeds = graph.subgraph(name, source, b or 1, batch.symbol)
                 runs.append((u, plan, graph.evaluate(nodes, inits, {**feeds, source: u}, name)))
         except NoProof as e:
             reasons.append(str(e))
+            continue
+        if len({plan.output_hw for _, plan, _ in runs}) > 1:
+            # The replacement crops to one output size; a size that varies with the
+            # symbolic dim is not the op's (never, with that dim the batch).
+            reasons.append(f"the output's height and width vary with {batch.symbol!r}")
             continue
         for perm in _PERMS:
             if all(_batch_to_space_ok(u, got, perm, rate, plan) for u, plan, got in runs):

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from atrous_cl import cli as main_cli
 from onnx_export import fold
-from onnx_export.chains import MOVE_OPS
+from onnx_export.chains import MOVE_OPS, Graph, NoProof
 
 MODELS_DIR = pathlib.Path(__file__).parent / "models"
 #: model -> (chains it holds, node count tf2onnx wrote, node count folded with the defaults)
@@ -166,7 +166,8 @@ def test_shared_transpose_is_kept():
     shared = next(n for n in model.graph.node if n.op_type == "Transpose")
     model.graph.node.append(onnx.helper.make_node("Relu", [shared.output[0]], ["side"],
                                                   name="neighbour"))
-    model.graph.output.append(onnx.helper.make_empty_tensor_value_info("side"))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("side", onnx.TensorProto.FLOAT,
+                                                                 [None] * 4))
     result = fold.fold_with_report(model)
     assert [c.folded for c in result.chains] == [True]
     folded = result.model
@@ -285,6 +286,159 @@ def test_a_chain_tensor_read_inside_a_subgraph_is_kept():
     got, side = sess(result.model).run(None, feeds)
     assert_close(got, want, "subgraph reader")
     np.testing.assert_array_equal(side, sess(model).run(None, feeds)[1])
+
+
+def test_a_dynamic_height_is_not_taken_for_the_batch():
+    """A static batch and a dynamic height (audio's [1, T, F, C]): the proof tries its
+    sizes only for a symbolic batch, so the chain stays in every form, and the model
+    still gives TF's output at every height (it gave height 1's, cropped, when folded)."""
+    model, data = load("dynamic_height")
+    for form in FORMS.values():
+        result = fold.fold_with_report(model, **form)
+        assert [c.folded for c in result.chains] == [False], result.chains
+        assert result.model.SerializeToString() == model.SerializeToString()
+    for x, want, h in tf_cases(data):  # (height 1 gives zeros: every tap lies outside)
+        np.testing.assert_allclose(run_ort(model, x), want, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"height {h}")
+
+
+def _with_external_weights(model, folder, scale):
+    """``model`` with its float initializers times ``scale``, saved in ``folder`` as
+    model.onnx and weights.data (every initializer of 1 KiB or more)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for t in m.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * scale, t.name))
+    folder.mkdir()
+    onnx.save(m, folder / "model.onnx", save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.data", size_threshold=1024)
+    return folder / "model.onnx"
+
+
+def test_weights_in_external_data_not_loaded_are_not_read(tmp_path, monkeypatch):
+    """A model loaded without its external data (load_external_data=False): the proof
+    would read the weights relative to the current directory, another model's there
+    (a wrong fold that ran); the chain stays, saying why. Loaded with it, it folds."""
+    model, data = load("single_b1")
+    mine = _with_external_weights(model, tmp_path / "a", 1.0)
+    _with_external_weights(model, tmp_path / "b", -3.0)
+    lazy = onnx.load(mine, load_external_data=False)
+    monkeypatch.chdir(tmp_path / "b")  # holds a weights.data, of other weights
+    result = fold.fold_with_report(lazy)
+    assert [c.folded for c in result.chains] == [False]
+    assert "external data" in result.chains[0].detail, result.chains
+    assert result.model.SerializeToString() == lazy.SerializeToString()
+    # The weight loaded, but another of the chain's initializers not:
+    conv = next(n for n in lazy.graph.node if n.op_type == "ConvTranspose")
+    weight = next(t for t in lazy.graph.initializer if t.name == conv.input[1])
+    onnx.external_data_helper.load_external_data_for_tensor(weight, str(tmp_path / "a"))
+    weight.data_location = onnx.TensorProto.DEFAULT
+    del weight.external_data[:]
+    pads = next(n for n in lazy.graph.node if n.op_type == "Pad").input[1]
+    pads = next(t for t in lazy.graph.initializer if t.name == pads)
+    onnx.external_data_helper.set_external_data(pads, "weights.data", offset=0, length=64)
+    pads.ClearField("raw_data")
+    pads.data_location = onnx.TensorProto.EXTERNAL
+    result = fold.fold_with_report(lazy)
+    assert [c.folded for c in result.chains] == [False]
+    assert "external data" in result.chains[0].detail and pads.name in result.chains[0].detail
+    monkeypatch.chdir(tmp_path)
+    result = fold.fold_with_report(onnx.load(mine))
+    assert [c.folded for c in result.chains] == [True]
+    x, want, _ = tf_cases(data)[0]
+    assert_close(run_ort(result.model, x), want, "loaded with its data")
+
+
+def test_a_pad_that_reads_the_values_data_is_not_folded():
+    """A pad computed from the input's data (one row when it holds a negative number,
+    shifted back by a Slice), not its shape: the proof's values are all positive, so
+    a proof from the input would hold and the fold drop the shift. Only shapes,
+    constants and initializers may feed a pad, a shape or a slice's bounds: the fold
+    takes the shifted tensor for the op's value (the chain's own Pad adds nothing
+    here), and the model gives what it gave."""
+    model, data = load("single_b1")
+    g = model.graph
+    pad = next(n for n in g.node if n.op_type == "Pad")
+    shifted = pad.output[0]
+    pad.input[1], pad.output[0] = "data_pads", "padded"
+    make = onnx.helper.make_node
+    nodes = [make("ReduceMin", ["x"], ["least"], keepdims=0),
+             make("Less", ["least", "zero"], ["negative"]),
+             make("Cast", ["negative"], ["rows0"], to=onnx.TensorProto.INT64),
+             make("Reshape", ["rows0", "one"], ["rows"]),
+             make("Concat", ["z1", "rows", "z6"], ["data_pads"], axis=0)]
+    g.initializer.extend(numpy_helper.from_array(np.array(v, dtype), name) for name, v, dtype in (
+        ("zero", 0, np.float32), ("one", [1], np.int64), ("z1", [0], np.int64),
+        ("z6", [0] * 6, np.int64), ("s0", [0], np.int64), ("s16", [16], np.int64),
+        ("ax1", [1], np.int64)))
+    at = list(g.node).index(pad)
+    kept = [*g.node[:at], *nodes, pad, make("Slice", ["padded", "s0", "s16", "ax1"], [shifted]),
+            *g.node[at + 1:]]
+    del g.node[:]
+    g.node.extend(kept)
+    onnx.checker.check_model(model, full_check=True)
+    result = fold.fold_with_report(model)
+    assert [c.folded for c in result.chains] == [True], result.chains
+    assert "ReduceMin" in [n.op_type for n in result.model.graph.node]
+    x = tf_cases(data)[0][0]
+    assert x.min() < 0
+    np.testing.assert_allclose(run_ort(result.model, x), run_ort(model, x), rtol=1e-5, atol=1e-6)
+    # From the input alone, the chain is not proved:
+    graph = Graph(model)
+    with pytest.raises(NoProof, match="data movement"):
+        graph.subgraph(next(n for n in g.node if n.op_type == "SpaceToDepth").input[0], "x", 1)
+
+
+def test_a_shape_with_a_symbolic_dim_besides_the_batch_is_not_fabricated():
+    """The chain's crop arithmetic reading the shape of another input, whose symbolic
+    dim is not the op's batch: the proof would give both the same size, and a fold
+    then ignore the other input; the chain stays."""
+    model, _ = load("dynamic_even_odd")
+    shape = next(n for n in model.graph.node if n.op_type == "Shape" and n.input[0] == "x")
+    shape.input[0] = "other"
+    model.graph.input.append(onnx.helper.make_tensor_value_info(
+        "other", onnx.TensorProto.FLOAT, ["M", 11, 9, 4]))
+    onnx.checker.check_model(model, full_check=True)
+    result = fold.fold_with_report(model)
+    assert not result.chains[0].folded, result.chains
+    assert "besides the op's batch" in result.chains[0].detail
+
+
+@pytest.mark.parametrize("change", ["slice-axis-twice", "reshape-to-minus-two"])
+def test_a_model_the_standard_forbids_is_left(change):
+    """onnx's reference evaluator, which the proof runs, takes nodes the standard
+    forbids (and runtimes refuse): such a model must not fold into one they run."""
+    model, _ = load("single_b1" if change.startswith("slice") else "dynamic_even_odd")
+    if change.startswith("slice"):
+        axes = next(n for n in model.graph.node if n.op_type == "Slice").input[3]
+        _set_init(model, axes, lambda a: np.full_like(a, a[-1]))
+    else:
+        shape = next(n for n in model.graph.node if n.op_type == "Reshape").input[1]
+        _set_init(model, shape, lambda s: np.where(s == -1, -2, s))
+    result = fold.fold_with_report(model)
+    assert not any(c.folded for c in result.chains)
+    assert all("fails onnx.checker" in c.detail for c in result.chains), result.chains
+    assert result.model.SerializeToString() == model.SerializeToString()
+
+
+def test_a_model_past_protobufs_limit_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    """Over 2 GiB (weights loaded inline) onnx cannot serialise a model for its checker
+    or shape inference: fold says so, and the CLI writes nothing."""
+    from google.protobuf.message import EncodeError
+
+    def too_large(*a, **k):
+        raise EncodeError("Failed to serialize proto")
+
+    monkeypatch.setattr(onnx.checker, "check_model", too_large)
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", too_large)
+    with pytest.raises(ValueError, match="over protobuf's 2 GiB limit"):
+        fold.fold_atrous_chains(load("single_b1")[0])
+    out = tmp_path / "o.onnx"
+    assert main_cli.main(["fold", str(MODELS_DIR / "single_b1.onnx"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("atrous-cl fold: error: cannot fold") and "2 GiB" in err
+    assert "nothing written" in err and not out.exists()
 
 
 def test_a_model_below_the_oldest_opset_is_left():

@@ -3,11 +3,12 @@
 
 Writes ``<name>.onnx`` (tf2onnx's lowering, unchanged) and ``<name>.npz``
 (inputs and TF's outputs for a few batch sizes, keys ``x<batch>`` and
-``y<batch>``) for every model in :data:`MODELS` next to this file. TensorFlow
-and tf2onnx are needed only here, never by the package or its tests::
+``y<batch>``; the height for ``dynamic_height``) for every model in :data:`MODELS`
+(or those named) next to this file. TensorFlow and tf2onnx are needed only here,
+never by the package or its tests::
 
     python3 -m venv /tmp/venv-tf && /tmp/venv-tf/bin/pip install tensorflow-cpu tf2onnx
-    /tmp/venv-tf/bin/python tests/models/make_models.py
+    /tmp/venv-tf/bin/python tests/models/make_models.py [NAME ...]
 
 Written with TensorFlow 2.21 and tf2onnx 1.17.0 at opset 17.
 """
@@ -78,26 +79,46 @@ def decoder():
     return fn, [None, 32, 32, 16], [1, 2, 3]
 
 
+def dynamic_height():
+    """A static batch and a dynamic height (audio's ``[1, T, F, C]``): k4x3, rate 3, SAME,
+    whose output height follows the input's. Not the batch: its chain must not fold."""
+    f = weights(4, 3, 3, 2)
+
+    def fn(x):
+        return tf.nn.atrous_conv2d_transpose(x, f, tf.stack([1, tf.shape(x)[1], 8, 3]), 3, "SAME")
+    return fn, [1, None, 8, 2], [1, 2, 5, 7]
+
+
 MODELS = {"single_b1": single_b1, "single_b3_valid": single_b3_valid,
-          "dynamic_even_odd": dynamic_even_odd, "decoder": decoder}
+          "dynamic_even_odd": dynamic_even_odd, "decoder": decoder,
+          "dynamic_height": dynamic_height}
 
 
-def main():
+def main(names=None):
+    """Write the models named (all by default: the weights come from one generator in
+    turn, so a model written alone has others than in a full run)."""
     for name, make in MODELS.items():
-        fn, shape, batches = make()
+        if names and name not in names:
+            continue
+        fn, shape, sizes = make()
         spec = [tf.TensorSpec(shape, tf.float32, name="x")]
         tf_fn = tf.function(fn, input_signature=spec)
         model, _ = tf2onnx.convert.from_function(tf_fn, input_signature=spec, opset=OPSET)
         model.producer_version = f"{tf2onnx.__version__} (TF {tf.__version__})"
         (HERE / f"{name}.onnx").write_bytes(model.SerializeToString())
         data = {}
-        for b in batches:
-            x = rng.standard_normal([b, *shape[1:]]).astype(np.float32)
+        dynamic = shape.index(None) if None in shape else 0
+        for b in sizes:  # of the dynamic dim: the batch but in dynamic_height
+            x_shape = [*shape]
+            x_shape[dynamic] = b
+            x = rng.standard_normal(x_shape).astype(np.float32)
             data[f"x{b}"], data[f"y{b}"] = x, tf_fn(tf.constant(x)).numpy()
         np.savez_compressed(HERE / f"{name}.npz", **data)
-        print(f"{name}: {len(model.graph.node)} nodes, batches {batches}, "
-              f"output {data[f'y{batches[0]}'].shape}")
+        print(f"{name}: {len(model.graph.node)} nodes, sizes {sizes}, "
+              f"output {data[f'y{sizes[0]}'].shape}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])
