@@ -52,6 +52,40 @@ def _kind(device: cl.Device) -> str:
 #: state belongs to it, and a process forked from it may not use that state.
 _opencl_pid: int | None = None
 
+#: Where this process was forked from a process whose OpenCL drivers were loaded
+#: though not by us (pyopencl called directly): that process's pid.
+_forked_from_drivers: int | None = None
+
+#: Parts of the file names of OpenCL drivers' libraries (the ICDs the loader opens at
+#: the first platform query): PoCL, Intel's CPU and GPU runtimes, Oclgrind, NVIDIA's,
+#: AMD's, Mesa's.
+DRIVER_LIBRARIES = ("libpocl", "libintelocl", "libigdrcl", "liboclgrind", "libnvidia-opencl",
+                    "libamdocl", "libMesaOpenCL", "librusticl")
+
+
+def drivers_loaded() -> bool:
+    """Whether an OpenCL driver's library (:data:`DRIVER_LIBRARIES`) is mapped into this
+    process: the ICD loader opens them at the first platform query, whoever made it.
+    Read from ``/proc/self/maps``; False where there is none."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            text = maps.read()
+    except OSError:
+        return False
+    return any(name in text for name in DRIVER_LIBRARIES)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child whose parent had OpenCL drivers loaded, though not through us, notes
+    it here: its mappings are still the parent's."""
+    global _forked_from_drivers
+    if _opencl_pid is None and _forked_from_drivers is None and drivers_loaded():
+        _forked_from_drivers = os.getppid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 def check_not_forked() -> None:
     """Refuse OpenCL work in a process forked after its parent used OpenCL.
@@ -59,22 +93,32 @@ def check_not_forked() -> None:
     A fork copies the driver's state but not its threads: PoCL's child hangs
     forever in its first ``finish``, and no driver promises more. A process
     forked before any OpenCL call (as ``import atrous_cl`` makes none) is fine.
-    The first call in a process also shields the drivers from a global LLVM
-    (:func:`atrous_cl.icd.shield_from_global_llvm`), since OpenCL starts here.
+    A parent's use through this library is known; one through pyopencl alone
+    shows as a driver library the child finds mapped as it starts
+    (:func:`drivers_loaded`). The first call in a process also shields the
+    drivers from a global LLVM (:func:`atrous_cl.icd.shield_from_global_llvm`),
+    since OpenCL starts here.
 
     Raises:
         DeviceError: this process is such a child.
     """
     global _opencl_pid
     pid = os.getpid()
+    if _opencl_pid is None and _forked_from_drivers is not None:
+        raise DeviceError(f"this process ({pid}) was forked from process {_forked_from_drivers} "
+                          f"after that one had loaded OpenCL drivers, which do not survive a fork "
+                          f"(PoCL hangs); {_FORK_ADVICE}", status=None)
     if _opencl_pid is None:
         icd.shield_from_global_llvm()
         _opencl_pid = pid
     elif _opencl_pid != pid:
         raise DeviceError(f"this process ({pid}) was forked from process {_opencl_pid} after that "
                           f"one had used OpenCL, whose drivers do not survive a fork (PoCL hangs); "
-                          f"start workers with multiprocessing's 'spawn' or 'forkserver' method, "
-                          f"or fork before the first OpenCL call", status=None)
+                          f"{_FORK_ADVICE}", status=None)
+
+
+_FORK_ADVICE = ("start workers with multiprocessing's 'spawn' or 'forkserver' method, or fork "
+                "before the first OpenCL call")
 
 
 def devices() -> list[DeviceInfo]:

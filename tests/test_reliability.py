@@ -488,6 +488,33 @@ def test_a_host_result_can_be_read_and_dropped_in_a_forked_child(queue):
     assert_close(results[0], want, context="in the parent")
 
 
+def test_a_child_forked_after_pyopencl_loaded_the_drivers_is_refused_clearly(tmp_path):
+    """A parent that used OpenCL through pyopencl alone (listing the devices) before
+    forking: the child, which PoCL would leave hanging in its first wait, gets the
+    same clear error, in a fresh process (this one has used OpenCL through us)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_after_pyopencl.py"
+    script.write_text(
+        "import os, sys, numpy as np, pyopencl as cl\n"
+        "import atrous_cl\n"
+        "assert [d for p in cl.get_platforms() for d in p.get_devices()]\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    v = np.ones((1, 4, 4, 2), np.float32); f = np.ones((3, 3, 2, 2), np.float32)\n"
+        "    try:\n"
+        "        atrous_cl.atrous_conv2d_transpose(v, f, (1, 4, 4, 2), 2, 'SAME')\n"
+        "    except atrous_cl.DeviceError as e:\n"
+        "        os._exit(0 if 'had loaded OpenCL drivers' in str(e) else 4)\n"
+        "    os._exit(3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n")
+    done = subprocess.run([sys.executable, str(script)], timeout=120, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
 def test_a_child_forked_before_any_opencl_call_works(tmp_path):
     """``import atrous_cl`` makes no OpenCL call, so forking right after it is fine."""
     import subprocess
