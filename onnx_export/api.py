@@ -22,8 +22,8 @@ from atrous_cl.validation import (check_array_shape, check_conv_args, check_int,
 from onnx_export.constants import (BATCH_DIM, DEFAULT_INPUT_NAME, DEFAULT_OPSET,
                                    DEFAULT_OUTPUT_NAME, EXPORT_DTYPES, LAYOUTS, MAX_OPSET,
                                    MIN_OPSET, PAD_FORMS)
-from onnx_export.emitter import (INTERNAL_NAMES, NHWC_TO_NCHW, ExportPlan, conv_node, emit_model,
-                                 transpose_node)
+from onnx_export.emitter import (INTERNAL_NAMES, NHWC_TO_NCHW, ExportPlan, conv_form_exact,
+                                 conv_node, emit_model, transpose_node)
 
 #: Dimensions and the rate must stay below 2**31, as the op requires: the op
 #: passes them to its kernels as 32-bit ints, and runtimes size int64 pads and
@@ -170,7 +170,9 @@ def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, pad
             channels swapped, pads ``k_eff - 1 - crop``) instead of
             ``ConvTranspose``. onnxruntime's CPU provider runs it in
             0.3-0.9x the time of ConvTranspose (its NCHWc Conv kernels, see
-            ``benchmarks/bench_onnx.py``); other runtimes may differ.
+            ``benchmarks/bench_onnx.py``); other runtimes may differ. Equivalent
+            for finite filters only (its zero padding times an Inf weight is
+            NaN), so refused for others.
         input_name: name of the graph input.
         output_name: name of the graph output.
         symmetric_pads: the older spelling of ``pad_form``: ``True`` is
@@ -184,7 +186,8 @@ def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, pad
         ValueError: a shape, value or option is inconsistent (the op's
             errors), a dimension or the rate is 2**31 or more (the op's
             limits), the filters exceed :data:`MAX_FILTER_BYTES` (protobuf's
-            2 GiB), or a name is one of :data:`INTERNAL_NAMES`.
+            2 GiB) or have no input or output channels, ``conv_form`` with
+            non-finite filters, or a name is one of :data:`INTERNAL_NAMES`.
         TypeError: an argument has the wrong type, or the filters a dtype no
             runtime runs (float64). Big-endian floats are converted, not refused.
     """
@@ -192,14 +195,24 @@ def export_atrous_conv2d_transpose(filters, value_shape, output_shape, rate, pad
     opts = _check_options(filters, layout, dynamic_batch, opset, pad_form, symmetric_pads,
                           input_name, output_name)
     conv_form = check_flag(conv_form, "conv_form")
+    symbolic = opts.dynamic_batch and _batch_free_shape(value_shape, "value_shape")[0] is None
     value_shape = _check_value_shape(value_shape, opts.dynamic_batch)
     if output_shape is None:
         output_shape = _geometry_output_shape(value_shape, filters.shape, rate, padding)
     elif opts.dynamic_batch:
         obatch, orest = _batch_free_shape(output_shape, "output_shape")
+        if symbolic and obatch is not None:
+            raise ValueError(f"output_shape's batch {obatch} cannot match the symbolic batch "
+                             f"value_shape gives (None): with dynamic_batch=True give None "
+                             f"there too, or value's batch")
         output_shape = (value_shape[0] if obatch is None else obatch, *orest)
     args = check_transpose_args(value_shape, filters.shape, output_shape, rate, padding)
     _check_limits(args)
+    if conv_form and not conv_form_exact(filters):
+        raise ValueError("conv_form=True with filters holding Inf or NaN: the Conv form pads "
+                         "the value with zeros and multiplies them by the weights, and 0 * Inf "
+                         "is NaN where TF's op adds no term; export without conv_form (the "
+                         "ConvTranspose forms are exact)")
     op_type, weight, node_pads, crop = transpose_node(filters, args.pads, args.output_shape[1:3],
                                                       args.rate, opts.pad_form, conv_form)
     return _emit(opts, op_type, weight, args, node_pads, crop, "atrous_conv2d_transpose")
@@ -298,6 +311,13 @@ def _check_value_shape(value_shape, dynamic_batch: bool) -> tuple:
 def _emit(opts: _Options, op_type: str, weight: np.ndarray, args, node_pads, crop,
           op_name: str) -> onnx.ModelProto:
     """The model's input/output shapes in ``opts.layout``, then :func:`emit_model`."""
+    kh, kw, *channels = args.filters_shape
+    if 0 in channels:
+        raise ValueError(f"{op_name} with filters of shape {list(args.filters_shape)}, no input "
+                         f"or output channels: OpenVINO refuses such a model and onnx's "
+                         f"reference a ConvTranspose without output channels, so it would not "
+                         f"run everywhere; export filters with channels (the op itself returns "
+                         f"zeros or an empty array here)")
     if 0 in args.output_shape[1:3]:
         h, w = args.output_shape[1:3]
         raise ValueError(f"{op_name} of a {args.value_shape[1]}x{args.value_shape[2]} value with "

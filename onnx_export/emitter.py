@@ -117,6 +117,13 @@ def conv_pads(pads: geometry.Pads, kernel_hw: tuple[int, int], rate: int) -> geo
     return geometry.Pads(eh - pads.top, ew - pads.left, eh - pads.bottom, ew - pads.right)
 
 
+def conv_form_exact(filters: np.ndarray) -> bool:
+    """Whether the Conv form of the transposed op computes it exactly with ``filters``: where
+    every weight is finite. The Conv form multiplies its zero padding by the weights, which
+    adds nothing then, but NaN for an Inf or NaN weight where TF's op adds no term."""
+    return bool(np.isfinite(filters).all())
+
+
 def transpose_node(filters: np.ndarray, pads: geometry.Pads, output_hw, rate: int,
                    pad_form: str, conv_form: bool):
     """What :func:`emit_conv` writes for the transposed op: the one place the pad form is chosen.

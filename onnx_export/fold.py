@@ -40,7 +40,7 @@ from atrous_cl import geometry
 from onnx_export.api import check_choice, check_flag
 from onnx_export.chains import TOO_LARGE, Graph, NoProof, node_key, outer_reads
 from onnx_export.constants import MIN_OPSET, PAD_FORMS
-from onnx_export.emitter import conv_node, emit_conv, transpose_node
+from onnx_export.emitter import conv_form_exact, conv_node, emit_conv, transpose_node
 from onnx_export.proof import Match, prove
 
 
@@ -82,7 +82,8 @@ def fold_atrous_chains(model: onnx.ModelProto, *, conv_form: bool = False,
     Args:
         model: the model, as tf2onnx wrote it (not changed).
         conv_form: write transposed ops as the equivalent forward Conv
-            (faster in onnxruntime's CPU provider).
+            (faster in onnxruntime's CPU provider); a chain with Inf or NaN
+            weights, for which it is not equivalent, gets the ConvTranspose.
         pad_form: as for :func:`~onnx_export.export_atrous_conv2d_transpose`;
             ``'portable'`` (default) never writes an asymmetric ConvTranspose,
             ``'single'`` always writes the one exact node.
@@ -140,8 +141,14 @@ def fold_with_report(model: onnx.ModelProto, *, conv_form: bool = False,
             except NoProof as e:
                 failed[conv.name] = str(e)
                 continue
-            removed = _rewrite(out, graph, match, conv_form, pad_form, len(folded) + 1)
-            folded.append(ChainReport(conv.name, True, _describe(match, conv_form), removed))
+            # The Conv form only where it is exact: finite weights (conv_form_exact).
+            as_conv = conv_form and (match.op == "atrous_conv2d" or conv_form_exact(
+                match.weight))
+            removed = _rewrite(out, graph, match, as_conv, pad_form, len(folded) + 1)
+            detail = _describe(match, as_conv) + ("" if as_conv == conv_form else
+                                                  " (weights Inf or NaN: the Conv form would "
+                                                  "turn its zero padding into NaN)")
+            folded.append(ChainReport(conv.name, True, detail, removed))
             failed.pop(conv.name, None)
             progress = True
             break

@@ -32,7 +32,7 @@ def save_model(model: onnx.ModelProto, path) -> str:
 
     Raises:
         IsADirectoryError: ``path`` is, or names, a directory.
-        ValueError: ``path`` is a FIFO, device or socket; or ``model`` cannot
+        ValueError: ``path`` is empty, or a FIFO, device or socket; or ``model`` cannot
             be serialised (over protobuf's 2 GiB).
         OSError: the directory is missing or not writable, a symlink loops,
             or the write failed.
@@ -72,6 +72,8 @@ _SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"
 
 def save_target(path: str) -> str:
     """The absolute file :func:`save_model` replaces for ``path``: a regular file or a new one."""
+    if not path:
+        raise ValueError("the output path is empty")
     if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
         raise IsADirectoryError(errno.EISDIR, "names a directory, not a model file path", path)
     target = os.path.realpath(path)

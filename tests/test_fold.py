@@ -441,6 +441,25 @@ def test_a_model_past_protobufs_limit_is_a_clear_error(tmp_path, capsys, monkeyp
     assert "nothing written" in err and not out.exists()
 
 
+def test_the_conv_form_is_not_written_for_non_finite_weights():
+    """With Inf or NaN weights the Conv form would multiply its zero padding by them (NaN
+    where TF's op adds no term): conv_form folds such a chain as the ConvTranspose, and
+    says so; the result keeps TF's NaN and infinities."""
+    model, data = load("single_b1")
+    conv = next(n for n in model.graph.node if n.op_type == "ConvTranspose")
+    _set_init(model, conv.input[1], lambda w: np.where(np.arange(w.size).reshape(w.shape) % 97
+                                                       == 5, np.inf, w))
+    result = fold.fold_with_report(model, conv_form=True)
+    assert [c.folded for c in result.chains] == [True]
+    assert "ConvTranspose (weights Inf or NaN" in result.chains[0].detail, result.chains
+    assert "ConvTranspose" in [n.op_type for n in result.model.graph.node]
+    x = tf_cases(data)[0][0]
+    got, want = run_ort(result.model, x), run_ort(model, x)
+    assert np.isnan(want).any() and np.isinf(want).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_a_model_below_the_oldest_opset_is_left():
     model, _ = load("single_b1")
     for o in model.opset_import:

@@ -411,13 +411,80 @@ def test_error_filters_not_4d():
 def test_error_an_empty_output_image(op, filters, value_shape, padding):
     """onnxruntime refuses a Conv or ConvTranspose with no output rows or columns
     (checked: "Computed output dimension is <= 0"), so such a model is not written.
-    An empty batch or no channels run, and stay exportable (the tables above)."""
+    An empty batch runs, and stays exportable (ZERO_BATCH)."""
     args = (np.ones(filters, np.float32), value_shape) + ((None,) if op == "transpose" else ())
     export = (onnx_export.export_atrous_conv2d_transpose if op == "transpose"
               else onnx_export.export_atrous_conv2d)
     with pytest.raises(ValueError, match=r"output: onnxruntime refuses a Conv or ConvTranspose "
                                          r"with no output rows or columns"):
         export(*args, 2, padding)
+
+
+@pytest.mark.parametrize("op, filters", [
+    ("transpose", (3, 3, 0, 4)), ("transpose", (3, 3, 2, 0)),
+    ("forward", (3, 3, 0, 2)), ("forward", (3, 3, 4, 0)),
+])
+def test_error_filters_without_channels(op, filters):
+    """OpenVINO refuses a Conv or ConvTranspose without input or output channels, and
+    onnx's reference a ConvTranspose without output channels: not written either."""
+    cin = filters[3] if op == "transpose" else filters[2]
+    args = (np.ones(filters, np.float32), (1, 5, 5, cin)) + ((None,) if op == "transpose" else ())
+    export = (onnx_export.export_atrous_conv2d_transpose if op == "transpose"
+              else onnx_export.export_atrous_conv2d)
+    with pytest.raises(ValueError, match=r"no input or output channels: OpenVINO refuses"):
+        export(*args, 2, "SAME")
+
+
+def _non_finite_filters(shape, dtype=np.float32):
+    """Random filters with +Inf, -Inf and NaN at a corner tap and in the middle."""
+    f = np.random.default_rng().standard_normal(shape).astype(dtype)
+    f[0, 0, 0, 0], f[-1, -1, -1, -1], f[shape[0] // 2, 0, -1, 0] = np.inf, np.nan, -np.inf
+    return f
+
+
+def _same_non_finite(got, want, what):
+    """NaN and infinities where TF's op has them, the finite values close."""
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(got), test(want), err_msg=f"{what}: {test.__name__}")
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], what)
+
+
+@pytest.mark.parametrize("case", [(1, 5, 5, 1, 1, 3, 3, 1, "SAME"), (1, 9, 8, 35, 23, 5, 5, 2,
+                                                                       "VALID"),
+                                  (2, 6, 5, 4, 3, 2, 2, 3, "SAME")], ids=case_id)
+def test_non_finite_filters_reach_only_their_taps(case):
+    """The ConvTranspose forms keep TF's semantics with Inf and NaN weights (a tap outside
+    the image adds no term) in onnxruntime and onnx's reference; the Conv form would
+    multiply its zero padding by them (0 * Inf = NaN), so it is refused."""
+    n, h, w, cin, cout, kh, kw, rate, padding = case
+    filters = _non_finite_filters((kh, kw, cout, cin))
+    value = np.random.default_rng().standard_normal((n, h, w, cin)).astype(np.float32)
+    want = reference(value, filters, (n, *geometry.transpose_output_hw((h, w), (kh, kw), rate,
+                                                                      padding), cout),
+                     rate, padding)
+    for options in ({}, dict(pad_form="single"), dict(layout="NCHW")):
+        model = onnx_export.export_atrous_conv2d_transpose(filters, value.shape, None, rate,
+                                                           padding, **options)
+        layout = options.get("layout", "NHWC")
+        for runner, run in RUNNERS.items():
+            got = from_model_layout(run(model, to_model_layout(value, layout)), layout)
+            _same_non_finite(got, want, f"{runner} {options}")
+    with pytest.raises(ValueError, match=r"conv_form=True with filters holding Inf or NaN"):
+        onnx_export.export_atrous_conv2d_transpose(filters, value.shape, None, rate, padding,
+                                                   conv_form=True)
+
+
+def test_the_forward_export_multiplies_its_padding_as_tf_does():
+    """The forward Conv's zero padding times an Inf weight is NaN in TF and by the ONNX
+    standard (onnx's reference), which the model follows; onnxruntime and OpenVINO skip
+    those terms (docs/onnx.md), a deviation of theirs."""
+    filters = _non_finite_filters((3, 3, 1, 1))
+    value = np.random.default_rng().standard_normal((1, 5, 5, 1)).astype(np.float32)
+    want = reference_conv(value, filters, 1, "SAME")
+    assert np.isnan(want).sum() > np.isnan(want[:, 1:-1, 1:-1]).sum()  # NaN on the border
+    model = onnx_export.export_atrous_conv2d(filters, value.shape, 1, "SAME")
+    _same_non_finite(run_onnx_reference(model, value), want, "onnx reference")
 
 
 def test_error_filters_empty_kernel():
@@ -508,6 +575,12 @@ def test_error_same_names():
 def test_error_empty_name():
     with pytest.raises(ValueError, match=r"input_name must be a non-empty string"):
         export(input_name="")
+
+
+def test_error_output_batch_against_a_symbolic_batch():
+    with pytest.raises(ValueError, match=r"output_shape's batch 7 cannot match the symbolic "
+                                         r"batch value_shape gives \(None\)"):
+        export(value_shape=(None, 5, 5, 4), output_shape=(7, 5, 5, 2), dynamic_batch=True)
 
 
 def test_dynamic_batch_accepts_none_batches():
@@ -895,10 +968,13 @@ def test_cli_reads_big_endian_filters(tmp_path, capsys):
                  reference(x, filters.astype(np.float32), (1, 7, 6, 5), 2, "SAME"), "big-endian")
 
 
-@pytest.mark.parametrize("target", ["fifo", "devnull-link", "directory", "loop"])
-def test_cli_refuses_special_outputs(tmp_path, filters_file, capsys, target):
+@pytest.mark.parametrize("target", ["fifo", "devnull-link", "directory", "loop", "empty"])
+def test_cli_refuses_special_outputs(tmp_path, filters_file, capsys, target, monkeypatch):
     out = tmp_path / "out.onnx"
-    if target == "fifo":
+    if target == "empty":  # not the current directory, which realpath('') gives
+        monkeypatch.chdir(tmp_path)
+        out = ""
+    elif target == "fifo":
         os.mkfifo(out)
     elif target == "devnull-link":
         out.symlink_to(os.devnull)
@@ -912,6 +988,7 @@ def test_cli_refuses_special_outputs(tmp_path, filters_file, capsys, target):
     err = capsys.readouterr().err
     assert rc == cli.USAGE_ERROR
     assert err.startswith(f"atrous-cl export: error: cannot write {str(out)!r}")
+    assert target != "empty" or "the output path is empty" in err
     assert sorted(os.listdir(tmp_path)) == before
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
 

@@ -573,6 +573,31 @@ def test_a_repeated_problem_is_checked_once_and_computed_each_call(queue, monkey
     assert len(checked) == 4
 
 
+def test_repeated_host_calls_return_arrays_of_their_own(queue):
+    """A repeated host call takes a result allocated while the call before ran (small
+    results, calls.SPARE_RESULT_BYTES): every result is new memory, never one returned
+    before, and keeps its own answer while later calls run, written to or dropped."""
+    rng = np.random.default_rng()
+    _, filters, output_shape, rate, padding = _problem(rng)
+    kept = []
+    for step in range(8):
+        value = rng.standard_normal((2, 6, 7, 5)).astype(np.float32)
+        got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
+                                                queue=queue)
+        want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+        assert_close(got, want, context=f"call {step}")
+        assert not any(np.shares_memory(got, other) for other, _ in kept)
+        if step % 3 == 2:
+            del got  # its memory may serve a later result
+        else:
+            kept.append((got, want))
+            if step % 2:
+                got += 1.0  # the caller's to write
+                kept[-1] = (got, want + 1.0)
+    for step, (got, want) in enumerate(kept):
+        assert_close(got, want, context=f"kept result {step}")
+
+
 @pytest.mark.parametrize("op", ["transpose_vjp", "conv_vjp"])
 def test_a_repeated_vjp_is_computed_each_call(queue, monkeypatch, op):
     checked = _counting_checks(monkeypatch)
