@@ -449,9 +449,12 @@ def check_apart(outputs: dict, inputs: dict) -> None:
         for other in names[i + 1:]:
             (mem_a, lo_a, hi_a), (mem_b, lo_b, hi_b) = spans[out_name], spans[other]
             if mem_a == mem_b and lo_a < hi_b and lo_b < hi_a:
-                raise ValueError(f"{out_name} shares device memory with {other}: the kernels "
-                                 f"read {other} while they write {out_name}, so the op cannot "
-                                 f"work in place; pass a separate array")
+                why = (f"the kernels write both, each over the other's elements"
+                       if other in outputs else
+                       f"the kernels read {other} while they write {out_name}, so the op "
+                       f"cannot work in place")
+                raise ValueError(f"{out_name} shares device memory with {other}: {why}; pass "
+                                 f"a separate array")
 
 
 def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,

@@ -163,7 +163,9 @@ def test_vjp_outputs_over_inputs_are_refused(queue, clash):
         d_filters = cl_array.Array(queue, filters.shape, filters.dtype, data=d_value.base_data)
         d_value = cl_array.Array(queue, value.shape, value.dtype, data=d_value.base_data)
     first, second = clash.split(" is ")
-    with pytest.raises(ValueError, match=f"{first} shares device memory with {second}"):
+    why = ("the kernels write both" if second.startswith("d_")
+           else f"the kernels read {second} while they write {first}")
+    with pytest.raises(ValueError, match=f"{first} shares device memory with {second}: {why}"):
         atrous_cl.atrous_conv2d_vjp(value, filters, 1, "SAME", dy, out=(d_value, d_filters))
 
 
