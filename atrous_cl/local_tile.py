@@ -359,7 +359,8 @@ def launch(queue: cl.CommandQueue, value, filters, out, args: TransposeArgs,
     kernel are chained by events (right on out-of-order queues); ``out`` gets
     the last event, which is returned (None when nothing was enqueued).
     ``forward_filters``: ``filters`` are the forward op's ``[kh, kw, in, out]``
-    (:func:`atrous_cl.launch.forward_as_transpose`).
+    (:func:`atrous_cl.launch.forward_as_transpose`). Host filters whose bytes this
+    queue packed last time are not packed again (:func:`atrous_cl.launch.packed_filters`).
 
     Args:
         tile: the work-group tile; :func:`default_tile` when None.

@@ -577,7 +577,7 @@ def test_a_repeated_problem_is_checked_once_and_computed_each_call(queue, monkey
 
 def test_repeated_host_calls_return_arrays_of_their_own(queue):
     """A repeated host call takes a result allocated while the call before ran (small
-    results, calls.SPARE_RESULT_BYTES): every result is new memory, never one returned
+    results from PoCL's SVM pool, calls.transpose_host): every result is new memory, never one returned
     before, and keeps its own answer while later calls run, written to or dropped."""
     rng = np.random.default_rng()
     _, filters, output_shape, rate, padding = _problem(rng)
