@@ -196,9 +196,9 @@ class HostCall(NamedTuple):
     empty: Callable | None  # the result's allocator without system SVM (memory.result_allocator)
     shape: tuple[int, ...]  # the result's
     dtype: np.dtype
-    # At most one result allocated while the last call's kernel ran, for the next call
-    # to take (list.pop: one taker, even between threads); results from the SVM pool
-    # only (``empty``, see transpose_host).
+    # A result allocated while the last call's kernel ran, for the next call to take
+    # (list.pop: one taker, even between threads; threads may leave one each); results
+    # from the SVM pool only (``empty``, see transpose_host).
     spares: list
 
 
@@ -280,7 +280,10 @@ def transpose_host(key: tuple, value: np.ndarray, filters: np.ndarray,
         # to back, 49 right after another op's work. Not NumPy's, which costs less than
         # what the allocation here takes from Intel's runtime's threads.
         if not spares and known.empty is not None:
-            spares.append(host_result(known.shape, known.dtype, known.empty))
+            try:
+                spares.append(host_result(known.shape, known.dtype, known.empty))
+            except (cl.Error, MemoryError):
+                pass  # the next call allocates its own; this one's result stands
         return out.get(queue)
     except BaseException:
         # The kernel may still use the arrays in place that the unwinding frees.

@@ -56,23 +56,33 @@ _opencl_pid: int | None = None
 #: though not by us (pyopencl called directly): that process's pid.
 _forked_from_drivers: int | None = None
 
-#: Parts of the file names of OpenCL drivers' libraries (the ICDs the loader opens at
-#: the first platform query): PoCL, Intel's CPU and GPU runtimes, Oclgrind, NVIDIA's,
-#: AMD's, Mesa's.
+#: How the file names of OpenCL drivers' libraries (the ICDs the loader opens at the
+#: first platform query) begin: PoCL, Intel's CPU and GPU runtimes, Oclgrind, NVIDIA's,
+#: AMD's, Mesa's Clover and rusticl.
 DRIVER_LIBRARIES = ("libpocl", "libintelocl", "libigdrcl", "liboclgrind", "libnvidia-opencl",
-                    "libamdocl", "libMesaOpenCL", "librusticl")
+                    "libamdocl", "libMesaOpenCL", "libRusticlOpenCL")
 
 
 def drivers_loaded() -> bool:
     """Whether an OpenCL driver's library (:data:`DRIVER_LIBRARIES`) is mapped into this
     process: the ICD loader opens them at the first platform query, whoever made it.
-    Read from ``/proc/self/maps``; False where there is none."""
+    Read from ``/proc/self/maps`` (the file names, not the folders: an environment
+    called ``libpocl-dev`` is not a driver); False where there is none."""
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            text = maps.read()
+            return maps_hold_a_driver(maps.read())
     except OSError:
         return False
-    return any(name in text for name in DRIVER_LIBRARIES)
+
+
+def maps_hold_a_driver(maps: str) -> bool:
+    """Whether ``maps`` (``/proc/PID/maps``'s text) maps a file whose name begins as one of
+    :data:`DRIVER_LIBRARIES` does."""
+    # A mapping's line ends in its path, after five fields; anonymous ones have none.
+    names = {os.path.basename(fields[5]) for fields in (line.split(maxsplit=5)
+                                                        for line in maps.splitlines())
+             if len(fields) == 6}
+    return any(name.startswith(DRIVER_LIBRARIES) for name in names)
 
 
 def _after_fork_in_child() -> None:

@@ -28,6 +28,16 @@ TOO_LARGE = ("the model is over protobuf's 2 GiB limit (its weights included, wh
              "serialise it: fold cannot read it")
 
 
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with onnx's shape inference, or as it is where inference fails."""
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return model
+    except EncodeError:
+        raise ValueError(TOO_LARGE) from None
+
+
 class NoProof(Exception):
     """A chain that could not be proved to be the op; the message says why."""
 
@@ -55,26 +65,30 @@ class Graph:
         self.outputs = {o.name for o in model.graph.output}
         # Inferred afresh, without the shapes the model records for its tensors: those
         # may be stale (a model inferred before an earlier chain was folded), and a
-        # symbolic dim must keep one name through the chain (see subgraph).
+        # symbolic dim must keep one name through the chain (see subgraph). Where that
+        # leaves tensors without a shape (after an op of a domain onnx does not know,
+        # say), inferred again from the recorded shapes, for those tensors alone: their
+        # symbols may not be the first inference's, which then proves nothing (see
+        # subgraph) but folds nothing wrong.
         recorded = list(model.graph.value_info)
         del model.graph.value_info[:]
         try:
-            inferred = onnx.shape_inference.infer_shapes(model)
-        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
-            inferred = model
-        except EncodeError:
-            raise ValueError(TOO_LARGE) from None
+            graphs = [_inferred(model).graph]
         finally:
             model.graph.value_info.extend(recorded)
-        self.shapes = {}
-        g = inferred.graph
-        for vi in [*g.input, *g.value_info, *g.output]:
-            t = vi.type.tensor_type
-            if t.HasField("shape"):
-                self.shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else
-                                             (d.dim_param or None) for d in t.shape.dim)
-        self.elem = {vi.name: vi.type.tensor_type.elem_type
-                     for vi in [*g.input, *g.value_info, *g.output]}
+        produced = {o for n in self.nodes for o in n.output if o}
+        shaped = {vi.name for vi in [*graphs[0].value_info, *graphs[0].output]
+                  if vi.type.tensor_type.HasField("shape")}
+        if recorded and not produced <= shaped:
+            graphs.append(_inferred(model).graph)
+        self.shapes, self.elem = {}, {}
+        for g in graphs:
+            for vi in [*g.input, *g.value_info, *g.output]:
+                t = vi.type.tensor_type
+                if t.HasField("shape") and vi.name not in self.shapes:
+                    self.shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else
+                                                 (d.dim_param or None) for d in t.shape.dim)
+                self.elem.setdefault(vi.name, t.elem_type)
 
     def chain_convs(self):
         """Undilated convs with a SpaceToDepth above and a DepthToSpace below: the pattern."""

@@ -506,6 +506,25 @@ def test_an_export_has_no_chain():
     assert result.chains == [] and result.model.SerializeToString() == model.SerializeToString()
 
 
+def test_a_chain_after_an_op_onnx_cannot_infer_folds_from_the_recorded_shapes():
+    """An op of a domain onnx does not know stops shape inference; the shapes the model
+    records past it (as tf2onnx writes them) still let the chain below fold."""
+    model, data = load("single_b1")
+    g = model.graph
+    first = next(n for n in g.node if "x" in n.input)
+    first.input[list(first.input).index("x")] = "x_passed"
+    g.node.insert(0, onnx.helper.make_node("Passthrough", ["x"], ["x_passed"], domain="com.example"))
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    inferred = onnx.shape_inference.infer_shapes(load("single_b1")[0]).graph
+    g.value_info.extend([onnx.helper.make_tensor_value_info("x_passed", onnx.TensorProto.FLOAT,
+                                                            [1, 16, 16, 6]),
+                         *inferred.value_info])
+    onnx.checker.check_model(model, full_check=True)
+    result = fold.fold_with_report(model)
+    assert [c.folded for c in result.chains] == [True], result.chains
+    assert "Passthrough" in [n.op_type for n in result.model.graph.node]
+
+
 def test_shapes_recorded_for_removed_tensors_go():
     model, data = load("decoder")
     inferred = onnx.shape_inference.infer_shapes(model)

@@ -517,6 +517,20 @@ def test_a_child_forked_after_pyopencl_loaded_the_drivers_is_refused_clearly(tmp
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
 
 
+def test_driver_libraries_are_told_by_their_file_names():
+    """The fork check looks for a driver's library among the mapped files' names, not in
+    their folders (an environment named after PoCL loads no driver)."""
+    from atrous_cl.discovery import maps_hold_a_driver
+
+    line = "7f00-7f10 r-xp 00000000 08:01 1234                       {}\n"
+    assert maps_hold_a_driver(line.format("/venv/lib/pocl/libpocl.so.2.9.0"))
+    assert maps_hold_a_driver(line.format("/usr/lib/x86_64-linux-gnu/libRusticlOpenCL.so.1"))
+    assert maps_hold_a_driver("7f00-7f10 r-xp 00000000 08:01 1 /opt/intel lib/libintelocl.so\n")
+    assert not maps_hold_a_driver(line.format("/envs/libpocl-dev/lib/libpython3.11.so.1.0")
+                                  + line.format("/usr/lib/libOpenCL.so.1") + "7f00-7f10 rw-p "
+                                  "00000000 00:00 0\n" + line.format("[heap]"))
+
+
 def test_a_child_forked_before_any_opencl_call_works(tmp_path):
     """``import atrous_cl`` makes no OpenCL call, so forking right after it is fine."""
     import subprocess
