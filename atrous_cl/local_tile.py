@@ -11,7 +11,7 @@ window and the weights its work-items share into ``__local`` memory first.
 The op runs it only where ``atrous-cl tune`` stored one of its tiles as the
 fastest (:func:`tune_candidates`: GPUs only); untuned problems take the register
 tiles. On an NVIDIA H200 it ran C and D 6-7% faster than the best register tile
-and A and B 1.4-1.7x slower (docs/performance.md, "Issue 13 on a GPU"). Verified
+and A and B 1.4-1.7x slower (docs/performance-history.md, "Issue 13 on a GPU"). Verified
 on CPU devices and under Oclgrind (local memory, barriers and data races
 included), where it is 5-50x slower than the register-tile kernel, as a GPU
 design would be.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # The checks a session with a lent NVIDIA GPU machine runs, prepared so that one device call does
-# them all (device time is short: docs/performance.md, "Issue 13 on a GPU").
+# them all (device time is short: docs/performance-history.md, "Issue 13 on a GPU").
 #
 #   bash benchmarks/gpu_session.sh fetch [BEFORE]  # here, with PyPI: pyopencl and its
 #                                          # dependencies as cp312 wheels into .whl/ (emptied

@@ -9,7 +9,7 @@ once (pinned on GPU drivers), the NumPy memcpy into or out of it included, and
 the copy from it alone; NumPy's memcpy; and, where PyTorch sees a CUDA GPU,
 ``tensor.cuda()`` and ``.cpu()`` of the same array. Median ms of ``--repeat``
 copies after one unmeasured. What the host API's copies cost on a GPU, and
-whether pinned staging would pay (docs/performance.md, "Issue 13 on a GPU").
+whether pinned staging would pay (docs/performance-history.md, "Issue 13 on a GPU").
 """
 
 from __future__ import annotations
