@@ -10,8 +10,10 @@ for the whole process (:func:`provide_cache_home`).
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import warnings
@@ -34,6 +36,27 @@ def warn_once(message: str, stacklevel: int = 1) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, read only if it is a regular file, opened without blocking
+    (a plain open of a FIFO waits for a writer forever) and up to ``limit`` bytes.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        OSError: it cannot be opened, is not a regular file (``EINVAL``) or is larger
+            than ``limit`` (``EFBIG``).
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):  # not even opened: a device may act on open
+        raise OSError(errno.EINVAL, "is not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since the stat
+            raise OSError(errno.EINVAL, "is not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"is larger than {limit} bytes")
+    return data
 
 
 def _home_cache() -> Path | None:

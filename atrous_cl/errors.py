@@ -43,6 +43,12 @@ class DeviceCapabilityError(AtrousCLError, ValueError):
     """
 
 
+class VectorWidthError(DeviceCapabilityError):
+    """A tile's vectors are wider than the device's compiler builds without crashing the
+    process (:func:`atrous_cl.facts.max_vector_bytes`). Only hand-made tiles and layouts
+    ask for them there; the defaults and ``atrous-cl tune`` keep within the limit."""
+
+
 def picklable_chain(error: BaseException) -> BaseException:
     """``error`` with each ``__cause__``/``__context__`` that does not pickle replaced by its text.
 

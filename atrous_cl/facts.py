@@ -85,6 +85,25 @@ def is_pocl(device: cl.Device) -> bool:
     return "portable computing language" in facts(device).platform.lower()
 
 
+def max_vector_bytes(device: cl.Device) -> int | None:
+    """The widest vector, in bytes, that ``device``'s compiler builds without crashing the
+    process: 32 for PoCL building for a CPU target without 512-bit vectors in its name
+    (the device version's ``HSTR: pthread-<triple>-<cpu>``) while it reports native float
+    vectors of 16 (the host's AVX-512 features on), else None (no limit known).
+
+    PyPI's PoCL 3.0 (LLVM 14) on AMD Zen 4 (family 25 model 17; its LLVM names it
+    ``znver3`` and adds the host's AVX-512 features), 2026-12-06: kernels with vectors
+    of 16 floats or 8 doubles abort the process at their first launch ("LLVM ERROR: Do not
+    know how to scalarize this operator's operand") or crash it, and leave PoCL's kernel
+    cache holding a program without kernels for later processes. The same PoCL on Zen 3
+    (AVX2, native float vectors of 8) builds 16-float vectors as two of 8.
+    """
+    f = facts(device)
+    if is_pocl(device) and "avx512" not in f.version.lower() and f.float_width >= 16:
+        return 32
+    return None
+
+
 def describe(device: cl.Device) -> str:
     """``'name (platform, driver version)'`` for messages."""
     f = facts(device)

@@ -70,6 +70,25 @@ def _sync_vendors(folder: Path, lib: Path) -> None:
             entry.unlink(missing_ok=True)  # its system file is gone (or another process removed it)
 
 
+def _folder_name(lib: Path) -> str:
+    """The vendors folder's name for ``lib``: by the runtime's path and the names of the
+    system's vendor files, so that machines sharing a cache home (a home on NFS) whose
+    systems list other drivers keep folders of their own, and one machine's sync never
+    removes the entries another's loader is about to read."""
+    names = sorted(icd.name for icd in _SYSTEM_VENDORS.glob("*.icd")) \
+        if _SYSTEM_VENDORS.is_dir() else []
+    return hashlib.sha1("\n".join([str(lib), *names]).encode()).hexdigest()[:12]
+
+
+def _ours_and_gone(vendors: str) -> bool:
+    """Whether ``OCL_ICD_VENDORS`` names a folder of ours that no longer exists: a child
+    that outlived its parent, whose private temporary cache home went at its exit
+    (:func:`atrous_cl.cache.cache_dir`). Its loader would find no vendor at all."""
+    path = Path(vendors)
+    return path.parent.name == "icd" and path.parent.parent.name == "atrous-cl" \
+        and not path.exists()
+
+
 def register_pip_icds() -> str | None:
     """Make an Intel OpenCL runtime installed from PyPI visible to the ICD loader.
 
@@ -88,13 +107,14 @@ def register_pip_icds() -> str | None:
         The folder now in ``OCL_ICD_VENDORS``, or None when nothing was changed
         (with a warning naming the folder if it could not be written).
     """
-    if "OCL_ICD_VENDORS" in os.environ:
+    inherited = os.environ.get("OCL_ICD_VENDORS")
+    if inherited is not None and not _ours_and_gone(inherited):
         return None
     lib = _pip_intel_runtime()
     if lib is None:
         return None
     try:
-        folder = cache_dir() / "icd" / hashlib.sha1(str(lib).encode()).hexdigest()[:12]
+        folder = cache_dir() / "icd" / _folder_name(lib)
         _sync_vendors(folder, lib)
     except OSError as e:
         warnings.warn(f"atrous-cl could not register Intel's OpenCL runtime ({lib}) with the ICD "

@@ -12,6 +12,7 @@ re-raised as :class:`atrous_cl.errors.DeviceError`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.resources
 import os
@@ -26,20 +27,36 @@ import numpy as np
 import pyopencl as cl
 from pyopencl.tools import context_dependent_memoize
 
-from atrous_cl.cache import cache_dir, warn_once
-from atrous_cl.errors import DeviceError
-from atrous_cl.facts import describe, is_pocl, status_name
+from atrous_cl.cache import cache_dir, read_regular, warn_once
+from atrous_cl.errors import DeviceError, VectorWidthError
+from atrous_cl.facts import describe, is_pocl, max_vector_bytes, status_name
 
-def kernel_source(filename: str) -> str:
-    """The text of a ``.cl`` file shipped with the package.
+@functools.cache
+def _kernel_texts() -> dict[str, str]:
+    """Every ``.cl`` file shipped with the package, read together the first time one is
+    needed, so that a process builds from one version of them: a package upgraded under a
+    running process would otherwise pair new kernels with the process's host code
+    (a review's test: relative error 3.0 on the first build after the swap).
 
     An installed wheel carries ``kernels/`` as the package ``atrous_cl.kernels``;
     a source checkout has it at the repository root.
     """
     try:
-        return importlib.resources.files("atrous_cl.kernels").joinpath(filename).read_text()
+        folder = importlib.resources.files("atrous_cl.kernels")
+        files = [f for f in folder.iterdir() if f.name.endswith(".cl")]
     except (ModuleNotFoundError, FileNotFoundError):
-        return (Path(__file__).resolve().parent.parent / "kernels" / filename).read_text()
+        files = []
+    if not files:
+        files = sorted((Path(__file__).resolve().parent.parent / "kernels").glob("*.cl"))
+    return {f.name: f.read_text() for f in files}
+
+
+def kernel_source(filename: str) -> str:
+    """The text of a ``.cl`` file shipped with the package (:func:`_kernel_texts`)."""
+    try:
+        return _kernel_texts()[filename]
+    except KeyError:
+        raise FileNotFoundError(f"atrous-cl has no kernel file {filename!r}") from None
 
 
 #: Macros every kernel file uses, prepended to each (see its header).
@@ -154,8 +171,8 @@ def _read_binary(folder: Path, key: str) -> bytes | None:
     is marked used (its modification time), for :func:`_trim`."""
     path = folder / key[:2] / key
     try:
-        data = path.read_bytes()
-    except OSError:
+        data = read_regular(path, BINARY_CACHE_BYTES)
+    except OSError:  # missing, or a FIFO, a device, ... put there
         return None
     binary = data[len(_entry(key, b"")):]  # the header is as long for every binary
     if not (binary and data == _entry(key, binary)):
@@ -273,9 +290,34 @@ def _build(context: cl.Context, source: str, options: tuple[str, ...]) -> cl.Pro
     return program
 
 
+def vector_bytes(options: tuple[str, ...]) -> int:
+    """The widest vector of accumulators a build of our kernels declares: its channel
+    vector (``-DBC``) or pixel vector (``-DVW``) times the accumulation type's size."""
+    size = 8 if "-DACC=double" in options else 4
+    widths = [int(o.split("=", 1)[1]) for o in options if o.startswith(("-DBC=", "-DVW="))]
+    return size * max(widths, default=1)
+
+
+def _check_vectors(context: cl.Context, filename: str, options: tuple[str, ...]) -> None:
+    """Refuse a build whose vectors a device's compiler would crash the process on
+    (:func:`atrous_cl.facts.max_vector_bytes`): only hand-made tiles and layouts ask
+    for them there, not the defaults or ``tune``."""
+    width = vector_bytes(options)
+    for device in context.devices:
+        limit = max_vector_bytes(device)
+        if limit is not None and width > limit:
+            raise VectorWidthError(
+                f"{filename} with {width}-byte vectors on {describe(device)}: its compiler "
+                f"aborts the process on vectors over {limit} bytes on this CPU (an LLVM "
+                f"that names it without AVX-512 but turns the host's AVX-512 on); use "
+                f"narrower tiles, Intel's runtime (the intel extra) or a newer PoCL "
+                f"(options {' '.join(options)})")
+
+
 @context_dependent_memoize
 def _build_kernels(context: cl.Context, filename: str,
                    options: tuple[str, ...]) -> tuple[dict[str, cl.Kernel], threading.Lock]:
+    _check_vectors(context, filename, options)
     source = program_source(filename)
     try:
         with warnings.catch_warnings():
@@ -292,8 +334,13 @@ def _build_kernels(context: cl.Context, filename: str,
         if name in kernels:
             kernels[name].set_scalar_arg_dtypes(dtypes)
     if not kernels:  # PoCL 3.0 "builds" 8 x double vectors into an empty program
+        hint = ""
+        if any(is_pocl(d) for d in context.devices):
+            # A process that crashed while PoCL compiled leaves such a build in its cache.
+            where = os.environ.get("POCL_CACHE_DIR") or "the pocl folder of your cache home"
+            hint = f"; if it built before, delete PoCL's kernel cache ({where})"
         raise DeviceError(f"building {filename} on {', '.join(describe(d) for d in context.devices)} "
-                          f"gave a program without kernels", status="CL_BUILD_PROGRAM_FAILURE",
-                          source=filename, options=options)
+                          f"gave a program without kernels{hint}",
+                          status="CL_BUILD_PROGRAM_FAILURE", source=filename, options=options)
     return kernels, threading.Lock()
 

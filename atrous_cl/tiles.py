@@ -17,7 +17,7 @@ import numpy as np
 import pyopencl as cl
 
 from atrous_cl import geometry
-from atrous_cl.facts import facts, is_intel_cpu, is_pocl
+from atrous_cl.facts import facts, is_intel_cpu, is_pocl, max_vector_bytes
 
 
 class Tile(NamedTuple):
@@ -722,12 +722,14 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     tile = _platform_tile(device, dtype, cout)._replace(vectors=1)
     cpu = facts(device).type & cl.device_type.CPU
     xpack = packable and min(cin, cout) >= _XPACK_FROM
-    if (cpu and _narrow(device) and kw % 5 == 0 and acc_itemsize(dtype) == 4 and cout >= 16
+    # 16 floats are two 256-bit vectors there, where the compiler builds them (max_vector_bytes).
+    sixteen = cpu and _narrow(device) and max_vector_bytes(device) is None
+    if (sixteen and kw % 5 == 0 and acc_itemsize(dtype) == 4 and cout >= 16
             and (xpack or cin <= 16)):
         return FilterGradTile(tile._replace(channels=16), 1, 1, 512 << 10, 1, 5, xpack,
                               _packed_groups(cin, 1, xpack))
     if cpu and _narrow(device) and kw % 3 == 0:
-        if acc_itemsize(dtype) == 4 and cout >= 16:
+        if sixteen and acc_itemsize(dtype) == 4 and cout >= 16:
             return FilterGradTile(tile._replace(channels=16), min(2, cin), 1, 512 << 10, 1, 3,
                                   xpack, _packed_groups(cin, min(2, cin), xpack))
         if np.dtype(dtype) == np.float64 and _intel_narrow(device) and cout >= 8:

@@ -17,10 +17,10 @@ defaults again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
-import stat
 import statistics
 import threading
 import time
@@ -32,7 +32,7 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from atrous_cl import geometry, launch, local_tile, memory, validation
-from atrous_cl.cache import cache_dir, warn_once
+from atrous_cl.cache import cache_dir, read_regular, warn_once
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import check_dtype_support, describe, facts
 from atrous_cl.local_tile import LocalTile
@@ -99,19 +99,13 @@ def _read_json(path: Path):
         _Unusable: the file is not a regular file, too large, or not JSON.
     """
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # not even opened: a device may act on open
-            raise _Unusable("is not a regular file")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        data = read_regular(path, _MAX_FILE_BYTES)
     except FileNotFoundError:
         return _MISSING
     except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EFBIG):
+            raise _Unusable(e.strerror) from e
         raise _Unusable(f"cannot be opened ({e.strerror or e})") from e
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since the stat
-            raise _Unusable("is not a regular file")
-        data = f.read(_MAX_FILE_BYTES + 1)
-    if len(data) > _MAX_FILE_BYTES:
-        raise _Unusable(f"is larger than {_MAX_FILE_BYTES} bytes")
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested arrays
@@ -287,7 +281,9 @@ def _store(device: cl.Device, key: str, tile: Tile | LocalTile, timings: dict[st
              "ms": {k: round(v * 1e3, 4) for k, v in timings.items()}}
     digest = kernel_digest()
     path = cache_path()
-    with _lock, _locked_file(path):
+    # The file lock first: op calls take _lock (table()) and must not wait on another
+    # process's store.
+    with _locked_file(path), _lock:
         table = _read_table(path, digest)
         table["devices"].setdefault(device_key(device), {})[key] = entry
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")

@@ -291,8 +291,26 @@ def test_the_binary_key_names_what_decides_the_binary(queue, monkeypatch):
     assert all(programs._binary_key(d, _SOURCE, ("-DX=1",)) != key for d in others)
 
 
+def test_the_kernel_sources_are_read_once_for_the_whole_process(monkeypatch):
+    """All of them with the first: a package upgraded under a running process does not
+    pair its new kernels with the old host code."""
+    import pathlib
+
+    programs.kernel_source("prelude.cl")
+
+    def upgraded(*args, **kwargs):
+        raise AssertionError("a kernel file read after the first")
+
+    monkeypatch.setattr(pathlib.Path, "read_text", upgraded)
+    for name in ("atrous_conv2d_transpose.cl", "atrous_conv2d_transpose_winograd.cl",
+                 "atrous_conv2d_transpose_local.cl", "atrous_conv2d.cl"):
+        assert "__kernel" in programs.program_source(name)
+    with pytest.raises(FileNotFoundError, match="no kernel file 'missing.cl'"):
+        programs.kernel_source("missing.cl")
+
+
 @pytest.mark.parametrize("damage", ["truncated", "a byte flipped", "empty", "another key's file",
-                                    "refused by the driver"])
+                                    "refused by the driver", "a FIFO", "a link to /dev/zero"])
 def test_a_damaged_cache_entry_is_built_from_source_and_replaced(queue, binaries, monkeypatch,
                                                                  damage):
     """No silent wrong program: a file cut short, changed, copied from another key or
@@ -303,13 +321,20 @@ def test_a_damaged_cache_entry_is_built_from_source_and_replaced(queue, binaries
     path = binaries / key[:2] / key
     good = path.read_bytes()
     other = next(f for f in binaries.glob("*/*") if f.name != key)
-    path.write_bytes({
-        "truncated": good[:len(good) // 2],
-        "a byte flipped": good[:-7] + bytes([good[-7] ^ 1]) + good[-6:],
-        "empty": b"",
-        "another key's file": other.read_bytes(),
-        "refused by the driver": programs._entry(key, b"not a program binary" * 8),
-    }[damage])
+    if damage in ("a FIFO", "a link to /dev/zero"):  # a plain read: forever, or unbounded
+        path.unlink()
+        if damage == "a FIFO":
+            os.mkfifo(path)
+        else:
+            path.symlink_to("/dev/zero")
+    else:
+        path.write_bytes({
+            "truncated": good[:len(good) // 2],
+            "a byte flipped": good[:-7] + bytes([good[-7] ^ 1]) + good[-6:],
+            "empty": b"",
+            "another key's file": other.read_bytes(),
+            "refused by the driver": programs._entry(key, b"not a program binary" * 8),
+        }[damage])
     built = _Built(monkeypatch)
     _runs(queue.context, _build(queue.context, _SOURCE, ()))
     assert built.made == (["binaries", "source"] if damage == "refused by the driver" else ["source"])
@@ -373,6 +398,40 @@ def _register(tmp_path, monkeypatch, system):
     return lib, Path(folder)
 
 
+def test_machines_sharing_a_cache_home_keep_their_own_vendors(tmp_path, monkeypatch):
+    """A home on NFS: a machine without the GPU driver registering must not remove the
+    entry another machine's loader is about to read (its GPU would silently become a
+    CPU device, every index shifted)."""
+    gpu_node, login_node = tmp_path / "gpu-node", tmp_path / "login-node"
+    for system in (gpu_node, login_node):
+        system.mkdir()
+        (system / "pocl.icd").write_text("libpocl.so.2\n")
+    (gpu_node / "nvidia.icd").write_text("libnvidia-opencl.so.1\n")
+    _, gpu_folder = _register(tmp_path, monkeypatch, gpu_node)
+    monkeypatch.delenv("OCL_ICD_VENDORS")
+    _, login_folder = _register(tmp_path, monkeypatch, login_node)
+    assert login_folder != gpu_folder
+    assert sorted(p.name for p in gpu_folder.glob("*.icd")) == [
+        "atrous-cl-intel-cpu.icd", "nvidia.icd", "pocl.icd"]
+    assert sorted(p.name for p in login_folder.glob("*.icd")) == [
+        "atrous-cl-intel-cpu.icd", "pocl.icd"]
+
+
+def test_a_child_whose_parents_private_vendors_went_registers_again(tmp_path, monkeypatch):
+    """A child that outlived its parent inherits OCL_ICD_VENDORS naming a folder in the
+    parent's private cache home, removed at the parent's exit: registering again gives it
+    its devices back; a folder of the user's own, even a missing one, still wins."""
+    system = tmp_path / "vendors"
+    system.mkdir()
+    lib, folder = _register(tmp_path, monkeypatch, system)
+    gone = tmp_path / "atrous-cl-cache-x" / "atrous-cl" / "icd" / "0123456789ab"
+    monkeypatch.setenv("OCL_ICD_VENDORS", str(gone))
+    assert icd.register_pip_icds() == str(folder)
+    users = tmp_path / "my-vendors"
+    monkeypatch.setenv("OCL_ICD_VENDORS", str(users))
+    assert icd.register_pip_icds() is None and os.environ["OCL_ICD_VENDORS"] == str(users)
+
+
 def test_registered_vendors_follow_the_system(tmp_path, monkeypatch):
     """A removed system driver must not come back from the registration (shifting every later
     platform index), an edited one shows through, an added one appears."""
@@ -388,7 +447,7 @@ def test_registered_vendors_follow_the_system(tmp_path, monkeypatch):
     (system / "gpu.icd").write_text("/opt/vendor/libgpu.so.2\n")
     (system / "new.icd").write_text("/opt/new/libnew.so\n")
     monkeypatch.delenv("OCL_ICD_VENDORS")
-    assert _register(tmp_path, monkeypatch, system)[1] == folder
+    folder = _register(tmp_path, monkeypatch, system)[1]
     assert {p.name: p.read_text() for p in folder.glob("*.icd")} == {
         "atrous-cl-intel-cpu.icd": f"{lib}\n", "gpu.icd": "/opt/vendor/libgpu.so.2\n",
         "new.icd": "/opt/new/libnew.so\n"}
@@ -420,7 +479,7 @@ def test_without_system_vendors_only_intel_is_registered(tmp_path, monkeypatch):
         entry.unlink()
     system.rmdir()
     monkeypatch.delenv("OCL_ICD_VENDORS")
-    _register(tmp_path, monkeypatch, system)
+    folder = _register(tmp_path, monkeypatch, system)[1]
     assert [p.name for p in folder.glob("*.icd")] == ["atrous-cl-intel-cpu.icd"]
 
 

@@ -71,6 +71,7 @@ def test_default_tile_matches_reference(queue, shape, padding, dtype):
 @pytest.mark.parametrize("tile", TILES, ids=str)
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[3], SHAPES[5], SHAPES[6], SHAPES[9]],
                          ids=case_id)
+@pytest.mark.hand_made_tiles
 def test_tiles_match_reference(queue, shape, tile):
     padding = "SAME" if shape[7] % 2 else "VALID"
     value, filters, args = _transpose_case(shape, padding, np.float32, np.random.default_rng())
@@ -111,6 +112,7 @@ FORWARD_CASES = [(shape, padding) for shape in FORWARD_SHAPES for padding in ("S
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape, padding", FORWARD_CASES,
                          ids=[f"{case_id(s)}-{p}" for s, p in FORWARD_CASES])
+@pytest.mark.hand_made_tiles
 def test_forward_filters_match_the_forward_reference(queue, shape, padding, dtype, tile):
     """With forward_filters the kernel runs atrous_conv2d, as ops does for training."""
     skip_unsupported(queue, dtype)

@@ -427,6 +427,7 @@ LAYOUT_CASES = [
 @pytest.mark.parametrize("shape, padding, overrides", LAYOUT_CASES,
                          ids=[f"{case_id(s)}-{p}-{'-'.join(f'{k}{v}' for k, v in o.items())}"
                               for s, p, o in LAYOUT_CASES])
+@pytest.mark.hand_made_tiles
 def test_filter_gradient_layouts_match_reference(queue, shape, padding, overrides, dtype):
     """The transpose vjp's filter gradient (the forward conv's from dy to value) with
     each layout, into NaN-poisoned outputs."""
@@ -456,6 +457,7 @@ def test_filter_gradient_layouts_match_reference(queue, shape, padding, override
 @pytest.mark.parametrize("shape, padding", [((2, 7, 9, 6, 20, 3, 3, 2), "SAME"),
                                             ((2, 5, 4, 6, 20, 3, 6, 3), "SAME"),
                                             ((1, 4, 5, 3, 17, 3, 3, 2), "VALID")])
+@pytest.mark.hand_made_tiles
 def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, shape, padding,
                                                                       where, bad, which, xpack,
                                                                       cb):
@@ -488,6 +490,7 @@ def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, sh
 
 @pytest.mark.parametrize("chunk_bytes", [4000, 1 << 30], ids=["chunks", "one-chunk"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.hand_made_tiles
 def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype, chunk_bytes):
     """x packed by channel groups (xpack) from a view that starts inside its buffer, x's
     channels ragged in their groups; float16 widened while packed on CPUs (packed as

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 import types
 
 import numpy as np
@@ -58,6 +60,7 @@ def test_every_candidate_tile_is_correct(queue, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.hand_made_tiles
 def test_twelve_pixel_tiles_are_correct(queue, dtype):
     """12x16, which tune tries on CPUs: whole and ragged 12-pixel tiles (15 columns per
     phase), 10 of 16 lanes used, into a poisoned output."""
@@ -823,6 +826,78 @@ def test_pocl_vectors_stay_narrow_without_avx512(version, widest_float, widest_d
                        type=cl.device_type.CPU, version=version)
     assert max(t.channels for t in tiles.candidates(stub, np.float32, 64)) == widest_float
     assert max(t.channels for t in tiles.candidates(stub, np.float64, 64)) == widest_double
+
+
+def test_op_calls_do_not_wait_for_another_process_storing_a_winner(queue, fresh_cache):
+    """While another process holds the tuning file's lock (a long store, a stopped
+    process, a lock on NFS), a store here waits for it without holding the table's
+    thread lock, which every op call takes (tuning.table)."""
+    import fcntl
+    import threading
+
+    fresh_cache.parent.mkdir(parents=True, exist_ok=True)
+    winner = tiles.Tile(4, 4)
+    fd = os.open(fresh_cache.with_name(fresh_cache.name + ".lock"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file: as another process's lock
+        store = threading.Thread(target=tuning._store, args=(
+            queue.device, "float32 cin4 cout5 k3x3 r2 w16", winner, {str(winner): 1e-3}))
+        store.start()
+        time.sleep(0.3)  # the store now waits for the file lock
+        assert store.is_alive()
+        read = threading.Thread(target=tuning.table)
+        read.start()
+        read.join(timeout=10)
+        assert not read.is_alive(), "an op's table() waited for another process's lock"
+    finally:
+        os.close(fd)
+    store.join(timeout=30)
+    assert not store.is_alive()
+    assert "float32 cin4 cout5 k3x3 r2 w16" in json.loads(fresh_cache.read_text())["devices"][
+        tuning.device_key(queue.device)]
+
+
+@pytest.mark.parametrize("version, float_width, limit", [
+    (_POCL_AVX2, 16, 32),     # PyPI's PoCL 3.0 on AMD Zen 4: znver3 with AVX-512 features on
+    (_POCL_AVX2, 8, None),    # the same on Zen 3 (AVX2): 16 floats build as two vectors of 8
+    (_POCL_AVX512, 16, None)])
+def test_defaults_keep_within_the_vectors_the_compiler_builds(version, float_width, limit):
+    """Where PoCL's compiler aborts the process on vectors over 32 bytes
+    (facts.max_vector_bytes), no default tile, filter gradient split, one-channel vector
+    or tile ``tune`` tries asks for them, for any dtype, filter size or channel count;
+    a build that would is refused before it starts (programs.vector_bytes)."""
+    import types
+
+    import pyopencl as cl
+
+    from atrous_cl import facts, programs
+
+    stub = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
+                       type=cl.device_type.CPU, version=version, local_mem_size=256 << 10,
+                       native_vector_width_float=float_width)
+    assert facts.max_vector_bytes(stub) == limit
+    if limit is None:
+        return
+    widest = []
+    for dtype in (np.float16, np.float32, np.float64):
+        acc = tiles.acc_itemsize(dtype)
+        for k in (1, 2, 3, 5, 6, 7):
+            for cin, cout in ((1, 1), (3, 16), (16, 16), (32, 32), (64, 17), (256, 256)):
+                args = check_transpose_args((1, 33, 33, cin), (k, k, cout, cin), (1, 33, 33, cout),
+                                            2, "SAME")
+                for kw in (k, 3 * k):
+                    for packable in (False, True):
+                        grad = tiles.default_filter_grad_tile(stub, dtype, cin, cout, kw=kw,
+                                                              packable=packable)
+                        widest.append(acc * grad.tile.channels)
+                widest += [acc * t.channels
+                           for t in tiles.candidates(stub, dtype, cout, args.filters_shape)]
+                widest.append(acc * tiles.default_for(stub, dtype, args).channels)
+                widest.append(acc * (tiles.pixel_vector(stub, dtype, args.filters_shape) or 1))
+    assert max(widest) == limit
+    assert programs.vector_bytes(("-DT=float", "-DACC=float", "-DBC=8")) == 32
+    assert programs.vector_bytes(("-DT=half", "-DACC=float", "-DBC=16")) == 64
+    assert programs.vector_bytes(("-DT=double", "-DACC=double", "-DVW=8")) == 64
 
 
 # (n, h, w, cin, cout, k, rate, padding): DeepLab's ASPP rates on its feature maps (33

@@ -80,6 +80,7 @@ def _run(queue, value, filters, output_shape, rate, padding, tile):
 @pytest.mark.usefixtures("columns")
 @pytest.mark.parametrize("tile", TILES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.hand_made_tiles
 def test_every_tile_matches_the_reference(queue, shape, tile):
     value, filters, output_shape, rate, padding = _problem(shape, np.float32, np.random.default_rng())
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
@@ -89,6 +90,7 @@ def test_every_tile_matches_the_reference(queue, shape, tile):
 
 @pytest.mark.usefixtures("columns")
 @pytest.mark.parametrize("dtype", [np.float16, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.hand_made_tiles
 def test_other_dtypes_take_the_same_tiles(queue, dtype):
     skip_unsupported(queue, dtype)
     value, filters, output_shape, rate, padding = _problem(SHAPES[0], dtype, np.random.default_rng())
@@ -100,6 +102,7 @@ def test_other_dtypes_take_the_same_tiles(queue, dtype):
 
 @pytest.mark.usefixtures("columns")
 @pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])
+@pytest.mark.hand_made_tiles
 def test_float16_takes_the_same_tiles_as_stored_and_widened(queue, wide, monkeypatch):
     """float16 as stored (GPUs) and widened to float32 first (CPUs), on every device
     here: at rate 2 and at an ASPP rate, whose consecutive tiles skip taps."""

@@ -83,6 +83,7 @@ def _fits(queue, tile, cin, kh=3, kw=3, dtype=np.float32):
 
 @pytest.mark.parametrize("tile", TILES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.hand_made_tiles
 def test_every_winograd_tile_matches_the_reference(queue, shape, tile):
     _fits(queue, tile, shape[3], *shape[7:])
     value, filters, output_shape, rate, padding = _problem(shape)
@@ -92,6 +93,7 @@ def test_every_winograd_tile_matches_the_reference(queue, shape, tile):
     assert_close(got, want, context=f"tile {tile}")
 
 
+@pytest.mark.hand_made_tiles
 def test_huge_rates_and_views(queue):
     """A rate past the image (the kernel is built with a small equivalent rate and crop:
     phases of one row and column) and arrays that start inside their buffers."""
@@ -175,6 +177,7 @@ NON_FINITE_AT = [(0, 0, 5, 1), (2, 2, 0, 0), (1, 1, 12, 2), (2, 1, 9, 1), (0, 2,
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=str)
 @pytest.mark.parametrize("where", NON_FINITE_AT, ids=lambda w: "a%db%dc%do%d" % w)
+@pytest.mark.hand_made_tiles
 def test_a_non_finite_weight_reaches_only_its_taps_outputs(queue, where, bad):
     """Winograd spreads a non-finite weight over its block and times the zeros outside
     the image; the direct-sum fallback must give exactly the op's terms: NaN and Inf
@@ -190,6 +193,7 @@ def test_a_non_finite_weight_reaches_only_its_taps_outputs(queue, where, bad):
         assert_close(got, want, context=f"tile {tile}")
 
 
+@pytest.mark.hand_made_tiles
 def test_non_finite_inputs_stay_where_they_land(queue):
     """An Inf or NaN input reaches the outputs whose windows hold it (with Inf - Inf
     and Inf * 0 = NaN as the direct sum has them), not the rest of its block."""
@@ -228,6 +232,7 @@ def test_an_overflowing_transform_takes_the_direct_sum(queue):
 
 @pytest.mark.parametrize("tile", [Tile(2, 16, 1, True), Tile(4, 8, 3, True)], ids=str)
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
+@pytest.mark.hand_made_tiles
 def test_the_forward_op_multiplies_the_zero_padding(queue, padding, tile):
     """The forward conv runs this kernel with the taps flipped (FORWARD_FILTERS); with
     SAME, TF multiplies its zero padding by the weights, so an Inf weight makes NaN
@@ -248,6 +253,7 @@ def test_the_forward_op_multiplies_the_zero_padding(queue, padding, tile):
 @pytest.mark.parametrize("forward", [False, True], ids=["transpose", "forward"])
 @pytest.mark.parametrize("dtype, big", [(np.float32, 1e30), (np.float64, 1e300)])
 @pytest.mark.parametrize("k", [3, 6])
+@pytest.mark.hand_made_tiles
 def test_a_tap_that_never_lands_stays_out_of_the_transform(queue, k, dtype, big, forward):
     """On a 4x4 image at rate 2 (SAME), the corner taps of a 6x6 filter land outside it for
     every output pixel (of a 3x3 filter at rate 5, all but the centre): they add no term
@@ -281,6 +287,7 @@ def test_a_tap_that_never_lands_stays_out_of_the_transform(queue, k, dtype, big,
 
 @pytest.mark.parametrize("tile", [Tile(2, 8, 2, True), Tile(4, 4, 3, True)], ids=str)
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5]], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.hand_made_tiles
 def test_float64(queue, shape, tile):
     """float64 sums in double, vectors of 8 (two for more output channels; three vectors
     of 4 on AVX2)."""
@@ -295,6 +302,7 @@ def test_float64(queue, shape, tile):
 
 @pytest.mark.parametrize("tile", [Tile(2, 16, 1, True), Tile(4, 8, 3, True)], ids=str)
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[6]], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.hand_made_tiles
 def test_float16_as_stored(queue, shape, tile):
     """float16 reaches the Winograd kernel as stored, never widened (the input transform
     converts it), summed in float32: ragged channels take the halves one by one."""
