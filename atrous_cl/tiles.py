@@ -744,7 +744,7 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     wide = is_pocl(device) and not _pocl_narrow(device)
     ov = 1
     if _several_vectors(device, dtype):
-        ov = min(4, tile.padded_channels(cout) // tile.channels)
+        ov = max(1, min(4, tile.padded_channels(cout) // tile.channels))  # 1 without channels
     gc = 16 // ov if ov > 1 or wide else tile.pixels
     gc = max(1, min(gc, cin))
     if cpu:

@@ -667,6 +667,8 @@ def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx
         assert tuple(tiles.default_filter_grad_tile(intel, f32, 64, 64)) == \
             (tiles.Tile(8, 16), 4, 1, 512 << 10, 4, 1, False, 1)
         assert tiles.default_filter_grad_tile(intel, f32, 64, 64, kw=3).kt == 1
+        # no output channels (the vjps of an empty problem): one vector, not none
+        assert tiles.default_filter_grad_tile(intel, f32, 4, 0).ov == 1
         return
     # 4 pixels of two 8-channel vectors where they pad no more channels than one would
     assert tiles.default_tile(intel, f32, 64) == tiles.Tile(4, 8, 2)
