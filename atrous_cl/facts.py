@@ -87,8 +87,8 @@ def is_pocl(device: cl.Device) -> bool:
 
 def max_vector_bytes(device: cl.Device) -> int | None:
     """The widest vector, in bytes, that ``device``'s compiler builds without crashing the
-    process: 32 for PoCL building for a CPU target without 512-bit vectors in its name
-    (the device version's ``HSTR: pthread-<triple>-<cpu>``) while it reports native float
+    process: 32 for PoCL building for an AVX2 CPU target (:data:`_AVX2_TARGETS`, from the
+    device version's ``HSTR: pthread-<triple>-<cpu>``) while it reports native float
     vectors of 16 (the host's AVX-512 features on), else None (no limit known).
 
     PyPI's PoCL 3.0 (LLVM 14) on AMD Zen 4 (family 25 model 17; its LLVM names it
@@ -99,9 +99,18 @@ def max_vector_bytes(device: cl.Device) -> int | None:
     (AVX2, native float vectors of 8) builds 16-float vectors as two of 8.
     """
     f = facts(device)
-    if is_pocl(device) and "avx512" not in f.version.lower() and f.float_width >= 16:
+    target = f.version.rsplit("-", 1)[-1].strip().lower()
+    if is_pocl(device) and target in _AVX2_TARGETS and f.float_width >= 16:
         return 32
     return None
+
+
+#: LLVM CPU names of x86-64 CPUs without AVX-512: a PoCL targeting one of them while it
+#: reports 16-wide float vectors runs an LLVM that did not know the host CPU
+#: (:func:`max_vector_bytes`). A newer LLVM's own name (znver4, sapphirerapids, ...) is
+#: not limited.
+_AVX2_TARGETS = frozenset({"haswell", "broadwell", "skylake", "znver1", "znver2", "znver3",
+                           "alderlake", "raptorlake", "meteorlake", "x86-64-v3", "core-avx2"})
 
 
 def describe(device: cl.Device) -> str:

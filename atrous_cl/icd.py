@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import sys
 import threading
 import warnings
@@ -85,8 +86,8 @@ def _ours_and_gone(vendors: str) -> bool:
     that outlived its parent, whose private temporary cache home went at its exit
     (:func:`atrous_cl.cache.cache_dir`). Its loader would find no vendor at all."""
     path = Path(vendors)
-    return path.parent.name == "icd" and path.parent.parent.name == "atrous-cl" \
-        and not path.exists()
+    return (re.fullmatch(r"[0-9a-f]{12}", path.name) is not None and path.parent.name == "icd"
+            and path.parent.parent.name == "atrous-cl" and not path.exists())
 
 
 def register_pip_icds() -> str | None:
@@ -108,8 +109,10 @@ def register_pip_icds() -> str | None:
         (with a warning naming the folder if it could not be written).
     """
     inherited = os.environ.get("OCL_ICD_VENDORS")
-    if inherited is not None and not _ours_and_gone(inherited):
-        return None
+    if inherited is not None:
+        if not _ours_and_gone(inherited):
+            return None
+        del os.environ["OCL_ICD_VENDORS"]  # it would hide every driver, registered or not
     lib = _pip_intel_runtime()
     if lib is None:
         return None

@@ -172,6 +172,17 @@ def pytest_report_header(config):
     return f"atrous-cl OpenCL devices under test: {names}"
 
 
+def fitting(device, dtype, tiles):
+    """The tiles among ``tiles`` whose vectors ``device``'s compiler builds
+    (facts.max_vector_bytes), for tests that try several: the others are skipped there
+    (a test of one hand-made tile is marked ``hand_made_tiles`` instead)."""
+    from atrous_cl import facts
+    from atrous_cl.tiles import acc_itemsize
+
+    limit = facts.max_vector_bytes(device)
+    return [t for t in tiles if limit is None or t.channels * acc_itemsize(dtype) <= limit]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A test marked ``hand_made_tiles`` whose tile the device cannot build without
@@ -183,7 +194,7 @@ def pytest_runtest_makereport(item, call):
             and item.get_closest_marker("hand_made_tiles") is not None
             and isinstance(call.excinfo.value, VectorWidthError)):
         report.outcome = "skipped"
-        report.longrepr = (str(item.path), item.location[1] or 0,
+        report.longrepr = (str(item.path), (item.location[1] or 0) + 1,
                            f"Skipped: {str(call.excinfo.value).split(':')[0]}: vectors too wide "
                            f"for this device's compiler")
 

@@ -427,9 +427,12 @@ def test_a_child_whose_parents_private_vendors_went_registers_again(tmp_path, mo
     gone = tmp_path / "atrous-cl-cache-x" / "atrous-cl" / "icd" / "0123456789ab"
     monkeypatch.setenv("OCL_ICD_VENDORS", str(gone))
     assert icd.register_pip_icds() == str(folder)
-    users = tmp_path / "my-vendors"
-    monkeypatch.setenv("OCL_ICD_VENDORS", str(users))
-    assert icd.register_pip_icds() is None and os.environ["OCL_ICD_VENDORS"] == str(users)
+    for users in (tmp_path / "my-vendors", tmp_path / "src" / "atrous-cl" / "icd" / "my.icd"):
+        monkeypatch.setenv("OCL_ICD_VENDORS", str(users))
+        assert icd.register_pip_icds() is None and os.environ["OCL_ICD_VENDORS"] == str(users)
+    monkeypatch.setattr(icd, "_pip_intel_runtime", lambda: None)  # cannot register here:
+    monkeypatch.setenv("OCL_ICD_VENDORS", str(gone))  # the dead setting still goes
+    assert icd.register_pip_icds() is None and "OCL_ICD_VENDORS" not in os.environ
 
 
 def test_registered_vendors_follow_the_system(tmp_path, monkeypatch):

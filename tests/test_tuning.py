@@ -862,7 +862,9 @@ def test_op_calls_do_not_wait_for_another_process_storing_a_winner(queue, fresh_
 @pytest.mark.parametrize("version, float_width, limit", [
     (_POCL_AVX2, 16, 32),     # PyPI's PoCL 3.0 on AMD Zen 4: znver3 with AVX-512 features on
     (_POCL_AVX2, 8, None),    # the same on Zen 3 (AVX2): 16 floats build as two vectors of 8
-    (_POCL_AVX512, 16, None)])
+    (_POCL_AVX512, 16, None),
+    (_POCL_AVX2.replace("znver3", "znver4"), 16, None),  # an LLVM that knows Zen 4
+    (_POCL_AVX2.replace("znver3", "sapphirerapids"), 16, None)])
 def test_defaults_keep_within_the_vectors_the_compiler_builds(version, float_width, limit):
     """Where PoCL's compiler aborts the process on vectors over 32 bytes
     (facts.max_vector_bytes), no default tile, filter gradient split, one-channel vector

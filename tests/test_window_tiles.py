@@ -22,7 +22,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, recorded_host_copies, skip_unsupported
+from conftest import assert_close, fitting, poisoned, recorded_host_copies, skip_unsupported
 
 import atrous_cl
 from atrous_cl import geometry, launch, local_tile, reference
@@ -90,19 +90,17 @@ def test_every_tile_matches_the_reference(queue, shape, tile):
 
 @pytest.mark.usefixtures("columns")
 @pytest.mark.parametrize("dtype", [np.float16, np.float64], ids=lambda d: np.dtype(d).name)
-@pytest.mark.hand_made_tiles
 def test_other_dtypes_take_the_same_tiles(queue, dtype):
     skip_unsupported(queue, dtype)
     value, filters, output_shape, rate, padding = _problem(SHAPES[0], dtype, np.random.default_rng())
     want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
-    for tile in (Tile(3, 4), Tile(8, 16), Tile(8, 16, 2), Tile(5, 4, 2)):
+    for tile in fitting(queue.device, dtype, (Tile(3, 4), Tile(8, 16), Tile(8, 16, 2), Tile(5, 4, 2))):
         assert_close(_run(queue, value, filters, output_shape, rate, padding, tile), want, dtype,
                      context=f"tile {tile}")
 
 
 @pytest.mark.usefixtures("columns")
 @pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])
-@pytest.mark.hand_made_tiles
 def test_float16_takes_the_same_tiles_as_stored_and_widened(queue, wide, monkeypatch):
     """float16 as stored (GPUs) and widened to float32 first (CPUs), on every device
     here: at rate 2 and at an ASPP rate, whose consecutive tiles skip taps."""
@@ -112,7 +110,7 @@ def test_float16_takes_the_same_tiles_as_stored_and_widened(queue, wide, monkeyp
         value, filters, output_shape, rate, padding = _problem(shape, np.float16,
                                                                np.random.default_rng())
         want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
-        for tile in (Tile(3, 4), Tile(8, 16, 2), Tile(5, 8, 2)):
+        for tile in fitting(queue.device, np.float16, (Tile(3, 4), Tile(8, 16, 2), Tile(5, 8, 2))):
             assert_close(_run(queue, value, filters, output_shape, rate, padding, tile), want,
                          np.float16, context=f"{shape} tile {tile}")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, skip_unsupported, stub_device
+from conftest import assert_close, fitting, poisoned, skip_unsupported, stub_device
 
 import atrous_cl
 from atrous_cl import calls, geometry, launch, reference, tiles, tuning
@@ -93,11 +93,10 @@ def test_every_winograd_tile_matches_the_reference(queue, shape, tile):
     assert_close(got, want, context=f"tile {tile}")
 
 
-@pytest.mark.hand_made_tiles
 def test_huge_rates_and_views(queue):
     """A rate past the image (the kernel is built with a small equivalent rate and crop:
     phases of one row and column) and arrays that start inside their buffers."""
-    tile = Tile(2, 16, 1, True)
+    (tile,) = fitting(queue.device, np.float32, [Tile(2, 16, 1, True)]) or [Tile(2, 8, 1, True)]
     rng = np.random.default_rng()
     value, filters, output_shape, _, _ = _problem((2, 5, 6, 3, 4, 1, "SAME", 3, 3), rng=rng)
     rate = 100
@@ -177,7 +176,6 @@ NON_FINITE_AT = [(0, 0, 5, 1), (2, 2, 0, 0), (1, 1, 12, 2), (2, 1, 9, 1), (0, 2,
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=str)
 @pytest.mark.parametrize("where", NON_FINITE_AT, ids=lambda w: "a%db%dc%do%d" % w)
-@pytest.mark.hand_made_tiles
 def test_a_non_finite_weight_reaches_only_its_taps_outputs(queue, where, bad):
     """Winograd spreads a non-finite weight over its block and times the zeros outside
     the image; the direct-sum fallback must give exactly the op's terms: NaN and Inf
@@ -188,12 +186,11 @@ def test_a_non_finite_weight_reaches_only_its_taps_outputs(queue, where, bad):
     filters[where] = bad
     want = reference.atrous_conv2d_transpose(value, filters, (2, 7, 11, 18), 2, "SAME")
     assert not np.isfinite(want).all() and np.isfinite(want).any()
-    for tile in (Tile(2, 16, 1, True), Tile(3, 8, 2, True)):
+    for tile in fitting(queue.device, np.float32, (Tile(2, 16, 1, True), Tile(3, 8, 2, True))):
         got, _ = _run(queue, value, filters, (2, 7, 11, 18), 2, "SAME", tile)
         assert_close(got, want, context=f"tile {tile}")
 
 
-@pytest.mark.hand_made_tiles
 def test_non_finite_inputs_stay_where_they_land(queue):
     """An Inf or NaN input reaches the outputs whose windows hold it (with Inf - Inf
     and Inf * 0 = NaN as the direct sum has them), not the rest of its block."""
@@ -205,10 +202,11 @@ def test_non_finite_inputs_stay_where_they_land(queue):
     value[0, 4, 5, 0] = np.inf
     filters = rng.standard_normal((3, 3, 4, 2)).astype(np.float32)
     filters[1, 1, 2, 0] = 0.0  # Inf * 0: NaN where the centre tap meets an Inf
+    (tile,) = fitting(queue.device, np.float32, [Tile(2, 16, 1, True)]) or [Tile(2, 8, 1, True)]
     for rate, padding in ((1, "SAME"), (2, "VALID"), (3, "SAME")):
         output_shape = (1, *geometry.transpose_output_hw((8, 12), (3, 3), rate, padding), 4)
         want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
-        got, _ = _run(queue, value, filters, output_shape, rate, padding, Tile(2, 16, 1, True))
+        got, _ = _run(queue, value, filters, output_shape, rate, padding, tile)
         assert_close(got, want, context=f"rate {rate} {padding}")
 
 
