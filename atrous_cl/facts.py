@@ -95,8 +95,10 @@ def max_vector_bytes(device: cl.Device) -> int | None:
     ``znver3`` and adds the host's AVX-512 features), 2026-12-06: kernels with vectors
     of 16 floats or 8 doubles abort the process at their first launch ("LLVM ERROR: Do not
     know how to scalarize this operator's operand") or crash it, and leave PoCL's kernel
-    cache holding a program without kernels for later processes. The same PoCL on Zen 3
-    (AVX2, native float vectors of 8) builds 16-float vectors as two of 8.
+    cache holding a program without kernels for later processes. A probe kernel that only
+    copies a ``float16`` (``vload16``, ``vstore16``) aborts the same way; ``float8`` code
+    runs. The same PoCL on Zen 3 (AVX2, native float vectors of 8) builds 16-float vectors
+    as two of 8.
     """
     f = facts(device)
     target = f.version.rsplit("-", 1)[-1].strip().lower()
