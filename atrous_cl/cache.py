@@ -81,6 +81,15 @@ def _writable(folder: Path) -> OSError | None:
     return None
 
 
+def _gone_private(home: Path | None) -> bool:
+    """Whether ``home`` (the cache home in ``XDG_CACHE_HOME``) is a private temporary cache
+    that no longer exists: a child that outlived the parent whose cache it was
+    (:func:`provide_cache_home` passed it on). Writing there would make it again, and
+    nothing would remove it."""
+    return (home is not None and home.name.startswith("atrous-cl-cache-")
+            and home.parent == Path(tempfile.gettempdir()) and not home.exists())
+
+
 def _remove_private(folder: Path, pid: int) -> None:
     if os.getpid() == pid:  # a forked child inherits the atexit hook, not the folder
         shutil.rmtree(folder, ignore_errors=True)
@@ -123,7 +132,12 @@ def cache_dir() -> Path:
     with _cache_lock:
         found = _cache_dirs.get(wanted)
         if found is None:
-            error = _writable(wanted) if wanted is not None else None
+            if wanted is None:
+                error = None
+            elif _gone_private(home):
+                error = OSError(errno.ENOENT, "a parent's temporary cache, removed at its exit")
+            else:
+                error = _writable(wanted)
             found = wanted if wanted is not None and error is None else \
                 _private_cache(wanted, error) / "atrous-cl"
             found.mkdir(exist_ok=True)

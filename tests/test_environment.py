@@ -122,6 +122,21 @@ def test_the_private_cache_stands_in_and_holds_the_registration(tmp_path, monkey
     assert folder.startswith(home) and (Path(folder) / "atrous-cl-intel-cpu.icd").read_text() == f"{lib}\n"
 
 
+def test_a_child_of_a_parent_whose_private_cache_went_takes_its_own(tmp_path, monkeypatch):
+    """Its parent's temporary cache home, inherited in XDG_CACHE_HOME and removed at the
+    parent's exit, is not made again (nothing would remove it): the child takes a private
+    cache of its own, removed at its own exit."""
+    monkeypatch.setattr(cache, "_private", None)
+    monkeypatch.setattr(cache, "_cache_dirs", {})
+    monkeypatch.setattr(cache.tempfile, "tempdir", str(tmp_path))
+    gone = tmp_path / "atrous-cl-cache-parent"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(gone))
+    with pytest.warns(RuntimeWarning, match="a parent's temporary cache, removed at its exit"):
+        folder = cache.cache_dir()
+    assert not gone.exists() and folder == cache._private / "atrous-cl"
+    assert cache._private.parent == tmp_path and cache._private != gone
+
+
 def test_no_writable_folder_at_all_is_named(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
