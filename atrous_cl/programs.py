@@ -347,7 +347,6 @@ def _build_kernels(context: cl.Context, filename: str,
     return kernels, threading.Lock()
 
 
-
 # At import, not at the first build: a package upgraded between the two would pair its
 # new kernels with this process's host code (_kernel_texts).
 _kernel_texts()
