@@ -71,6 +71,43 @@ def test_kernels_ship_inside_the_package():
     assert "__kernel" in programs.kernel_source("atrous_conv2d_transpose.cl")
 
 
+def test_the_package_runs_from_a_zip_archive(queue, tmp_path):
+    """A zipapp or PEX holds the package as the wheel lays it out; its kernels come from
+    the archive (a namespace package there made importlib.resources fail)."""
+    import zipfile
+    from pathlib import Path
+
+    package = Path(programs.__file__).resolve().parent
+    if importlib.util.find_spec("atrous_cl.kernels") is not None:  # installed, editable or not
+        kernels = Path(str(importlib.resources.files("atrous_cl.kernels")))
+    else:
+        kernels = package.parent / "kernels"
+    archive = tmp_path / "atrous.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for folder, inside in ((package, "atrous_cl"), (kernels, "atrous_cl/kernels")):
+            for f in folder.iterdir():
+                if f.suffix in (".py", ".cl"):
+                    z.write(f, f"{inside}/{f.name}")
+        assert "atrous_cl/kernels/__init__.py" in z.namelist()
+    script = (
+        "import numpy as np, atrous_cl\n"
+        "from atrous_cl import reference\n"
+        "assert atrous_cl.__file__.startswith(%r), atrous_cl.__file__\n"
+        "rng = np.random.default_rng()\n"
+        "x = rng.standard_normal((2, 7, 6, 3), dtype=np.float32)\n"
+        "f = rng.standard_normal((3, 3, 4, 3), dtype=np.float32)\n"
+        "y = atrous_cl.atrous_conv2d_transpose(x, f, (2, 7, 6, 4), 2, 'SAME')\n"
+        "r = reference.atrous_conv2d_transpose(x.astype(np.float64), f.astype(np.float64),\n"
+        "                                      (2, 7, 6, 4), 2, 'SAME')\n"
+        "print(float(np.abs(y - r).max() / np.abs(r).max()))\n" % str(archive))
+    selector = next(d.selector for d in discovery.devices() if d.device == queue.device)
+    env = {**os.environ, "PYTHONPATH": str(archive), "PYOPENCL_CTX": selector}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.split()[-1]) < 1e-5
+
+
 @pytest.mark.skipif(shutil.which("atrous-cl") is None, reason="console script not installed")
 def test_console_script_runs():
     proc = subprocess.run(["atrous-cl", "devices"], capture_output=True, text=True, timeout=120)
