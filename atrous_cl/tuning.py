@@ -273,6 +273,19 @@ def _locked_file(path: Path):
         os.close(fd)  # drops the lock
 
 
+def _check_storable(path: Path) -> None:
+    """Raise now if a winner could not be stored in ``path`` (its lock file cannot be
+    opened: another user's, in a cache home shared between users), rather than after
+    every candidate has been timed."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        os.close(os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600))
+    except OSError as e:
+        raise OSError(e.errno, f"tune cannot store its results: {lock} cannot be opened for "
+                               f"writing ({e.strerror}); set XDG_CACHE_HOME to a folder of your "
+                               f"own") from e
+
+
 def _store(device: cl.Device, key: str, tile: Tile | LocalTile, timings: dict[str, float]) -> None:
     """Add a winner to the tuning file: read, merge and write under a file lock, so entries
     that other processes stored meanwhile survive; the write is a temporary file renamed."""
@@ -320,6 +333,8 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
         ValueError: the shapes are invalid, or have a batch, spatial size or
             channel count of 0: such a problem does no work, so its timings
             would store noise as a winner; or ``repeats`` is below 1.
+        OSError: the winner could not be stored (the tuning file's lock cannot be
+            opened), found before anything is timed.
         DeviceError: no candidate reproduced the default tile's result.
     """
     dtype = validation.check_dtypes(dtype, dtype)
@@ -339,6 +354,7 @@ def tune(queue: cl.CommandQueue, value_shape, filters_shape, rate: int, padding:
     vector = pixel_vector(queue.device, dtype, args.filters_shape)
     if vector is not None:
         return Tile(vector, 1), {}
+    _check_storable(cache_path())
     rng = np.random.default_rng()
     value = cl_array.to_device(queue, rng.standard_normal(args.value_shape).astype(dtype))
     filters = cl_array.to_device(queue, rng.standard_normal(args.filters_shape).astype(dtype))

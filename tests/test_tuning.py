@@ -483,6 +483,18 @@ def test_tune_refuses_bad_repeats(queue, fresh_cache, repeats):
     assert not fresh_cache.exists()
 
 
+def test_tune_that_could_not_store_its_winner_says_so_before_timing(queue, fresh_cache):
+    """Another user's lock file in a shared cache home (here a folder in its place: the
+    tests run as root, whom permissions do not stop) fails the tune at once, by name."""
+    fresh_cache.with_name(fresh_cache.name + ".lock").mkdir(parents=True)
+    timed = []
+    with pytest.raises(OSError, match=r"tune cannot store its results: .*tuning\.json\.lock "
+                                      r"cannot be opened for writing .*XDG_CACHE_HOME"):
+        tuning.tune(queue, (1, 6, 10, 4), (3, 3, 5, 4), 2, "SAME", repeats=1,
+                    progress=timed.append)
+    assert timed == [] and not fresh_cache.exists()
+
+
 def test_users_own_icd_setting_wins(monkeypatch):
     monkeypatch.setenv("OCL_ICD_VENDORS", "/somewhere/mine")
     assert icd.register_pip_icds() is None
