@@ -290,12 +290,17 @@ def _build(context: cl.Context, source: str, options: tuple[str, ...]) -> cl.Pro
     return program
 
 
+#: Bytes of the OpenCL C types a build's ``-DACC`` may name.
+_TYPE_BYTES = {"half": 2, "float": 4, "double": 8}
+
+
 def vector_bytes(options: tuple[str, ...]) -> int:
     """The widest vector of accumulators a build of our kernels computes with: its channel
     vector (``-DBC``) or pixel vector (``-DVW``) times the accumulation type's size. The
     Winograd repack's runs (``-DRB``) only move data: built and run on PoCL 3.0 on Zen 4
     at 64-128 bytes (float16 to float64), they are not counted."""
-    size = 8 if "-DACC=double" in options else 4
+    acc = next((o.split("=", 1)[1] for o in options if o.startswith("-DACC=")), "float")
+    size = _TYPE_BYTES[acc]
     widths = [int(o.split("=", 1)[1]) for o in options if o.startswith(("-DBC=", "-DVW="))]
     return size * max(widths, default=1)
 

@@ -914,6 +914,8 @@ def test_defaults_keep_within_the_vectors_the_compiler_builds(version, float_wid
     assert programs.vector_bytes(("-DT=float", "-DACC=float", "-DBC=8")) == 32
     assert programs.vector_bytes(("-DT=half", "-DACC=float", "-DBC=16")) == 64
     assert programs.vector_bytes(("-DT=double", "-DACC=double", "-DVW=8")) == 64
+    for dtype, acc in ((np.float16, 4), (np.float32, 4), (np.float64, 8)):  # the launches' own
+        assert programs.vector_bytes(launch.TYPE_OPTIONS[dtype] + ("-DBC=4",)) == 4 * acc
 
 
 # (n, h, w, cin, cout, k, rate, padding): DeepLab's ASPP rates on its feature maps (33
