@@ -949,6 +949,39 @@ def test_the_direct_kernel_takes_consecutive_columns_where_phases_are_narrow(pro
     assert launch.consecutive_pixels(args, tile, launch.kernel_dilation(args)) == consecutive
 
 
+@pytest.mark.parametrize("platform, version", [("Intel(R) OpenCL", "OpenCL 3.0 (Build 0)"),
+                                               ("Portable Computing Language", _POCL_AVX512)])
+def test_two_512_bit_vectors_take_4_pixels_on_consecutive_columns(monkeypatch, platform,
+                                                                   version):
+    """8x16x2's sixteen accumulator vectors ran 2-4x slower in the consecutive-column
+    kernel than 4x16x2 (Intel's runtime, AMD Zen 4): a default of two 512-bit vectors takes
+    4 pixels there (tiles._ROWS_PIXELS); phase tiles keep 8, as do narrower devices."""
+    import types
+
+    import pyopencl as cl
+
+    monkeypatch.setattr(tiles, "_host_avx512", lambda: True)
+    device = stub_device(platform=types.SimpleNamespace(name=platform), type=cl.device_type.CPU,
+                         version=version, local_mem_size=4 << 20)
+    f32 = np.float32
+    for problem in (ASPP_18, ASPP_36_65, (1, 33, 33, 2048, 256, 3, 12, "SAME"),
+                    (1, 33, 33, 128, 128, 3, 2, "SAME")):
+        args = _args(problem)
+        tile = tiles.default_for(device, f32, args)
+        assert tile == tiles.Tile(4, 16, 2), (problem, tile)
+        assert launch.consecutive_pixels(args, tiles.Tile(8, 16, 2), launch.kernel_dilation(args))
+    for problem in (BENCH_A_TO_E[1], (1, 64, 64, 256, 256, 3, 2, "SAME"),
+                    (1, 33, 33, 2048, 256, 3, 6, "SAME")):  # phase tiles
+        assert tiles.default_for(device, f32, _args(problem)) in (
+            tiles.Tile(8, 16, 2), tiles.Tile(8, 16, 2, True)), problem
+    # one vector (16 output channels, float64) and 256-bit vectors keep their pixels
+    assert tiles.default_for(device, f32, _args((1, 33, 33, 16, 16, 3, 12, "SAME"))).pixels == 8
+    assert tiles.default_for(device, np.float64, _args(ASPP_18)) == tiles.Tile(8, 16)
+    narrow = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
+                         type=cl.device_type.CPU, version=_POCL_AVX2, local_mem_size=4 << 20)
+    assert tiles.default_for(narrow, f32, _args(ASPP_18)) == tiles.Tile(5, 8, 2)
+
+
 @pytest.mark.parametrize("problem, winograd", [
     (ASPP_6, True), (ASPP_12_65, True), (BENCH_A_TO_E[0], True), (BENCH_A_TO_E[1], True),
     ((1, 64, 64, 64, 64, 3, 8, "SAME"), True),
