@@ -308,20 +308,20 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
 
 #: Pixels of a default tile of several 512-bit vectors where the direct kernel runs
 #: consecutive columns (``atrous_conv2d_transpose_rows``, :func:`direct_columns`): 8x16x2's
-#: sixteen accumulator vectors there ran 2-4x slower than 4x16x2 on Intel's runtime on an
-#: AMD Zen 4 (AVX-512 on 256-bit units), where the phase kernel runs 8x16x2 as fast as
-#: 8x16. Kernels only, 8x16x2 / 4x16x2 / 8x16 ms (a ``/tmp`` script timing
-#: ``launch.transpose`` on device arrays, medians of 7, 2026-12-07): 1x33x33 64->64 rate 2
-#: 1.84 / 0.78 / 0.54, rate 12 1.26 / 0.52 / 0.58; 128->128 rate 2 7.27 / 3.20 / 3.32,
-#: rate 12 5.95 / 2.06 / 2.60; 256->256 rate 2 15.7 / 7.06 / 7.40, rate 12 13.6 / 4.33 /
-#: 5.11; 512->512 rate 2 111 / 26.6 / 27.5, rate 12 48.3 / 16.7 / 19.6; 1x64x64 rate 12,
-#: 64 to 512 channels: 3.06 / 1.27 / 1.30, 20.0 / 4.52 / 4.79, 39.6 / 19.2 / 19.2, 180 /
-#: 72.6 / 76.5. Debian's PoCL 3.1 there (``python benchmarks/tile_sweep.py --devices 1:0
-#: --shapes ... --tiles 8x16x2 4x16x2 8x16 4x16``): 4x16x2 0.52-0.97 of 8x16x2's time on
-#: 1x33x33 and 1x65x65 at 64-256 channels, rates 2-12. The accumulators are the cause,
-#: not the sum: removing the kernel's branch for a border tap with a non-finite weight
-#: (a select per accumulator) ran 8x16x2 at 8x16's speed, and a branch rewritten per
-#: pixel halved its loss; its results were no different.
+#: sixteen accumulator vectors there ran 1.2-2.3x slower than 4x16x2 on Intel's runtime on
+#: an AMD Zen 4 (AVX-512 on 256-bit units), where phase tiles run 8x16x2 as fast as 8x16.
+#: Kernels only, 8x16x2 / 4x16x2 / 8x16 ms (a ``/tmp`` script timing ``launch.transpose``
+#: on device arrays, the three tiles in turn, 8x16x2 last, medians of 15, 2026-12-07):
+#: 1x33x33 64->64 rate 2 0.90 / 0.41 / 0.50, rate 12 0.63 / 0.29 / 0.34; 128->128 3.40 /
+#: 2.94 / 2.96, 2.34 / 2.00 / 2.32; 256->256 13.6 / 6.42 / 6.78, 9.71 / 6.22 / 4.90;
+#: 512->512 53.4 / 24.2 / 26.1, 36.7 / 16.4 / 18.8; 1x64x64 rate 12, 64 to 512 channels:
+#: 2.52 / 1.13 / 1.22, 9.41 / 6.38 / 4.62, 37.4 / 17.2 / 17.9, 150 / 68.2 / 71.4 (with
+#: 8x16x2 first, 1.4-4.2x). Debian's PoCL 3.1 there (``python benchmarks/tile_sweep.py
+#: --devices 1:0 --shapes ... --tiles 8x16x2 4x16x2 8x16 4x16``): 4x16x2 0.52-0.97 of
+#: 8x16x2's time on 1x33x33 and 1x65x65 at 64-256 channels, rates 2-12. The accumulators
+#: are the cause, not the sum: the kernel built without its branch for a border tap with a
+#: non-finite weight (a select per accumulator, never taken with finite weights) ran
+#: 8x16x2 at 8x16's speed, and that branch rewritten per pixel halved the loss.
 _ROWS_PIXELS = 4
 
 
