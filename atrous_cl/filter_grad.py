@@ -20,7 +20,7 @@ import pyopencl.array as cl_array
 
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
-from atrous_cl.facts import describe, status_name
+from atrous_cl.facts import describe, is_intel_cpu, status_name
 from atrous_cl.launch import (TYPE_OPTIONS, dilation_options, element_offset, enqueue, widen,
                               widens_inputs)
 from atrous_cl.tiles import Tile, default_filter_grad_tile
@@ -106,16 +106,38 @@ def row_chunks(rows: int, tiles_per_chunk: int, items: int = 4096,
 
 
 def launch_geometry(filters_shape, tile: Tile, gc: int, chunks: int,
-                    ov: int = 1, kt: int = 1, cb: int = 1) -> tuple[tuple[int, int, int], None]:
+                    ov: int = 1, kt: int = 1, cb: int = 1, groups_of_one: bool = False
+                    ) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
     """``(global_size, local_size)`` of ``filter_grad_partial``: one work-item per tile and chunk.
 
     Axis 0 covers output channels in ``ov`` vectors of ``tile.channels``, axis 1
     input channels in groups of ``gc``, axis 2 the taps in groups of ``kt`` of a
-    filter row (``kt`` divides its width) times the chunks.
+    filter row (``kt`` divides its width) times the chunks. With ``groups_of_one``
+    (:func:`single_items`), work-groups of one work-item; else
+    the local size is left to the driver.
     """
     kh, kw, cin, cout = filters_shape
     vectors = tile.padded_channels(cout) // tile.channels
-    return (-(-vectors // ov), -(-cin // (gc * cb)), kh * (kw // kt) * chunks), None
+    global_size = (-(-vectors // ov), -(-cin // (gc * cb)), kh * (kw // kt) * chunks)
+    return global_size, ((1, 1, 1) if groups_of_one else None)
+
+
+def single_items(device: cl.Device) -> bool:
+    """Whether ``filter_grad_partial`` runs in work-groups of one work-item: on Intel's CPU
+    runtime, where the groups the driver chose took whole rows of output-channel tiles and,
+    from 1024 output channels (d's: the transpose's input channels, in its vjp), ran a
+    register tile of several vectors 5-17x slower (the runtime maps neighbouring
+    work-items of a group to vector lanes).
+
+    AMD Zen 4, the transpose vjp, host API, medians of 3 (a ``/tmp`` script, 2026-12-07),
+    ms, the driver's groups / groups of one / groups along the input channels: 1x33x33
+    1024->256 rate 6 672 / 77.9 / 75.4; 768->256 53.3 / 51.8 / 57.7; 1x32x32 1024->512
+    rate 1 1363 / 140 / 128; 1x64x64 512->512 rate 2 446 / 386 / 467; A 2.7 / 2.5 / 2.3,
+    B 21.2 / 21.1 / 20.0, C 1.6 / 1.4 / 1.6, D 8.9 / 8.6 / 8.5, E 0.2 all; 1x33x33 256->256
+    rate 12 18.5 / 17.1 / 18.8. PoCL keeps the driver's groups: groups of one took Debian's
+    PoCL 3.1 A 2.6 -> 4.9 ms, 1024->256 77.9 -> 109, and PyPI's PoCL B 27.3 -> 48.6.
+    """
+    return is_intel_cpu(device)
 
 
 def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> DeviceError:
@@ -281,7 +303,8 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
                     else (partial, np.int64(0)))
             summed = enqueue(
                 kernels["filter_grad_partial"], queue,
-                launch_geometry(args.filters_shape, tile, gc, chunks, ov, kt, cb),
+                launch_geometry(args.filters_shape, tile, gc, chunks, ov, kt, cb,
+                                single_items(queue.device)),
                 (*inputs, *sums,
                  np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
                  np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk)),
