@@ -20,9 +20,9 @@ import pyopencl.array as cl_array
 
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
-from atrous_cl.facts import describe, is_intel_cpu, status_name
-from atrous_cl.launch import (TYPE_OPTIONS, dilation_options, element_offset, enqueue, widen,
-                              widens_inputs)
+from atrous_cl.facts import describe, facts, is_intel_cpu, is_pocl, status_name
+from atrous_cl.launch import (TYPE_OPTIONS, dilation_options, element_offset, enqueue,
+                              largest_divisor, widen, widens_inputs)
 from atrous_cl.tiles import Tile, default_filter_grad_tile
 from atrous_cl.validation import ConvArgs
 
@@ -106,38 +106,64 @@ def row_chunks(rows: int, tiles_per_chunk: int, items: int = 4096,
 
 
 def launch_geometry(filters_shape, tile: Tile, gc: int, chunks: int,
-                    ov: int = 1, kt: int = 1, cb: int = 1, groups_of_one: bool = False
+                    ov: int = 1, kt: int = 1, cb: int = 1, max_items: int | None = None
                     ) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
     """``(global_size, local_size)`` of ``filter_grad_partial``: one work-item per tile and chunk.
 
     Axis 0 covers output channels in ``ov`` vectors of ``tile.channels``, axis 1
     input channels in groups of ``gc``, axis 2 the taps in groups of ``kt`` of a
-    filter row (``kt`` divides its width) times the chunks. With ``groups_of_one``
-    (:func:`single_items`), work-groups of one work-item; else
-    the local size is left to the driver.
+    filter row (``kt`` divides its width) times the chunks. With ``max_items``
+    (:func:`group_items`), work-groups of at most that many work-items, as many as
+    divide axis 0, then 1, then 2; else the local size is left to the driver.
     """
     kh, kw, cin, cout = filters_shape
     vectors = tile.padded_channels(cout) // tile.channels
     global_size = (-(-vectors // ov), -(-cin // (gc * cb)), kh * (kw // kt) * chunks)
-    return global_size, ((1, 1, 1) if groups_of_one else None)
+    if max_items is None:
+        return global_size, None
+    local: list[int] = []
+    for size in global_size:
+        local.append(largest_divisor(size, max(1, max_items // math.prod(local))))
+    return global_size, (local[0], local[1], local[2])
 
 
-def single_items(device: cl.Device) -> bool:
-    """Whether ``filter_grad_partial`` runs in work-groups of one work-item: on Intel's CPU
-    runtime, where the groups the driver chose took whole rows of output-channel tiles and,
-    from 1024 output channels (d's: the transpose's input channels, in its vjp), ran a
-    register tile of several vectors 5-17x slower (the runtime maps neighbouring
-    work-items of a group to vector lanes).
+#: Bytes of the work-items' private register tiles a work-group of PoCL's CPU driver may
+#: hold (:func:`group_items`).
+POCL_GROUP_BYTES = 1 << 20
 
-    AMD Zen 4, the transpose vjp, host API, medians of 3 (a ``/tmp`` script, 2026-12-07),
-    ms, the driver's groups / groups of one / groups along the input channels: 1x33x33
-    1024->256 rate 6 672 / 77.9 / 75.4; 768->256 53.3 / 51.8 / 57.7; 1x32x32 1024->512
-    rate 1 1363 / 140 / 128; 1x64x64 512->512 rate 2 446 / 386 / 467; A 2.7 / 2.5 / 2.3,
-    B 21.2 / 21.1 / 20.0, C 1.6 / 1.4 / 1.6, D 8.9 / 8.6 / 8.5, E 0.2 all; 1x33x33 256->256
-    rate 12 18.5 / 17.1 / 18.8. PoCL keeps the driver's groups: groups of one took Debian's
-    PoCL 3.1 A 2.6 -> 4.9 ms, 1024->256 77.9 -> 109, and PyPI's PoCL B 27.3 -> 48.6.
+
+def group_items(device: cl.Device, dtype, tile: Tile, gc: int, ov: int, kt: int,
+                cb: int) -> int | None:
+    """The most work-items a work-group of ``filter_grad_partial`` takes; None: the driver's
+    choice (GPUs).
+
+    PoCL's CPU driver runs a work-group on one thread, whose stack holds every work-item's
+    private arrays: the tiles of ``cb`` groups of input channels (4 KiB a work-item with
+    x packed, 16 groups of 8 input channels of 8-float vectors) in the 64x4x9 group PyPI's
+    PoCL 3.0 chose for the transpose vjp of 1x8x8 1024->512 took 9 MiB and crashed the
+    process ("stack smashing detected"; a segmentation fault at 1x32x32). Its groups
+    therefore hold at most :data:`POCL_GROUP_BYTES` of tiles (256 work-items there), which
+    ran A-E as fast as its own choice, within the noise (a ``/tmp`` script, the transpose
+    vjp, host API, medians of 5, twice).
+
+    On Intel's CPU runtime, work-groups of one work-item: the groups it chose took whole
+    rows of output-channel tiles and, from 1024 output channels (d's: the transpose's input
+    channels, in its vjp), ran a register tile of several vectors 5-17x slower (the runtime
+    maps neighbouring work-items of a group to vector lanes). AMD Zen 4, the transpose vjp,
+    host API, medians of 3 (a ``/tmp`` script, 2026-12-07), ms, the driver's groups /
+    groups of one / groups along the input channels: 1x33x33 1024->256 rate 6 672 / 77.9 /
+    75.4; 768->256 53.3 / 51.8 / 57.7; 1x32x32 1024->512 rate 1 1363 / 140 / 128; 1x64x64
+    512->512 rate 2 446 / 386 / 467; A 2.7 / 2.5 / 2.3, B 21.2 / 21.1 / 20.0, C 1.6 / 1.4 /
+    1.6, D 8.9 / 8.6 / 8.5, E 0.2 all; 1x33x33 256->256 rate 12 18.5 / 17.1 / 18.8.
+    (Groups of one took Debian's PoCL 3.1 A 2.6 -> 4.9 ms and PyPI's PoCL B 27.3 -> 48.6.)
     """
-    return is_intel_cpu(device)
+    if is_intel_cpu(device):
+        return 1
+    if is_pocl(device) and facts(device).type & cl.device_type.CPU:
+        acc = 8 if np.dtype(dtype) == np.float64 else 4
+        private = cb * kt * gc * ov * tile.channels * acc
+        return max(1, POCL_GROUP_BYTES // private)
+    return None
 
 
 def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> DeviceError:
@@ -304,7 +330,7 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
             summed = enqueue(
                 kernels["filter_grad_partial"], queue,
                 launch_geometry(args.filters_shape, tile, gc, chunks, ov, kt, cb,
-                                single_items(queue.device)),
+                                group_items(queue.device, out.dtype, tile, gc, ov, kt, cb)),
                 (*inputs, *sums,
                  np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
                  np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk)),

@@ -364,9 +364,11 @@ def test_filter_grad_chunks_keep_below_max_rows(rows, tiles, items, max_rows, wa
     assert filter_grad.row_chunks(rows, tiles, items, max_rows) == want
 
 
-def test_filter_grad_runs_in_groups_of_one_on_intels_runtime_only():
+def test_filter_grad_work_groups_per_driver():
     """Intel's CPU runtime ran the filter gradient 5-17x slower in the work-groups it chose
-    from 1024 output channels on (filter_grad.single_items); PoCL and GPUs keep the driver's."""
+    from 1024 output channels on: groups of one there. PoCL's CPU driver keeps a group's
+    private tiles on one thread's stack, which its own choice overflowed: groups whose tiles
+    take at most 1 MiB there. GPUs keep the driver's (filter_grad.group_items)."""
     import types
 
     import pyopencl as cl
@@ -375,12 +377,41 @@ def test_filter_grad_runs_in_groups_of_one_on_intels_runtime_only():
                         type=cl.device_type.CPU)
     pocl = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
                        type=cl.device_type.CPU)
-    assert filter_grad.single_items(intel)
-    assert not filter_grad.single_items(pocl) and not filter_grad.single_items(stub_device())
-    shape, tile = (3, 3, 256, 1024), Tile(8, 16)
-    assert filter_grad.launch_geometry(shape, tile, 4, 1, 4, groups_of_one=True) == \
-        ((16, 64, 9), (1, 1, 1))
-    assert filter_grad.launch_geometry(shape, tile, 4, 1, 4) == ((16, 64, 9), None)
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    assert filter_grad.group_items(intel, f32, Tile(8, 16), 4, 4, 1, 1) == 1
+    assert filter_grad.group_items(pocl, f32, Tile(8, 8), 8, 1, 1, 16) == 256  # 4 KiB each
+    assert filter_grad.group_items(pocl, f64, Tile(8, 4), 8, 1, 1, 16) == 256
+    assert filter_grad.group_items(pocl, f32, Tile(8, 16), 2, 1, 3, 1) == 2730  # 384 B each
+    assert filter_grad.group_items(stub_device(), f32, Tile(4, 2), 4, 1, 1, 1) is None
+    shape = (3, 3, 512, 1024)
+    assert filter_grad.launch_geometry(shape, Tile(8, 16), 4, 1, 4, max_items=1) == \
+        ((16, 128, 9), (1, 1, 1))
+    # the 64x4x9 group PoCL chose, which crashed it, and the one it gets
+    assert filter_grad.launch_geometry(shape, Tile(8, 8), 8, 1, 1, 1, 16, max_items=256) == \
+        ((128, 4, 9), (128, 2, 1))
+    assert filter_grad.launch_geometry(shape, Tile(8, 16), 4, 1, 4) == ((16, 128, 9), None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_the_vjps_of_many_channels_run_and_are_right(queue, dtype):
+    """1x8x8 1024->512: the filter gradient's work-group overflowed PyPI's PoCL's stack
+    (x packed in 16 groups of 8 input channels; "stack smashing detected"), and took
+    Intel's runtime 10x its time at 1x32x32."""
+    skip_unsupported(queue, dtype)
+    rng = np.random.default_rng()
+    value = rng.standard_normal((1, 8, 8, 1024)).astype(dtype)
+    filters = rng.standard_normal((3, 3, 512, 1024)).astype(dtype)
+    dy = rng.standard_normal((1, 8, 8, 512)).astype(dtype)
+    got = atrous_cl.atrous_conv2d_transpose_vjp(value, filters, (1, 8, 8, 512), 1, "SAME", dy,
+                                                queue=queue)
+    want = reference.atrous_conv2d_transpose_vjp(value, filters, (1, 8, 8, 512), 1, "SAME", dy)
+    # Sums of 4608 and 64 terms, which may cancel: the recursive-summation bound n * u *
+    # sum |terms| on top of the dtype's (as test_matches_reference).
+    terms = reference.atrous_conv2d_transpose_vjp(np.abs(value), np.abs(filters), (1, 8, 8, 512),
+                                                  1, "SAME", np.abs(dy))
+    u = np.finfo(dtype).eps / 2
+    for g, w, t, n, what in zip(got, want, terms, (9 * 512, 64), ("d_value", "d_filters")):
+        assert_close(g, w, dtype, context=what, atol=n * u * float(np.max(t)))
 
 
 # Filter-gradient layouts the defaults do not reach on every device (CPUs split
