@@ -775,8 +775,7 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
         tile = tile._replace(channels=min(pow2_at_least(cout), 16))
     wide = is_pocl(device) and not _pocl_narrow(device)
     ov = 1
-    if _several_vectors(device, dtype) and not (
-            is_intel_cpu(device) and cin * cout >= INTEL_FILTER_GRAD_ONE_VECTOR_FROM):
+    if _several_vectors(device, dtype):
         ov = max(1, min(4, tile.padded_channels(cout) // tile.channels))  # 1 without channels
     gc = 16 // ov if ov > 1 or wide else tile.pixels
     gc = max(1, min(gc, cin))
@@ -784,18 +783,6 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
         xpack = xpack and _pocl_narrow(device)
         return FilterGradTile(tile, gc, 1, 512 << 10, ov, 1, xpack, _packed_groups(cin, gc, xpack))
     return FilterGradTile(tile, gc, 4096, 0, ov)
-
-
-#: Input x output channels from which :func:`default_filter_grad_tile` gives Intel's CPU
-#: runtime one 16-channel vector and 8 input channels a work-item (16x8x1x1) rather than
-#: four vectors and 4 (16x4x4x1). AMD Zen 4, in work-groups of one work-item
-#: (:func:`atrous_cl.filter_grad.group_items`), kernels only, 16x8x1x1's time over
-#: 16x4x4x1's (``python benchmarks/filter_grad_ab.py --devices 2:0 --workloads A B --shapes
-#: ... --bc 16 --gc 8 16 --ov 1 4 --items 1 --kib 512 --rounds 3``, 2026-12-07 01:15 UTC):
-#: A (64->64) 1.11, B (128->128) 0.94, 1x64x64 256->256 rate 2 0.99, 1x33x33 256->256 rate
-#: 12 0.53, 512->512 rate 6 0.61, 512->256 0.52, 256->512 0.51; 1x64x64 512->512 rate 2
-#: 0.59 and 1x33x33 2048->256 rate 12 0.71 (16x16x1x1 0.48, 0.56; 1.27 on A, 1.45 on B).
-INTEL_FILTER_GRAD_ONE_VECTOR_FROM = 256 * 256
 
 
 def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[Tile]:
