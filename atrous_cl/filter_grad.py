@@ -190,6 +190,24 @@ class Layout(NamedTuple):
     cb: int = 1
 
 
+#: Input x output channels from which :func:`layout` gives Intel's CPU runtime one vector
+#: and 16 input channels a work-item (16x16x1x1) instead of :func:`tiles`' four vectors and
+#: 4 (16x4x4x1) where the rows run in one chunk (filters whose partial sums would outgrow
+#: the inputs). Each work-item then sums every row, and d's rows stream through the caches
+#: once per work-item: one 16-channel vector of d a load, 16 of x's channels reusing it.
+#: AMD Zen 4, in work-groups of one work-item (:func:`group_items`), kernels only, time over
+#: the best of 16x4x4x1 / 16x8x1x1 / 16x16x1x1 / 16x8x4x1 (``python
+#: benchmarks/filter_grad_ab.py --devices 2:0 --shapes ... --bc 16 --gc 4 8 16 --ov 1 4
+#: --items 1 --kib 512 --rounds 2-3``, 2026-12-07 01:14-01:18 UTC), one chunk: 1x33x33
+#: 256->256 rate 12 1.89 / 1.00 / 1.15 / 1.68, 512->512 rate 6 1.65 / 1.00 / 1.11 / 1.45,
+#: 512->256 2.03 / 1.06 / 1.00 / 1.85, 256->512 1.98 / 1.00 / 1.04 / 1.63, 2048->256 rate 12
+#: 1.79 / 1.26 / 1.00 / 1.42, 1x64x64 512->512 rate 2 2.09 / 1.23 / 1.00 / 1.17; in several
+#: chunks, where 16x4x4x1 stays: A 1.00 / 1.11 / 1.27 / 1.06, B 1.06 / 1.00 / 1.54 / 1.02,
+#: 1x64x64 256->256 rate 2 (3 chunks) 1.05 / 1.04 / 1.25 / 1.00, 1x65x65 2048->256 rate 6
+#: (2 chunks) 1.46 / 2.59 / 1.26 / 1.00. Sixteen accumulator vectors either way.
+INTEL_ONE_CHUNK_ONE_VECTOR_FROM = 256 * 256
+
+
 def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None = None,
            gc: int | None = None, items: int | None = None,
            chunk_bytes: int | None = None, ov: int | None = None,
@@ -213,6 +231,7 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     packable = (live and packed_width(args) <= 2 * args.value_shape[2]
                 and math.prod(args.output_shape[:3]) * kh * kw * cin * cout >= PACK_FROM_MACS)
     explicit_cb = cb is not None
+    explicit_split = ov is not None or gc is not None
     chosen = [d if given is None else given for given, d in
               zip((tile, gc, items, chunk_bytes, ov, kt, xpack, cb),
                   tiles(device, dtype, args.filters_shape, packable))]
@@ -240,6 +259,9 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
         budget = max(_PARTIALS_FLOOR, math.prod(args.value_shape) + math.prod(args.output_shape))
         max_rows = max(max_rows, -(-(n * hd) // max(1, budget // max(1, per_chunk))))
     chunks, rows_per_chunk = row_chunks(n * hd, math.prod(geometry_one), items, max_rows)
+    if (chunks == 1 and ov > 1 and not explicit_split and is_intel_cpu(device)
+            and cin * cout >= INTEL_ONE_CHUNK_ONE_VECTOR_FROM):
+        ov, gc = 1, min(16, cin)
     widened = 2 if np.dtype(dtype) == np.float16 else 1
     # One chunk keeps no partial sums: the partial kernel stores the result (launch).
     partials = widened * chunks * kh * kw * cin * tile.padded_channels(cout) if chunks > 1 else 0

@@ -392,6 +392,40 @@ def test_filter_grad_work_groups_per_driver():
     assert filter_grad.launch_geometry(shape, Tile(8, 16), 4, 1, 4) == ((16, 128, 9), None)
 
 
+def test_intels_filter_grad_takes_one_vector_where_one_chunk_sums_many_channels(monkeypatch):
+    """Where the rows run in one chunk, from 256 x 256 channels, Intel's runtime with 512-bit
+    vectors takes 16x16x1x1, not 16x4x4x1 (1.6-2.1x its time there); problems in several
+    chunks keep 16x4x4x1, and a layout given by hand is kept
+    (filter_grad.INTEL_ONE_CHUNK_ONE_VECTOR_FROM)."""
+    import types
+
+    import pyopencl as cl
+
+    from atrous_cl import tiles
+    from atrous_cl.validation import check_transpose_args
+
+    monkeypatch.setattr(tiles, "_host_avx512", lambda: True)
+    intel = stub_device(platform=types.SimpleNamespace(name="Intel(R) OpenCL"),
+                        type=cl.device_type.CPU, version="OpenCL 3.0 (Build 0)",
+                        local_mem_size=256 << 10)
+    f32 = np.dtype(np.float32)
+
+    def split(problem, **given):
+        n, h, w, cin, cout, k, rate = problem
+        args = check_transpose_args((n, h, w, cin), (k, k, cout, cin), (n, h, w, cout), rate,
+                                    "SAME")
+        got = filter_grad.layout(intel, f32, training._adjoint(args), **given)
+        return got.tile.channels, got.gc, got.ov, got.chunks
+
+    assert split((1, 33, 33, 256, 256, 3, 12)) == (16, 16, 1, 1)
+    assert split((1, 33, 33, 2048, 256, 3, 12)) == (16, 16, 1, 1)
+    assert split((1, 33, 33, 256, 255, 3, 12)) == (16, 4, 4, 1)   # one chunk, below 256 x 256
+    assert split((1, 64, 64, 64, 64, 3, 2)) == (16, 4, 4, 4)      # A: several chunks
+    assert split((1, 65, 65, 2048, 256, 3, 6)) == (16, 4, 4, 2)
+    assert split((1, 33, 33, 256, 256, 3, 12), ov=4) == (16, 4, 4, 1)
+    assert split((1, 33, 33, 256, 256, 3, 12), gc=4) == (16, 4, 4, 1)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_the_vjps_of_many_channels_run_and_are_right(queue, dtype):
     """1x8x8 1024->512: the filter gradient's work-group overflowed PyPI's PoCL's stack
