@@ -106,15 +106,18 @@ def row_chunks(rows: int, tiles_per_chunk: int, items: int = 4096,
 
 
 def launch_geometry(filters_shape, tile: Tile, gc: int, chunks: int,
-                    ov: int = 1, kt: int = 1, cb: int = 1, max_items: int | None = None
+                    ov: int = 1, kt: int = 1, cb: int = 1, max_items: int | None = None,
+                    max_sizes: tuple[int, ...] = (), min_groups: int = 1
                     ) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
     """``(global_size, local_size)`` of ``filter_grad_partial``: one work-item per tile and chunk.
 
     Axis 0 covers output channels in ``ov`` vectors of ``tile.channels``, axis 1
     input channels in groups of ``gc``, axis 2 the taps in groups of ``kt`` of a
     filter row (``kt`` divides its width) times the chunks. With ``max_items``
-    (:func:`group_items`), work-groups of at most that many work-items, as many as
-    divide axis 0, then 1, then 2; else the local size is left to the driver.
+    (:func:`group_items`), work-groups of at most that many work-items (each axis at most
+    its ``max_sizes`` entry), as many as divide axis 0, then 1, then 2, then split again
+    until there are ``min_groups`` groups or groups of one; else the local size is left
+    to the driver.
     """
     kh, kw, cin, cout = filters_shape
     vectors = tile.padded_channels(cout) // tile.channels
@@ -122,8 +125,16 @@ def launch_geometry(filters_shape, tile: Tile, gc: int, chunks: int,
     if max_items is None:
         return global_size, None
     local: list[int] = []
-    for size in global_size:
-        local.append(largest_divisor(size, max(1, max_items // math.prod(local))))
+    for axis, size in enumerate(global_size):
+        room = max(1, max_items // math.prod(local))
+        if axis < len(max_sizes):
+            room = min(room, max(1, max_sizes[axis]))
+        local.append(largest_divisor(size, room))
+    while math.prod(g // item for g, item in zip(global_size, local)) < min_groups:
+        axis = max(range(3), key=lambda i: local[i])
+        if local[axis] == 1:
+            break
+        local[axis] = largest_divisor(global_size[axis], local[axis] - 1)
     return global_size, (local[0], local[1], local[2])
 
 
@@ -142,9 +153,9 @@ def group_items(device: cl.Device, dtype, tile: Tile, gc: int, ov: int, kt: int,
     x packed, 16 groups of 8 input channels of 8-float vectors) in the 64x4x9 group PyPI's
     PoCL 3.0 chose for the transpose vjp of 1x8x8 1024->512 took 9 MiB and crashed the
     process ("stack smashing detected"; a segmentation fault at 1x32x32). Its groups
-    therefore hold at most :data:`POCL_GROUP_BYTES` of tiles (256 work-items there), which
-    ran A-E as fast as its own choice, within the noise (a ``/tmp`` script, the transpose
-    vjp, host API, medians of 5, twice).
+    therefore hold at most :data:`POCL_GROUP_BYTES` of tiles (256 work-items there), within
+    the kernel's and the device's largest group, split until each compute unit has one
+    (:func:`group_limits`).
 
     On Intel's CPU runtime, work-groups of one work-item: the groups it chose took whole
     rows of output-channel tiles and, from 1024 output channels (d's: the transpose's input
@@ -164,6 +175,20 @@ def group_items(device: cl.Device, dtype, tile: Tile, gc: int, ov: int, kt: int,
         private = cb * kt * gc * ov * tile.channels * acc
         return max(1, POCL_GROUP_BYTES // private)
     return None
+
+
+def group_limits(kernel: cl.Kernel, device: cl.Device, dtype, tile: Tile, gc: int, ov: int,
+                 kt: int, cb: int) -> tuple[int | None, tuple[int, ...], int]:
+    """:func:`launch_geometry`'s ``max_items``, ``max_sizes`` and ``min_groups`` for
+    ``kernel`` on ``device``: :func:`group_items` within the kernel's and the device's
+    largest work-group, and a group per compute unit or more."""
+    items = group_items(device, dtype, tile, gc, ov, kt, cb)
+    if items is None:
+        return None, (), 1
+    largest = min(kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device),
+                  device.max_work_group_size)
+    return (max(1, min(items, largest)), tuple(device.max_work_item_sizes),
+            max(1, device.max_compute_units))
 
 
 def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> DeviceError:
@@ -231,7 +256,8 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     packable = (live and packed_width(args) <= 2 * args.value_shape[2]
                 and math.prod(args.output_shape[:3]) * kh * kw * cin * cout >= PACK_FROM_MACS)
     explicit_cb = cb is not None
-    explicit_split = ov is not None or gc is not None
+    by_hand = any(given is not None
+                  for given in (tile, gc, items, chunk_bytes, ov, kt, xpack, cb))
     chosen = [d if given is None else given for given, d in
               zip((tile, gc, items, chunk_bytes, ov, kt, xpack, cb),
                   tiles(device, dtype, args.filters_shape, packable))]
@@ -259,7 +285,7 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
         budget = max(_PARTIALS_FLOOR, math.prod(args.value_shape) + math.prod(args.output_shape))
         max_rows = max(max_rows, -(-(n * hd) // max(1, budget // max(1, per_chunk))))
     chunks, rows_per_chunk = row_chunks(n * hd, math.prod(geometry_one), items, max_rows)
-    if (chunks == 1 and ov > 1 and not explicit_split and is_intel_cpu(device)
+    if (chunks == 1 and ov > 1 and not by_hand and is_intel_cpu(device)
             and cin * cout >= INTEL_ONE_CHUNK_ONE_VECTOR_FROM):
         ov, gc = 1, min(16, cin)
     widened = 2 if np.dtype(dtype) == np.float16 else 1
@@ -352,7 +378,8 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
             summed = enqueue(
                 kernels["filter_grad_partial"], queue,
                 launch_geometry(args.filters_shape, tile, gc, chunks, ov, kt, cb,
-                                group_items(queue.device, out.dtype, tile, gc, ov, kt, cb)),
+                                *group_limits(kernels["filter_grad_partial"], queue.device,
+                                              out.dtype, tile, gc, ov, kt, cb)),
                 (*inputs, *sums,
                  np.int32(args.value_shape[1]), np.int32(args.value_shape[2]),
                  np.int32(hd), np.int32(wd), np.int64(n * hd), np.int64(rows_per_chunk)),

@@ -322,6 +322,10 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
 #: are the cause, not the sum: the kernel built without its branch for a border tap with a
 #: non-finite weight (a select per accumulator, never taken with finite weights) ran
 #: 8x16x2 at 8x16's speed, and that branch rewritten per pixel halved the loss.
+#: Where 4 pixels then run phase tiles instead (the count of :func:`direct_columns`
+#: flips), 4x16x2 is still the faster: ``python benchmarks/tile_sweep.py --devices 1:0
+#: --shapes 1,17,17,64,64,5,1,SAME 1,33,33,128,128,4,3,SAME --tiles 8x16x2 4x16x2 8x16
+#: --rounds 7``, Intel's runtime, 4x16x2 0.46 and 0.50 of 8x16x2's time.
 _ROWS_PIXELS = 4
 
 

@@ -390,6 +390,54 @@ def test_filter_grad_work_groups_per_driver():
     assert filter_grad.launch_geometry(shape, Tile(8, 8), 8, 1, 1, 1, 16, max_items=256) == \
         ((128, 4, 9), (128, 2, 1))
     assert filter_grad.launch_geometry(shape, Tile(8, 16), 4, 1, 4) == ((16, 128, 9), None)
+    # within each axis's largest size, and split until every compute unit has a group
+    assert filter_grad.launch_geometry(shape, Tile(8, 8), 8, 1, 1, 1, 16, max_items=256,
+                                       max_sizes=(64, 4096, 4096)) == ((128, 4, 9), (64, 4, 1))
+    assert filter_grad.launch_geometry(shape, Tile(8, 8), 8, 1, 1, 1, 16, max_items=4096,
+                                       min_groups=16) == ((128, 4, 9), (16, 4, 3))  # 24
+    assert filter_grad.launch_geometry((1, 1, 1, 1), Tile(8, 1), 1, 1, max_items=64,
+                                       min_groups=16) == ((1, 1, 1), (1, 1, 1))
+    kernel = types.SimpleNamespace(get_work_group_info=lambda what, device: 512)
+    pocl16 = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
+                         type=cl.device_type.CPU, max_work_group_size=4096,
+                         max_work_item_sizes=[4096, 4096, 4096], max_compute_units=16)
+    assert filter_grad.group_limits(kernel, pocl16, f32, Tile(8, 16), 2, 1, 3, 1) == \
+        (512, (4096, 4096, 4096), 16)   # 2730 by the tiles' bytes, 512 by the kernel's
+    assert filter_grad.group_limits(kernel, pocl16, f32, Tile(8, 8), 8, 1, 1, 16) == \
+        (256, (4096, 4096, 4096), 16)
+    assert filter_grad.group_limits(kernel, stub_device(), f32, Tile(4, 2), 4, 1, 1, 1) == \
+        (None, (), 1)
+
+
+def test_filter_grad_groups_keep_within_the_device(queue):
+    """A cap from the tiles' bytes alone gave PyPI's PoCL groups of 4224 work-items (it takes
+    4096 at most: CL_INVALID_WORK_GROUP_SIZE) for one input channel beside 512; groups stay
+    within the kernel's and the device's largest and leave each compute unit one."""
+    rng = np.random.default_rng()
+    value = rng.standard_normal((1, 64, 64, 1)).astype(np.float32)
+    filters = rng.standard_normal((1, 3, 1, 512)).astype(np.float32)
+    dy = rng.standard_normal((1, 64, 64, 512)).astype(np.float32)
+    got = training.atrous_conv2d_vjp(value, filters, 1, "SAME", dy, queue=queue)
+    want = reference.atrous_conv2d_vjp(value, filters, 1, "SAME", dy)
+    terms = reference.atrous_conv2d_vjp(np.abs(value), np.abs(filters), 1, "SAME", np.abs(dy))
+    u = np.finfo(np.float32).eps / 2
+    for g, w, t, n, what in zip(got, want, terms, (3 * 512, 64 * 64), ("d_value", "d_filters")):
+        assert_close(g, w, np.float32, context=what, atol=n * u * float(np.max(t)))
+    args = check_conv_args(value.shape, filters.shape, 1, "SAME")
+    plan = filter_grad.layout(queue.device, np.dtype(np.float32), args)
+    options = filter_grad.build_options(np.dtype(np.float32), args, plan.tile, plan.gc, plan.ov,
+                                        plan.kt, False, plan.xpack, plan.cb, plan.chunks == 1)
+    kernels, _ = programs.get_kernels(queue.context, filter_grad.KERNEL_FILE, options)
+    limits = filter_grad.group_limits(kernels["filter_grad_partial"], queue.device,
+                                      np.dtype(np.float32), plan.tile, plan.gc, plan.ov,
+                                      plan.kt, plan.cb)
+    global_size, local = filter_grad.launch_geometry(args.filters_shape, plan.tile, plan.gc,
+                                                     plan.chunks, plan.ov, plan.kt, plan.cb,
+                                                     *limits)
+    if local is not None:
+        assert math.prod(local) <= min(queue.device.max_work_group_size, limits[0])
+        assert all(g % item == 0 for g, item in zip(global_size, local))
+        assert all(item <= m for item, m in zip(local, queue.device.max_work_item_sizes))
 
 
 def test_intels_filter_grad_takes_one_vector_where_one_chunk_sums_many_channels(monkeypatch):
@@ -424,6 +472,7 @@ def test_intels_filter_grad_takes_one_vector_where_one_chunk_sums_many_channels(
     assert split((1, 65, 65, 2048, 256, 3, 6)) == (16, 4, 4, 2)
     assert split((1, 33, 33, 256, 256, 3, 12), ov=4) == (16, 4, 4, 1)
     assert split((1, 33, 33, 256, 256, 3, 12), gc=4) == (16, 4, 4, 1)
+    assert split((1, 33, 33, 256, 256, 3, 12), cb=1) == (16, 4, 4, 1)  # any field by hand
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])

@@ -974,6 +974,10 @@ def test_two_512_bit_vectors_take_4_pixels_on_consecutive_columns(monkeypatch, p
                     (1, 33, 33, 2048, 256, 3, 6, "SAME")):  # phase tiles
         assert tiles.default_for(device, f32, _args(problem)) in (
             tiles.Tile(8, 16, 2), tiles.Tile(8, 16, 2, True)), problem
+    # 4 pixels where they would run phase tiles too (measured faster there as well)
+    flips = _args((1, 17, 17, 64, 64, 5, 1, "SAME"))
+    assert tiles.default_for(device, f32, flips) == tiles.Tile(4, 16, 2)
+    assert not launch.consecutive_pixels(flips, tiles.Tile(4, 16, 2), launch.kernel_dilation(flips))
     # one vector (16 output channels, float64) and 256-bit vectors keep their pixels
     assert tiles.default_for(device, f32, _args((1, 33, 33, 16, 16, 3, 12, "SAME"))).pixels == 8
     assert tiles.default_for(device, np.float64, _args(ASPP_18)) == tiles.Tile(8, 16)
