@@ -737,6 +737,12 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     2,32,32,128,128,5,1,SAME --pairs 21``): PyPI's PoCL (8x8) 0.78, 1.22 (2x2 taps, a
     0.4 ms call: :data:`atrous_cl.filter_grad.PACK_FROM_MACS`), 0.77, 0.74, D (16
     channels) 1.03; Intel's 16x8 1.04, 1.27, 1.05, 1.00, D 1.10, so it is not packed.
+    Where PoCL's compiler cannot build 16-float vectors (:func:`atrous_cl.facts.max_vector_bytes`:
+    PyPI's PoCL 3.0 on AMD Zen 4), these splits take two 8-float vectors instead (``ov`` 2):
+    ``python benchmarks/filter_grad_ab.py --devices 2:0 --workloads A B C D E --bc 8 --gc 8
+    --ov 1 --kt 1 --items 1 --kib 512 --xpack --cb 1 2 4 --rounds 5`` (2026-12-07 02:16 UTC),
+    the split before's time (8x8, x packed where it packed) over this one's: A 1.20, B 1.03,
+    C 1.19, D 1.13, but E 0.85 (a 0.3 ms call, as E's 1.26 on the Zen 3 above).
     ``packable``: packing pays for the problem (:func:`atrous_cl.filter_grad.layout`
     decides: rows at most twice x's, 2**26 multiply-adds or more); without it nothing
     is packed.
@@ -758,15 +764,18 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     tile = _platform_tile(device, dtype, cout)._replace(vectors=1)
     cpu = facts(device).type & cl.device_type.CPU
     xpack = packable and min(cin, cout) >= _XPACK_FROM
-    # 16 floats are two 256-bit vectors there, where the compiler builds them (max_vector_bytes).
-    sixteen = cpu and _narrow(device) and max_vector_bytes(device) is None
+    # 16 floats are two 256-bit vectors there: one 16-float vector where the compiler
+    # builds it, else two 8-float ones (max_vector_bytes: PyPI's PoCL on AMD Zen 4).
+    sixteen = cpu and _narrow(device)
+    sixteen_as = ((tile._replace(channels=16), 1) if max_vector_bytes(device) is None
+                  else (tile._replace(channels=8), 2))
     if (sixteen and kw % 5 == 0 and acc_itemsize(dtype) == 4 and cout >= 16
             and (xpack or cin <= 16)):
-        return FilterGradTile(tile._replace(channels=16), 1, 1, 512 << 10, 1, 5, xpack,
+        return FilterGradTile(sixteen_as[0], 1, 1, 512 << 10, sixteen_as[1], 5, xpack,
                               _packed_groups(cin, 1, xpack))
     if cpu and _narrow(device) and kw % 3 == 0:
         if sixteen and acc_itemsize(dtype) == 4 and cout >= 16:
-            return FilterGradTile(tile._replace(channels=16), min(2, cin), 1, 512 << 10, 1, 3,
+            return FilterGradTile(sixteen_as[0], min(2, cin), 1, 512 << 10, sixteen_as[1], 3,
                                   xpack, _packed_groups(cin, min(2, cin), xpack))
         if np.dtype(dtype) == np.float64 and _intel_narrow(device) and cout >= 8:
             return FilterGradTile(tile._replace(channels=8), min(2, cin), 1, 512 << 10, 1, 3,

@@ -871,6 +871,29 @@ def test_op_calls_do_not_wait_for_another_process_storing_a_winner(queue, fresh_
         tuning.device_key(queue.device)]
 
 
+@pytest.mark.parametrize("float_width, sixteen", [(8, (tiles.Tile(8, 16), 1)),
+                                                   (16, (tiles.Tile(8, 8), 2))],
+                         ids=["zen3", "zen4"])
+def test_narrow_pocl_sums_sixteen_filter_gradient_channels_however_its_compiler_builds_them(
+        float_width, sixteen):
+    """PyPI's PoCL on 256-bit vectors takes 16 output channels x three taps x 2 input channels
+    in the filter gradient: as one 16-float vector where its compiler builds one (Zen 3),
+    as two 8-float vectors where it would crash on them (Zen 4: facts.max_vector_bytes)."""
+    import types
+
+    import pyopencl as cl
+
+    stub = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
+                       type=cl.device_type.CPU, version=_POCL_AVX2, local_mem_size=256 << 10,
+                       native_vector_width_float=float_width)
+    tile, ov = sixteen
+    got = tiles.default_filter_grad_tile(stub, np.float32, 64, 64, kw=3, packable=True)
+    assert (got.tile, got.gc, got.ov, got.kt, got.xpack) == (tile, 2, ov, 3, True)
+    got = tiles.default_filter_grad_tile(stub, np.float32, 16, 16, kw=5)
+    assert (got.tile, got.gc, got.ov, got.kt) == (tile, 1, ov, 5)
+    assert tiles.default_filter_grad_tile(stub, np.float32, 16, 8, kw=3).kt == 1  # 8 channels
+
+
 @pytest.mark.parametrize("version, float_width, limit", [
     (_POCL_AVX2, 16, 32),     # PyPI's PoCL 3.0 on AMD Zen 4: znver3 with AVX-512 features on
     (_POCL_AVX2, 8, None),    # the same on Zen 3 (AVX2): 16 floats build as two vectors of 8
