@@ -39,6 +39,9 @@ class Facts(NamedTuple):
     fine_grain_buffers: bool  # SVM allocations the host and kernels share without maps
     local_mem: int = 0  # bytes of local memory a work-group may use
     float_width: int = 0  # CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT: 8 for AVX2, 0 unknown
+    max_group: int = 0  # CL_DEVICE_MAX_WORK_GROUP_SIZE, 0 unknown
+    max_item_sizes: tuple = ()  # CL_DEVICE_MAX_WORK_ITEM_SIZES, per axis
+    compute_units: int = 1  # CL_DEVICE_MAX_COMPUTE_UNITS
 
 
 def _svm_capabilities(device) -> int:
@@ -68,7 +71,10 @@ def facts(device: cl.Device) -> Facts:
                       bool(svm & cl.device_svm_capabilities.FINE_GRAIN_SYSTEM),
                       bool(svm & cl.device_svm_capabilities.FINE_GRAIN_BUFFER),
                       int(getattr(device, "local_mem_size", 0) or 0),
-                      int(getattr(device, "native_vector_width_float", 0) or 0))
+                      int(getattr(device, "native_vector_width_float", 0) or 0),
+                      int(getattr(device, "max_work_group_size", 0) or 0),
+                      tuple(getattr(device, "max_work_item_sizes", ()) or ()),
+                      int(getattr(device, "max_compute_units", 1) or 1))
         if key is not None:
             _facts[key] = found
     return found

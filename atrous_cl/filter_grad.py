@@ -23,7 +23,7 @@ from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, facts, is_intel_cpu, is_pocl, status_name
 from atrous_cl.launch import (TYPE_OPTIONS, dilation_options, element_offset, enqueue,
                               largest_divisor, widen, widens_inputs)
-from atrous_cl.tiles import Tile, default_filter_grad_tile
+from atrous_cl.tiles import Tile, acc_itemsize, default_filter_grad_tile
 from atrous_cl.validation import ConvArgs
 
 #: The kernel file this layer launches.
@@ -174,8 +174,7 @@ def group_items(device: cl.Device, dtype, tile: Tile, gc: int, ov: int, kt: int,
     if is_intel_cpu(device):
         return 1
     if is_pocl(device) and facts(device).type & cl.device_type.CPU:
-        acc = 8 if np.dtype(dtype) == np.float64 else 4
-        private = cb * kt * gc * ov * tile.channels * acc
+        private = cb * kt * gc * ov * tile.channels * acc_itemsize(dtype)
         return max(1, POCL_GROUP_BYTES // private)
     return None
 
@@ -184,14 +183,16 @@ def group_limits(kernel: cl.Kernel, device: cl.Device, dtype, tile: Tile, gc: in
                  kt: int, cb: int) -> tuple[int | None, tuple[int, ...], int]:
     """:func:`launch_geometry`'s ``max_items``, ``max_sizes`` and ``min_groups`` for
     ``kernel`` on ``device``: :func:`group_items` within the kernel's and the device's
-    largest work-group, and a group per compute unit or more."""
+    largest work-group, and a group per compute unit or more (the device's limits from
+    :func:`atrous_cl.facts.facts`, read once)."""
     items = group_items(device, dtype, tile, gc, ov, kt, cb)
     if items is None:
         return None, (), 1
-    largest = min(kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device),
-                  device.max_work_group_size)
-    return (max(1, min(items, largest)), tuple(device.max_work_item_sizes),
-            max(1, device.max_compute_units))
+    f = facts(device)
+    largest = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device)
+    if f.max_group:
+        largest = min(largest, f.max_group)
+    return max(1, min(items, largest)), f.max_item_sizes, max(1, f.compute_units)
 
 
 def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> DeviceError:
