@@ -255,6 +255,12 @@ def transpose(queue: cl.CommandQueue, value, filters, out, args, tile: Tile | Lo
     return launch.transpose(queue, value, filters, out, args, tile, forward_filters)
 
 
+def _open_lock(path: Path) -> int:
+    """A descriptor of the lock file beside ``path``, made if missing (this user's only)."""
+    return os.open(path.with_name(path.name + ".lock"),
+                   os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+
+
 @contextlib.contextmanager
 def _locked_file(path: Path):
     """An exclusive ``flock`` on a lock file beside ``path``, for a read-merge-write of it.
@@ -263,8 +269,7 @@ def _locked_file(path: Path):
     and the later one drops the other's new entries. (Without ``fcntl``, on
     Windows, the write is still atomic, only not merged.)
     """
-    fd = os.open(path.with_name(path.name + ".lock"),
-                 os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    fd = _open_lock(path)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -277,11 +282,10 @@ def _check_storable(path: Path) -> None:
     """Raise now if a winner could not be stored in ``path`` (its lock file cannot be
     opened: another user's, in a cache home shared between users), rather than after
     every candidate has been timed."""
-    lock = path.with_name(path.name + ".lock")
     try:
-        os.close(os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600))
+        os.close(_open_lock(path))
     except OSError as e:
-        raise OSError(e.errno, f"tune cannot store its results: {lock} cannot be opened for "
+        raise OSError(e.errno, f"tune cannot store its results: {e.filename} cannot be opened for "
                                f"writing ({e.strerror}); set XDG_CACHE_HOME to a folder of your "
                                f"own") from e
 
