@@ -104,6 +104,9 @@ class FilterGrad(NamedTuple):
     out: str
 
     def temporaries(self, device: cl.Device, dtype: np.dtype) -> dict[str, int]:
+        winograd = filter_grad.winograd_layout(device, dtype, self.args)
+        if winograd is not None:
+            return winograd.temporaries(self.args, dtype)
         plan = filter_grad.layout(device, dtype, self.args)
         counts = {"the filter gradient's partial sums": plan.partials}
         wide = 2 if launch.widens_inputs(device, dtype) else 1  # float32 copies of float16

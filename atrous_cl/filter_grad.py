@@ -1,11 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The launch layer of ``kernels/atrous_conv2d.cl``: the filter gradient of both ops.
+"""The launch layer of ``kernels/atrous_conv2d.cl`` and
+``kernels/atrous_conv2d_filter_grad_winograd.cl``: the filter gradient of both ops.
 
 ``out[a, b, c, o] = sum x[n, i - top + a*rate, j - left + b*rate, c] * d[n, i, j, o]``
 for the forward conv from ``x`` to ``d``, in two stages without atomics:
 ``filter_grad_partial`` sums chunks of rows, ``filter_grad_sum`` adds the
 chunks in a fixed order, so results are bit-identical from run to run. Its
-split (:func:`atrous_cl.tiles.default_filter_grad_tile`) is not tuned.
+split (:func:`atrous_cl.tiles.default_filter_grad_tile`) is not tuned. For 3x3
+filters where it pays (:func:`winograd_layout`), Winograd's F(2x2, 3x3) read backwards
+instead, also in a fixed order: two transforms, the 16 products summed in chunks of
+tiles, and the chunks' sums transformed back (:func:`winograd_launch`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from atrous_cl import geometry, memory, programs
+from atrous_cl import tiles as tiles_module
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, facts, is_intel_cpu, is_pocl, status_name
 from atrous_cl.launch import (TYPE_OPTIONS, dilation_options, element_offset, enqueue,
@@ -331,8 +336,218 @@ def _pack_x(kernels: dict, queue: cl.CommandQueue, x: cl_array.Array, args: Conv
                           np.int32(args.output_shape[2])), wait)
 
 
+#: The Winograd filter gradient's kernels (3x3 filters).
+WINOGRAD_FILE = "atrous_conv2d_filter_grad_winograd.cl"
+
+#: The Winograd filter gradient runs where its multiplies (16 per tile of 2x2 pixels of
+#: d, every phase's tiles counted as phase 0's) are at most this share of the direct
+#: kernel's (9 per pixel of d; 0.44 where the tiles fill the phases): 1x33x33 256->256
+#: rate 12 SAME (0.85) took it 1.17x the direct kernel's time, rate 6 (0.57) 0.68 ...
+WINOGRAD_BELOW = 0.6
+
+#: ... the problem has at least this many of the direct kernel's multiply-adds ...
+WINOGRAD_FROM_MACS = 1 << 24
+
+#: ... and at least this many pairs of an input and an output channel: the transforms'
+#: traffic per multiply-add grows as the channels shrink. Input x output channels of the
+#: forward conv: 16x16 on 1x256x256 took 2.35x the direct kernel's time, 16x32 on
+#: 1x128x128 (C's) 1.20; 16x64 on 1x64x64 0.66, 32x32 on 1x96x96 0.93 ...
+WINOGRAD_FROM_CHANNEL_PAIRS = 1024
+
+#: ... or on Intel's CPU runtime, whose direct kernel is the faster below, this many: input x
+#: output channels of the forward conv (kernels only, AMD Zen 4, 512-bit vectors), the
+#: Winograd kernels' time over the direct one's: 256x2048 on 1x65x65 rate 6 0.58, 512x512
+#: on 1x64x64 rate 2 0.41, 512x1024 on 1x32x32 rate 1 0.70; 256x256 on 4x16x16 rate 1
+#: 0.91, on 1x64x64 rate 2 1.05, on 1x33x33 rate 6 1.22; 128x128 on 8x32x32 rate 2 (B's)
+#: 1.03-1.14, 256x128 1.61 ...
+WINOGRAD_INTEL_FROM_CHANNEL_PAIRS = 512 * 512
+
+#: ... and its temporaries (both transformed inputs, 4x theirs, and the partial sums) take
+#: at most these bytes; beyond, the direct kernel, which needs none of them.
+WINOGRAD_TEMPORARY_BYTES = 1 << 30
+
+#: Bytes of the transformed inputs (both) a chunk of tiles of ``wgrad_products`` streams
+#: for one of the 16 products: a core's L2 holds them while the register tiles of every
+#: channel read them. B (8x32x32 128->128 rate 2) on PyPI's PoCL, over 256 KiB: 64 KiB
+#: 1.70, 128 KiB 1.30, 512 KiB 0.96, 1 MiB 1.01, 4 MiB 1.10.
+WINOGRAD_CHUNK_BYTES = 512 << 10
+
+
+class WinogradLayout(NamedTuple):
+    """How the Winograd filter gradient runs a problem: a register tile of ``gc`` input
+    channels x ``ov`` vectors of ``bc`` output channels, the tiles of 2x2 pixels of d
+    per axis (``phases`` and ``blocks`` of rows, then of columns; ``tiles`` in all),
+    summed in ``chunks`` of ``tiles_per_chunk``; the temporaries' elements in the dtype's
+    (float16 keeps them in float32, which counts twice)."""
+
+    bc: int
+    gc: int
+    ov: int
+    phases_h: int
+    blocks_h: int
+    phases_w: int
+    blocks_w: int
+    tiles: int
+    chunks: int
+    tiles_per_chunk: int
+
+    def xt_row(self, cin: int) -> int:
+        """Elements of a row of the transformed x: every register tile's input channels,
+        rounded up to a vector."""
+        return -(-(-(-cin // self.gc) * self.gc) // self.bc) * self.bc
+
+    def temporaries(self, args: ConvArgs, dtype) -> dict[str, int]:
+        """Elements (in ``dtype``'s) of each temporary buffer."""
+        _, _, cin, cout = args.filters_shape
+        wb = self.bc * self.ov
+        coutp = -(-cout // wb) * wb
+        per = acc_itemsize(dtype) // np.dtype(dtype).itemsize if np.dtype(dtype) == np.float16 \
+            else 1
+        return {"the filter gradient's transformed x": per * 16 * self.tiles * self.xt_row(cin),
+                "the filter gradient's transformed d": per * 16 * self.tiles * coutp,
+                "the filter gradient's partial sums": per * self.chunks * 16 * cin * coutp}
+
+
+def winograd_layout(device: cl.Device, dtype, args: ConvArgs, gc: int | None = None,
+                    ov: int | None = None, bc: int | None = None,
+                    chunk_bytes: int | None = None, force: bool = False) -> WinogradLayout | None:
+    """The :class:`WinogradLayout` of ``args`` on ``device``, or None where the Winograd
+    filter gradient does not run: filters other than 3x3 or no live tap; by default also
+    too few multiply-adds or channels (:data:`WINOGRAD_FROM_MACS`,
+    :data:`WINOGRAD_FROM_CHANNEL_PAIRS`), tiles that the phases fill too thinly
+    (:data:`WINOGRAD_BELOW`), temporaries over :data:`WINOGRAD_TEMPORARY_BYTES`,
+    ``ATROUS_CL_WINOGRAD=0``, and every device but PoCL's CPU driver with 256-bit vectors
+    (PyPI's PoCL 3.0, :func:`atrous_cl.tiles.pocl_narrow`) and Intel's CPU runtime from
+    :data:`WINOGRAD_INTEL_FROM_CHANNEL_PAIRS` (below, its kernels took B's filter gradient
+    1.03-1.14x the direct kernel's time, with transforms of 1-2 ms that PoCL ran in half);
+    Debian's PoCL 3.1 (512-bit) and GPUs are unmeasured. ``gc``, ``ov``, ``bc``, ``chunk_bytes`` replace the defaults (a register
+    tile of 6 input channels x two vectors of output channels with 256-bit vectors, 8 x two
+    with wider: 12 and 16 accumulator registers); ``force``: run wherever it can (tests,
+    benchmarks)."""
+    kh, kw, cin, cout = args.filters_shape
+    n, hd, wd = args.output_shape[:3]
+    dil = dilation(args)
+    if (kh, kw) != (3, 3) or dil is None or 0 in (n, hd, wd, cin, cout) \
+            or 0 in args.value_shape[1:3]:
+        return None
+    rate_h, _, rate_w, _ = dil
+    phases_h, phases_w = min(rate_h, hd), min(rate_w, wd)
+    blocks_h, blocks_w = -(-(-(-hd // rate_h)) // 2), -(-(-(-wd // rate_w)) // 2)
+    tiles = n * phases_h * blocks_h * phases_w * blocks_w
+    if not force:
+        if tiles_module.pocl_narrow(device) and facts(device).type & cl.device_type.CPU:
+            pairs = WINOGRAD_FROM_CHANNEL_PAIRS
+        elif is_intel_cpu(device):
+            pairs = WINOGRAD_INTEL_FROM_CHANNEL_PAIRS
+        else:
+            return None
+        if (not tiles_module.winograd_enabled() or cin * cout < pairs
+                or n * hd * wd * 9 * cin * cout < WINOGRAD_FROM_MACS
+                or 16 * tiles > WINOGRAD_BELOW * 9 * n * hd * wd):
+            return None
+    width = tiles_module.max_channels(device, dtype, cout)
+    bc = width if bc is None else bc
+    ov = (2 if cout > bc else 1) if ov is None else ov
+    gc = min(cin, 6 if width * acc_itemsize(dtype) <= 32 else 8) if gc is None else gc
+    chunk_bytes = WINOGRAD_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    wb = bc * ov
+    per_tile = (-(-cin // gc) * gc + -(-cout // wb) * wb) * acc_itemsize(dtype)
+    chunks = -(-tiles // max(1, chunk_bytes // per_tile))
+    # Each chunk keeps 16 products of every channel pair: with many channels (1x65x65
+    # 2048->256 rate 6: 33.5 MiB a chunk, 24 chunks of 512 KiB) they would outgrow the
+    # transformed inputs; bound them by those (or _PARTIALS_FLOOR elements).
+    per_partial = 16 * cin * -(-cout // wb) * wb
+    budget = max(_PARTIALS_FLOOR, 16 * tiles * per_tile // acc_itemsize(dtype))
+    chunks = max(1, min(chunks, budget // per_partial))
+    per_chunk = -(-tiles // chunks)
+    plan = WinogradLayout(bc, gc, ov, phases_h, blocks_h, phases_w, blocks_w, tiles,
+                          -(-tiles // per_chunk), per_chunk)
+    if not force and sum(plan.temporaries(args, dtype).values()) * np.dtype(dtype).itemsize \
+            > WINOGRAD_TEMPORARY_BYTES:
+        return None
+    return plan
+
+
+def winograd_products_local(kernel: cl.Kernel, device: cl.Device, dtype, plan: WinogradLayout,
+                           ob: int, cg: int) -> tuple[int, int, int] | None:
+    """The local size of ``wgrad_products`` (global ``(ob, cg, 16 * chunks)``): on PoCL's CPU
+    driver, groups of every register tile of one product and chunk (or as many as divide
+    its axes within the kernel's and the device's largest group, :data:`POCL_GROUP_BYTES`
+    of tiles and each axis's largest size), which read the same transformed tiles while the
+    core's caches hold them. The groups PyPI's PoCL 3.0 chose took B's filter gradient
+    (8x32x32 128->128 rate 2) 1.24x the time of the direct kernel, these 0.81 (AMD Zen 4,
+    ``/tmp`` script, 2026-12-07). Elsewhere None: the driver's choice."""
+    if not (is_pocl(device) and facts(device).type & cl.device_type.CPU):
+        return None
+    f = facts(device)
+    most = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device)
+    if f.max_group:
+        most = min(most, f.max_group)
+    most = min(most, max(1, POCL_GROUP_BYTES // (plan.gc * plan.ov * plan.bc
+                                                  * acc_itemsize(dtype))))
+    sizes = tuple(f.max_item_sizes) + (1 << 30,) * 2
+    first = largest_divisor(ob, min(most, sizes[0]))
+    second = largest_divisor(cg, max(1, min(most // first, sizes[1])))
+    return first, second, 1
+
+
+def winograd_options(dtype: np.dtype, args: ConvArgs, plan: WinogradLayout) -> tuple[str, ...]:
+    """``-D`` options for :data:`WINOGRAD_FILE`."""
+    _, _, cin, cout = args.filters_shape
+    wb = plan.bc * plan.ov
+    return TYPE_OPTIONS[np.dtype(dtype).type] + (
+        f"-DBC={plan.bc}", f"-DOV={plan.ov}", f"-DGC={plan.gc}", f"-DCIN={cin}",
+        f"-DCOUT={cout}", f"-DCOUTP={-(-cout // wb) * wb}") + dilation_options(*dilation(args))
+
+
+def winograd_launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
+                    out: cl_array.Array, args: ConvArgs, plan: WinogradLayout,
+                    wait: list) -> cl.Event:
+    """:func:`launch` by the Winograd filter gradient (:data:`WINOGRAD_FILE`'s four
+    kernels), after ``wait``."""
+    options = winograd_options(out.dtype, args, plan)
+    kernels, lock = programs.get_kernels(queue.context, WINOGRAD_FILE, options)
+    _, _, cin, cout = args.filters_shape
+    n, hx, wx, _ = args.value_shape
+    hd, wd = args.output_shape[1:3]
+    wb = plan.bc * plan.ov
+    coutp = -(-cout // wb) * wb
+    cg = -(-cin // plan.gc)
+    acc = acc_itemsize(out.dtype)
+    counts = tuple(np.int32(v) for v in (plan.phases_h, plan.blocks_h, plan.phases_w,
+                                         plan.blocks_w)) + (np.int64(plan.tiles),)
+    cinp = plan.xt_row(cin)
+    xt = memory.scratch(queue, 16 * cinp * plan.tiles * acc)
+    dt = memory.scratch(queue, 16 * coutp * plan.tiles * acc)
+    partial = memory.scratch(queue, plan.chunks * 16 * cin * coutp * acc)
+    x_in = (x.base_data, np.int64(element_offset(x)))
+    d_in = (d.base_data, np.int64(element_offset(d)))
+    sizes = (np.int32(n), np.int32(hx), np.int32(wx), np.int32(hd), np.int32(wd))
+    try:
+        with lock:
+            x_done = enqueue(kernels["wgrad_x"], queue, ((plan.tiles, cinp // plan.bc), None),
+                             (*x_in, xt, np.int32(hx), np.int32(wx), *counts), wait)
+            d_done = enqueue(kernels["wgrad_d"], queue, ((plan.tiles, coutp // plan.bc), None),
+                             (*d_in, dt, np.int32(hd), np.int32(wd), *counts), wait)
+            summed = enqueue(kernels["wgrad_products"], queue,
+                             ((coutp // wb, cg, 16 * plan.chunks),
+                              winograd_products_local(kernels["wgrad_products"], queue.device,
+                                                      out.dtype, plan, coutp // wb, cg)),
+                             (xt, dt, partial, np.int64(plan.tiles),
+                              np.int64(plan.tiles_per_chunk)), [x_done, d_done])
+            done = enqueue(kernels["wgrad_out"], queue, ((coutp // plan.bc, cin), None),
+                           (partial, np.int32(plan.chunks), *x_in, *d_in, out.base_data,
+                            np.int64(element_offset(out)), *sizes), [summed, *wait])
+    except cl.Error as e:
+        raise DeviceError(f"launching the Winograd filter gradient on {describe(queue.device)} "
+                          f"failed: {e}", status=status_name(e), source=WINOGRAD_FILE,
+                          options=options) from e
+    return done
+
+
 def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
-           out: cl_array.Array, args: ConvArgs, plan: Layout | None = None) -> cl.Event | None:
+           out: cl_array.Array, args: ConvArgs, plan: Layout | WinogradLayout | None = None
+           ) -> cl.Event | None:
     """``out[a, b, c, o] = sum x[n, i - top + a*rate, j - left + b*rate, c] * d[n, i, j, o]``.
 
     ``args`` describes the forward conv from ``x`` (its value) to ``d`` (its
@@ -346,8 +561,14 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
     # No pixels, or no tap landing inside x: every entry is an empty sum.
     if x.size == 0 or d.size == 0 or dilation(args) is None:
         return memory.fill(queue, out, 0, wait)
-    tile, gc, chunks, rows_per_chunk, count, ov, kt, xpack, cb = (
-        layout(queue.device, out.dtype, args) if plan is None else plan)
+    if plan is None:
+        plan = winograd_layout(queue.device, out.dtype, args) or layout(queue.device, out.dtype,
+                                                                        args)
+    if isinstance(plan, WinogradLayout):
+        done = winograd_launch(queue, x, d, out, args, plan, wait)
+        out.add_event(done)
+        return done
+    tile, gc, chunks, rows_per_chunk, count, ov, kt, xpack, cb = plan
     _check_groups(cb, xpack)  # a plan made by hand too
     wide = widens_inputs(queue.device, out.dtype)
     # One chunk: its sums are the result, stored by the partial kernel (no sum pass).

@@ -55,7 +55,7 @@ def pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _pocl_narrow(device: cl.Device) -> bool:
+def pocl_narrow(device: cl.Device) -> bool:
     """PoCL building for a CPU target without 512-bit vectors.
 
     PoCL 3.0 from PyPI (LLVM 14, target znver3: AVX2) aborts the process on
@@ -97,9 +97,9 @@ def _intel_narrow(device: cl.Device) -> bool:
 
 
 def _narrow(device: cl.Device) -> bool:
-    """A CPU device whose kernels keep to 256-bit vectors (:func:`_pocl_narrow`,
+    """A CPU device whose kernels keep to 256-bit vectors (:func:`pocl_narrow`,
     :func:`_intel_narrow`)."""
-    return _pocl_narrow(device) or _intel_narrow(device)
+    return pocl_narrow(device) or _intel_narrow(device)
 
 
 def acc_itemsize(dtype) -> int:
@@ -114,7 +114,7 @@ def _vector_width(device: cl.Device, dtype) -> int:
     return 32 // acc_itemsize(dtype) if _narrow(device) else 16
 
 
-def _max_channels(device: cl.Device, dtype, cout: int) -> int:
+def max_channels(device: cl.Device, dtype, cout: int) -> int:
     """Widest channel vector worth using: no wider than ``cout`` needs (:func:`_vector_width`)."""
     return min(pow2_at_least(cout), _vector_width(device, dtype))
 
@@ -154,12 +154,12 @@ def _platform_tile(device: cl.Device, dtype, cout: int) -> Tile:
     if is_intel_cpu(device):
         tile = Tile(8, 16)
     elif is_pocl(device):
-        tile = Tile(8, 8) if _pocl_narrow(device) else Tile(8, 16)
+        tile = Tile(8, 8) if pocl_narrow(device) else Tile(8, 16)
     elif f.type & cl.device_type.GPU:
         tile = Tile(4, 2)
     else:
         tile = Tile(4, 8)
-    tile = Tile(tile.pixels, min(tile.channels, _max_channels(device, dtype, cout)))
+    tile = Tile(tile.pixels, min(tile.channels, max_channels(device, dtype, cout)))
     if tile.channels == 16 and cout > 16 and _several_vectors(device, dtype):
         tile = tile._replace(vectors=2)
     return tile
@@ -192,7 +192,7 @@ def default_tile(device: cl.Device, dtype, cout: int) -> Tile:
         return Tile(8, 16)
     width = _vector_width(device, dtype)
     two = _NARROW_DIRECT._replace(channels=width)  # 4x4x2 in float64
-    if cout > width and (_pocl_narrow(device) or (
+    if cout > width and (pocl_narrow(device) or (
             _intel_narrow(device)
             and two.padded_channels(cout) == Tile(1, width).padded_channels(cout))):
         return two
@@ -246,7 +246,7 @@ def _pocl_direct(device: cl.Device, dtype, cout: int) -> bool:
     8x8x2w 4x8x2``, AMD EPYC Zen 3, 2026-12-04 16:42 UTC): C (32->16) 1.35, 1.07; E
     (16->16) 1.52, 1.38; 1x64x64 16->16 1.29, 1.39; but 2x64x64 32->32 0.99, 0.96, A
     (64->64) 0.72, 0.97, B (128->128, 4x8x4w) 0.56."""
-    return _pocl_narrow(device) and np.dtype(dtype) != np.float16 and cout <= 16
+    return pocl_narrow(device) and np.dtype(dtype) != np.float16 and cout <= 16
 
 
 def gpu_only(device: cl.Device) -> bool:
@@ -786,14 +786,14 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
         # 5 rounds) A 4.00 ms, C 1.71, D 8.91 against 8x8x1's 5.21, 1.91, 8.79 and the
         # 16-channel rule's 16x4x4 on A 5.86.
         tile = tile._replace(channels=min(pow2_at_least(cout), 16))
-    wide = is_pocl(device) and not _pocl_narrow(device)
+    wide = is_pocl(device) and not pocl_narrow(device)
     ov = 1
     if _several_vectors(device, dtype):
         ov = max(1, min(4, tile.padded_channels(cout) // tile.channels))  # 1 without channels
     gc = 16 // ov if ov > 1 or wide else tile.pixels
     gc = max(1, min(gc, cin))
     if cpu:
-        xpack = xpack and _pocl_narrow(device)
+        xpack = xpack and pocl_narrow(device)
         return FilterGradTile(tile, gc, 1, 512 << 10, ov, 1, xpack, _packed_groups(cin, gc, xpack))
     return FilterGradTile(tile, gc, 4096, 0, ov)
 
@@ -807,7 +807,7 @@ def candidates(device: cl.Device, dtype, cout: int, filters_shape=None) -> list[
     ``filters_shape``, the Winograd kernel's tiles of 4 and 8 blocks where it runs
     (:func:`winograd_tile`) and is not turned off (:func:`winograd_enabled`), on 256-bit
     vectors with one to four vectors a block, as many as the channels fill."""
-    widest = _max_channels(device, dtype, cout)
+    widest = max_channels(device, dtype, cout)
     if (is_intel_cpu(device) and acc_itemsize(dtype) == 4 and not _narrow(device)
             and not _intel_scalar(device, dtype, cout)):
         widest = 16  # a whole vector beats narrower ones there (default_tile)

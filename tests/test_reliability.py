@@ -26,7 +26,7 @@ import pytest
 from conftest import assert_close, poisoned, skip_unsupported
 
 import atrous_cl
-from atrous_cl import geometry, reference
+from atrous_cl import filter_grad, geometry, reference
 from atrous_cl.validation import check_transpose_args
 
 OOO = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
@@ -195,8 +195,21 @@ def test_out_of_order_queue_waits_for_each_step(queue, dtype, held):
     assert_close(out.get(), want, dtype)
 
 
+@pytest.mark.parametrize("winograd", [False, True], ids=["direct", "winograd"])
 @pytest.mark.parametrize("op", ["atrous_conv2d_vjp", "atrous_conv2d_transpose_vjp"])
-def test_out_of_order_queue_filter_gradient_waits_for_its_partials(queue, op):
+def test_out_of_order_queue_filter_gradient_waits_for_its_partials(queue, op, winograd,
+                                                                   monkeypatch):
+    """Each of the filter gradient's launches waits for the one before it (the direct
+    kernel's partial sums; the Winograd kernels' two transforms, products and sums, here on
+    every device whatever the problem's size)."""
+    ran = []
+    if winograd:
+        real, launch = filter_grad.winograd_layout, filter_grad.winograd_launch
+        monkeypatch.setattr(filter_grad, "winograd_layout",
+                            lambda device, dtype, args: real(device, dtype, args, force=True,
+                                                             chunk_bytes=1000))
+        monkeypatch.setattr(filter_grad, "winograd_launch",
+                            lambda *args: ran.append(args[-2].chunks) or launch(*args))
     ooo = _ooo_queue(queue)
     rng = np.random.default_rng()
     value, filters, output_shape, rate, padding = _problem(rng)
@@ -215,6 +228,7 @@ def test_out_of_order_queue_filter_gradient_waits_for_its_partials(queue, op):
     _release(gate)
     for g, w, what in zip(got, want, ("d_value", "d_filters")):
         assert_close(g.get(), w, context=what, atol=1e-5 * float(np.abs(w).max()))
+    assert (min(ran) > 1) if winograd else not ran
 
 
 def test_host_calls_on_an_out_of_order_queue_are_right(queue):

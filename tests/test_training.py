@@ -5,10 +5,12 @@ adjoint identity, finite differences and TensorFlow's own outputs."""
 from __future__ import annotations
 
 import json
+import types
 import math
 from pathlib import Path
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
 from conftest import assert_close, case_id, poisoned, skip_unsupported, stub_device
@@ -984,3 +986,139 @@ def test_zero_padding_times_a_non_finite_factor_is_nan_as_in_tf(queue, channels,
         if finite.any():
             assert_close(np.where(finite, g, 0), np.where(finite, w, 0), np.float32,
                          context=f"{op} {name}")
+
+
+# The Winograd filter gradient (3x3 filters), each with a register tile and chunks by hand:
+# channels ragged against the tile's input channels (gc) and its vectors (bc x ov), rates
+# that leave phases of one row or column (tiles half past d's edge), images narrower than
+# the dilated kernel, VALID, one-lane vectors, one chunk and a chunk per tile.
+WINOGRAD_CASES = [
+    ((2, 9, 10, 12, 20, 3, 3, 2), "SAME", dict(gc=6, ov=2, bc=8, chunk_bytes=3000)),
+    ((2, 24, 20, 17, 20, 3, 3, 2), "SAME", dict(gc=5, ov=1, bc=8, chunk_bytes=1 << 30)),
+    ((3, 5, 4, 5, 6, 3, 3, 3), "SAME", dict(gc=4, ov=2, bc=4, chunk_bytes=1)),
+    ((2, 6, 13, 40, 17, 3, 3, 3), "VALID", dict(gc=8, ov=1, bc=16, chunk_bytes=2000)),
+    ((1, 7, 7, 3, 5, 3, 3, 1), "SAME", dict(gc=3, ov=3, bc=2, chunk_bytes=200)),
+    ((2, 1, 5, 2, 2, 3, 3, 6), "SAME", dict(gc=1, ov=1, bc=1, chunk_bytes=100)),
+    ((1, 3, 4, 2, 3, 3, 3, 8), "VALID", dict(gc=2, ov=2, bc=2, chunk_bytes=60)),
+    ((1, 11, 9, 9, 7, 3, 3, 4), "SAME", dict(gc=6, ov=2, bc=8, chunk_bytes=4000)),
+]
+
+
+def _winograd_plan(queue, conv, dtype, overrides):
+    plan = filter_grad.winograd_layout(queue.device, np.dtype(dtype), conv, force=True,
+                                       **overrides)
+    assert plan is not None
+    return plan
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape, padding, overrides", WINOGRAD_CASES,
+                         ids=[f"{case_id(s)}-{p}-{'-'.join(f'{k}{v}' for k, v in o.items())}"
+                              for s, p, o in WINOGRAD_CASES])
+@pytest.mark.hand_made_tiles
+def test_winograd_filter_gradient_matches_reference(queue, shape, padding, overrides, dtype):
+    """The Winograd filter gradient (the transpose vjp's: the forward conv's from dy to
+    value) with each register tile and chunking, from views that start inside their
+    buffers into a NaN-poisoned one, within the direct sum's bound, nothing written
+    outside it; the same bits on a second run (a fixed order, no atomics)."""
+    skip_unsupported(queue, dtype)
+    value, dy, filters, rate = _problem(shape, padding, dtype, np.random.default_rng())
+    conv = check_conv_args(dy.shape, filters.shape, rate, padding)
+    plan = _winograd_plan(queue, conv, dtype, overrides)
+    if overrides["chunk_bytes"] < 1 << 20:
+        assert plan.chunks > 1, plan  # the case exercises the split it is for
+    whole = poisoned(queue, (2, *filters.shape), dtype)
+    out = whole[1]
+    inputs = _offset_view(queue, dy), _offset_view(queue, value)
+    filter_grad.launch(queue, *inputs, out, conv, plan)
+    assert np.isnan(whole.get()[0]).all()
+    want = reference.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, padding, dy)[1]
+    terms = reference.atrous_conv2d_transpose_vjp(np.abs(value), np.abs(filters), dy.shape, rate,
+                                                  padding, np.abs(dy))[1]
+    n, hd, wd = conv.output_shape[:3]
+    u = np.finfo(np.float32 if dtype == np.float16 else dtype).eps / 2
+    atol = n * hd * wd * u * np.max(terms.astype(np.float64), initial=0.0)
+    got = out.get()
+    assert_close(got, want, dtype, context=f"{shape} {padding} {plan}", atol=atol)
+    again = poisoned(queue, filters.shape, dtype)
+    filter_grad.launch(queue, *inputs, again, conv, plan)
+    assert again.get().tobytes() == got.tobytes()
+
+
+@pytest.mark.parametrize("which", ["inf", "nan"])
+@pytest.mark.parametrize("bad", ["value", "dy"])
+@pytest.mark.parametrize("where", ["corner", "middle"])
+@pytest.mark.parametrize("shape, padding", [((2, 7, 9, 6, 20, 3, 3, 2), "SAME"),
+                                            ((2, 5, 4, 6, 20, 3, 3, 3), "SAME"),
+                                            ((1, 4, 5, 3, 17, 3, 3, 2), "VALID")])
+def test_winograd_filter_gradient_keeps_the_direct_sums_non_finite_values(queue, shape, padding,
+                                                                         where, bad, which):
+    """Winograd spreads an Inf or NaN over its tile's transforms (Inf - Inf = NaN) and a
+    zero of d past its edge times an Inf of x is NaN: every filter-gradient entry whose
+    Winograd value is not finite is the direct sum again, so each is NaN, Inf or finite
+    as the reference's, including TF's 0 * Inf = NaN for taps reading the padding."""
+    rng = np.random.default_rng()
+    value, dy, filters, rate = _problem(shape, padding, np.float32, rng)
+    if bad == "value":
+        value = _with_non_finite(rng, value.shape, where, which)
+    else:
+        dy = _with_non_finite(rng, dy.shape, where, which)
+    conv = check_conv_args(dy.shape, filters.shape, rate, padding)
+    plan = _winograd_plan(queue, conv, np.float32, dict(gc=2, ov=2, bc=8, chunk_bytes=2000))
+    out = poisoned(queue, filters.shape, np.float32)
+    filter_grad.launch(queue, *_to_device(queue, dy, value), out, conv, plan)
+    with np.errstate(invalid="ignore"):
+        want = reference.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, padding,
+                                                     dy)[1]
+    got = out.get()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaNs")
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg="Infs")
+    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)], err_msg="signs")
+    finite = np.isfinite(want)
+    assert finite.any() and not finite.all()
+    assert_close(np.where(finite, got, 0), np.where(finite, want, 0), np.float32)
+
+
+def test_winograd_filter_gradient_runs_where_it_was_measured_to_win(monkeypatch):
+    """By default only on PoCL's CPU driver (Intel's runtime ran it slower, GPUs are
+    unmeasured), for 3x3 filters, enough multiply-adds and channel pairs, tiles that fill
+    the phases, bounded temporaries, and not with ATROUS_CL_WINOGRAD=0."""
+    f32 = np.dtype(np.float32)
+    pocl = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
+                       name="pthread-AMD EPYC", type=cl.device_type.CPU,
+                       version="OpenCL 3.0 PoCL HSTR: pthread-x86_64-pc-linux-gnu-znver3",
+                       native_vector_width_float=8)
+    intel = stub_device(platform=types.SimpleNamespace(name="Intel(R) OpenCL"),
+                        type=cl.device_type.CPU, native_vector_width_float=16)
+    gpu = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"))
+
+    def conv(n, h, w, cin, cout, rate, k=3):
+        return check_conv_args((n, h, w, cin), (k, k, cin, cout), rate, "SAME")
+
+    b = conv(8, 32, 32, 128, 128, 2)
+    plan = filter_grad.winograd_layout(pocl, f32, b)
+    assert plan is not None and (plan.bc, plan.gc, plan.ov) == (8, 6, 2)
+    assert plan.tiles == 8 * 2 * 8 * 2 * 8 and plan.chunks * plan.tiles_per_chunk >= plan.tiles
+    for device in (intel, gpu):
+        assert filter_grad.winograd_layout(device, f32, b) is None
+    wide = conv(1, 64, 64, 512, 512, 2)  # Intel's runtime from 512 x 512 channel pairs
+    assert filter_grad.winograd_layout(intel, f32, wide).bc == 16
+    assert filter_grad.winograd_layout(intel, f32, conv(1, 64, 64, 256, 512, 2)) is None
+    assert filter_grad.winograd_layout(gpu, f32, wide) is None
+    assert filter_grad.winograd_layout(pocl, f32, conv(8, 32, 32, 128, 128, 2, k=5)) is None
+    assert filter_grad.winograd_layout(pocl, f32, conv(1, 128, 128, 16, 32, 4)) is None  # pairs
+    assert filter_grad.winograd_layout(pocl, f32, conv(8, 8, 8, 32, 32, 2)) is None  # MACs
+    assert filter_grad.winograd_layout(pocl, f32, conv(1, 33, 33, 256, 256, 12)) is None  # fill
+    assert filter_grad.winograd_layout(pocl, f32, conv(1, 33, 33, 256, 256, 6)) is not None
+    assert filter_grad.winograd_layout(pocl, f32, conv(4, 1024, 1024, 64, 64, 2)) is None  # bytes
+    # Many channel pairs: the chunks' partial sums (16 x 256 x 2048 a chunk) stay within the
+    # transformed inputs (512 KiB chunks would have made 24 of them, 805 MiB).
+    aspp = conv(1, 65, 65, 256, 2048, 6)
+    plan = filter_grad.winograd_layout(pocl, f32, aspp)
+    sizes = plan.temporaries(aspp, f32)
+    assert sizes["the filter gradient's partial sums"] <= \
+        sizes["the filter gradient's transformed x"] + sizes["the filter gradient's transformed d"]
+    assert 1 < plan.chunks < 24
+    monkeypatch.setenv("ATROUS_CL_WINOGRAD", "0")
+    assert filter_grad.winograd_layout(pocl, f32, b) is None
+    assert filter_grad.winograd_layout(pocl, f32, b, force=True) is not None
