@@ -4,12 +4,12 @@
 ``python benchmarks/filter_grad_ab.py [--devices 2:0 1:0] [--workloads A B]
 [--shapes N,H,W,CIN,COUT,K,RATE,PADDING ...] [--dtype float32]
 [--bc 8 16] [--gc 4 8 16] [--ov 1 2] [--kt 1 3] [--items 1 4096] [--kib 0 512] [--xpack]
-[--cb 1 4 16] [--rounds 7]``
+[--cb 1 4 16] [--winograd [GC ...]] [--rounds 7]``
 
 For each device and workload, the filter gradient of the transpose vjp (the
 forward conv from the op's output-shaped cotangent back to ``value``,
 :func:`atrous_cl.filter_grad.launch`, both stages and the wait) on arrays already
-on the device, for every layout ``BCxGCxOVxKT/items/KiB(chunks)`` (output channels per vector
+on the device, for the direct kernel's default layout (``default``) and every layout ``BCxGCxOVxKT/items/KiB(chunks)`` (output channels per vector
 x input channels per work-item x output vectors per work-item x taps of a filter row per work-item / work-items the row chunks aim for / the
 largest chunk in KiB of both inputs, 0 for any (the chunks that gives)), interleaved
 round by round in a new order each round. Prints the median ms of each layout
@@ -63,6 +63,10 @@ def main() -> None:
     parser.add_argument("--items", nargs="+", type=int, default=[4096])
     parser.add_argument("--kib", nargs="+", type=int, default=[0],
                         help="largest row chunk in KiB of both inputs (0: any)")
+    parser.add_argument("--winograd", nargs="*", type=int, default=None, metavar="GC",
+                        help="also the Winograd filter gradient (3x3 filters, "
+                             "filter_grad.winograd_layout, forced), with its default register "
+                             "tile or each of these input channels per work-item")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--show", type=int, default=8, help="how many of the fastest to print")
     args = parser.parse_args()
@@ -91,6 +95,11 @@ def main() -> None:
                               for cb in args.cb})
                 plans["default" + ("-xpack" if default.xpack else "+xpack")] = \
                     default._replace(xpack=not default.xpack, cb=1)
+            if args.winograd is not None and wl.k == 3:
+                for wgc in args.winograd or [None]:
+                    plan = filter_grad.winograd_layout(queue.device, dtype, conv, gc=wgc,
+                                                       force=True)
+                    plans[f"winograd {plan.bc}x{plan.gc}x{plan.ov} ({plan.chunks} chunks)"] = plan
             for name, plan in plans.items():
                 prob.check(plan, f"{name} on {wl.name}")
             calls = {name: (lambda p=plan: filter_grad.launch(queue, x, d, out, conv, p))
