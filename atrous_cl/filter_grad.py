@@ -363,8 +363,15 @@ WINOGRAD_FROM_CHANNEL_PAIRS = 1024
 WINOGRAD_INTEL_FROM_CHANNEL_PAIRS = 512 * 512
 
 #: ... and its temporaries (both transformed inputs, 4x theirs, and the partial sums) take
-#: at most these bytes; beyond, the direct kernel, which needs none of them.
-WINOGRAD_TEMPORARY_BYTES = 1 << 30
+#: at most these bytes, none more than the device's largest allocation and all at most
+#: half its memory; beyond, the direct kernel, whose partial sums the inputs' size bounds.
+#: (1x65x65 2048->256 rate 6 takes 359 MiB.)
+WINOGRAD_TEMPORARY_BYTES = 512 << 20
+
+#: Bytes of a ``wgrad_products`` work-item's accumulators: 12 of 16 256-bit registers
+#: (6 input channels x two 8-float vectors) where vectors are 256 bits wide, 16 of 32
+#: 512-bit ones (8 x two 16-float vectors) where wider.
+_NARROW_TILE_BYTES, _WIDE_TILE_BYTES = 12 * 32, 16 * 64
 
 #: Bytes of the transformed inputs (both) a chunk of tiles of ``wgrad_products`` streams
 #: for one of the 16 products: a core's L2 holds them while the register tiles of every
@@ -418,11 +425,13 @@ def winograd_layout(device: cl.Device, dtype, args: ConvArgs, gc: int | None = N
     (:data:`WINOGRAD_BELOW`), temporaries over :data:`WINOGRAD_TEMPORARY_BYTES`,
     ``ATROUS_CL_WINOGRAD=0``, and every device but PoCL's CPU driver with 256-bit vectors
     (PyPI's PoCL 3.0, :func:`atrous_cl.tiles.pocl_narrow`) and Intel's CPU runtime from
-    :data:`WINOGRAD_INTEL_FROM_CHANNEL_PAIRS` (below, its kernels took B's filter gradient
-    1.03-1.14x the direct kernel's time, with transforms of 1-2 ms that PoCL ran in half);
-    Debian's PoCL 3.1 (512-bit) and GPUs are unmeasured. ``gc``, ``ov``, ``bc``, ``chunk_bytes`` replace the defaults (a register
-    tile of 6 input channels x two vectors of output channels with 256-bit vectors, 8 x two
-    with wider: 12 and 16 accumulator registers); ``force``: run wherever it can (tests,
+    :data:`WINOGRAD_INTEL_FROM_CHANNEL_PAIRS` with 512-bit vectors (below, its kernels took
+    B's filter gradient 1.03-1.14x the direct kernel's time, with transforms of 1-2 ms that
+    PoCL ran in half); Debian's PoCL 3.1 (512-bit), PoCL off x86, Intel's runtime on AVX2
+    hosts and GPUs are unmeasured. ``gc``, ``ov``, ``bc``, ``chunk_bytes`` replace the defaults (two vectors of
+    output channels as wide as the device's, and as many input channels as keep the
+    accumulators within :data:`_NARROW_TILE_BYTES` or :data:`_WIDE_TILE_BYTES`: 6 and 8 in
+    float32, 4 for float64's 16-double vectors); ``force``: run wherever it can (tests,
     benchmarks)."""
     kh, kw, cin, cout = args.filters_shape
     n, hd, wd = args.output_shape[:3]
@@ -435,9 +444,11 @@ def winograd_layout(device: cl.Device, dtype, args: ConvArgs, gc: int | None = N
     blocks_h, blocks_w = -(-(-(-hd // rate_h)) // 2), -(-(-(-wd // rate_w)) // 2)
     tiles = n * phases_h * blocks_h * phases_w * blocks_w
     if not force:
-        if tiles_module.pocl_narrow(device) and facts(device).type & cl.device_type.CPU:
+        f = facts(device)
+        if (tiles_module.pocl_narrow(device) and f.type & cl.device_type.CPU
+                and "x86_64" in f.version):
             pairs = WINOGRAD_FROM_CHANNEL_PAIRS
-        elif is_intel_cpu(device):
+        elif is_intel_cpu(device) and tiles_module.max_channels(device, np.float32, 16) == 16:
             pairs = WINOGRAD_INTEL_FROM_CHANNEL_PAIRS
         else:
             return None
@@ -448,7 +459,10 @@ def winograd_layout(device: cl.Device, dtype, args: ConvArgs, gc: int | None = N
     width = tiles_module.max_channels(device, dtype, cout)
     bc = width if bc is None else bc
     ov = (2 if cout > bc else 1) if ov is None else ov
-    gc = min(cin, 6 if width * acc_itemsize(dtype) <= 32 else 8) if gc is None else gc
+    if gc is None:
+        narrow = tiles_module.max_channels(device, dtype, 1 << 30) * acc_itemsize(dtype) <= 32
+        budget = _NARROW_TILE_BYTES if narrow else _WIDE_TILE_BYTES
+        gc = max(1, min(cin, budget // (ov * bc * acc_itemsize(dtype))))
     chunk_bytes = WINOGRAD_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     wb = bc * ov
     per_tile = (-(-cin // gc) * gc + -(-cout // wb) * wb) * acc_itemsize(dtype)
@@ -462,9 +476,12 @@ def winograd_layout(device: cl.Device, dtype, args: ConvArgs, gc: int | None = N
     per_chunk = -(-tiles // chunks)
     plan = WinogradLayout(bc, gc, ov, phases_h, blocks_h, phases_w, blocks_w, tiles,
                           -(-tiles // per_chunk), per_chunk)
-    if not force and sum(plan.temporaries(args, dtype).values()) * np.dtype(dtype).itemsize \
-            > WINOGRAD_TEMPORARY_BYTES:
-        return None
+    if not force:
+        sizes = [count * np.dtype(dtype).itemsize for count in plan.temporaries(args, dtype).values()]
+        f = facts(device)
+        if (sum(sizes) > min(WINOGRAD_TEMPORARY_BYTES, f.global_mem // 2)
+                or max(sizes) > f.max_alloc):
+            return None
     return plan
 
 

@@ -43,7 +43,9 @@
 // recomputed by the direct sum over the same terms (direct_sum). That is
 // exact: a non-finite term x * d of the direct sum (a non-finite x or d; 0 * d
 // for TF's padding with a non-finite d) always gives a non-finite Winograd
-// value. For tap a and the term's pixel i in {0, 1} of its tile (so x' pixel
+// value. (Not the other way round where float32 products overflow and cancel:
+// x of 1e20 times d of 1e20 and -1e20 side by side gave the direct kernel Inf
+// and Winograd 0, the float64 reference's value.) For tap a and the term's pixel i in {0, 1} of its tile (so x' pixel
 // m = i + a of the window), some k has B^T[k][m], A[k][i] and G^T[a][k] all
 // non-zero (a = 0: k = 0 for i = 0, 1 or 2 for i = 1; a = 1: k = 1 or 2; a = 2:
 // k = 1 or 2 for i = 0, k = 3 for i = 1), per axis; so the non-finite operand
@@ -234,16 +236,33 @@ __kernel void wgrad_products(__global const ACC *restrict xt, __global const ACC
     }
 }
 
-// Any lane Inf or NaN (a scalar's isinf is 1, whose top bit any() would not see).
-#if BC == 1
-#define NONFINITE(v) (isinf(v) || isnan(v))
-#else
-#define NONFINITE(v) any(isinf(v) | isnan(v))
-#endif
+// Whether a lane of v below COUT (v's first channel o) is Inf or NaN: lanes past COUT,
+// which are never stored, hold products of d's zero padding that an Inf of x makes NaN.
+bool nonfinite(const VACC v, const int o)
+{
+    union { VACC v; ACC s[BC]; } lanes = {v};
+    bool any_bad = false;
+    for (int l = 0; l < BC && o + l < COUT; ++l)
+        any_bad |= isinf(lanes.s[l]) || isnan(lanes.s[l]);
+    return any_bad;
+}
+
+// Whether every lane of v below COUT is NaN: a sum that no further term changes.
+bool all_nan(const VACC v, const int o)
+{
+    union { VACC v; ACC s[BC]; } lanes = {v};
+    bool all = true;
+    for (int l = 0; l < BC && o + l < COUT; ++l)
+        all &= isnan(lanes.s[l]);
+    return all;
+}
 
 // sum_{n, i, j} x[n, i - PAD_TOP + a*RATE_H, j - PAD_LEFT + b*RATE_W, c] * d[n, i, j, o..]
 // over every pixel of d (0 * d where x's pixel lies outside x, TF's padding), rows
-// then columns in order: the fallback.
+// then columns in order: the fallback. It stops at the end of a row where every lane
+// is NaN, which no later term changes (a diverged step's all-NaN cotangent would
+// otherwise sum every pixel for every entry: 1x64x64 128->128 took 305 ms, the direct
+// kernel 14).
 VACC direct_sum(__global const T *restrict x, const long x_off,
                 __global const T *restrict d, const long d_off,
                 const int a, const int b, const int c, const int o,
@@ -263,6 +282,8 @@ VACC direct_sum(__global const T *restrict x, const long x_off,
                 lanes.s[l] = o + l < COUT ? (ACC)LOAD(d, at + l) : (ACC)0;
             acc += xv * lanes.v;
         }
+        if (all_nan(acc, o))
+            break;
     }
     return acc;
 }
@@ -278,6 +299,8 @@ __kernel void wgrad_out(__global const ACC *restrict partial, const int S,
 {
     const int o = (int)get_global_id(0) * BC;
     const int c = (int)get_global_id(1);
+    if (o >= COUT)
+        return;  // a vector wholly in COUTP's padding: nothing to store
     const long stride = 16L * CIN * COUTP;
     VACC m[16];
 #pragma unroll
@@ -304,7 +327,7 @@ __kernel void wgrad_out(__global const ACC *restrict partial, const int S,
 #pragma unroll
         for (int b = 0; b < 3; ++b) {
             VACC v = y[b];
-            if (NONFINITE(v))
+            if (nonfinite(v, o))
                 v = direct_sum(x, x_off, d, d_off, a, b, c, o, N, HX, WX, HD, WD);
             STORE_CHANNELS(dfilters, dfilters_off + ((a * 3 + b) * (long)CIN + c) * COUT + o,
                            v + (VACC)0, o);

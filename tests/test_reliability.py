@@ -203,13 +203,13 @@ def test_out_of_order_queue_filter_gradient_waits_for_its_partials(queue, op, wi
     kernel's partial sums; the Winograd kernels' two transforms, products and sums, here on
     every device whatever the problem's size)."""
     ran = []
+    real, launch = filter_grad.winograd_layout, filter_grad.winograd_launch
     if winograd:
-        real, launch = filter_grad.winograd_layout, filter_grad.winograd_launch
         monkeypatch.setattr(filter_grad, "winograd_layout",
                             lambda device, dtype, args: real(device, dtype, args, force=True,
                                                              chunk_bytes=1000))
-        monkeypatch.setattr(filter_grad, "winograd_launch",
-                            lambda *args: ran.append(args[-2].chunks) or launch(*args))
+    monkeypatch.setattr(filter_grad, "winograd_launch",
+                        lambda *args: ran.append(args[-2].chunks) or launch(*args))
     ooo = _ooo_queue(queue)
     rng = np.random.default_rng()
     value, filters, output_shape, rate, padding = _problem(rng)

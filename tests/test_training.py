@@ -16,7 +16,8 @@ import pytest
 from conftest import assert_close, case_id, poisoned, skip_unsupported, stub_device
 
 import atrous_cl
-from atrous_cl import calls, facts, filter_grad, geometry, memory, ops, programs, reference, training
+from atrous_cl import (calls, facts, filter_grad, geometry, memory, ops, programs, reference, tiles,
+                       training)
 from atrous_cl.tiles import Tile
 from atrous_cl.validation import check_conv_args
 
@@ -1045,27 +1046,39 @@ def test_winograd_filter_gradient_matches_reference(queue, shape, padding, overr
     assert again.get().tobytes() == got.tobytes()
 
 
+# The non-finite cases' register tiles: two 8-lane vectors, one-lane vectors (the scalar
+# path), float64's and float16's.
+_NON_FINITE_TILES = [(np.float32, dict(gc=2, ov=2, bc=8)), (np.float32, dict(gc=3, ov=1, bc=1)),
+                     (np.float64, dict(gc=2, ov=1, bc=4)), (np.float16, dict(gc=4, ov=1, bc=8))]
+
+
+@pytest.mark.parametrize("dtype, tile", _NON_FINITE_TILES,
+                         ids=[f"{np.dtype(d).name}-bc{t['bc']}-ov{t['ov']}"
+                              for d, t in _NON_FINITE_TILES])
 @pytest.mark.parametrize("which", ["inf", "nan"])
 @pytest.mark.parametrize("bad", ["value", "dy"])
 @pytest.mark.parametrize("where", ["corner", "middle"])
 @pytest.mark.parametrize("shape, padding", [((2, 7, 9, 6, 20, 3, 3, 2), "SAME"),
                                             ((2, 5, 4, 6, 20, 3, 3, 3), "SAME"),
                                             ((1, 4, 5, 3, 17, 3, 3, 2), "VALID")])
+@pytest.mark.hand_made_tiles
 def test_winograd_filter_gradient_keeps_the_direct_sums_non_finite_values(queue, shape, padding,
-                                                                         where, bad, which):
+                                                                         where, bad, which,
+                                                                         dtype, tile):
     """Winograd spreads an Inf or NaN over its tile's transforms (Inf - Inf = NaN) and a
     zero of d past its edge times an Inf of x is NaN: every filter-gradient entry whose
     Winograd value is not finite is the direct sum again, so each is NaN, Inf or finite
     as the reference's, including TF's 0 * Inf = NaN for taps reading the padding."""
+    skip_unsupported(queue, dtype)
     rng = np.random.default_rng()
-    value, dy, filters, rate = _problem(shape, padding, np.float32, rng)
+    value, dy, filters, rate = _problem(shape, padding, dtype, rng)
     if bad == "value":
-        value = _with_non_finite(rng, value.shape, where, which)
+        value = _with_non_finite(rng, value.shape, where, which, dtype)
     else:
-        dy = _with_non_finite(rng, dy.shape, where, which)
+        dy = _with_non_finite(rng, dy.shape, where, which, dtype)
     conv = check_conv_args(dy.shape, filters.shape, rate, padding)
-    plan = _winograd_plan(queue, conv, np.float32, dict(gc=2, ov=2, bc=8, chunk_bytes=2000))
-    out = poisoned(queue, filters.shape, np.float32)
+    plan = _winograd_plan(queue, conv, dtype, dict(tile, chunk_bytes=2000))
+    out = poisoned(queue, filters.shape, dtype)
     filter_grad.launch(queue, *_to_device(queue, dy, value), out, conv, plan)
     with np.errstate(invalid="ignore"):
         want = reference.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, padding,
@@ -1076,7 +1089,41 @@ def test_winograd_filter_gradient_keeps_the_direct_sums_non_finite_values(queue,
     np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)], err_msg="signs")
     finite = np.isfinite(want)
     assert finite.any() and not finite.all()
-    assert_close(np.where(finite, got, 0), np.where(finite, want, 0), np.float32)
+    assert_close(np.where(finite, got, 0), np.where(finite, want, 0), dtype)
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["host", "device"])
+@pytest.mark.parametrize("op", ["atrous_conv2d_vjp", "atrous_conv2d_transpose_vjp"])
+def test_winograd_filter_gradient_through_the_vjps(queue, op, on_device, monkeypatch):
+    """Both vjps with the Winograd filter gradient taken by default (its gates opened, as
+    for a large problem): the host path (NumPy arrays in place on CPUs) and device arrays,
+    the pooled temporaries of an in-order queue reused by a second call; and with
+    ATROUS_CL_WINOGRAD=0 the direct kernel's."""
+    real, launch = filter_grad.winograd_layout, filter_grad.winograd_launch
+    monkeypatch.setattr(filter_grad, "winograd_layout",
+                        lambda device, dtype, args: None if not tiles.winograd_enabled()
+                        else real(device, dtype, args, force=True, chunk_bytes=3000))
+    ran = []
+    monkeypatch.setattr(filter_grad, "winograd_launch",
+                        lambda *args: ran.append(args[-2].chunks) or launch(*args))
+    calls.forget_prepared()
+    rng = np.random.default_rng()
+    x, y, filters, rate = _problem((2, 9, 11, 12, 10, 3, 3, 2), "SAME", np.float32, rng)
+    if op == "atrous_conv2d_vjp":
+        args = (y, filters, rate, "SAME", rng.standard_normal(x.shape).astype(np.float32))
+    else:
+        args = (x, filters, y.shape, rate, "SAME", y)
+    want = getattr(reference, op)(*args)
+    for round_ in range(3):
+        if round_ == 2:
+            monkeypatch.setenv("ATROUS_CL_WINOGRAD", "0")
+            calls.forget_prepared()
+        inputs = [cl_array.to_device(queue, a) if on_device and isinstance(a, np.ndarray) else a
+                  for a in args]
+        got = getattr(atrous_cl, op)(*inputs, queue=queue)
+        for g, w, what in zip(got, want, ("d_value", "d_filters")):
+            assert_close(g.get() if on_device else g, w, np.float32, context=f"{what} {round_}")
+    assert len(ran) == 2 and min(ran) > 1
 
 
 def test_winograd_filter_gradient_runs_where_it_was_measured_to_win(monkeypatch):
@@ -1119,6 +1166,25 @@ def test_winograd_filter_gradient_runs_where_it_was_measured_to_win(monkeypatch)
     assert sizes["the filter gradient's partial sums"] <= \
         sizes["the filter gradient's transformed x"] + sizes["the filter gradient's transformed d"]
     assert 1 < plan.chunks < 24
+    # float64 keeps the accumulators' bytes (16-double vectors: 4 input channels, not 8);
+    # float16's temporaries are float32, twice its elements.
+    assert filter_grad.winograd_layout(intel, np.dtype(np.float64), wide).gc == 4
+    assert filter_grad.winograd_layout(pocl, np.dtype(np.float64), b).gc == 6
+    f16 = filter_grad.winograd_layout(pocl, np.dtype(np.float16), b)
+    assert f16.temporaries(b, np.float16) == {
+        k: 2 * v for k, v in filter_grad.winograd_layout(pocl, f32, b).temporaries(b, f32).items()}
+    # Unmeasured there: PoCL off x86, Intel's runtime without 512-bit vectors.
+    arm = stub_device(**{**vars(pocl), "version": "OpenCL 3.0 PoCL HSTR: pthread-aarch64-"
+                                                "unknown-linux-gnu-cortex-a72"})
+    assert filter_grad.winograd_layout(arm, f32, b) is None
+    monkeypatch.setattr(tiles, "_host_avx512", lambda: False)
+    avx2 = stub_device(**{**vars(intel), "native_vector_width_float": 8})
+    assert filter_grad.winograd_layout(avx2, f32, wide) is None
+    # The device's memory: no temporary past its largest allocation, all within half of it.
+    small = stub_device(**{**vars(pocl), "max_mem_alloc_size": 8 << 20})
+    assert filter_grad.winograd_layout(small, f32, b) is None
+    little = stub_device(**{**vars(pocl), "global_mem_size": 32 << 20})
+    assert filter_grad.winograd_layout(little, f32, b) is None
     monkeypatch.setenv("ATROUS_CL_WINOGRAD", "0")
     assert filter_grad.winograd_layout(pocl, f32, b) is None
     assert filter_grad.winograd_layout(pocl, f32, b, force=True) is not None
