@@ -238,7 +238,9 @@ class Layout(NamedTuple):
 #: 1.79 / 1.26 / 1.00 / 1.42, 1x64x64 512->512 rate 2 2.09 / 1.23 / 1.00 / 1.17; in several
 #: chunks, where 16x4x4x1 stays: A 1.00 / 1.11 / 1.27 / 1.06, B 1.06 / 1.00 / 1.54 / 1.02,
 #: 1x64x64 256->256 rate 2 (3 chunks) 1.05 / 1.04 / 1.25 / 1.00, 1x65x65 2048->256 rate 6
-#: (2 chunks) 1.46 / 2.59 / 1.26 / 1.00. Sixteen accumulator vectors either way.
+#: (2 chunks) 1.46 / 2.59 / 1.26 / 1.00. Sixteen accumulator vectors either way. Since,
+#: filters whose width 3 divides take three taps a row there (16x8x1x3, faster on all of
+#: these: :func:`atrous_cl.tiles.default_filter_grad_tile`), so this rule is for the others.
 INTEL_ONE_CHUNK_ONE_VECTOR_FROM = 256 * 256
 
 

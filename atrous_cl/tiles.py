@@ -760,6 +760,20 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     (``--dtype float16 --rounds 9``) D 0.77 / 0.91, 64->64 0.73 / 0.95. 32 input channels
     unpacked (the third shape, below 2**26 multiply-adds) ran 1.07 / 1.28, and two input
     channels a work-item 0.96-1.06 / 0.91-1.81 (x packed D on PoCL: 1.46-1.74).
+
+    Intel's CPU runtime with 512-bit vectors sums float32 (and widened float16) filter
+    gradients of filters whose width 3 divides, with 16 output channels or more, three taps
+    of a filter row x 8 input channels x one 16-channel vector a work-item, x unpacked
+    (16x8x1x3), where it took 16x4x4x1 (16x16x1x1 for one chunk from 256 x 256 channels,
+    :data:`atrous_cl.filter_grad.INTEL_ONE_CHUNK_ONE_VECTOR_FROM`). AMD Zen 4, kernels only,
+    the transpose vjp's filter gradient, its time over that default's (``python
+    benchmarks/filter_grad_ab.py --devices 1:0 --workloads A B C E --shapes ... --bc 16 --gc 8
+    --ov 1 --kt 3 --items 1 --kib 512 --xpack --rounds 3-5``, 2026-12-07 04:22-04:25 UTC): A
+    0.97, B 0.90, C 1.00, E 0.87, 2x48x48 96->48 VALID 0.64, 4x16x16 256->256 rate 1 0.68,
+    1x64x64 256->256 rate 2 0.80, 1x96x96 32->32 rate 2 0.95; DeepLab's 1x33x33 256->256 rate
+    12 0.66, rate 18 0.68, 512->512 rate 6 0.57, 512->256 rate 12 0.86, 256->512 rate 12 0.67,
+    2048->256 rate 12 0.96 (0.73 with x packed, the only shape where packing won), 1x65x65
+    256->256 rate 24 0.79. float16: A 0.97, B 0.91, C 1.05, 256->256 rate 1 0.84, rate 12 0.71.
     """
     tile = _platform_tile(device, dtype, cout)._replace(vectors=1)
     cpu = facts(device).type & cl.device_type.CPU
@@ -780,6 +794,12 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
         if np.dtype(dtype) == np.float64 and _intel_narrow(device) and cout >= 8:
             return FilterGradTile(tile._replace(channels=8), min(2, cin), 1, 512 << 10, 1, 3,
                                   xpack, _packed_groups(cin, min(2, cin), xpack))
+    if (is_intel_cpu(device) and not _intel_narrow(device) and acc_itemsize(dtype) == 4
+            and kw % 3 == 0 and cout >= 16):
+        # Three taps of a row x 8 input channels x one 16-channel vector (24 of 32 registers),
+        # x as it is (see the docstring).
+        return FilterGradTile(tile._replace(channels=16), min(8, cin), 1, 512 << 10, 1, 3,
+                              False, 1)
     if _intel_narrow(device) and acc_itemsize(dtype) == 4:
         # One 16-channel vector, 8 input channels: on the Zen 3 of _intel_narrow
         # (filter_grad_ab.py --devices 1:0 --workloads A C D --bc 8 16 --gc 4 8 --ov 1 4,

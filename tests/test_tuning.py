@@ -678,7 +678,16 @@ def test_intel_without_512_bit_vectors_keeps_to_8_channels(monkeypatch, host_avx
         assert tiles.default_for(intel, f32, d) == tiles.Tile(8, 16)
         assert tuple(tiles.default_filter_grad_tile(intel, f32, 64, 64)) == \
             (tiles.Tile(8, 16), 4, 1, 512 << 10, 4, 1, False, 1)
-        assert tiles.default_filter_grad_tile(intel, f32, 64, 64, kw=3).kt == 1
+        # three taps of a 3-wide filter row, 8 input channels, one 16-channel vector (float32
+        # and float16, 16 output channels or more): tiles.default_filter_grad_tile
+        for dtype in (f32, np.float16):
+            assert tuple(tiles.default_filter_grad_tile(intel, dtype, 64, 64, kw=3)) == \
+                (tiles.Tile(8, 16), 8, 1, 512 << 10, 1, 3, False, 1)
+        assert tiles.default_filter_grad_tile(intel, f32, 64, 64, kw=6).kt == 3
+        assert tiles.default_filter_grad_tile(intel, f32, 4, 64, kw=3).gc == 4
+        assert tiles.default_filter_grad_tile(intel, f32, 64, 8, kw=3).kt == 1
+        assert tiles.default_filter_grad_tile(intel, f64, 64, 64, kw=3).kt == 1
+        assert tiles.default_filter_grad_tile(intel, f32, 64, 64, kw=5).kt == 1
         # no output channels (the vjps of an empty problem): one vector, not none
         assert tiles.default_filter_grad_tile(intel, f32, 4, 0).ov == 1
         return
