@@ -92,6 +92,19 @@
     const long i0 = ph + RATE_H * 2 * bh;                                      \
     const long j0 = pw + RATE_W * 2 * bw
 
+// BC channels from element at, whose first is channel first of count: lanes from count
+// on read as 0 (they would read the next pixel, or past the buffer).
+inline VACC load_channels(__global const T *restrict p, const long at, const int first,
+                          const int count)
+{
+    if (first + BC <= count)
+        return LOADV_UNALIGNED(p, at);
+    union { VACC v; ACC s[BC]; } lanes;
+    for (int l = 0; l < BC; ++l)
+        lanes.s[l] = first + l < count ? (ACC)LOAD(p, at + l) : (ACC)0;
+    return lanes.v;
+}
+
 // xt[k][t][c] = (B^T X B)[k] of tile t for input channel c (0 from CIN to CINP), BC
 // channels a work-item. Global size (T, CINP / BC).
 __kernel void wgrad_x(__global const T *restrict x, const long x_off,
@@ -109,28 +122,15 @@ __kernel void wgrad_x(__global const T *restrict x, const long x_off,
 #pragma unroll
         for (int mm = 0; mm < 4; ++mm) {
             const long q = j0 - PAD_LEFT + mm * RATE_W;
-            const long at = x_off + ((n * HX + r) * WX + q) * CIN + c;
-            if (r < 0 || r >= HX || q < 0 || q >= WX) {
-                v[m * 4 + mm] = (VACC)0;
-            } else if (c + BC <= CIN) {
-                v[m * 4 + mm] = LOADV_UNALIGNED(x, at);
-            } else {  // the last, ragged vector of input channels
-                union { VACC v; ACC s[BC]; } lanes;
-                for (int l = 0; l < BC; ++l)
-                    lanes.s[l] = c + l < CIN ? (ACC)LOAD(x, at + l) : (ACC)0;
-                v[m * 4 + mm] = lanes.v;
-            }
+            const bool inside = r >= 0 && r < HX && q >= 0 && q < WX;
+            v[m * 4 + mm] = inside ? load_channels(x, x_off + ((n * HX + r) * WX + q) * CIN + c,
+                                                   c, CIN)
+                                   : (VACC)0;
         }
     }
-    // B^T X, on columns, then (B^T X) B, on rows.
+    // B^T X, on columns (prelude.cl), then (B^T X) B, on rows.
     VACC e[16];
-#pragma unroll
-    for (int l = 0; l < 4; ++l) {
-        e[0 * 4 + l] = v[0 * 4 + l] - v[2 * 4 + l];
-        e[1 * 4 + l] = v[1 * 4 + l] + v[2 * 4 + l];
-        e[2 * 4 + l] = v[2 * 4 + l] - v[1 * 4 + l];
-        e[3 * 4 + l] = v[1 * 4 + l] - v[3 * 4 + l];
-    }
+    WINOGRAD_BT_COLUMNS(e, v);
     __global ACC *to = xt + t * CINP + c;
     const long k_stride = TILES * CINP;
 #pragma unroll
@@ -158,17 +158,9 @@ __kernel void wgrad_d(__global const T *restrict d, const long d_off,
 #pragma unroll
         for (int q = 0; q < 2; ++q) {
             const long i = i0 + r * RATE_H, j = j0 + q * RATE_W;
-            const long at = d_off + ((n * HD + i) * WD + j) * COUT + o;
-            if (i >= HD || j >= WD) {
-                y[r * 2 + q] = (VACC)0;
-            } else if (o + BC <= COUT) {
-                y[r * 2 + q] = LOADV_UNALIGNED(d, at);
-            } else {  // the last, ragged vector of output channels
-                union { VACC v; ACC s[BC]; } lanes;
-                for (int l = 0; l < BC; ++l)
-                    lanes.s[l] = o + l < COUT ? (ACC)LOAD(d, at + l) : (ACC)0;
-                y[r * 2 + q] = lanes.v;
-            }
+            y[r * 2 + q] = i < HD && j < WD
+                ? load_channels(d, d_off + ((n * HD + i) * WD + j) * COUT + o, o, COUT)
+                : (VACC)0;
         }
     // A D, on columns (4 x 2), then (A D) A^T, on rows.
     VACC e[4][2];
@@ -276,11 +268,7 @@ VACC direct_sum(__global const T *restrict x, const long x_off,
             const long xc = j - PAD_LEFT + b * RATE_W;
             const ACC xv = xr >= 0 && xr < HX && xc >= 0 && xc < WX
                 ? (ACC)LOAD(x, x_off + ((n * HX + xr) * WX + xc) * CIN + c) : (ACC)0;
-            const long at = d_off + (r * WD + j) * COUT + o;
-            union { VACC v; ACC s[BC]; } lanes;
-            for (int l = 0; l < BC; ++l)
-                lanes.s[l] = o + l < COUT ? (ACC)LOAD(d, at + l) : (ACC)0;
-            acc += xv * lanes.v;
+            acc += xv * load_channels(d, d_off + (r * WD + j) * COUT + o, o, COUT);
         }
         if (all_nan(acc, o))
             break;

@@ -428,15 +428,9 @@ __kernel void winograd_transpose(
                         d[k] = lanes.v;
                     }
                 }
-                // B^T d, on columns: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+                // B^T d, on columns (prelude.cl).
                 VACC e[16];
-#pragma unroll
-                for (int l = 0; l < 4; ++l) {
-                    e[0 * 4 + l] = d[0 * 4 + l] - d[2 * 4 + l];
-                    e[1 * 4 + l] = d[1 * 4 + l] + d[2 * 4 + l];
-                    e[2 * 4 + l] = d[2 * 4 + l] - d[1 * 4 + l];
-                    e[3 * 4 + l] = d[1 * 4 + l] - d[3 * 4 + l];
-                }
+                WINOGRAD_BT_COLUMNS(e, d);
                 // (B^T d) B, on rows.
                 __local ACC *to = vl + t * KP + part * CC + o - o0;
 #pragma unroll

@@ -97,6 +97,17 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) vacc_unaligned;
                             ? (ACC)LOAD(filters, (off) + FILTER_AT(tap, (first) + l_, o)) \
                             : (ACC)0
 
+// Winograd F(2x2, 3x3)'s input transform on the columns of a 4x4 block d (row-major,
+// any element type): e = B^T d, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. The rows'
+// half, (B^T d) B, is each kernel's own (where its results go). For both Winograd files.
+#define WINOGRAD_BT_COLUMNS(e, d)                                               \
+    _Pragma("unroll") for (int l_ = 0; l_ < 4; ++l_) {                          \
+        (e)[0 * 4 + l_] = (d)[0 * 4 + l_] - (d)[2 * 4 + l_];                    \
+        (e)[1 * 4 + l_] = (d)[1 * 4 + l_] + (d)[2 * 4 + l_];                    \
+        (e)[2 * 4 + l_] = (d)[2 * 4 + l_] - (d)[1 * 4 + l_];                    \
+        (e)[3 * 4 + l_] = (d)[1 * 4 + l_] - (d)[3 * 4 + l_];                    \
+    }
+
 // wide[i] = x[x_off + i] in ACC for i < n, WIDEN_BY elements a work-item (one
 // each ran PyPI's PoCL and Intel's runtime at a fifth of a copy's speed). Global
 // size: ceil(n / WIDEN_BY) (atrous_cl.launch.WIDEN_BY, the same number).

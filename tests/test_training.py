@@ -603,26 +603,40 @@ def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, sh
     the dilated kernel, no column shared by the three) and VALID's all-inside rows; with
     x packed first too (xpack, whose pad channels copy x's last), and three channel pairs
     a work-item in turn (cb 3)."""
-    rng = np.random.default_rng()
-    value, dy, filters, rate = _problem(shape, padding, np.float32, rng)
-    if bad == "value":
-        value = _with_non_finite(rng, value.shape, where, which)
-    else:
-        dy = _with_non_finite(rng, dy.shape, where, which)
-    conv = check_conv_args(dy.shape, filters.shape, rate, padding)
+    conv, value, dy, filters, want = _non_finite_problem(shape, padding, where, bad, which,
+                                                         np.float32)
     plan = filter_grad.layout(queue.device, np.dtype(np.float32), conv, tile=Tile(8, 16), gc=2,
                               items=1, chunk_bytes=0, ov=1, kt=3, xpack=xpack, cb=cb)
-    out = poisoned(queue, filters.shape, np.float32)
-    filter_grad.launch(queue, *_to_device(queue, dy, value), out, conv, plan)
+    _check_non_finite_filter_grad(queue, conv, plan, value, dy, filters, want, np.float32)
+
+
+def _non_finite_problem(shape, padding, where, bad, which, dtype):
+    """``(conv, value, dy, filters, want)``: a transpose vjp's filter gradient (the forward
+    conv from dy to value) with one Inf or NaN in ``bad``, and the reference's result."""
+    rng = np.random.default_rng()
+    value, dy, filters, rate = _problem(shape, padding, dtype, rng)
+    if bad == "value":
+        value = _with_non_finite(rng, value.shape, where, which, dtype)
+    else:
+        dy = _with_non_finite(rng, dy.shape, where, which, dtype)
     with np.errstate(invalid="ignore"):
         want = reference.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, padding,
                                                      dy)[1]
+    return check_conv_args(dy.shape, filters.shape, rate, padding), value, dy, filters, want
+
+
+def _check_non_finite_filter_grad(queue, conv, plan, value, dy, filters, want, dtype):
+    """The filter gradient by ``plan`` into a poisoned array: NaN, Inf (with its sign) and
+    finite where the reference has them, the finite entries close."""
+    out = poisoned(queue, filters.shape, dtype)
+    filter_grad.launch(queue, *_to_device(queue, dy, value), out, conv, plan)
     got = out.get()
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaNs")
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg="Infs")
+    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)], err_msg="signs")
     finite = np.isfinite(want)
     assert finite.any() and not finite.all()
-    assert_close(np.where(finite, got, 0), np.where(finite, want, 0), np.float32)
+    assert_close(np.where(finite, got, 0), np.where(finite, want, 0), dtype)
 
 
 @pytest.mark.parametrize("chunk_bytes", [4000, 1 << 30], ids=["chunks", "one-chunk"])
@@ -1071,26 +1085,9 @@ def test_winograd_filter_gradient_keeps_the_direct_sums_non_finite_values(queue,
     Winograd value is not finite is the direct sum again, so each is NaN, Inf or finite
     as the reference's, including TF's 0 * Inf = NaN for taps reading the padding."""
     skip_unsupported(queue, dtype)
-    rng = np.random.default_rng()
-    value, dy, filters, rate = _problem(shape, padding, dtype, rng)
-    if bad == "value":
-        value = _with_non_finite(rng, value.shape, where, which, dtype)
-    else:
-        dy = _with_non_finite(rng, dy.shape, where, which, dtype)
-    conv = check_conv_args(dy.shape, filters.shape, rate, padding)
+    conv, value, dy, filters, want = _non_finite_problem(shape, padding, where, bad, which, dtype)
     plan = _winograd_plan(queue, conv, dtype, dict(tile, chunk_bytes=2000))
-    out = poisoned(queue, filters.shape, dtype)
-    filter_grad.launch(queue, *_to_device(queue, dy, value), out, conv, plan)
-    with np.errstate(invalid="ignore"):
-        want = reference.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, padding,
-                                                     dy)[1]
-    got = out.get()
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaNs")
-    np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg="Infs")
-    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)], err_msg="signs")
-    finite = np.isfinite(want)
-    assert finite.any() and not finite.all()
-    assert_close(np.where(finite, got, 0), np.where(finite, want, 0), dtype)
+    _check_non_finite_filter_grad(queue, conv, plan, value, dy, filters, want, dtype)
 
 
 @pytest.mark.parametrize("on_device", [False, True], ids=["host", "device"])
