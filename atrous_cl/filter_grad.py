@@ -194,10 +194,15 @@ def group_limits(kernel: cl.Kernel, device: cl.Device, dtype, tile: Tile, gc: in
     if items is None:
         return None, (), 1
     f = facts(device)
+    return (max(1, min(items, _largest_group(kernel, device))), f.max_item_sizes,
+            max(1, f.compute_units))
+
+
+def _largest_group(kernel: cl.Kernel, device: cl.Device) -> int:
+    """The most work-items a work-group of ``kernel`` may have on ``device``: the kernel's
+    and the device's limit (:func:`atrous_cl.facts.facts`)."""
     largest = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device)
-    if f.max_group:
-        largest = min(largest, f.max_group)
-    return max(1, min(items, largest)), f.max_item_sizes, max(1, f.compute_units)
+    return min(largest, facts(device).max_group or largest)
 
 
 def _device_error(queue: cl.CommandQueue, what: str, e: cl.Error, options) -> DeviceError:
@@ -405,16 +410,23 @@ class WinogradLayout(NamedTuple):
         rounded up to a vector."""
         return -(-(-(-cin // self.gc) * self.gc) // self.bc) * self.bc
 
+    def coutp(self, cout: int) -> int:
+        """Output channels rounded up to a register tile's (``COUTP``)."""
+        wb = self.bc * self.ov
+        return -(-cout // wb) * wb
+
+    def buffers(self, args: ConvArgs) -> tuple[int, int, int]:
+        """Elements, in the accumulation type, of the transformed x, the transformed d and
+        the partial sums."""
+        _, _, cin, cout = args.filters_shape
+        return (16 * self.tiles * self.xt_row(cin), 16 * self.tiles * self.coutp(cout),
+                self.chunks * 16 * cin * self.coutp(cout))
+
     def temporaries(self, args: ConvArgs, dtype) -> dict[str, int]:
         """Elements (in ``dtype``'s) of each temporary buffer."""
-        _, _, cin, cout = args.filters_shape
-        wb = self.bc * self.ov
-        coutp = -(-cout // wb) * wb
-        per = acc_itemsize(dtype) // np.dtype(dtype).itemsize if np.dtype(dtype) == np.float16 \
-            else 1
-        return {"the filter gradient's transformed x": per * 16 * self.tiles * self.xt_row(cin),
-                "the filter gradient's transformed d": per * 16 * self.tiles * coutp,
-                "the filter gradient's partial sums": per * self.chunks * 16 * cin * coutp}
+        per = acc_itemsize(dtype) // np.dtype(dtype).itemsize
+        return {f"the filter gradient's {what}": per * count for what, count in
+                zip(("transformed x", "transformed d", "partial sums"), self.buffers(args))}
 
 
 def winograd_layout(device: cl.Device, dtype, args: ConvArgs, gc: int | None = None,
@@ -445,8 +457,8 @@ def winograd_layout(device: cl.Device, dtype, args: ConvArgs, gc: int | None = N
     phases_h, phases_w = min(rate_h, hd), min(rate_w, wd)
     blocks_h, blocks_w = -(-(-(-hd // rate_h)) // 2), -(-(-(-wd // rate_w)) // 2)
     tiles = n * phases_h * blocks_h * phases_w * blocks_w
+    f = facts(device)
     if not force:
-        f = facts(device)
         if (tiles_module.pocl_narrow(device) and f.type & cl.device_type.CPU
                 and "x86_64" in f.version):
             pairs = WINOGRAD_FROM_CHANNEL_PAIRS
@@ -466,21 +478,20 @@ def winograd_layout(device: cl.Device, dtype, args: ConvArgs, gc: int | None = N
         budget = _NARROW_TILE_BYTES if narrow else _WIDE_TILE_BYTES
         gc = max(1, min(cin, budget // (ov * bc * acc_itemsize(dtype))))
     chunk_bytes = WINOGRAD_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    wb = bc * ov
-    per_tile = (-(-cin // gc) * gc + -(-cout // wb) * wb) * acc_itemsize(dtype)
+    coutp = -(-cout // (bc * ov)) * bc * ov
+    per_tile = (-(-cin // gc) * gc + coutp) * acc_itemsize(dtype)
     chunks = -(-tiles // max(1, chunk_bytes // per_tile))
     # Each chunk keeps 16 products of every channel pair: with many channels (1x65x65
     # 2048->256 rate 6: 33.5 MiB a chunk, 24 chunks of 512 KiB) they would outgrow the
     # transformed inputs; bound them by those (or _PARTIALS_FLOOR elements).
-    per_partial = 16 * cin * -(-cout // wb) * wb
+    per_partial = 16 * cin * coutp
     budget = max(_PARTIALS_FLOOR, 16 * tiles * per_tile // acc_itemsize(dtype))
     chunks = max(1, min(chunks, budget // per_partial))
     per_chunk = -(-tiles // chunks)
     plan = WinogradLayout(bc, gc, ov, phases_h, blocks_h, phases_w, blocks_w, tiles,
                           -(-tiles // per_chunk), per_chunk)
     if not force:
-        sizes = [count * np.dtype(dtype).itemsize for count in plan.temporaries(args, dtype).values()]
-        f = facts(device)
+        sizes = [count * acc_itemsize(dtype) for count in plan.buffers(args)]
         if (sum(sizes) > min(WINOGRAD_TEMPORARY_BYTES, f.global_mem // 2)
                 or max(sizes) > f.max_alloc):
             return None
@@ -498,13 +509,9 @@ def winograd_products_local(kernel: cl.Kernel, device: cl.Device, dtype, plan: W
     ``/tmp`` script, 2026-12-07). Elsewhere None: the driver's choice."""
     if not (is_pocl(device) and facts(device).type & cl.device_type.CPU):
         return None
-    f = facts(device)
-    most = kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device)
-    if f.max_group:
-        most = min(most, f.max_group)
-    most = min(most, max(1, POCL_GROUP_BYTES // (plan.gc * plan.ov * plan.bc
-                                                  * acc_itemsize(dtype))))
-    sizes = tuple(f.max_item_sizes) + (1 << 30,) * 2
+    most = min(_largest_group(kernel, device),
+               max(1, POCL_GROUP_BYTES // (plan.gc * plan.ov * plan.bc * acc_itemsize(dtype))))
+    sizes = tuple(facts(device).max_item_sizes) + (1 << 30,) * 2
     first = largest_divisor(ob, min(most, sizes[0]))
     second = largest_divisor(cg, max(1, min(most // first, sizes[1])))
     return first, second, 1
@@ -513,10 +520,9 @@ def winograd_products_local(kernel: cl.Kernel, device: cl.Device, dtype, plan: W
 def winograd_options(dtype: np.dtype, args: ConvArgs, plan: WinogradLayout) -> tuple[str, ...]:
     """``-D`` options for :data:`WINOGRAD_FILE`."""
     _, _, cin, cout = args.filters_shape
-    wb = plan.bc * plan.ov
     return TYPE_OPTIONS[np.dtype(dtype).type] + (
         f"-DBC={plan.bc}", f"-DOV={plan.ov}", f"-DGC={plan.gc}", f"-DCIN={cin}",
-        f"-DCOUT={cout}", f"-DCOUTP={-(-cout // wb) * wb}") + dilation_options(*dilation(args))
+        f"-DCOUT={cout}", f"-DCOUTP={plan.coutp(cout)}") + dilation_options(*dilation(args))
 
 
 def winograd_launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
@@ -530,15 +536,13 @@ def winograd_launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array
     n, hx, wx, _ = args.value_shape
     hd, wd = args.output_shape[1:3]
     wb = plan.bc * plan.ov
-    coutp = -(-cout // wb) * wb
+    coutp = plan.coutp(cout)
     cg = -(-cin // plan.gc)
-    acc = acc_itemsize(out.dtype)
     counts = tuple(np.int32(v) for v in (plan.phases_h, plan.blocks_h, plan.phases_w,
                                          plan.blocks_w)) + (np.int64(plan.tiles),)
     cinp = plan.xt_row(cin)
-    xt = memory.scratch(queue, 16 * cinp * plan.tiles * acc)
-    dt = memory.scratch(queue, 16 * coutp * plan.tiles * acc)
-    partial = memory.scratch(queue, plan.chunks * 16 * cin * coutp * acc)
+    xt, dt, partial = (memory.scratch(queue, count * acc_itemsize(out.dtype))
+                       for count in plan.buffers(args))
     x_in = (x.base_data, np.int64(element_offset(x)))
     d_in = (d.base_data, np.int64(element_offset(d)))
     sizes = (np.int32(n), np.int32(hx), np.int32(wx), np.int32(hd), np.int32(wd))
