@@ -26,10 +26,10 @@
 // there (and in x outside x), which add nothing to finite sums.
 //
 // Kernels, in order (atrous_cl.filter_grad.winograd_launch):
-//   wgrad_x         xt[k][cg][t][g] = (B^T X B)[k] of tile t, input channel cg * GC + g
+//   wgrad_x         xt[k][t][c] = (B^T X B)[k] of tile t, input channel c
 //   wgrad_d         dt[k][ob][t][w] = (A D A^T)[k] of tile t, output channel ob * WB + w
 //   wgrad_products  partial[s][k][c][o] = sum over the tiles of chunk s of
-//                   xt[k][..][t][c] * dt[k][..][t][o]: a register tile of GC
+//                   xt[k][t][c] * dt[k][..][t][o]: a register tile of GC
 //                   input channels x OV vectors of BC output channels, as
 //                   filter_grad_partial's (GC + OV loads feed GC * OV
 //                   multiply-adds), the tiles streamed in order
@@ -183,7 +183,7 @@ __kernel void wgrad_d(__global const T *restrict d, const long d_off,
     }
 }
 
-// partial[s][k][c][o] = sum over the tiles t of chunk s (in order) of xt[k][c / GC][t][c % GC]
+// partial[s][k][c][o] = sum over the tiles t of chunk s (in order) of xt[k][t][c]
 // * dt[k][o / WB][t][o % WB], for input channels below CIN; every lane of COUTP. Global size
 // (OB, CG, 16 * S).
 __kernel void wgrad_products(__global const ACC *restrict xt, __global const ACC *restrict dt,
