@@ -3,7 +3,7 @@
 
 ``python benchmarks/compare_installs.py --python before=/work/venv-before/bin/python
 --python after=/work/venv-docs/bin/python [--workloads A B] [--shapes 1,33,33,256,256,3,6,SAME]
-[--rounds 9] [--calls 5]
+[--op transpose|transpose_vjp|conv_vjp] [--rounds 9] [--calls 5]
 [--device P:D] [--copies]``
 
 Each ``--python NAME=PATH`` is an interpreter whose environment has some atrous-cl
@@ -13,8 +13,10 @@ empty folder so that it imports its own install and never a checkout in the
 current directory. The workers read one JSON command per line on stdin and
 answer one JSON line: ``workloads`` (the bench's ``WORKLOADS``, asked of the
 first interpreter), ``setup`` (draw a workload's inputs from a seed, call the
-host API once, save the result in the scratch folder and return its error against
-that install's NumPy reference), ``difference`` (compare two saved results
+host API of ``--op`` once (the op, or one of its vjps as ``atrous-cl bench --op``
+has them), save the result in the scratch folder and return its error against
+that install's NumPy reference; a vjp's two results each scaled by its reference's
+largest |element|), ``difference`` (compare two saved results
 element by element; asked of the first worker, so this process needs no NumPy)
 and ``time`` (time ``calls`` calls back to back).
 
@@ -57,8 +59,21 @@ from atrous_cl import bench, reference
 if os.environ.get("COMPARE_INSTALLS_COPIES") == "1":  # --copies: the host path GPUs take
     from atrous_cl import memory
     memory.works_in_host_memory = lambda device: False
+OP = os.environ["COMPARE_INSTALLS_OP"]
 
 inputs = {}
+
+
+def call(wl, arrays):
+    """The host API of OP on ``arrays`` (bench.inputs'), its results as a tuple."""
+    if OP == "transpose":
+        return (atrous_cl.atrous_conv2d_transpose(*arrays, wl.output_shape, wl.rate,
+                                                  wl.padding),)
+    value, filters, dy = arrays
+    if OP == "transpose_vjp":
+        return atrous_cl.atrous_conv2d_transpose_vjp(value, filters, wl.output_shape, wl.rate,
+                                                     wl.padding, dy)
+    return atrous_cl.atrous_conv2d_vjp(value, filters, wl.rate, wl.padding, dy)
 
 
 def workloads(shapes=()):
@@ -67,17 +82,17 @@ def workloads(shapes=()):
 
 
 def setup(wl, seed, save):
-    rng = np.random.default_rng(seed)
-    value = rng.standard_normal((wl["n"], wl["h"], wl["w"], wl["cin"])).astype(np.float32)
-    filters = rng.standard_normal((wl["k"], wl["k"], wl["cout"], wl["cin"])).astype(np.float32)
-    args = (wl["output_shape"], wl["rate"], wl["padding"])
-    inputs[wl["name"]] = (value, filters, args)
-    y = np.asarray(atrous_cl.atrous_conv2d_transpose(value, filters, *args))
-    want = reference.atrous_conv2d_transpose(value, filters, *args)
-    scale = float(np.max(np.abs(want))) or 1.0
-    np.save(save, y)
+    wl = bench.Workload(*(wl[field] for field in bench.Workload._fields))
+    arrays = bench.inputs(OP, wl, np.random.default_rng(seed))
+    inputs[wl.name] = (wl, arrays)
+    got = [np.asarray(y) for y in call(wl, arrays)]
+    want = bench.reference_result(OP, wl, arrays)
+    want = want if isinstance(want, tuple) else (want,)
+    scales = [float(np.max(np.abs(w))) or 1.0 for w in want]
+    np.save(save, np.concatenate([(y / scale).ravel() for y, scale in zip(got, scales)]))
     queue = atrous_cl.get_queue()
-    return {"ref_error": float(np.max(np.abs(y - want)) / scale),
+    return {"ref_error": max(float(np.max(np.abs(y - w))) / scale
+                             for y, w, scale in zip(got, want, scales)),
             "device": f"{queue.device.name} ({queue.device.platform.name})"}
 
 
@@ -91,12 +106,11 @@ def difference(first, other):
 
 
 def time_calls(name, calls):
-    value, filters, args = inputs[name]
-    call = atrous_cl.atrous_conv2d_transpose
+    wl, arrays = inputs[name]
     times = []
     for _ in range(calls):
         start = time.perf_counter()
-        call(value, filters, *args)
+        call(wl, arrays)
         times.append(time.perf_counter() - start)
     return {"times": times}
 
@@ -202,6 +216,9 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", nargs="*", default=[], metavar="N,H,W,CIN,COUT,K,RATE,PADDING",
                         help="problems of their own, named by their text (then no named "
                         "workload unless --workloads names it)")
+    parser.add_argument("--op", default="transpose", choices=["transpose", "transpose_vjp",
+                                                               "conv_vjp"],
+                        help="the op (default) or one of its vjps, as atrous-cl bench --op")
     parser.add_argument("--rounds", type=_positive, default=9, help="timed rounds (default 9)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument("--calls", type=_positive, default=5,
@@ -223,6 +240,7 @@ def main(argv=None) -> int:
     if args.device:
         env["PYOPENCL_CTX"] = args.device
     env["COMPARE_INSTALLS_COPIES"] = "1" if args.copies else "0"
+    env["COMPARE_INSTALLS_OP"] = args.op
     with tempfile.TemporaryDirectory(prefix="compare-installs-") as empty:
         args.scratch = empty  # the workers' results go here, to be compared in full
         workers = [Worker(name, path, env, empty) for name, path in args.python]
@@ -292,8 +310,9 @@ def _compare(workers: list[Worker], args) -> int:
     first = workers[0].name
     header = " | ".join(f"{w.name} ms" for w in workers)
     ratios = " | ".join(f"{w.name} / {first}" for w in workers[1:])
-    print(f"Host API, float32, default device of each install (here: {device})"
-          if not args.device else f"Host API, float32, PYOPENCL_CTX={args.device} ({device})")
+    print(f"Host API ({args.op}), float32, default device of each install (here: {device})"
+          if not args.device
+          else f"Host API ({args.op}), float32, PYOPENCL_CTX={args.device} ({device})")
     print(f"medians of {args.rounds} rounds x {args.calls} calls, ABBA order; "
           f"ratio: median over rounds of the within-round ratio (below 1: faster than {first})")
     print()
