@@ -470,7 +470,7 @@ def check_apart(outputs: dict, inputs: dict) -> None:
         for other in names[i + 1:]:
             (mem_a, lo_a, hi_a), (mem_b, lo_b, hi_b) = spans[out_name], spans[other]
             if mem_a == mem_b and lo_a < hi_b and lo_b < hi_a:
-                why = (f"the kernels write both, each over the other's elements"
+                why = ("the kernels write both, each over the other's elements"
                        if other in outputs else
                        f"the kernels read {other} while they write {out_name}, so the op "
                        f"cannot work in place")
