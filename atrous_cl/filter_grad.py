@@ -369,6 +369,17 @@ WINOGRAD_FROM_CHANNEL_PAIRS = 1024
 #: 1.03-1.14, 256x128 1.61 ...
 WINOGRAD_INTEL_FROM_CHANNEL_PAIRS = 512 * 512
 
+#: ... or on PoCL with 512-bit vectors (Debian's PoCL 3.1), this many: the Winograd kernels'
+#: time over the direct default's (which packs x from 128 channels), float32, kernels only,
+#: AMD Zen 4 (``python benchmarks/filter_grad_ab.py --devices 1:0 --workloads A B C E --shapes
+#: ... --bc 8 --gc 100000 --winograd --rounds 7``, 2026-12-07 07:05 UTC): 64x64 on 1x64x64
+#: rate 2 (A's) 0.70, 128x128 (B's) 0.69, 256x256 on 4x16x16 rate 1 0.62, on 1x64x64 rate 2
+#: 0.63, 512x512 rate 2 0.42, rate 6 on 1x33x33 0.60, 256x2048 on 1x65x65 rate 6 0.54;
+#: below it 32x64 on 1x64x64 rate 3 1.13, 32x32 on 1x96x96 1.09, 32x16 (C's) 1.06. float64
+#: (``--dtype float64 --rounds 5``) A 0.60, B 0.69, 256x256 rate 2 0.51, 512x512 rate 6
+#: 0.56; float16 0.79, 0.56, 0.58, 0.69.
+WINOGRAD_WIDE_POCL_FROM_CHANNEL_PAIRS = 64 * 64
+
 #: ... and its temporaries (both transformed inputs, 4x theirs, and the partial sums) take
 #: at most these bytes, none more than the device's largest allocation and all at most
 #: half its memory; beyond, the direct kernel, whose partial sums the inputs' size bounds.
@@ -437,12 +448,13 @@ def winograd_layout(device: cl.Device, dtype, args: ConvArgs, gc: int | None = N
     too few multiply-adds or channels (:data:`WINOGRAD_FROM_MACS`,
     :data:`WINOGRAD_FROM_CHANNEL_PAIRS`), tiles that the phases fill too thinly
     (:data:`WINOGRAD_BELOW`), temporaries over :data:`WINOGRAD_TEMPORARY_BYTES`,
-    ``ATROUS_CL_WINOGRAD=0``, and every device but PoCL's CPU driver with 256-bit vectors
-    (PyPI's PoCL 3.0, :func:`atrous_cl.tiles.pocl_narrow`) and Intel's CPU runtime from
-    :data:`WINOGRAD_INTEL_FROM_CHANNEL_PAIRS` with 512-bit vectors (below, its kernels took
-    B's filter gradient 1.03-1.14x the direct kernel's time, with transforms of 1-2 ms that
-    PoCL ran in half); Debian's PoCL 3.1 (512-bit), PoCL off x86, Intel's runtime on AVX2
-    hosts and GPUs are unmeasured. ``gc``, ``ov``, ``bc``, ``chunk_bytes`` replace the defaults (two vectors of
+    ``ATROUS_CL_WINOGRAD=0``, and every device but PoCL's CPU driver on x86 (with 256-bit
+    vectors, PyPI's PoCL 3.0, :func:`atrous_cl.tiles.pocl_narrow`; with 512-bit ones,
+    Debian's PoCL 3.1, from :data:`WINOGRAD_WIDE_POCL_FROM_CHANNEL_PAIRS`) and Intel's CPU
+    runtime from :data:`WINOGRAD_INTEL_FROM_CHANNEL_PAIRS` with 512-bit vectors (below, its
+    kernels took B's filter gradient 1.03-1.14x the direct kernel's time, with transforms
+    of 1-2 ms that PoCL ran in half); PoCL off x86, Intel's runtime on AVX2 hosts and GPUs
+    are unmeasured. ``gc``, ``ov``, ``bc``, ``chunk_bytes`` replace the defaults (two vectors of
     output channels as wide as the device's, and as many input channels as keep the
     accumulators within :data:`_NARROW_TILE_BYTES` or :data:`_WIDE_TILE_BYTES`: 6 and 8 in
     float32, 4 for float64's 16-double vectors); ``force``: run wherever it can (tests,
@@ -464,6 +476,9 @@ def winograd_layout(device: cl.Device, dtype, args: ConvArgs, gc: int | None = N
             pairs = WINOGRAD_FROM_CHANNEL_PAIRS
         elif is_intel_cpu(device) and tiles_module.max_channels(device, np.float32, 16) == 16:
             pairs = WINOGRAD_INTEL_FROM_CHANNEL_PAIRS
+        elif (is_pocl(device) and f.type & cl.device_type.CPU
+                and not tiles_module.pocl_narrow(device)):  # 512-bit x86 vectors
+            pairs = WINOGRAD_WIDE_POCL_FROM_CHANNEL_PAIRS
         else:
             return None
         if (not tiles_module.winograd_enabled() or cin * cout < pairs

@@ -659,6 +659,10 @@ def _packed_groups(cin: int, gc: int, xpack: bool) -> int:
 #: share the packing pass. Measured: default_filter_grad_tile.
 _XPACK_FROM = 32
 
+#: The same from which PoCL with 512-bit vectors (Debian's PoCL 3.1) packs x in its
+#: 16x4x4 split (:func:`default_filter_grad_tile`).
+_WIDE_POCL_XPACK_FROM = 128
+
 
 def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
                              kw: int = 1, packable: bool = False) -> FilterGradTile:
@@ -743,6 +747,17 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     --ov 1 --kt 1 --items 1 --kib 512 --xpack --cb 1 2 4 --rounds 5`` (2026-12-07 02:16 UTC),
     the split before's time (8x8, x packed where it packed) over this one's: A 1.20, B 1.03,
     C 1.19, D 1.13, but E 0.85 (a 0.3 ms call, as E's 1.26 on the Zen 3 above).
+    PoCL with 512-bit vectors (Debian's PoCL 3.1) packs x in its own splits (16x4x4,
+    float64's 16x16x1) from 128 input and output channels (:data:`_WIDE_POCL_XPACK_FROM`),
+    its groups in turn (``cb``). ``python benchmarks/filter_grad_pairs.py --devices 1:0
+    --field xpack --pairs 21 --workloads A B --shapes ...`` (AMD Zen 4, 2026-12-07 07:00
+    UTC), packed over unpacked: B 0.89, 5x5 128->128 on 1x64x64 rate 2 0.81 and on 2x32x32
+    rate 1 0.84, 256->256 on 1x64x64 rate 2 0.65 and on 4x16x16 rate 1 0.80, DeepLab's
+    1x33x33 256->256 rate 12 0.81, 512->512 0.79, 2048->256 0.66, and 1x65x65 2048->256
+    rate 6 0.16 (1690 ms unpacked, 274 packed: the 2048-channel pixels a cache line each
+    for 4 channels); float64 (``--pairs 11``) B 0.76, 0.84, 0.93, 2048->256 rate 12 0.47;
+    float16 0.89, 0.71, 0.66, 0.54. At 64 channels (A) groups of 4 or 16 in turn ran
+    0.99-1.12x unpacked in two runs of ``filter_grad_ab.py ... --xpack --cb 2 4 16``.
     ``packable``: packing pays for the problem (:func:`atrous_cl.filter_grad.layout`
     decides: rows at most twice x's, 2**26 multiply-adds or more); without it nothing
     is packed.
@@ -813,7 +828,8 @@ def default_filter_grad_tile(device: cl.Device, dtype, cin: int, cout: int,
     gc = 16 // ov if ov > 1 or wide else tile.pixels
     gc = max(1, min(gc, cin))
     if cpu:
-        xpack = xpack and pocl_narrow(device)
+        xpack = xpack and (pocl_narrow(device)
+                           or (wide and min(cin, cout) >= _WIDE_POCL_XPACK_FROM))
         return FilterGradTile(tile, gc, 1, 512 << 10, ov, 1, xpack, _packed_groups(cin, gc, xpack))
     return FilterGradTile(tile, gc, 4096, 0, ov)
 

@@ -812,6 +812,16 @@ def test_default_filter_grad_tile_per_platform(platform, kind, version, want):
     assert tiles.default_filter_grad_tile(stub, np.float32, 3, 64).gc == 3
     if kind == "GPU" or version == _POCL_AVX512:  # three taps a row only on 256-bit CPUs
         assert tiles.default_filter_grad_tile(stub, np.float32, 64, 64, kw=3).kt == 1
+    # From 128 channels PoCL with 512-bit vectors packs x too, its groups in turn; a packable
+    # problem only.
+    got = tiles.default_filter_grad_tile(stub, np.float32, 128, 128, packable=True)
+    wide_pocl = version == _POCL_AVX512
+    assert got.xpack == (wide_pocl or xpack)
+    assert got.cb == (tiles._packed_groups(128, got.gc, True) if got.xpack else 1)
+    assert not tiles.default_filter_grad_tile(stub, np.float32, 128, 128).xpack
+    for dtype in (np.float16, np.float64):
+        assert tiles.default_filter_grad_tile(stub, dtype, 256, 128, packable=True).xpack \
+            == (wide_pocl or xpack)
 
 
 @pytest.mark.parametrize("cout, dtype, want", [
