@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import atrous_cl
-from atrous_cl import discovery, geometry, memory
+from atrous_cl import discovery, geometry, launch, local_tile, memory
 from atrous_cl.errors import VectorWidthError
 
 # Property tests: CI runs a fixed, derandomised profile so that a run can be
@@ -55,6 +55,27 @@ if os.environ.get("ATROUS_CL_KEEP_BUFFERS"):
         return buffer
 
     memory._device_buffer = _keeping_device_buffer
+
+    # ... and the buffers of packed filters and of temporaries: a test that clears the
+    # launch plans' cache (tests/test_tuning.py) releases the packed buffers they kept,
+    # and the next packed buffer in their memory was flagged in every store of the op's
+    # kernel after it (tests run in this order on one of CI's two Oclgrind workers).
+    _packed_filters = launch.packed_filters
+
+    def _keeping_packed_filters(*args):
+        packed, event = _packed_filters(*args)
+        _kept_buffers.append(packed)
+        return packed, event
+
+    launch.packed_filters = local_tile.packed_filters = _keeping_packed_filters
+    _scratch = memory.scratch
+
+    def _keeping_scratch(*args):
+        buffer = _scratch(*args)
+        _kept_buffers.append(buffer)
+        return buffer
+
+    memory.scratch = _keeping_scratch
 
 @pytest.fixture(autouse=True)
 def calls_prepared_afresh():
