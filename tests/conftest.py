@@ -128,6 +128,25 @@ def recorded_host_copies(monkeypatch) -> list:
     return copies
 
 
+def winograd_filter_gradient_launches(monkeypatch, chunk_bytes: int | None = None) -> list:
+    """A list that gets the chunk count of every launch of the Winograd filter gradient
+    (``filter_grad.winograd_launch``) from now on in the test. With ``chunk_bytes``, its
+    gates open too, as for a large problem on a device where it wins (chunks of that many
+    bytes), unless ``ATROUS_CL_WINOGRAD=0``."""
+    from atrous_cl import filter_grad, tiles
+
+    launches = []
+    layout, launch = filter_grad.winograd_layout, filter_grad.winograd_launch
+    if chunk_bytes is not None:
+        monkeypatch.setattr(filter_grad, "winograd_layout",
+                            lambda device, dtype, args: None if not tiles.winograd_enabled()
+                            else layout(device, dtype, args, force=True,
+                                        chunk_bytes=chunk_bytes))
+    monkeypatch.setattr(filter_grad, "winograd_launch",
+                        lambda *args: launches.append(args[-2].chunks) or launch(*args))
+    return launches
+
+
 #: Max |got - want| / max |want| per dtype. float16 is the rounding of one
 #: half-precision store (2**-11) with margin; float32/64 leave room for sums of
 #: a few thousand terms.

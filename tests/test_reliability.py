@@ -23,10 +23,10 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, poisoned, skip_unsupported
+from conftest import assert_close, poisoned, skip_unsupported, winograd_filter_gradient_launches
 
 import atrous_cl
-from atrous_cl import filter_grad, geometry, reference
+from atrous_cl import geometry, reference
 from atrous_cl.validation import check_transpose_args
 
 OOO = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
@@ -202,14 +202,7 @@ def test_out_of_order_queue_filter_gradient_waits_for_its_partials(queue, op, wi
     """Each of the filter gradient's launches waits for the one before it (the direct
     kernel's partial sums; the Winograd kernels' two transforms, products and sums, here on
     every device whatever the problem's size)."""
-    ran = []
-    real, launch = filter_grad.winograd_layout, filter_grad.winograd_launch
-    if winograd:
-        monkeypatch.setattr(filter_grad, "winograd_layout",
-                            lambda device, dtype, args: real(device, dtype, args, force=True,
-                                                             chunk_bytes=1000))
-    monkeypatch.setattr(filter_grad, "winograd_launch",
-                        lambda *args: ran.append(args[-2].chunks) or launch(*args))
+    ran = winograd_filter_gradient_launches(monkeypatch, chunk_bytes=1000 if winograd else None)
     ooo = _ooo_queue(queue)
     rng = np.random.default_rng()
     value, filters, output_shape, rate, padding = _problem(rng)

@@ -13,7 +13,8 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
-from conftest import assert_close, case_id, poisoned, skip_unsupported, stub_device
+from conftest import (assert_close, case_id, poisoned, skip_unsupported, stub_device,
+                      winograd_filter_gradient_launches)
 
 import atrous_cl
 from atrous_cl import (calls, facts, filter_grad, geometry, memory, ops, programs, reference, tiles,
@@ -1097,13 +1098,7 @@ def test_winograd_filter_gradient_through_the_vjps(queue, op, on_device, monkeyp
     for a large problem): the host path (NumPy arrays in place on CPUs) and device arrays,
     the pooled temporaries of an in-order queue reused by a second call; and with
     ATROUS_CL_WINOGRAD=0 the direct kernel's."""
-    real, launch = filter_grad.winograd_layout, filter_grad.winograd_launch
-    monkeypatch.setattr(filter_grad, "winograd_layout",
-                        lambda device, dtype, args: None if not tiles.winograd_enabled()
-                        else real(device, dtype, args, force=True, chunk_bytes=3000))
-    ran = []
-    monkeypatch.setattr(filter_grad, "winograd_launch",
-                        lambda *args: ran.append(args[-2].chunks) or launch(*args))
+    ran = winograd_filter_gradient_launches(monkeypatch, chunk_bytes=3000)
     calls.forget_prepared()
     rng = np.random.default_rng()
     x, y, filters, rate = _problem((2, 9, 11, 12, 10, 3, 3, 2), "SAME", np.float32, rng)
