@@ -471,14 +471,11 @@ def winograd_layout(device: cl.Device, dtype, args: ConvArgs, gc: int | None = N
     tiles = n * phases_h * blocks_h * phases_w * blocks_w
     f = facts(device)
     if not force:
-        if (tiles_module.pocl_narrow(device) and f.type & cl.device_type.CPU
-                and "x86_64" in f.version):
-            pairs = WINOGRAD_FROM_CHANNEL_PAIRS
+        if is_pocl(device) and f.type & cl.device_type.CPU and "x86_64" in f.version:
+            pairs = (WINOGRAD_FROM_CHANNEL_PAIRS if tiles_module.pocl_narrow(device)
+                     else WINOGRAD_WIDE_POCL_FROM_CHANNEL_PAIRS)
         elif is_intel_cpu(device) and tiles_module.max_channels(device, np.float32, 16) == 16:
             pairs = WINOGRAD_INTEL_FROM_CHANNEL_PAIRS
-        elif (is_pocl(device) and f.type & cl.device_type.CPU
-                and not tiles_module.pocl_narrow(device)):  # 512-bit x86 vectors
-            pairs = WINOGRAD_WIDE_POCL_FROM_CHANNEL_PAIRS
         else:
             return None
         if (not tiles_module.winograd_enabled() or cin * cout < pairs

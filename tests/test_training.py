@@ -1120,9 +1120,10 @@ def test_winograd_filter_gradient_through_the_vjps(queue, op, on_device, monkeyp
 
 
 def test_winograd_filter_gradient_runs_where_it_was_measured_to_win(monkeypatch):
-    """By default only on PoCL's CPU driver on x86 and Intel's runtime with 512-bit vectors
-    from many channel pairs (slower below, GPUs are unmeasured), for 3x3 filters, enough multiply-adds and channel pairs, tiles that fill
-    the phases, bounded temporaries, and not with ATROUS_CL_WINOGRAD=0."""
+    """By default only on PoCL's CPU driver on x86 and on Intel's runtime with 512-bit
+    vectors from many channel pairs (slower below; GPUs are unmeasured), for 3x3 filters,
+    enough multiply-adds and channel pairs, tiles that fill the phases, bounded
+    temporaries, and not with ATROUS_CL_WINOGRAD=0."""
     f32 = np.dtype(np.float32)
     pocl = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
                        name="pthread-AMD EPYC", type=cl.device_type.CPU,
