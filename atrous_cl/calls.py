@@ -115,7 +115,10 @@ class FilterGrad(NamedTuple):
                 wide * filter_grad.packed_x_elements(self.args, plan.gc)
         elif wide > 1:
             counts[f"the filter gradient's widened {self.x}"] = 2 * math.prod(self.args.value_shape)
-        if wide > 1:
+        if plan.dpack:
+            counts[f"the filter gradient's packed {self.d}"] = \
+                wide * filter_grad.packed_d_elements(self.args, plan.tile, plan.ov)
+        elif wide > 1:
             counts[f"the filter gradient's widened {self.d}"] = 2 * math.prod(self.args.output_shape)
         return counts
 

@@ -63,7 +63,8 @@ def dilation(args: ConvArgs) -> tuple[int, int, int, int] | None:
 
 def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int,
                   ov: int = 1, kt: int = 1, wide: bool = False,
-                  xpack: bool = False, cb: int = 1, one_chunk: bool = False) -> tuple[str, ...]:
+                  xpack: bool = False, cb: int = 1, one_chunk: bool = False,
+                  dpack: bool = False) -> tuple[str, ...]:
     """``-D`` options for ``atrous_conv2d.cl``: dtype, problem and the filter gradient's tile.
 
     Its tile is ``kt`` taps of a filter row x ``gc`` input channels x ``ov``
@@ -78,7 +79,7 @@ def build_options(dtype: np.dtype, args: ConvArgs, tile: Tile, gc: int,
         f"-DCIN={cin}", f"-DCOUT={cout}", f"-DCOUTP={tile.padded_channels(cout)}",
         f"-DKH={kh}", f"-DKW={kw}") + dilation_options(*dilation(args)) + \
         (("-DWIDE_INPUTS",) if wide else ()) + (("-DXPACK",) if xpack else ()) + \
-        (("-DONE_CHUNK",) if one_chunk else ())
+        (("-DDPACK",) if dpack else ()) + (("-DONE_CHUNK",) if one_chunk else ())
 
 
 def tiles(device: cl.Device, dtype, filters_shape,
@@ -112,7 +113,7 @@ def row_chunks(rows: int, tiles_per_chunk: int, items: int = 4096,
 
 def launch_geometry(filters_shape, tile: Tile, gc: int, chunks: int,
                     ov: int = 1, kt: int = 1, cb: int = 1, max_items: int | None = None,
-                    max_sizes: tuple[int, ...] = (), min_groups: int = 1
+                    max_sizes: tuple[int, ...] = (), units: int = 1
                     ) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
     """``(global_size, local_size)`` of ``filter_grad_partial``: one work-item per tile and chunk.
 
@@ -121,12 +122,11 @@ def launch_geometry(filters_shape, tile: Tile, gc: int, chunks: int,
     filter row (``kt`` divides its width) times the chunks. With ``max_items``
     (:func:`group_items`), work-groups of at most that many work-items (each axis at most
     its ``max_sizes`` entry), as many as divide axis 0, then 1, then 2, then split again
-    until there are ``min_groups`` groups or groups of one; else the local size is left
-    to the driver.
+    until they keep ``units`` compute units busy (:func:`_balanced`) or are groups of
+    one; else the local size is left to the driver.
     """
     kh, kw, cin, cout = filters_shape
-    vectors = tile.padded_channels(cout) // tile.channels
-    global_size = (-(-vectors // ov), -(-cin // (gc * cb)), kh * (kw // kt) * chunks)
+    global_size = (_d_groups(tile, ov, cout), -(-cin // (gc * cb)), kh * (kw // kt) * chunks)
     if max_items is None:
         return global_size, None
     local: list[int] = []
@@ -135,12 +135,29 @@ def launch_geometry(filters_shape, tile: Tile, gc: int, chunks: int,
         if axis < len(max_sizes):
             room = min(room, max(1, max_sizes[axis]))
         local.append(largest_divisor(size, room))
-    while math.prod(g // item for g, item in zip(global_size, local)) < min_groups:
+    while not _balanced(math.prod(g // item for g, item in zip(global_size, local)), units):
         axis = max(range(3), key=lambda i: local[i])
         if local[axis] == 1:
             break
         local[axis] = largest_divisor(global_size[axis], local[axis] - 1)
     return global_size, (local[0], local[1], local[2])
+
+
+def _balanced(groups: int, units: int) -> bool:
+    """Whether ``groups`` work-groups of equal work keep ``units`` compute units busy: 4 or
+    more each, so that a last round with some units idle costs at most a fifth.
+
+    PoCL's CPU driver runs a work-group on one thread: 3 groups on 2 cores took two
+    groups' time. The filter gradient on PyPI's PoCL (a ``/tmp`` A/B of the default
+    layout's groups split until there was one a core, then until there were 4, AMD Zen 4,
+    2 cores, 2026-12-07 10:03 UTC, medians of 9), time with 4 a core over one: A (2 groups
+    -> 12) 0.93, B (14) 0.94, C (3 -> 14) 0.81, D (2 -> 12) 0.87, E (2 -> 12) 0.95, 1x33x33
+    256->256 rate 12 (3 -> 12) 0.73, 4x16x16 256->256 rate 1 (3 -> 12) 0.87, 5x5
+    128->128 on 1x64x64 rate 2 (5 -> 10) 0.98, 1x33x33 512->512 rate 12 (12) 0.99. Just
+    an even count (6 groups of the 3) ran the two 256-channel shapes 0.72 and 0.95, D (2)
+    0.97; 6 a core instead of 4 gave the same figures within 0.1.
+    """
+    return groups >= 4 * units
 
 
 #: Bytes of the work-items' private register tiles a work-group of PoCL's CPU driver may
@@ -159,9 +176,10 @@ def group_items(device: cl.Device, dtype, tile: Tile, gc: int, ov: int, kt: int,
     PoCL 3.0 chose for the transpose vjp of 1x8x8 1024->512 took 9 MiB and crashed the
     process ("stack smashing detected"; a segmentation fault at 1x32x32). Its groups
     therefore hold at most :data:`POCL_GROUP_BYTES` of tiles (256 work-items there), within
-    the kernel's and the device's largest group, split until each compute unit has one
-    (:func:`group_limits`). The transpose vjp on PyPI's PoCL, host API, medians of 5, two
-    runs each (a ``/tmp`` script, 2026-12-07, the driver's groups / these), ms: A 6.6, 5.6 /
+    the kernel's and the device's largest group, split until there are 4 a compute unit
+    (:func:`group_limits`, :func:`_balanced`; one a unit in these figures). The transpose
+    vjp on PyPI's PoCL, host API, medians of 5, two runs each (a ``/tmp`` script,
+    2026-12-07, the driver's groups / these), ms: A 6.6, 5.6 /
     5.2, 6.9; B 35.1, 26.9 / 36.6, 29.1; C 2.8, 2.6 / 4.4, 2.7; D 11.2, 13.8 / 13.4, 9.9; E
     0.5 / 0.5; 1x33x33 1024->256 rate 6 85.0, 74.3 / 143, 76.4: the machine's noise.
 
@@ -186,10 +204,10 @@ def group_items(device: cl.Device, dtype, tile: Tile, gc: int, ov: int, kt: int,
 
 def group_limits(kernel: cl.Kernel, device: cl.Device, dtype, tile: Tile, gc: int, ov: int,
                  kt: int, cb: int) -> tuple[int | None, tuple[int, ...], int]:
-    """:func:`launch_geometry`'s ``max_items``, ``max_sizes`` and ``min_groups`` for
+    """:func:`launch_geometry`'s ``max_items``, ``max_sizes`` and ``units`` for
     ``kernel`` on ``device``: :func:`group_items` within the kernel's and the device's
-    largest work-group, and a group per compute unit or more (the device's limits from
-    :func:`atrous_cl.facts.facts`, read once)."""
+    largest work-group, and the compute units to share the groups out over (the
+    device's limits from :func:`atrous_cl.facts.facts`, read once)."""
     items = group_items(device, dtype, tile, gc, ov, kt, cb)
     if items is None:
         return None, (), 1
@@ -216,7 +234,8 @@ class Layout(NamedTuple):
     the rows, and how many partial sums it keeps, in the dtype's elements (float16
     keeps them in float32, which counts twice); ``xpack``: x packed by groups of ``gc``
     input channels first (:func:`packed_x_elements`); ``cb``: with x packed, groups of
-    ``gc`` input channels a work-item takes in turn on each row of d."""
+    ``gc`` input channels a work-item takes in turn on each row of d; ``dpack``: d packed
+    by each work-item's output channels first (:func:`packed_d_elements`)."""
 
     tile: Tile
     gc: int
@@ -227,6 +246,7 @@ class Layout(NamedTuple):
     kt: int = 1
     xpack: bool = False
     cb: int = 1
+    dpack: bool = False
 
 
 #: Input x output channels from which :func:`layout` gives Intel's CPU runtime one vector
@@ -249,19 +269,57 @@ class Layout(NamedTuple):
 INTEL_ONE_CHUNK_ONE_VECTOR_FROM = 256 * 256
 
 
+#: Bytes of a pixel of d, as the kernel reads it (float16 widened to float32 on CPUs), from
+#: which :func:`layout` packs d (``dpack``) on PyPI's PoCL 3.0 ... The pixels of a row, a
+#: work-item's 16 output channels each, lie that far apart (8 KiB at 2048 float32
+#: channels): each in a page of its own from 4 KiB, where the prefetchers stop, and in the
+#: same few sets of L1, which therefore holds few of the row's pixels for the other channel
+#: groups a work-item takes in turn on it (``cb``; with 8 KiB, ``perf annotate`` put 31% of
+#: the kernel's samples on one load of d). The filter gradient's kernels with d packed over
+#: those without (``python /tmp`` A/B of one plan both ways, transpose vjp, AMD Zen 4,
+#: 2026-12-07 09:55-10:05 UTC, medians of 5-11 interleaved), PyPI's PoCL, by d's pixel:
+#: 256 B (A) 1.06; 512 B (B, 5x5 128->128 on 1x64x64 rate 2, float64's A) 0.94-0.98; 1 KiB
+#: 0.83-0.93 float32 (1x33x33 256->256 rate 12, 4x16x16 256->256 rate 1, 1x33x33
+#: 256->2048 rate 12), float64 0.84-0.95, float16 0.94-0.99; 2 KiB and
+#: more 0.63-0.89 (1x64x64 512->512 rate 2 0.70, 1x33x33 2048->256 rate 12 0.73-0.76,
+#: 1x65x65 2048->256 rate 6 0.66) ...
+DPACK_FROM_BYTES = 1 << 10
+
+#: ... and on Intel's CPU runtime, whose work-items take one channel group (no row to reuse
+#: from L1): 512 B 0.77-1.06, 1 KiB float32 0.91-1.06 (1x33x33 256->256 rate 12 1.06),
+#: float64 0.88-0.97, float16 0.97-1.03; 2 KiB 0.88-0.99; 4 KiB 0.72-0.96; 8 KiB 0.43-0.78
+#: (1x33x33 2048->256 rate 12: float32 0.72, float64 0.43).
+DPACK_INTEL_FROM_BYTES = 2 << 10
+
+
+def packs_d(device: cl.Device, dtype, cout: int) -> bool:
+    """Whether :func:`layout` packs d (``pack_d``) for ``cout`` of its channels on
+    ``device``, a problem of :data:`PACK_FROM_MACS` multiply-adds or more: on the CPUs
+    where it was measured to pay (:data:`DPACK_FROM_BYTES`,
+    :data:`DPACK_INTEL_FROM_BYTES`); not on GPUs, whose neighbouring work-items read
+    neighbouring channels of one pixel, nor on PoCL with 512-bit vectors (unmeasured)."""
+    itemsize = 4 if widens_inputs(device, dtype) else np.dtype(dtype).itemsize
+    if is_intel_cpu(device):
+        return cout * itemsize >= DPACK_INTEL_FROM_BYTES
+    return (is_pocl(device) and bool(facts(device).type & cl.device_type.CPU)
+            and tiles_module.pocl_narrow(device) and cout * itemsize >= DPACK_FROM_BYTES)
+
+
 def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None = None,
            gc: int | None = None, items: int | None = None,
            chunk_bytes: int | None = None, ov: int | None = None,
-           kt: int | None = None, xpack: bool | None = None, cb: int | None = None) -> Layout:
+           kt: int | None = None, xpack: bool | None = None, cb: int | None = None,
+           dpack: bool | None = None) -> Layout:
     """The :class:`Layout` of ``args`` on ``device`` for ``dtype``.
 
-    ``tile``, ``gc``, ``items``, ``chunk_bytes``, ``ov``, ``kt``, ``xpack`` and ``cb`` each replace
-    :func:`tiles`' choice (for benchmarks and tests); ``chunk_bytes`` 0: chunks
-    of any size. :func:`tiles` may pack x (``xpack``) where the packed rows
+    ``tile``, ``gc``, ``items``, ``chunk_bytes``, ``ov``, ``kt``, ``xpack``, ``cb`` and
+    ``dpack`` each replace the default's choice (for benchmarks and tests); ``chunk_bytes``
+    0: chunks of any size. :func:`tiles` may pack x (``xpack``) where the packed rows
     (:func:`packed_width`) are at most twice as wide as x's (a large rate on a narrow
     image would otherwise pack mostly zeros) and there are :data:`PACK_FROM_MACS`
     multiply-adds or more (the packing pass and its launch cost more than they
-    save below: 2x32x32 48->32 with 2x2 taps lost 1.22-1.27x, 12.6M of them).
+    save below: 2x32x32 48->32 with 2x2 taps lost 1.22-1.27x, 12.6M of them);
+    d is packed (``dpack``) from as many where :func:`packs_d`.
 
     Raises:
         ValueError: ``kt`` does not divide the filters' width, or ``cb`` is below 1
@@ -269,8 +327,11 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     """
     kh, kw, cin, cout = args.filters_shape
     live = dilation(args) is not None
-    packable = (live and packed_width(args) <= 2 * args.value_shape[2]
-                and math.prod(args.output_shape[:3]) * kh * kw * cin * cout >= PACK_FROM_MACS)
+    large = math.prod(args.output_shape[:3]) * kh * kw * cin * cout >= PACK_FROM_MACS
+    packable = live and large and packed_width(args) <= 2 * args.value_shape[2]
+    if dpack is None:
+        dpack = large and packs_d(device, dtype, cout)
+    dpack = live and bool(dpack)
     explicit_cb = cb is not None
     by_hand = any(given is not None
                   for given in (tile, gc, items, chunk_bytes, ov, kt, xpack, cb))
@@ -307,7 +368,7 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
     widened = 2 if np.dtype(dtype) == np.float16 else 1
     # One chunk keeps no partial sums: the partial kernel stores the result (launch).
     partials = widened * chunks * kh * kw * cin * tile.padded_channels(cout) if chunks > 1 else 0
-    return Layout(tile, gc, chunks, rows_per_chunk, partials, ov, kt, xpack, cb)
+    return Layout(tile, gc, chunks, rows_per_chunk, partials, ov, kt, xpack, cb, dpack)
 
 
 def _check_groups(cb: int, xpack: bool) -> None:
@@ -341,6 +402,32 @@ def _pack_x(kernels: dict, queue: cl.CommandQueue, x: cl_array.Array, args: Conv
     return data, enqueue(kernels["pack_x"], queue, ((packed_width(args), n * hx), None),
                          (x.base_data, np.int64(element_offset(x)), data, np.int32(wx),
                           np.int32(args.output_shape[2])), wait)
+
+
+def _d_groups(tile: Tile, ov: int, cout: int) -> int:
+    """Groups of ``ov`` vectors of ``tile.channels`` output channels that cover ``cout``
+    (axis 0 of ``filter_grad_partial``; ``pack_d``'s groups)."""
+    return -(-tile.padded_channels(cout) // (tile.channels * ov))
+
+
+def packed_d_elements(args: ConvArgs, tile: Tile, ov: int) -> int:
+    """Elements of ``pack_d``'s copy of d: its output channels padded to whole groups of
+    ``ov`` vectors of ``tile.channels``."""
+    n, hd, wd, cout = args.output_shape
+    return n * hd * wd * _d_groups(tile, ov, cout) * tile.channels * ov
+
+
+def _pack_d(kernels: dict, queue: cl.CommandQueue, d: cl_array.Array, args: ConvArgs,
+            tile: Tile, ov: int, wide: bool, wait) -> tuple:
+    """``(buffer, event)``: ``d`` in ``pack_d``'s layout (each work-item's ``ov`` vectors of
+    ``tile.channels`` output channels of a pixel next to the next pixel's, zeros past its
+    channels; widened to float32 with ``wide``), after ``wait``. The caller holds the
+    program's lock."""
+    n, hd, wd, cout = d.shape
+    data = memory.scratch(queue, packed_d_elements(args, tile, ov)
+                          * (4 if wide else d.dtype.itemsize))
+    return data, enqueue(kernels["pack_d"], queue, ((_d_groups(tile, ov, cout), wd, n * hd), None),
+                         (d.base_data, np.int64(element_offset(d)), data, np.int32(wd)), wait)
 
 
 #: The Winograd filter gradient's kernels (3x3 filters).
@@ -603,12 +690,13 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
         done = winograd_launch(queue, x, d, out, args, plan, wait)
         out.add_event(done)
         return done
-    tile, gc, chunks, rows_per_chunk, count, ov, kt, xpack, cb = plan
+    tile, gc, chunks, rows_per_chunk, count, ov, kt, xpack, cb, dpack = plan
     _check_groups(cb, xpack)  # a plan made by hand too
     wide = widens_inputs(queue.device, out.dtype)
     # One chunk: its sums are the result, stored by the partial kernel (no sum pass).
     one_chunk = chunks == 1
-    options = build_options(out.dtype, args, tile, gc, ov, kt, wide, xpack, cb, one_chunk)
+    options = build_options(out.dtype, args, tile, gc, ov, kt, wide, xpack, cb, one_chunk,
+                            dpack)
     kernels, lock = programs.get_kernels(queue.context, KERNEL_FILE, options)
     kh, kw, cin, cout = args.filters_shape
     n, hd, wd, _ = args.output_shape
@@ -626,7 +714,10 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
                 x_in = (x_data, np.int64(0))
             else:
                 x_in, x_ready = (x.base_data, np.int64(element_offset(x))), None
-            if wide:
+            if dpack:
+                d_data, d_ready = _pack_d(kernels, queue, d, args, tile, ov, wide, wait)
+                d_in = (d_data, np.int64(0))
+            elif wide:
                 d_data, d_ready = widen(kernels, queue, d, wait)
                 d_in = (d_data, np.int64(0))
             else:

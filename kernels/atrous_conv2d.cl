@@ -38,6 +38,9 @@
 //   XPACK      filter gradient: x comes packed by pack_x (GC input channels
 //              of a pixel next to the next pixel's, rows padded with TF's
 //              zeros to every column a tap reads), from element 0
+//   DPACK      filter gradient: d comes packed by pack_d (each work-item's
+//              BC * OV output channels of a pixel next to the next pixel's,
+//              zeros past COUT), from element 0
 //   ONE_CHUNK  filter gradient in one chunk of rows: filter_grad_partial
 //              stores dfilters itself (T, from its offset), no
 //              filter_grad_sum
@@ -87,6 +90,21 @@ typedef union { VACC v; ACC s[BC]; } lanes_t;
 #else
 #define XSTRIDE CIN
 #define XCH(g) cc[g]
+#endif
+
+// d's groups of BC * OV output channels, one a work-item (axis 0), in pack_d's
+// layout; DSTRIDE: the elements from a pixel of d to the next; DROW(r): where
+// row r of d starts for the work-item's output channels o0.
+#define OB (BC * OV)
+#define OG ((COUTP / BC + OV - 1) / OV)
+#ifdef DPACK
+#define DSTRIDE OB
+#define DROW(r) (((r) * OG + o0 / OB) * (long)WD * OB)
+#define WHOLE_V(v) true
+#else
+#define DSTRIDE COUT
+#define DROW(r) (d_off + (r) * (long)WD * COUT + o0)
+#define WHOLE_V(v) (o0 + ((v) + 1) * BC <= COUT)
 #endif
 
 #ifdef WIDE_INPUTS
@@ -148,8 +166,8 @@ inline void padding_terms(__global const IN_T *restrict d, const long drow, cons
             break;
 #pragma unroll
         for (int v = 0; v < OV; ++v) {
-            const VACC dv = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
-                                   o0 + (v + 1) * BC <= COUT);
+            const VACC dv = load_d(d, drow + (long)j * DSTRIDE + v * BC, o0 + v * BC,
+                                   WHOLE_V(v));
             pad[v] += dv - dv;
         }
     }
@@ -197,7 +215,11 @@ __kernel void filter_grad_partial(
     }
     j1 = max(j0, j1);
     // Every vector of the tile whole (the usual case): one test per pixel, not OV.
+#ifdef DPACK
+    const bool whole_o = true;  // pack_d's zeros fill the lanes past COUT
+#else
     const bool whole_o = o0 + BC * OV <= COUT;
+#endif
 
     // Input channels past CIN (the last, ragged tile) read channel CIN - 1
     // into lanes that are never stored.
@@ -230,7 +252,7 @@ __kernel void filter_grad_partial(
     for (long r = s * rows_per_chunk; r < r_end; ++r) {
         const long n = r / HD;
         const long ix = (r - n * HD) + di;
-        const long drow = d_off + r * (long)WD * COUT + o0;
+        const long drow = DROW(r);
         if (ix < 0 || ix >= HX) {
             // The whole row reads TF's zero padding, which TF multiplies by
             // d: the same term for every input channel and tap.
@@ -258,12 +280,12 @@ __kernel void filter_grad_partial(
             if (whole_o) {
 #pragma unroll
                 for (int v = 0; v < OV; ++v)
-                    dv[v] = LOADV_IN(d, drow + (long)j * COUT + v * BC);
+                    dv[v] = LOADV_IN(d, drow + (long)j * DSTRIDE + v * BC);
             } else {
 #pragma unroll
                 for (int v = 0; v < OV; ++v)
-                    dv[v] = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
-                                   o0 + (v + 1) * BC <= COUT);
+                    dv[v] = load_d(d, drow + (long)j * DSTRIDE + v * BC, o0 + v * BC,
+                                   WHOLE_V(v));
             }
 #pragma unroll
             for (int k = 0; k < KT; ++k) {
@@ -291,8 +313,8 @@ __kernel void filter_grad_partial(
                 const long xp = xrow + (j + dj[k]) * XSTRIDE;
 #pragma unroll
                 for (int v = 0; v < OV; ++v) {
-                    const VACC dv = load_d(d, drow + (long)j * COUT + v * BC, o0 + v * BC,
-                                           o0 + (v + 1) * BC <= COUT);
+                    const VACC dv = load_d(d, drow + (long)j * DSTRIDE + v * BC, o0 + v * BC,
+                                           WHOLE_V(v));
 #pragma unroll
                     for (int g = 0; g < GC; ++g)
                         acc[k][g][v] += (ACC)LOAD_IN(x, xp + XCH(g)) * dv;
@@ -387,6 +409,40 @@ __kernel void pack_x(__global const T *restrict x, const long x_off,
         STORE_IN(to, (CG - 1) * width * GC + g,
                  (ACC)LOAD(x, from + min((CG - 1) * GC + g, CIN - 1)));
 #endif
+}
+
+// dp[((r * OG + og) * WD + j) * OB + k] = d[r, j, og * OB + k] (ACC with
+// WIDE_INPUTS) for rows r = n * HD + i, 0 past COUT: for DPACK. Each work-item
+// of filter_grad_partial then reads its rows' output channels from one run of
+// memory, not a line a pixel of d apart (COUT * 4 bytes, 8 KiB at 2048
+// channels: every pixel of a row in the same few sets of L1). Global size
+// (OG, WD, N * HD).
+__kernel void pack_d(__global const T *restrict d, const long d_off,
+                     __global IN_T *restrict dp, const int WD)
+{
+    const int og = (int)get_global_id(0);
+    const long j = get_global_id(1);
+    const long r = get_global_id(2);
+    const long from = d_off + (r * WD + j) * COUT + og * OB;
+    __global IN_T *to = dp + ((r * OG + og) * WD + j) * OB;
+    if (og * OB + OB <= COUT) {
+        int k = 0;
+#ifdef USE_HALF
+        // 8 halves at once, as pack_x
+        for (; k + 8 <= OB; k += 8) {
+            const union { float8 v; float s[8]; } eight = {vload_half8(0, d + from + k)};
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+                STORE_IN(to, k + e, eight.s[e]);
+        }
+#endif
+#pragma unroll
+        for (; k < OB; ++k)
+            STORE_IN(to, k, (ACC)LOAD(d, from + k));
+    } else {
+        for (int k = 0; k < OB; ++k)
+            STORE_IN(to, k, og * OB + k < COUT ? (ACC)LOAD(d, from + k) : (ACC)0);
+    }
 }
 
 // dfilters[tap, c, o] = sum over s = 0, 1, ..., S - 1 of partial[s, tap, c, o],

@@ -372,7 +372,8 @@ def test_filter_grad_work_groups_per_driver():
     """Intel's CPU runtime ran the filter gradient 5-17x slower in the work-groups it chose
     from 1024 output channels on: groups of one there. PoCL's CPU driver keeps a group's
     private tiles on one thread's stack, which its own choice overflowed: groups whose tiles
-    take at most 1 MiB there. GPUs keep the driver's (filter_grad.group_items)."""
+    take at most 1 MiB there, 4 groups a compute unit or more (3 on 2 cores took two
+    groups' time). GPUs keep the driver's (filter_grad.group_items)."""
     import types
 
     import pyopencl as cl
@@ -394,13 +395,15 @@ def test_filter_grad_work_groups_per_driver():
     assert filter_grad.launch_geometry(shape, Tile(8, 8), 8, 1, 1, 1, 16, max_items=256) == \
         ((128, 4, 9), (128, 2, 1))
     assert filter_grad.launch_geometry(shape, Tile(8, 16), 4, 1, 4) == ((16, 128, 9), None)
-    # within each axis's largest size, and split until every compute unit has a group
+    # within each axis's largest size, and split until every compute unit has 4 groups
     assert filter_grad.launch_geometry(shape, Tile(8, 8), 8, 1, 1, 1, 16, max_items=256,
                                        max_sizes=(64, 4096, 4096)) == ((128, 4, 9), (64, 4, 1))
     assert filter_grad.launch_geometry(shape, Tile(8, 8), 8, 1, 1, 1, 16, max_items=4096,
-                                       min_groups=16) == ((128, 4, 9), (16, 4, 3))  # 24
+                                       units=4) == ((128, 4, 9), (16, 4, 3))  # 24
+    assert filter_grad.launch_geometry(shape, Tile(8, 8), 8, 1, 1, 1, 16, max_items=4096,
+                                       units=16) == ((128, 4, 9), (4, 4, 3))  # 96
     assert filter_grad.launch_geometry((1, 1, 1, 1), Tile(8, 1), 1, 1, max_items=64,
-                                       min_groups=16) == ((1, 1, 1), (1, 1, 1))
+                                       units=16) == ((1, 1, 1), (1, 1, 1))
     kernel = types.SimpleNamespace(get_work_group_info=lambda what, device: 512)
     pocl16 = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
                          type=cl.device_type.CPU, max_work_group_size=4096,
@@ -558,6 +561,24 @@ LAYOUT_CASES = [
                                                chunk_bytes=3000, xpack=True, cb=3)),
     ((2, 9, 6, 17, 23, 2, 5, 3), "SAME", dict(kt=5, gc=1, tile=(8, 16), items=1,
                                              chunk_bytes=3000, xpack=True, cb=8)),
+    # d packed by each work-item's output channels first (dpack): d's channels ragged in
+    # the last group (40 in groups of 32; 37 of 12, whose last group also lies past the
+    # padded channels, 40), with x packed and its groups in turn, the taps' own fringe
+    # columns and padding terms read from the packed rows (x unpacked, images narrower
+    # than the dilated kernel), chunks.
+    ((2, 6, 7, 40, 17, 3, 3, 2), "SAME", dict(gc=4, ov=2, tile=(8, 16), items=4096,
+                                              chunk_bytes=0, dpack=True)),
+    ((3, 5, 6, 37, 6, 2, 2, 3), "SAME", dict(gc=3, ov=3, tile=(8, 4), items=1 << 20,
+                                             chunk_bytes=0, dpack=True)),
+    ((2, 24, 20, 20, 17, 3, 3, 2), "SAME", dict(kt=3, gc=2, tile=(8, 16), items=1,
+                                                chunk_bytes=9000, xpack=True, cb=4,
+                                                dpack=True)),
+    ((2, 6, 13, 40, 17, 2, 6, 3), "VALID", dict(kt=3, gc=4, ov=2, tile=(8, 8), items=4096,
+                                                chunk_bytes=0, dpack=True)),
+    ((2, 7, 5, 6, 16, 3, 6, 2), "SAME", dict(kt=3, gc=2, tile=(8, 16), items=1,
+                                             chunk_bytes=1 << 30, dpack=True)),
+    ((2, 9, 16, 17, 23, 3, 10, 1), "VALID", dict(kt=5, gc=1, ov=2, tile=(8, 8), items=4096,
+                                                chunk_bytes=0, xpack=True, dpack=True)),
 ]
 
 
@@ -588,7 +609,9 @@ def test_filter_gradient_layouts_match_reference(queue, shape, padding, override
     assert_close(out.get(), want, dtype, context=f"{shape} {padding} {plan}", atol=atol)
 
 
-@pytest.mark.parametrize("xpack, cb", [(False, 1), (True, 1), (True, 3)])
+@pytest.mark.parametrize("xpack, cb, dpack", [(False, 1, False), (True, 1, False),
+                                             (True, 3, False), (False, 1, True),
+                                             (True, 3, True)])
 @pytest.mark.parametrize("which", ["inf", "nan"])
 @pytest.mark.parametrize("bad", ["value", "dy"])
 @pytest.mark.parametrize("where", ["corner", "middle"])
@@ -598,16 +621,18 @@ def test_filter_gradient_layouts_match_reference(queue, shape, padding, override
 @pytest.mark.hand_made_tiles
 def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, shape, padding,
                                                                       where, bad, which, xpack,
-                                                                      cb):
+                                                                      cb, dpack):
     """Three taps of a row a work-item (kt 3) still add each tap's own 0 * Inf = NaN where
     its column or row reads TF's zero padding, and no other: widths 9, 4 (narrower than
     the dilated kernel, no column shared by the three) and VALID's all-inside rows; with
-    x packed first too (xpack, whose pad channels copy x's last), and three channel pairs
-    a work-item in turn (cb 3)."""
+    x packed first too (xpack, whose pad channels copy x's last), three channel pairs
+    a work-item in turn (cb 3), and d packed (dpack: its 6 or 3 channels in a group of 16,
+    zeros past them)."""
     conv, value, dy, filters, want = _non_finite_problem(shape, padding, where, bad, which,
                                                          np.float32)
     plan = filter_grad.layout(queue.device, np.dtype(np.float32), conv, tile=Tile(8, 16), gc=2,
-                              items=1, chunk_bytes=0, ov=1, kt=3, xpack=xpack, cb=cb)
+                              items=1, chunk_bytes=0, ov=1, kt=3, xpack=xpack, cb=cb,
+                              dpack=dpack)
     _check_non_finite_filter_grad(queue, conv, plan, value, dy, filters, want, np.float32)
 
 
@@ -640,21 +665,24 @@ def _check_non_finite_filter_grad(queue, conv, plan, value, dy, filters, want, d
     assert_close(np.where(finite, got, 0), np.where(finite, want, 0), dtype)
 
 
+@pytest.mark.parametrize("dpack", [False, True], ids=["d-as-is", "d-packed"])
 @pytest.mark.parametrize("chunk_bytes", [4000, 1 << 30], ids=["chunks", "one-chunk"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
 @pytest.mark.hand_made_tiles
-def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype, chunk_bytes):
+def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype, chunk_bytes, dpack):
     """x packed by channel groups (xpack) from a view that starts inside its buffer, x's
     channels ragged in their groups; float16 widened while packed on CPUs (packed as
-    float16 elsewhere). Into a view of a poisoned array, from several chunks (their sums
-    added by filter_grad_sum) and from one (stored by the partial kernel itself)."""
+    float16 elsewhere); d too (dpack), from a view, its 12 channels in one group of 16.
+    Into a view of a poisoned array, from several chunks (their sums added by
+    filter_grad_sum) and from one (stored by the partial kernel itself)."""
     skip_unsupported(queue, dtype)
     rng = np.random.default_rng()
     value, dy, filters, rate = _problem((2, 9, 10, 12, 19, 3, 3, 2), "SAME", dtype, rng)
     conv = check_conv_args(dy.shape, filters.shape, rate, "SAME")
     plan = filter_grad.layout(queue.device, np.dtype(dtype), conv, tile=Tile(8, 8), gc=2,
-                              items=1, chunk_bytes=chunk_bytes, ov=1, kt=3, xpack=True, cb=4)
-    assert plan.xpack and (plan.chunks > 1) == (chunk_bytes == 4000), plan
+                              items=1, chunk_bytes=chunk_bytes, ov=2, kt=3, xpack=True, cb=4,
+                              dpack=dpack)
+    assert plan.xpack and plan.dpack == dpack and (plan.chunks > 1) == (chunk_bytes == 4000), plan
     assert (plan.partials == 0) == (plan.chunks == 1), plan
     out = poisoned(queue, (filters.shape[0] + 1, *filters.shape[1:]), dtype)
     filter_grad.launch(queue, _offset_view(queue, dy), _offset_view(queue, value), out[1:],
@@ -664,13 +692,17 @@ def test_filter_gradient_packs_x_from_an_offset_view(queue, dtype, chunk_bytes):
     assert_close(out.get()[1:], want, dtype)
 
 
-@pytest.mark.parametrize("xpack, cb", [(False, 1), (True, 1), (True, 4)])
+@pytest.mark.parametrize("xpack, cb, dpack", [(False, 1, False), (True, 1, False),
+                                             (True, 4, False), (False, 1, True),
+                                             (True, 4, True)])
 @pytest.mark.parametrize("wide", [False, True], ids=["as-stored", "widened"])
-def test_filter_gradient_float16_as_stored_and_widened(queue, wide, xpack, cb, monkeypatch):
+def test_filter_gradient_float16_as_stored_and_widened(queue, wide, xpack, cb, dpack,
+                                                       monkeypatch):
     """float16 x and d widened to float32 first (CPUs: prelude.cl's widen, 8 halves a
-    work-item, or pack_x, 8 channels at a time) and loaded as stored (elsewhere), both on
-    every device here, from views that start inside a buffer, of sizes 8 does not divide,
-    x's 19 channels two eights, a pair and a ragged pair."""
+    work-item, or pack_x and pack_d, 8 channels at a time) and loaded as stored
+    (elsewhere), both on every device here, from views that start inside a buffer, of
+    sizes 8 does not divide, x's 19 channels two eights, a pair and a ragged pair; packed,
+    d's 13 channels a group of 8 (8 halves at once) and a ragged one."""
     skip_unsupported(queue, np.float16)
     monkeypatch.setattr(filter_grad, "widens_inputs", lambda device, dtype: wide)
     rng = np.random.default_rng()
@@ -678,7 +710,8 @@ def test_filter_gradient_float16_as_stored_and_widened(queue, wide, xpack, cb, m
     assert value.size % 8 and dy.size % 8
     conv = check_conv_args(dy.shape, filters.shape, rate, "SAME")
     plan = filter_grad.layout(queue.device, np.dtype(np.float16), conv, tile=Tile(8, 8), gc=2,
-                              items=1, chunk_bytes=4000, ov=1, kt=3, xpack=xpack, cb=cb)
+                              items=1, chunk_bytes=4000, ov=1, kt=3, xpack=xpack, cb=cb,
+                              dpack=dpack)
     out = poisoned(queue, filters.shape, np.float16)
     filter_grad.launch(queue, _offset_view(queue, dy), _offset_view(queue, value), out, conv,
                        plan)
@@ -710,6 +743,30 @@ def test_vjps_with_their_default_layouts_past_the_packing_bound(queue, padding, 
         assert_close(g, w, np.float32, context=f"{name} {padding}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_transpose_vjp_with_d_packed_by_default_past_the_packing_bound(queue, padding, dtype):
+    """The transpose vjp whose filter gradient's d (its value) has 512 channels, 2 KiB a
+    pixel, past PACK_FROM_MACS: packed by default on the CPUs of filter_grad.packs_d (the
+    other tests force it), float16 widened as it is packed; host arrays in."""
+    skip_unsupported(queue, dtype)
+    rng = np.random.default_rng()
+    value, dy, filters, rate = _problem((1, 33, 33, 512, 16, 3, 3, 12), padding, dtype, rng)
+    conv = check_conv_args(dy.shape, filters.shape, rate, padding)
+    plan = filter_grad.winograd_layout(queue.device, np.dtype(dtype), conv) or \
+        filter_grad.layout(queue.device, np.dtype(dtype), conv)
+    n, h, w, _ = conv.output_shape
+    assert n * h * w * math.prod(conv.filters_shape) >= filter_grad.PACK_FROM_MACS, conv
+    if filter_grad.packs_d(queue.device, np.dtype(dtype), 512):
+        assert isinstance(plan, filter_grad.Layout) and plan.dpack, plan
+    got = training.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, padding, dy,
+                                               queue=queue)
+    want = reference.atrous_conv2d_transpose_vjp(*(a.astype(np.float64) for a in (value, filters)),
+                                                 dy.shape, rate, padding, dy.astype(np.float64))
+    for name, g, w in zip(["d_value", "d_filters"], got, want):
+        assert_close(g, w.astype(dtype), dtype, context=f"{name} {padding} {plan}")
+
+
 def test_filter_gradient_packs_x_only_where_it_pays(queue, monkeypatch):
     """The default's xpack holds where pack_x's rows (every column a tap reads) are at most
     twice x's, not for a rate as wide as the image, which would pack mostly zeros, and from
@@ -728,6 +785,44 @@ def test_filter_gradient_packs_x_only_where_it_pays(queue, monkeypatch):
     assert not filter_grad.layout(queue.device, f32, small).xpack
     for args in (wide, small):
         assert filter_grad.layout(queue.device, f32, args, xpack=True).xpack
+
+
+def test_filter_gradient_packs_d_where_its_pixels_lie_far_apart(monkeypatch):
+    """The default packs d (dpack) on the CPUs where it was measured to pay: PyPI's PoCL from
+    1 KiB a pixel of d as the kernel reads it (float16 widened to float32 there), Intel's
+    CPU runtime from 2 KiB; not on GPUs, nor on PoCL with 512-bit vectors (unmeasured),
+    nor below PACK_FROM_MACS multiply-adds; an explicit dpack holds whatever the problem."""
+    import types
+
+    import pyopencl as cl
+
+    def device(platform, kind, version="OpenCL 3.0"):
+        return stub_device(platform=types.SimpleNamespace(name=platform),
+                           type=getattr(cl.device_type, kind), version=version)
+
+    pypi_pocl = device("Portable Computing Language", "CPU",
+                       "OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3")
+    wide_pocl = device("Portable Computing Language", "CPU",
+                       "OpenCL 3.0 PoCL HSTR: pthread-x86_64-pc-linux-gnu-skylake-avx512")
+    intel = device("Intel(R) OpenCL", "CPU")
+    gpu = device("NVIDIA CUDA", "GPU")
+    for dtype, pocl_from, intel_from in [(np.float32, 256, 512), (np.float16, 256, 512),
+                                         (np.float64, 128, 256)]:
+        for cout, pocl_packs, intel_packs in [(pocl_from - 1, False, False),
+                                              (pocl_from, True, False),
+                                              (intel_from, True, True)]:
+            assert filter_grad.packs_d(pypi_pocl, dtype, cout) == pocl_packs, (dtype, cout)
+            assert filter_grad.packs_d(intel, dtype, cout) == intel_packs, (dtype, cout)
+        for stub in (wide_pocl, gpu):
+            assert not filter_grad.packs_d(stub, dtype, 4096)
+    monkeypatch.setattr(filter_grad, "packs_d", lambda device, dtype, cout: True)
+    f32 = np.dtype(np.float32)
+    large = check_conv_args((2, 32, 40, 64), (3, 3, 64, 64), 2, "SAME")  # d of 64 channels
+    small = check_conv_args((2, 32, 40, 64), (3, 3, 64, 8), 2, "SAME")   # 2**26 - 2**24 MACs
+    assert filter_grad.layout(pypi_pocl, f32, large).dpack
+    assert not filter_grad.layout(pypi_pocl, f32, small).dpack
+    assert filter_grad.layout(pypi_pocl, f32, small, dpack=True).dpack
+    assert not filter_grad.layout(pypi_pocl, f32, large, dpack=False).dpack
 
 
 def test_filter_gradient_taps_a_work_item_divide_the_width(queue):

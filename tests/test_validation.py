@@ -242,3 +242,29 @@ def test_filter_gradient_counts_its_packed_x(monkeypatch):
     assert got["the filter gradient's packed dy"] == 2 * 2 * 9 * 12 * 6
     assert "the filter gradient's widened dy" not in got
     assert got["the filter gradient's widened value"] == 2 * 2 * 9 * 8 * 4
+
+
+def test_filter_gradient_counts_its_packed_d(monkeypatch):
+    """d packed by each work-item's output channels (dpack) takes a buffer of its own, its
+    channels padded to a whole group of ov vectors, which the memory check must count:
+    float32 for float16 on CPUs, where it replaces d's widened copy."""
+    import pyopencl as cl
+
+    from atrous_cl import filter_grad
+    from atrous_cl.tiles import Tile
+    from atrous_cl.validation import check_conv_args
+
+    args = check_conv_args((2, 9, 8, 5), (3, 3, 5, 6), 2, "SAME")
+    monkeypatch.setattr(filter_grad, "tiles",
+                        lambda *a: (Tile(8, 4), 2, 1, 512 << 10, 2, 3, False, 1))
+    cpu = stub_device(type=cl.device_type.CPU, name="cpu")
+    step = calls.FilterGrad(args, "dy", "value", "d_filters")
+    plan = filter_grad.layout(cpu, np.dtype(np.float32), args, dpack=True)
+    monkeypatch.setattr(filter_grad, "layout", lambda *a, **k: plan)
+    got = step.temporaries(cpu, np.dtype(np.float32))
+    # 6 channels in groups of two vectors of 4: one group of 8 a pixel.
+    assert got["the filter gradient's packed value"] == 2 * 9 * 8 * 8
+    got = step.temporaries(cpu, np.dtype(np.float16))
+    assert got["the filter gradient's packed value"] == 2 * 2 * 9 * 8 * 8
+    assert "the filter gradient's widened value" not in got
+    assert got["the filter gradient's widened dy"] == 2 * 2 * 9 * 8 * 5
