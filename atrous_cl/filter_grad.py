@@ -270,7 +270,7 @@ INTEL_ONE_CHUNK_ONE_VECTOR_FROM = 256 * 256
 
 
 #: Bytes of a pixel of d, as the kernel reads it (float16 widened to float32 on CPUs), from
-#: which :func:`layout` packs d (``dpack``) on PyPI's PoCL 3.0 ... The pixels of a row, a
+#: which :func:`layout` packs d (``dpack``) on PoCL's CPU device ... The pixels of a row, a
 #: work-item's 16 output channels each, lie that far apart (8 KiB at 2048 float32
 #: channels): each in a page of its own from 4 KiB, where the prefetchers stop, and in the
 #: same few sets of L1, which therefore holds few of the row's pixels for the other channel
@@ -282,7 +282,11 @@ INTEL_ONE_CHUNK_ONE_VECTOR_FROM = 256 * 256
 #: 0.83-0.93 float32 (1x33x33 256->256 rate 12, 4x16x16 256->256 rate 1, 1x33x33
 #: 256->2048 rate 12), float64 0.84-0.95, float16 0.94-0.99; 2 KiB and
 #: more 0.63-0.89 (1x64x64 512->512 rate 2 0.70, 1x33x33 2048->256 rate 12 0.73-0.76,
-#: 1x65x65 2048->256 rate 6 0.66) ...
+#: 1x65x65 2048->256 rate 6 0.66). Debian's PoCL 3.1 (512-bit vectors, 16x4x4 tiles, whose
+#: work-items read 64 channels a pixel), 10:55-11:00 UTC: C, D and E 0.99-1.26; 1 KiB and
+#: more 0.89-0.97 (1x33x33 rate 12 256->256 0.94, 512->512 0.89, 1024->512 0.94,
+#: 2048->256 0.97; 1x65x65 256->256 rate 24 0.97); float64 0.94-0.98 from 1 KiB (B, 5x5
+#: 128->128 rate 2, the 256 and 512 shapes), float16 0.90-0.99 ...
 DPACK_FROM_BYTES = 1 << 10
 
 #: ... and on Intel's CPU runtime, whose work-items take one channel group (no row to reuse
@@ -297,12 +301,12 @@ def packs_d(device: cl.Device, dtype, cout: int) -> bool:
     ``device``, a problem of :data:`PACK_FROM_MACS` multiply-adds or more: on the CPUs
     where it was measured to pay (:data:`DPACK_FROM_BYTES`,
     :data:`DPACK_INTEL_FROM_BYTES`); not on GPUs, whose neighbouring work-items read
-    neighbouring channels of one pixel, nor on PoCL with 512-bit vectors (unmeasured)."""
+    neighbouring channels of one pixel (unmeasured)."""
     itemsize = 4 if widens_inputs(device, dtype) else np.dtype(dtype).itemsize
     if is_intel_cpu(device):
         return cout * itemsize >= DPACK_INTEL_FROM_BYTES
     return (is_pocl(device) and bool(facts(device).type & cl.device_type.CPU)
-            and tiles_module.pocl_narrow(device) and cout * itemsize >= DPACK_FROM_BYTES)
+            and cout * itemsize >= DPACK_FROM_BYTES)
 
 
 def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None = None,

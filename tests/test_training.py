@@ -788,10 +788,10 @@ def test_filter_gradient_packs_x_only_where_it_pays(queue, monkeypatch):
 
 
 def test_filter_gradient_packs_d_where_its_pixels_lie_far_apart(monkeypatch):
-    """The default packs d (dpack) on the CPUs where it was measured to pay: PyPI's PoCL from
-    1 KiB a pixel of d as the kernel reads it (float16 widened to float32 there), Intel's
-    CPU runtime from 2 KiB; not on GPUs, nor on PoCL with 512-bit vectors (unmeasured),
-    nor below PACK_FROM_MACS multiply-adds; an explicit dpack holds whatever the problem."""
+    """The default packs d (dpack) on the CPUs where it was measured to pay: PoCL (256- and
+    512-bit) from 1 KiB a pixel of d as the kernel reads it (float16 widened to float32
+    there), Intel's CPU runtime from 2 KiB; not on GPUs, nor below PACK_FROM_MACS
+    multiply-adds; an explicit dpack holds whatever the problem."""
     import types
 
     import pyopencl as cl
@@ -811,10 +811,10 @@ def test_filter_gradient_packs_d_where_its_pixels_lie_far_apart(monkeypatch):
         for cout, pocl_packs, intel_packs in [(pocl_from - 1, False, False),
                                               (pocl_from, True, False),
                                               (intel_from, True, True)]:
-            assert filter_grad.packs_d(pypi_pocl, dtype, cout) == pocl_packs, (dtype, cout)
+            for pocl in (pypi_pocl, wide_pocl):
+                assert filter_grad.packs_d(pocl, dtype, cout) == pocl_packs, (dtype, cout)
             assert filter_grad.packs_d(intel, dtype, cout) == intel_packs, (dtype, cout)
-        for stub in (wide_pocl, gpu):
-            assert not filter_grad.packs_d(stub, dtype, 4096)
+        assert not filter_grad.packs_d(gpu, dtype, 4096)
     monkeypatch.setattr(filter_grad, "packs_d", lambda device, dtype, cout: True)
     f32 = np.dtype(np.float32)
     large = check_conv_args((2, 32, 40, 64), (3, 3, 64, 64), 2, "SAME")  # d of 64 channels
