@@ -26,7 +26,7 @@ import pytest
 from conftest import assert_close, poisoned, skip_unsupported, winograd_filter_gradient_launches
 
 import atrous_cl
-from atrous_cl import geometry, reference
+from atrous_cl import filter_grad, geometry, reference
 from atrous_cl.validation import check_transpose_args
 
 OOO = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
@@ -195,14 +195,19 @@ def test_out_of_order_queue_waits_for_each_step(queue, dtype, held):
     assert_close(out.get(), want, dtype)
 
 
-@pytest.mark.parametrize("winograd", [False, True], ids=["direct", "winograd"])
+@pytest.mark.parametrize("kind", ["direct", "packed", "winograd"])
 @pytest.mark.parametrize("op", ["atrous_conv2d_vjp", "atrous_conv2d_transpose_vjp"])
-def test_out_of_order_queue_filter_gradient_waits_for_its_partials(queue, op, winograd,
+def test_out_of_order_queue_filter_gradient_waits_for_its_partials(queue, op, kind,
                                                                    monkeypatch):
     """Each of the filter gradient's launches waits for the one before it (the direct
-    kernel's partial sums; the Winograd kernels' two transforms, products and sums, here on
-    every device whatever the problem's size)."""
+    kernel's partial sums, after x and d packed where packed; the Winograd kernels' two
+    transforms, products and sums; here on every device whatever the problem's size)."""
+    winograd = kind == "winograd"
     ran = winograd_filter_gradient_launches(monkeypatch, chunk_bytes=1000 if winograd else None)
+    if kind == "packed":
+        layout = filter_grad.layout
+        monkeypatch.setattr(filter_grad, "layout", lambda device, dtype, args: layout(
+            device, dtype, args, items=1, chunk_bytes=1000, xpack=True, cb=2, dpack=True))
     ooo = _ooo_queue(queue)
     rng = np.random.default_rng()
     value, filters, output_shape, rate, padding = _problem(rng)
