@@ -178,7 +178,7 @@ def _reaching(reader: int, read: int) -> tuple[int, int]:
 
 # The direct and Winograd kernels' work along one axis, in multiplies per input
 # and output channel, for choosing between them (atrous_cl.tiles.default_for,
-# atrous_cl.launch.consecutive_pixels). Output pixel ``p`` reads input ``p + crop -
+# atrous_cl.tiles.consecutive_pixels). Output pixel ``p`` reads input ``p + crop -
 # a * rate`` through tap ``a``; ``out`` and ``read`` are the output and input sizes.
 
 def live_pixel_taps(out: int, read: int, k: int, rate: int, crop: int) -> int:

@@ -23,7 +23,7 @@ import pyopencl.array as cl_array
 from atrous_cl import geometry, memory, programs
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import describe, facts, is_intel_cpu, status_name
-from atrous_cl.tiles import (Tile, acc_itemsize, default_tile, direct_columns, gpu_only,
+from atrous_cl.tiles import (Tile, acc_itemsize, consecutive_pixels, default_tile, gpu_only,
                              pixel_vector, winograd_parts, winograd_split, WinogradSplit)
 from atrous_cl.validation import ConvArgs, TransposeArgs
 
@@ -411,14 +411,6 @@ def blocks_weights(device: cl.Device) -> bool:
     on GPUs (Oclgrind, which says CPU and GPU, takes blocks), where neighbouring
     work-items, neighbouring channel tiles, load neighbouring weights of one row together."""
     return not gpu_only(device)
-
-
-def consecutive_pixels(args: TransposeArgs, tile: Tile, dilation) -> bool:
-    """Whether the direct kernel runs ``tile`` on consecutive output columns
-    (``atrous_conv2d_transpose_rows``) rather than one phase's, with the kernel's
-    ``dilation`` (:func:`kernel_dilation`): :func:`atrous_cl.tiles.direct_columns`."""
-    return direct_columns(args.output_shape[2], args.value_shape[2], args.filters_shape[1],
-                          dilation[2], dilation[3], tile.pixels)[1]
 
 
 def winograd_runs(device: cl.Device, dtype, args: TransposeArgs, tile: Tile) -> bool:

@@ -301,7 +301,8 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
             return tile
     if direct == _NARROW_DIRECT._replace(channels=direct.channels):
         return _five_pixels(args, direct)
-    if direct.vectors > 1 and direct.pixels > _ROWS_PIXELS and _consecutive(args, direct):
+    if (direct.vectors > 1 and direct.pixels > _ROWS_PIXELS
+            and consecutive_pixels(args, direct, _kernel_dilation(args))):
         return direct._replace(pixels=_ROWS_PIXELS)
     return direct
 
@@ -329,15 +330,15 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
 _ROWS_PIXELS = 4
 
 
-def _consecutive(args, tile: Tile) -> bool:
+def consecutive_pixels(args, tile: Tile, dilation) -> bool:
     """Whether the direct kernel runs ``tile`` on consecutive output columns
-    (:func:`atrous_cl.launch.consecutive_pixels`)."""
-    dilation = _kernel_dilation(args)
+    (``atrous_conv2d_transpose_rows``) rather than one phase's, with the kernel's
+    ``dilation`` (:func:`atrous_cl.launch.kernel_dilation`; None: no tap lands, nothing
+    runs): :func:`direct_columns`."""
     if dilation is None:
         return False
-    _, _, rate_w, crop_left = dilation
     return direct_columns(args.output_shape[2], args.value_shape[2], args.filters_shape[1],
-                          rate_w, crop_left, tile.pixels)[1]
+                          dilation[2], dilation[3], tile.pixels)[1]
 
 
 #: :func:`default_for` takes 5 pixels of two 256-bit vectors rather than 4
