@@ -220,51 +220,35 @@ def test_filter_gradient_counts_its_widened_inputs_on_cpus():
         assert list(step.temporaries(device, np.dtype(dtype))) == ["the filter gradient's partial sums"]
 
 
-def test_filter_gradient_counts_its_packed_x(monkeypatch):
-    """x packed by groups of input channels (xpack) takes a buffer of its own, its channels
-    padded to a whole group and its rows to every column a tap reads, which the memory
-    check must count: float32 for float16 on CPUs, where it replaces x's widened copy."""
+@pytest.mark.parametrize("packed", ["x", "d"])
+def test_filter_gradient_counts_its_packed_inputs(monkeypatch, packed):
+    """x packed by groups of input channels (xpack), or d by each work-item's output
+    channels (dpack), takes a buffer of its own, which the memory check must count: x's
+    channels padded to a whole group and its rows to every column a tap reads, d's
+    channels to a whole group of ov vectors; float32 for float16 on CPUs, where it replaces
+    that input's widened copy."""
     import pyopencl as cl
 
     from atrous_cl import filter_grad
     from atrous_cl.tiles import Tile
     from atrous_cl.validation import check_conv_args
 
-    args = check_conv_args((2, 9, 8, 5), (3, 3, 5, 4), 2, "SAME")
-    monkeypatch.setattr(filter_grad, "tiles",
-                        lambda *a: (Tile(8, 4), 2, 1, 512 << 10, 1, 3, True, 2))
+    xpack = packed == "x"
+    args = check_conv_args((2, 9, 8, 5), (3, 3, 5, 4 if xpack else 6), 2, "SAME")
+    monkeypatch.setattr(filter_grad, "tiles", lambda *a: (Tile(8, 4), 2, 1, 512 << 10,
+                                                          1 if xpack else 2, 3, xpack, 2))
+    monkeypatch.setattr(filter_grad, "packs_d", lambda *a: not xpack)
+    monkeypatch.setattr(filter_grad, "PACK_FROM_MACS", 0)
     cpu = stub_device(type=cl.device_type.CPU, name="cpu")
     step = calls.FilterGrad(args, "dy", "value", "d_filters")
+    # x (dy): rows of 8 + 2 * 2 columns (every column a tap of rate 2 reads), 6 channels;
+    # d (value): 6 channels in groups of two vectors of 4, one group of 8 a pixel.
+    name, other, want, other_want = (("dy", "value", 2 * 9 * 12 * 6, 2 * 9 * 8 * 4) if xpack
+                                     else ("value", "dy", 2 * 9 * 8 * 8, 2 * 9 * 8 * 5))
     got = step.temporaries(cpu, np.dtype(np.float32))
-    # Rows of 8 + 2 * 2 columns (every column a tap of rate 2 reads), 6 channels.
-    assert got["the filter gradient's packed dy"] == 2 * 9 * 12 * 6
+    assert got[f"the filter gradient's packed {name}"] == want
+    assert f"the filter gradient's packed {other}" not in got
     got = step.temporaries(cpu, np.dtype(np.float16))
-    assert got["the filter gradient's packed dy"] == 2 * 2 * 9 * 12 * 6
-    assert "the filter gradient's widened dy" not in got
-    assert got["the filter gradient's widened value"] == 2 * 2 * 9 * 8 * 4
-
-
-def test_filter_gradient_counts_its_packed_d(monkeypatch):
-    """d packed by each work-item's output channels (dpack) takes a buffer of its own, its
-    channels padded to a whole group of ov vectors, which the memory check must count:
-    float32 for float16 on CPUs, where it replaces d's widened copy."""
-    import pyopencl as cl
-
-    from atrous_cl import filter_grad
-    from atrous_cl.tiles import Tile
-    from atrous_cl.validation import check_conv_args
-
-    args = check_conv_args((2, 9, 8, 5), (3, 3, 5, 6), 2, "SAME")
-    monkeypatch.setattr(filter_grad, "tiles",
-                        lambda *a: (Tile(8, 4), 2, 1, 512 << 10, 2, 3, False, 1))
-    cpu = stub_device(type=cl.device_type.CPU, name="cpu")
-    step = calls.FilterGrad(args, "dy", "value", "d_filters")
-    plan = filter_grad.layout(cpu, np.dtype(np.float32), args, dpack=True)
-    monkeypatch.setattr(filter_grad, "layout", lambda *a, **k: plan)
-    got = step.temporaries(cpu, np.dtype(np.float32))
-    # 6 channels in groups of two vectors of 4: one group of 8 a pixel.
-    assert got["the filter gradient's packed value"] == 2 * 9 * 8 * 8
-    got = step.temporaries(cpu, np.dtype(np.float16))
-    assert got["the filter gradient's packed value"] == 2 * 2 * 9 * 8 * 8
-    assert "the filter gradient's widened value" not in got
-    assert got["the filter gradient's widened dy"] == 2 * 2 * 9 * 8 * 5
+    assert got[f"the filter gradient's packed {name}"] == 2 * want
+    assert f"the filter gradient's widened {name}" not in got
+    assert got[f"the filter gradient's widened {other}"] == 2 * other_want
