@@ -155,7 +155,9 @@ def _balanced(groups: int, units: int) -> bool:
     256->256 rate 12 (3 -> 12) 0.73, 4x16x16 256->256 rate 1 (3 -> 12) 0.87, 5x5
     128->128 on 1x64x64 rate 2 (5 -> 10) 0.98, 1x33x33 512->512 rate 12 (12) 0.99. Just
     an even count (6 groups of the 3) ran the two 256-channel shapes 0.72 and 0.95, D (2)
-    0.97; 6 a core instead of 4 gave the same figures within 0.1.
+    0.97; 6 a core instead of 4 gave the same figures within 0.1. Measured on 2 cores only:
+    on many, small problems split into groups of one work-item, which ran B 1.8x slower on
+    PyPI's PoCL (:func:`group_items`).
     """
     return groups >= 4 * units
 

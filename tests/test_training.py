@@ -419,7 +419,7 @@ def test_filter_grad_work_groups_per_driver():
 def test_filter_grad_groups_keep_within_the_device(queue):
     """A cap from the tiles' bytes alone gave PyPI's PoCL groups of 4224 work-items (it takes
     4096 at most: CL_INVALID_WORK_GROUP_SIZE) for one input channel beside 512; groups stay
-    within the kernel's and the device's largest and leave each compute unit one."""
+    within the kernel's and the device's largest, split to 4 a compute unit."""
     rng = np.random.default_rng()
     value = rng.standard_normal((1, 64, 64, 1)).astype(np.float32)
     filters = rng.standard_normal((1, 3, 1, 512)).astype(np.float32)
@@ -433,7 +433,8 @@ def test_filter_grad_groups_keep_within_the_device(queue):
     args = check_conv_args(value.shape, filters.shape, 1, "SAME")
     plan = filter_grad.layout(queue.device, np.dtype(np.float32), args)
     options = filter_grad.build_options(np.dtype(np.float32), args, plan.tile, plan.gc, plan.ov,
-                                        plan.kt, False, plan.xpack, plan.cb, plan.chunks == 1)
+                                        plan.kt, False, plan.xpack, plan.cb, plan.chunks == 1,
+                                        plan.dpack)
     kernels, _ = programs.get_kernels(queue.context, filter_grad.KERNEL_FILE, options)
     limits = filter_grad.group_limits(kernels["filter_grad_partial"], queue.device,
                                       np.dtype(np.float32), plan.tile, plan.gc, plan.ov,
@@ -570,12 +571,12 @@ LAYOUT_CASES = [
                                               chunk_bytes=0, dpack=True)),
     ((3, 5, 6, 37, 6, 2, 2, 3), "SAME", dict(gc=3, ov=3, tile=(8, 4), items=1 << 20,
                                              chunk_bytes=0, dpack=True)),
-    ((2, 24, 20, 20, 17, 3, 3, 2), "SAME", dict(kt=3, gc=2, tile=(8, 16), items=1,
+    ((2, 24, 20, 20, 17, 3, 3, 2), "SAME", dict(kt=3, gc=2, ov=2, tile=(8, 8), items=1,
                                                 chunk_bytes=9000, xpack=True, cb=4,
                                                 dpack=True)),
     ((2, 6, 13, 40, 17, 2, 6, 3), "VALID", dict(kt=3, gc=4, ov=2, tile=(8, 8), items=4096,
                                                 chunk_bytes=0, dpack=True)),
-    ((2, 7, 5, 6, 16, 3, 6, 2), "SAME", dict(kt=3, gc=2, tile=(8, 16), items=1,
+    ((2, 7, 5, 6, 16, 3, 6, 2), "SAME", dict(kt=3, gc=2, ov=2, tile=(8, 8), items=1,
                                              chunk_bytes=1 << 30, dpack=True)),
     ((2, 9, 16, 17, 23, 3, 10, 1), "VALID", dict(kt=5, gc=1, ov=2, tile=(8, 8), items=4096,
                                                 chunk_bytes=0, xpack=True, dpack=True)),
@@ -626,13 +627,14 @@ def test_filter_gradient_tap_groups_keep_zero_padding_times_non_finite(queue, sh
     its column or row reads TF's zero padding, and no other: widths 9, 4 (narrower than
     the dilated kernel, no column shared by the three) and VALID's all-inside rows; with
     x packed first too (xpack, whose pad channels copy x's last), three channel pairs
-    a work-item in turn (cb 3), and d packed (dpack: its 6 or 3 channels in a group of 16,
-    zeros past them)."""
+    a work-item in turn (cb 3), and d packed (dpack: its 6 or 3 channels in a group of two
+    8-channel vectors, zeros past them)."""
     conv, value, dy, filters, want = _non_finite_problem(shape, padding, where, bad, which,
                                                          np.float32)
-    plan = filter_grad.layout(queue.device, np.dtype(np.float32), conv, tile=Tile(8, 16), gc=2,
-                              items=1, chunk_bytes=0, ov=1, kt=3, xpack=xpack, cb=cb,
-                              dpack=dpack)
+    # d packed with two 8-channel vectors a work-item: PyPI's PoCL's split, which it builds
+    plan = filter_grad.layout(queue.device, np.dtype(np.float32), conv,
+                              tile=Tile(8, 8 if dpack else 16), gc=2, items=1, chunk_bytes=0,
+                              ov=2 if dpack else 1, kt=3, xpack=xpack, cb=cb, dpack=dpack)
     _check_non_finite_filter_grad(queue, conv, plan, value, dy, filters, want, np.float32)
 
 
@@ -745,26 +747,38 @@ def test_vjps_with_their_default_layouts_past_the_packing_bound(queue, padding, 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
-def test_transpose_vjp_with_d_packed_by_default_past_the_packing_bound(queue, padding, dtype):
-    """The transpose vjp whose filter gradient's d (its value) has 512 channels, 2 KiB a
-    pixel, past PACK_FROM_MACS: packed by default on the CPUs of filter_grad.packs_d (the
-    other tests force it), float16 widened as it is packed; host arrays in."""
+@pytest.mark.parametrize("op", ["atrous_conv2d_transpose_vjp", "atrous_conv2d_vjp"])
+def test_vjps_with_d_packed_by_default_past_the_packing_bound(queue, op, padding, dtype):
+    """Each vjp whose filter gradient's d (the transpose's value, the conv's dy) has 512
+    channels, 2 KiB a pixel, past PACK_FROM_MACS: packed by default on the CPUs of
+    filter_grad.packs_d (the other tests force it), float16 widened as it is packed; host
+    arrays in."""
     skip_unsupported(queue, dtype)
     rng = np.random.default_rng()
-    value, dy, filters, rate = _problem((1, 33, 33, 512, 16, 3, 3, 12), padding, dtype, rng)
-    conv = check_conv_args(dy.shape, filters.shape, rate, padding)
+    if op == "atrous_conv2d_transpose_vjp":
+        value, dy, filters, rate = _problem((1, 33, 33, 512, 16, 3, 3, 12), padding, dtype, rng)
+        conv = check_conv_args(dy.shape, filters.shape, rate, padding)
+        args = (value, filters, dy.shape, rate, padding)
+    else:  # 33x33 out either way
+        hw = 33 if padding == "SAME" else 57
+        value = rng.standard_normal((1, hw, hw, 16)).astype(dtype)
+        filters = rng.standard_normal((3, 3, 16, 512)).astype(dtype)
+        rate = 12
+        conv = check_conv_args(value.shape, filters.shape, rate, padding)
+        dy = rng.standard_normal(conv.output_shape).astype(dtype)
+        args = (value, filters, rate, padding)
     plan = filter_grad.winograd_layout(queue.device, np.dtype(dtype), conv) or \
         filter_grad.layout(queue.device, np.dtype(dtype), conv)
     n, h, w, _ = conv.output_shape
     assert n * h * w * math.prod(conv.filters_shape) >= filter_grad.PACK_FROM_MACS, conv
+    assert conv.filters_shape[3] == 512, conv  # d's channels
     if filter_grad.packs_d(queue.device, np.dtype(dtype), 512):
         assert isinstance(plan, filter_grad.Layout) and plan.dpack, plan
-    got = training.atrous_conv2d_transpose_vjp(value, filters, dy.shape, rate, padding, dy,
-                                               queue=queue)
-    want = reference.atrous_conv2d_transpose_vjp(*(a.astype(np.float64) for a in (value, filters)),
-                                                 dy.shape, rate, padding, dy.astype(np.float64))
+    got = getattr(training, op)(*args, dy, queue=queue)
+    want = getattr(reference, op)(*(a.astype(np.float64) if isinstance(a, np.ndarray) else a
+                                    for a in args), dy.astype(np.float64))
     for name, g, w in zip(["d_value", "d_filters"], got, want):
-        assert_close(g, w.astype(dtype), dtype, context=f"{name} {padding} {plan}")
+        assert_close(g, w.astype(dtype), dtype, context=f"{op} {name} {padding} {plan}")
 
 
 def test_filter_gradient_packs_x_only_where_it_pays(queue, monkeypatch):
