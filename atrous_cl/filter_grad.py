@@ -298,13 +298,19 @@ DPACK_FROM_BYTES = 1 << 10
 DPACK_INTEL_FROM_BYTES = 2 << 10
 
 
+def read_itemsize(device: cl.Device, dtype) -> int:
+    """Bytes of an element of x or d as the kernel reads it: float32 for float16 widened
+    first (:func:`atrous_cl.launch.widens_inputs`), else the dtype's."""
+    return 4 if widens_inputs(device, dtype) else np.dtype(dtype).itemsize
+
+
 def packs_d(device: cl.Device, dtype, cout: int) -> bool:
     """Whether :func:`layout` packs d (``pack_d``) for ``cout`` of its channels on
     ``device``, a problem of :data:`PACK_FROM_MACS` multiply-adds or more: on the CPUs
     where it was measured to pay (:data:`DPACK_FROM_BYTES`,
     :data:`DPACK_INTEL_FROM_BYTES`); not on GPUs, whose neighbouring work-items read
     neighbouring channels of one pixel (unmeasured)."""
-    itemsize = 4 if widens_inputs(device, dtype) else np.dtype(dtype).itemsize
+    itemsize = read_itemsize(device, dtype)
     if is_intel_cpu(device):
         return cout * itemsize >= DPACK_INTEL_FROM_BYTES
     return (is_pocl(device) and bool(facts(device).type & cl.device_type.CPU)
@@ -352,10 +358,8 @@ def layout(device: cl.Device, dtype: np.dtype, args: ConvArgs, tile: Tile | None
         cb = 1  # the groups are for x packed (dropped, as xpack, where no tap lands)
     _check_groups(cb, xpack)
     n, hd, wd = args.output_shape[:3]
-    # A row of d and one of x, the data a chunk's row brings into the caches
-    # (float32 for float16 widened first).
-    itemsize = 4 if widens_inputs(device, dtype) else np.dtype(dtype).itemsize
-    row_bytes = (wd * cout + args.value_shape[2] * cin) * itemsize
+    # A row of d and one of x, the data a chunk's row brings into the caches.
+    row_bytes = (wd * cout + args.value_shape[2] * cin) * read_itemsize(device, dtype)
     geometry_one = launch_geometry(args.filters_shape, tile, gc, 1, ov, kt, cb)[0]
     max_rows = chunk_bytes // max(1, row_bytes) if chunk_bytes else None
     if max_rows is not None:
