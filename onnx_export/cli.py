@@ -131,6 +131,15 @@ def load_filters(path: str, dtype: str | None = None) -> np.ndarray:
     return cast
 
 
+def _same_file(target: str, path: str) -> bool:
+    """Whether the file :func:`saving.save_model` would replace (``target``) is ``path``'s,
+    by name or by a link."""
+    try:
+        return os.path.samefile(target, path)
+    except OSError:  # either is missing: a new file is nobody's
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     """Export, check (``full_check=True``), save atomically, print a summary.
 
@@ -149,6 +158,13 @@ def run(args: argparse.Namespace) -> int:
         from onnx_export import MISSING_ONNX
 
         return _error(f"{MISSING_ONNX} ({e})")
+    try:
+        target = saving.save_target(os.fsdecode(args.output))
+    except (OSError, ValueError) as e:
+        return _error(f"cannot write {args.output!r}: {e}")
+    if _same_file(target, args.filters):
+        return _error(f"the output {args.output!r} is the filters file {args.filters!r}: the "
+                      f"model would replace the filters; choose another -o")
     try:
         filters = load_filters(args.filters, args.dtype)
     except ValueError as e:
@@ -219,27 +235,60 @@ def _fold_error(msg: str, status: int = USAGE_ERROR) -> int:
     return status
 
 
-def _check_inputs(model, size: int, rng) -> dict:
-    """Random inputs for every graph input, each symbolic dim set to ``size``."""
+class CheckNotRun(Exception):
+    """``fold --check`` cannot compare the models: an input or output it cannot make or
+    compare, or no symbolic dim size the original model runs at."""
+
+
+def _numeric_dtype(value_info) -> np.dtype | None:
+    """The NumPy dtype of a graph input or output that is a tensor of real numbers or
+    booleans (what ``fold --check`` can make at random and compare); else None."""
     import onnx
 
+    if value_info.type.WhichOneof("value") != "tensor_type":
+        return None
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return dtype if dtype.kind in "fiub" else None  # not strings, bfloat16, float8 ...
+
+
+def _check_checkable(model) -> None:
+    """Raise :class:`CheckNotRun` for a graph input or output ``fold --check`` cannot make
+    or compare: a sequence, map or optional, or a tensor of strings, bfloat16 or float8."""
+    import onnx
+
+    inits = {t.name for t in model.graph.initializer}
+    for kind, infos in (("input", model.graph.input), ("output", model.graph.output)):
+        for vi in infos:
+            if vi.name not in inits and _numeric_dtype(vi) is None:
+                what = vi.type.WhichOneof("value")
+                if what == "tensor_type":
+                    what = (f"tensor of "
+                            f"{onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)}")
+                else:
+                    what = (what or "value of no type").removesuffix("_type").replace("_", " ")
+                article = "an" if what[0] in "aeiou" else "a"
+                raise CheckNotRun(f"{kind} {vi.name!r} is {article} {what}, and --check makes and "
+                                  f"compares tensors of real numbers or booleans only")
+
+
+def _check_inputs(model, size: int, rng) -> dict:
+    """Random inputs for every graph input, each symbolic dim set to ``size``."""
     inits = {t.name for t in model.graph.initializer}
     feeds = {}
     for vi in model.graph.input:
         if vi.name in inits:
             continue
         t = vi.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+        dtype = _numeric_dtype(vi)
         shape = [d.dim_value if d.HasField("dim_value") else size for d in t.shape.dim]
         if np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
         else:
             feeds[vi.name] = rng.integers(0, 4, shape).astype(dtype)
     return feeds
-
-
-class CheckNotRun(Exception):
-    """``fold --check`` found no symbolic dim size the original model runs at."""
 
 
 def compare_in_onnxruntime(original, folded, seed: int = 0) -> tuple[list[str], list[int]]:
@@ -252,9 +301,12 @@ def compare_in_onnxruntime(original, folded, seed: int = 0) -> tuple[list[str], 
         where only the folded model fails), and the sizes compared.
 
     Raises:
-        CheckNotRun: the original model fails in onnxruntime at every size.
+        CheckNotRun: an input or output is not a tensor of real numbers or booleans, or the
+            original model fails in onnxruntime at every size.
     """
     import onnxruntime as ort
+
+    _check_checkable(original)
 
     sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
                 for m in (original, folded)]

@@ -41,9 +41,7 @@ def save_model(model: onnx.ModelProto, path) -> str:
     target = save_target(path)
     directory = os.path.dirname(target)
     data = model.SerializeToString()
-    # The name's first 64 characters only: a destination name near the file
-    # system's limit (255 bytes) must still leave room for the suffix.
-    tmp = os.path.join(directory, f".{os.path.basename(target)[:64]}.{secrets.token_hex(8)}.tmp")
+    tmp = os.path.join(directory, f".{_short(os.path.basename(target))}.{secrets.token_hex(8)}.tmp")
     # O_EXCL: never write through someone else's file; 0o666 lets the umask set
     # the final file's mode as for any other new file.
     try:
@@ -64,6 +62,19 @@ def save_model(model: onnx.ModelProto, path) -> str:
             pass
         raise
     return path
+
+
+#: Bytes of the destination's name a temporary file's name keeps.
+TMP_NAME_BYTES = 64
+
+
+def _short(name: str) -> str:
+    """``name`` cut to at most :data:`TMP_NAME_BYTES` bytes, whole characters only: a
+    destination name near the file system's limit (255 bytes; 63 four-byte characters)
+    must still leave room for the temporary file's suffix."""
+    while len(os.fsencode(name)) > TMP_NAME_BYTES:
+        name = name[:-1]
+    return name
 
 
 _SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),

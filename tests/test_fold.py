@@ -666,3 +666,44 @@ def test_cli_check_with_symbolic_spatial_dims(tmp_path, capsys):
     assert err.startswith("atrous-cl fold: error: --check cannot compare the models: the "
                           "original model does not run in onnxruntime") and "nothing written" in err
     assert not (tmp_path / "o40.onnx").exists()
+
+
+def _with_extra(model, kind):
+    """``model`` with a graph input (or, for "bfloat16-output", an output) --check cannot make
+    or compare."""
+    h, tp = onnx.helper, onnx.TensorProto
+    if kind == "bfloat16-output":
+        y = model.graph.output[0].name
+        model.graph.node.append(h.make_node("Cast", [y], ["y16"], to=tp.BFLOAT16))
+        dims = [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+        model.graph.output.append(h.make_tensor_value_info("y16", tp.BFLOAT16, dims))
+        return model
+    tensor = h.make_tensor_type_proto(tp.FLOAT, [2])
+    extra = {"sequence": h.make_value_info("extra", h.make_sequence_type_proto(tensor)),
+             "optional": h.make_value_info("extra", h.make_optional_type_proto(tensor)),
+             "string": h.make_tensor_value_info("extra", tp.STRING, [2]),
+             "bfloat16": h.make_tensor_value_info("extra", tp.BFLOAT16, [2])}[kind]
+    model.graph.input.append(extra)
+    return model
+
+
+@pytest.mark.parametrize("kind, what", [
+    ("sequence", "input 'extra' is a sequence, and --check makes and compares tensors of real"),
+    ("optional", "input 'extra' is an optional,"),
+    ("string", "input 'extra' is a tensor of STRING,"),
+    ("bfloat16", "input 'extra' is a tensor of BFLOAT16,"),
+    ("bfloat16-output", "output 'y16' is a tensor of BFLOAT16,"),
+])
+def test_cli_check_refuses_what_it_cannot_make_or_compare(tmp_path, capsys, kind, what):
+    """A valid model with an input or output that is not a tensor of real numbers: --check
+    says so in one line and writes nothing (it raised KeyError from onnx's dtype table, or
+    failed inside NumPy)."""
+    model, _ = load("single_b1")
+    src = tmp_path / "extra.onnx"
+    onnx.save(_with_extra(model, kind), src)
+    out = tmp_path / "o.onnx"
+    assert main_cli.main(["fold", str(src), "-o", str(out), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("atrous-cl fold: error: --check cannot compare the models: ")
+    assert what in err and "nothing written" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -881,13 +881,38 @@ def test_cli_reports_float64_without_dtype(tmp_path, filters_file, capsys):
     assert rc == cli.USAGE_ERROR and "are float64" in err and "pass --dtype float32" in err
 
 
-def test_cli_saves_under_a_name_at_the_file_system_limit(tmp_path, capsys):
-    """The temporary file beside the destination must fit too (255-byte names)."""
+@pytest.mark.parametrize("name", ["m" * 250, "\U0001F600" * 62], ids=["ascii", "4-byte"])
+def test_cli_saves_under_a_name_at_the_file_system_limit(tmp_path, capsys, name):
+    """The temporary file beside the destination must fit too (255-byte names, counted in
+    bytes: 62 four-byte characters and ".onnx" are 253)."""
     np.save(tmp_path / "f.npy", np.ones((3, 3, 2, 4), np.float32))
-    out = tmp_path / ("m" * 250 + ".onnx")
+    out = tmp_path / (name + ".onnx")
     assert run_cli([str(tmp_path / "f.npy"), "--value-shape", "1", "7", "6", "4", "--rate", "2",
                     "-o", str(out)]) == 0, capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy", out.name]
+
+
+@pytest.mark.parametrize("through", ["same-path", "symlink", "hard-link"])
+def test_cli_refuses_to_write_the_model_over_its_filters(tmp_path, capsys, through):
+    """-o naming the filters file (directly or by a link) would replace the user's filters
+    with the model: refused before anything is written."""
+    filters = tmp_path / "f.npy"
+    np.save(filters, np.ones((3, 3, 2, 4), np.float32))
+    kept = filters.read_bytes()
+    out = filters
+    if through == "symlink":
+        out = tmp_path / "m.onnx"
+        out.symlink_to(filters)
+    elif through == "hard-link":
+        out = tmp_path / "m.onnx"
+        os.link(filters, out)
+    rc = run_cli([str(filters), "--value-shape", "1", "7", "6", "4", "--rate", "2",
+                  "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == cli.USAGE_ERROR and err.count("\n") == 1
+    assert "is the filters file" in err
+    assert filters.read_bytes() == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"f.npy", out.name})
 
 
 def test_cli_reports_unreadable_filters(tmp_path, capsys):
