@@ -20,6 +20,7 @@ has no gradients in its inference package, so it is in the op's table only.
 
 from __future__ import annotations
 
+import io
 import os
 import statistics
 import sys
@@ -29,6 +30,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from atrous_cl import geometry
+from onnx_export import saving
 
 
 class Workload(NamedTuple):
@@ -557,4 +559,9 @@ def plot(times: dict, path: str, workloads=WORKLOADS, op: str = "transpose") -> 
     ax.set_title("atrous_conv2d_transpose, float32" if op == "transpose" else f"{op}, float32")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # Rendered in memory, then written atomically, as export writes a model: an
+    # interrupted or failed write leaves no half-written image at path.
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format=os.path.splitext(path)[1][1:].lower())
+    plt.close(fig)
+    saving.save_bytes(image.getvalue(), path)

@@ -60,9 +60,12 @@ def read_regular(path: Path, limit: int) -> bytes:
 
 
 def _home_cache() -> Path | None:
-    """``$XDG_CACHE_HOME``, else ``~/.cache``; None when there is no home to expand."""
+    """``$XDG_CACHE_HOME``, else ``~/.cache``; None when there is no home to expand.
+
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG Base Directory spec says: it
+    would name another folder in every working directory."""
     base = os.environ.get("XDG_CACHE_HOME")
-    if not base:
+    if not base or not os.path.isabs(base):
         home = os.path.expanduser("~")
         if home.startswith("~"):  # HOME unset and no passwd entry
             return None

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import statistics
 import sys
+import threading
 import time
 
 import numpy as np
@@ -18,6 +21,43 @@ DEMO_TOLERANCE = {"float16": 2e-3, "float32": 1e-5, "float64": 1e-12}
 USAGE_ERROR = 2
 #: Exit status after Ctrl-C, as a shell reports a process SIGINT ended (128 + 2).
 INTERRUPTED = 130
+#: Exit status after SIGTERM (``kill``, a job scheduler's time limit): 128 + 15.
+TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is (as Python raises KeyboardInterrupt for
+    SIGINT), so that what it was writing is cleaned up: a model or plot half-written to
+    its temporary file is removed, not left beside the destination. A BaseException, so
+    that no ``except Exception`` on the way swallows it."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While the command runs, SIGTERM raises :class:`Terminated`; the previous handler
+    is put back after (``main`` also runs inside other programs, e.g. the tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; SIGTERM keeps its own there
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _escape_unencodable() -> None:
+    """Print what the terminal's encoding cannot show as escapes: a file name that is not
+    valid UTF-8 (Python holds its bytes as surrogates) failed the summary printed after
+    the file was written, and so the command, under a strict UTF-8 stdout."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
 
 
 def _positive_int(text: str) -> int:
@@ -157,6 +197,8 @@ def _tune(args) -> int:
 
 def _check_plot_path(path: str) -> None:
     """Refuse a ``--plot`` path matplotlib could not write, before the benchmark runs."""
+    from onnx_export import saving
+
     try:
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
@@ -168,11 +210,12 @@ def _check_plot_path(path: str) -> None:
         raise ValueError(f"--plot {path!r}: the file name must end in a format matplotlib "
                          f"writes ({', '.join('.' + f for f in sorted(formats))}), got "
                          f"{'.' + ext if ext else 'no extension'}")
-    folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"--plot {path!r} is a directory; give a file name such as plot.png")
-    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block savefig
-        raise ValueError(f"--plot {path!r} exists and is not a regular file")
+    try:  # where the plot will be written (a symlink's target), as export's model
+        folder = os.path.dirname(saving.save_target(path))
+    except ValueError as e:  # a FIFO, device or socket
+        raise ValueError(f"--plot {path!r} exists and is not a regular file") from e
     if not os.path.isdir(folder):
         raise ValueError(f"--plot {path!r}: the folder {folder!r} does not exist")
     if not os.access(folder, os.W_OK):
@@ -276,12 +319,23 @@ def main(argv: list[str] | None = None) -> int:
     ``atrous-cl <command>: error: ...`` (argparse's own errors exit 2 too);
     1 where a check fails (``demo``'s result disagrees with the reference,
     ``fold --check``'s folded model with the original);
-    130 after Ctrl-C. A closed stdout (``atrous-cl devices | head -1``) ends
+    130 after Ctrl-C, 143 after SIGTERM, each with one line and no file
+    half-written. A closed stdout (``atrous-cl devices | head -1``) ends
     the command quietly with status 1, as the Python docs' SIGPIPE recipe does.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")
     prog = f"atrous-cl {command}".rstrip()
+    _escape_unencodable()
+    try:
+        with _sigterm_raises():
+            return _main(argv, prog)
+    except Terminated:
+        print(f"\n{prog}: terminated", file=sys.stderr)
+        return TERMINATED
+
+
+def _main(argv: list[str], prog: str) -> int:
     try:
         parser = build_parser()
         args, stray = parser.parse_known_args(argv)

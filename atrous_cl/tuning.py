@@ -280,14 +280,18 @@ def _locked_file(path: Path):
 
 def _check_storable(path: Path) -> None:
     """Raise now if a winner could not be stored in ``path`` (its lock file cannot be
-    opened: another user's, in a cache home shared between users), rather than after
-    every candidate has been timed."""
+    opened: another user's, in a cache home shared between users; or ``path`` is a
+    folder, which the stored file's rename cannot replace), rather than after every
+    candidate has been timed."""
     try:
         os.close(_open_lock(path))
     except OSError as e:
         raise OSError(e.errno, f"tune cannot store its results: {e.filename} cannot be opened for "
                                f"writing ({e.strerror}); set XDG_CACHE_HOME to a folder of your "
                                f"own") from e
+    if path.is_dir() and not path.is_symlink():  # a link is replaced, not its target
+        raise IsADirectoryError(errno.EISDIR, f"tune cannot store its results: {path} is a "
+                                              f"folder, not the tuning file; remove it")
 
 
 def _store(device: cl.Device, key: str, tile: Tile | LocalTile, timings: dict[str, float]) -> None:

@@ -2,7 +2,8 @@
 """Saving a model atomically: :func:`save_model`, and :func:`save_target`, the file it replaces.
 
 Kept apart from onnx: a model is anything with ``SerializeToString``, so the
-CLI can check an output path before it loads or builds a model.
+CLI can check an output path before it loads or builds a model; :func:`save_bytes`
+writes any bytes so (``atrous-cl bench --plot`` too).
 """
 
 from __future__ import annotations
@@ -18,29 +19,39 @@ if TYPE_CHECKING:
 
 
 def save_model(model: onnx.ModelProto, path) -> str:
-    """Write ``model`` to ``path`` atomically; return the path written.
+    """Write ``model`` to ``path`` atomically (:func:`save_bytes`); return the path written.
+
+    Raises:
+        As :func:`save_bytes`; also ValueError: ``model`` cannot be serialised (over
+        protobuf's 2 GiB).
+    """
+    path = os.fsdecode(os.fspath(path))
+    save_target(path)  # refused before serialising a large model
+    return save_bytes(model.SerializeToString(), path)
+
+
+def save_bytes(data: bytes, path) -> str:
+    """Write ``data`` to ``path`` atomically; return the path written.
 
     The bytes go to a temporary file in the destination's directory, which is
     then renamed over it with :func:`os.replace`. On any failure (Ctrl-C
     included) the temporary file is removed and the destination is left as it
-    was, so no half-written model is ever seen there.
+    was, so no half-written file is ever seen there.
 
     Only a regular file or a new path is replaced. A symlink is followed: the
-    model replaces its target (or creates it, for a dangling link) and the
+    file replaces its target (or creates it, for a dangling link) and the
     link stays. A directory, FIFO, device or socket is refused without being
     opened, so nothing blocks on a FIFO and no device node is replaced.
 
     Raises:
         IsADirectoryError: ``path`` is, or names, a directory.
-        ValueError: ``path`` is empty, or a FIFO, device or socket; or ``model`` cannot
-            be serialised (over protobuf's 2 GiB).
+        ValueError: ``path`` is empty, or a FIFO, device or socket.
         OSError: the directory is missing or not writable, a symlink loops,
             or the write failed.
     """
     path = os.fsdecode(os.fspath(path))
     target = save_target(path)
     directory = os.path.dirname(target)
-    data = model.SerializeToString()
     tmp = os.path.join(directory, f".{_short(os.path.basename(target))}.{secrets.token_hex(8)}.tmp")
     # O_EXCL: never write through someone else's file; 0o666 lets the umask set
     # the final file's mode as for any other new file.

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -395,11 +396,13 @@ def no_benchmark(monkeypatch):
     (["--plot", "{tmp}/dir.png"], "is a directory"),
     (["--plot", ""], "got no extension"),
     (["--plot", "{tmp}/fifo.png"], "exists and is not a regular file"),
+    (["--plot", "{tmp}/dangling.png"], "/missing' does not exist"),  # its target's folder
 ])
 def test_bench_refuses_bad_arguments_before_running(argv, fragment, tmp_path, capsys, no_benchmark):
     pytest.importorskip("matplotlib")
     (tmp_path / "dir.png").mkdir()
     os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "missing" / "plot.png")
     argv = [a.format(tmp=tmp_path) for a in argv]
     assert run_main(["bench", *argv]) == cli.USAGE_ERROR
     assert_usage_error(capsys, "bench", fragment)
@@ -426,6 +429,12 @@ def test_bench_plot_writes_the_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "sgemm_gflops", lambda: 100.0)
     assert run_main(["bench", "--rounds", "1", "--plot", str(tmp_path / "p.svg")]) == 0
     assert (tmp_path / "p.svg").read_bytes().lstrip().startswith(b"<?xml")
+    # Through a symlink: its target gets the image and the link stays, as for export.
+    (tmp_path / "link.png").symlink_to(tmp_path / "target.png")
+    assert run_main(["bench", "--rounds", "1", "--plot", str(tmp_path / "link.png")]) == 0
+    assert (tmp_path / "link.png").is_symlink()
+    assert (tmp_path / "target.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "p.svg", "target.png"]
 
 
 # --- Ctrl-C and a closed pipe: subprocesses, since both end the process -------------------------
@@ -433,11 +442,11 @@ def test_bench_plot_writes_the_file(tmp_path, capsys, monkeypatch):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _python(prelude: str, argv, **kwargs) -> subprocess.Popen:
+def _python(prelude: str, argv, env_extra=None, **kwargs) -> subprocess.Popen:
     """``cli.main(argv)`` in a fresh interpreter after ``prelude``, as the console script does."""
     code = f"{prelude}\nimport sys\nfrom atrous_cl import cli\nsys.exit(cli.main({list(argv)!r}))"
     path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=path)
+    env = dict(os.environ, PYTHONPATH=path, **(env_extra or {}))
     return subprocess.Popen([sys.executable, "-c", code], env=env, **kwargs)
 
 
@@ -484,3 +493,49 @@ def test_closed_stdout_runs_quietly():
                    preexec_fn=lambda: os.close(1))
     _, err = proc.communicate(timeout=120)
     assert "Traceback" not in err and proc.returncode == 0, err
+
+
+def test_sigterm_while_saving_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
+    """SIGTERM (``kill``, a scheduler's time limit) arriving while a model is written: the
+    command ends with 143 and one line, the temporary file is removed, the destination
+    left as it was; and the previous SIGTERM handler is back after main returns."""
+    pytest.importorskip("onnx")
+    from onnx_export import saving
+
+    np.save(tmp_path / "f.npy", np.ones((3, 3, 2, 4), np.float32))
+    (tmp_path / "m.onnx").write_bytes(b"old")
+    real_fsync = os.fsync
+
+    def killed_while_writing(fd):  # the temporary file holds the model's bytes by now
+        real_fsync(fd)
+        os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(saving.os, "fsync", killed_while_writing)
+    before = signal.getsignal(signal.SIGTERM)
+    rc = cli.main(["export", str(tmp_path / "f.npy"), "--value-shape", "1", "7", "6", "4",
+                   "--rate", "2", "-o", str(tmp_path / "m.onnx")])
+    assert rc == cli.TERMINATED == 143
+    assert capsys.readouterr().err.strip() == "atrous-cl export: terminated"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy", "m.onnx"]
+    assert (tmp_path / "m.onnx").read_bytes() == b"old"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_file_name_the_terminal_cannot_encode_is_escaped():
+    """A name that is not UTF-8 (bytes 0xff) under a strict UTF-8 stdout: the model is
+    written and its summary printed with the byte escaped, status 0 (the summary raised
+    UnicodeEncodeError after the file was written, and the command exited 2)."""
+    pytest.importorskip("onnx")
+    folder = tempfile.mkdtemp()
+    try:
+        np.save(os.path.join(folder, "f.npy"), np.ones((3, 3, 2, 4), np.float32))
+        out = os.path.join(os.fsencode(folder), b"m\xff.onnx")
+        proc = _python("", ["export", os.path.join(folder, "f.npy"), "--value-shape", "1", "7",
+                            "6", "4", "--rate", "2", "-o", os.fsdecode(out)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env_extra={"PYTHONIOENCODING": "utf-8:strict"})
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert stdout.startswith(os.fsencode(folder) + b"/m\\udcff.onnx: opset 17"), stdout
+        assert os.path.isfile(out)
+    finally:
+        shutil.rmtree(folder)

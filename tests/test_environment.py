@@ -98,6 +98,15 @@ def test_without_a_writable_cache_home_devices_stay_and_the_op_works(queue, tmp_
     assert not os.path.exists(private)  # removed at exit
 
 
+@pytest.mark.parametrize("xdg, expected", [("relcache", "home/.cache"), ("", "home/.cache"),
+                                           ("/abs/cache", "/abs/cache")])
+def test_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch, xdg, expected):
+    """The XDG spec: relative paths in its variables are invalid and ignored."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+    assert cache._home_cache() == tmp_path / expected
+
+
 def test_the_private_cache_stands_in_and_holds_the_registration(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -495,6 +495,18 @@ def test_tune_that_could_not_store_its_winner_says_so_before_timing(queue, fresh
     assert timed == [] and not fresh_cache.exists()
 
 
+def test_tune_where_the_tuning_file_is_a_folder_says_so_before_timing(queue, fresh_cache):
+    """os.replace cannot put the tuning file over a folder: refused before any timing (it
+    failed after every candidate had been timed), by name."""
+    fresh_cache.mkdir(parents=True)
+    timed = []
+    with pytest.raises(IsADirectoryError, match=r"tune cannot store its results: .*tuning\.json "
+                                                r"is a folder, not the tuning file; remove it"):
+        tuning.tune(queue, (1, 6, 10, 4), (3, 3, 5, 4), 2, "SAME", repeats=1,
+                    progress=timed.append)
+    assert timed == [] and fresh_cache.is_dir()
+
+
 def test_users_own_icd_setting_wins(monkeypatch):
     monkeypatch.setenv("OCL_ICD_VENDORS", "/somewhere/mine")
     assert icd.register_pip_icds() is None
