@@ -124,8 +124,10 @@ class FilterGrad(NamedTuple):
 
     def prepare(self, queue: cl.CommandQueue, dtype: np.dtype) -> Launch:
         x, d, out, args = self.x, self.d, self.out, self.args
+        # Built now, with the call's other programs: before any launch writes a result.
+        plan = filter_grad.prepare(queue.context, queue.device, dtype, args)
         return lambda queue, arrays: filter_grad.launch(queue, arrays[x], arrays[d], arrays[out],
-                                                        args)
+                                                        args, plan)
 
 
 #: What :func:`run` launches: :class:`Transpose` or :class:`FilterGrad`, whose
@@ -434,13 +436,26 @@ def check_out(out, output_shape, dtype, queue) -> None:
         raise ValueError(f"out must be C-contiguous, got strides {out.strides}")
     if out.context != queue.context:
         raise ValueError("out lives in another OpenCL context than the queue the op runs on")
+    check_element_offset("out", out)
+
+
+def check_element_offset(what: str, x: cl_array.Array) -> None:
+    """Refuse a device array that starts part-way into an element (``a[1:].view(np.float64)``
+    of a float32 array, 4 bytes in): the kernels take offsets in elements, and one rounded
+    down read and wrote the elements beside the array's."""
+    if x.offset % x.dtype.itemsize:
+        raise ValueError(f"{what} starts {x.offset} bytes into its memory, not on a "
+                         f"{x.dtype.name} element ({x.dtype.itemsize} bytes each); the kernels "
+                         f"address whole elements: pass an array that starts on one (a copy)")
 
 
 def _memory_span(x: cl_array.Array) -> tuple[int, int, int]:
     """``(memory, first byte, end byte)`` of a device array's elements.
 
     ``memory`` names the allocation: a sub-buffer is resolved to its parent
-    (with its offset added), an SVM allocation is named by its address.
+    (with its offset added), an SVM allocation is named by its address, and so is a
+    buffer over host memory (``CL_MEM_USE_HOST_PTR``): two such buffers over one NumPy
+    array are two ``cl_mem`` but one memory.
     """
     data, start = x.base_data, x.offset
     if isinstance(data, cl.MemoryObjectHolder):
@@ -448,6 +463,9 @@ def _memory_span(x: cl_array.Array) -> tuple[int, int, int]:
         if parent is not None:
             start += data.get_info(cl.mem_info.OFFSET)
             data = parent
+        if data.get_info(cl.mem_info.FLAGS) & cl.mem_flags.USE_HOST_PTR:
+            address = data.get_host_array((1,), np.uint8).ctypes.data
+            return 0, address + start, address + start + x.nbytes  # SVM's address space
         return data.int_ptr, start, start + x.nbytes
     address = getattr(data, "svm_ptr", None) or getattr(data, "int_ptr", id(data))
     return 0, address + start, address + start + x.nbytes  # one address space for all SVM
@@ -517,6 +535,7 @@ def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
         if not x.flags.c_contiguous:
             raise ValueError(f"{what} must be C-contiguous on the device, got strides {x.strides} "
                              f"for shape {x.shape}")
+        check_element_offset(what, x)
         return x
     return memory.Upload(np.ascontiguousarray(x, dtype=dtype), queue, memory.memory_pool(queue),
                          now=not lazy, at_once=at_once, what=what)

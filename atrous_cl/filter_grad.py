@@ -677,6 +677,47 @@ def winograd_launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array
     return done
 
 
+def _empty_sums(args: ConvArgs) -> bool:
+    """Whether every entry of the filter gradient is an empty sum: no pixels, or no tap
+    landing inside x."""
+    return (math.prod(args.value_shape) == 0 or math.prod(args.output_shape) == 0
+            or dilation(args) is None)
+
+
+def default_layout(device: cl.Device, dtype, args: ConvArgs) -> Layout | WinogradLayout:
+    """The layout :func:`launch` takes where it is given none."""
+    return winograd_layout(device, dtype, args) or layout(device, dtype, args)
+
+
+def _direct_options(device: cl.Device, dtype, args: ConvArgs, plan: Layout) -> tuple[str, ...]:
+    """``-D`` options of :data:`KERNEL_FILE` for the direct ``plan``."""
+    tile, gc, chunks, _, _, ov, kt, xpack, cb, dpack = plan
+    return build_options(dtype, args, tile, gc, ov, kt, widens_inputs(device, dtype), xpack, cb,
+                         chunks == 1, dpack)
+
+
+def prepare(context: cl.Context, device: cl.Device, dtype, args: ConvArgs
+            ) -> Layout | WinogradLayout | None:
+    """The layout :func:`launch` takes for ``args`` on ``device``, its program built now;
+    None where there is nothing to build (empty sums, or no filter gradient).
+
+    A vjp's calls prepare both steps before launching either, so that a build failure
+    here is raised before the data gradient's kernel has written the caller's ``d_value``
+    (it left ``out=(d_value, d_filters)`` half-written).
+
+    Raises:
+        DeviceError: the program does not build.
+    """
+    if math.prod(args.filters_shape) == 0 or _empty_sums(args):
+        return None
+    plan = default_layout(device, dtype, args)
+    if isinstance(plan, WinogradLayout):
+        programs.get_kernels(context, WINOGRAD_FILE, winograd_options(dtype, args, plan))
+    else:
+        programs.get_kernels(context, KERNEL_FILE, _direct_options(device, dtype, args, plan))
+    return plan
+
+
 def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
            out: cl_array.Array, args: ConvArgs, plan: Layout | WinogradLayout | None = None
            ) -> cl.Event | None:
@@ -691,11 +732,10 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
         return None
     wait = [*x.events, *d.events, *out.events]
     # No pixels, or no tap landing inside x: every entry is an empty sum.
-    if x.size == 0 or d.size == 0 or dilation(args) is None:
+    if _empty_sums(args):
         return memory.fill(queue, out, 0, wait)
     if plan is None:
-        plan = winograd_layout(queue.device, out.dtype, args) or layout(queue.device, out.dtype,
-                                                                        args)
+        plan = default_layout(queue.device, out.dtype, args)
     if isinstance(plan, WinogradLayout):
         done = winograd_launch(queue, x, d, out, args, plan, wait)
         out.add_event(done)
@@ -705,8 +745,7 @@ def launch(queue: cl.CommandQueue, x: cl_array.Array, d: cl_array.Array,
     wide = widens_inputs(queue.device, out.dtype)
     # One chunk: its sums are the result, stored by the partial kernel (no sum pass).
     one_chunk = chunks == 1
-    options = build_options(out.dtype, args, tile, gc, ov, kt, wide, xpack, cb, one_chunk,
-                            dpack)
+    options = _direct_options(queue.device, out.dtype, args, plan)
     kernels, lock = programs.get_kernels(queue.context, KERNEL_FILE, options)
     kh, kw, cin, cout = args.filters_shape
     n, hd, wd, _ = args.output_shape

@@ -319,14 +319,19 @@ def drain(queue: cl.CommandQueue) -> None:
         pass
 
 
+#: pyopencl's SVM pointer type, where its OpenCL headers have SVM (2.0).
+_SVM_POINTER = getattr(cl, "SVMPointer", ())
+
+
 def fill(queue: cl.CommandQueue, array, value, wait_for=()) -> cl.Event | None:
     """Set every element of a C-contiguous device array (or a :class:`HostArray`) to ``value``.
 
     Uses ``clEnqueueFillBuffer`` with a one-element pattern on ``queue``, after
     ``wait_for``, so it works for every dtype (pyopencl's own ``fill`` compiles
     a kernel, which float16 cannot have without ``cl_khr_fp16``); the array
-    gets the event, which is returned. A HostArray, fresh and in no kernel's
-    hands, is filled on the host (None is returned).
+    gets the event, which is returned. An SVM array (which clEnqueueFillBuffer does
+    not take) gets pyopencl's fill kernel on the value's bits. A HostArray, fresh and in
+    no kernel's hands, is filled on the host (None is returned).
     """
     if array.size == 0:
         return None
@@ -334,6 +339,16 @@ def fill(queue: cl.CommandQueue, array, value, wait_for=()) -> cl.Event | None:
         array.array.fill(value)
         return None
     pattern = np.array(value, dtype=array.dtype)
+    if isinstance(array.base_data, _SVM_POINTER):
+        # clEnqueueFillBuffer takes a cl_mem only, and clEnqueueSVMMemFill no offset in
+        # pyopencl: pyopencl's fill kernel, on the value's bits (float16 needs no
+        # cl_khr_fp16 then).
+        bits = np.dtype(f"u{array.dtype.itemsize}")
+        view = array.view(bits)
+        view.fill(pattern.view(bits)[()], queue=queue, wait_for=list(wait_for))
+        event = view.events[-1]
+        array.add_event(event)
+        return event
     event = cl.enqueue_fill_buffer(queue, array.base_data, pattern, array.offset, array.nbytes,
                                    wait_for=list(wait_for))
     array.add_event(event)

@@ -170,6 +170,134 @@ def test_vjp_outputs_over_inputs_are_refused(queue, clash):
         atrous_cl.atrous_conv2d_vjp(value, filters, 1, "SAME", dy, out=(d_value, d_filters))
 
 
+@pytest.mark.parametrize("where", ["value", "filters", "out"])
+def test_an_array_starting_inside_an_element_is_refused(queue, where):
+    """pyopencl allows an array 2 bytes into a float32 buffer (or ``a32[1:].view(np.float64)``,
+    4 bytes in); the kernels' element offsets rounded it down and read or wrote the
+    elements beside it."""
+    rng = np.random.default_rng()
+    value, filters, output_shape, rate, padding = _problem(rng)
+    arrays = {"value": value, "filters": filters, "out": np.zeros(output_shape, np.float32)}
+    size = arrays[where].nbytes
+    buffer = cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, size + 8)
+    arrays[where] = cl_array.Array(queue, arrays[where].shape, np.float32, data=buffer, offset=2)
+    if where != "out":
+        arrays["out"] = poisoned(queue, output_shape, np.float32)
+    else:  # out= is for the device API
+        arrays["value"] = cl_array.to_device(queue, value)
+    before = arrays["out"].get()
+    with pytest.raises(ValueError, match=f"{where} starts 2 bytes into its memory, not on a "
+                                         r"float32 element \(4 bytes each\)"):
+        atrous_cl.atrous_conv2d_transpose(arrays["value"], arrays["filters"], output_shape, rate,
+                                          padding, out=arrays["out"])
+    np.testing.assert_array_equal(arrays["out"].get(), before)  # nothing written
+
+
+def test_vjp_cotangent_starting_inside_an_element_is_refused(queue):
+    rng = np.random.default_rng()
+    value = rng.standard_normal((1, 5, 5, 4)).astype(np.float32)
+    filters = rng.standard_normal((3, 3, 4, 4)).astype(np.float32)
+    buffer = cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, value.nbytes + 8)
+    dy = cl_array.Array(queue, value.shape, np.float32, data=buffer, offset=1)
+    with pytest.raises(ValueError, match="dy starts 1 bytes into its memory"):
+        atrous_cl.atrous_conv2d_vjp(value, filters, 2, "SAME", dy)
+
+
+def test_out_over_value_through_two_host_pointer_buffers_is_refused(queue):
+    """Two ``CL_MEM_USE_HOST_PTR`` buffers over one NumPy array are two cl_mem but one
+    memory: out= over value that way gave garbage, unrefused."""
+    value, filters, output_shape, rate, padding = _problem(np.random.default_rng())
+    host = np.zeros(max(value.size, int(np.prod(output_shape))), np.float32)
+    host[:value.size] = value.ravel()
+    flags = cl.mem_flags.READ_WRITE | cl.mem_flags.USE_HOST_PTR
+    value_d, out = (cl_array.Array(queue, shape, np.float32,
+                                   data=cl.Buffer(queue.context, flags, hostbuf=host))
+                    for shape in (value.shape, output_shape))
+    with pytest.raises(ValueError, match="out shares device memory with value"):
+        atrous_cl.atrous_conv2d_transpose(value_d, filters, output_shape, rate, padding, out=out)
+    # No false alarm: buffers over two arrays. (Not over host with the buffers above still
+    # alive: OpenCL leaves any command on buffers over overlapping host memory undefined,
+    # and PoCL then crashed a later test.)
+    del value_d, out
+    value_d, out = (cl_array.Array(queue, a.shape, np.float32,
+                                   data=cl.Buffer(queue.context, flags, hostbuf=a))
+                    for a in (value.copy(), np.full(output_shape, np.nan, np.float32)))
+    atrous_cl.atrous_conv2d_transpose(value_d, filters, output_shape, rate, padding, out=out)
+    assert_close(out.get(), reference.atrous_conv2d_transpose(value, filters, output_shape, rate,
+                                                               padding))
+
+
+def _svm_allocator(queue):
+    """Fine-grained buffer SVM, as the op's own results on PoCL (coarse-grained SVM freed
+    while the next test ran crashed PyPI's PoCL under load)."""
+    import pyopencl.tools
+
+    if not getattr(cl, "SVMPointer", None) or not queue.device.get_info(
+            cl.device_info.SVM_CAPABILITIES) & cl.device_svm_capabilities.FINE_GRAIN_BUFFER:
+        pytest.skip(f"{queue.device.name} has no fine-grained buffer SVM")
+    return pyopencl.tools.SVMAllocator(
+        queue.context, flags=cl.svm_mem_flags.READ_WRITE | cl.svm_mem_flags.SVM_FINE_GRAIN_BUFFER,
+        queue=queue)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64], ids=lambda d: np.dtype(d).name)
+def test_an_empty_sum_fills_an_svm_out(queue, dtype):
+    """Empty sums (no tap lands; a zero batch) are a fill of out, which clEnqueueFillBuffer
+    cannot do for an SVM array (pyopencl raised TypeError)."""
+    skip_unsupported(queue, dtype)
+    allocator = _svm_allocator(queue)
+    rng = np.random.default_rng()
+    x = rng.standard_normal((1, 4, 4, 2)).astype(dtype)
+    f = rng.standard_normal((2, 2, 3, 2)).astype(dtype)
+    out = cl_array.to_device(queue, np.full((1, 4, 4, 3), np.nan, dtype), allocator=allocator)
+    atrous_cl.atrous_conv2d_transpose(cl_array.to_device(queue, x), f, (1, 4, 4, 3), 2**40,
+                                      "SAME", out=out)
+    np.testing.assert_array_equal(out.get(), np.zeros((1, 4, 4, 3), dtype))
+    d_filters = cl_array.to_device(queue, np.full(f.shape, np.nan, dtype), allocator=allocator)
+    empty = np.zeros((0, 4, 4, 2), dtype)
+    atrous_cl.atrous_conv2d_transpose_vjp(
+        cl_array.to_device(queue, empty), f, (0, 4, 4, 3), 2, "SAME",
+        cl_array.to_device(queue, np.zeros((0, 4, 4, 3), dtype)),
+        out=(cl_array.to_device(queue, empty), d_filters))
+    np.testing.assert_array_equal(d_filters.get(), np.zeros(f.shape, dtype))
+    del out, d_filters, allocator
+    gc.collect()
+    queue.finish()
+
+
+@pytest.mark.parametrize("op", ["atrous_conv2d_vjp", "atrous_conv2d_transpose_vjp"])
+def test_a_vjp_whose_filter_gradient_fails_to_build_writes_neither_result(queue, op, monkeypatch):
+    """The filter gradient's program is built with the data gradient's, before either
+    launches: its build failing left d_value written and d_filters not."""
+    from atrous_cl import calls, programs
+    from atrous_cl.errors import DeviceError
+
+    rng = np.random.default_rng()
+    value = rng.standard_normal((1, 6, 6, 4)).astype(np.float32)
+    filters = rng.standard_normal((3, 3, 4, 4)).astype(np.float32)
+    dy = rng.standard_normal((1, 6, 6, 4)).astype(np.float32)
+    args = (value, filters, 2, "SAME") if op == "atrous_conv2d_vjp" else \
+        (value, filters, (1, 6, 6, 4), 2, "SAME")
+    getattr(atrous_cl, op)(*args, dy)  # the data gradient's program built and cached
+    real = programs.get_kernels
+
+    def failing(context, kernel_file, options):
+        if kernel_file in (filter_grad.KERNEL_FILE, filter_grad.WINOGRAD_FILE) and any(
+                o.startswith("-DGC=") for o in options):
+            raise DeviceError("a build that fails", source=kernel_file, options=options)
+        return real(context, kernel_file, options)
+    monkeypatch.setattr(programs, "get_kernels", failing)
+    calls.forget_prepared()
+    out = (cl_array.to_device(queue, np.full(value.shape, 7, np.float32)),
+           cl_array.to_device(queue, np.full(filters.shape, 7, np.float32)))
+    with pytest.raises(DeviceError, match="a build that fails"):
+        getattr(atrous_cl, op)(*[cl_array.to_device(queue, a) if isinstance(a, np.ndarray) else a
+                                 for a in args],
+                               cl_array.to_device(queue, dy), out=out)
+    for o in out:
+        np.testing.assert_array_equal(o.get(), 7)
+
+
 # 2. Out-of-order queues: each launch waits for the one before it.
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64], ids=lambda d: np.dtype(d).name)
