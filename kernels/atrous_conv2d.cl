@@ -299,8 +299,10 @@ __kernel void filter_grad_partial(
                 }
             }
         }
+#ifndef XPACK
         // Each tap's other columns: inside x in [lo, j0) and [j1, hi) (empty
         // with one tap a group), its zero padding in [0, lo) and [hi, WD).
+        // None with x packed, whose rows hold every column a tap reads.
 #pragma unroll
         for (int k = 0; k < KT; ++k) {
             const int inside_end = min(j0, hi[k]);
@@ -330,6 +332,7 @@ __kernel void filter_grad_partial(
                         acc[k][g][v] += pad[v];
             }
         }
+#endif
 #if CB > 1
         FOR_TILE(accs[cb][k][g][v] = acc[k][g][v]);
 #endif
@@ -358,7 +361,8 @@ __kernel void filter_grad_partial(
 #pragma unroll
             for (int g = 0; g < GC; ++g)
                 if (c0 + cb * GC + g < CIN)
-                    STOREV_ACC(partial, base + (long)g * COUTP, TILE(cb)[k][g][v] + (VACC)0);
+                    STOREV_ACC_ALIGNED(partial, base + (long)g * COUTP,
+                                       TILE(cb)[k][g][v] + (VACC)0);
 #endif
         }
     }

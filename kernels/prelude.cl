@@ -8,7 +8,9 @@
 //              so it needs no cl_khr_fp16); USE_HALF / USE_FP64 accordingly
 //   BC         channels per vector, 1, 2, 4, 8 or 16
 // LOAD/STORE move one T as ACC; LOADV/STOREV a vector of BC (VACC);
-// STOREV_ACC stores a VACC into an ACC buffer (partial sums).
+// STOREV_ACC stores a VACC into an ACC buffer (partial sums);
+// STOREV_ACC_ALIGNED into one of our own at a multiple of BC, a plain store,
+// which PoCL 3.0 compiles inline where it calls a function for vstoreN.
 // Vector loads from buffers of our own, at an index that is a multiple of BC
 // (so aligned to the vector), are plain vector loads, which PoCL 3.0 compiles
 // inline where it calls a function for vloadN: LOADV_ACC_ALIGNED from an ACC
@@ -45,6 +47,7 @@
 #define LOADV_ACC_UNALIGNED(p, i) ((p)[i])
 #define STOREV(p, i, v) STORE(p, i, v)
 #define STOREV_ACC(p, i, v) ((p)[i] = (v))
+#define STOREV_ACC_ALIGNED(p, i, v) ((p)[i] = (v))
 #else
 #define VACC CAT(ACC, BC)
 #define LOADV_ACC_ALIGNED(p, i) (*(__global const VACC *)((p) + (i)))
@@ -66,6 +69,7 @@ typedef VACC __attribute__((aligned(sizeof(ACC)))) vacc_unaligned;
 #define STOREV(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
 #endif
 #define STOREV_ACC(p, i, v) CAT(vstore, BC)((v), 0, (p) + (i))
+#define STOREV_ACC_ALIGNED(p, i, v) (*(__global VACC *)((p) + (i)) = (v))
 #endif
 
 // dst[at + k] = value's lane k for the output channels first + k below COUT: all BC
