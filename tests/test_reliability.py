@@ -228,16 +228,18 @@ def test_out_over_value_through_two_host_pointer_buffers_is_refused(queue):
 
 
 def _svm_allocator(queue):
-    """Fine-grained buffer SVM, as the op's own results on PoCL (coarse-grained SVM freed
-    while the next test ran crashed PyPI's PoCL under load)."""
+    """Fine-grained buffer SVM, with the flags of the op's own SVM results
+    (:func:`atrous_cl.memory.svm_pool`). Its arrays must be freed before the test ends:
+    left to the next test's garbage collection, coarse- or fine-grained, they crashed
+    PyPI's PoCL under load."""
     import pyopencl.tools
 
-    if not getattr(cl, "SVMPointer", None) or not queue.device.get_info(
-            cl.device_info.SVM_CAPABILITIES) & cl.device_svm_capabilities.FINE_GRAIN_BUFFER:
+    from atrous_cl import memory
+    from atrous_cl.facts import facts
+
+    if not getattr(cl, "SVMPointer", None) or not facts(queue.device).fine_grain_buffers:
         pytest.skip(f"{queue.device.name} has no fine-grained buffer SVM")
-    return pyopencl.tools.SVMAllocator(
-        queue.context, flags=cl.svm_mem_flags.READ_WRITE | cl.svm_mem_flags.SVM_FINE_GRAIN_BUFFER,
-        queue=queue)
+    return pyopencl.tools.SVMAllocator(queue.context, flags=memory._FINE_GRAIN, queue=queue)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64], ids=lambda d: np.dtype(d).name)
