@@ -216,6 +216,8 @@ def _check_plot_path(path: str) -> None:
         folder = os.path.dirname(saving.save_target(path))
     except ValueError as e:  # a FIFO, device or socket
         raise ValueError(f"--plot {path!r} exists and is not a regular file") from e
+    except PermissionError as e:  # a read-only file
+        raise ValueError(f"--plot {path!r}: {e.strerror}") from e
     if not os.path.isdir(folder):
         raise ValueError(f"--plot {path!r}: the folder {folder!r} does not exist")
     if not os.access(folder, os.W_OK):

@@ -41,10 +41,12 @@ def save_bytes(data: bytes, path) -> str:
     Only a regular file or a new path is replaced. A symlink is followed: the
     file replaces its target (or creates it, for a dangling link) and the
     link stays. A directory, FIFO, device or socket is refused without being
-    opened, so nothing blocks on a FIFO and no device node is replaced.
+    opened, so nothing blocks on a FIFO and no device node is replaced. So is a
+    read-only file (:func:`save_target`), which a rename would otherwise replace.
 
     Raises:
         IsADirectoryError: ``path`` is, or names, a directory.
+        PermissionError: ``path`` is a read-only file.
         ValueError: ``path`` is empty, or a FIFO, device or socket.
         OSError: the directory is missing or not writable, a symlink loops,
             or the write failed.
@@ -93,7 +95,14 @@ _SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"
 
 
 def save_target(path: str) -> str:
-    """The absolute file :func:`save_model` replaces for ``path``: a regular file or a new one."""
+    """The absolute file :func:`save_model` replaces for ``path``: a regular file or a new one.
+
+    A file that is read-only, with no write permission bit or not writable by this
+    user, is refused as ``open(path, "w")`` would refuse it (root included, who may
+    write any file but whose read-only files say not to): :func:`save_bytes` replaces
+    a file by renaming over it, which needs only the folder's permission and would
+    get round the file's own.
+    """
     if not path:
         raise ValueError("the output path is empty")
     if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
@@ -104,6 +113,12 @@ def save_target(path: str) -> str:
     except FileNotFoundError:
         return target  # a new file (also a dangling symlink's target)
     if stat.S_ISREG(st.st_mode):
+        if not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(
+                target, os.W_OK):
+            link = "" if target == os.path.abspath(path) else f"links to {target!r}, which "
+            raise PermissionError(errno.EACCES, f"{link}is read-only (mode "
+                                  f"{stat.S_IMODE(st.st_mode):04o}); make it writable to "
+                                  f"replace it", path)
         return target
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a model file path", path)

@@ -397,12 +397,15 @@ def no_benchmark(monkeypatch):
     (["--plot", ""], "got no extension"),
     (["--plot", "{tmp}/fifo.png"], "exists and is not a regular file"),
     (["--plot", "{tmp}/dangling.png"], "/missing' does not exist"),  # its target's folder
+    (["--plot", "{tmp}/read-only.png"], "is read-only (mode 0444); make it writable"),
 ])
 def test_bench_refuses_bad_arguments_before_running(argv, fragment, tmp_path, capsys, no_benchmark):
     pytest.importorskip("matplotlib")
     (tmp_path / "dir.png").mkdir()
     os.mkfifo(tmp_path / "fifo.png")
     (tmp_path / "dangling.png").symlink_to(tmp_path / "missing" / "plot.png")
+    (tmp_path / "read-only.png").write_bytes(b"an earlier plot")
+    (tmp_path / "read-only.png").chmod(0o444)
     argv = [a.format(tmp=tmp_path) for a in argv]
     assert run_main(["bench", *argv]) == cli.USAGE_ERROR
     assert_usage_error(capsys, "bench", fragment)

@@ -601,16 +601,21 @@ def test_cli_reports_skipped_chains(tmp_path, capsys):
 
 
 def test_cli_writes_as_export_does(tmp_path, capsys):
-    """A directory, FIFO or missing folder is refused before folding (exit 2); a symlink is
-    followed, as save_model does: its target gets the model and the link stays."""
+    """A directory, FIFO, read-only file or missing folder is refused before folding (exit
+    2); a symlink is followed, as save_model does: its target gets the model and the link
+    stays."""
     fifo = tmp_path / "fifo.onnx"
     os.mkfifo(fifo)
+    read_only = tmp_path / "read-only.onnx"
+    read_only.write_bytes(b"old")
+    read_only.chmod(0o444)
     for dest, why in ((tmp_path, "is a directory"), (fifo, "is a FIFO"),
+                      (read_only, "is read-only (mode 0444)"),
                       (tmp_path / "missing" / "o.onnx", "does not exist")):
         assert main_cli.main(["fold", str(MODELS_DIR / "single_b1.onnx"), "-o", str(dest)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"atrous-cl fold: error: cannot write {str(dest)!r}") and why in err
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and read_only.read_bytes() == b"old"
     target = tmp_path / "real.onnx"
     target.write_bytes(b"old")
     link = tmp_path / "link.onnx"

@@ -770,6 +770,30 @@ def test_save_keeps_the_replaced_files_mode(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_bytes() != b"old model"
 
 
+@pytest.mark.parametrize("mode", [0o444, 0o400, 0o000])
+@pytest.mark.parametrize("through_link", [False, True])
+def test_save_onto_a_read_only_file_refuses(mode, through_link, tmp_path):
+    """A read-only file is not replaced, as ``open(path, "w")`` would not write it (root
+    included): the atomic rename would need only the folder's write permission."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"old model")
+    path.chmod(mode)
+    name = path
+    if through_link:
+        name = tmp_path / "link.onnx"
+        name.symlink_to(path)
+    try:
+        with pytest.raises(PermissionError, match=rf"is read-only \(mode {mode:04o}\); make it "
+                                                  rf"writable to replace it"):
+            onnx_export.save_model(export(), name)
+        assert stat.S_IMODE(path.stat().st_mode) == mode and _leftovers(tmp_path) == []
+    finally:
+        path.chmod(0o600)
+    assert path.read_bytes() == b"old model"
+    onnx_export.save_model(export(), name)  # writable again: replaced
+    assert path.read_bytes() != b"old model"
+
+
 def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
     def interrupted(fd):
         raise KeyboardInterrupt
@@ -926,6 +950,24 @@ def test_cli_reports_unwritable_output(tmp_path, filters_file, capsys):
     rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "2",
                   "--dtype", "float32", "-o", str(tmp_path / "no" / "m.onnx")])
     assert rc == cli.USAGE_ERROR and "cannot write" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_read_only_output_before_exporting(tmp_path, filters_file, capsys,
+                                                         monkeypatch):
+    from onnx_export import api
+
+    def never(*args, **kwargs):
+        raise AssertionError("exported")
+
+    monkeypatch.setattr(api, "export_atrous_conv2d_transpose", never)
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old model")
+    out.chmod(0o444)
+    rc = run_cli([str(filters_file), "--value-shape", "1", "7", "6", "4", "--rate", "2",
+                  "--dtype", "float32", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == cli.USAGE_ERROR and "is read-only (mode 0444)" in err, err
+    assert out.read_bytes() == b"old model"
 
 
 def _write_bad_filters(path, kind: str):
