@@ -11,6 +11,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -48,6 +49,22 @@ def _sigterm_raises():
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(prog: str):
+    """While the command runs, a warning prints as one line, ``atrous-cl tune: warning:
+    ...``, as its errors do, not in Python's ``cache.py:115: RuntimeWarning: ...`` form
+    followed by our source line, which tell a user of the command nothing. The previous
+    handler is put back after."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        stream = sys.stderr if file is None else file
+        if stream is not None:  # None when started with stderr closed
+            print(f"{prog}: warning: {message}", file=stream)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _escape_unencodable() -> None:
@@ -330,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"atrous-cl {command}".rstrip()
     _escape_unencodable()
     try:
-        with _sigterm_raises():
+        with _sigterm_raises(), _warnings_as_lines(prog):
             return _main(argv, prog)
     except Terminated:
         print(f"\n{prog}: terminated", file=sys.stderr)

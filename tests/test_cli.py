@@ -352,6 +352,26 @@ def test_no_device_is_an_error_naming_the_extra(capsys, monkeypatch):
     assert_usage_error(capsys, "devices", "no OpenCL device found; pip install 'atrous-cl[pocl]'")
 
 
+def test_a_warning_is_one_line_naming_the_command(capsys, monkeypatch):
+    """Not Python's ``file:line: RuntimeWarning:`` form with a source line after it; and
+    the handler is Python's again after the command."""
+    import warnings
+
+    def warns():
+        warnings.warn("atrous-cl cannot write /x/cache; using /tmp/y for this process",
+                      RuntimeWarning)
+        return []
+
+    monkeypatch.setattr(discovery, "devices", warns)
+    before = warnings.showwarning
+    assert run_main(["devices"]) == cli.USAGE_ERROR
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == ("atrous-cl devices: warning: atrous-cl cannot write /x/cache; using "
+                        "/tmp/y for this process"), lines
+    assert lines[1].startswith("atrous-cl devices: error: no OpenCL device found"), lines
+    assert len(lines) == 2 and warnings.showwarning is before
+
+
 def test_an_opencl_error_is_one_line(capsys, monkeypatch):
     """pyopencl's own errors (e.g. a broken ICD) end in an error line, not a traceback."""
     import pyopencl as cl
