@@ -166,6 +166,12 @@ def run(inputs: dict[str, Any], results: dict[str, tuple[int, ...]], dtype: np.d
     on_device, queue = queue_for(tuple(inputs.values()), queue, context, device)
     call = prepared(queue, dtype, steps, inputs, results, on_device)
     outs = None if out is None else _checked_outs(out, results, dtype, queue, on_device, inputs)
+    # Device inputs are checked before anything is enqueued: a refusal after an upload
+    # waits for the queue (below), which may hold other threads' work or wait on a user
+    # event that is set only after this call returns.
+    for name, x in inputs.items():
+        if isinstance(x, cl_array.Array):
+            check_device_input(queue, name, x)
     arrays: dict = {}
     try:
         for name, x in inputs.items():
@@ -439,6 +445,18 @@ def check_out(out, output_shape, dtype, queue) -> None:
     check_element_offset("out", out)
 
 
+def check_device_input(queue: cl.CommandQueue, what: str, x: cl_array.Array) -> None:
+    """Refuse a device input the kernels cannot take as it is: in another context than
+    ``queue``'s, not C-contiguous, or starting inside an element."""
+    if x.context != queue.context:
+        raise ValueError(f"{what} lives in another OpenCL context than the queue it runs on "
+                         f"({describe(x.context.devices[0])} vs {describe(queue.device)})")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{what} must be C-contiguous on the device, got strides {x.strides} "
+                         f"for shape {x.shape}")
+    check_element_offset(what, x)
+
+
 def check_element_offset(what: str, x: cl_array.Array) -> None:
     """Refuse a device array that starts part-way into an element (``a[1:].view(np.float64)``
     of a float32 array, 4 bytes in): the kernels take offsets in elements, and one rounded
@@ -529,13 +547,7 @@ def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
             x = x.copy()
         return memory.HostArray(x, queue, svm=svm)
     if isinstance(x, cl_array.Array):
-        if x.context != queue.context:
-            raise ValueError(f"{what} lives in another OpenCL context than the queue it runs on "
-                             f"({describe(x.context.devices[0])} vs {describe(queue.device)})")
-        if not x.flags.c_contiguous:
-            raise ValueError(f"{what} must be C-contiguous on the device, got strides {x.strides} "
-                             f"for shape {x.shape}")
-        check_element_offset(what, x)
+        check_device_input(queue, what, x)
         return x
     return memory.Upload(np.ascontiguousarray(x, dtype=dtype), queue, memory.memory_pool(queue),
                          now=not lazy, at_once=at_once, what=what)

@@ -150,7 +150,7 @@ class HostArray:
 
     It offers what the launches take from a ``pyopencl.array.Array``
     (``base_data``, ``offset``, ``size``, ``dtype``, ``events``, ``add_event``)
-    and ``get``, which waits for the queue and returns the array itself. ``base_data`` is the array as
+    and ``get``, which waits for its writers and returns the array itself. ``base_data`` is the array as
     system SVM where the device has it (:func:`uses_system_svm`) or the array
     lies in the context's fine-grained buffer SVM (:func:`result_allocator`;
     the caller says which with ``svm``), else a buffer created with ``CL_MEM_USE_HOST_PTR``
@@ -193,12 +193,22 @@ class HostArray:
         return self._data
 
     def get(self, queue: cl.CommandQueue) -> np.ndarray:
+        """The array, once the launches that write it (``events``) are done; a buffer's
+        memory mapped and unmapped after them, so that the host sees what they wrote.
+
+        Waits for those commands, not for the queue: an out-of-order queue may hold
+        other threads' work, or work behind a user event, that this result does not
+        need. Every kernel of a call runs before its last launch, which each result
+        waits for (:func:`atrous_cl.launch.transpose`), so the inputs it used in place
+        are free again too."""
+        wait = list(self.events)
         if self.written and self._data is not None and not self._svm:
             # After its writers: on an out-of-order queue a map need not wait.
             mapped, _ = cl.enqueue_map_buffer(queue, self._data, cl.map_flags.READ, 0,
                                               self.shape, self.dtype, wait_for=self.events)
-            mapped.base.release(queue)
-        queue.finish()  # until then kernels may still be writing it
+            wait.append(mapped.base.release(queue))
+        if wait:
+            cl.wait_for_events(wait)
         return self.array
 
 

@@ -21,11 +21,11 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pyopencl as cl
-from pyopencl.tools import context_dependent_memoize
 
 from atrous_cl.cache import cache_dir, read_regular, warn_once
 from atrous_cl.errors import DeviceError, VectorWidthError
@@ -97,6 +97,10 @@ def scalar_arg_dtypes(source: str) -> dict[str, list]:
 
 _build_lock = threading.Lock()
 
+#: What :func:`get_kernels` built, per context, by file and options. The kernels keep
+#: their context alive, as pyopencl's own program caches do.
+_built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 def get_kernels(context: cl.Context, filename: str,
                 options: tuple[str, ...]) -> tuple[dict[str, cl.Kernel], threading.Lock]:
@@ -105,13 +109,23 @@ def get_kernels(context: cl.Context, filename: str,
     Returns the kernels by name with a lock: setting a kernel's arguments and
     enqueueing it must not interleave between threads. Builds are serialised,
     so threads asking for the same program build it once, and the warning
-    filter around a build cannot be undone by another thread's.
+    filter around a build cannot be undone by another thread's. A program built
+    before is found without that lock: a call whose programs are built does not
+    wait out another thread's build (a warm vjp took up to 1.5 s beside one).
 
     Raises:
         DeviceError: the build failed; the message holds the build log.
     """
+    key = (filename, options)
+    found = _built.get(context, {}).get(key)
+    if found is not None:
+        return found
     with _build_lock:
-        return _build_kernels(context, filename, options)
+        found = _built.get(context, {}).get(key)
+        if found is None:
+            found = _build_kernels(context, filename, options)
+            _built.setdefault(context, {})[key] = found
+        return found
 
 
 #: Bumped when what a cached program file holds changes.
@@ -321,7 +335,6 @@ def _check_vectors(context: cl.Context, filename: str, options: tuple[str, ...])
                 f"(options {' '.join(options)})")
 
 
-@context_dependent_memoize
 def _build_kernels(context: cl.Context, filename: str,
                    options: tuple[str, ...]) -> tuple[dict[str, cl.Kernel], threading.Lock]:
     _check_vectors(context, filename, options)

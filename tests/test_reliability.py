@@ -18,6 +18,7 @@ Python's cyclic collector waits until the gate opens.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 
 import numpy as np
@@ -27,7 +28,7 @@ import pytest
 from conftest import assert_close, poisoned, skip_unsupported, winograd_filter_gradient_launches
 
 import atrous_cl
-from atrous_cl import filter_grad, geometry, reference
+from atrous_cl import filter_grad, geometry, programs, reference
 from atrous_cl.validation import check_transpose_args
 
 OOO = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
@@ -384,6 +385,124 @@ def test_host_calls_on_an_out_of_order_queue_are_right(queue):
             got = atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
                                                     queue=ooo)
             assert_close(got, want, dtype)
+
+
+def _skip_oclgrind(queue):
+    """Oclgrind is not thread-safe: an OpenCL call from a second thread crashed it (plain
+    pyopencl too). These tests are of the host code's waits, which the CPU drivers run."""
+    if queue.device.platform.name == "Oclgrind":
+        pytest.skip("Oclgrind is not thread-safe")
+
+
+def _returns_while_gated(queue, call, seconds=60):
+    """Whether ``call()`` returns (or raises) while ``queue`` holds a command behind an
+    unset user event, and what it returned or raised. It runs in a thread, so a call that
+    waits for the gate is seen as such (the gate then opens), not as a hung test."""
+    _skip_oclgrind(queue)
+    gate = _gate(queue.context)
+    cl.enqueue_marker(queue, wait_for=[gate])
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(call())
+        except Exception as e:  # the test looks at it
+            outcome.append(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    returned = not worker.is_alive()
+    _release(gate, queue)
+    worker.join(seconds)
+    queue.finish()
+    return returned, outcome[0] if outcome else None
+
+
+def test_a_host_call_on_an_out_of_order_queue_waits_only_for_its_own_work(queue):
+    """Not for the whole queue: another command behind a user event (another thread's,
+    say, released once this result is in) must not hold the result back."""
+    ooo = _ooo_queue(queue)
+    rng = np.random.default_rng()
+    value, filters, output_shape, rate, padding = _problem(rng)
+    want = reference.atrous_conv2d_transpose(value, filters, output_shape, rate, padding)
+    call = lambda: atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate, padding,
+                                                     queue=ooo)
+    _warm(ooo, call)
+    for _ in range(2):  # the first call, then the repeated call's own path
+        returned, got = _returns_while_gated(ooo, call)
+        assert returned, "the host call waited for an unrelated command on its queue"
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("bad", ["non-contiguous value", "value starting inside an element",
+                                 "dy in another context"])
+def test_a_refused_device_input_does_not_wait_for_the_queue(queue, bad):
+    """Refused before anything is enqueued, so at once, even with the queue held behind a
+    user event (which the caller may set only after the call returns)."""
+    rng = np.random.default_rng()
+    value, filters, output_shape, rate, padding = _problem(rng)
+    dy = rng.standard_normal(output_shape).astype(np.float32)
+    value_d = cl_array.to_device(queue, value)
+    dy_d = cl_array.to_device(queue, dy)
+    if bad == "non-contiguous value":
+        swapped = np.ascontiguousarray(value.transpose(0, 2, 1, 3))
+        value_d = cl_array.to_device(queue, swapped).transpose((0, 2, 1, 3))
+    elif bad == "value starting inside an element":
+        flat = cl_array.to_device(queue, np.zeros(value.size + 1, np.float32))
+        value_d = cl_array.Array(queue, value.shape, np.float32, data=flat.base_data, offset=2)
+    else:
+        other = cl.Context([queue.device])
+        dy_d = cl_array.to_device(cl.CommandQueue(other), dy)
+
+    def call():
+        return atrous_cl.atrous_conv2d_transpose_vjp(value_d, filters, output_shape, rate, padding,
+                                                     dy_d, queue=queue)
+
+    good = lambda: atrous_cl.atrous_conv2d_transpose_vjp(
+        cl_array.to_device(queue, value), filters, output_shape, rate, padding,
+        cl_array.to_device(queue, dy), queue=queue)
+    _warm(queue, good)
+    returned, raised = _returns_while_gated(queue, call)
+    assert returned, f"a call with {bad} waited for the queue before refusing it"
+    assert isinstance(raised, ValueError), raised
+
+
+@pytest.mark.parametrize("op", ["transpose", "forward", "transpose_vjp", "forward_vjp"])
+def test_a_warm_call_does_not_wait_for_another_threads_build(queue, op):
+    """Its programs are found without the build lock, which a first call of another
+    problem holds for its whole build (seconds on PoCL)."""
+    rng = np.random.default_rng()
+    value, filters, output_shape, rate, padding = _problem(rng)
+    dy = rng.standard_normal(output_shape).astype(np.float32)
+    forward_filters = filters.transpose(0, 1, 3, 2).copy()  # [kh, kw, in, out] of value's in
+    dx = rng.standard_normal(value.shape[:3] + (forward_filters.shape[3],)).astype(np.float32)
+    calls = {
+        "transpose": lambda: atrous_cl.atrous_conv2d_transpose(value, filters, output_shape, rate,
+                                                               padding, queue=queue),
+        "forward": lambda: atrous_cl.atrous_conv2d(value, forward_filters, rate, padding,
+                                                   queue=queue),
+        "transpose_vjp": lambda: atrous_cl.atrous_conv2d_transpose_vjp(
+            value, filters, output_shape, rate, padding, dy, queue=queue),
+        "forward_vjp": lambda: atrous_cl.atrous_conv2d_vjp(
+            value, forward_filters, rate, padding, dx, queue=queue),
+    }
+    call = calls[op]
+    _skip_oclgrind(queue)
+    want = call()
+    queue.finish()
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(call()), daemon=True)
+    with programs._build_lock:  # as another thread's build holds it
+        worker.start()
+        worker.join(60)
+        returned = not worker.is_alive()
+    worker.join(60)
+    assert returned, f"a warm {op} call waited for the build lock"
+    got = outcome[0]
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple)
+                    else (want,)):
+        np.testing.assert_array_equal(g, w)
 
 
 # 3. pyopencl's array events, across queues.
