@@ -85,10 +85,17 @@ def maps_hold_a_driver(maps: str) -> bool:
     return any(name.startswith(DRIVER_LIBRARIES) for name in names)
 
 
+#: Held by the first call's shield (:func:`check_not_forked`), which every other thread's
+#: first call waits for.
+_start_lock = threading.Lock()
+
+
 def _after_fork_in_child() -> None:
     """A forked child whose parent had OpenCL drivers loaded, though not through us, notes
-    it here: its mappings are still the parent's."""
-    global _forked_from_drivers
+    it here: its mappings are still the parent's. The start lock is new: a parent's thread
+    may have held it at the fork."""
+    global _forked_from_drivers, _start_lock
+    _start_lock = threading.Lock()
     if _opencl_pid is None and _forked_from_drivers is None and drivers_loaded():
         _forked_from_drivers = os.getppid()
 
@@ -119,8 +126,12 @@ def check_not_forked() -> None:
                           f"after that one had loaded OpenCL drivers, which do not survive a fork "
                           f"(PoCL hangs); {_FORK_ADVICE}", status=None)
     if _opencl_pid is None:
-        icd.shield_from_global_llvm()
-        _opencl_pid = pid
+        # Every thread's first call waits until the shield has loaded the drivers: a
+        # platform query while it loads them is the crash it exists to prevent.
+        with _start_lock:
+            if _opencl_pid is None:
+                icd.shield_from_global_llvm()
+                _opencl_pid = pid
     elif _opencl_pid != pid:
         raise DeviceError(f"this process ({pid}) was forked from process {_opencl_pid} after that "
                           f"one had used OpenCL, whose drivers do not survive a fork (PoCL hangs); "

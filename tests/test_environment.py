@@ -594,6 +594,32 @@ def test_icd_libraries_are_the_loaders(tmp_path, monkeypatch):
     assert icd._icd_libraries() == [*wheels, "libb.so.1"]
 
 
+def test_every_threads_first_call_waits_for_the_shield(monkeypatch):
+    """A second thread's first call must not query platforms while the first is still
+    deep-binding the drivers (the shield's libraries load one by one, for seconds)."""
+    import threading
+    import time
+
+    events = []
+
+    def slow_shield():
+        events.append("shield starts")
+        time.sleep(0.5)
+        events.append("shield done")
+        return []
+
+    monkeypatch.setattr(discovery, "_opencl_pid", None)
+    monkeypatch.setattr(icd, "shield_from_global_llvm", slow_shield)
+    first = threading.Thread(target=discovery.check_not_forked)
+    first.start()
+    while not events:
+        time.sleep(0.01)
+    discovery.check_not_forked()  # this thread's first call, during the shield
+    events.append("second thread goes on")
+    first.join()
+    assert events == ["shield starts", "shield done", "second thread goes on"]
+
+
 def test_the_shield_loads_nothing_without_a_global_llvm(monkeypatch):
     """A process without a global LLVM must load its drivers exactly as the ICD loader does."""
     loads = []
