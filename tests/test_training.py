@@ -912,6 +912,10 @@ CONV_CASES = [
 DY_CASES = [
     ("dy-shape", lambda shape: np.zeros((shape[0], shape[1] + 1, *shape[2:]), np.float32), ValueError,
      r"dy must have the op's output shape \(2, 5, 6, \d\), got \(2, 6, 6, \d\)"),
+    ("dy-batch", lambda shape: np.zeros((shape[0] - 1, *shape[1:]), np.float32), ValueError,
+     r"dy must have the op's output shape \(2, 5, 6, \d\), got \(1, 5, 6, \d\)"),
+    ("dy-channels", lambda shape: np.zeros((*shape[:3], shape[3] + 1), np.float32), ValueError,
+     r"dy must have the op's output shape \(2, 5, 6, (\d)\), got \(2, 5, 6, (?!\1)\d\)"),
     ("dy-dtype", lambda shape: np.zeros(shape, np.float64), TypeError,
      r"dy must have the dtype of value and filters \(float32\), got float64"),
 ]
