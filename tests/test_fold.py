@@ -209,6 +209,18 @@ def _break_conv_pads(model):
             a.CopyFrom(onnx.helper.make_attribute("pads", [1, 1, 1, 1]))
 
 
+def _conv_attribute(name, value, drop=()):
+    """A breaker that gives the chain's ConvTranspose ``name=value`` (without the attributes
+    ``drop``): each of these makes it something other than TF's undilated VALID step, so
+    the chain must not fold."""
+    def breaker(model):
+        conv = next(n for n in model.graph.node if n.op_type == "ConvTranspose")
+        kept = [a for a in conv.attribute if a.name != name and a.name not in drop]
+        del conv.attribute[:]
+        conv.attribute.extend([*kept, onnx.helper.make_attribute(name, value)])
+    return breaker
+
+
 def _break_perm(model):
     for n in model.graph.node:
         if n.op_type == "Transpose" and list(n.attribute[0].ints) == [1, 0, 2, 3]:
@@ -236,9 +248,14 @@ def test_a_changed_crop_stays_and_the_rest_folds():
     # DCR and CRD differ only with more than one image per block: batch 3.
     ("single_b3_valid", _break_block, "not TF's batch-to-space"),
     ("single_b1", _break_conv_pads, "not TF's undilated VALID step"),
+    ("single_b1", _conv_attribute("output_padding", [1, 1]), "not TF's undilated VALID step"),
+    ("single_b1", _conv_attribute("auto_pad", "SAME_UPPER", drop=["pads"]), "not TF's undilated VALID step"),
+    ("single_b1", _conv_attribute("output_shape", [9, 9]), "not TF's undilated VALID step"),
+    ("single_b1", _conv_attribute("strides", [2, 2]), "not TF's undilated VALID step"),
     ("single_b1", _break_perm, "space-to-batch"),
     ("dynamic_even_odd", _break_perm, "space-to-batch"),
-], ids=["block-mode", "conv-pads", "perm", "perm-dynamic"])
+], ids=["block-mode", "conv-pads", "output-padding", "auto-pad", "output-shape", "strides", "perm",
+        "perm-dynamic"])
 def test_unprovable_chain_is_left_and_reported(name, breaker, why):
     model, _ = load(name)
     breaker(model)
@@ -712,3 +729,17 @@ def test_cli_check_refuses_what_it_cannot_make_or_compare(tmp_path, capsys, kind
     assert err.startswith("atrous-cl fold: error: --check cannot compare the models: ")
     assert what in err and "nothing written" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_the_proofs_values_tell_every_element_apart():
+    """A proof traces each element by its value: float16 chains get float32 values (float16
+    tells only 2048 integers apart), and a tensor past float32's exact integers is refused,
+    not proved with values that collide."""
+    from onnx_export import proof
+
+    for elem in (onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        values = proof._distinct((1, 64, 64, 1), elem)
+        assert np.unique(values).size == values.size == 4096 and values.min() == 1
+    with pytest.raises(NoProof, match="too many to tell apart in float32"):
+        proof._distinct((1, 4097, 4096, 1), onnx.TensorProto.FLOAT)
+    assert np.unique(proof._distinct((1, 4097, 4096, 1), onnx.TensorProto.DOUBLE)).size == 4097 * 4096
