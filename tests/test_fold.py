@@ -743,3 +743,51 @@ def test_the_proofs_values_tell_every_element_apart():
     with pytest.raises(NoProof, match="too many to tell apart in float32"):
         proof._distinct((1, 4097, 4096, 1), onnx.TensorProto.FLOAT)
     assert np.unique(proof._distinct((1, 4097, 4096, 1), onnx.TensorProto.DOUBLE)).size == 4097 * 4096
+
+
+def _run_ort_feeds(model, feeds):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def test_a_crop_a_caller_may_feed_stays_as_fed():
+    """The crop's starts and ends as initializers that are also graph inputs: defaults the
+    caller may replace. The fold must not bake them in: fed a shifted crop, the folded model
+    computes what the original does."""
+    model, data = load("single_b1")
+    bounds = [_node_input_init(model, "Slice", i) for i in (1, 2)]
+    defaults = {}
+    for name in bounds:
+        init = next(t for t in model.graph.initializer if t.name == name)
+        model.graph.input.append(onnx.helper.make_tensor_value_info(name, init.data_type, init.dims))
+        defaults[name] = numpy_helper.to_array(init)
+    onnx.checker.check_model(model, full_check=True)
+    result = fold.fold_with_report(model)
+    onnx.checker.check_model(result.model, full_check=True)
+    x = tf_cases(data)[0][0]
+    for shift in (0, 1):
+        feeds = {"x": x, **{name: d + shift for name, d in defaults.items()}}
+        assert_close(_run_ort_feeds(result.model, feeds),
+                     _run_ort_feeds(model, feeds).astype(np.float64), f"crop shifted by {shift}")
+
+
+def test_the_folds_names_avoid_every_name_the_model_has():
+    """A node output already named as the fold would name its filters: the fold takes
+    another prefix, and the model stays valid (single assignment) and computes the same."""
+    model, data = load("single_b1")
+    model.graph.node.append(onnx.helper.make_node("Identity", ["x"], ["atrous_fold1/filters"]))
+    clash = onnx.ValueInfoProto()
+    clash.CopyFrom(model.graph.input[0])
+    clash.name = "atrous_fold1/filters"
+    model.graph.output.append(clash)
+    onnx.checker.check_model(model, full_check=True)
+    result = fold.fold_with_report(model)
+    assert [c.folded for c in result.chains] == [True]
+    onnx.checker.check_model(result.model, full_check=True)
+    names = [o for n in result.model.graph.node for o in n.output]
+    names += [t.name for t in result.model.graph.initializer]
+    assert len(names) == len(set(names)) and names.count("atrous_fold1/filters") == 1
+    x = tf_cases(data)[0][0]
+    assert_close(run_ort(result.model, x), run_ort(model, x).astype(np.float64), "clash")
