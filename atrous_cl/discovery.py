@@ -14,7 +14,6 @@ import functools
 import os
 import re
 import threading
-import warnings
 from typing import NamedTuple
 
 import pyopencl as cl
@@ -230,9 +229,10 @@ def unusable_reason(device: cl.Device) -> str | None:
     key = device.int_ptr
     if key not in _unusable:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", cl.CompilerWarning)
-                cl.Program(_queue_for_device(device).context, _PROBE_SOURCE).build()
+            from atrous_cl.programs import build_quietly
+
+            context = _queue_for_device(device).context
+            build_quietly(cl._cl._Program(context, _PROBE_SOURCE), b"")
             _unusable[key] = None
         except cl.Error as e:
             log = str(e)

@@ -20,7 +20,6 @@ import re
 import tempfile
 import threading
 import time
-import warnings
 import weakref
 from pathlib import Path
 
@@ -108,8 +107,7 @@ def get_kernels(context: cl.Context, filename: str,
 
     Returns the kernels by name with a lock: setting a kernel's arguments and
     enqueueing it must not interleave between threads. Builds are serialised,
-    so threads asking for the same program build it once, and the warning
-    filter around a build cannot be undone by another thread's. A program built
+    so threads asking for the same program build it once. A program built
     before is found without that lock: a call whose programs are built does not
     wait out another thread's build (a warm vjp took up to 1.5 s beside one).
 
@@ -277,31 +275,59 @@ def _build(context: cl.Context, source: str, options: tuple[str, ...]) -> cl.Pro
     """``source`` built with ``options`` for every device of ``context``: from our binary
     cache (:func:`_binary_key`) when it holds every device's binary, else from source,
     whose binaries it then keeps; where every device's driver keeps its own builds
-    (:func:`keeps_own_builds`), from source with the options alone (:func:`_options_text`).
-    A cached binary the driver will not load or build is replaced by a source build; the
-    cache only ever saves time."""
+    (:func:`keeps_own_builds`), from source alone. Each passes the options alone
+    (:func:`_options_text`), through :func:`build_quietly`. A cached binary the driver will
+    not load or build is replaced by a source build; the cache only ever saves time."""
     devices = context.devices
+    text = _options_text(options)
     if all(keeps_own_builds(d) for d in devices):
-        program = cl._cl._Program(context, source)  # no options added: see _options_text
-        program.build(_options_text(options), devices)
-        return cl.Program(program)
+        return build_quietly(_program(context, source), text, devices)
     folder = _binary_folder()
     keys = [_binary_key(device, source, options) for device in devices]
     if folder is not None:
         binaries = [_read_binary(folder, key) for key in keys]
         if all(binary is not None for binary in binaries):
             try:
-                return cl.Program(context, devices, binaries).build(options=list(options),
-                                                                    cache_dir=False)
+                return build_quietly(_program(context, devices, binaries), text, devices)
             except (cl.Error, RuntimeError):
                 pass  # a binary from another driver build, say: from source instead
-    program = cl.Program(context, source).build(options=list(options), cache_dir=False)
+    program = build_quietly(_program(context, source), text, devices)
     if folder is not None:
         built = dict(zip((d.int_ptr for d in program.get_info(cl.program_info.DEVICES)),
                          program.get_info(cl.program_info.BINARIES)))
         for device, key in zip(devices, keys):
             _write_binary(folder, key, built.get(device.int_ptr, b""))
     return program
+
+
+def _program(context: cl.Context, *args):
+    """pyopencl's unbuilt program (``pyopencl._cl._Program``) of a source (``args``: it) or
+    of binaries (``args``: the devices and their binaries), for :func:`build_quietly`."""
+    return cl._cl._Program(context, *args)
+
+
+def build_quietly(program, options: bytes, devices=None) -> cl.Program:
+    """``program`` (a ``pyopencl._cl._Program``) built with ``options``, as pyopencl's own
+    build does it but without its warning.
+
+    pyopencl turns any build log into a ``CompilerWarning``, and some drivers (Intel's)
+    return a log on every successful build. Silencing it with
+    :class:`warnings.catch_warnings` swaps the process's warning filters for the length
+    of the build (seconds), undoing what other threads set meanwhile; and where warnings
+    are errors, a build that said anything failed.
+
+    Raises:
+        pyopencl.RuntimeError: the build failed; its message holds each device's build
+            log, as pyopencl's own error does.
+    """
+    try:
+        program._build(options=options, devices=devices)
+    except cl.Error as e:
+        logs = (75 * "=" + "\n").join(f"Build on {device}:\n\n{log}"
+                                      for device, log in program._get_build_logs())
+        raise cl.RuntimeError(cl._cl._ErrorRecord(msg=f"{e}\n\n{logs}", code=e.code,
+                                                  routine=e.routine)) from None
+    return cl.Program(program)
 
 
 #: Bytes of the OpenCL C types a build's ``-DACC`` may name.
@@ -340,11 +366,7 @@ def _build_kernels(context: cl.Context, filename: str,
     _check_vectors(context, filename, options)
     source = program_source(filename)
     try:
-        with warnings.catch_warnings():
-            # Some drivers (Intel's) return a build log even on success, which
-            # pyopencl turns into a warning on every first call.
-            warnings.simplefilter("ignore", cl.CompilerWarning)
-            program = _build(context, source, options)
+        program = _build(context, source, options)
     except cl.Error as e:
         raise DeviceError(f"building {filename} failed on "
                           f"{', '.join(describe(d) for d in context.devices)}: {e}",

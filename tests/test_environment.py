@@ -193,11 +193,41 @@ def _runs(context, program) -> None:
 
 
 def _build(context, source, options=()):
-    """programs._build as programs builds: Intel's driver returns a log on success, which
-    pyopencl turns into a CompilerWarning (an error under this suite's filters)."""
+    """programs._build, under filters that make any warning an error: Intel's driver returns
+    a log on success, which pyopencl's own build turns into a CompilerWarning, and
+    programs builds so that none is raised (programs.build_quietly)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", cl.CompilerWarning)
+        warnings.simplefilter("error", cl.CompilerWarning)
         return programs._build(context, source, options)
+
+
+def _transpose_options() -> tuple[str, ...]:
+    """Build options of the transpose kernel file for a small float32 problem."""
+    from atrous_cl import launch, validation
+    from atrous_cl.tiles import Tile
+
+    args = validation.check_transpose_args((1, 5, 5, 2), (3, 3, 2, 2), (1, 5, 5, 2), 2, "SAME")
+    return launch.build_options(np.dtype(np.float32), args, Tile(4, 2))
+
+
+def test_a_build_leaves_the_warning_filters_alone(queue, monkeypatch):
+    """A filter another thread sets while a program builds (seconds) is still there after
+    it: the build does not swap the process's filters (warnings.catch_warnings) to keep
+    pyopencl's CompilerWarning quiet, and raises none, even where warnings are errors."""
+    real = programs._build
+
+    def build_while_another_thread_sets_a_filter(context, source, options):
+        warnings.filterwarnings("ignore", message="set during a build")
+        return real(context, source, options)
+
+    monkeypatch.setattr(programs, "_build", build_while_another_thread_sets_a_filter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unique = (f"-DATROUS_CL_TEST_BUILD={np.random.default_rng().integers(1 << 62)}",)
+        programs.get_kernels(queue.context, "atrous_conv2d_transpose.cl",
+                             _transpose_options() + unique)
+        assert any(f[1] is not None and f[1].pattern == "set during a build"
+                   for f in warnings.filters)
 
 
 @pytest.fixture
@@ -239,19 +269,18 @@ def test_a_driver_that_keeps_its_own_builds_gets_the_same_options_from_every_ven
 
 
 class _Built:
-    """``cl.Program`` that records whether each program was made from binaries or source."""
+    """Records whether each program programs makes is of binaries or of source."""
 
     def __init__(self, monkeypatch):
         self.made = []
-        real = cl.Program
+        real = programs._program
         made = self.made
 
-        class Program(real):
-            def __init__(self, *args):
-                made.append("binaries" if len(args) == 3 else "source")
-                super().__init__(*args)
+        def program(context, *args):
+            made.append("binaries" if len(args) == 2 else "source")
+            return real(context, *args)
 
-        monkeypatch.setattr(cl, "Program", Program)
+        monkeypatch.setattr(programs, "_program", program)
 
 
 def test_a_program_built_once_comes_from_the_binary_cache(queue, binaries, monkeypatch):
