@@ -54,13 +54,22 @@ def _sigterm_raises():
 @contextlib.contextmanager
 def _warnings_as_lines(prog: str):
     """While the command runs, a warning prints as one line, ``atrous-cl tune: warning:
-    ...``, as its errors do, not in Python's ``cache.py:115: RuntimeWarning: ...`` form
+    ...``, as its errors do, not in Python's ``programs.py:230: RuntimeWarning: ...`` form
     followed by our source line, which tell a user of the command nothing. The previous
-    handler is put back after."""
+    handler is put back after. A warning that cannot be written (stderr closed, a full
+    disk, a reader gone) is dropped, as Python's own handler drops it. In the main
+    thread only, as :func:`_sigterm_raises`: the handler is the process's, and two
+    commands run at once in other threads would put back each other's."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
     def show(message, category, filename, lineno, file=None, line=None):
         stream = sys.stderr if file is None else file
-        if stream is not None:  # None when started with stderr closed
+        try:
             print(f"{prog}: warning: {message}", file=stream)
+        except (AttributeError, OSError, ValueError):  # None, gone, full or closed
+            pass
 
     with warnings.catch_warnings():
         warnings.showwarning = show

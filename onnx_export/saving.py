@@ -97,11 +97,11 @@ _SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"
 def save_target(path: str) -> str:
     """The absolute file :func:`save_model` replaces for ``path``: a regular file or a new one.
 
-    A file that is read-only, with no write permission bit or not writable by this
-    user, is refused as ``open(path, "w")`` would refuse it (root included, who may
-    write any file but whose read-only files say not to): :func:`save_bytes` replaces
-    a file by renaming over it, which needs only the folder's permission and would
-    get round the file's own.
+    A file that may not be written is refused (:func:`_unwritable`): one with no write
+    permission bit (root included, who may write any file, but whose read-only files say
+    not to), on a read-only file system, or not writable by this user.
+    :func:`save_bytes` replaces a file by renaming over it, which needs only the folder's
+    permission and would get round the file's own.
     """
     if not path:
         raise ValueError("the output path is empty")
@@ -113,12 +113,10 @@ def save_target(path: str) -> str:
     except FileNotFoundError:
         return target  # a new file (also a dangling symlink's target)
     if stat.S_ISREG(st.st_mode):
-        if not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(
-                target, os.W_OK):
+        why = _unwritable(target, st)
+        if why is not None:
             link = "" if target == os.path.abspath(path) else f"links to {target!r}, which "
-            raise PermissionError(errno.EACCES, f"{link}is read-only (mode "
-                                  f"{stat.S_IMODE(st.st_mode):04o}); make it writable to "
-                                  f"replace it", path)
+            raise PermissionError(errno.EACCES, f"{link}{why}", path)
         return target
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a model file path", path)
@@ -129,6 +127,25 @@ def save_target(path: str) -> str:
     link = "" if target == os.path.abspath(path) else f" (a link to {target!r})"
     raise ValueError(f"path {path!r}{link} is {kind}: save_model replaces only regular files "
                      f"(or creates new ones)")
+
+
+def _unwritable(target: str, st: os.stat_result) -> str | None:
+    """Why the existing file ``target`` (``st``: its ``lstat``) may not be replaced, or None:
+    no write permission bit (a file someone made read-only), a read-only file system, or
+    a file this user may not write."""
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        return f"is read-only (mode {mode:04o}); make it writable to replace it"
+    if os.access(target, os.W_OK):
+        return None
+    try:
+        read_only_fs = bool(os.statvfs(os.path.dirname(target)).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):
+        read_only_fs = False
+    if read_only_fs:
+        return "is on a read-only file system"
+    return (f"is not writable by this user (mode {mode:04o}, owner uid {st.st_uid}); "
+            f"choose another path")
 
 
 def _keep_mode(target: str, tmp: str) -> None:

@@ -372,6 +372,51 @@ def test_a_warning_is_one_line_naming_the_command(capsys, monkeypatch):
     assert len(lines) == 2 and warnings.showwarning is before
 
 
+def test_a_warning_that_cannot_be_written_does_not_end_the_command(capsys, monkeypatch):
+    """stderr gone (a reader that left, a full disk): the warning is dropped, as Python's
+    own handler drops it, and the command's output still comes."""
+    import errno
+    import warnings
+
+    real = discovery.devices
+
+    def warns():
+        warnings.warn("a compiled program could not be stored", RuntimeWarning)
+        return real()
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(discovery, "devices", warns)
+    monkeypatch.setattr(sys, "stderr", Full())
+    assert run_main(["devices"]) == 0
+    assert "sel" in capsys.readouterr().out
+
+
+def test_the_warning_handler_is_left_alone_by_commands_in_other_threads(capsys, monkeypatch):
+    """The handler is the process's: a command run in another thread (a program calling
+    main) leaves it as it is, so two at once cannot put back each other's."""
+    import threading
+    import warnings
+
+    seen = []
+
+    def warns():
+        seen.append(warnings.showwarning)
+        return []
+
+    monkeypatch.setattr(discovery, "devices", warns)
+    before = warnings.showwarning
+    worker = threading.Thread(target=lambda: run_main(["devices"]))
+    worker.start()
+    worker.join(60)
+    assert seen == [before] and warnings.showwarning is before
+
+
 def test_an_opencl_error_is_one_line(capsys, monkeypatch):
     """pyopencl's own errors (e.g. a broken ICD) end in an error line, not a traceback."""
     import pyopencl as cl

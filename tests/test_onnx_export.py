@@ -794,6 +794,30 @@ def test_save_onto_a_read_only_file_refuses(mode, through_link, tmp_path):
     assert path.read_bytes() != b"old model"
 
 
+@pytest.mark.parametrize("read_only_fs, why", [
+    (True, "is on a read-only file system"),
+    (False, r"is not writable by this user \(mode 0644, owner uid \d+\); choose another path"),
+])
+def test_save_onto_a_file_this_user_may_not_write_says_why(read_only_fs, why, tmp_path,
+                                                            monkeypatch):
+    """Write bits set but no write allowed (another user's file, a read-only mount): the
+    message names the reason, not the mode, which chmod could not change."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"old model")
+    path.chmod(0o644)
+    real_statvfs = os.statvfs
+
+    class Flags:
+        def __init__(self, real):
+            self.f_flag = real.f_flag | (os.ST_RDONLY if read_only_fs else 0)
+
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False)
+    monkeypatch.setattr(os, "statvfs", lambda p: Flags(real_statvfs(p)))
+    with pytest.raises(PermissionError, match=why):
+        onnx_export.save_model(export(), path)
+    assert path.read_bytes() == b"old model" and _leftovers(tmp_path) == []
+
+
 def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
     def interrupted(fd):
         raise KeyboardInterrupt
