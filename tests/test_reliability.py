@@ -287,6 +287,35 @@ def test_out_of_order_queues_get_no_buffer_pool(queue):
     assert memory.memory_pool(cl.CommandQueue(queue.context, queue.device)) is not None
 
 
+def test_host_inputs_over_one_array_reach_the_kernels_in_memory_apart(queue, monkeypatch):
+    """value and filters as overlapping views of one NumPy array: where the kernels take
+    host memory in place through host-pointer buffers, one of them is copied first (OpenCL
+    leaves commands on buffers over overlapping host memory undefined), and the result
+    is right."""
+    from atrous_cl import memory
+
+    value, filters, output_shape, rate, padding = _problem(np.random.default_rng())
+    shared = np.concatenate([value.ravel(), filters.ravel()])
+    value_view = shared[:value.size].reshape(value.shape)
+    filters_view = shared[value.size - 7:value.size - 7 + filters.size].reshape(filters.shape)
+    wrapped = []
+    real = memory.HostArray.__init__
+
+    def record(self, array, queue, written=False, svm=None):
+        real(self, array, queue, written, svm)
+        if not written and not self._svm:
+            wrapped.append(array)
+
+    monkeypatch.setattr(memory.HostArray, "__init__", record)
+    got = atrous_cl.atrous_conv2d_transpose(value_view, filters_view, output_shape, rate, padding,
+                                            queue=queue)
+    assert_close(got, reference.atrous_conv2d_transpose(value_view, filters_view, output_shape,
+                                                        rate, padding))
+    for i, a in enumerate(wrapped):
+        for b in wrapped[i + 1:]:
+            assert not np.may_share_memory(a, b)
+
+
 def _svm_allocator(queue):
     """Fine-grained buffer SVM, with the flags of the op's own SVM results
     (:func:`atrous_cl.memory.svm_pool`). Its arrays must be freed before the test ends:
