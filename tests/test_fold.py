@@ -791,3 +791,31 @@ def test_the_folds_names_avoid_every_name_the_model_has():
     assert len(names) == len(set(names)) and names.count("atrous_fold1/filters") == 1
     x = tf_cases(data)[0][0]
     assert_close(run_ort(result.model, x), run_ort(model, x).astype(np.float64), "clash")
+
+
+def test_a_crop_that_moves_from_batch_three_on_is_not_proved():
+    """The proof runs a symbolic batch at 1, 2 and 3: a crop shifted by max(N - 2, 0)
+    matches TF's at batches 1 and 2 only, so the chain must not fold (a model folded on
+    two batches would differ from the original from batch 3 on)."""
+    model, _ = load("dynamic_even_odd")
+    g = model.graph
+    at = next(k for k, n in enumerate(g.node)
+              if n.op_type == "Slice" and n.input[0].startswith("DepthToSpace"))
+    crop = g.node[at]
+    g.initializer.extend([numpy_helper.from_array(np.array(0, np.int64), "t_zero"),
+                          numpy_helper.from_array(np.array(2, np.int64), "t_two")])
+    shift = [
+        onnx.helper.make_node("Shape", ["x"], ["t_shape"], start=0, end=1),
+        onnx.helper.make_node("Squeeze", ["t_shape"], ["t_batch"]),
+        onnx.helper.make_node("Sub", ["t_batch", "t_two"], ["t_less"]),
+        onnx.helper.make_node("Max", ["t_less", "t_zero"], ["t_shift"]),
+        onnx.helper.make_node("Add", [crop.input[1], "t_shift"], ["t_starts"]),
+        onnx.helper.make_node("Add", [crop.input[2], "t_shift"], ["t_ends"]),
+    ]
+    crop.input[1], crop.input[2] = "t_starts", "t_ends"
+    nodes = [*g.node[:at], *shift, *g.node[at:]]
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(model, full_check=True)
+    result = fold.fold_with_report(model)
+    assert not result.chains[0].folded, result.chains
