@@ -521,7 +521,9 @@ def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
                  in_place: bool = False, svm: bool = False,
                  apart_from=(), lazy: bool = False, at_once: bool = False
                  ) -> cl_array.Array | HostArray | memory.Upload:
-    """``x`` as a C-contiguous device array in ``queue``'s context.
+    """``x`` as a C-contiguous device array in ``queue``'s context. A device array is
+    returned as it is: :func:`run` checks every one (:func:`check_device_input`) before
+    anything is enqueued.
 
     With ``in_place`` (a CPU device, :func:`~atrous_cl.memory.works_in_host_memory`),
     a host ``x`` is used where it lies, copied on the host only if it is not
@@ -547,7 +549,6 @@ def device_array(queue: cl.CommandQueue, what: str, x, dtype: np.dtype,
             x = x.copy()
         return memory.HostArray(x, queue, svm=svm)
     if isinstance(x, cl_array.Array):
-        check_device_input(queue, what, x)
         return x
     return memory.Upload(np.ascontiguousarray(x, dtype=dtype), queue, memory.memory_pool(queue),
                          now=not lazy, at_once=at_once, what=what)
