@@ -22,6 +22,7 @@ from pyopencl.tools import context_dependent_memoize
 from atrous_cl import icd
 from atrous_cl.errors import DeviceError
 from atrous_cl.facts import SIMULATORS, status_name
+from atrous_cl.programs import build_quietly, unbuilt_program
 
 #: Among CPU devices, Intel's runtime ran the same kernels 1.2-1.5x faster than PoCL here (docs/performance.md).
 _FAST_CPU_PLATFORMS = ("intel",)
@@ -229,10 +230,8 @@ def unusable_reason(device: cl.Device) -> str | None:
     key = device.int_ptr
     if key not in _unusable:
         try:
-            from atrous_cl.programs import build_quietly
-
             context = _queue_for_device(device).context
-            build_quietly(cl._cl._Program(context, _PROBE_SOURCE), b"")
+            build_quietly(unbuilt_program(context, _PROBE_SOURCE), b"")
             _unusable[key] = None
         except cl.Error as e:
             log = str(e)

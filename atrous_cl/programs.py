@@ -281,17 +281,17 @@ def _build(context: cl.Context, source: str, options: tuple[str, ...]) -> cl.Pro
     devices = context.devices
     text = _options_text(options)
     if all(keeps_own_builds(d) for d in devices):
-        return build_quietly(_program(context, source), text, devices)
+        return build_quietly(unbuilt_program(context, source), text, devices)
     folder = _binary_folder()
     keys = [_binary_key(device, source, options) for device in devices]
     if folder is not None:
         binaries = [_read_binary(folder, key) for key in keys]
         if all(binary is not None for binary in binaries):
             try:
-                return build_quietly(_program(context, devices, binaries), text, devices)
+                return build_quietly(unbuilt_program(context, devices, binaries), text, devices)
             except (cl.Error, RuntimeError):
                 pass  # a binary from another driver build, say: from source instead
-    program = build_quietly(_program(context, source), text, devices)
+    program = build_quietly(unbuilt_program(context, source), text, devices)
     if folder is not None:
         built = dict(zip((d.int_ptr for d in program.get_info(cl.program_info.DEVICES)),
                          program.get_info(cl.program_info.BINARIES)))
@@ -300,7 +300,7 @@ def _build(context: cl.Context, source: str, options: tuple[str, ...]) -> cl.Pro
     return program
 
 
-def _program(context: cl.Context, *args):
+def unbuilt_program(context: cl.Context, *args):
     """pyopencl's unbuilt program (``pyopencl._cl._Program``) of a source (``args``: it) or
     of binaries (``args``: the devices and their binaries), for :func:`build_quietly`."""
     return cl._cl._Program(context, *args)

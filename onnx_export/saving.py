@@ -115,8 +115,7 @@ def save_target(path: str) -> str:
     if stat.S_ISREG(st.st_mode):
         why = _unwritable(target, st)
         if why is not None:
-            link = "" if target == os.path.abspath(path) else f"links to {target!r}, which "
-            raise PermissionError(errno.EACCES, f"{link}{why}", path)
+            raise PermissionError(errno.EACCES, f"{_via_link(path, target)} {why}".lstrip(), path)
         return target
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a model file path", path)
@@ -124,9 +123,13 @@ def save_target(path: str) -> str:
         raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
     kind = next((name for is_kind, name in _SPECIAL_FILES if is_kind(st.st_mode)),
                 "not a regular file")
-    link = "" if target == os.path.abspath(path) else f" (a link to {target!r})"
-    raise ValueError(f"path {path!r}{link} is {kind}: save_model replaces only regular files "
+    raise ValueError(f"path {path!r}{_via_link(path, target)} is {kind}: save_model replaces only regular files "
                      f"(or creates new ones)")
+
+
+def _via_link(path: str, target: str) -> str:
+    """`` (a link to 'target') `` where ``path`` reaches ``target`` through a symlink, else ""."""
+    return "" if target == os.path.abspath(path) else f" (a link to {target!r})"
 
 
 def _unwritable(target: str, st: os.stat_result) -> str | None:

@@ -273,14 +273,14 @@ class _Built:
 
     def __init__(self, monkeypatch):
         self.made = []
-        real = programs._program
+        real = programs.unbuilt_program
         made = self.made
 
         def program(context, *args):
             made.append("binaries" if len(args) == 2 else "source")
             return real(context, *args)
 
-        monkeypatch.setattr(programs, "_program", program)
+        monkeypatch.setattr(programs, "unbuilt_program", program)
 
 
 def test_a_program_built_once_comes_from_the_binary_cache(queue, binaries, monkeypatch):

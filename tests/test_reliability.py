@@ -29,6 +29,7 @@ from conftest import assert_close, poisoned, skip_unsupported, winograd_filter_g
 
 import atrous_cl
 from atrous_cl import filter_grad, geometry, programs, reference
+from atrous_cl.facts import is_simulator
 from atrous_cl.validation import check_transpose_args
 
 OOO = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
@@ -232,7 +233,7 @@ def test_value_and_out_apart_in_one_buffer_are_not_mistaken_for_overlapping(queu
     """No false alarm where the two lie apart in one allocation: a host-pointer buffer
     (whose arrays are named by the host address plus their offsets), and a sub-buffer
     after value in value's buffer (named by its parent plus its own offset)."""
-    if queue.device.platform.name == "Oclgrind":
+    if is_simulator(queue.device):
         # Its results are right there too, but Oclgrind 21.10's uninitialised-value checker
         # reports the values the kernels compute from either layout (not from value and out
         # as views of one plain buffer: test_out_beside_an_input_in_one_buffer_is_right).
@@ -478,7 +479,7 @@ def test_host_calls_on_an_out_of_order_queue_are_right(queue):
 def _skip_oclgrind(queue):
     """Oclgrind is not thread-safe: an OpenCL call from a second thread crashed it (plain
     pyopencl too). These tests are of the host code's waits, which the CPU drivers run."""
-    if queue.device.platform.name == "Oclgrind":
+    if is_simulator(queue.device):
         pytest.skip("Oclgrind is not thread-safe")
 
 
