@@ -121,6 +121,27 @@ _AVX2_TARGETS = frozenset({"haswell", "broadwell", "skylake", "znver1", "znver2"
                            "alderlake", "raptorlake", "meteorlake", "x86-64-v3", "core-avx2"})
 
 
+def pocl_avx512(device: cl.Device) -> bool:
+    """Whether ``device`` is PoCL building for an x86-64 CPU target with AVX-512: its
+    device version (``HSTR: pthread-<triple>-<cpu>``) ends in a name of
+    :data:`_AVX512_TARGETS` or names ``avx512``.
+
+    PyPI's PoCL 3.0 (LLVM 14) names an Intel Xeon it does not know by its features:
+    ``icelake-client`` on a 2-core Xeon of family 6 model 207 (AVX-512, 2026-12-07), where
+    it builds and runs 16-float vectors.
+    """
+    version = facts(device).version.strip().lower()
+    return is_pocl(device) and ("avx512" in version
+                                or any(version.endswith("-" + cpu) for cpu in _AVX512_TARGETS))
+
+
+#: LLVM CPU names of x86-64 CPUs with AVX-512 (:func:`pocl_avx512`).
+_AVX512_TARGETS = frozenset({
+    "knl", "knm", "skx", "cascadelake", "cooperlake", "cannonlake", "icelake-client",
+    "icelake-server", "rocketlake", "tigerlake", "sapphirerapids", "emeraldrapids",
+    "graniterapids", "graniterapids-d", "diamondrapids", "znver4", "znver5", "x86-64-v4"})
+
+
 def describe(device: cl.Device) -> str:
     """``'name (platform, driver version)'`` for messages."""
     f = facts(device)

@@ -17,7 +17,7 @@ import numpy as np
 import pyopencl as cl
 
 from atrous_cl import geometry
-from atrous_cl.facts import facts, is_intel_cpu, is_pocl, max_vector_bytes
+from atrous_cl.facts import facts, is_intel_cpu, is_pocl, max_vector_bytes, pocl_avx512
 
 
 class Tile(NamedTuple):
@@ -56,15 +56,18 @@ def pow2_at_least(n: int) -> int:
 
 
 def pocl_narrow(device: cl.Device) -> bool:
-    """PoCL building for a CPU target without 512-bit vectors.
+    """PoCL building for a CPU target without 512-bit vectors (not :func:`pocl_avx512`):
+    an AVX2 target, or a CPU off x86-64.
 
     PoCL 3.0 from PyPI (LLVM 14, target znver3: AVX2) aborts the process on
     some 16-wide float code and builds 8-wide double code into an empty
     program; Debian's PoCL 3.1 (LLVM 15, target skylake-avx512) runs 16-wide
-    tiles fine, and 1.7-2.4x faster than 8-wide ones. PoCL names its target
-    in the device version (``HSTR: pthread-<triple>-<cpu>``).
+    tiles fine, and 1.7-2.4x faster than 8-wide ones, as does PyPI's PoCL 3.0 where it
+    targets an AVX-512 CPU (``icelake-client`` on an Intel Xeon of family 6 model 207:
+    geometric mean over A-D 1.29x the 8-wide tiles' speed, ``python
+    benchmarks/conv_form_ratio.py --devices 1:0 2:0 --rounds 61``, 2026-12-07).
     """
-    return is_pocl(device) and "avx512" not in facts(device).version.lower()
+    return is_pocl(device) and not pocl_avx512(device)
 
 
 @functools.cache
