@@ -434,7 +434,7 @@ def _winograd_plan(context: cl.Context, device: cl.Device, dtype: np.dtype, args
                                     geometry.phase_blocks(args.output_shape[2], dilation[2])))
     # float16 is loaded as stored: the input transform converts it (see the kernel file),
     # cheaper than widening value in a pass of its own first.
-    split = winograd_split(args.filters_shape, tile, dtype, facts(device).local_mem)
+    split = winograd_split(args.filters_shape, tile, dtype, facts(device).local_mem, device)
     cpu = bool(facts(device).type & cl.device_type.CPU)
     run = winograd_repack_run(args.filters_shape, tile, dtype, cpu)
     options = winograd_options(dtype, args, tile, split, forward_filters, repack_run=run)

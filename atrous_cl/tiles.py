@@ -71,14 +71,29 @@ def pocl_narrow(device: cl.Device) -> bool:
 
 
 @functools.cache
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line's value in ``/proc/cpuinfo`` (``flags``, ``vendor_id``);
+    '' where there is none or it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
 def _host_avx512() -> bool:
     """Whether this machine's CPU has AVX-512 (``avx512f`` in ``/proc/cpuinfo``); False
     where that cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return any(line.startswith("flags") and "avx512f" in line.split() for line in f)
-    except OSError:
-        return False
+    return "avx512f" in _cpuinfo("flags").split()
+
+
+def _host_intel() -> bool:
+    """Whether this machine's CPU is Intel's (``GenuineIntel`` in ``/proc/cpuinfo``)."""
+    return _cpuinfo("vendor_id") == "GenuineIntel"
 
 
 def _intel_narrow(device: cl.Device) -> bool:
@@ -414,6 +429,20 @@ WINOGRAD_GROUP_BYTES = 6 << 20
 #: 1x48x48 320->320 (6.6 MiB) 1.01 / 1.08; 1x64x64 512->512 (16.5 MiB) 0.89 / 0.97.
 WINOGRAD_ONE_GROUP_BYTES = 16 << 20
 
+#: Intel's CPU runtime on an Intel CPU keeps a group's transformed filters within this,
+#: however few there are (:func:`winograd_group_bytes`): on a 2-core Intel Xeon (family 6
+#: model 207; 2 MiB of L2 a core, which the runtime reports as its cache) groups within
+#: 1 MiB ran in 0.44-0.87 of one group's time from 256 channels, where one group had run
+#: the Winograd kernel 1.0-2.1x the direct kernel's time. Kernels only, the Winograd
+#: kernel's time over the direct one's, one group -> groups within 2 and 1 MiB (``python
+#: benchmarks/winograd_groups.py --device 1:0 --mib 1000 2 1 --rounds 3 --shapes ...``,
+#: 2026-12-07 19:39-19:40 UTC): 1x64x64 256->256 rate 2 1.07 -> 0.86, 0.87; 1x33x33
+#: 256->256 rate 6 2.04 -> 1.58, 1.12; 1x65x65 rate 6 0.56 -> 0.45, 0.35; rate 12 1.01 ->
+#: 0.72, 0.44; 1x33x33 rate 1 1.24 -> 0.98, 0.98; 1x64x64 512->512 rate 2 1.02 -> 0.95,
+#: 0.74; 1x32x32 768->768 rate 1 1.23 -> 1.08, 0.97. PyPI's PoCL on the same machine
+#: keeps the limits above: there 512->512 ran 0.62 in one group and 0.83 within 1 MiB.
+INTEL_HOST_GROUP_BYTES = 1 << 20
+
 
 def _even_parts(n: int, most: int) -> int:
     """The size of the parts that cut ``n`` units into as few parts of at most ``most``
@@ -421,21 +450,34 @@ def _even_parts(n: int, most: int) -> int:
     return -(-n // -(-n // max(1, most)))
 
 
-def winograd_cout_group(filters_shape, tile: Tile, dtype) -> int:
+def winograd_group_bytes(device: cl.Device | None) -> tuple[int, int]:
+    """The limits of :func:`winograd_cout_group` on ``device``: (a group's transformed
+    filters, all of them in one group), :data:`WINOGRAD_GROUP_BYTES` and
+    :data:`WINOGRAD_ONE_GROUP_BYTES`, neither past :data:`INTEL_HOST_GROUP_BYTES` on
+    Intel's CPU runtime on an Intel CPU. None: the first two."""
+    if device is not None and is_intel_cpu(device) and _host_intel():
+        return (min(WINOGRAD_GROUP_BYTES, INTEL_HOST_GROUP_BYTES),
+                min(WINOGRAD_ONE_GROUP_BYTES, INTEL_HOST_GROUP_BYTES))
+    return WINOGRAD_GROUP_BYTES, WINOGRAD_ONE_GROUP_BYTES
+
+
+def winograd_cout_group(filters_shape, tile: Tile, dtype, device: cl.Device | None = None) -> int:
     """Output channels per work-group of the Winograd kernel with ``tile``: every one
     (padded to whole register tiles, :meth:`Tile.padded_channels`) where their
     transformed filters (:func:`winograd_filter_bytes`) take at most
     :data:`WINOGRAD_ONE_GROUP_BYTES`; else as few groups as keep each within
     :data:`WINOGRAD_GROUP_BYTES` (a register tile's channels at least), of whole
-    register tiles, all of one size but the last (:func:`_even_parts`). Each group
+    register tiles, all of one size but the last (:func:`_even_parts`); on ``device``,
+    :func:`winograd_group_bytes`'s limits. Each group
     recomputes the input transform, about a quarter of a register tile's products (16
     loads and 32 adds per input vector against 16 multiply-adds per vector of the tile's)."""
     kh, kw, cout, cin = filters_shape
+    group_bytes, one_group_bytes = winograd_group_bytes(device)
     step = tile.channels * tile.vectors
     steps = tile.padded_channels(cout) // step
-    if winograd_filter_bytes(filters_shape, tile, dtype) <= WINOGRAD_ONE_GROUP_BYTES:
+    if winograd_filter_bytes(filters_shape, tile, dtype) <= one_group_bytes:
         return steps * step
-    most = WINOGRAD_GROUP_BYTES // winograd_filter_bytes((kh, kw, step, cin), tile, dtype)
+    most = group_bytes // winograd_filter_bytes((kh, kw, step, cin), tile, dtype)
     return _even_parts(steps, most) * step
 
 
@@ -456,12 +498,13 @@ class WinogradSplit(NamedTuple):
     group: int
 
 
-def winograd_split(filters_shape, tile: Tile, dtype, local_mem: int) -> WinogradSplit | None:
+def winograd_split(filters_shape, tile: Tile, dtype, local_mem: int,
+                   device: cl.Device | None = None) -> WinogradSplit | None:
     """The :class:`WinogradSplit` of the Winograd kernel with ``tile`` on a device with
     ``local_mem`` bytes of local memory, or None where not even one vector of input
     channels and one register tile fit it.
 
-    The group is :func:`winograd_cout_group`'s. Every input channel in one chunk where
+    The group is :func:`winograd_cout_group`'s (on ``device``). Every input channel in one chunk where
     their transforms fit the local memory with one register tile's products; else
     chunks as large as fit beside the products of the whole group, which add up from
     chunk to chunk (smaller groups of equal size but the last where those would not
@@ -477,7 +520,7 @@ def winograd_split(filters_shape, tile: Tile, dtype, local_mem: int) -> Winograd
     slots = local_mem // (acc_itemsize(dtype) * 16 * tile.pixels)  # channels of V or M
     step = tile.channels * tile.vectors
     vectors = -(-cin // tile.channels)  # of input channels
-    group = winograd_cout_group(filters_shape, tile, dtype)
+    group = winograd_cout_group(filters_shape, tile, dtype, device)
     if parts * vectors * tile.channels + step <= slots:
         return WinogradSplit(vectors * tile.channels, group)
     most = (slots - parts * tile.channels) // step  # register tiles the products may take

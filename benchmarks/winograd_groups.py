@@ -8,8 +8,8 @@ For each ``N,H,W,CIN,COUT,K,RATE,PADDING`` problem, times the launch layer (repa
 kernel, wait; :func:`atrous_cl.launch.plan` and its launch, on arrays already on the
 device) with the direct kernel's default tile and with each Winograd tile (default:
 :func:`atrous_cl.tiles.winograd_tile`'s) for each ``--mib`` limit on a group's transformed
-filters (:data:`atrous_cl.tiles.WINOGRAD_GROUP_BYTES`; :data:`~atrous_cl.tiles.WINOGRAD_ONE_GROUP_BYTES`
-is set to 0, so every limit splits) and each ``--chunk``: input channels a work-group
+filters (:func:`atrous_cl.tiles.winograd_group_bytes`'s first limit, on every device; its
+second, all the filters in one group, is set to 0, so every limit splits) and each ``--chunk``: input channels a work-group
 transforms at once (0: :func:`atrous_cl.tiles.winograd_split`'s; else at most that many, a
 multiple of the tile's vector, where the local memory holds them with the group's
 products), interleaved round by round in a new order each round.
@@ -31,10 +31,10 @@ import atrous_cl
 from atrous_cl import bench, geometry, launch, reference, tiles, validation
 
 
-def _split(chunk, filters_shape, tile, dtype, local_mem):
+def _split(chunk, filters_shape, tile, dtype, local_mem, device=None):
     """:func:`atrous_cl.tiles.winograd_split` with at most ``chunk`` input channels a chunk
     (0: its own), or None where the local memory does not hold them."""
-    split = tiles.winograd_split(filters_shape, tile, dtype, local_mem)
+    split = tiles.winograd_split(filters_shape, tile, dtype, local_mem, device)
     if not chunk or split is None:
         return split
     cinp = -(-filters_shape[3] // tile.channels) * tile.channels
@@ -52,27 +52,27 @@ def plans(queue, dtype, args, tile_list, limits, chunks=(0,)) -> dict:
     if direct == tiles._NARROW_DIRECT._replace(channels=direct.channels):
         direct = tiles._five_pixels(args, direct)
     found = {f"direct {direct}": launch.plan(queue.context, device, dtype, args, direct, False, wide)}
-    saved = tiles.WINOGRAD_GROUP_BYTES, tiles.WINOGRAD_ONE_GROUP_BYTES, launch.winograd_split
+    saved = tiles.winograd_group_bytes, launch.winograd_split
     try:
-        tiles.WINOGRAD_ONE_GROUP_BYTES = 0
         for tile in tile_list:
             if tile is None or not launch.winograd_runs(device, dtype, args, tile):
                 continue
             for mib in limits:
-                tiles.WINOGRAD_GROUP_BYTES = mib << 20
+                # Every limit splits, on every device (one group: --mib 1000).
+                tiles.winograd_group_bytes = lambda device, mib=mib: (mib << 20, 0)
                 for chunk in chunks:
                     launch.winograd_split = functools.partial(_split, chunk)
                     ran = tile._replace(pixels=min(tile.pixels, geometry.phase_blocks(
                         args.output_shape[2], launch.kernel_dilation(args)[2])))  # as plan does
                     split = launch.winograd_split(args.filters_shape, ran, dtype,
-                                                  device.local_mem_size)
+                                                  device.local_mem_size, device)
                     if split is None or not launch.winograd_runs(device, dtype, args, tile):
                         continue  # the plan would run the direct kernel
                     launch.plan.cache_clear()
                     found[f"{tile} {mib} MiB c{split.chunk} g{split.group}"] = launch.plan(
                         queue.context, device, dtype, args, tile, False, wide)
     finally:
-        tiles.WINOGRAD_GROUP_BYTES, tiles.WINOGRAD_ONE_GROUP_BYTES, launch.winograd_split = saved
+        tiles.winograd_group_bytes, launch.winograd_split = saved
         launch.plan.cache_clear()
     return found
 

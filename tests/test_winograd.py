@@ -454,6 +454,55 @@ def test_large_winograd_filters_take_groups_of_output_channels():
     assert tiles.winograd_cout_group((3, 3, 512, 512), tile, np.float32) == 192  # 16.5 MiB: 3
 
 
+@pytest.mark.parametrize("platform, intel_host, want", [
+    ("Intel(R) OpenCL", True, (1 << 20, 1 << 20)),
+    ("Intel(R) OpenCL", False, (tiles.WINOGRAD_GROUP_BYTES, tiles.WINOGRAD_ONE_GROUP_BYTES)),
+    ("Portable Computing Language", True,
+     (tiles.WINOGRAD_GROUP_BYTES, tiles.WINOGRAD_ONE_GROUP_BYTES)),
+])
+def test_intels_runtime_on_an_intel_cpu_takes_winograd_groups_within_one_mib(
+        monkeypatch, platform, intel_host, want):
+    """tiles.INTEL_HOST_GROUP_BYTES: on an Intel Xeon, Intel's runtime ran the Winograd
+    kernel 1.2-2.3x faster from 256 channels with each group's transformed filters within
+    1 MiB; PyPI's PoCL there, and Intel's runtime on AMD CPUs, keep the limits they were
+    measured with. The launch builds the kernel with that group."""
+    monkeypatch.setattr(tiles, "_host_intel", lambda: intel_host)
+    device = stub_device(type=cl.device_type.CPU, local_mem_size=256 << 10,
+                         platform=type("P", (), {"name": platform})(),
+                         version="OpenCL 3.0 PoCL HSTR: pthread-x86_64-pc-linux-gnu-icelake-client")
+    assert tiles.winograd_group_bytes(device) == want
+    tile = Tile(8, 16, 2, True)
+    group = tiles.winograd_cout_group((3, 3, 256, 256), tile, np.float32, device)
+    # 256 channels: 4 MiB of transformed filters, 0.5 MiB a register tile's 32 channels.
+    assert group == (64 if want[0] == 1 << 20 else 256)
+    assert tiles.winograd_split((3, 3, 256, 256), tile, np.float32, 256 << 10,
+                                device).group == group
+    # Filters within the limit stay in one group (128 channels: 1 MiB).
+    assert tiles.winograd_cout_group((3, 3, 128, 128), tile, np.float32, device) == 128
+    assert tiles.winograd_group_bytes(None) == (tiles.WINOGRAD_GROUP_BYTES,
+                                                tiles.WINOGRAD_ONE_GROUP_BYTES)
+
+
+def test_the_host_cpu_is_read_from_proc_cpuinfo(monkeypatch, tmp_path):
+    """tiles._cpuinfo reads the first value of a field, '' where there is none or the file
+    cannot be read."""
+    import builtins
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f\n"
+                    "processor\t: 1\nvendor_id\t: AuthenticAMD\n")
+    real_open = builtins.open
+    for path, vendor, avx512 in ((info, True, True), (tmp_path / "missing", False, False)):
+        monkeypatch.setattr(builtins, "open", lambda name, *a, _p=path, **k: real_open(_p, *a, **k)
+                            if name == "/proc/cpuinfo" else real_open(name, *a, **k))
+        tiles._cpuinfo.cache_clear()
+        try:
+            assert tiles._host_intel() is vendor and tiles._host_avx512() is avx512
+        finally:
+            monkeypatch.setattr(builtins, "open", real_open)
+            tiles._cpuinfo.cache_clear()
+
+
 def test_many_input_channels_take_winograd_only_where_it_saves_more():
     """Past tiles.WINOGRAD_WIDE_INPUTS input channels the default takes the Winograd kernel
     only where it counts at most tiles.WINOGRAD_WIDE_BELOW of the direct kernel's
@@ -535,7 +584,8 @@ def chunks(monkeypatch):
         local = 4 * 16 * tile.pixels * (tiles.winograd_parts(kh, kw) * vectors * tile.channels
                                         + group)
         monkeypatch.setattr(launch, "winograd_split",
-                            lambda f, t, d, _: tiles.winograd_split(f, t, d, local))
+                            lambda f, t, d, _, device=None: tiles.winograd_split(f, t, d, local,
+                                                                                 device))
         return tiles.winograd_split(filters_shape, tile, np.float32, local)
     yield set_chunks
     launch.plan.cache_clear()
