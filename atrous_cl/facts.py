@@ -107,8 +107,7 @@ def max_vector_bytes(device: cl.Device) -> int | None:
     as two of 8.
     """
     f = facts(device)
-    target = f.version.rsplit("-", 1)[-1].strip().lower()
-    if is_pocl(device) and target in _AVX2_TARGETS and f.float_width >= 16:
+    if is_pocl(device) and f.float_width >= 16 and _targets(device, _AVX2_TARGETS):
         return 32
     return None
 
@@ -130,9 +129,15 @@ def pocl_avx512(device: cl.Device) -> bool:
     ``icelake-client`` on a 2-core Xeon of family 6 model 207 (AVX-512, 2026-12-07), where
     it builds and runs 16-float vectors.
     """
+    return is_pocl(device) and ("avx512" in facts(device).version.lower()
+                                or _targets(device, _AVX512_TARGETS))
+
+
+def _targets(device: cl.Device, names: frozenset) -> bool:
+    """Whether ``device``'s version ends in ``-<cpu>`` for one of the LLVM CPU ``names``
+    (whole names: ``x86-64-v3`` and ``icelake-client`` hold hyphens)."""
     version = facts(device).version.strip().lower()
-    return is_pocl(device) and ("avx512" in version
-                                or any(version.endswith("-" + cpu) for cpu in _AVX512_TARGETS))
+    return any(version.endswith("-" + cpu) for cpu in names)
 
 
 #: LLVM CPU names of x86-64 CPUs with AVX-512 (:func:`pocl_avx512`).

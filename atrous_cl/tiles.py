@@ -432,8 +432,8 @@ WINOGRAD_ONE_GROUP_BYTES = 16 << 20
 #: Intel's CPU runtime on an Intel CPU keeps a group's transformed filters within this,
 #: however few there are (:func:`winograd_group_bytes`): on a 2-core Intel Xeon (family 6
 #: model 207; 2 MiB of L2 a core, which the runtime reports as its cache) groups within
-#: 1 MiB ran in 0.44-0.87 of one group's time from 256 channels, where one group had run
-#: the Winograd kernel 1.0-2.1x the direct kernel's time. Kernels only, the Winograd
+#: 1 MiB ran in 0.44-0.81 of one group's time from 256 channels, where one group had run
+#: the Winograd kernel 0.56-2.04x the direct kernel's time. Kernels only, the Winograd
 #: kernel's time over the direct one's, one group -> groups within 2 and 1 MiB (``python
 #: benchmarks/winograd_groups.py --device 1:0 --mib 1000 2 1 --rounds 3 --shapes ...``,
 #: 2026-12-07 19:39-19:40 UTC): 1x64x64 256->256 rate 2 1.07 -> 0.86, 0.87; 1x33x33

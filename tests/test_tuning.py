@@ -945,7 +945,10 @@ def test_narrow_pocl_sums_sixteen_filter_gradient_channels_however_its_compiler_
     (_POCL_AVX2, 8, None),    # the same on Zen 3 (AVX2): 16 floats build as two vectors of 8
     (_POCL_AVX512, 16, None),
     (_POCL_AVX2.replace("znver3", "znver4"), 16, None),  # an LLVM that knows Zen 4
-    (_POCL_AVX2.replace("znver3", "sapphirerapids"), 16, None)])
+    (_POCL_AVX2.replace("znver3", "sapphirerapids"), 16, None),
+    (_POCL_AVX2.replace("znver3", "x86-64-v3"), 16, 32),  # names with hyphens, whole
+    (_POCL_AVX2.replace("znver3", "core-avx2"), 16, 32),
+    (_POCL_AVX2.replace("znver3", "icelake-client"), 16, None)])
 def test_defaults_keep_within_the_vectors_the_compiler_builds(version, float_width, limit):
     """Where PoCL's compiler aborts the process on vectors over 32 bytes
     (facts.max_vector_bytes), no default tile, filter gradient split, one-channel vector
