@@ -70,12 +70,16 @@ def pocl_narrow(device: cl.Device) -> bool:
     return is_pocl(device) and not pocl_avx512(device)
 
 
+#: Where :func:`_cpuinfo` reads the host CPU's description.
+_CPUINFO = "/proc/cpuinfo"
+
+
 @functools.cache
 def _cpuinfo(field: str) -> str:
-    """The first ``field`` line's value in ``/proc/cpuinfo`` (``flags``, ``vendor_id``);
+    """The first ``field`` line's value in :data:`_CPUINFO` (``flags``, ``vendor_id``);
     '' where there is none or it cannot be read."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        with open(_CPUINFO, encoding="ascii", errors="replace") as f:
             for line in f:
                 name, _, value = line.partition(":")
                 if name.strip() == field:

@@ -486,20 +486,16 @@ def test_intels_runtime_on_an_intel_cpu_takes_winograd_groups_within_one_mib(
 def test_the_host_cpu_is_read_from_proc_cpuinfo(monkeypatch, tmp_path):
     """tiles._cpuinfo reads the first value of a field, '' where there is none or the file
     cannot be read."""
-    import builtins
-
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f\n"
                     "processor\t: 1\nvendor_id\t: AuthenticAMD\n")
-    real_open = builtins.open
     for path, vendor, avx512 in ((info, True, True), (tmp_path / "missing", False, False)):
-        monkeypatch.setattr(builtins, "open", lambda name, *a, _p=path, **k: real_open(_p, *a, **k)
-                            if name == "/proc/cpuinfo" else real_open(name, *a, **k))
+        monkeypatch.setattr(tiles, "_CPUINFO", str(path))
         tiles._cpuinfo.cache_clear()
         try:
             assert tiles._host_intel() is vendor and tiles._host_avx512() is avx512
+            assert tiles._cpuinfo("no such field") == ""
         finally:
-            monkeypatch.setattr(builtins, "open", real_open)
             tiles._cpuinfo.cache_clear()
 
 
