@@ -258,17 +258,34 @@ def _intel_direct(device: cl.Device, dtype, cout: int) -> bool:
 
 
 def _pocl_direct(device: cl.Device, dtype, cout: int) -> bool:
-    """Whether :func:`default_for` prefers the direct kernel's two 8-channel vectors
-    (:data:`_NARROW_DIRECT`) to the Winograd kernel on PyPI's PoCL for AVX2: 16
-    output channels or fewer, float32 and float64 (float16 would take the direct kernel's
-    widening pass: C 4x8x2w 0.74 of 4x8x2's time). float64, 4x4x2w over 4x4x2: C 1.21, E
-    1.56 (9 rounds). Kernels only, the Winograd tile
-    4x8x2w's time over 4x8x2's, two runs of 15 rounds (``python
-    benchmarks/tile_sweep.py --devices 2:0 --workloads A C E --shapes ... --tiles 4x8x2w
-    8x8x2w 4x8x2``, AMD EPYC Zen 3, 2026-12-04 16:42 UTC): C (32->16) 1.35, 1.07; E
-    (16->16) 1.52, 1.38; 1x64x64 16->16 1.29, 1.39; but 2x64x64 32->32 0.99, 0.96, A
-    (64->64) 0.72, 0.97, B (128->128, 4x8x4w) 0.56."""
-    return pocl_narrow(device) and np.dtype(dtype) != np.float16 and cout <= 16
+    """Whether :func:`default_for` prefers the direct kernel to the Winograd kernel on
+    PoCL: 16 output channels or fewer, float32 and float64 (float16 would take the direct
+    kernel's widening pass: C 4x8x2w 0.74 of 4x8x2's time). With 256-bit vectors, the
+    direct kernel's two 8-channel vectors (:data:`_NARROW_DIRECT`). float64, 4x4x2w over
+    4x4x2: C 1.21, E 1.56 (9 rounds). Kernels only, the Winograd tile 4x8x2w's time over
+    4x8x2's, two runs of 15 rounds (``python benchmarks/tile_sweep.py --devices 2:0
+    --workloads A C E --shapes ... --tiles 4x8x2w 8x8x2w 4x8x2``, AMD EPYC Zen 3,
+    2026-12-04 16:42 UTC): C (32->16) 1.35, 1.07; E (16->16) 1.52, 1.38; 1x64x64 16->16
+    1.29, 1.39; but 2x64x64 32->32 0.99, 0.96, A (64->64) 0.72, 0.97, B (128->128,
+    4x8x4w) 0.56.
+
+    With 512-bit vectors too (PyPI's PoCL 3.0 on an AVX-512 Intel Xeon, 2026-12-07):
+    the main kernel's profiled time (a /tmp script; ``python benchmarks/tile_sweep.py
+    --devices 2:0 --dtypes float32 --workloads E --shapes 32,8,8,16,4,3,2,SAME --tiles
+    8x16w 8x16 8x4 --rounds 21 --kernel`` since: E 99 against 120 us, 16->4 54 against
+    69), the direct 8x16 against the Winograd 8x16w, E 95
+    against 123 us, 32x16x16 16->16 216 against 286, 1x64x64 16->16 93 against 107,
+    1x128x128 16->16 rate 4 472 against 739, fewer channels (8x8, 8x4, 8x1 against
+    8x16w) 1x16x16 32->1, 4, 8 16 against 20, 32x8x8 16->4 53 against 73, 1x64x64
+    32->4 161 against 222, 16->8 75 against 103; 32x8x8 32->32 251 against 317 (so the
+    rule may reach further; not measured on the host API), 64->64 873 against 807. The
+    host API interleaved with onnxruntime's Conv form (``python
+    benchmarks/conv_form_ratio.py --devices 2:0 --workloads C E F --rounds 61``, two pairs,
+    the direct kernel / the Winograd kernel, ms): E 0.281 / 0.311 and 0.266 / 0.308, C
+    1.538 / 1.541 and 1.277 / 1.605, F unchanged (0.186 / 0.185 and 0.186 / 0.188).
+    Debian's PoCL 3.1 on that Xeon tied (E 58 / 49 and 106 / 116 us, C 744 / 868 and
+    1164 / 1002)."""
+    return is_pocl(device) and np.dtype(dtype) != np.float16 and cout <= 16
 
 
 def gpu_only(device: cl.Device) -> bool:
