@@ -260,32 +260,41 @@ def _intel_direct(device: cl.Device, dtype, cout: int) -> bool:
 def _pocl_direct(device: cl.Device, dtype, cout: int) -> bool:
     """Whether :func:`default_for` prefers the direct kernel to the Winograd kernel on
     PoCL: 16 output channels or fewer, float32 and float64 (float16 would take the direct
-    kernel's widening pass: C 4x8x2w 0.74 of 4x8x2's time). With 256-bit vectors, the
-    direct kernel's two 8-channel vectors (:data:`_NARROW_DIRECT`). float64, 4x4x2w over
-    4x4x2: C 1.21, E 1.56 (9 rounds). Kernels only, the Winograd tile 4x8x2w's time over
-    4x8x2's, two runs of 15 rounds (``python benchmarks/tile_sweep.py --devices 2:0
-    --workloads A C E --shapes ... --tiles 4x8x2w 8x8x2w 4x8x2``, AMD EPYC Zen 3,
-    2026-12-04 16:42 UTC): C (32->16) 1.35, 1.07; E (16->16) 1.52, 1.38; 1x64x64 16->16
-    1.29, 1.39; but 2x64x64 32->32 0.99, 0.96, A (64->64) 0.72, 0.97, B (128->128,
-    4x8x4w) 0.56.
+    kernel's widening pass: C 4x8x2w 0.74 of 4x8x2's time), where PoCL builds for a
+    256-bit target (:func:`pocl_narrow`) and on PyPI's PoCL 3.0 (:func:`_pocl_3_0`) with
+    512-bit vectors too. With 256-bit vectors, the direct kernel's two 8-channel vectors
+    (:data:`_NARROW_DIRECT`). float64, 4x4x2w over 4x4x2: C 1.21, E 1.56 (9 rounds).
+    Kernels only, the Winograd tile 4x8x2w's time over 4x8x2's, two runs of 15 rounds
+    (``python benchmarks/tile_sweep.py --devices 2:0 --workloads A C E --shapes ...
+    --tiles 4x8x2w 8x8x2w 4x8x2``, AMD EPYC Zen 3, 2026-12-04 16:42 UTC): C (32->16)
+    1.35, 1.07; E (16->16) 1.52, 1.38; 1x64x64 16->16 1.29, 1.39; but 2x64x64 32->32
+    0.99, 0.96, A (64->64) 0.72, 0.97, B (128->128, 4x8x4w) 0.56.
 
-    With 512-bit vectors too (PyPI's PoCL 3.0 on an AVX-512 Intel Xeon, 2026-12-07):
-    the main kernel's profiled time (a /tmp script; ``python benchmarks/tile_sweep.py
-    --devices 2:0 --dtypes float32 --workloads E --shapes 32,8,8,16,4,3,2,SAME --tiles
-    8x16w 8x16 8x4 --rounds 21 --kernel`` since: E 99 against 120 us, 16->4 54 against
-    69), the direct 8x16 against the Winograd 8x16w, E 95
-    against 123 us, 32x16x16 16->16 216 against 286, 1x64x64 16->16 93 against 107,
-    1x128x128 16->16 rate 4 472 against 739, fewer channels (8x8, 8x4, 8x1 against
-    8x16w) 1x16x16 32->1, 4, 8 16 against 20, 32x8x8 16->4 53 against 73, 1x64x64
-    32->4 161 against 222, 16->8 75 against 103; 32x8x8 32->32 251 against 317 (so the
-    rule may reach further; not measured on the host API), 64->64 873 against 807. The
-    host API interleaved with onnxruntime's Conv form (``python
-    benchmarks/conv_form_ratio.py --devices 2:0 --workloads C E F --rounds 61``, two pairs,
-    the direct kernel / the Winograd kernel, ms): E 0.281 / 0.311 and 0.266 / 0.308, C
-    1.538 / 1.541 and 1.277 / 1.605, F unchanged (0.186 / 0.185 and 0.186 / 0.188).
-    Debian's PoCL 3.1 on that Xeon tied (E 58 / 49 and 106 / 116 us, C 744 / 868 and
-    1164 / 1002)."""
-    return is_pocl(device) and np.dtype(dtype) != np.float16 and cout <= 16
+    PyPI's PoCL 3.0 with 512-bit vectors (an AVX-512 Intel Xeon, 2026-12-07): the main
+    kernel's profiled time, the direct 8x16 against the Winograd 8x16w (a /tmp script,
+    medians of 40: E 95 against 123 us; ``python benchmarks/tile_sweep.py --devices 2:0
+    --dtypes float32 --workloads E --shapes 32,8,8,16,4,3,2,SAME --tiles 8x16w 8x16 8x4
+    --rounds 21 --kernel`` since: E 99 against 120, 16->4 54 against 69), 32x16x16
+    16->16 216 against 286, 1x64x64 16->16 93 against 107, 1x128x128 16->16 rate 4 472
+    against 739, fewer channels (8x8, 8x4, 8x1 against 8x16w) 1x16x16 32->1, 4, 8 16
+    against 20, 32x8x8 16->4 53 against 73, 1x64x64 32->4 161 against 222, 16->8 75
+    against 103; 32x8x8 32->32 251 against 317 (so the rule may reach further; not
+    measured on the host API), 64->64 873 against 807. The host API interleaved with
+    onnxruntime's Conv form (``python benchmarks/conv_form_ratio.py --devices 2:0
+    --workloads C E --rounds 61``, two pairs, the direct kernel / the Winograd kernel,
+    ms): E 0.281 / 0.311 and 0.266 / 0.308, C 1.538 / 1.541 and 1.277 / 1.605. Debian's
+    PoCL 3.1 keeps the Winograd kernel: on that Xeon the kernels tied (E 58 / 49 and
+    106 / 116 us, C 744 / 868 and 1164 / 1002), and its host calls ran C and E faster
+    with it (:func:`default_for`)."""
+    return ((pocl_narrow(device) or _pocl_3_0(device)) and np.dtype(dtype) != np.float16
+            and cout <= 16)
+
+
+def _pocl_3_0(device: cl.Device) -> bool:
+    """PoCL 3.0, the release ``pocl-binary-distribution`` installs from PyPI (driver
+    version ``3.0-rc2``); Debian's is 3.1."""
+    driver = facts(device).driver.strip()
+    return is_pocl(device) and (driver == "3.0" or driver.startswith(("3.0-", "3.0.", "3.0+")))
 
 
 def gpu_only(device: cl.Device) -> bool:
@@ -302,7 +311,8 @@ def default_for(device: cl.Device, dtype, args) -> Tile:
     taps or fewer), each phase has two rows and columns or more (a 2x2 block), its
     blocks on the problem's phases take at most 0.8 of the direct kernel's multiplies
     (:func:`winograd_pays`: not at rates large against the image), and
-    :func:`winograd_enabled`, unless Intel's runtime runs the direct 8x1 tile faster (3
+    :func:`winograd_enabled`, unless PoCL runs the direct kernel faster (:func:`_pocl_direct`:
+    16 output channels or fewer) or Intel's runtime the direct 8x1 tile (3
     output channels or fewer in float32, 2 in float64; float16 keeps Winograd: 3x3 filters,
     1x256x256 64->1, 2, 3 rate 2, float32, 8x1 took 0.54, 0.65, 0.90 of the Winograd
     tile's time, 64->4 1.04; float64 64->1, 2: 0.58, 0.54); else :func:`default_tile`,

@@ -11,7 +11,9 @@ or ``--tiles``), interleaved round by round in a new order each round, and
 prints the median ms of each tile and its time over the default tile's
 (:func:`atrous_cl.tiles.default_tile`; marked ``*``). With ``--kernel``, the main kernel's
 own time instead, from a profiling queue's event (no repack, no wait): for small problems,
-where the driver's cost per command would hide the kernels' difference. Every tile's result is checked against
+where the driver's cost per command would hide the kernels' difference. That leaves out
+float16's widening pass, which direct tiles take on devices that sum halves in float32 and
+Winograd tiles never do: compare float16 without ``--kernel``. Every tile's result is checked against
 the NumPy reference before it is timed. The tuning cache is not read or written.
 ``--shapes`` adds problems of its own, each ``N,H,W,CIN,COUT,K,RATE,PADDING`` (named
 by that text), to the workloads named (none by default when shapes are given).
@@ -72,7 +74,8 @@ def main() -> None:
     parser.add_argument("--tiles", nargs="*", help="PxC tiles to time (default: the candidates)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--kernel", action="store_true",
-                        help="the main kernel's profiled time, not the launch layer's")
+                        help="the main kernel's profiled time, not the launch layer's (float16: without "
+                             "the widening pass)")
     args = parser.parse_args()
     workloads = bench.selected_workloads(args.workloads, args.shapes)
     for device in args.devices:

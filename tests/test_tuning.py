@@ -597,7 +597,8 @@ def test_gpus_take_the_measured_tiles_without_winograd(problem, want):
 def test_intel_default_tile_for_few_output_channels(cout, dtype, want):
     """Intel's CPU runtime takes one output channel per work-item up to 4 (float64: 2), then
     a whole 16-channel vector; its 3x3 problems skip Winograd up to 3 (float64: 2).
-    Other platforms keep their tiles."""
+    Other platforms keep their tiles; PoCL 3.0 (PyPI's) takes the direct kernel up to 16
+    output channels in float32 and float64, Debian's PoCL 3.1 the Winograd kernel."""
     import types
 
     import pyopencl as cl
@@ -614,8 +615,13 @@ def test_intel_default_tile_for_few_output_channels(cout, dtype, want):
     pocl = stub_device(platform=types.SimpleNamespace(name="Portable Computing Language"),
                        type=cl.device_type.CPU, version=_POCL_AVX512, local_mem_size=1 << 20)
     assert tiles.default_tile(pocl, dtype, cout) == tiles._platform_tile(pocl, dtype, cout)
-    # PoCL: the direct kernel up to 16 output channels, but in float16 (tiles._pocl_direct)
-    assert tiles.default_for(pocl, dtype, args).winograd == (cout > 16 or dtype == np.float16)
+    assert tiles.default_for(pocl, dtype, args).winograd  # Debian's PoCL 3.1: Winograd
+    # PyPI's PoCL 3.0: the direct kernel up to 16 output channels, but in float16
+    pypi_pocl = stub_device(platform=pocl.platform, type=pocl.type, version=_POCL_AVX512,
+                            local_mem_size=1 << 20, driver_version="3.0-rc2")
+    assert tiles.default_tile(pypi_pocl, dtype, cout) == tiles._platform_tile(pypi_pocl, dtype, cout)
+    assert (tiles.default_for(pypi_pocl, dtype, args).winograd
+            == (cout > 16 or np.dtype(dtype) == np.float16))
 
 
 def test_pocl_for_avx2_takes_two_8_channel_vectors_and_winograd_from_17_channels():
