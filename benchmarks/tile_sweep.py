@@ -13,8 +13,8 @@ prints the median ms of each tile and its time over the default tile's
 own time instead, from a profiling queue's event (no repack, no wait): for small problems,
 where the driver's cost per command would hide the kernels' difference. That leaves out
 float16's widening pass, which direct tiles take on devices that sum halves in float32 and
-Winograd tiles never do: compare float16 without ``--kernel``. Every tile's result is checked against
-the NumPy reference before it is timed. The tuning cache is not read or written.
+Winograd tiles never do: compare float16 without ``--kernel``. Every tile's result is
+checked against the NumPy reference before it is timed. The tuning cache is not read or written.
 ``--shapes`` adds problems of its own, each ``N,H,W,CIN,COUT,K,RATE,PADDING`` (named
 by that text), to the workloads named (none by default when shapes are given).
 """

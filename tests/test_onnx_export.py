@@ -126,14 +126,18 @@ def from_model_layout(y, layout):
     return y if layout == "NHWC" else y.transpose(0, 2, 3, 1)
 
 
-def assert_close(got, want, what):
-    """The one comparison: dtype, shape, then max error relative to max |want|."""
+def assert_close(got, want, what, scale=None):
+    """The one comparison: dtype, shape, then max error relative to max |want|, or to
+    ``scale`` where the caller knows the size of the terms summed (:func:`_terms`)."""
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype}, expected {want.dtype}"
     assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64)).max(initial=0.0)
-    scale = max(np.abs(want.astype(np.float64)).max(initial=0.0), np.finfo(np.float64).tiny)
+    of = "max |reference|" if scale is None else "the largest output's terms"
+    if scale is None:
+        scale = np.abs(want.astype(np.float64)).max(initial=0.0)
+    scale = max(float(scale), np.finfo(np.float64).tiny)
     assert diff / scale <= TOL[want.dtype], (
-        f"{what}: max |error| {diff:.3g} is {diff / scale:.3g} of max |reference| {scale:.3g}, "
+        f"{what}: max |error| {diff:.3g} is {diff / scale:.3g} of {of} {scale:.3g}, "
         f"bound {TOL[want.dtype]:g}")
 
 
@@ -455,13 +459,9 @@ def _same_non_finite(got, want, what, terms):
     dtype's bound of the largest finite output's terms (:func:`_terms`)."""
     for test in (np.isnan, np.isposinf, np.isneginf):
         np.testing.assert_array_equal(test(got), test(want), err_msg=f"{what}: {test.__name__}")
-    assert got.dtype == want.dtype and got.shape == want.shape, what
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
     finite = np.isfinite(want)  # none in the forward Conv's whose every output reads a NaN
-    diff = np.abs(got[finite].astype(np.float64) - want[finite].astype(np.float64)).max(initial=0.0)
-    scale = max(float(terms[finite].max(initial=0.0)), np.finfo(np.float64).tiny)
-    assert diff / scale <= TOL[want.dtype], (
-        f"{what}: max |error| {diff:.3g} is {diff / scale:.3g} of the largest finite output's "
-        f"terms {scale:.3g}, bound {TOL[want.dtype]:g}")
+    assert_close(got[finite], want[finite], what, scale=terms[finite].max(initial=0.0))
 
 
 @pytest.mark.parametrize("case", [(1, 5, 5, 1, 1, 3, 3, 1, "SAME"), (1, 9, 8, 35, 23, 5, 5, 2,
